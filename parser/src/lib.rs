@@ -1,0 +1,1 @@
+//! Dockerfile parser (skeleton; see issue 2).

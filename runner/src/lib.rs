@@ -1,0 +1,1 @@
+//! Container runner (skeleton; see issue 4).

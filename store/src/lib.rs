@@ -1,0 +1,1 @@
+//! Content-addressed store (skeleton; see issue 3).
