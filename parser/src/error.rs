@@ -100,7 +100,7 @@ pub(crate) fn suggest<'a>(value: &str, candidates: &[&'a str]) -> Option<&'a str
     let mut best: Option<(usize, &str)> = None;
     for &c in candidates {
         let d = levenshtein(&v, &c.to_lowercase());
-        if best.is_none_or(|(bd, _)| d < bd) {
+        if best.map_or(true, |(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }
@@ -135,21 +135,45 @@ mod tests {
 
     #[test]
     fn render_shape() {
-        let e = ParseError::new("unknown instruction: RUNN", Span { line: 3, column: 1, end_line: 3 })
-            .with_hint(Some("did you mean RUN?".into()));
+        let e = ParseError::new(
+            "unknown instruction: RUNN",
+            Span {
+                line: 3,
+                column: 1,
+                end_line: 3,
+            },
+        )
+        .with_hint(Some("did you mean RUN?".into()));
         let src = "FROM a\n\nRUNN x\n";
         assert_eq!(
             e.render(src, "Dockerfile"),
             "Dockerfile:3:1: unknown instruction: RUNN\n  3 | RUNN x\n    | ^^^^\n  hint: did you mean RUN?\n"
         );
-        assert_eq!(e.to_string(), "3:1: unknown instruction: RUNN (did you mean RUN?)");
+        assert_eq!(
+            e.to_string(),
+            "3:1: unknown instruction: RUNN (did you mean RUN?)"
+        );
     }
 
     #[test]
     fn render_out_of_range_does_not_panic() {
-        let e = ParseError::new("x", Span { line: 99, column: 500, end_line: 120 });
+        let e = ParseError::new(
+            "x",
+            Span {
+                line: 99,
+                column: 500,
+                end_line: 120,
+            },
+        );
         assert_eq!(e.render("a\n", "D"), "D:99:500: x\n");
-        let e = ParseError::new("x", Span { line: 1, column: 500, end_line: 1 });
+        let e = ParseError::new(
+            "x",
+            Span {
+                line: 1,
+                column: 500,
+                end_line: 1,
+            },
+        );
         assert!(e.render("ab\n", "D").contains("  1 | ab\n    |   ^\n"));
     }
 

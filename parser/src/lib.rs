@@ -17,15 +17,23 @@
 //! `.dockerignore` handling lives in [`dockerignore`].
 
 mod error;
+mod instructions;
 mod line_parsers;
+mod mount;
 mod parser;
 mod quote;
 
+pub mod dockerignore;
 pub mod shell;
 
 use serde::Serialize;
 
 pub use error::{ParseError, Warning};
+pub use instructions::{
+    parse_stages, Add, ArgDecl, Command, Copy, Healthcheck, Instruction, InstructionKind, KeyValue,
+    NetworkMode, Run, Stage, Stages,
+};
+pub use mount::{parse_mount, parse_mount_with, Mount, MountError, Sharing};
 pub use parser::parse;
 pub use quote::go_quote;
 

@@ -259,7 +259,8 @@ pub(crate) struct Args {
     pub json: bool,
 }
 
-const NOT_STRING_ARRAY: &str = "when using JSON array syntax, arrays must be comprised of strings only";
+const NOT_STRING_ARRAY: &str =
+    "when using JSON array syntax, arrays must be comprised of strings only";
 
 /// `parseJSON`: `Ok(Some)` for a JSON array of strings, `Ok(None)` when the
 /// text is not JSON (the caller falls back), `Err` for a JSON array with
@@ -409,28 +410,43 @@ mod tests {
             extract_builder_flags("--a=b --c -- --d x"),
             (" --d x", vec!["--a=b".to_string(), "--c".to_string()])
         );
-        assert_eq!(extract_builder_flags("--x=\"a b\" y"), ("y", vec!["--x=a b".to_string()]));
-        assert_eq!(extract_builder_flags("--only"), ("", vec!["--only".to_string()]));
+        assert_eq!(
+            extract_builder_flags("--x=\"a b\" y"),
+            ("y", vec!["--x=a b".to_string()])
+        );
+        assert_eq!(
+            extract_builder_flags("--only"),
+            ("", vec!["--only".to_string()])
+        );
         assert_eq!(extract_builder_flags("-x"), ("-x", vec![]));
     }
 
     #[test]
     fn words_keep_quotes() {
-        assert_eq!(parse_words("abc=\"123 456\" def", '\\'), ["abc=\"123 456\"", "def"]);
+        assert_eq!(
+            parse_words("abc=\"123 456\" def", '\\'),
+            ["abc=\"123 456\"", "def"]
+        );
         assert_eq!(parse_words("a\\ b c", '\\'), ["a\\ b", "c"]);
         assert_eq!(parse_words("''", '\\'), ["''"]);
     }
 
     #[test]
     fn json_forms() {
-        assert_eq!(maybe_json("[\"a\", \"b\"] trailing").unwrap().args, ["a", "b"]);
+        assert_eq!(
+            maybe_json("[\"a\", \"b\"] trailing").unwrap().args,
+            ["a", "b"]
+        );
         assert!(!maybe_json("['a']").unwrap().json);
         assert_eq!(maybe_json("[1]").unwrap_err().message, NOT_STRING_ARRAY);
     }
 
     #[test]
     fn name_val_errors() {
-        assert_eq!(name_val("A", "ENV", '\\').unwrap_err().message, "ENV must have two arguments");
+        assert_eq!(
+            name_val("A", "ENV", '\\').unwrap_err().message,
+            "ENV must have two arguments"
+        );
         assert!(name_val("a=b c", "ENV", '\\')
             .unwrap_err()
             .message

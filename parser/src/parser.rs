@@ -99,7 +99,8 @@ fn trim_newline(s: &str) -> &str {
 }
 
 fn is_comment(line: &str) -> bool {
-    line.trim_start_matches(char::is_whitespace).starts_with('#')
+    line.trim_start_matches(char::is_whitespace)
+        .starts_with('#')
 }
 
 /// Removes a trailing line-continuation escape (and blanks after it);
@@ -216,7 +217,8 @@ fn node_from_line(line: &str, escape: char, nested: bool) -> Result<Node, LineEr
             lp::Args::default()
         }
         _ => {
-            let hint = suggest(&cmd, &INSTRUCTIONS).map(|s| format!("did you mean {}?", s.to_uppercase()));
+            let hint =
+                suggest(&cmd, &INSTRUCTIONS).map(|s| format!("did you mean {}?", s.to_uppercase()));
             return Err(LineError {
                 message: format!("unknown instruction: {cmd}"),
                 hint,
@@ -346,7 +348,10 @@ pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
                 }
                 if !terminated {
                     return Err(ParseError::new(
-                        format!("unterminated heredoc {} started at line {}", doc.name, start_line),
+                        format!(
+                            "unterminated heredoc {} started at line {}",
+                            doc.name, start_line
+                        ),
                         Span {
                             line: start_line,
                             column,
@@ -368,7 +373,9 @@ pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
         node.span = span;
         if let Some(inner) = node.inner.as_mut() {
             let offset = buf.len() - buf.trim_start_matches(char::is_whitespace).len();
-            let kw_len = lp::keyword(&buf[offset..]).map(|(_, k)| k.chars().count()).unwrap_or(0);
+            let kw_len = lp::keyword(&buf[offset..])
+                .map(|(_, k)| k.chars().count())
+                .unwrap_or(0);
             let after = &buf[offset..];
             let skip = after
                 .char_indices()
@@ -401,12 +408,6 @@ pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
     })
 }
 
-/// Whether `word` is a heredoc marker such as `<<EOF`, `<<-"EOF"` or
-/// `3<<EOF` (BuildKit's `MustParseHeredoc(word) != nil`).
-pub(crate) fn is_heredoc_word(word: &str) -> Option<Heredoc> {
-    parse_heredoc_word(word).ok().flatten()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,9 +425,15 @@ mod tests {
     #[test]
     fn heredoc_words() {
         let h = parse_heredoc_word("<<EOF").unwrap().unwrap();
-        assert_eq!((h.name.as_str(), h.expand, h.chomp, h.fd), ("EOF", true, false, None));
+        assert_eq!(
+            (h.name.as_str(), h.expand, h.chomp, h.fd),
+            ("EOF", true, false, None)
+        );
         let h = parse_heredoc_word("3<<-'END'").unwrap().unwrap();
-        assert_eq!((h.name.as_str(), h.expand, h.chomp, h.fd), ("END", false, true, Some(3)));
+        assert_eq!(
+            (h.name.as_str(), h.expand, h.chomp, h.fd),
+            ("END", false, true, Some(3))
+        );
         assert!(parse_heredoc_word("<<").unwrap().is_none());
         assert!(parse_heredoc_word("a<<EOF").unwrap().is_none());
         assert!(parse_heredoc_word("<<EOF<").unwrap().is_none());
@@ -444,6 +451,10 @@ mod tests {
         );
         assert!(dp.parse_line("# syntax=x").is_err());
         assert_eq!(dp.parse_line("# unknown=1").unwrap(), None);
-        assert_eq!(dp.parse_line("# escape=`").unwrap(), None, "done after unknown");
+        assert_eq!(
+            dp.parse_line("# escape=`").unwrap(),
+            None,
+            "done after unknown"
+        );
     }
 }

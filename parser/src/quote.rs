@@ -80,6 +80,9 @@ mod tests {
         assert_eq!(go_quote("a\"b\\c"), r#""a\"b\\c""#);
         assert_eq!(go_quote("\u{0}\t\n♥"), r#""\x00\t\n♥""#);
         assert_eq!(go_quote("\u{feff}\u{a0}"), r#""\ufeff\u00a0""#);
-        assert_eq!(go_quote_slice(&["--a=b".into(), "c".into()]), r#"["--a=b" "c"]"#);
+        assert_eq!(
+            go_quote_slice(&["--a=b".into(), "c".into()]),
+            r#"["--a=b" "c"]"#
+        );
     }
 }

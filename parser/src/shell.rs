@@ -172,7 +172,11 @@ impl Lexer {
                 matches: sw.matches,
             }),
             Err(msg) => Err(ExpandError {
-                message: format!("failed to process {}: {}", crate::quote::go_quote(word), msg),
+                message: format!(
+                    "failed to process {}: {}",
+                    crate::quote::go_quote(word),
+                    msg
+                ),
             }),
         }
     }
@@ -252,7 +256,11 @@ impl ShellWord<'_> {
         c
     }
 
-    fn process_stop_on(&mut self, stop: Option<char>, raw_escapes: bool) -> Res<(String, Vec<String>)> {
+    fn process_stop_on(
+        &mut self,
+        stop: Option<char>,
+        raw_escapes: bool,
+    ) -> Res<(String, Vec<String>)> {
         let saved = self.raw_escapes;
         self.raw_escapes = raw_escapes;
         let r = self.process_stop_on_inner(stop);
@@ -323,7 +331,8 @@ impl ShellWord<'_> {
             match self.next() {
                 None => {
                     return Err(
-                        "unexpected end of statement while looking for matching single-quote".into(),
+                        "unexpected end of statement while looking for matching single-quote"
+                            .into(),
                     )
                 }
                 Some('\'') => {
@@ -350,7 +359,8 @@ impl ShellWord<'_> {
             match self.peek() {
                 None => {
                     return Err(
-                        "unexpected end of statement while looking for matching double-quote".into(),
+                        "unexpected end of statement while looking for matching double-quote"
+                            .into(),
                     )
                 }
                 Some('"') => {
@@ -463,7 +473,7 @@ impl ShellWord<'_> {
                 if self.lex.skip_unset_env && value.is_none() {
                     return Ok(format!("${{{name}{chs}{word}}}"));
                 }
-                let empty = value.as_deref().is_none_or(str::is_empty);
+                let empty = value.as_deref().map_or(true, str::is_empty);
                 match ch {
                     '-' => {
                         if value.is_none() || (null_is_unset && empty) {
@@ -482,11 +492,19 @@ impl ShellWord<'_> {
                     '?' => match value {
                         None => Err(format!(
                             "{name}: {}",
-                            if word.is_empty() { "is not allowed to be unset" } else { &word }
+                            if word.is_empty() {
+                                "is not allowed to be unset"
+                            } else {
+                                &word
+                            }
                         )),
                         Some(v) if null_is_unset && v.is_empty() => Err(format!(
                             "{name}: {}",
-                            if word.is_empty() { "is not allowed to be empty" } else { &word }
+                            if word.is_empty() {
+                                "is not allowed to be empty"
+                            } else {
+                                &word
+                            }
                         )),
                         Some(v) => Ok(v),
                     },
@@ -541,7 +559,12 @@ impl ShellWord<'_> {
                 if replace_all {
                     Ok(re.replace_all(&value, replacement.as_str()).into_owned())
                 } else if let Some(m) = re.find(&value) {
-                    Ok(format!("{}{}{}", &value[..m.start()], replacement, &value[m.end()..]))
+                    Ok(format!(
+                        "{}{}{}",
+                        &value[..m.start()],
+                        replacement,
+                        &value[m.end()..]
+                    ))
                 } else {
                     Ok(value)
                 }
@@ -698,7 +721,10 @@ mod tests {
     fn word_splitting() {
         let l = Lexer::new('\\');
         let e = vec![("V".to_string(), "a b".to_string())];
-        assert_eq!(l.process_words("x $V 'c d' e\\ f", &e).unwrap(), ["x", "a", "b", "c d", "e f"]);
+        assert_eq!(
+            l.process_words("x $V 'c d' e\\ f", &e).unwrap(),
+            ["x", "a", "b", "c d", "e f"]
+        );
         assert_eq!(l.process_words("  ", &e).unwrap(), Vec::<String>::new());
     }
 
@@ -721,11 +747,22 @@ mod tests {
     fn error_messages() {
         let l = Lexer::new('\\');
         let e = l.process_word("${E:?must be set}", &env()).unwrap_err();
-        assert_eq!(e.message, "failed to process \"${E:?must be set}\": E: must be set");
+        assert_eq!(
+            e.message,
+            "failed to process \"${E:?must be set}\": E: must be set"
+        );
         let e = l.process_word("${N?}", &env()).unwrap_err();
-        assert!(e.message.ends_with("N: is not allowed to be unset"), "{}", e.message);
+        assert!(
+            e.message.ends_with("N: is not allowed to be unset"),
+            "{}",
+            e.message
+        );
         let e = l.process_word("${N", &env()).unwrap_err();
-        assert!(e.message.ends_with("syntax error: missing '}'"), "{}", e.message);
+        assert!(
+            e.message.ends_with("syntax error: missing '}'"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -737,6 +774,9 @@ mod tests {
     #[test]
     fn skip_unset_keeps_references() {
         let l = Lexer::new('\\').skip_unset_env(true);
-        assert_eq!(l.process_word("$A ${B} ${C:-x} $PWD", &env()).unwrap(), "$A ${B} ${C:-x} /home");
+        assert_eq!(
+            l.process_word("$A ${B} ${C:-x} $PWD", &env()).unwrap(),
+            "$A ${B} ${C:-x} /home"
+        );
     }
 }

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use kiln_parser::shell::Lexer;
 
 fn conformance_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/conformance/buildkit"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/conformance/buildkit"
+    ))
 }
 
 #[test]
@@ -33,7 +36,10 @@ fn parser_testfiles_match_result_byte_for_byte() {
                     failures.push(format!("{name}:\n--- want\n{want}--- got\n{got}"));
                 }
             }
-            Err(e) => failures.push(format!("{name}: parse error: {}", e.render(&src, "Dockerfile"))),
+            Err(e) => failures.push(format!(
+                "{name}: parse error: {}",
+                e.render(&src, "Dockerfile")
+            )),
         }
     }
     assert!(
@@ -81,9 +87,17 @@ fn env_var_test_vectors() {
             _ => false,
         };
         if !ok {
-            failures.push(format!("line {}: {input:?} -> {got:?}, want {expected:?}", n + 1));
+            failures.push(format!(
+                "line {}: {input:?} -> {got:?}, want {expected:?}",
+                n + 1
+            ));
         }
     }
     assert!(checked > 200, "only {checked} cases checked");
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

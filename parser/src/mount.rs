@@ -1,0 +1,437 @@
+//! `RUN --mount=...` specifications (BuildKit's `commands_runmount.go`).
+
+use serde::Serialize;
+
+use crate::error::suggest;
+
+/// How a cache mount is shared between concurrent builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Sharing {
+    Shared,
+    Private,
+    Locked,
+}
+
+/// A typed `RUN --mount`. Option values are raw: variables are not
+/// expanded here (see [`parse_mount_with`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Mount {
+    Bind {
+        target: String,
+        source: Option<String>,
+        from: Option<String>,
+        readwrite: bool,
+    },
+    Cache {
+        target: String,
+        id: Option<String>,
+        sharing: Sharing,
+        from: Option<String>,
+        source: Option<String>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        readonly: bool,
+    },
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+    },
+    Secret {
+        /// `id=`, or `source=`/`src=` (BuildKit treats them as the same).
+        id: Option<String>,
+        target: Option<String>,
+        env: Option<String>,
+        required: bool,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    },
+    Ssh {
+        id: Option<String>,
+        target: Option<String>,
+        required: bool,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    },
+}
+
+/// An invalid mount specification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct MountError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+fn err(message: impl Into<String>) -> MountError {
+    MountError {
+        message: message.into(),
+        hint: None,
+    }
+}
+
+const KEYS: [&str; 19] = [
+    "type",
+    "from",
+    "source",
+    "target",
+    "readonly",
+    "id",
+    "sharing",
+    "required",
+    "mode",
+    "uid",
+    "gid",
+    "src",
+    "dst",
+    "destination",
+    "ro",
+    "rw",
+    "readwrite",
+    "size",
+    "env",
+];
+
+/// Reads one CSV record the way Go's `encoding/csv` does with default
+/// settings: `,` separates fields, a field that starts with `"` is quoted
+/// (`""` inside is a literal quote), a `"` anywhere else is an error.
+fn read_csv_record(s: &str) -> Result<Vec<String>, String> {
+    if s.is_empty() {
+        return Err("EOF".into());
+    }
+    let chars: Vec<char> = s.chars().collect();
+    let mut fields = Vec::new();
+    let mut i = 0;
+    loop {
+        let mut field = String::new();
+        if chars.get(i) == Some(&'"') {
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => return Err("extraneous or missing \" in quoted-field".into()),
+                    Some('"') => match chars.get(i + 1) {
+                        Some('"') => {
+                            field.push('"');
+                            i += 2;
+                        }
+                        Some(',') | None => {
+                            i += 1;
+                            break;
+                        }
+                        Some(_) => return Err("extraneous or missing \" in quoted-field".into()),
+                    },
+                    Some(&c) => {
+                        field.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while let Some(&c) = chars.get(i) {
+                if c == ',' {
+                    break;
+                }
+                if c == '"' {
+                    return Err("bare \" in non-quoted-field".into());
+                }
+                field.push(c);
+                i += 1;
+            }
+        }
+        fields.push(field);
+        match chars.get(i) {
+            Some(',') => i += 1,
+            _ => return Ok(fields),
+        }
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, MountError> {
+    // Go's strconv.ParseBool.
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(err(format!("invalid value for {key}: {v}"))),
+    }
+}
+
+fn parse_u32(key: &str, v: &str, radix: u32) -> Result<Option<u32>, MountError> {
+    if v.contains('$') {
+        // Left for the builder to expand (see `parse_mount_with`).
+        return Ok(None);
+    }
+    u32::from_str_radix(v, radix)
+        .map(Some)
+        .map_err(|_| err(format!("invalid value {v} for {key}")))
+}
+
+/// go-units `RAMInBytes`: `1024`, `64k`, `64m`, `1.5g`, `1gb`, `2TiB`...
+/// (binary multiples, case-insensitive suffix).
+fn parse_size(v: &str) -> Result<Option<u64>, MountError> {
+    if v.contains('$') {
+        return Ok(None);
+    }
+    let bad = || err(format!("invalid size: '{v}'"));
+    let num_end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(num_end);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let unit = unit.to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let mul: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        "p" => 1 << 50,
+        _ => return Err(bad()),
+    };
+    let bytes = n * mul as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(Some(bytes as u64))
+}
+
+/// Parses a `--mount` value with raw (unexpanded) option values. A numeric
+/// option (`mode`, `uid`, `gid`, `size`) that contains a variable is left
+/// `None`; use [`parse_mount_with`] with an expander to resolve it.
+pub fn parse_mount(spec: &str) -> Result<Mount, MountError> {
+    parse_mount_with(spec, |v| Ok(v.to_string()))
+}
+
+/// Parses a `--mount` value, passing every option value through `expand`
+/// first (BuildKit expands mount options with the build's variables).
+pub fn parse_mount_with(
+    spec: &str,
+    mut expand: impl FnMut(&str) -> Result<String, String>,
+) -> Result<Mount, MountError> {
+    let fields = read_csv_record(spec).map_err(|e| MountError {
+        message: format!("failed to parse csv mounts: {e}"),
+        hint: Some("write --mount=type=cache,target=/path (comma-separated key=value, double quotes around values with commas)".into()),
+    })?;
+
+    let mut typ = "bind".to_string();
+    let (mut from, mut source, mut target) = (None, None, None);
+    let (mut readonly, mut ro_auto) = (false, true);
+    let (mut id, mut sharing, mut required) = (None, None, false);
+    let (mut mode, mut uid, mut gid, mut size, mut env) = (None, None, None, None, None);
+
+    for field in fields {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k.to_ascii_lowercase(), Some(v)),
+            None => (field.to_ascii_lowercase(), None),
+        };
+        let Some(value) = value else {
+            match key.as_str() {
+                "readonly" | "ro" => {
+                    readonly = true;
+                    ro_auto = false;
+                    continue;
+                }
+                "readwrite" | "rw" => {
+                    readonly = false;
+                    ro_auto = false;
+                    continue;
+                }
+                "required" if typ == "secret" || typ == "ssh" => {
+                    required = true;
+                    continue;
+                }
+                "required" => {
+                    return Err(err(format!(
+                        "unexpected key '{key}' for mount type '{typ}'"
+                    )))
+                }
+                _ => {
+                    return Err(err(format!(
+                        "invalid field '{field}' must be a key=value pair"
+                    )))
+                }
+            }
+        };
+        let value = expand(value).map_err(err)?;
+        match key.as_str() {
+            "type" => {
+                let t = value.to_ascii_lowercase();
+                if !matches!(t.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
+                    return Err(MountError {
+                        message: format!(
+                            "unsupported mount type {}",
+                            crate::quote::go_quote(&value)
+                        ),
+                        hint: suggest(&t, &["bind", "cache", "tmpfs", "secret", "ssh"])
+                            .map(|s| format!("did you mean {s}?")),
+                    });
+                }
+                typ = t;
+            }
+            "from" => from = Some(value),
+            "source" | "src" => source = Some(value),
+            "target" | "dst" | "destination" => target = Some(value),
+            "readonly" | "ro" => {
+                readonly = parse_bool(&key, &value)?;
+                ro_auto = false;
+            }
+            "readwrite" | "rw" => {
+                readonly = !parse_bool(&key, &value)?;
+                ro_auto = false;
+            }
+            "required" => {
+                if typ != "secret" && typ != "ssh" {
+                    return Err(err(format!(
+                        "unexpected key '{key}' for mount type '{typ}'"
+                    )));
+                }
+                required = parse_bool(&key, &value)?;
+            }
+            "id" => id = Some(value),
+            "sharing" => {
+                sharing = Some(match value.to_ascii_lowercase().as_str() {
+                    "shared" => Sharing::Shared,
+                    "private" => Sharing::Private,
+                    "locked" => Sharing::Locked,
+                    _ => {
+                        return Err(MountError {
+                            message: format!(
+                                "unsupported sharing value {}",
+                                crate::quote::go_quote(&value)
+                            ),
+                            hint: Some("use sharing=shared, private or locked".into()),
+                        })
+                    }
+                })
+            }
+            "mode" => mode = Some(parse_u32("mode", &value, 8)?),
+            "uid" => uid = Some(parse_u32("uid", &value, 10)?),
+            "gid" => gid = Some(parse_u32("gid", &value, 10)?),
+            "size" => size = Some(parse_size(&value)?),
+            "env" => env = Some(value),
+            _ => {
+                return Err(MountError {
+                    message: format!("unexpected key '{key}' in '{field}'"),
+                    hint: suggest(&key, &KEYS).map(|s| format!("did you mean {s}?")),
+                })
+            }
+        }
+    }
+
+    let file_info_allowed = matches!(typ.as_str(), "secret" | "ssh" | "cache");
+    for (name, set) in [
+        ("mode", mode.is_some()),
+        ("uid", uid.is_some()),
+        ("gid", gid.is_some()),
+    ] {
+        if set && !file_info_allowed {
+            return Err(err(format!("{name} not allowed for \"{typ}\" type mounts")));
+        }
+    }
+    if size.is_some() && typ != "tmpfs" {
+        return Err(err(format!("size not allowed for \"{typ}\" type mounts")));
+    }
+    if env.is_some() && typ != "secret" {
+        return Err(err(format!("env not allowed for \"{typ}\" type mounts")));
+    }
+    if ro_auto {
+        readonly = !(typ == "cache" || typ == "tmpfs");
+    }
+    if sharing.is_some() && typ != "cache" {
+        return Err(err(format!("invalid cache sharing set for {typ} mount")));
+    }
+    let need_target = |t: Option<String>| {
+        t.filter(|t| !t.is_empty()).ok_or_else(|| MountError {
+            message: format!("mount target is required for {typ} mounts"),
+            hint: Some(format!("add target=/path: --mount=type={typ},target=/path")),
+        })
+    };
+    let flat = |o: Option<Option<u32>>| o.flatten();
+    Ok(match typ.as_str() {
+        "bind" => Mount::Bind {
+            target: need_target(target)?,
+            source,
+            from,
+            readwrite: !readonly,
+        },
+        "cache" => Mount::Cache {
+            target: need_target(target)?,
+            id,
+            sharing: sharing.unwrap_or(Sharing::Shared),
+            from,
+            source,
+            mode: flat(mode),
+            uid: flat(uid),
+            gid: flat(gid),
+            readonly,
+        },
+        "tmpfs" => Mount::Tmpfs {
+            target: need_target(target)?,
+            size: size.flatten(),
+        },
+        "secret" => {
+            if from.is_some() {
+                return Err(err("secret mount should not have a from"));
+            }
+            if source.is_none() && target.is_none() && id.is_none() {
+                return Err(MountError {
+                    message: "invalid secret mount. one of source, target required".into(),
+                    hint: Some("--mount=type=secret,id=mysecret[,target=/path][,env=VAR]".into()),
+                });
+            }
+            if source.is_some() && id.is_some() {
+                return Err(err("both source and id can't be set"));
+            }
+            Mount::Secret {
+                id: id.or(source),
+                target,
+                env,
+                required,
+                mode: flat(mode),
+                uid: flat(uid),
+                gid: flat(gid),
+            }
+        }
+        _ => {
+            if from.is_some() || source.is_some() {
+                return Err(err("ssh mount should not have a from or source"));
+            }
+            Mount::Ssh {
+                id,
+                target,
+                required,
+                mode: flat(mode),
+                uid: flat(uid),
+                gid: flat(gid),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv() {
+        assert_eq!(read_csv_record("a,b=c").unwrap(), ["a", "b=c"]);
+        assert_eq!(read_csv_record("\"a,b\",c").unwrap(), ["a,b", "c"]);
+        assert_eq!(read_csv_record("\"a\"\"b\"").unwrap(), ["a\"b"]);
+        assert!(read_csv_record("a\"b").is_err());
+        assert!(read_csv_record("\"ab").is_err());
+        assert_eq!(read_csv_record("a,").unwrap(), ["a", ""]);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024").unwrap(), Some(1024));
+        assert_eq!(parse_size("64m").unwrap(), Some(64 << 20));
+        assert_eq!(parse_size("1.5GiB").unwrap(), Some(3 << 29));
+        assert!(parse_size("12x").is_err());
+    }
+}
