@@ -1,1 +1,157 @@
-//! Container runner (skeleton; see issue 4).
+//! kiln-runner: run a process in a container made from plain paths.
+//!
+//! The container is an overlay mount of the given lower dirs (top-most first)
+//! and an upper/work dir, in new mount, PID, UTS, IPC (and, unless
+//! [`NetworkMode::Host`], network) namespaces, with `/proc`, `/dev`, `/sys`
+//! set up the way Docker does and the old root detached after `pivot_root`.
+//! The runner knows nothing of images or the store.
+//!
+//! # Process model
+//! The caller may be multi-threaded, so it is never forked for container
+//! setup. Each container starts by re-executing the helper binary
+//! ([`RunnerConfig::helper_exe`], whose `main` must call [`init_hook`] first)
+//! from a sealed in-memory copy (see [`exe`](crate::exe)), with a hidden first
+//! argument. The single-threaded helper unshares the namespaces and forks the
+//! container's PID 1 (a small init that reaps zombies and forwards signals),
+//! which forks and execs the user's process. Setup errors come back to the
+//! caller over a socket as one-line messages.
+//!
+//! # Files that must not land in the layer
+//! `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` are generated outside
+//! the rootfs and bind-mounted. Mount points the image lacks (these files,
+//! `/proc`, `/dev`, `/sys`, targets of extra mounts) are created in a private
+//! *stub* directory that is added as the bottom-most overlay lower, so they
+//! exist in the merged view without ever being written to the upper dir.
+//! (BuildKit instead creates the stubs in the rootfs and deletes them after
+//! the run; the bottom lower avoids that cleanup and its races.)
+
+mod error;
+pub mod exe;
+mod helper;
+mod mounts;
+mod names;
+pub mod ports;
+mod proto;
+mod ps;
+mod state;
+pub mod user;
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::RunError;
+pub use ports::{parse_port_spec, PortMapping, Protocol};
+pub use ps::{format_ps_table, human_duration};
+pub use state::{ContainerInfo, ContainerStatus, Containers, RunOptions};
+
+/// Call this first thing in `main()`. It returns immediately unless this
+/// process was started by the runner as one of its helpers, in which case
+/// it runs the helper and exits the process.
+pub fn init_hook() {
+    helper::init_hook()
+}
+
+/// How to start helpers.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The binary to re-execute as the helper; its `main` must call
+    /// [`init_hook`] first. Default: the current executable.
+    pub helper_exe: PathBuf,
+    /// Where foreground containers get their scratch dir (generated /etc
+    /// files, mount stubs, the upper dir when none is given). Default: the
+    /// system temp dir.
+    pub scratch_root: PathBuf,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            helper_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            scratch_root: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Network namespace of the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum NetworkMode {
+    /// Share the host's network namespace.
+    Host,
+    /// Own namespace with only `lo` (up).
+    None,
+    /// Own namespace with `lo` up, reachable only through published ports.
+    #[default]
+    Private,
+}
+
+/// What to mount at a [`MountSpec::target`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountKind {
+    /// Bind a host file or directory (recursive). Used for build context,
+    /// other stages, cache mounts and secret files.
+    Bind { source: PathBuf, readonly: bool },
+    /// A fresh tmpfs, `size` in bytes (None: the kernel default).
+    Tmpfs { size: Option<u64> },
+}
+
+/// An extra mount inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Absolute path inside the container. Symlinks on the way are resolved
+    /// inside the container root, never on the host.
+    pub target: String,
+    pub kind: MountKind,
+}
+
+/// The container's root filesystem as overlay layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RootFs {
+    /// Lower dirs, top-most first (overlay's `lowerdir` order). May be empty
+    /// (FROM scratch).
+    pub lowers: Vec<PathBuf>,
+    /// `(upper, work)` on the same filesystem. None: the runner makes a
+    /// scratch upper (in the container's state dir when detached, in a temp
+    /// dir in the foreground) and deletes it with the container.
+    pub upper: Option<(PathBuf, PathBuf)>,
+}
+
+/// What to run and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ContainerSpec {
+    pub rootfs: RootFs,
+    /// argv, already resolved from ENTRYPOINT/CMD/SHELL; `args[0]` is looked
+    /// up in the container's PATH when it contains no `/`.
+    pub args: Vec<String>,
+    /// "K=V"; PATH gets Docker's default when missing, HOME the user's.
+    pub env: Vec<String>,
+    /// Absolute; created (as root) if missing.
+    pub cwd: String,
+    /// "name", "uid", "name:group", "uid:gid"; None = root.
+    pub user: Option<String>,
+    /// Default: the first 12 chars of the container id, or "kiln".
+    pub hostname: Option<String>,
+    pub network: NetworkMode,
+    pub mounts: Vec<MountSpec>,
+    pub readonly_rootfs: bool,
+}
+
+/// The container process's standard streams. `None` for stdin means
+/// `/dev/null` (what a build wants); `None` for stdout/stderr means the
+/// caller's own.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Run a container in the foreground and return its exit code (128+signal
+/// when killed by a signal). Blocking; safe to call from many threads at once.
+pub fn run(cfg: &RunnerConfig, spec: &ContainerSpec, stdio: Stdio) -> Result<i32, RunError> {
+    helper::run_foreground(cfg, spec, stdio, None, &mut |_| {})
+}
+
+/// Docker's default PATH, used when the image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -1,0 +1,75 @@
+//! The helper binary is executed from a sealed in-memory copy.
+//!
+//! This is the defence against CVE-2019-5736 (runc): a process in the
+//! container that opens `/proc/<helper pid>/exe` gets the memfd, which is
+//! sealed against writes, so it cannot overwrite the kiln binary on the host.
+//! (The helper is also made non-dumpable before any container process can see
+//! it, so `/proc/<pid>/exe` is not even openable without CAP_SYS_PTRACE.)
+//! The copy is made once per helper path and process and reused.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{MemfdFlags, SealFlags};
+
+use crate::error::RunError;
+
+/// A sealed executable copy of a helper binary.
+#[derive(Debug)]
+pub struct SealedExe {
+    fd: OwnedFd,
+}
+
+impl SealedExe {
+    /// The path to `execve`: `/proc/self/fd/<n>`. The fd is close-on-exec,
+    /// which `execve` of an ELF binary through this path tolerates.
+    pub fn exec_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+}
+
+type Key = (PathBuf, u64, u64, i64, i64);
+static CACHE: Mutex<Vec<(Key, Arc<SealedExe>)>> = Mutex::new(Vec::new());
+
+/// The sealed copy of `path`, made on first use and again when the file
+/// changes (inode, size or mtime).
+pub fn sealed(path: &Path) -> Result<Arc<SealedExe>, RunError> {
+    let ctx = || format!("helper binary {}", path.display());
+    let mut src = File::open(path).map_err(|e| RunError::io(ctx(), e))?;
+    let md = src.metadata().map_err(|e| RunError::io(ctx(), e))?;
+    let key: Key = (
+        path.to_path_buf(),
+        md.dev(),
+        md.ino(),
+        md.mtime(),
+        md.mtime_nsec(),
+    );
+    let mut cache = CACHE
+        .lock()
+        .map_err(|_| RunError::Helper("sealed-exe cache poisoned".into()))?;
+    if let Some((_, e)) = cache.iter().find(|(k, _)| *k == key) {
+        return Ok(e.clone());
+    }
+    let memfd = rustix::fs::memfd_create(
+        "kiln-runner",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| RunError::io("memfd_create", e.into()))?;
+    let mut dst = File::from(memfd);
+    std::io::copy(&mut src, &mut dst).map_err(|e| RunError::io(ctx(), e))?;
+    rustix::fs::fcntl_add_seals(
+        &dst,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+    )
+    .map_err(|e| RunError::io("sealing the helper copy", e.into()))?;
+    // Keep it away from 0..=9: the spawn code dup2()s onto 3.
+    let fd = rustix::io::fcntl_dupfd_cloexec(dst.as_fd(), 10)
+        .map_err(|e| RunError::io("dup of the helper copy", e.into()))?;
+    let e = Arc::new(SealedExe { fd });
+    cache.retain(|(k, _)| k.0 != key.0);
+    cache.push((key, e.clone()));
+    Ok(e)
+}

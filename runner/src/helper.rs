@@ -1,0 +1,640 @@
+//! The helper processes: spawning them from the (multi-threaded) caller, and
+//! what they do once re-exec'd (single-threaded).
+//!
+//! ```text
+//! caller ──spawn(sealed exe, MARKER container)──▶ H  (host namespaces)
+//!   H: prepare scratch, unshare(mnt,uts,ipc,pid[,net]), lo up, fork
+//!   └─▶ C  PID 1 of the container: mounts, pivot_root, hostname, user, fork
+//!         └─▶ P: setsid, caps, uid/gid, chdir, close fds, execve(user argv)
+//! ```
+//! H forwards signals to C, C to P; C reaps every zombie and exits with P's
+//! status; H reports `Exited(code)` on fd 3 and exits with it.
+
+use std::ffi::{CString, OsString};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::error::RunError;
+use crate::mounts::{self, Layout};
+use crate::proto::{send, Job, Msg, MsgReader};
+use crate::user::resolve_user;
+use crate::{ContainerSpec, NetworkMode, RunnerConfig, Stdio, DEFAULT_PATH};
+
+/// Hidden argv[1] that turns a process started by the runner into a helper.
+pub(crate) const MARKER: &str = "__kiln-runner-helper__";
+/// The fd on which a helper talks to its parent.
+pub(crate) const REPORT_FD: RawFd = 3;
+
+pub(crate) fn init_hook() {
+    let mut args = std::env::args_os();
+    let _ = args.next();
+    if args.next().as_deref() != Some(std::ffi::OsStr::new(MARKER)) {
+        return;
+    }
+    let role = args.next();
+    let rest: Vec<OsString> = args.collect();
+    let code = match role.as_deref().and_then(|r| r.to_str()) {
+        Some("container") => container_main(),
+        Some("monitor") => crate::state::monitor_main(&rest),
+        _ => {
+            eprintln!("kiln-runner: unknown helper role {role:?}");
+            125
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Start the helper binary (from its sealed copy) with `role`, the given
+/// stdio, and one end of a socketpair as fd 3. The caller's fds are not
+/// inherited (std's Command opens everything close-on-exec).
+pub(crate) fn spawn_helper(
+    cfg: &RunnerConfig,
+    role: &str,
+    args: &[&str],
+    stdio: Stdio,
+) -> Result<(Child, UnixStream), RunError> {
+    let exe = crate::exe::sealed(&cfg.helper_exe)?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
+    let theirs = rustix::io::fcntl_dupfd_cloexec(&theirs, 10)
+        .map_err(|e| RunError::io("dup", e.into()))?;
+    let raw = theirs.as_raw_fd();
+    let mut cmd = Command::new(exe.exec_path());
+    cmd.arg0("kiln-runner").arg(MARKER).arg(role).args(args);
+    cmd.env_clear();
+    cmd.stdin(match stdio.stdin {
+        Some(fd) => std::process::Stdio::from(fd),
+        None => std::process::Stdio::null(),
+    });
+    if let Some(fd) = stdio.stdout {
+        cmd.stdout(fd);
+    }
+    if let Some(fd) = stdio.stderr {
+        cmd.stderr(fd);
+    }
+    // SAFETY: dup2 is async-signal-safe; `raw` is open in the parent (and so
+    // in the child) until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, REPORT_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| RunError::io(format!("starting helper {}", cfg.helper_exe.display()), e))?;
+    drop(theirs);
+    drop(exe);
+    Ok((child, ours))
+}
+
+pub(crate) fn validate(spec: &ContainerSpec) -> Result<(), RunError> {
+    if spec.args.is_empty() || spec.args[0].is_empty() {
+        return Err(RunError::InvalidSpec("no command given".into()));
+    }
+    if !spec.cwd.starts_with('/') {
+        return Err(RunError::InvalidSpec(format!(
+            "working directory {:?} is not absolute",
+            spec.cwd
+        )));
+    }
+    let nul = |s: &str| s.contains('\0');
+    if spec.args.iter().any(|a| nul(a)) || spec.env.iter().any(|a| nul(a)) || nul(&spec.cwd) {
+        return Err(RunError::InvalidSpec("NUL byte in argv, env or cwd".into()));
+    }
+    for m in &spec.mounts {
+        mounts::clean_target(&m.target).map_err(RunError::InvalidSpec)?;
+    }
+    for l in &spec.rootfs.lowers {
+        if !l.is_dir() {
+            return Err(RunError::InvalidSpec(format!(
+                "lower dir {} is not a directory",
+                l.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Random lowercase hex, `n` bytes of entropy.
+pub(crate) fn random_hex(n: usize) -> Result<String, RunError> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|e| RunError::Helper(format!("getrandom: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Removes a scratch dir when dropped.
+pub(crate) struct ScratchDir(pub PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a foreground run reports while it goes.
+pub(crate) enum Event {
+    /// The helper's PID (alive exactly as long as the container) and the
+    /// container's PID 1, both as the host sees them.
+    Started { helper: i32, pid: i32 },
+}
+
+/// Foreground run. `scratch`: use this dir (kept) instead of a temp dir
+/// (removed afterwards). `on_event` sees the container's host PID.
+pub(crate) fn run_foreground(
+    cfg: &RunnerConfig,
+    spec: &ContainerSpec,
+    stdio: Stdio,
+    scratch: Option<(&Path, &str, bool)>,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<i32, RunError> {
+    validate(spec)?;
+    let (scratch_dir, _guard, hostname, tty) = match scratch {
+        Some((dir, id, tty)) => (dir.to_path_buf(), None, id[..12.min(id.len())].to_string(), tty),
+        None => {
+            let dir = cfg.scratch_root.join(format!("kiln-run-{}", random_hex(8)?));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| RunError::io(format!("creating {}", dir.display()), e))?;
+            (dir.clone(), Some(ScratchDir(dir)), "kiln".to_string(), false)
+        }
+    };
+    let job = Job {
+        spec: spec.clone(),
+        scratch: scratch_dir,
+        hostname: spec.hostname.clone().unwrap_or(hostname),
+        tty,
+    };
+    let (mut child, mut sock) = spawn_helper(cfg, "container", &[], stdio)?;
+    let helper = child.id() as i32;
+    let result = talk(&mut sock, &job, &mut |pid| {
+        on_event(Event::Started { helper, pid })
+    });
+    let status = child
+        .wait()
+        .map_err(|e| RunError::io("waiting for the runner helper", e))?;
+    let (code, error) = result;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    match code {
+        Some(c) => Ok(c),
+        None => Err(RunError::Helper(format!(
+            "helper exited without reporting the container's status ({status})"
+        ))),
+    }
+}
+
+fn talk(
+    sock: &mut UnixStream,
+    job: &Job,
+    on_pid: &mut dyn FnMut(i32),
+) -> (Option<i32>, Option<RunError>) {
+    let sent = serde_json::to_vec(job)
+        .map_err(|e| RunError::Helper(e.to_string()))
+        .and_then(|b| sock.write_all(&b).map_err(|e| RunError::io("sending the job", e)))
+        .and_then(|()| {
+            sock.shutdown(std::net::Shutdown::Write)
+                .map_err(|e| RunError::io("sending the job", e))
+        });
+    if let Err(e) = sent {
+        return (None, Some(e));
+    }
+    let mut reader = MsgReader::new(&*sock);
+    let mut code = None;
+    let mut error = None;
+    loop {
+        match reader.next() {
+            Ok(None) => break,
+            Ok(Some(Msg::Pid(p))) => on_pid(p),
+            Ok(Some(Msg::Error { message, code })) => {
+                error.get_or_insert(match code {
+                    Some(code) => RunError::Exec { message, code },
+                    None => RunError::Setup(message),
+                });
+            }
+            Ok(Some(Msg::Exited(c))) => code = Some(c),
+            Ok(Some(_)) => {}
+            Err(e) => {
+                error.get_or_insert(RunError::Helper(e));
+                break;
+            }
+        }
+    }
+    (code, error)
+}
+
+// ---------------------------------------------------------------------------
+// Inside the helper (single-threaded from here on).
+
+fn report() -> BorrowedFd<'static> {
+    // SAFETY: fd 3 is set up by spawn_helper / the monitor and stays open for
+    // the helper's lifetime.
+    unsafe { BorrowedFd::borrow_raw(REPORT_FD) }
+}
+
+fn close_fds_from(first: u32) {
+    // SAFETY: close_range only closes fds; nothing else in this
+    // single-threaded process owns fds above `first`.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, first, u32::MAX, 0);
+    }
+}
+
+fn cloexec_fds_from(first: u32) {
+    // SAFETY: only sets FD_CLOEXEC.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    }
+}
+
+/// H for a foreground run: fd 3 is the socket to the caller.
+fn container_main() -> i32 {
+    let _ = rustix::io::fcntl_setfd(report(), rustix::io::FdFlags::CLOEXEC);
+    close_fds_from(REPORT_FD as u32 + 1);
+    // SAFETY: fd 3 is ours; read the job through a duplicate so the report
+    // fd stays open.
+    let dup = match rustix::io::fcntl_dupfd_cloexec(report(), 10) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("kiln-runner: no job channel: {e}");
+            return 125;
+        }
+    };
+    let mut buf = Vec::new();
+    if let Err(e) = std::fs::File::from(dup).read_to_end(&mut buf) {
+        eprintln!("kiln-runner: reading the job: {e}");
+        return 125;
+    }
+    let job: Job = match serde_json::from_slice(&buf) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("kiln-runner: bad job: {e}");
+            return 125;
+        }
+    };
+    container_parent(&job)
+}
+
+/// The H role (also used by the monitor, in a forked child whose fd 3 is a
+/// pipe to the monitor). Never returns an error: it reports and exits.
+pub(crate) fn container_parent(job: &Job) -> i32 {
+    let code = match start_container(job) {
+        Ok(code) => code,
+        Err(message) => {
+            send(report(), &Msg::Error { message, code: None });
+            125
+        }
+    };
+    send(report(), &Msg::Exited(code));
+    code
+}
+
+fn start_container(job: &Job) -> Result<i32, String> {
+    let layout = mounts::prepare(job)?;
+    let mut flags = rustix::thread::UnshareFlags::NEWNS
+        | rustix::thread::UnshareFlags::NEWUTS
+        | rustix::thread::UnshareFlags::NEWIPC
+        | rustix::thread::UnshareFlags::NEWPID;
+    if job.spec.network != NetworkMode::Host {
+        flags |= rustix::thread::UnshareFlags::NEWNET;
+    }
+    // SAFETY: this process is single-threaded (a fresh exec or a fork of one).
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(|e| format!("unshare: {e}"))?;
+    if job.spec.network != NetworkMode::Host {
+        mounts::loopback_up()?;
+    }
+    // All signals blocked: H and the container's init take them with
+    // sigwait(), which for PID 1 is what makes them deliverable at all.
+    let all = SigSet::all();
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None).map_err(|e| format!("sigprocmask: {e}"))?;
+    // SAFETY: single-threaded process.
+    let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            let code = container_init(job, &layout);
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    send(report(), &Msg::Pid(child.as_raw()));
+    Ok(supervise(child, false))
+}
+
+/// Wait for `child`, forwarding every other signal to it. With `reap_all`
+/// (PID 1) every exited process is reaped. Returns the child's exit code,
+/// 128+signal when it was killed.
+fn supervise(child: Pid, reap_all: bool) -> i32 {
+    let all = SigSet::all();
+    loop {
+        let sig = match all.wait() {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(child, sig);
+            continue;
+        }
+        let target = if reap_all { Pid::from_raw(-1) } else { child };
+        loop {
+            match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => return code,
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == child => return 128 + s as i32,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// The container's PID 1.
+fn container_init(job: &Job, layout: &Layout) -> i32 {
+    // Not dumpable: container processes cannot open /proc/1/{exe,mem,fd}.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    match setup_and_exec(job, layout) {
+        Ok(child) => {
+            // Nothing more to say; close our copy of the report channel so
+            // the reader sees EOF once H exits.
+            close_fds_from(REPORT_FD as u32);
+            supervise(child, true)
+        }
+        Err((message, code)) => {
+            send(report(), &Msg::Error { message, code });
+            code.unwrap_or(125)
+        }
+    }
+}
+
+struct Process {
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    path: String,
+    cwd: String,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    tty: bool,
+}
+
+fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32>)> {
+    let setup = |e: String| (e, None);
+    rustix::process::umask(Mode::empty());
+    mounts::setup_rootfs(job, layout).map_err(setup)?;
+    rustix::system::sethostname(job.hostname.as_bytes())
+        .map_err(|e| setup(format!("sethostname {:?}: {e}", job.hostname)))?;
+
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let group = std::fs::read_to_string("/etc/group").ok();
+    let user = resolve_user(job.spec.user.as_deref(), passwd.as_deref(), group.as_deref())
+        .map_err(|e| setup(e.to_string()))?;
+
+    let mut env: Vec<String> = job.spec.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_string();
+
+    std::fs::create_dir_all(&job.spec.cwd)
+        .map_err(|e| setup(format!("creating working directory {}: {e}", job.spec.cwd)))?;
+    if job.spec.readonly_rootfs {
+        // The overlay was mounted read-only; the workdir must already exist.
+    }
+
+    let cstr = |s: &str| CString::new(s).map_err(|_| setup(format!("NUL in {s:?}")));
+    let proc_ = Process {
+        argv: job.spec.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+        env: env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+        path,
+        cwd: job.spec.cwd.clone(),
+        uid: user.uid,
+        gid: user.gid,
+        groups: user.groups,
+        tty: job.tty,
+    };
+
+    // P reports an exec failure on this pipe; EOF means execve succeeded.
+    let (sync_r, sync_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| setup(format!("pipe: {e}")))?;
+    // SAFETY: single-threaded process.
+    match unsafe { fork() }.map_err(|e| setup(format!("fork: {e}")))? {
+        ForkResult::Child => {
+            drop(sync_r);
+            let (message, code) = exec_process(&proc_);
+            let msg = Msg::Error {
+                message,
+                code: Some(code),
+            };
+            send(sync_w.as_fd(), &msg);
+            // SAFETY: _exit in a forked child, nothing to unwind.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(sync_w);
+            let mut reader = MsgReader::new(std::fs::File::from(sync_r));
+            match reader.next() {
+                Ok(None) => {
+                    send(report(), &Msg::Running);
+                    Ok(child)
+                }
+                Ok(Some(Msg::Error { message, code })) => {
+                    let _ = waitpid(child, None);
+                    Err((message, code))
+                }
+                Ok(Some(other)) => Err(setup(format!("unexpected message {other:?}"))),
+                Err(e) => Err(setup(e)),
+            }
+        }
+    }
+}
+
+use rustix::fs::Mode;
+
+/// Docker's default capabilities.
+const DEFAULT_CAPS: [caps::Capability; 14] = [
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_MKNOD,
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETFCAP,
+    caps::Capability::CAP_SETPCAP,
+    caps::Capability::CAP_NET_BIND_SERVICE,
+    caps::Capability::CAP_SYS_CHROOT,
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_AUDIT_WRITE,
+];
+
+/// In P: become the user's process. Returns only on failure, with the
+/// message and exit code Docker would give.
+fn exec_process(p: &Process) -> (String, i32) {
+    let fail = |m: String| (m, 125);
+    // Signals: default dispositions (Rust ignores SIGPIPE), nothing blocked.
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: resetting to SIG_DFL installs no handler.
+            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+        }
+    }
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None) {
+        return fail(format!("sigprocmask: {e}"));
+    }
+    if let Err(e) = nix::unistd::setsid() {
+        return fail(format!("setsid: {e}"));
+    }
+    if p.tty {
+        // SAFETY: TIOCSCTTY on our stdin, which is the terminal.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return fail(format!("setting the controlling terminal: {}", std::io::Error::last_os_error()));
+        }
+    }
+    let keep: caps::CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
+    for c in caps::all() {
+        if !keep.contains(&c) {
+            if let Err(e) = caps::drop(None, caps::CapSet::Bounding, c) {
+                // Capabilities newer than the kernel are not in the bounding set.
+                if caps::has_cap(None, caps::CapSet::Bounding, c).unwrap_or(false) {
+                    return fail(format!("dropping {c} from the bounding set: {e}"));
+                }
+            }
+        }
+    }
+    if let Err(e) = nix::sys::prctl::set_keepcaps(true) {
+        return fail(format!("PR_SET_KEEPCAPS: {e}"));
+    }
+    let groups: Vec<nix::unistd::Gid> = p.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    if let Err(e) = nix::unistd::setgroups(&groups) {
+        return fail(format!("setgroups: {e}"));
+    }
+    let gid = nix::unistd::Gid::from_raw(p.gid);
+    let uid = nix::unistd::Uid::from_raw(p.uid);
+    if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
+        return fail(format!("setresgid {}: {e}", p.gid));
+    }
+    if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
+        return fail(format!("setresuid {}: {e}", p.uid));
+    }
+    let _ = nix::sys::prctl::set_keepcaps(false);
+    for (set, caps_) in [
+        (caps::CapSet::Effective, keep.clone()),
+        (caps::CapSet::Permitted, keep.clone()),
+        (caps::CapSet::Inheritable, caps::CapsHashSet::new()),
+    ] {
+        if let Err(e) = caps::set(None, set, &caps_) {
+            return fail(format!("setting {set:?} capabilities: {e}"));
+        }
+    }
+    rustix::process::umask(Mode::from_raw_mode(0o022));
+
+    // After pivot_root and with only 0-3 open, /proc/self/fd/N names nothing
+    // of the host; still, refuse a cwd that is not under our root.
+    if let Err(e) = rustix::process::chdir(p.cwd.as_str()) {
+        return (format!("chdir to cwd ({:?}) set in config.json failed: {e}", p.cwd), 126);
+    }
+    match std::env::current_dir() {
+        Ok(d) if d.is_absolute() => {}
+        _ => return (format!("cwd {:?} is outside the container root", p.cwd), 126),
+    }
+
+    let name = match p.argv[0].to_str() {
+        Ok(n) => n.to_string(),
+        Err(_) => return fail("argv[0] is not UTF-8".into()),
+    };
+    let prog = match lookup(&name, &p.path) {
+        Ok(prog) => prog,
+        Err(e) => return e,
+    };
+    cloexec_fds_from(REPORT_FD as u32);
+    let e = nix::unistd::execve(&prog, &p.argv, &p.env).err();
+    let e = e.map(|e| e as i32).unwrap_or(0);
+    exec_error(&name, std::io::Error::from_raw_os_error(e))
+}
+
+fn exec_error(name: &str, e: std::io::Error) -> (String, i32) {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => (
+            format!("exec: \"{name}\": stat {name}: no such file or directory"),
+            127,
+        ),
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            (format!("exec: \"{name}\": permission denied"), 126)
+        }
+        _ => (format!("exec: \"{name}\": {e}"), 126),
+    }
+}
+
+/// Go's exec.LookPath inside the container (we are chrooted by now).
+fn lookup(name: &str, path: &str) -> Result<CString, (String, i32)> {
+    let to_c = |s: &str| CString::new(s).map_err(|_| (format!("bad path {s:?}"), 127));
+    if name.contains('/') {
+        return to_c(name);
+    }
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let cand = format!("{dir}/{name}");
+        if let Ok(md) = std::fs::metadata(&cand) {
+            use std::os::unix::fs::PermissionsExt;
+            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
+                return to_c(&cand);
+            }
+        }
+    }
+    Err((
+        format!("exec: \"{name}\": executable file not found in $PATH"),
+        127,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_rejects_bad_specs() {
+        let ok = ContainerSpec {
+            args: vec!["true".into()],
+            cwd: "/".into(),
+            ..Default::default()
+        };
+        assert!(validate(&ok).is_ok());
+        let mut s = ok.clone();
+        s.args.clear();
+        assert!(validate(&s).unwrap_err().to_string().contains("no command"));
+        let mut s = ok.clone();
+        s.cwd = "rel".into();
+        assert!(validate(&s).unwrap_err().to_string().contains("not absolute"));
+        let mut s = ok.clone();
+        s.rootfs.lowers.push(PathBuf::from("/nonexistent/kiln"));
+        assert!(validate(&s).unwrap_err().to_string().contains("not a directory"));
+    }
+
+    #[test]
+    fn exec_errors_match_docker() {
+        assert_eq!(
+            lookup("nope-kiln", "/nonexistent").unwrap_err(),
+            (
+                "exec: \"nope-kiln\": executable file not found in $PATH".to_string(),
+                127
+            )
+        );
+        assert_eq!(exec_error("/x", std::io::Error::from_raw_os_error(libc::EACCES)).1, 126);
+        assert_eq!(exec_error("/x", std::io::Error::from_raw_os_error(libc::ENOENT)).1, 127);
+    }
+}

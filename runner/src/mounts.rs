@@ -1,0 +1,733 @@
+//! The container's filesystem: scratch layout on the host, the overlay
+//! rootfs, the system mounts, and mount targets resolved inside the root.
+//!
+//! Every mount is made with the new mount API (`fsopen`/`fsmount`/
+//! `open_tree` + `move_mount`) onto an `O_PATH` fd of the target opened with
+//! `openat2(RESOLVE_IN_ROOT)`, so a symlink in the image can never send a
+//! mount onto the host. Targets of the kernel filesystems (`/proc`, `/sys`,
+//! `/dev`) that are symlinks in the image are refused, like runc does.
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, CWD};
+use rustix::mount::{
+    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree, FsMountFlags,
+    FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags,
+};
+
+use crate::proto::Job;
+use crate::{MountKind, NetworkMode};
+
+/// Where things live in a container's scratch dir.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    /// Bottom-most lower holding empty mount points the image lacks.
+    pub stub: PathBuf,
+    /// Generated hosts, hostname, resolv.conf.
+    pub etc: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Mount point of the overlay (in the container's mount namespace only).
+    pub rootfs: PathBuf,
+}
+
+fn err(what: impl std::fmt::Display, e: impl Into<io::Error>) -> String {
+    format!("{what}: {}", e.into())
+}
+
+/// Relative, `..`-free form of an absolute container path, or an error.
+pub(crate) fn clean_target(target: &str) -> Result<PathBuf, String> {
+    if !target.starts_with('/') {
+        return Err(format!("mount target {target:?} is not an absolute path"));
+    }
+    if target.contains('\0') {
+        return Err(format!("mount target {target:?} contains NUL"));
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(target).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                return Err(format!("mount target {target:?} contains '..'"));
+            }
+            Component::Prefix(_) => return Err(format!("bad mount target {target:?}")),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err("cannot mount over the container root".into());
+    }
+    Ok(out)
+}
+
+/// Mount targets we may need stubs for: (relative path, is a file).
+fn wanted_targets(job: &Job) -> Result<Vec<(PathBuf, bool)>, String> {
+    let mut t = vec![
+        (PathBuf::from("proc"), false),
+        (PathBuf::from("sys"), false),
+        (PathBuf::from("dev"), false),
+        (PathBuf::from("etc/hosts"), true),
+        (PathBuf::from("etc/hostname"), true),
+        (PathBuf::from("etc/resolv.conf"), true),
+    ];
+    for m in &job.spec.mounts {
+        let is_file = match &m.kind {
+            MountKind::Bind { source, .. } => fs::metadata(source)
+                .map_err(|e| err(format!("bind source {}", source.display()), e))?
+                .is_file(),
+            MountKind::Tmpfs { .. } => false,
+        };
+        t.push((clean_target(&m.target)?, is_file));
+    }
+    Ok(t)
+}
+
+fn create_stub(stub: &Path, rel: &Path, is_file: bool) -> Result<(), String> {
+    let p = stub.join(rel);
+    if is_file {
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).map_err(|e| err(parent.display(), e))?;
+        }
+        if fs::symlink_metadata(&p).is_err() {
+            fs::write(&p, b"").map_err(|e| err(p.display(), e))?;
+        }
+    } else {
+        fs::create_dir_all(&p).map_err(|e| err(p.display(), e))?;
+    }
+    Ok(())
+}
+
+/// Docker's default /etc/hosts for a container with its own network.
+fn hosts_file(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+    )
+}
+
+/// The host's resolv.conf; for a container with its own network, nameservers
+/// on the host's loopback are useless and dropped (Docker's rule), with
+/// Google DNS as the fallback.
+pub(crate) fn resolv_conf(host: &str, network: NetworkMode) -> String {
+    if network == NetworkMode::Host {
+        return host.to_string();
+    }
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let mut f = line.split_whitespace();
+        if f.next() == Some("nameserver") {
+            let ip = f.next().unwrap_or("");
+            if ip.starts_with("127.") || ip == "::1" {
+                continue;
+            }
+            servers += 1;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if servers == 0 {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    out
+}
+
+/// Make the scratch layout on the host side (before any namespace exists).
+pub(crate) fn prepare(job: &Job) -> Result<Layout, String> {
+    let s = &job.scratch;
+    let layout = Layout {
+        stub: s.join("stub"),
+        etc: s.join("etc"),
+        upper: job
+            .spec
+            .rootfs
+            .upper
+            .as_ref()
+            .map(|u| u.0.clone())
+            .unwrap_or_else(|| s.join("upper")),
+        work: job
+            .spec
+            .rootfs
+            .upper
+            .as_ref()
+            .map(|u| u.1.clone())
+            .unwrap_or_else(|| s.join("work")),
+        rootfs: s.join("rootfs"),
+    };
+    for d in [&layout.stub, &layout.etc, &layout.upper, &layout.work, &layout.rootfs] {
+        fs::create_dir_all(d).map_err(|e| err(d.display(), e))?;
+    }
+    for (rel, is_file) in wanted_targets(job)? {
+        create_stub(&layout.stub, &rel, is_file)?;
+    }
+    let host_hosts = if job.spec.network == NetworkMode::Host {
+        fs::read_to_string("/etc/hosts").ok()
+    } else {
+        None
+    };
+    let files = [
+        (
+            "hosts",
+            host_hosts.unwrap_or_else(|| hosts_file(&job.hostname)),
+        ),
+        ("hostname", format!("{}\n", job.hostname)),
+        (
+            "resolv.conf",
+            resolv_conf(
+                &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                job.spec.network,
+            ),
+        ),
+    ];
+    for (name, content) in files {
+        let p = layout.etc.join(name);
+        fs::write(&p, content).map_err(|e| err(p.display(), e))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644))
+            .map_err(|e| err(p.display(), e))?;
+    }
+    Ok(layout)
+}
+
+/// Resolve `path` inside `root` the way the container will see it (absolute
+/// symlinks and `..` stay inside `root`), touching only `root`'s tree.
+/// Returns the symlink-free relative path and whether it exists.
+pub(crate) fn secure_join(root: &Path, path: &Path) -> io::Result<(PathBuf, bool)> {
+    let mut resolved = PathBuf::new();
+    let mut pending: VecDeque<PathBuf> = path
+        .components()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut links = 0;
+    while let Some(c) = pending.pop_front() {
+        let comp = c.as_os_str();
+        if comp == "/" || comp == "." || comp.is_empty() {
+            continue;
+        }
+        if comp == ".." {
+            resolved.pop();
+            continue;
+        }
+        let cand = resolved.join(comp);
+        match fs::symlink_metadata(root.join(&cand)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                resolved = cand;
+                for rest in pending {
+                    let r = rest.as_os_str();
+                    if r == ".." {
+                        resolved.pop();
+                    } else if r != "." && r != "/" && !r.is_empty() {
+                        resolved.push(r);
+                    }
+                }
+                return Ok((resolved, false));
+            }
+            Err(e) => return Err(e),
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let target = fs::read_link(root.join(&cand))?;
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for c in target.components().rev() {
+                    pending.push_front(PathBuf::from(c.as_os_str()));
+                }
+            }
+            Ok(_) => resolved = cand,
+        }
+    }
+    Ok((resolved, true))
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(2)` (not wrapped by rustix yet).
+fn mount_setattr(fd: BorrowedFd<'_>, path: &str, flags: u32, set: u64) -> io::Result<()> {
+    let p = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid fd, NUL-terminated path, attr outlives the call, size matches.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            p.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+const AT_RECURSIVE: u32 = 0x8000;
+
+fn new_fs(
+    fstype: &str,
+    opts: &[(&str, &str)],
+    attrs: MountAttrFlags,
+) -> Result<OwnedFd, String> {
+    let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| err(format!("fsopen {fstype}"), e))?;
+    for (k, v) in opts {
+        fsconfig_set_string(&fs, *k, *v)
+            .map_err(|e| err(format!("{fstype} option {k}={v}"), e))?;
+    }
+    fsconfig_create(&fs).map_err(|e| err(format!("creating {fstype}"), e))?;
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| err(format!("fsmount {fstype}"), e))
+}
+
+/// `O_PATH` fd of `rel` inside `root`, resolved in the root. With
+/// `follow == false` the last component must not be a symlink.
+fn open_in_root(root: BorrowedFd<'_>, rel: &Path, follow: bool) -> Result<OwnedFd, String> {
+    let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let fd = rustix::fs::openat2(
+        root,
+        rel,
+        flags,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| err(format!("mount target /{}", rel.display()), e))?;
+    if !follow {
+        let st = rustix::fs::fstat(&fd).map_err(|e| err(format!("/{}", rel.display()), e))?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+            return Err(format!(
+                "/{} is a symlink in the image; refusing to mount over it",
+                rel.display()
+            ));
+        }
+    }
+    Ok(fd)
+}
+
+fn attach(mnt: &OwnedFd, target: &OwnedFd, what: &str) -> Result<(), String> {
+    move_mount(
+        mnt,
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| err(format!("mounting {what}"), e))
+}
+
+fn mount_at(root: BorrowedFd<'_>, rel: &str, follow: bool, mnt: &OwnedFd) -> Result<(), String> {
+    let t = open_in_root(root, Path::new(rel), follow)?;
+    attach(mnt, &t, &format!("/{rel}"))
+}
+
+/// Mount the overlay rootfs at `layout.rootfs`.
+fn mount_overlay(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
+    let mut lowers: Vec<&Path> = job.spec.rootfs.lowers.iter().map(PathBuf::as_path).collect();
+    lowers.push(&layout.stub);
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| err("fsopen overlay", e))?;
+    let set = |k: &str, v: &str| {
+        fsconfig_set_string(&fs, k, v).map_err(|e| err(format!("overlay option {k}={v}"), e))
+    };
+    for l in &lowers {
+        // One option per layer: no length limit, no escaping of ':' or ','.
+        fsconfig_set_string(&fs, "lowerdir+", *l)
+            .map_err(|e| err(format!("overlay lower dir {}", l.display()), e))?;
+    }
+    fsconfig_set_string(&fs, "upperdir", &layout.upper)
+        .map_err(|e| err(format!("overlay upper dir {}", layout.upper.display()), e))?;
+    fsconfig_set_string(&fs, "workdir", &layout.work)
+        .map_err(|e| err(format!("overlay work dir {}", layout.work.display()), e))?;
+    // The upper dir must stay a plain diff.
+    set("redirect_dir", "off")?;
+    set("metacopy", "off")?;
+    set("index", "off")?;
+    fsconfig_create(&fs).map_err(|e| err("creating the overlay", e))?;
+    let attrs = if job.spec.readonly_rootfs {
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+    } else {
+        MountAttrFlags::empty()
+    };
+    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| err("fsmount overlay", e))?;
+    move_mount(
+        &mnt,
+        "",
+        CWD,
+        &layout.rootfs,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| err(format!("mounting the rootfs at {}", layout.rootfs.display()), e))?;
+    Ok(mnt)
+}
+
+/// Mount the rootfs and everything in it, then `pivot_root` into it and
+/// detach the old root. Runs in the container's PID 1, in its new mount
+/// namespace, before any user code.
+pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::DOWNSTREAM | rustix::mount::MountPropagationFlags::REC,
+    )
+    .map_err(|e| err("making / rslave", e))?;
+
+    let targets = wanted_targets(job)?;
+    let mut root = mount_overlay(job, layout)?;
+    // Targets the merged view lacks (often behind a symlink in the image,
+    // e.g. /etc/resolv.conf -> ../run/resolv.conf) get a stub in the bottom
+    // lower, then the overlay is made again.
+    let mut missing = Vec::new();
+    for (i, (rel, is_file)) in targets.iter().enumerate() {
+        let (resolved, exists) = secure_join(&layout.rootfs, rel)
+            .map_err(|e| err(format!("resolving /{} in the image", rel.display()), e))?;
+        if i < 3 && resolved != *rel {
+            return Err(format!(
+                "/{} is a symlink in the image; refusing to mount over it",
+                rel.display()
+            ));
+        }
+        if !exists {
+            missing.push((resolved, *is_file));
+        }
+    }
+    if !missing.is_empty() {
+        drop(root);
+        rustix::mount::unmount(&layout.rootfs, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| err("unmounting the rootfs", e))?;
+        for (rel, is_file) in &missing {
+            create_stub(&layout.stub, rel, *is_file)?;
+        }
+        root = mount_overlay(job, layout)?;
+        for (rel, _) in &missing {
+            let (_, exists) = secure_join(&layout.rootfs, rel)
+                .map_err(|e| err(format!("/{}", rel.display()), e))?;
+            if !exists {
+                return Err(format!(
+                    "cannot create mount point /{} (hidden by an opaque directory in the image)",
+                    rel.display()
+                ));
+            }
+        }
+    }
+    let r = root.as_fd();
+
+    let nosuid_nodev_noexec = MountAttrFlags::MOUNT_ATTR_NOSUID
+        | MountAttrFlags::MOUNT_ATTR_NODEV
+        | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    let proc_ = new_fs("proc", &[], nosuid_nodev_noexec)?;
+    mount_at(r, "proc", false, &proc_)?;
+
+    let dev = new_fs(
+        "tmpfs",
+        &[("mode", "755"), ("size", "65536k")],
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_STRICTATIME,
+    )?;
+    populate_dev(&dev)?;
+    let pts = new_fs(
+        "devpts",
+        &[("newinstance", ""), ("ptmxmode", "0666"), ("mode", "0620"), ("gid", "5")],
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )
+    .or_else(|_| {
+        new_fs(
+            "devpts",
+            &[("ptmxmode", "0666"), ("mode", "0620"), ("gid", "5")],
+            MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        )
+    })?;
+    mount_at(dev.as_fd(), "pts", false, &pts)?;
+    let shm = new_fs(
+        "tmpfs",
+        &[("mode", "1777"), ("size", "65536k")],
+        nosuid_nodev_noexec,
+    )?;
+    mount_at(dev.as_fd(), "shm", false, &shm)?;
+    let mq = new_fs("mqueue", &[], nosuid_nodev_noexec)?;
+    mount_at(dev.as_fd(), "mqueue", false, &mq)?;
+    mount_at(r, "dev", false, &dev)?;
+
+    let sys = new_fs(
+        "sysfs",
+        &[],
+        nosuid_nodev_noexec | MountAttrFlags::MOUNT_ATTR_RDONLY,
+    )?;
+    mount_at(r, "sys", false, &sys)?;
+
+    for name in ["hosts", "hostname", "resolv.conf"] {
+        let src = open_tree(
+            CWD,
+            &layout.etc.join(name),
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .map_err(|e| err(format!("bind source {}", layout.etc.join(name).display()), e))?;
+        mount_at(r, &format!("etc/{name}"), true, &src)?;
+    }
+
+    for m in &job.spec.mounts {
+        let rel = clean_target(&m.target)?;
+        let rel_s = rel.to_string_lossy();
+        let mnt = match &m.kind {
+            MountKind::Bind { source, readonly } => {
+                let t = open_tree(
+                    CWD,
+                    source,
+                    OpenTreeFlags::OPEN_TREE_CLONE
+                        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                        | OpenTreeFlags::AT_RECURSIVE,
+                )
+                .map_err(|e| err(format!("bind source {}", source.display()), e))?;
+                if *readonly {
+                    mount_setattr(
+                        t.as_fd(),
+                        "",
+                        libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE,
+                        MountAttrFlags::MOUNT_ATTR_RDONLY.bits() as u64,
+                    )
+                    .map_err(|e| err(format!("making {} read-only", m.target), e))?;
+                }
+                t
+            }
+            MountKind::Tmpfs { size } => {
+                let size = size.map(|s| s.to_string());
+                let mut opts = vec![("mode", "755")];
+                if let Some(s) = size.as_deref() {
+                    opts.push(("size", s));
+                }
+                new_fs(
+                    "tmpfs",
+                    &opts,
+                    MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+                )?
+            }
+        };
+        mount_at(r, &rel_s, true, &mnt)?;
+    }
+
+    mask_paths(r, &dev)?;
+
+    // pivot_root(".", ".") stacks the old root under the new one; detaching
+    // "." then drops it. No directory of the host stays reachable.
+    rustix::process::chdir(&layout.rootfs).map_err(|e| err("chdir into the rootfs", e))?;
+    rustix::process::pivot_root(".", ".").map_err(|e| err("pivot_root", e))?;
+    rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH)
+        .map_err(|e| err("detaching the old root", e))?;
+    rustix::process::chdir("/").map_err(|e| err("chdir /", e))?;
+    Ok(())
+}
+
+/// Docker's default masked and read-only paths.
+const MASKED: &[&str] = &[
+    "proc/asound",
+    "proc/acpi",
+    "proc/interrupts",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+const READONLY: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+fn mask_paths(root: BorrowedFd<'_>, dev: &OwnedFd) -> Result<(), String> {
+    for p in MASKED {
+        let fd = match open_in_root(root, Path::new(p), false) {
+            Ok(fd) => fd,
+            Err(_) => continue, // absent on this kernel
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| err(p, e))?;
+        let mnt = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            new_fs("tmpfs", &[("size", "0")], MountAttrFlags::MOUNT_ATTR_RDONLY)?
+        } else {
+            open_tree(dev, "null", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC)
+                .map_err(|e| err("/dev/null", e))?
+        };
+        attach(&mnt, &fd, p)?;
+    }
+    for p in READONLY {
+        let fd = match open_in_root(root, Path::new(p), false) {
+            Ok(fd) => fd,
+            Err(_) => continue,
+        };
+        let mnt = open_tree(
+            &fd,
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_RECURSIVE
+                | OpenTreeFlags::AT_EMPTY_PATH,
+        )
+        .map_err(|e| err(p, e))?;
+        mount_setattr(
+            mnt.as_fd(),
+            "",
+            libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE,
+            (MountAttrFlags::MOUNT_ATTR_RDONLY
+                | MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC)
+                .bits() as u64,
+        )
+        .map_err(|e| err(format!("making /{p} read-only"), e))?;
+        attach(&mnt, &fd, p)?;
+    }
+    Ok(())
+}
+
+/// Device nodes and links of Docker's /dev, made in the fresh tmpfs.
+fn populate_dev(dev: &OwnedFd) -> Result<(), String> {
+    let chr = |name: &str, major: u32, minor: u32| -> Result<(), String> {
+        rustix::fs::mknodat(
+            dev,
+            name,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        )
+        .map_err(|e| err(format!("mknod /dev/{name}"), e))?;
+        // mknod is subject to the umask; the mode must be exact.
+        rustix::fs::chmodat(dev, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty())
+            .map_err(|e| err(format!("chmod /dev/{name}"), e))
+
+    };
+    chr("null", 1, 3)?;
+    chr("zero", 1, 5)?;
+    chr("full", 1, 7)?;
+    chr("random", 1, 8)?;
+    chr("urandom", 1, 9)?;
+    chr("tty", 5, 0)?;
+    for (name, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
+        rustix::fs::symlinkat(target, dev, name).map_err(|e| err(format!("/dev/{name}"), e))?;
+    }
+    for (name, mode) in [("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o755)] {
+        rustix::fs::mkdirat(dev, name, Mode::from_raw_mode(mode))
+            .map_err(|e| err(format!("/dev/{name}"), e))?;
+    }
+    Ok(())
+}
+
+/// Bring `lo` up in the current network namespace.
+pub(crate) fn loopback_up() -> Result<(), String> {
+    // SAFETY: plain socket/ioctl calls on a zeroed, NUL-terminated ifreq.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(err("socket", io::Error::last_os_error()));
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr);
+        if r == 0 {
+            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            r = libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+        }
+        let e = io::Error::last_os_error();
+        libc::close(s);
+        if r != 0 {
+            return Err(err("bringing lo up", e));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn clean_target_rules() {
+        assert_eq!(clean_target("/run/secrets/x").unwrap(), PathBuf::from("run/secrets/x"));
+        assert_eq!(clean_target("/a/./b/").unwrap(), PathBuf::from("a/b"));
+        assert!(clean_target("relative").is_err());
+        assert!(clean_target("/a/../b").is_err());
+        assert!(clean_target("/").is_err());
+    }
+
+    #[test]
+    fn secure_join_keeps_symlinks_inside_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(root.join("run")).unwrap();
+        fs::write(root.join("run/real"), "x").unwrap();
+        symlink("/host/file", root.join("etc/resolv.conf")).unwrap();
+        symlink("../run/real", root.join("etc/hosts")).unwrap();
+        symlink("/", root.join("proc")).unwrap();
+        symlink("../../../..", root.join("up")).unwrap();
+        symlink("loop2", root.join("loop1")).unwrap();
+        symlink("loop1", root.join("loop2")).unwrap();
+
+        assert_eq!(
+            secure_join(root, Path::new("etc/resolv.conf")).unwrap(),
+            (PathBuf::from("host/file"), false)
+        );
+        assert_eq!(
+            secure_join(root, Path::new("etc/hosts")).unwrap(),
+            (PathBuf::from("run/real"), true)
+        );
+        assert_eq!(secure_join(root, Path::new("proc")).unwrap(), (PathBuf::new(), true));
+        assert_eq!(
+            secure_join(root, Path::new("up/etc")).unwrap(),
+            (PathBuf::from("etc"), true)
+        );
+        assert_eq!(
+            secure_join(root, Path::new("new/../dir")).unwrap(),
+            (PathBuf::from("dir"), false)
+        );
+        assert_eq!(
+            secure_join(root, Path::new("loop1")).unwrap_err().raw_os_error(),
+            Some(libc::ELOOP)
+        );
+    }
+
+    #[test]
+    fn resolv_conf_drops_loopback_servers_unless_host() {
+        let host = "search example.org\nnameserver 127.0.0.53\noptions edns0\n";
+        let r = resolv_conf(host, NetworkMode::Private);
+        assert!(!r.contains("127.0.0.53"));
+        assert!(r.contains("nameserver 8.8.8.8"));
+        assert!(r.contains("search example.org"));
+        assert_eq!(resolv_conf(host, NetworkMode::Host), host);
+        let r = resolv_conf("nameserver 10.0.0.2\n", NetworkMode::None);
+        assert_eq!(r, "nameserver 10.0.0.2\n");
+    }
+}

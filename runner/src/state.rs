@@ -1,0 +1,969 @@
+//! Named containers with state on disk: detached (`run -d`) and foreground
+//! runs, `ps`, `stop`, `rm`, `logs`.
+//!
+//! ```text
+//! <state_dir>/.lock                flock: name reservation
+//! <state_dir>/<id>/config.json     written once at creation
+//! <state_dir>/<id>/state.json      status, pids + start times, exit code (temp + rename)
+//! <state_dir>/<id>/container.log   json-lines {"log","stream","time"} like Docker's json-file
+//! <state_dir>/<id>/monitor.log     the monitor's own diagnostics
+//! <state_dir>/<id>/scratch/        stubs, generated /etc files, scratch upper
+//! ```
+//! Liveness is "the supervising process (monitor, or the helper of a
+//! foreground run) is alive *and* has the start time we recorded", so a
+//! reused PID is never mistaken for the container.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RunError;
+use crate::helper::{self, random_hex, Event, REPORT_FD};
+use crate::names;
+use crate::ports::{self, PortMapping};
+use crate::proto::{send, Job, Msg, MsgReader};
+use crate::ps::now;
+use crate::{ContainerSpec, RunnerConfig, Stdio};
+
+/// How `run` presents the container (ps columns, stop signal, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOptions {
+    /// `--name`; None picks a random `adjective_noun`.
+    pub name: Option<String>,
+    /// Shown in ps.
+    pub image: String,
+    /// Shown in ps.
+    pub command: String,
+    /// Published ports (private or none network).
+    pub ports: Vec<PortMapping>,
+    /// The image's STOPSIGNAL ("SIGTERM", "TERM", "15"); default SIGTERM.
+    pub stop_signal: Option<String>,
+    /// `--rm`: remove the container when it exits.
+    pub auto_remove: bool,
+    /// `-t`: a pseudo-terminal (foreground only, when stdin is a terminal).
+    pub tty: bool,
+    /// `-i`: keep stdin (foreground only; detached stdin is /dev/null).
+    pub interactive: bool,
+}
+
+/// What `ps` knows about a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerStatus {
+    Created,
+    /// `pid`: the container's PID 1 as seen from the host.
+    Running { pid: i32 },
+    Exited { code: i32, finished: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// 64 hex digits.
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub command: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds when the process started (== created before that).
+    pub started: i64,
+    pub status: ContainerStatus,
+    pub ports: Vec<PortMapping>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Config {
+    id: String,
+    name: String,
+    created: i64,
+    opts: RunOptions,
+    spec: ContainerSpec,
+    detached: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Phase {
+    Created,
+    Running,
+    Exited,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    phase: Phase,
+    /// The process whose life is the container's (monitor or helper).
+    supervisor_pid: i32,
+    supervisor_start: u64,
+    /// The container's PID 1.
+    pid: i32,
+    pid_start: u64,
+    started: i64,
+    exit_code: Option<i32>,
+    finished: i64,
+}
+
+impl State {
+    fn created() -> State {
+        State {
+            phase: Phase::Created,
+            supervisor_pid: 0,
+            supervisor_start: 0,
+            pid: 0,
+            pid_start: 0,
+            started: 0,
+            exit_code: None,
+            finished: 0,
+        }
+    }
+}
+
+/// Start time (clock ticks since boot) of a process, from /proc/<pid>/stat.
+fn proc_start_time(pid: i32) -> Option<u64> {
+    if pid <= 0 {
+        return None;
+    }
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and ')': split after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    // Field 3 (state) is rest's first; starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn alive(pid: i32, start: u64) -> bool {
+    start != 0 && proc_start_time(pid) == Some(start)
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RunError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_data()?;
+        fs::rename(&tmp, path)
+    })();
+    r.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        RunError::io(format!("writing {}", path.display()), e)
+    })
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
+    let data = fs::read(path).map_err(|e| RunError::io(format!("reading {}", path.display()), e))?;
+    serde_json::from_slice(&data).map_err(|e| RunError::State {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Parse "SIGTERM", "TERM", "term", "15".
+pub fn parse_signal(s: &str) -> Result<i32, RunError> {
+    let bad = || RunError::BadSignal(s.to_string());
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|sig| sig as i32)
+            .map_err(|_| bad());
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as i32)
+        .map_err(|_| bad())
+}
+
+/// The containers under one state dir.
+#[derive(Debug)]
+pub struct Containers {
+    cfg: RunnerConfig,
+    dir: PathBuf,
+}
+
+struct Lock(#[allow(dead_code)] File);
+
+impl Containers {
+    /// `state_dir` is `<kiln root>/containers`; created if missing.
+    pub fn open(cfg: RunnerConfig, state_dir: &Path) -> Result<Containers, RunError> {
+        fs::create_dir_all(state_dir)
+            .map_err(|e| RunError::io(format!("creating {}", state_dir.display()), e))?;
+        Ok(Containers {
+            cfg,
+            dir: state_dir.to_path_buf(),
+        })
+    }
+
+    fn lock(&self) -> Result<Lock, RunError> {
+        let p = self.dir.join(".lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| RunError::io(format!("opening {}", p.display()), e))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| RunError::io(format!("locking {}", p.display()), e.into()))?;
+        Ok(Lock(f))
+    }
+
+    fn ids(&self) -> Result<Vec<String>, RunError> {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&self.dir)
+            .map_err(|e| RunError::io(format!("reading {}", self.dir.display()), e))?;
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    fn config(&self, id: &str) -> Result<Config, RunError> {
+        read_json(&self.dir.join(id).join("config.json"))
+    }
+
+    fn state(&self, id: &str) -> Result<State, RunError> {
+        match read_json(&self.dir.join(id).join("state.json")) {
+            Err(RunError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(State::created())
+            }
+            r => r,
+        }
+    }
+
+    /// Reserve the name and write config.json + state.json under the lock.
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+        opts: &RunOptions,
+        detached: bool,
+    ) -> Result<Config, RunError> {
+        helper::validate(spec)?;
+        if let Some(n) = &opts.name {
+            if !names::valid_name(n) {
+                return Err(RunError::InvalidName(n.clone()));
+            }
+        }
+        let _lock = self.lock()?;
+        let mut taken = Vec::new();
+        for id in self.ids()? {
+            if let Ok(c) = self.config(&id) {
+                taken.push((c.name, id));
+            }
+        }
+        let name = match &opts.name {
+            Some(n) => {
+                if let Some((_, id)) = taken.iter().find(|(t, _)| t == n) {
+                    return Err(RunError::NameInUse {
+                        name: n.clone(),
+                        id: id.clone(),
+                    });
+                }
+                n.clone()
+            }
+            None => {
+                let mut tries = 0u32;
+                loop {
+                    let mut r = [0u8; 4];
+                    getrandom::fill(&mut r).map_err(|e| RunError::Helper(e.to_string()))?;
+                    let mut n = names::random_name(u32::from_le_bytes(r));
+                    if tries > 10 {
+                        n = format!("{n}{}", tries);
+                    }
+                    if !taken.iter().any(|(t, _)| *t == n) {
+                        break n;
+                    }
+                    tries += 1;
+                }
+            }
+        };
+        let id = random_hex(32)?;
+        let dir = self.dir.join(&id);
+        fs::create_dir_all(dir.join("scratch"))
+            .map_err(|e| RunError::io(format!("creating {}", dir.display()), e))?;
+        let cfg = Config {
+            id,
+            name,
+            created: now(),
+            opts: opts.clone(),
+            spec: spec.clone(),
+            detached,
+        };
+        let bytes = serde_json::to_vec_pretty(&cfg).map_err(|e| RunError::Helper(e.to_string()))?;
+        write_atomic(&dir.join("config.json"), &bytes)?;
+        save_state(&dir, &State::created())?;
+        Ok(cfg)
+    }
+
+    /// Start a detached container: a monitor process (re-exec'd, own
+    /// session) runs it, logs its output and serves its ports. Returns the
+    /// full ID once the process is running and the ports are bound; a port
+    /// in use or an exec failure is an error here and leaves nothing behind.
+    pub fn run_detached(&self, spec: ContainerSpec, opts: RunOptions) -> Result<String, RunError> {
+        let cfg = self.create(&spec, &opts, true)?;
+        let dir = self.dir.join(&cfg.id);
+        let result = self.start_monitor(&dir);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        result.map(|()| cfg.id)
+    }
+
+    fn start_monitor(&self, dir: &Path) -> Result<(), RunError> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("monitor.log"))
+            .map_err(|e| RunError::io("creating monitor.log", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| RunError::io("dup monitor.log", e))?;
+        let dir_s = dir
+            .to_str()
+            .ok_or_else(|| RunError::InvalidSpec("state dir is not UTF-8".into()))?;
+        let (mut child, sock) = helper::spawn_helper(
+            &self.cfg,
+            "monitor",
+            &[dir_s],
+            Stdio {
+                stdin: None,
+                stdout: Some(log.into()),
+                stderr: Some(log2.into()),
+            },
+        )?;
+        // The first monitor process forks the real one and exits at once.
+        let _ = child.wait();
+        let mut reader = MsgReader::new(&sock);
+        loop {
+            match reader.next() {
+                Ok(Some(Msg::Ready)) => return Ok(()),
+                Ok(Some(Msg::PortInUse { ip, port })) => {
+                    return Err(RunError::PortInUse { ip, port })
+                }
+                Ok(Some(Msg::Error { message, code })) => {
+                    return Err(match code {
+                        Some(code) => RunError::Exec { message, code },
+                        None => RunError::Setup(message),
+                    })
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    let why = fs::read_to_string(dir.join("monitor.log")).unwrap_or_default();
+                    return Err(RunError::Helper(format!(
+                        "the container monitor exited before the container started{}{}",
+                        if why.trim().is_empty() { "" } else { ": " },
+                        why.trim()
+                    )));
+                }
+                Err(e) => return Err(RunError::Helper(e)),
+            }
+        }
+    }
+
+    /// Run in the foreground with the caller's stdio (stdin only with
+    /// `interactive`), listed by `ps` while it runs. Published ports are
+    /// served from this process while the container runs.
+    pub fn run_foreground(&self, spec: ContainerSpec, opts: RunOptions) -> Result<i32, RunError> {
+        let bound = ports::bind_all(&opts.ports)?;
+        let cfg = self.create(&spec, &opts, false)?;
+        let dir = self.dir.join(&cfg.id);
+        let dup = |fd: BorrowedFd<'_>| {
+            rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| RunError::io("dup stdio", e.into()))
+        };
+        let stdin = if opts.interactive {
+            Some(dup(rustix::stdio::stdin())?)
+        } else {
+            None
+        };
+        let tty = opts.tty && opts.interactive && rustix::termios::isatty(rustix::stdio::stdin());
+        let stdio = Stdio {
+            stdin,
+            stdout: Some(dup(rustix::stdio::stdout())?),
+            stderr: Some(dup(rustix::stdio::stderr())?),
+        };
+        let mut proxy: Option<ports::ProxyHandle> = None;
+        let mut bound = Some(bound);
+        let mut state_err = None;
+        let result = helper::run_foreground(
+            &self.cfg,
+            &spec,
+            stdio,
+            Some((&dir.join("scratch"), &cfg.id, tty)),
+            &mut |ev| match ev {
+                Event::Started { helper, pid } => {
+                    let st = State {
+                        phase: Phase::Running,
+                        supervisor_pid: helper,
+                        supervisor_start: proc_start_time(helper).unwrap_or(0),
+                        pid,
+                        pid_start: proc_start_time(pid).unwrap_or(0),
+                        started: now(),
+                        exit_code: None,
+                        finished: 0,
+                    };
+                    if let Err(e) = save_state(&dir, &st) {
+                        state_err = Some(e);
+                    }
+                    if let Some(b) = bound.take() {
+                        if !b.is_empty() {
+                            match File::open(format!("/proc/{pid}/ns/net")) {
+                                Ok(ns) => proxy = Some(ports::serve(b, ns.into())),
+                                Err(e) => state_err = Some(RunError::io("container netns", e)),
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        if let Some(p) = proxy {
+            p.shutdown();
+        }
+        let code = match &result {
+            Ok(c) => *c,
+            Err(e) => e.exit_code().unwrap_or(125),
+        };
+        if opts.auto_remove {
+            let _ = fs::remove_dir_all(&dir);
+        } else {
+            let mut st = self.state(&cfg.id).unwrap_or_else(|_| State::created());
+            st.phase = Phase::Exited;
+            st.exit_code = Some(code);
+            st.finished = now();
+            save_state(&dir, &st)?;
+        }
+        if let Some(e) = state_err {
+            return Err(e);
+        }
+        result
+    }
+
+    fn info(&self, id: &str) -> Result<ContainerInfo, RunError> {
+        let c = self.config(id)?;
+        let st = self.state(id)?;
+        let status = match st.phase {
+            Phase::Created => ContainerStatus::Created,
+            Phase::Running if alive(st.supervisor_pid, st.supervisor_start) => {
+                ContainerStatus::Running { pid: st.pid }
+            }
+            Phase::Running => {
+                // The supervisor died without recording an exit (killed, or
+                // the machine rebooted).
+                let finished = fs::metadata(self.dir.join(id).join("state.json"))
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(st.started);
+                ContainerStatus::Exited {
+                    code: 255,
+                    finished,
+                }
+            }
+            Phase::Exited => ContainerStatus::Exited {
+                code: st.exit_code.unwrap_or(255),
+                finished: st.finished,
+            },
+        };
+        Ok(ContainerInfo {
+            id: c.id,
+            name: c.name,
+            image: c.opts.image,
+            command: c.opts.command,
+            created: c.created,
+            started: if st.started > 0 { st.started } else { c.created },
+            status,
+            ports: c.opts.ports,
+        })
+    }
+
+    /// Running containers, or all with `all`; newest first.
+    pub fn list(&self, all: bool) -> Result<Vec<ContainerInfo>, RunError> {
+        let mut out = Vec::new();
+        for id in self.ids()? {
+            match self.info(&id) {
+                Ok(i) => {
+                    if all || matches!(i.status, ContainerStatus::Running { .. }) {
+                        out.push(i)
+                    }
+                }
+                // Being removed or half-created right now.
+                Err(_) => continue,
+            }
+        }
+        out.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// A name, a full ID or a unique ID prefix to the full ID. Names win
+    /// over ID prefixes (Docker's rule).
+    pub fn resolve(&self, name_or_id_prefix: &str) -> Result<String, RunError> {
+        let q = name_or_id_prefix;
+        if q.is_empty() {
+            return Err(RunError::NoSuchContainer(q.to_string()));
+        }
+        let ids = self.ids()?;
+        if ids.iter().any(|id| id == q) {
+            return Ok(q.to_string());
+        }
+        for id in &ids {
+            if let Ok(c) = self.config(id) {
+                if c.name == q {
+                    return Ok(id.clone());
+                }
+            }
+        }
+        let m: Vec<&String> = ids.iter().filter(|id| id.starts_with(q)).collect();
+        match m.len() {
+            0 => Err(RunError::NoSuchContainer(q.to_string())),
+            1 => Ok(m[0].clone()),
+            _ => Err(RunError::AmbiguousPrefix {
+                prefix: q.to_string(),
+                matches: m
+                    .iter()
+                    .map(|id| id[..12].to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Send the stop signal, SIGKILL after `timeout`, and wait until the
+    /// container is gone. Stopping a stopped container is not an error.
+    pub fn stop(&self, id: &str, timeout: Duration) -> Result<(), RunError> {
+        let id = self.resolve(id)?;
+        let c = self.config(&id)?;
+        let st = self.state(&id)?;
+        if st.phase != Phase::Running || !alive(st.supervisor_pid, st.supervisor_start) {
+            return Ok(());
+        }
+        let sig = parse_signal(c.opts.stop_signal.as_deref().unwrap_or("SIGTERM"))?;
+        let supervisor = pidfd(st.supervisor_pid, st.supervisor_start);
+        if let Some(pfd) = pidfd(st.pid, st.pid_start) {
+            let _ = send_signal(&pfd, sig);
+            if !wait_pidfd(&pfd, timeout) {
+                let _ = send_signal(&pfd, libc::SIGKILL);
+                wait_pidfd(&pfd, Duration::from_secs(10));
+            }
+        }
+        // The supervisor records the exit and then exits.
+        if let Some(s) = supervisor {
+            wait_pidfd(&s, Duration::from_secs(10));
+        }
+        Ok(())
+    }
+
+    /// Remove a container. A running one is refused unless `force`, which
+    /// kills it first.
+    pub fn remove(&self, id: &str, force: bool) -> Result<(), RunError> {
+        let id = self.resolve(id)?;
+        let info = self.info(&id)?;
+        if let ContainerStatus::Running { .. } = info.status {
+            if !force {
+                return Err(RunError::ContainerRunning(info.name));
+            }
+            let st = self.state(&id)?;
+            let supervisor = pidfd(st.supervisor_pid, st.supervisor_start);
+            if let Some(p) = pidfd(st.pid, st.pid_start) {
+                let _ = send_signal(&p, libc::SIGKILL);
+                wait_pidfd(&p, Duration::from_secs(10));
+            }
+            if let Some(s) = supervisor {
+                wait_pidfd(&s, Duration::from_secs(10));
+            }
+        }
+        let dir = self.dir.join(&id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RunError::io(format!("removing {}", dir.display()), e)),
+        }
+    }
+
+    /// Write the container's output (stdout and stderr, in order) to `out`.
+    /// With `follow`, keep going until the container has exited.
+    pub fn logs(&self, id: &str, follow: bool, out: &mut dyn Write) -> Result<(), RunError> {
+        let id = self.resolve(id)?;
+        let path = self.dir.join(&id).join("container.log");
+        let mut pos = 0u64;
+        let mut partial = String::new();
+        loop {
+            let running = matches!(self.info(&id).map(|i| i.status), Ok(ContainerStatus::Running { .. }));
+            match File::open(&path) {
+                Ok(mut f) => {
+                    f.seek(SeekFrom::Start(pos))
+                        .map_err(|e| RunError::io("reading the log", e))?;
+                    let mut buf = String::new();
+                    let n = f
+                        .read_to_string(&mut buf)
+                        .map_err(|e| RunError::io("reading the log", e))?;
+                    pos += n as u64;
+                    partial.push_str(&buf);
+                    while let Some(nl) = partial.find('\n') {
+                        let line: String = partial.drain(..=nl).collect();
+                        if let Ok(entry) = serde_json::from_str::<LogEntry>(line.trim_end()) {
+                            out.write_all(entry.log.as_bytes())
+                                .map_err(|e| RunError::io("writing logs", e))?;
+                        }
+                    }
+                    out.flush().map_err(|e| RunError::io("writing logs", e))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RunError::io(format!("opening {}", path.display()), e)),
+            }
+            if !follow || !running {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn save_state(dir: &Path, st: &State) -> Result<(), RunError> {
+    let bytes = serde_json::to_vec(st).map_err(|e| RunError::Helper(e.to_string()))?;
+    write_atomic(&dir.join("state.json"), &bytes)
+}
+
+/// A pidfd for `pid` if it is still the process that started at `start`.
+fn pidfd(pid: i32, start: u64) -> Option<OwnedFd> {
+    let p = rustix::process::Pid::from_raw(pid)?;
+    let fd = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()?;
+    // Checked after opening: the pidfd pins the process we verified.
+    if proc_start_time(pid) == Some(start) {
+        Some(fd)
+    } else {
+        None
+    }
+}
+
+fn send_signal(pfd: &OwnedFd, sig: i32) -> std::io::Result<()> {
+    // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Wait until the process behind `pfd` exits; false on timeout.
+fn wait_pidfd(pfd: &OwnedFd, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [rustix::event::PollFd::new(pfd, rustix::event::PollFlags::IN)];
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: left.subsec_nanos() as i64,
+        };
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => return false,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LogEntry {
+    log: String,
+    stream: String,
+    time: String,
+}
+
+// ---------------------------------------------------------------------------
+// The monitor process.
+
+/// Entry of the monitor helper: argv = [container dir]; fd 3 = the caller.
+pub(crate) fn monitor_main(args: &[std::ffi::OsString]) -> i32 {
+    let dir = match args.first() {
+        Some(d) => PathBuf::from(d),
+        None => {
+            eprintln!("kiln-runner monitor: no container dir");
+            return 125;
+        }
+    };
+    // Detach: own session, and a grandchild so the caller can reap us now.
+    let _ = nix::unistd::setsid();
+    // SAFETY: single-threaded (fresh exec).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(e) => {
+            eprintln!("kiln-runner monitor: fork: {e}");
+            return 125;
+        }
+    }
+    match monitor(&dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kiln-runner monitor: {e}");
+            1
+        }
+    }
+}
+
+fn caller() -> BorrowedFd<'static> {
+    // SAFETY: fd 3 is the socket to the caller, open until we close it.
+    unsafe { BorrowedFd::borrow_raw(REPORT_FD) }
+}
+
+fn monitor(dir: &Path) -> Result<(), RunError> {
+    let _ = rustix::io::fcntl_setfd(caller(), rustix::io::FdFlags::CLOEXEC);
+    let cfg: Config = read_json(&dir.join("config.json"))?;
+    let bound = match ports::bind_all(&cfg.opts.ports) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = fs::remove_dir_all(dir);
+            match e {
+                RunError::PortInUse { ip, port } => send(caller(), &Msg::PortInUse { ip, port }),
+                other => send(
+                    caller(),
+                    &Msg::Error {
+                        message: other.to_string(),
+                        code: None,
+                    },
+                ),
+            }
+            return Ok(());
+        }
+    };
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("container.log"))
+        .map_err(|e| RunError::io("creating container.log", e))?;
+    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| RunError::io("pipe", e.into()))?;
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| RunError::io("pipe", e.into()))?;
+    let (rep_r, rep_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| RunError::io("pipe", e.into()))?;
+    let job = Job {
+        spec: cfg.spec.clone(),
+        scratch: dir.join("scratch"),
+        hostname: cfg
+            .spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| cfg.id[..12].to_string()),
+        tty: false,
+    };
+    // SAFETY: still single-threaded: no thread is started before this fork.
+    let h = match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let devnull = File::open("/dev/null");
+            // SAFETY: plain dup2 onto the standard fds and the report fd.
+            unsafe {
+                if let Ok(n) = &devnull {
+                    libc::dup2(n.as_raw_fd(), 0);
+                }
+                libc::dup2(out_w.as_raw_fd(), 1);
+                libc::dup2(err_w.as_raw_fd(), 2);
+                libc::dup2(rep_w.as_raw_fd(), REPORT_FD);
+                libc::syscall(libc::SYS_close_range, REPORT_FD as u32 + 1, u32::MAX, 0);
+            }
+            std::process::exit(helper::container_parent(&job));
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+        Err(e) => return Err(RunError::Helper(format!("fork: {e}"))),
+    };
+    drop(out_w);
+    drop(err_w);
+    drop(rep_w);
+    let log = Arc::new(Mutex::new(log));
+    let writers = [(out_r, "stdout"), (err_r, "stderr")].map(|(fd, stream)| {
+        let log = log.clone();
+        std::thread::spawn(move || log_stream(fd, stream, &log))
+    });
+
+    let mut reader = MsgReader::new(File::from(rep_r));
+    let mut code = None;
+    let mut pid = 0;
+    let mut caller_open = true;
+    let mut failed = false;
+    let mut bound = Some(bound);
+    let mut _proxy = None;
+    loop {
+        match reader.next() {
+            Ok(Some(Msg::Pid(p))) => pid = p,
+            Ok(Some(Msg::Running)) => {
+                let me = std::process::id() as i32;
+                let st = State {
+                    phase: Phase::Running,
+                    supervisor_pid: me,
+                    supervisor_start: proc_start_time(me).unwrap_or(0),
+                    pid,
+                    pid_start: proc_start_time(pid).unwrap_or(0),
+                    started: now(),
+                    exit_code: None,
+                    finished: 0,
+                };
+                save_state(dir, &st)?;
+                if let Some(b) = bound.take() {
+                    if !b.is_empty() {
+                        let ns = File::open(format!("/proc/{pid}/ns/net"))
+                            .map_err(|e| RunError::io("opening the container's netns", e))?;
+                        _proxy = Some(ports::serve(b, ns.into()));
+                    }
+                }
+                send(caller(), &Msg::Ready);
+                // SAFETY: closing our end of the caller's socket; nothing
+                // else uses fd 3 in this process.
+                unsafe { libc::close(REPORT_FD) };
+                caller_open = false;
+            }
+            Ok(Some(Msg::Error { message, code: c })) => {
+                failed = true;
+                if caller_open {
+                    // Relayed after cleanup (below), so a retry with the
+                    // same name works as soon as run_detached returns.
+                    code = code.or(c);
+                    let _ = fs::write(dir.join("error"), &message);
+                }
+            }
+            Ok(Some(Msg::Exited(c))) => {
+                code = if failed { code.or(Some(c)) } else { Some(c) };
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let status = nix::sys::wait::waitpid(h, None);
+    for w in writers {
+        let _ = w.join();
+    }
+    if failed && caller_open {
+        let message = fs::read_to_string(dir.join("error")).unwrap_or_default();
+        let _ = fs::remove_dir_all(dir);
+        let exec_code = code.filter(|c| *c == 126 || *c == 127);
+        send(
+            caller(),
+            &Msg::Error {
+                message,
+                code: exec_code,
+            },
+        );
+        return Ok(());
+    }
+    let code = code.unwrap_or(match status {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+        _ => 255,
+    });
+    if cfg.opts.auto_remove {
+        let _ = fs::remove_dir_all(dir);
+        return Ok(());
+    }
+    let mut st: State = read_json(&dir.join("state.json")).unwrap_or_else(|_| State::created());
+    st.phase = Phase::Exited;
+    st.exit_code = Some(code);
+    st.finished = now();
+    save_state(dir, &st)
+}
+
+/// Copy one stream into the json-lines log, a record per line (a trailing
+/// partial line is written at EOF, long lines are split at 16 KiB).
+fn log_stream(fd: OwnedFd, stream: &str, log: &Mutex<File>) {
+    let mut r = BufReader::new(File::from(fd));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match r
+            .by_ref()
+            .take(16 * 1024)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            return;
+        }
+        let entry = LogEntry {
+            log: String::from_utf8_lossy(&line).into_owned(),
+            stream: stream.to_string(),
+            time: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+        };
+        if let (Ok(mut j), Ok(mut f)) = (serde_json::to_vec(&entry), log.lock()) {
+            j.push(b'\n');
+            let _ = f.write_all(&j);
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_fd_traits(_: &dyn AsFd, _: UnixStream, _: OwnedFd) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_docker() {
+        assert_eq!(parse_signal("SIGTERM").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("term").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("9").unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal("SIGQUIT").unwrap(), libc::SIGQUIT);
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn start_time_of_self_is_stable() {
+        let me = std::process::id() as i32;
+        let a = proc_start_time(me).unwrap();
+        assert_eq!(proc_start_time(me), Some(a));
+        assert!(alive(me, a));
+        assert!(!alive(me, a + 1));
+        assert!(!alive(0, a));
+    }
+
+    #[test]
+    fn resolve_names_and_prefixes() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Containers::open(RunnerConfig::default(), t.path()).unwrap();
+        for (id, name) in [
+            ("ab".repeat(32), "web"),
+            (format!("abc{}", "0".repeat(61)), "db"),
+            ("cd".repeat(32), "ab"),
+        ] {
+            let d = t.path().join(&id);
+            fs::create_dir_all(&d).unwrap();
+            let cfg = Config {
+                id: id.clone(),
+                name: name.into(),
+                created: 1,
+                opts: RunOptions::default(),
+                spec: ContainerSpec::default(),
+                detached: true,
+            };
+            fs::write(d.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+        }
+        assert_eq!(c.resolve("web").unwrap(), "ab".repeat(32));
+        // A name wins over an ID prefix.
+        assert_eq!(c.resolve("ab").unwrap(), "cd".repeat(32));
+        assert_eq!(c.resolve("abc").unwrap(), format!("abc{}", "0".repeat(61)));
+        let e = c.resolve("a").unwrap_err().to_string();
+        assert!(e.starts_with("ambiguous container prefix \"a\""), "{e}");
+        assert_eq!(
+            c.resolve("zz").unwrap_err().to_string(),
+            "No such container: zz"
+        );
+        let list = c.list(true).unwrap();
+        assert_eq!(list.len(), 3);
+        assert!(list.iter().all(|i| i.status == ContainerStatus::Created));
+        assert!(c.list(false).unwrap().is_empty());
+    }
+}
