@@ -118,11 +118,12 @@ fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
     }
 }
 
-/// `(\d*)<<(-?)([^<]*)$` on a word of the instruction line.
+/// `(\d*)<<(-?)\s*([^<]*)$` on a word of the instruction line.
 fn heredoc_marker(i: &str) -> IResult<&str, (&str, bool, &str)> {
     let (i, fd) = digit0(i)?;
     let (i, _) = tag("<<").parse(i)?;
     let (i, dash) = opt(tag("-")).parse(i)?;
+    let (i, _) = take_while(is_re_space).parse(i)?;
     let (i, name) = take_while(|c| c != '<').parse(i)?;
     if !i.is_empty() {
         return Err(nom::Err::Error(nom::error::Error::new(

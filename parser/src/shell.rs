@@ -281,6 +281,10 @@ impl ShellWord<'_> {
                 let tmp = self.process_dollar()?;
                 result.push_str(&tmp);
                 words.add_string(&tmp);
+            } else if ch == '<' {
+                let tmp = self.process_possible_heredoc();
+                result.push_str(&tmp);
+                words.add_raw_string(&tmp);
             } else if quotes && ch == '\'' {
                 let tmp = self.process_single_quote()?;
                 result.push_str(&tmp);
@@ -317,6 +321,22 @@ impl ShellWord<'_> {
             ));
         }
         Ok((result, words.finish()))
+    }
+
+    /// `<<` keeps the blanks that follow it in the same word, so that
+    /// `<< EOF` is one word (a heredoc marker) when splitting.
+    fn process_possible_heredoc(&mut self) -> String {
+        self.pos += 1;
+        if self.peek() != Some('<') {
+            return "<".into();
+        }
+        self.pos += 1;
+        let mut out = String::from("<<");
+        while let Some(c @ (' ' | '\t' | '\r' | '\n')) = self.peek() {
+            out.push(c);
+            self.pos += 1;
+        }
+        out
     }
 
     fn process_single_quote(&mut self) -> Res<String> {
@@ -726,6 +746,11 @@ mod tests {
             ["x", "a", "b", "c d", "e f"]
         );
         assert_eq!(l.process_words("  ", &e).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            l.process_words("cat <<  EOF > f", &e).unwrap(),
+            ["cat", "<<  EOF", ">", "f"]
+        );
+        assert_eq!(l.process_word("a < b <<c", &e).unwrap(), "a < b <<c");
     }
 
     #[test]
