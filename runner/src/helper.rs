@@ -409,11 +409,10 @@ fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32
         .unwrap_or(DEFAULT_PATH)
         .to_string();
 
+    // From here on files are created with Docker's umask.
+    rustix::process::umask(Mode::from_raw_mode(0o022));
     std::fs::create_dir_all(&job.spec.cwd)
         .map_err(|e| setup(format!("creating working directory {}: {e}", job.spec.cwd)))?;
-    if job.spec.readonly_rootfs {
-        // The overlay was mounted read-only; the workdir must already exist.
-    }
 
     let cstr = |s: &str| CString::new(s).map_err(|_| setup(format!("NUL in {s:?}")));
     let proc_ = Process {
