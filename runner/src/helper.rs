@@ -63,8 +63,8 @@ pub(crate) fn spawn_helper(
 ) -> Result<(Child, UnixStream), RunError> {
     let exe = crate::exe::sealed(&cfg.helper_exe)?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
-    let theirs = rustix::io::fcntl_dupfd_cloexec(&theirs, 10)
-        .map_err(|e| RunError::io("dup", e.into()))?;
+    let theirs =
+        rustix::io::fcntl_dupfd_cloexec(&theirs, 10).map_err(|e| RunError::io("dup", e.into()))?;
     let raw = theirs.as_raw_fd();
     let mut cmd = Command::new(exe.exec_path());
     cmd.arg0("kiln-runner").arg(MARKER).arg(role).args(args);
@@ -159,12 +159,24 @@ pub(crate) fn run_foreground(
 ) -> Result<i32, RunError> {
     validate(spec)?;
     let (scratch_dir, _guard, hostname, tty) = match scratch {
-        Some((dir, id, tty)) => (dir.to_path_buf(), None, id[..12.min(id.len())].to_string(), tty),
+        Some((dir, id, tty)) => (
+            dir.to_path_buf(),
+            None,
+            id[..12.min(id.len())].to_string(),
+            tty,
+        ),
         None => {
-            let dir = cfg.scratch_root.join(format!("kiln-run-{}", random_hex(8)?));
+            let dir = cfg
+                .scratch_root
+                .join(format!("kiln-run-{}", random_hex(8)?));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| RunError::io(format!("creating {}", dir.display()), e))?;
-            (dir.clone(), Some(ScratchDir(dir)), "kiln".to_string(), false)
+            (
+                dir.clone(),
+                Some(ScratchDir(dir)),
+                "kiln".to_string(),
+                false,
+            )
         }
     };
     let job = Job {
@@ -200,7 +212,10 @@ fn talk(
 ) -> (Option<i32>, Option<RunError>) {
     let sent = serde_json::to_vec(job)
         .map_err(|e| RunError::Helper(e.to_string()))
-        .and_then(|b| sock.write_all(&b).map_err(|e| RunError::io("sending the job", e)))
+        .and_then(|b| {
+            sock.write_all(&b)
+                .map_err(|e| RunError::io("sending the job", e))
+        })
         .and_then(|()| {
             sock.shutdown(std::net::Shutdown::Write)
                 .map_err(|e| RunError::io("sending the job", e))
@@ -252,7 +267,12 @@ fn close_fds_from(first: u32) {
 fn cloexec_fds_from(first: u32) {
     // SAFETY: only sets FD_CLOEXEC.
     unsafe {
-        libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
     }
 }
 
@@ -290,7 +310,13 @@ pub(crate) fn container_parent(job: &Job) -> i32 {
     let code = match start_container(job) {
         Ok(code) => code,
         Err(message) => {
-            send(report(), &Msg::Error { message, code: None });
+            send(
+                report(),
+                &Msg::Error {
+                    message,
+                    code: None,
+                },
+            );
             125
         }
     };
@@ -315,7 +341,8 @@ fn start_container(job: &Job) -> Result<i32, String> {
     // All signals blocked: H and the container's init take them with
     // sigwait(), which for PID 1 is what makes them deliverable at all.
     let all = SigSet::all();
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None).map_err(|e| format!("sigprocmask: {e}"))?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None)
+        .map_err(|e| format!("sigprocmask: {e}"))?;
     // SAFETY: single-threaded process.
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
@@ -392,8 +419,12 @@ fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32
 
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
     let group = std::fs::read_to_string("/etc/group").ok();
-    let user = resolve_user(job.spec.user.as_deref(), passwd.as_deref(), group.as_deref())
-        .map_err(|e| setup(e.to_string()))?;
+    let user = resolve_user(
+        job.spec.user.as_deref(),
+        passwd.as_deref(),
+        group.as_deref(),
+    )
+    .map_err(|e| setup(e.to_string()))?;
 
     let mut env: Vec<String> = job.spec.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -416,7 +447,12 @@ fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32
 
     let cstr = |s: &str| CString::new(s).map_err(|_| setup(format!("NUL in {s:?}")));
     let proc_ = Process {
-        argv: job.spec.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+        argv: job
+            .spec
+            .args
+            .iter()
+            .map(|a| cstr(a))
+            .collect::<Result<_, _>>()?,
         env: env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
         path,
         cwd: job.spec.cwd.clone(),
@@ -501,7 +537,10 @@ fn exec_process(p: &Process) -> (String, i32) {
     if p.tty {
         // SAFETY: TIOCSCTTY on our stdin, which is the terminal.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-            return fail(format!("setting the controlling terminal: {}", std::io::Error::last_os_error()));
+            return fail(format!(
+                "setting the controlling terminal: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     let keep: caps::CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
@@ -518,7 +557,11 @@ fn exec_process(p: &Process) -> (String, i32) {
     if let Err(e) = nix::sys::prctl::set_keepcaps(true) {
         return fail(format!("PR_SET_KEEPCAPS: {e}"));
     }
-    let groups: Vec<nix::unistd::Gid> = p.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let groups: Vec<nix::unistd::Gid> = p
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
     if let Err(e) = nix::unistd::setgroups(&groups) {
         return fail(format!("setgroups: {e}"));
     }
@@ -545,11 +588,19 @@ fn exec_process(p: &Process) -> (String, i32) {
     // After pivot_root and with only 0-3 open, /proc/self/fd/N names nothing
     // of the host; still, refuse a cwd that is not under our root.
     if let Err(e) = rustix::process::chdir(p.cwd.as_str()) {
-        return (format!("chdir to cwd ({:?}) set in config.json failed: {e}", p.cwd), 126);
+        return (
+            format!("chdir to cwd ({:?}) set in config.json failed: {e}", p.cwd),
+            126,
+        );
     }
     match std::env::current_dir() {
         Ok(d) if d.is_absolute() => {}
-        _ => return (format!("cwd {:?} is outside the container root", p.cwd), 126),
+        _ => {
+            return (
+                format!("cwd {:?} is outside the container root", p.cwd),
+                126,
+            )
+        }
     }
 
     let name = match p.argv[0].to_str() {
@@ -618,10 +669,16 @@ mod tests {
         assert!(validate(&s).unwrap_err().to_string().contains("no command"));
         let mut s = ok.clone();
         s.cwd = "rel".into();
-        assert!(validate(&s).unwrap_err().to_string().contains("not absolute"));
+        assert!(validate(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("not absolute"));
         let mut s = ok.clone();
         s.rootfs.lowers.push(PathBuf::from("/nonexistent/kiln"));
-        assert!(validate(&s).unwrap_err().to_string().contains("not a directory"));
+        assert!(validate(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
     }
 
     #[test]
@@ -633,7 +690,13 @@ mod tests {
                 127
             )
         );
-        assert_eq!(exec_error("/x", std::io::Error::from_raw_os_error(libc::EACCES)).1, 126);
-        assert_eq!(exec_error("/x", std::io::Error::from_raw_os_error(libc::ENOENT)).1, 127);
+        assert_eq!(
+            exec_error("/x", std::io::Error::from_raw_os_error(libc::EACCES)).1,
+            126
+        );
+        assert_eq!(
+            exec_error("/x", std::io::Error::from_raw_os_error(libc::ENOENT)).1,
+            127
+        );
     }
 }

@@ -161,7 +161,13 @@ pub(crate) fn prepare(job: &Job) -> Result<Layout, String> {
             .unwrap_or_else(|| s.join("work")),
         rootfs: s.join("rootfs"),
     };
-    for d in [&layout.stub, &layout.etc, &layout.upper, &layout.work, &layout.rootfs] {
+    for d in [
+        &layout.stub,
+        &layout.etc,
+        &layout.upper,
+        &layout.work,
+        &layout.rootfs,
+    ] {
         fs::create_dir_all(d).map_err(|e| err(d.display(), e))?;
     }
     for (rel, is_file) in wanted_targets(job)? {
@@ -285,18 +291,15 @@ fn mount_setattr(fd: BorrowedFd<'_>, path: &str, flags: u32, set: u64) -> io::Re
 
 const AT_RECURSIVE: u32 = 0x8000;
 
-fn new_fs(
-    fstype: &str,
-    opts: &[(&str, &str)],
-    attrs: MountAttrFlags,
-) -> Result<OwnedFd, String> {
-    let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| err(format!("fsopen {fstype}"), e))?;
+fn new_fs(fstype: &str, opts: &[(&str, &str)], attrs: MountAttrFlags) -> Result<OwnedFd, String> {
+    let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| err(format!("fsopen {fstype}"), e))?;
     for (k, v) in opts {
-        fsconfig_set_string(&fs, *k, *v)
-            .map_err(|e| err(format!("{fstype} option {k}={v}"), e))?;
+        fsconfig_set_string(&fs, *k, *v).map_err(|e| err(format!("{fstype} option {k}={v}"), e))?;
     }
     fsconfig_create(&fs).map_err(|e| err(format!("creating {fstype}"), e))?;
-    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| err(format!("fsmount {fstype}"), e))
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(|e| err(format!("fsmount {fstype}"), e))
 }
 
 /// `O_PATH` fd of `rel` inside `root`, resolved in the root. With
@@ -344,9 +347,16 @@ fn mount_at(root: BorrowedFd<'_>, rel: &str, follow: bool, mnt: &OwnedFd) -> Res
 
 /// Mount the overlay rootfs at `layout.rootfs`.
 fn mount_overlay(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
-    let mut lowers: Vec<&Path> = job.spec.rootfs.lowers.iter().map(PathBuf::as_path).collect();
+    let mut lowers: Vec<&Path> = job
+        .spec
+        .rootfs
+        .lowers
+        .iter()
+        .map(PathBuf::as_path)
+        .collect();
     lowers.push(&layout.stub);
-    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| err("fsopen overlay", e))?;
+    let fs =
+        fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| err("fsopen overlay", e))?;
     let set = |k: &str, v: &str| {
         fsconfig_set_string(&fs, k, v).map_err(|e| err(format!("overlay option {k}={v}"), e))
     };
@@ -369,7 +379,8 @@ fn mount_overlay(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
     } else {
         MountAttrFlags::empty()
     };
-    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| err("fsmount overlay", e))?;
+    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(|e| err("fsmount overlay", e))?;
     move_mount(
         &mnt,
         "",
@@ -377,7 +388,12 @@ fn mount_overlay(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
         &layout.rootfs,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
-    .map_err(|e| err(format!("mounting the rootfs at {}", layout.rootfs.display()), e))?;
+    .map_err(|e| {
+        err(
+            format!("mounting the rootfs at {}", layout.rootfs.display()),
+            e,
+        )
+    })?;
     Ok(mnt)
 }
 
@@ -387,7 +403,8 @@ fn mount_overlay(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
 pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
     rustix::mount::mount_change(
         "/",
-        rustix::mount::MountPropagationFlags::DOWNSTREAM | rustix::mount::MountPropagationFlags::REC,
+        rustix::mount::MountPropagationFlags::DOWNSTREAM
+            | rustix::mount::MountPropagationFlags::REC,
     )
     .map_err(|e| err("making / rslave", e))?;
 
@@ -445,7 +462,12 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
     populate_dev(&dev)?;
     let pts = new_fs(
         "devpts",
-        &[("newinstance", ""), ("ptmxmode", "0666"), ("mode", "0620"), ("gid", "5")],
+        &[
+            ("newinstance", ""),
+            ("ptmxmode", "0666"),
+            ("mode", "0620"),
+            ("gid", "5"),
+        ],
         MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )
     .or_else(|_| {
@@ -476,10 +498,15 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
     for name in ["hosts", "hostname", "resolv.conf"] {
         let src = open_tree(
             CWD,
-            &layout.etc.join(name),
+            layout.etc.join(name),
             OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
         )
-        .map_err(|e| err(format!("bind source {}", layout.etc.join(name).display()), e))?;
+        .map_err(|e| {
+            err(
+                format!("bind source {}", layout.etc.join(name).display()),
+                e,
+            )
+        })?;
         mount_at(r, &format!("etc/{name}"), true, &src)?;
     }
 
@@ -568,8 +595,12 @@ fn mask_paths(root: BorrowedFd<'_>, dev: &OwnedFd) -> Result<(), String> {
         let mnt = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             new_fs("tmpfs", &[("size", "0")], MountAttrFlags::MOUNT_ATTR_RDONLY)?
         } else {
-            open_tree(dev, "null", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC)
-                .map_err(|e| err("/dev/null", e))?
+            open_tree(
+                dev,
+                "null",
+                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+            )
+            .map_err(|e| err("/dev/null", e))?
         };
         attach(&mnt, &fd, p)?;
     }
@@ -615,9 +646,13 @@ fn populate_dev(dev: &OwnedFd) -> Result<(), String> {
         )
         .map_err(|e| err(format!("mknod /dev/{name}"), e))?;
         // mknod is subject to the umask; the mode must be exact.
-        rustix::fs::chmodat(dev, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty())
-            .map_err(|e| err(format!("chmod /dev/{name}"), e))
-
+        rustix::fs::chmodat(
+            dev,
+            name,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(|e| err(format!("chmod /dev/{name}"), e))
     };
     chr("null", 1, 3)?;
     chr("zero", 1, 5)?;
@@ -675,7 +710,10 @@ mod tests {
 
     #[test]
     fn clean_target_rules() {
-        assert_eq!(clean_target("/run/secrets/x").unwrap(), PathBuf::from("run/secrets/x"));
+        assert_eq!(
+            clean_target("/run/secrets/x").unwrap(),
+            PathBuf::from("run/secrets/x")
+        );
         assert_eq!(clean_target("/a/./b/").unwrap(), PathBuf::from("a/b"));
         assert!(clean_target("relative").is_err());
         assert!(clean_target("/a/../b").is_err());
@@ -704,7 +742,10 @@ mod tests {
             secure_join(root, Path::new("etc/hosts")).unwrap(),
             (PathBuf::from("run/real"), true)
         );
-        assert_eq!(secure_join(root, Path::new("proc")).unwrap(), (PathBuf::new(), true));
+        assert_eq!(
+            secure_join(root, Path::new("proc")).unwrap(),
+            (PathBuf::new(), true)
+        );
         assert_eq!(
             secure_join(root, Path::new("up/etc")).unwrap(),
             (PathBuf::from("etc"), true)
@@ -714,7 +755,9 @@ mod tests {
             (PathBuf::from("dir"), false)
         );
         assert_eq!(
-            secure_join(root, Path::new("loop1")).unwrap_err().raw_os_error(),
+            secure_join(root, Path::new("loop1"))
+                .unwrap_err()
+                .raw_os_error(),
             Some(libc::ELOOP)
         );
     }

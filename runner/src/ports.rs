@@ -265,9 +265,8 @@ fn tcp_accept_loop(p: PortMapping, l: TcpListener, netns: Arc<OwnedFd>, stop: &A
 fn tcp_connection(p: PortMapping, client: TcpStream, netns: &OwnedFd) {
     // This thread moves into the container's netns for good; the socket it
     // makes there stays there.
-    let upstream = enter_netns(netns).and_then(|()| {
-        TcpStream::connect((Ipv4Addr::LOCALHOST, p.container_port))
-    });
+    let upstream = enter_netns(netns)
+        .and_then(|()| TcpStream::connect((Ipv4Addr::LOCALHOST, p.container_port)));
     let upstream = match upstream {
         Ok(u) => u,
         Err(_) => {
@@ -369,7 +368,10 @@ fn new_udp_flow(
         .spawn(move || {
             let made = enter_netns(&netns)
                 .and_then(|()| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))
-                .and_then(|s| s.connect((Ipv4Addr::LOCALHOST, p.container_port)).map(|()| s));
+                .and_then(|s| {
+                    s.connect((Ipv4Addr::LOCALHOST, p.container_port))
+                        .map(|()| s)
+                });
             let up = match made {
                 Ok(s) => s,
                 Err(_) => return,

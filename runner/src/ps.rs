@@ -88,10 +88,7 @@ pub fn format_ps_table(list: &[ContainerInfo], quiet: bool) -> String {
 
 pub(crate) fn format_at(list: &[ContainerInfo], quiet: bool, now: i64) -> String {
     if quiet {
-        return list
-            .iter()
-            .map(|c| format!("{}\n", short(&c.id)))
-            .collect();
+        return list.iter().map(|c| format!("{}\n", short(&c.id))).collect();
     }
     let mut rows = vec![[
         "CONTAINER ID".to_string(),
@@ -189,7 +186,9 @@ mod tests {
         let t = format_at(&list, false, 1000 + 180);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("CONTAINER ID   IMAGE           COMMAND"));
-        assert!(lines[1].starts_with("0123456789ab   flask_app:0.1   \"python -m flask ru…\"   3 minutes ago   Up 3 minutes"));
+        assert!(lines[1].starts_with(
+            "0123456789ab   flask_app:0.1   \"python -m flask run…\"   3 minutes ago   Up 3 minutes"
+        ));
         assert!(lines[1].ends_with("0.0.0.0:5000->5000/tcp   web"));
         assert!(lines[2].contains("Exited (137) About a minute ago"));
         assert_eq!(format_at(&list, true, 0), "0123456789ab\n0123456789ab\n");

@@ -57,8 +57,13 @@ pub struct RunOptions {
 pub enum ContainerStatus {
     Created,
     /// `pid`: the container's PID 1 as seen from the host.
-    Running { pid: i32 },
-    Exited { code: i32, finished: i64 },
+    Running {
+        pid: i32,
+    },
+    Exited {
+        code: i32,
+        finished: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +158,8 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RunError> {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
-    let data = fs::read(path).map_err(|e| RunError::io(format!("reading {}", path.display()), e))?;
+    let data =
+        fs::read(path).map_err(|e| RunError::io(format!("reading {}", path.display()), e))?;
     serde_json::from_slice(&data).map_err(|e| RunError::State {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -169,7 +175,11 @@ pub fn parse_signal(s: &str) -> Result<i32, RunError> {
             .map_err(|_| bad());
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     name.parse::<nix::sys::signal::Signal>()
         .map(|sig| sig as i32)
         .map_err(|_| bad())
@@ -473,7 +483,11 @@ impl Containers {
             image: c.opts.image,
             command: c.opts.command,
             created: c.created,
-            started: if st.started > 0 { st.started } else { c.created },
+            started: if st.started > 0 {
+                st.started
+            } else {
+                c.created
+            },
             status,
             ports: c.opts.ports,
         })
@@ -590,7 +604,10 @@ impl Containers {
         let mut pos = 0u64;
         let mut partial = String::new();
         loop {
-            let running = matches!(self.info(&id).map(|i| i.status), Ok(ContainerStatus::Running { .. }));
+            let running = matches!(
+                self.info(&id).map(|i| i.status),
+                Ok(ContainerStatus::Running { .. })
+            );
             match File::open(&path) {
                 Ok(mut f) => {
                     f.seek(SeekFrom::Start(pos))
@@ -661,7 +678,10 @@ fn wait_pidfd(pfd: &OwnedFd, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [rustix::event::PollFd::new(pfd, rustix::event::PollFlags::IN)];
+        let mut fds = [rustix::event::PollFd::new(
+            pfd,
+            rustix::event::PollFlags::IN,
+        )];
         let ts = rustix::event::Timespec {
             tv_sec: left.as_secs() as i64,
             tv_nsec: left.subsec_nanos() as i64,
@@ -879,11 +899,7 @@ fn log_stream(fd: OwnedFd, stream: &str, log: &Mutex<File>) {
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = match r
-            .by_ref()
-            .take(16 * 1024)
-            .read_until(b'\n', &mut line)
-        {
+        let n = match r.by_ref().take(16 * 1024).read_until(b'\n', &mut line) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => 0,

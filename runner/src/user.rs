@@ -66,7 +66,12 @@ fn parse_group(text: &str) -> Vec<GroupEntry<'_>> {
                 gid: f[2].trim().parse().ok()?,
                 members: f
                     .get(3)
-                    .map(|m| m.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+                    .map(|m| {
+                        m.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })
         })

@@ -72,31 +72,57 @@ fn isolation_pid_uts_mounts_and_host_files() {
     need_root!("isolation_pid_uts_mounts_and_host_files");
     let marker = std::env::temp_dir().join("kiln-host-marker-isolation");
     std::fs::write(&marker, "host").unwrap();
-    let mut s = sh("echo pid=$$; hostname; cat /etc/hostname; ps -o pid,comm | wc -l; \
+    let mut s = sh(
+        "echo pid=$$; hostname; cat /etc/hostname; ps -o pid,comm | wc -l; \
          cat /proc/mounts | cut -d' ' -f2 | sort | tr '\\n' ' '; echo; ls /tmp; \
-         test -e /proc/1/exe && readlink /proc/1/exe; echo done");
+         test -e /proc/1/exe && readlink /proc/1/exe; echo done",
+    );
     s.hostname = Some("box1".into());
     let out = ok(&s);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "pid=2", "the shell is PID 2, after our init: {out}");
+    assert_eq!(
+        lines[0], "pid=2",
+        "the shell is PID 2, after our init: {out}"
+    );
     assert_eq!(lines[1], "box1");
     assert_eq!(lines[2], "box1");
     // header + init + sh + ps + wc (+ maybe subshell)
     let n: usize = lines[3].trim().parse().unwrap();
     assert!(n <= 6, "too many processes visible: {out}");
     for m in [
-        "/ ", "/proc ", "/dev ", "/dev/pts ", "/dev/shm ", "/dev/mqueue ", "/sys ",
-        "/etc/hosts ", "/etc/resolv.conf ", "/etc/hostname ", "/proc/sys ",
+        "/ ",
+        "/proc ",
+        "/dev ",
+        "/dev/pts ",
+        "/dev/shm ",
+        "/dev/mqueue ",
+        "/sys ",
+        "/etc/hosts ",
+        "/etc/resolv.conf ",
+        "/etc/hostname ",
+        "/proc/sys ",
     ] {
         assert!(lines[4].contains(m), "missing mount {m}: {}", lines[4]);
     }
     // Docker's masked paths, where this kernel has them.
-    for m in ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"] {
+    for m in [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/sys/firmware",
+    ] {
         if Path::new(m).exists() {
-            assert!(lines[4].contains(&format!("{m} ")), "{m} not masked: {}", lines[4]);
+            assert!(
+                lines[4].contains(&format!("{m} ")),
+                "{m} not masked: {}",
+                lines[4]
+            );
         }
     }
-    assert!(!out.contains("kiln-host-marker"), "host /tmp visible: {out}");
+    assert!(
+        !out.contains("kiln-host-marker"),
+        "host /tmp visible: {out}"
+    );
     assert!(out.ends_with("done\n"));
     std::fs::remove_file(marker).unwrap();
 }
@@ -112,10 +138,14 @@ fn proc_dev_sys_like_docker() {
          grep -E '^Cap(Bnd|Eff|Prm|Inh)' /proc/self/status"));
     let lines: Vec<&str> = out.lines().collect();
     for d in [
-        "core", "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr",
-        "stdin", "stdout", "tty", "urandom", "zero",
+        "core", "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
+        "stdout", "tty", "urandom", "zero",
     ] {
-        assert!(lines[0].split(' ').any(|x| x == d), "/dev/{d} missing: {}", lines[0]);
+        assert!(
+            lines[0].split(' ').any(|x| x == d),
+            "/dev/{d} missing: {}",
+            lines[0]
+        );
     }
     assert!(!out.contains("WROTE"), "{out}");
     assert_eq!(lines[1].trim(), "0", "/proc/timer_list is masked");
@@ -158,7 +188,10 @@ fn env_and_workdir() {
     let out = ok(&s);
     assert_eq!(
         out,
-        format!("{}\nbar baz\n/root\n/work/dir\ndrwxr-xr-x\n", kiln_runner::DEFAULT_PATH)
+        format!(
+            "{}\nbar baz\n/root\n/work/dir\ndrwxr-xr-x\n",
+            kiln_runner::DEFAULT_PATH
+        )
     );
     s.env = vec!["PATH=/bin".into(), "HOME=/h".into()];
     let out = ok(&s);
@@ -177,14 +210,22 @@ fn upper_dir_is_exactly_what_the_process_wrote() {
     s.rootfs.upper = Some((upper.clone(), work));
     s.mounts.push(MountSpec {
         target: "/run/cache".into(),
-        kind: MountKind::Tmpfs { size: Some(1 << 20) },
+        kind: MountKind::Tmpfs {
+            size: Some(1 << 20),
+        },
     });
     s.cwd = "/srv/app".into();
     ok(&s);
     assert_eq!(tree(&upper), ["bin", "bin/ls", "new.txt", "srv", "srv/app"]);
     let wh = std::fs::symlink_metadata(upper.join("bin/ls")).unwrap();
-    assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "ls is a whiteout");
-    assert_eq!(std::fs::read_to_string(upper.join("new.txt")).unwrap(), "data\n");
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "ls is a whiteout"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("new.txt")).unwrap(),
+        "data\n"
+    );
 }
 
 #[test]
@@ -203,19 +244,30 @@ fn bind_tmpfs_and_secret_mounts() {
     s.mounts = vec![
         MountSpec {
             target: "/src".into(),
-            kind: MountKind::Bind { source: ctx.clone(), readonly: true },
+            kind: MountKind::Bind {
+                source: ctx.clone(),
+                readonly: true,
+            },
         },
         MountSpec {
             target: "/var/cache".into(),
-            kind: MountKind::Bind { source: cache.clone(), readonly: false },
+            kind: MountKind::Bind {
+                source: cache.clone(),
+                readonly: false,
+            },
         },
         MountSpec {
             target: "/run/secrets/token".into(),
-            kind: MountKind::Bind { source: secret, readonly: true },
+            kind: MountKind::Bind {
+                source: secret,
+                readonly: true,
+            },
         },
         MountSpec {
             target: "/scratch".into(),
-            kind: MountKind::Tmpfs { size: Some(4 << 20) },
+            kind: MountKind::Tmpfs {
+                size: Some(4 << 20),
+            },
         },
     ];
     let out = ok(&s);
@@ -234,7 +286,8 @@ fn network_modes() {
     s.network = NetworkMode::Private;
     assert_eq!(ok(&s), "lo ");
     // lo is up: a local server is reachable.
-    let mut s2 = sh("(echo pong | nc -l -p 7777 127.0.0.1 &) ; sleep 0.2; nc 127.0.0.1 7777 </dev/null");
+    let mut s2 =
+        sh("(echo pong | nc -l -p 7777 127.0.0.1 &) ; sleep 0.2; nc 127.0.0.1 7777 </dev/null");
     s2.network = NetworkMode::Private;
     assert_eq!(ok(&s2), "pong\n");
     let host: Vec<String> = std::fs::read_to_string("/proc/net/dev")
@@ -246,7 +299,10 @@ fn network_modes() {
     s.network = NetworkMode::Host;
     let out = ok(&s);
     for i in &host {
-        assert!(out.contains(i.as_str()), "host interface {i} missing: {out}");
+        assert!(
+            out.contains(i.as_str()),
+            "host interface {i} missing: {out}"
+        );
     }
 }
 
@@ -270,7 +326,10 @@ fn from_scratch_and_many_long_lowers() {
     s.rootfs.lowers.clear();
     s.mounts.push(MountSpec {
         target: "/bb/busybox".into(),
-        kind: MountKind::Bind { source: BUSYBOX.into(), readonly: true },
+        kind: MountKind::Bind {
+            source: BUSYBOX.into(),
+            readonly: true,
+        },
     });
     assert_eq!(ok(&s), "scratch\n");
 
@@ -286,7 +345,10 @@ fn from_scratch_and_many_long_lowers() {
     }
     lowers.push(busybox_root().to_path_buf());
     let mut s = sh("ls /layers | wc -l; cat /which");
-    s.rootfs = RootFs { lowers, upper: None };
+    s.rootfs = RootFs {
+        lowers,
+        upper: None,
+    };
     assert_eq!(ok(&s), "150\n0");
 }
 

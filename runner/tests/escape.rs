@@ -34,11 +34,22 @@ fn workdir_in_proc_self_fd_sees_nothing_of_the_host() {
         let mut s = sh("ls -a; ls -a ..; ls -a ../..");
         s.cwd = format!("/proc/self/fd/{n}");
         let r = run(&s);
-        eprintln!("cwd fd {n}: {:?}", r.as_ref().map(|o| &o.stdout).map_err(|e| e.to_string()));
+        eprintln!(
+            "cwd fd {n}: {:?}",
+            r.as_ref().map(|o| &o.stdout).map_err(|e| e.to_string())
+        );
         match r {
             Ok(o) => {
-                assert!(!o.stdout.contains(HOST_MARKER), "fd {n} reached the host: {}", o.stdout);
-                assert!(!o.stdout.contains("Cargo.toml"), "fd {n} reached the host: {}", o.stdout);
+                assert!(
+                    !o.stdout.contains(HOST_MARKER),
+                    "fd {n} reached the host: {}",
+                    o.stdout
+                );
+                assert!(
+                    !o.stdout.contains("Cargo.toml"),
+                    "fd {n} reached the host: {}",
+                    o.stdout
+                );
             }
             Err(e) => assert!(
                 matches!(e, RunError::Setup(_) | RunError::Exec { .. }),
@@ -57,12 +68,23 @@ fn command_from_proc_self_fd_sees_nothing_of_the_host() {
         assert!(r.is_err(), "fd {n} is executable in the container");
     }
     // And from a shell: no fd beyond 2 is open in the container's process.
-    let out = ok(&sh("ls /proc/self/fd | tr '\\n' ' '; ls /proc/1/fd 2>&1 | head -1"));
+    let out = ok(&sh(
+        "ls /proc/self/fd | tr '\\n' ' '; ls /proc/1/fd 2>&1 | head -1",
+    ));
     let first = out.lines().next().unwrap();
     // 0 1 2, plus the fd ls itself uses for the directory.
-    let fds: Vec<u32> = first.split_whitespace().map(|x| x.parse().unwrap()).collect();
-    assert!(fds.iter().filter(|f| **f > 3).count() == 0, "leaked fds: {out}");
-    assert!(out.contains("Permission denied") || out.lines().nth(1).is_none(), "{out}");
+    let fds: Vec<u32> = first
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(
+        fds.iter().filter(|f| **f > 3).count() == 0,
+        "leaked fds: {out}"
+    );
+    assert!(
+        out.contains("Permission denied") || out.lines().nth(1).is_none(),
+        "{out}"
+    );
 }
 
 #[test]
@@ -79,7 +101,10 @@ fn writing_proc_pid_exe_leaves_the_runtime_binary_unchanged() {
     // The container's own binaries may be readable; PID 1 (our init, the
     // helper) must not be writable or even readable.
     assert!(!out.contains("/proc/1\n"), "init's exe reachable: {out}");
-    assert!(!out.contains("WROTE /proc/1") && !out.contains("APPENDED /proc/1"), "{out}");
+    assert!(
+        !out.contains("WROTE /proc/1") && !out.contains("APPENDED /proc/1"),
+        "{out}"
+    );
     let after = std::fs::read(&bin).unwrap();
     assert!(before == after, "the helper binary was modified");
 }
@@ -113,7 +138,10 @@ fn resolv_conf_symlink_to_a_host_path_stays_in_the_container() {
             .into(),
     ];
     let out = ok(&s);
-    assert!(out.starts_with(|c: char| c.is_ascii_digit() && c != '0'), "{out}");
+    assert!(
+        out.starts_with(|c: char| c.is_ascii_digit() && c != '0'),
+        "{out}"
+    );
     assert!(out.ends_with(&format!("{v}\n")), "{out}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host data\n");
 }
@@ -125,7 +153,10 @@ fn proc_symlink_in_the_image_is_refused() {
         let (_layer, s) = image_with_symlinks(&[(at, to)]);
         match run(&s) {
             Err(RunError::Setup(m)) => assert!(m.contains("is a symlink in the image"), "{m}"),
-            other => panic!("{at} -> {to}: expected refusal, got {:?}", other.map(|o| o.code)),
+            other => panic!(
+                "{at} -> {to}: expected refusal, got {:?}",
+                other.map(|o| o.code)
+            ),
         }
     }
 }
@@ -138,12 +169,17 @@ fn mount_target_behind_a_symlink_resolves_inside_the_root() {
     std::fs::create_dir_all(&hostdir).unwrap();
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("f"), "inside\n").unwrap();
-    let (_layer, mut s) =
-        image_with_symlinks(&[("/mnt/link", hostdir.to_str().unwrap()), ("/up", "../../../..")]);
+    let (_layer, mut s) = image_with_symlinks(&[
+        ("/mnt/link", hostdir.to_str().unwrap()),
+        ("/up", "../../../.."),
+    ]);
     s.mounts = vec![
         MountSpec {
             target: "/mnt/link/m".into(),
-            kind: MountKind::Bind { source: src.path().to_path_buf(), readonly: true },
+            kind: MountKind::Bind {
+                source: src.path().to_path_buf(),
+                readonly: true,
+            },
         },
         MountSpec {
             target: "/up/tmp/t".into(),
@@ -153,10 +189,17 @@ fn mount_target_behind_a_symlink_resolves_inside_the_root() {
     s.args = vec![
         "/bin/sh".into(),
         "-c".into(),
-        format!("cat {}/m/f; grep -c ' /tmp/t ' /proc/mounts", hostdir.display()),
+        format!(
+            "cat {}/m/f; grep -c ' /tmp/t ' /proc/mounts",
+            hostdir.display()
+        ),
     ];
     let out = ok(&s);
     assert_eq!(out, "inside\n1\n");
-    assert_eq!(std::fs::read_dir(&hostdir).unwrap().count(), 0, "host dir touched");
+    assert_eq!(
+        std::fs::read_dir(&hostdir).unwrap().count(),
+        0,
+        "host dir touched"
+    );
     assert!(!std::path::Path::new("/tmp/t").exists());
 }

@@ -22,7 +22,9 @@ pub fn can_run(test: &str) -> bool {
     {
         Some("overlayfs is not available".to_string())
     } else if !Path::new(BUSYBOX).exists() {
-        Some(format!("{BUSYBOX} missing (apt-get install busybox-static)"))
+        Some(format!(
+            "{BUSYBOX} missing (apt-get install busybox-static)"
+        ))
     } else {
         None
     };
@@ -39,7 +41,10 @@ fn make_busybox_root(root: &Path) {
     let bin = root.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
-    let out = std::process::Command::new(BUSYBOX).arg("--list").output().unwrap();
+    let out = std::process::Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .unwrap();
     for applet in String::from_utf8(out.stdout).unwrap().lines() {
         if applet != "busybox" && !applet.is_empty() {
             let _ = symlink("busybox", bin.join(applet));
@@ -64,7 +69,7 @@ fn make_busybox_root(root: &Path) {
     }
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     rustix::fs::chown(
-        &root.join("home/app"),
+        root.join("home/app"),
         Some(rustix::fs::Uid::from_raw(1000)),
         Some(rustix::fs::Gid::from_raw(1000)),
     )
@@ -75,7 +80,10 @@ fn make_busybox_root(root: &Path) {
 pub fn busybox_root() -> &'static Path {
     static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let t = tempfile::Builder::new().prefix("kiln-busybox-").tempdir().unwrap();
+        let t = tempfile::Builder::new()
+            .prefix("kiln-busybox-")
+            .tempdir()
+            .unwrap();
         make_busybox_root(t.path());
         t
     })
