@@ -1,1 +1,34 @@
-//! Content-addressed store (skeleton; see issue 3).
+//! kiln-store: everything kiln keeps on disk (see `../shared/DESIGN.md`,
+//! "State on disk").
+//!
+//! - [`Store`]: a root directory shared by several kiln processes: sha256
+//!   blobs (atomic ingest, verified), SQLite metadata (WAL), unpacked layer
+//!   snapshots for overlayfs, images and tags, the build cache, the context
+//!   stat cache, leases, prune, df and fsck.
+//! - [`layer`]: the deterministic layer writer and the safe layer applier,
+//!   usable without a store.
+//! - [`reference`]: Docker image reference parsing.
+//! - [`image`]: OCI config / manifest types and canonical JSON.
+
+mod archive;
+mod db;
+pub mod digest;
+mod error;
+mod gc;
+pub mod image;
+pub mod layer;
+mod owner;
+pub mod reference;
+mod store;
+
+pub use db::SCHEMA_VERSION;
+pub use digest::{sha256_digest, Digest, DigestError};
+pub use error::StoreError;
+pub use gc::{DiskUsage, FsckReport, Lease, PruneOptions, PruneReport};
+pub use image::{ContainerConfig, HealthConfig, History, ImageConfig, RootFs};
+pub use layer::{Compression, LayerDigests, LayerError, LayerOptions, Limits, WhiteoutMode};
+pub use reference::{Reference, ReferenceError};
+pub use store::{
+    ArchiveFormat, CacheRecord, ImageRecord, ImageSummary, LayerInfo, PendingSnapshot, StatEntry,
+    Store,
+};

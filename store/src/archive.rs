@@ -1,0 +1,489 @@
+//! `save` to docker-archive / OCI image layout tars, and `load` from both
+//! (including what `docker save` writes, old `<id>/layer.tar` layout and the
+//! newer OCI-based one).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, HashingWriter};
+use crate::error::{Result, StoreError};
+use crate::image::{self, canonical_json, Descriptor, ImageConfig, Index, Manifest};
+use crate::layer::{self, Compression};
+use crate::reference;
+use crate::store::{ArchiveFormat, ImageRecord, LayerInfo, Store, TreeGuard};
+
+const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// Metadata files kept in memory (never blobs) and their size bound.
+const SMALL_FILE_MAX: u64 = 16 << 20;
+
+/// One entry of a docker-archive `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DockerManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags", default, deserialize_with = "null_vec")]
+    repo_tags: Vec<String>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+fn null_vec<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+fn append(
+    b: &mut tar::Builder<&mut dyn Write>,
+    path: &str,
+    size: u64,
+    data: &mut dyn Read,
+) -> Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_size(size);
+    b.append_data(&mut h, path, data)
+        .map_err(|e| StoreError::io(path, e))
+}
+
+fn append_dir(b: &mut tar::Builder<&mut dyn Write>, path: &str) -> Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_mtime(0);
+    h.set_size(0);
+    b.append_data(&mut h, path, io::empty())
+        .map_err(|e| StoreError::io(path, e))
+}
+
+impl Store {
+    /// Writes the images named by `references` (tags or IDs) to `out`.
+    pub fn save(
+        &self,
+        references: &[String],
+        format: ArchiveFormat,
+        out: &mut dyn Write,
+    ) -> Result<()> {
+        let mut images: Vec<(ImageRecord, Option<String>)> = Vec::new();
+        for r in references {
+            let rec = self
+                .resolve_image(r)?
+                .ok_or_else(|| StoreError::ImageNotFound(r.clone()))?;
+            let tag = reference::parse(r)
+                .ok()
+                .filter(|p| {
+                    p.digest().is_none()
+                        && self
+                            .resolve_manifest(&p.familiar())
+                            .ok()
+                            .flatten()
+                            .is_some()
+                })
+                .map(|p| p.familiar());
+            images.push((rec, tag));
+        }
+        let mut b = tar::Builder::new(out);
+        b.mode(tar::HeaderMode::Deterministic);
+        match format {
+            ArchiveFormat::Docker => self.save_docker(&mut b, &images)?,
+            ArchiveFormat::Oci => self.save_oci(&mut b, &images)?,
+        }
+        b.into_inner()
+            .map_err(|e| StoreError::io("archive", e))?
+            .flush()
+            .map_err(|e| StoreError::io("archive", e))?;
+        Ok(())
+    }
+
+    fn save_docker(
+        &self,
+        b: &mut tar::Builder<&mut dyn Write>,
+        images: &[(ImageRecord, Option<String>)],
+    ) -> Result<()> {
+        let mut manifest: Vec<DockerManifestEntry> = Vec::new();
+        let mut written: HashMap<String, ()> = HashMap::new();
+        let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (rec, tag) in images {
+            let config_name = format!("{}.json", rec.config_digest.hex());
+            if written.insert(config_name.clone(), ()).is_none() {
+                let bytes = self.read_blob(&rec.config_digest)?;
+                append(b, &config_name, bytes.len() as u64, &mut &bytes[..])?;
+            }
+            let mut layer_paths = Vec::new();
+            for l in &rec.layers {
+                let dir = l.diff_id.hex().to_string();
+                let path = format!("{dir}/layer.tar");
+                if written.insert(path.clone(), ()).is_none() {
+                    append_dir(b, &format!("{dir}/"))?;
+                    self.append_uncompressed_layer(b, l, &path)?;
+                }
+                layer_paths.push(path);
+            }
+            let repo_tags: Vec<String> = tag.iter().cloned().collect();
+            if let (Some(t), Some(top)) = (tag, rec.layers.last()) {
+                if let Ok(r) = reference::parse(t) {
+                    repositories.entry(r.repository()).or_default().insert(
+                        r.tag().unwrap_or("latest").to_string(),
+                        top.diff_id.hex().to_string(),
+                    );
+                }
+            }
+            manifest.push(DockerManifestEntry {
+                config: config_name,
+                repo_tags,
+                layers: layer_paths,
+            });
+        }
+        let m = serde_json::to_vec(&manifest)?;
+        append(b, "manifest.json", m.len() as u64, &mut &m[..])?;
+        if !repositories.is_empty() {
+            let r = serde_json::to_vec(&repositories)?;
+            append(b, "repositories", r.len() as u64, &mut &r[..])?;
+        }
+        Ok(())
+    }
+
+    /// docker-archive layers are uncompressed tars (what `docker save`
+    /// writes). A compressed blob is decompressed into `tmp/` first (the tar
+    /// header needs the size), checking the diffID on the way.
+    fn append_uncompressed_layer(
+        &self,
+        b: &mut tar::Builder<&mut dyn Write>,
+        l: &LayerInfo,
+        path: &str,
+    ) -> Result<()> {
+        let mut f = self.open_blob(&l.digest)?;
+        let mut magic = [0u8; 4];
+        let n = read_up_to(&mut f, &mut magic)
+            .map_err(|e| StoreError::io(self.blob_path(&l.digest), e))?;
+        let comp = Compression::detect(&magic[..n]);
+        let mut f = self.open_blob(&l.digest)?;
+        if comp == Compression::None {
+            let size = f.metadata().map_err(|e| StoreError::io(path, e))?.len();
+            return append(b, path, size, &mut f);
+        }
+        let tmp = self.tmp_path("save");
+        let _guard = TreeGuard(tmp.clone());
+        let out = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        let mut w = HashingWriter::new(io::BufWriter::new(out));
+        let mut r: Box<dyn Read> = match comp {
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(f))),
+            _ => {
+                Box::new(zstd::stream::read::Decoder::new(f).map_err(|e| StoreError::io(path, e))?)
+            }
+        };
+        io::copy(&mut r, &mut w).map_err(|e| StoreError::io(&tmp, e))?;
+        let HashingWriter { inner, hasher } = w;
+        inner
+            .into_inner()
+            .map_err(|e| StoreError::io(&tmp, e.into_error()))?;
+        let size = hasher.len();
+        let diff = hasher.finish();
+        if diff != l.diff_id {
+            return Err(StoreError::DiffIdMismatch {
+                digest: l.digest.clone(),
+                expected: l.diff_id.clone(),
+                actual: diff,
+            });
+        }
+        let mut f = File::open(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        append(b, path, size, &mut f)
+    }
+
+    fn save_oci(
+        &self,
+        b: &mut tar::Builder<&mut dyn Write>,
+        images: &[(ImageRecord, Option<String>)],
+    ) -> Result<()> {
+        let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+        append(b, "oci-layout", layout.len() as u64, &mut &layout[..])?;
+        append_dir(b, "blobs/")?;
+        append_dir(b, "blobs/sha256/")?;
+        let mut written: HashMap<Digest, ()> = HashMap::new();
+        let mut index = Index {
+            schema_version: 2,
+            media_type: Some(image::MEDIA_TYPE_INDEX.into()),
+            manifests: Vec::new(),
+            annotations: BTreeMap::new(),
+        };
+        for (rec, tag) in images {
+            let mut blobs = vec![rec.manifest_digest.clone(), rec.config_digest.clone()];
+            blobs.extend(rec.layers.iter().map(|l| l.digest.clone()));
+            for d in blobs {
+                if written.insert(d.clone(), ()).is_none() {
+                    let mut f = self.open_blob(&d)?;
+                    let size = f
+                        .metadata()
+                        .map_err(|e| StoreError::io(self.blob_path(&d), e))?
+                        .len();
+                    append(b, &format!("blobs/sha256/{}", d.hex()), size, &mut f)?;
+                }
+            }
+            let manifest_size = fs::metadata(self.blob_path(&rec.manifest_digest))
+                .map_err(|e| StoreError::io(self.blob_path(&rec.manifest_digest), e))?
+                .len();
+            let mut annotations = BTreeMap::new();
+            if let Some(t) = tag {
+                if let Ok(r) = reference::parse(t) {
+                    annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), r.full());
+                    annotations.insert(
+                        ANNOTATION_REF_NAME.to_string(),
+                        r.tag().unwrap_or("latest").to_string(),
+                    );
+                }
+            }
+            index.manifests.push(Descriptor {
+                media_type: image::MEDIA_TYPE_MANIFEST.into(),
+                digest: rec.manifest_digest.clone(),
+                size: manifest_size,
+                annotations,
+                platform: Some(serde_json::json!({"architecture": rec.config.architecture, "os": rec.config.os})),
+            });
+        }
+        let idx = canonical_json(&index)?;
+        append(b, "index.json", idx.len() as u64, &mut &idx[..])?;
+        Ok(())
+    }
+
+    /// Loads a docker-archive or OCI-layout tar; returns the loaded
+    /// references (familiar form), or image IDs for untagged images.
+    pub fn load(&self, r: &mut dyn Read) -> Result<Vec<String>> {
+        let _lease = self.lease()?;
+        let mut small: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut blobs: HashMap<String, (Digest, u64)> = HashMap::new();
+        let mut links: HashMap<String, String> = HashMap::new();
+        let mut ar = tar::Archive::new(r);
+        for e in ar
+            .entries()
+            .map_err(|e| StoreError::InvalidArchive(e.to_string()))?
+        {
+            let mut e = e.map_err(|e| StoreError::InvalidArchive(e.to_string()))?;
+            let raw = e.path_bytes().into_owned();
+            let Ok(comps) = layer::clean_path_pub(&raw) else {
+                return Err(StoreError::InvalidArchive(format!(
+                    "unsafe path {:?}",
+                    String::from_utf8_lossy(&raw)
+                )));
+            };
+            let path = String::from_utf8_lossy(&comps.join(&b'/')).into_owned();
+            match e.header().entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let size = e.size();
+                    let is_meta = matches!(
+                        path.as_str(),
+                        "manifest.json" | "index.json" | "repositories" | "oci-layout"
+                    ) || path.ends_with("/json")
+                        || path.ends_with("/VERSION");
+                    if size <= SMALL_FILE_MAX
+                        && (is_meta || path.ends_with(".json") || !path.ends_with("layer.tar"))
+                    {
+                        let mut v = Vec::with_capacity(size as usize);
+                        e.read_to_end(&mut v)
+                            .map_err(|err| StoreError::InvalidArchive(err.to_string()))?;
+                        if !is_meta {
+                            let d = self.write_blob_bytes(&v)?;
+                            blobs.insert(path.clone(), (d, size));
+                        }
+                        small.insert(path, v);
+                    } else {
+                        let (d, n) = self.write_blob(&mut e, None, Some(size))?;
+                        blobs.insert(path, (d, n));
+                    }
+                }
+                tar::EntryType::Symlink | tar::EntryType::Link => {
+                    let target = e
+                        .link_name_bytes()
+                        .map(|c| c.into_owned())
+                        .unwrap_or_default();
+                    let base = if e.header().entry_type() == tar::EntryType::Symlink {
+                        let mut b = comps[..comps.len().saturating_sub(1)].join(&b'/');
+                        if !b.is_empty() {
+                            b.push(b'/');
+                        }
+                        b.extend_from_slice(&target);
+                        b
+                    } else {
+                        target
+                    };
+                    if let Ok(tc) = layer::clean_path_pub(&base) {
+                        links.insert(path, String::from_utf8_lossy(&tc.join(&b'/')).into_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let resolve = |p: &str| -> Option<(Digest, u64)> {
+            let mut p = p.trim_start_matches("./").to_string();
+            for _ in 0..16 {
+                if let Some(b) = blobs.get(&p) {
+                    return Some(b.clone());
+                }
+                p = links.get(&p)?.clone();
+            }
+            None
+        };
+        if let Some(m) = small.get("manifest.json") {
+            let entries: Vec<DockerManifestEntry> = serde_json::from_slice(m)?;
+            let mut out = Vec::new();
+            for ent in entries {
+                let cfg_path = ent.config.trim_start_matches("./");
+                let cfg_bytes = match small.get(cfg_path) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let (d, _) = resolve(cfg_path).ok_or_else(|| {
+                            StoreError::InvalidArchive(format!("config {cfg_path} missing"))
+                        })?;
+                        self.read_blob(&d)?
+                    }
+                };
+                let config: ImageConfig = serde_json::from_slice(&cfg_bytes)?;
+                if config.rootfs.diff_ids.len() != ent.layers.len() {
+                    return Err(StoreError::InvalidArchive(format!(
+                        "{cfg_path}: {} diff_ids for {} layers",
+                        config.rootfs.diff_ids.len(),
+                        ent.layers.len()
+                    )));
+                }
+                let mut layers = Vec::new();
+                for (p, diff) in ent.layers.iter().zip(&config.rootfs.diff_ids) {
+                    let (d, size) = resolve(p)
+                        .ok_or_else(|| StoreError::InvalidArchive(format!("layer {p} missing")))?;
+                    let comp = self.blob_compression(&d)?;
+                    if comp == Compression::None && d != *diff {
+                        return Err(StoreError::DiffIdMismatch {
+                            digest: d.clone(),
+                            expected: diff.clone(),
+                            actual: d,
+                        });
+                    }
+                    layers.push(LayerInfo {
+                        digest: d,
+                        diff_id: diff.clone(),
+                        size,
+                        media_type: comp.media_type().into(),
+                    });
+                }
+                let rec = self.write_image_raw(&cfg_bytes, config, &layers)?;
+                if ent.repo_tags.is_empty() {
+                    out.push(rec.config_digest.to_string());
+                }
+                for t in &ent.repo_tags {
+                    let r = reference::parse(t)?;
+                    self.tag(&r.familiar(), &rec.manifest_digest)?;
+                    out.push(r.familiar());
+                }
+            }
+            return Ok(out);
+        }
+        if let Some(idx) = small.get("index.json") {
+            let index: Index = serde_json::from_slice(idx)?;
+            let mut out = Vec::new();
+            self.load_index(&index, &mut out, 0)?;
+            return Ok(out);
+        }
+        Err(StoreError::InvalidArchive(
+            "neither manifest.json nor index.json found".into(),
+        ))
+    }
+
+    fn load_index(&self, index: &Index, out: &mut Vec<String>, depth: u32) -> Result<()> {
+        if depth > 4 {
+            return Err(StoreError::InvalidArchive(
+                "image indexes nested too deeply".into(),
+            ));
+        }
+        for desc in &index.manifests {
+            let mt = desc.media_type.as_str();
+            if mt == image::MEDIA_TYPE_INDEX || mt == image::MEDIA_TYPE_DOCKER_MANIFEST_LIST {
+                let nested: Index = serde_json::from_slice(&self.read_blob(&desc.digest)?)?;
+                self.load_index(&nested, out, depth + 1)?;
+                continue;
+            }
+            if mt != image::MEDIA_TYPE_MANIFEST && mt != image::MEDIA_TYPE_DOCKER_MANIFEST {
+                continue;
+            }
+            if let Some(p) = &desc.platform {
+                let os = p.get("os").and_then(|v| v.as_str()).unwrap_or("linux");
+                let arch = p
+                    .get("architecture")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(image::host_architecture());
+                if os != "linux" || arch != image::host_architecture() {
+                    continue;
+                }
+            }
+            let mbytes = self.read_blob(&desc.digest)?;
+            let m: Manifest = serde_json::from_slice(&mbytes)?;
+            let cfg_bytes = self.read_blob(&m.config.digest)?;
+            let config: ImageConfig = serde_json::from_slice(&cfg_bytes)?;
+            if config.rootfs.diff_ids.len() != m.layers.len() {
+                return Err(StoreError::InvalidArchive(format!(
+                    "manifest {}: {} diff_ids for {} layers",
+                    desc.digest,
+                    config.rootfs.diff_ids.len(),
+                    m.layers.len()
+                )));
+            }
+            let layers: Vec<LayerInfo> = m
+                .layers
+                .iter()
+                .zip(&config.rootfs.diff_ids)
+                .map(|(l, diff)| LayerInfo {
+                    digest: l.digest.clone(),
+                    diff_id: diff.clone(),
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                })
+                .collect();
+            for l in &layers {
+                if !self.has_blob(&l.digest) {
+                    return Err(StoreError::BlobNotFound(l.digest.clone()));
+                }
+            }
+            let rec = self.record_image(&desc.digest, &m.config.digest, config, &layers)?;
+            let name = desc
+                .annotations
+                .get(ANNOTATION_CONTAINERD_NAME)
+                .cloned()
+                .or_else(|| {
+                    desc.annotations
+                        .get(ANNOTATION_REF_NAME)
+                        .filter(|n| n.contains('/') || n.contains(':'))
+                        .cloned()
+                });
+            match name
+                .and_then(|n| reference::parse(&n).ok())
+                .filter(|r| r.digest().is_none())
+            {
+                Some(r) => {
+                    self.tag(&r.familiar(), &rec.manifest_digest)?;
+                    out.push(r.familiar());
+                }
+                None => out.push(rec.config_digest.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    fn blob_compression(&self, d: &Digest) -> Result<Compression> {
+        let mut f = self.open_blob(d)?;
+        let mut magic = [0u8; 4];
+        let n = read_up_to(&mut f, &mut magic).map_err(|e| StoreError::io(self.blob_path(d), e))?;
+        Ok(Compression::detect(&magic[..n]))
+    }
+}
+
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}

@@ -1,0 +1,160 @@
+//! The SQLite metadata database: connection setup, schema and migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+use crate::error::Result;
+
+/// Migrations, in order; `user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE blobs (
+        digest TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        media_type TEXT,
+        created_ms INTEGER NOT NULL,
+        used_ms INTEGER NOT NULL
+    );
+    CREATE TABLE layers (
+        digest TEXT PRIMARY KEY,
+        diff_id TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        uncompressed_size INTEGER,
+        media_type TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX layers_by_diff_id ON layers(diff_id);
+    CREATE TABLE snapshots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        diff_id TEXT NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL,
+        used_ms INTEGER NOT NULL
+    );
+    CREATE TABLE images (
+        manifest_digest TEXT PRIMARY KEY,
+        config_digest TEXT NOT NULL,
+        created TEXT,
+        size INTEGER NOT NULL,
+        layers TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX images_by_config ON images(config_digest);
+    CREATE TABLE refs (
+        name TEXT PRIMARY KEY,
+        manifest_digest TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE INDEX refs_by_manifest ON refs(manifest_digest);
+    CREATE TABLE cache (
+        key TEXT PRIMARY KEY,
+        parent TEXT,
+        description TEXT NOT NULL,
+        source TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        inputs TEXT NOT NULL,
+        result TEXT NOT NULL,
+        layer TEXT,
+        layer_digest TEXT,
+        created INTEGER NOT NULL,
+        last_used INTEGER NOT NULL,
+        hits INTEGER NOT NULL,
+        used_ms INTEGER NOT NULL
+    );
+    CREATE INDEX cache_by_layer ON cache(layer_digest);
+    CREATE TABLE stat_cache (
+        context TEXT NOT NULL,
+        path TEXT NOT NULL,
+        dev INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        mode INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (context, path)
+    ) WITHOUT ROWID;
+    CREATE TABLE leases (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build of kiln writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Whether an error means the database file itself is damaged.
+pub(crate) fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase)
+    )
+}
+
+/// Opens (creating if needed) and migrates the database, then checks it.
+pub(crate) fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(120))?;
+    // WAL: readers never block the writer; synchronous=NORMAL is durable
+    // against process crashes (kill -9), which is what the store promises
+    // for metadata (blobs and snapshots are fsynced before they are recorded).
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(format!("quick_check: {check}")),
+        ));
+    }
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    // Several processes may open a new root at once: the migration runs in
+    // a write transaction and re-reads the version inside it.
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        tx.execute_batch(m)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_detects_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("kiln.db");
+        let c = open(&p).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        drop(c);
+        open(&p).unwrap();
+        let bad = dir.path().join("bad.db");
+        std::fs::write(&bad, vec![0x5a; 8192]).unwrap();
+        let e = open(&bad).unwrap_err();
+        assert!(is_corruption(&e), "{e}");
+    }
+}

@@ -1,0 +1,773 @@
+//! Housekeeping: leases, sweeping of dead processes' leftovers, prune, df,
+//! fsck and the rebuild of a corrupt database from the blobs.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Result, StoreError};
+use crate::image::{ImageConfig, Manifest};
+use crate::owner::{Liveness, LOCK_SUFFIX};
+use crate::store::{now_ms, now_secs, owner_of, remove_tree, LayerInfo, Shared, Store};
+
+/// Held by a running build: while any live lease exists, prune keeps
+/// everything created or used after the oldest live lease began. Released
+/// on drop; leases of dead processes are ignored (and removed by prune).
+pub struct Lease {
+    shared: Arc<Shared>,
+    id: String,
+    created_ms: i64,
+}
+
+impl Lease {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// When the lease began (unix milliseconds).
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let conn = self.shared.db.lock().unwrap_or_else(|p| p.into_inner());
+        // Best effort: a lease left behind belongs to this process and is
+        // ignored once the process is gone.
+        let _ = conn.execute("DELETE FROM leases WHERE id = ?1", [&self.id]);
+    }
+}
+
+/// What [`Store::prune`] removes besides unreferenced content (which it
+/// always removes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneOptions {
+    /// Remove every build cache record.
+    pub cache_all: bool,
+    /// Remove least recently used cache records until the layers they hold
+    /// take at most this many bytes.
+    pub keep_storage: Option<u64>,
+    /// Remove cache records not used for this long.
+    pub cache_unused_for: Option<Duration>,
+    /// Remove images that have no tag.
+    pub dangling_images: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    pub cache_records: u64,
+    /// Image IDs (config digests) of removed images.
+    pub images: Vec<String>,
+    pub layers: u64,
+    pub blobs: u64,
+    pub snapshots: u64,
+    /// Bytes of blobs and snapshots removed.
+    pub reclaimed_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiskUsage {
+    pub images: u64,
+    /// Bytes of blobs reachable from images.
+    pub images_size: u64,
+    pub cache_records: u64,
+    /// Bytes of blobs reachable from cache records but from no image.
+    pub cache_size: u64,
+    pub snapshots: u64,
+    pub snapshots_size: u64,
+    pub blobs: u64,
+    pub blobs_size: u64,
+    pub containers_size: u64,
+    /// Bytes of blobs reachable from nothing (what prune frees).
+    pub reclaimable: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FsckReport {
+    pub blobs_checked: u64,
+    /// Inconsistencies found (each one line).
+    pub problems: Vec<String>,
+    /// What `--repair` did about them.
+    pub repaired: Vec<String>,
+    /// Leftovers of dead processes swept (at open and during fsck); these
+    /// are normal after a crash and not problems.
+    pub swept: Vec<String>,
+    /// Where a corrupt database was moved before it was rebuilt.
+    pub recovered_from: Option<PathBuf>,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SweepReport {
+    pub swept: Vec<String>,
+    pub recovered_from: Option<PathBuf>,
+}
+
+impl SweepReport {
+    pub fn merge(&mut self, other: SweepReport) {
+        self.swept.extend(other.swept);
+        if other.recovered_from.is_some() {
+            self.recovered_from = other.recovered_from;
+        }
+    }
+}
+
+/// Moves a corrupt `kiln.db` (and its WAL/SHM) aside; returns the backup.
+pub(crate) fn backup_corrupt_db(root: &Path) -> Result<PathBuf> {
+    let stamp = now_ms();
+    let backup = root.join(format!("kiln.db.corrupt-{stamp}"));
+    for suffix in ["", "-wal", "-shm"] {
+        let from = root.join(format!("kiln.db{suffix}"));
+        let to = root.join(format!("kiln.db.corrupt-{stamp}{suffix}"));
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(&from, e)),
+        }
+    }
+    Ok(backup)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    let mut seen = HashSet::new();
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+fn hash_file(p: &Path) -> io::Result<(Digest, u64)> {
+    let mut f = fs::File::open(p)?;
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let n = h.len();
+    Ok((h.finish(), n))
+}
+
+struct Reach {
+    blobs: HashSet<String>,
+    diffs: HashSet<String>,
+    image_blobs: HashSet<String>,
+}
+
+fn reachable(tx: &rusqlite::Connection) -> Result<Reach> {
+    let mut r = Reach {
+        blobs: HashSet::new(),
+        diffs: HashSet::new(),
+        image_blobs: HashSet::new(),
+    };
+    let mut stmt =
+        tx.prepare_cached("SELECT manifest_digest, config_digest, layers FROM images")?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (m, c, layers) = row?;
+        let layers: Vec<LayerInfo> = serde_json::from_str(&layers)?;
+        r.image_blobs.insert(m.clone());
+        r.image_blobs.insert(c.clone());
+        r.blobs.insert(m);
+        r.blobs.insert(c);
+        for l in layers {
+            r.image_blobs.insert(l.digest.to_string());
+            r.blobs.insert(l.digest.to_string());
+            r.diffs.insert(l.diff_id.to_string());
+        }
+    }
+    let mut stmt = tx.prepare_cached("SELECT layer FROM cache WHERE layer IS NOT NULL")?;
+    let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+    for row in rows {
+        let l: LayerInfo = serde_json::from_str(&row?)?;
+        r.blobs.insert(l.digest.to_string());
+        r.diffs.insert(l.diff_id.to_string());
+    }
+    Ok(r)
+}
+
+impl Store {
+    /// Takes a lease for a build (see [`Lease`]).
+    pub fn lease(&self) -> Result<Lease> {
+        let id = self.shared.owner.temp_name("lease");
+        let created_ms = now_ms();
+        let conn = self.conn();
+        conn.prepare_cached("INSERT INTO leases (id, owner, created_ms) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, self.shared.owner.id, created_ms])?;
+        Ok(Lease {
+            shared: self.shared.clone(),
+            id,
+            created_ms,
+        })
+    }
+
+    /// Removes leftovers of dead processes from `ingest/` and `tmp/`, and
+    /// snapshot dirs that were never recorded.
+    pub(crate) fn sweep(&self) -> Result<SweepReport> {
+        let root = &self.shared.root;
+        let tmp = root.join("tmp");
+        let mut report = SweepReport::default();
+        let mut live = Liveness::default();
+        for sub in ["ingest", "tmp"] {
+            let dir = root.join(sub);
+            let rd = fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(LOCK_SUFFIX) {
+                    continue;
+                }
+                if let Some(id) = owner_of(&name) {
+                    if !live.alive(&tmp, id) {
+                        remove_tree(&e.path()).map_err(|err| StoreError::io(e.path(), err))?;
+                        report.swept.push(format!("{sub}/{name}"));
+                    }
+                }
+            }
+        }
+        // Lock files of dead owners (their entries are gone now).
+        let rd = fs::read_dir(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(LOCK_SUFFIX).and_then(owner_of_lock) {
+                live.alive(&tmp, id);
+            }
+        }
+        live.remove_dead_locks();
+        // Snapshot dirs without a row: a process died between rename and
+        // commit, or prune died before removing a deleted snapshot. Checked
+        // under the write lock, which every snapshot install holds across
+        // its rename and commit.
+        let mut doomed = Vec::new();
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let snaps = root.join("snapshots");
+            let rd = fs::read_dir(&snaps).map_err(|e| StoreError::io(&snaps, e))?;
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let known = match name.parse::<i64>() {
+                    Ok(id) => tx
+                        .prepare_cached("SELECT 1 FROM snapshots WHERE id = ?1")?
+                        .query_row([id], |_| Ok(()))
+                        .optional()?
+                        .is_some(),
+                    Err(_) => false,
+                };
+                if !known {
+                    let to = self.tmp_path("gc");
+                    fs::rename(e.path(), &to).map_err(|err| StoreError::io(e.path(), err))?;
+                    doomed.push(to);
+                    report.swept.push(format!("snapshots/{name}"));
+                }
+            }
+            tx.commit()?;
+        }
+        for d in doomed {
+            remove_tree(&d).map_err(|e| StoreError::io(&d, e))?;
+        }
+        Ok(report)
+    }
+
+    /// Removes unreferenced blobs, layers and snapshots, plus the cache
+    /// records and dangling images `opts` asks for. Never touches anything
+    /// created or used after the start of the oldest live lease.
+    pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        let root = self.shared.root.clone();
+        let mut doomed_blobs: Vec<String> = Vec::new();
+        let mut doomed_snaps: Vec<PathBuf> = Vec::new();
+        let protect;
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Leases.
+            let leases: Vec<(String, String, i64)> = tx
+                .prepare_cached("SELECT id, owner, created_ms FROM leases")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut live = Liveness::default();
+            let tmp = root.join("tmp");
+            let mut oldest = i64::MAX;
+            for (id, owner, created) in leases {
+                if live.alive(&tmp, &owner) {
+                    oldest = oldest.min(created);
+                } else {
+                    tx.prepare_cached("DELETE FROM leases WHERE id = ?1")?
+                        .execute([id])?;
+                }
+            }
+            drop(live);
+            protect = oldest;
+            // Cache records, least recently used first.
+            let recs: Vec<(String, i64, i64, i64)> = tx
+                .prepare_cached("SELECT c.key, c.last_used, c.used_ms, coalesce(l.size, 0) FROM cache c LEFT JOIN layers l ON l.digest = c.layer_digest ORDER BY c.last_used, c.key")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut total: u64 = recs.iter().map(|r| r.3 as u64).sum();
+            let now = now_secs();
+            for (key, last_used, used_ms, size) in recs {
+                if used_ms >= protect {
+                    continue;
+                }
+                let doomed = opts.cache_all
+                    || opts
+                        .cache_unused_for
+                        .map(|d| last_used < now - d.as_secs() as i64)
+                        .unwrap_or(false)
+                    || opts.keep_storage.map(|k| total > k).unwrap_or(false);
+                if doomed {
+                    tx.prepare_cached("DELETE FROM cache WHERE key = ?1")?
+                        .execute([key])?;
+                    total = total.saturating_sub(size as u64);
+                    report.cache_records += 1;
+                }
+            }
+            if opts.dangling_images {
+                let dangling: Vec<(String, String)> = tx
+                    .prepare_cached("SELECT manifest_digest, config_digest FROM images WHERE created_ms < ?1 AND manifest_digest NOT IN (SELECT manifest_digest FROM refs)")?
+                    .query_map([protect], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (m, c) in dangling {
+                    tx.prepare_cached("DELETE FROM images WHERE manifest_digest = ?1")?
+                        .execute([m])?;
+                    report.images.push(c);
+                }
+            }
+            // Mark.
+            let mut reach = reachable(&tx)?;
+            // Sweep layer rows, then keep what the remaining ones hold.
+            let layers: Vec<(String, String, i64)> = tx
+                .prepare_cached("SELECT digest, diff_id, created_ms FROM layers")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            for (digest, diff_id, created) in layers {
+                if !reach.blobs.contains(&digest) && created < protect {
+                    tx.prepare_cached("DELETE FROM layers WHERE digest = ?1")?
+                        .execute([digest])?;
+                    report.layers += 1;
+                } else {
+                    reach.blobs.insert(digest);
+                    reach.diffs.insert(diff_id);
+                }
+            }
+            let snaps: Vec<(i64, String, i64)> = tx
+                .prepare_cached("SELECT id, diff_id, used_ms FROM snapshots")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, diff_id, used) in snaps {
+                if !reach.diffs.contains(&diff_id) && used < protect {
+                    tx.prepare_cached("DELETE FROM snapshots WHERE id = ?1")?
+                        .execute([id])?;
+                    let from = self.snapshot_dir(id);
+                    let to = self.tmp_path("gc");
+                    match fs::rename(&from, &to) {
+                        Ok(()) => doomed_snaps.push(to),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(StoreError::io(&from, e)),
+                    }
+                    report.snapshots += 1;
+                }
+            }
+            let blobs: Vec<(String, i64)> = tx
+                .prepare_cached("SELECT digest, used_ms FROM blobs")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (digest, used) in blobs {
+                if !reach.blobs.contains(&digest) && used < protect {
+                    tx.prepare_cached("DELETE FROM blobs WHERE digest = ?1")?
+                        .execute([&digest])?;
+                    doomed_blobs.push(digest);
+                }
+            }
+            tx.commit()?;
+        }
+        // Files on disk that no row knows (a writer died between its rename
+        // and its commit), old enough not to be a live lease's.
+        let blob_dir = root.join("blobs/sha256");
+        for e in fs::read_dir(&blob_dir)
+            .map_err(|e| StoreError::io(&blob_dir, e))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(d) = Digest::from_hex(&name) else {
+                continue;
+            };
+            let mtime_ms = e.metadata().map(|m| m.mtime() * 1000).unwrap_or(i64::MAX);
+            if mtime_ms < protect && !doomed_blobs.contains(&d.to_string()) {
+                let known = self
+                    .conn()
+                    .prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")?
+                    .query_row([d.as_str()], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                if !known {
+                    doomed_blobs.push(d.to_string());
+                }
+            }
+        }
+        // Delete blob files one short transaction each: a writer that
+        // re-created the blob meanwhile has re-inserted its row.
+        for digest in doomed_blobs {
+            let d: Digest = digest.parse()?;
+            let p = self.blob_path(&d);
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let back = tx
+                .prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")?
+                .query_row([d.as_str()], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !back {
+                if let Ok(m) = fs::symlink_metadata(&p) {
+                    match fs::remove_file(&p) {
+                        Ok(()) => {
+                            report.blobs += 1;
+                            report.reclaimed_bytes += m.len();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(StoreError::io(&p, e)),
+                    }
+                }
+            }
+            tx.commit()?;
+        }
+        for d in doomed_snaps {
+            report.reclaimed_bytes += dir_size(&d);
+            remove_tree(&d).map_err(|e| StoreError::io(&d, e))?;
+        }
+        Ok(report)
+    }
+
+    /// Space used, by category.
+    pub fn df(&self) -> Result<DiskUsage> {
+        let mut du = DiskUsage::default();
+        let root = self.shared.root.clone();
+        let (reach, blobs, snaps) = {
+            let conn = self.conn();
+            du.images =
+                conn.query_row("SELECT count(*) FROM images", [], |r| r.get::<_, i64>(0))? as u64;
+            du.cache_records =
+                conn.query_row("SELECT count(*) FROM cache", [], |r| r.get::<_, i64>(0))? as u64;
+            let reach = reachable(&conn)?;
+            let blobs: Vec<(String, i64)> = conn
+                .prepare("SELECT digest, size FROM blobs")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let snaps: Vec<i64> = conn
+                .prepare("SELECT id FROM snapshots")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            (reach, blobs, snaps)
+        };
+        for (d, size) in blobs {
+            let size = size as u64;
+            du.blobs += 1;
+            du.blobs_size += size;
+            if reach.image_blobs.contains(&d) {
+                du.images_size += size;
+            } else if reach.blobs.contains(&d) {
+                du.cache_size += size;
+            } else {
+                du.reclaimable += size;
+            }
+        }
+        du.snapshots = snaps.len() as u64;
+        for id in snaps {
+            du.snapshots_size += dir_size(&self.snapshot_dir(id));
+        }
+        du.containers_size = dir_size(&root.join("containers"));
+        Ok(du)
+    }
+
+    /// Rehashes every blob and checks every reference; with `repair`, fixes
+    /// what it can (drops corrupt blobs and whatever points at missing
+    /// content, records unrecorded blobs, removes unrecorded snapshots).
+    pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        let mut rep = FsckReport {
+            swept: self.open_report.swept.clone(),
+            recovered_from: self.open_report.recovered_from.clone(),
+            ..Default::default()
+        };
+        rep.swept.extend(self.sweep()?.swept);
+        let root = self.shared.root.clone();
+        let blob_dir = root.join("blobs/sha256");
+        // Blob files.
+        let mut on_disk = HashSet::new();
+        for e in fs::read_dir(&blob_dir)
+            .map_err(|e| StoreError::io(&blob_dir, e))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(d) = Digest::from_hex(&name) else {
+                rep.problems.push(format!("stray file blobs/sha256/{name}"));
+                if repair {
+                    remove_tree(&e.path()).map_err(|err| StoreError::io(e.path(), err))?;
+                    rep.repaired.push(format!("removed blobs/sha256/{name}"));
+                }
+                continue;
+            };
+            rep.blobs_checked += 1;
+            let (actual, size) =
+                hash_file(&e.path()).map_err(|err| StoreError::io(e.path(), err))?;
+            if actual != d {
+                rep.problems
+                    .push(format!("blob {d} is corrupt (content hashes to {actual})"));
+                if repair {
+                    fs::remove_file(e.path()).map_err(|err| StoreError::io(e.path(), err))?;
+                    self.conn()
+                        .execute("DELETE FROM blobs WHERE digest = ?1", [d.as_str()])?;
+                    rep.repaired.push(format!("removed corrupt blob {d}"));
+                }
+                continue;
+            }
+            on_disk.insert(d.to_string());
+            let known = self
+                .conn()
+                .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
+                .query_row([d.as_str()], |r| r.get::<_, i64>(0))
+                .optional()?;
+            match known {
+                Some(s) if s as u64 == size => {}
+                Some(s) => {
+                    rep.problems
+                        .push(format!("blob {d} recorded with size {s}, is {size}"));
+                    if repair {
+                        self.conn().execute(
+                            "UPDATE blobs SET size = ?2 WHERE digest = ?1",
+                            params![d.as_str(), size as i64],
+                        )?;
+                        rep.repaired.push(format!("recorded size of {d}"));
+                    }
+                }
+                None => {
+                    // Not a problem for the user (prune reclaims it), but
+                    // the row should exist for a committed blob.
+                    if repair {
+                        let now = now_ms();
+                        self.conn().execute(
+                            "INSERT OR IGNORE INTO blobs (digest, size, media_type, created_ms, used_ms) VALUES (?1, ?2, NULL, ?3, ?3)",
+                            params![d.as_str(), size as i64, now],
+                        )?;
+                    }
+                }
+            }
+        }
+        let conn = self.conn();
+        let missing = |d: &str| !on_disk.contains(d);
+        // Blob rows without files.
+        let rows: Vec<String> = conn
+            .prepare("SELECT digest FROM blobs")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for d in rows.iter().filter(|d| missing(d)) {
+            rep.problems
+                .push(format!("blob {d} is recorded but missing"));
+            if repair {
+                conn.execute("DELETE FROM blobs WHERE digest = ?1", [d])?;
+                rep.repaired.push(format!("forgot missing blob {d}"));
+            }
+        }
+        // Images.
+        let images: Vec<(String, String, String)> = conn
+            .prepare("SELECT manifest_digest, config_digest, layers FROM images")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (m, c, layers) in images {
+            let layers: Vec<LayerInfo> = serde_json::from_str(&layers)?;
+            let mut lost: Vec<String> = [m.clone(), c.clone()]
+                .into_iter()
+                .filter(|d| missing(d))
+                .collect();
+            lost.extend(
+                layers
+                    .iter()
+                    .map(|l| l.digest.to_string())
+                    .filter(|d| missing(d)),
+            );
+            if !lost.is_empty() {
+                rep.problems.push(format!(
+                    "image {c} (manifest {m}) lacks blobs: {}",
+                    lost.join(", ")
+                ));
+                if repair {
+                    conn.execute("DELETE FROM refs WHERE manifest_digest = ?1", [&m])?;
+                    conn.execute("DELETE FROM images WHERE manifest_digest = ?1", [&m])?;
+                    rep.repaired
+                        .push(format!("removed broken image {c} and its tags"));
+                }
+            }
+        }
+        let refs: Vec<(String, String)> = conn
+            .prepare("SELECT name, manifest_digest FROM refs WHERE manifest_digest NOT IN (SELECT manifest_digest FROM images)")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (name, m) in refs {
+            rep.problems
+                .push(format!("tag {name} points at missing image {m}"));
+            if repair {
+                conn.execute("DELETE FROM refs WHERE name = ?1", [&name])?;
+                rep.repaired.push(format!("removed dangling tag {name}"));
+            }
+        }
+        // Layers and cache records.
+        let layers: Vec<String> = conn
+            .prepare("SELECT digest FROM layers")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for d in layers.iter().filter(|d| missing(d)) {
+            rep.problems
+                .push(format!("layer {d} is recorded but its blob is missing"));
+            if repair {
+                conn.execute("DELETE FROM layers WHERE digest = ?1", [d])?;
+                rep.repaired.push(format!("forgot layer {d}"));
+            }
+        }
+        let cache: Vec<(String, String)> = conn
+            .prepare("SELECT key, layer_digest FROM cache WHERE layer_digest IS NOT NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (key, d) in cache.iter().filter(|(_, d)| missing(d)) {
+            rep.problems
+                .push(format!("cache record {key} holds missing layer {d}"));
+            if repair {
+                conn.execute("DELETE FROM cache WHERE key = ?1", [key])?;
+                rep.repaired.push(format!("removed cache record {key}"));
+            }
+        }
+        // Snapshots.
+        let snaps: Vec<(i64, String)> = conn
+            .prepare("SELECT id, diff_id FROM snapshots")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, diff) in snaps {
+            if !self.snapshot_dir(id).is_dir() {
+                rep.problems.push(format!(
+                    "snapshot {id} ({diff}) is recorded but its directory is missing"
+                ));
+                if repair {
+                    conn.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+                    rep.repaired.push(format!("forgot snapshot {id}"));
+                }
+            }
+        }
+        // Anything else in ingest/ or tmp/ belongs to a live process.
+        Ok(rep)
+    }
+
+    /// After a corrupt database was moved aside: re-record every blob, and
+    /// every image whose manifest and config are still present. Tags, cache
+    /// records and the stat cache cannot be recovered; snapshots are
+    /// unpacked again on demand (the unrecorded dirs are swept).
+    pub(crate) fn rebuild_from_blobs(&self) -> Result<()> {
+        let blob_dir = self.shared.root.join("blobs/sha256");
+        let mut manifests = Vec::new();
+        let now = now_ms();
+        for e in fs::read_dir(&blob_dir)
+            .map_err(|e| StoreError::io(&blob_dir, e))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(d) = Digest::from_hex(&name) else {
+                continue;
+            };
+            let Ok((actual, size)) = hash_file(&e.path()) else {
+                continue;
+            };
+            if actual != d {
+                continue;
+            }
+            self.conn().execute(
+                "INSERT OR IGNORE INTO blobs (digest, size, media_type, created_ms, used_ms) VALUES (?1, ?2, NULL, ?3, ?3)",
+                params![d.as_str(), size as i64, now],
+            )?;
+            if size < 4 << 20 {
+                if let Ok(bytes) = fs::read(e.path()) {
+                    if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
+                        if m.schema_version == 2 {
+                            manifests.push((d, m));
+                        }
+                    }
+                }
+            }
+        }
+        for (d, m) in manifests {
+            let Ok(cfg_bytes) = self.read_blob(&m.config.digest) else {
+                continue;
+            };
+            let Ok(cfg) = serde_json::from_slice::<ImageConfig>(&cfg_bytes) else {
+                continue;
+            };
+            if cfg.rootfs.diff_ids.len() != m.layers.len()
+                || m.layers.iter().any(|l| !self.has_blob(&l.digest))
+            {
+                continue;
+            }
+            let layers: Vec<LayerInfo> = m
+                .layers
+                .iter()
+                .zip(&cfg.rootfs.diff_ids)
+                .map(|(l, diff)| LayerInfo {
+                    digest: l.digest.clone(),
+                    diff_id: diff.clone(),
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                })
+                .collect();
+            for l in &layers {
+                self.record_layer(l, None)?;
+            }
+            let size: u64 = layers.iter().map(|l| l.size).sum();
+            self.conn().execute(
+                "INSERT OR IGNORE INTO images (manifest_digest, config_digest, created, size, layers, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![d.as_str(), m.config.digest.as_str(), cfg.created, size as i64, serde_json::to_string(&layers)?, now],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn owner_of_lock(id: &str) -> Option<&str> {
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}

@@ -1,0 +1,571 @@
+//! Behaviour of the Store through its public API.
+mod common;
+
+use std::fs;
+use std::io::Read;
+
+use kiln_store::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("root")).unwrap();
+    (dir, s)
+}
+
+#[test]
+fn root_is_private_and_laid_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_d, s) = store();
+    let mode = fs::metadata(s.root()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    for sub in [
+        "blobs/sha256",
+        "ingest",
+        "snapshots",
+        "containers",
+        "tmp",
+        "kiln.db",
+    ] {
+        assert!(s.root().join(sub).exists(), "{sub}");
+    }
+}
+
+#[test]
+fn blobs_are_verified_and_idempotent() {
+    let (_d, s) = store();
+    let d = s.write_blob_bytes(b"hello").unwrap();
+    assert_eq!(d, sha256_digest(b"hello"));
+    assert!(s.has_blob(&d));
+    assert_eq!(s.read_blob(&d).unwrap(), b"hello");
+    // Same content again: success, same digest.
+    assert_eq!(s.write_blob_bytes(b"hello").unwrap(), d);
+    let (d2, n) = s.write_blob(&mut &b"hello"[..], Some(&d), Some(5)).unwrap();
+    assert_eq!((d2, n), (d.clone(), 5));
+    // Wrong digest / size: error, nothing left in ingest/.
+    let other = sha256_digest(b"other");
+    assert!(matches!(
+        s.write_blob(&mut &b"hello"[..], Some(&other), None),
+        Err(StoreError::DigestMismatch { .. })
+    ));
+    assert!(matches!(
+        s.write_blob(&mut &b"hello"[..], None, Some(4)),
+        Err(StoreError::SizeMismatch { .. })
+    ));
+    assert!(matches!(
+        s.write_blob(&mut &b"hello"[..], None, Some(6)),
+        Err(StoreError::SizeMismatch { .. })
+    ));
+    assert_eq!(fs::read_dir(s.root().join("ingest")).unwrap().count(), 0);
+    // A corrupted blob file is caught on read.
+    let p = s.root().join("blobs/sha256").join(d.hex());
+    fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    fs::write(&p, b"HELLO").unwrap();
+    assert!(matches!(
+        s.read_blob(&d),
+        Err(StoreError::DigestMismatch { .. })
+    ));
+    assert!(matches!(
+        s.read_blob(&other),
+        Err(StoreError::BlobNotFound(_))
+    ));
+    // Digests are validated before they can become paths.
+    assert!("sha256:../../etc/passwd".parse::<Digest>().is_err());
+}
+
+#[test]
+fn snapshot_commit_then_unpack_elsewhere() {
+    require_root!();
+    let (_d, s) = store();
+    let p = s.new_snapshot().unwrap();
+    assert!(p.work().is_dir() && fs::read_dir(p.work()).unwrap().count() == 0);
+    common::sample_tree(p.upper());
+    let info = s.commit_snapshot(p, &LayerOptions::default()).unwrap();
+    assert_eq!(
+        info.media_type,
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    let snap = s.snapshot_path(&info.diff_id).unwrap().unwrap();
+    assert!(snap.join("app/app.py").is_file());
+    assert!(
+        snap.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok(),
+        "short numeric id"
+    );
+    assert_eq!(s.layer_by_diff_id(&info.diff_id).unwrap().unwrap(), info);
+    assert_eq!(s.ensure_snapshot(&info).unwrap(), snap);
+
+    // A second store receives the blob only and unpacks it.
+    let (_d2, s2) = store();
+    let mut f = s.open_blob(&info.digest).unwrap();
+    s2.write_blob(&mut f, Some(&info.digest), Some(info.size))
+        .unwrap();
+    let snap2 = s2.ensure_snapshot(&info).unwrap();
+    assert_eq!(
+        fs::read(snap2.join("app/app.py")).unwrap(),
+        b"print('hello')\n"
+    );
+    assert_eq!(
+        fs::read_link(snap2.join("entry"))
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "app/app.py"
+    );
+    // A wrong diffID is refused and nothing is recorded.
+    let (_d3, s3) = store();
+    let mut f = s.open_blob(&info.digest).unwrap();
+    s3.write_blob(&mut f, None, None).unwrap();
+    let mut bad = info.clone();
+    bad.diff_id = sha256_digest(b"not it");
+    assert!(matches!(
+        s3.ensure_snapshot(&bad),
+        Err(StoreError::DiffIdMismatch { .. })
+    ));
+    assert!(s3.snapshot_path(&bad.diff_id).unwrap().is_none());
+    assert_eq!(
+        fs::read_dir(s3.root().join("snapshots")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn identical_snapshot_is_deduplicated() {
+    let (_d, s) = store();
+    let mk = || {
+        let p = s.new_snapshot().unwrap();
+        fs::write(p.upper().join("f"), b"same").unwrap();
+        filetime(p.upper().join("f"));
+        filetime(p.upper().to_path_buf());
+        p
+    };
+    let a = s.commit_snapshot(mk(), &LayerOptions::default()).unwrap();
+    let b = s.commit_snapshot(mk(), &LayerOptions::default()).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(fs::read_dir(s.root().join("snapshots")).unwrap().count(), 1);
+    // The discarded pending dir is gone too.
+    let leftovers: Vec<_> = fs::read_dir(s.root().join("tmp"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".lock"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn filetime(p: std::path::PathBuf) {
+    let f = fs::File::open(&p).unwrap();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+fn small_image(s: &Store, content: &[u8]) -> ImageRecord {
+    let p = s.new_snapshot().unwrap();
+    fs::write(p.upper().join("file"), content).unwrap();
+    let l = s.commit_snapshot(p, &LayerOptions::default()).unwrap();
+    let mut cfg = ImageConfig {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        ..Default::default()
+    };
+    cfg.config.cmd = Some(vec!["sh".into()]);
+    cfg.config.env = vec!["PATH=/bin".into()];
+    s.write_image(&cfg, &[l]).unwrap()
+}
+
+#[test]
+fn images_tags_resolution_and_rmi() {
+    let (_d, s) = store();
+    let img = small_image(&s, b"one");
+    assert_eq!(
+        img.config.rootfs.diff_ids,
+        vec![img.layers[0].diff_id.clone()]
+    );
+    // Canonical config: what is stored hashes to the image ID.
+    let cfg_bytes = s.read_blob(&img.config_digest).unwrap();
+    assert!(!String::from_utf8_lossy(&cfg_bytes).contains('\n'));
+    s.tag("flask_app:0.1", &img.manifest_digest).unwrap();
+    s.tag("docker.io/library/flask_app", &img.manifest_digest)
+        .unwrap();
+    for q in [
+        "flask_app:0.1",
+        "flask_app",
+        "flask_app:latest",
+        img.config_digest.as_str(),
+        img.config_digest.hex(),
+        img.config_digest.short(),
+        img.manifest_digest.as_str(),
+    ] {
+        let r = s
+            .resolve_image(q)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{q} not resolved"));
+        assert_eq!(r.manifest_digest, img.manifest_digest, "{q}");
+    }
+    let by_digest = format!("flask_app@{}", img.manifest_digest);
+    assert!(s.resolve_image(&by_digest).unwrap().is_some());
+    assert!(s.resolve_image("nope:1").unwrap().is_none());
+    let list = s.list_images().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        list[0].references,
+        vec!["flask_app:0.1".to_string(), "flask_app:latest".to_string()]
+    );
+    // By ID with two tags: needs force.
+    assert!(matches!(
+        s.remove_image(img.config_digest.short(), false),
+        Err(StoreError::Conflict(_))
+    ));
+    // By tag: untag only while another tag remains.
+    assert_eq!(
+        s.remove_image("flask_app:0.1", false).unwrap(),
+        vec!["Untagged: flask_app:0.1".to_string()]
+    );
+    let lines = s.remove_image("flask_app", false).unwrap();
+    assert_eq!(
+        lines,
+        vec![
+            "Untagged: flask_app:latest".to_string(),
+            format!("Deleted: {}", img.config_digest)
+        ]
+    );
+    assert!(s
+        .resolve_image(img.config_digest.as_str())
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        s.remove_image("flask_app", false),
+        Err(StoreError::ImageNotFound(_))
+    ));
+    assert!(s.tag("Bad:Name", &img.manifest_digest).is_err());
+}
+
+#[test]
+fn import_rootfs_tarball() {
+    let (_d, s) = store();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o755);
+    h.set_mtime(1);
+    b.append_data(&mut h, "bin/tool", &b"abc"[..]).unwrap();
+    let data = b.into_inner().unwrap();
+    let rec = s
+        .import_rootfs_tar(&mut &data[..], "busybox:1.36", None)
+        .unwrap();
+    assert_eq!(rec.layers.len(), 1);
+    assert_eq!(rec.config.os, "linux");
+    let r = s.resolve_image("busybox:1.36").unwrap().unwrap();
+    let snap = s.ensure_snapshot(&r.layers[0]).unwrap();
+    assert_eq!(fs::read(snap.join("bin/tool")).unwrap(), b"abc");
+    // Same tarball again: the same image.
+    let rec2 = s
+        .import_rootfs_tar(&mut &data[..], "busybox:1.36", None)
+        .unwrap();
+    assert_eq!(rec2.manifest_digest, rec.manifest_digest);
+}
+
+#[test]
+fn cache_and_stat_cache() {
+    let (_d, s) = store();
+    let img = small_image(&s, b"c");
+    let rec = CacheRecord {
+        key: "k1".into(),
+        parent: None,
+        description: "RUN pip install flask".into(),
+        source: "Dockerfile:4".into(),
+        stage: "0".into(),
+        inputs: serde_json::json!({"argv": ["sh", "-c", "pip install flask"]}),
+        result: serde_json::json!({"env": []}),
+        layer: Some(img.layers[0].clone()),
+        created: 100,
+        last_used: 100,
+        hits: 0,
+    };
+    s.cache_put(&rec).unwrap();
+    assert_eq!(s.cache_get("k1").unwrap().unwrap(), rec);
+    assert!(s.cache_get("k2").unwrap().is_none());
+    s.cache_touch(&["k1".into(), "missing".into()]).unwrap();
+    let got = s.cache_get("k1").unwrap().unwrap();
+    assert_eq!(got.hits, 1);
+    assert!(got.last_used > 100);
+    assert_eq!(s.cache_list().unwrap().len(), 1);
+
+    let e = StatEntry {
+        dev: 1,
+        ino: 2,
+        size: 3,
+        mtime_ns: -4,
+        ctime_ns: 5,
+        mode: 0o100644,
+        hash: "ab".into(),
+    };
+    s.stat_cache_store(
+        "/ctx",
+        &[("a".into(), e.clone()), ("b/c".into(), e.clone())],
+    )
+    .unwrap();
+    s.stat_cache_store("/other", &[("z".into(), e.clone())])
+        .unwrap();
+    let m = s.stat_cache_load("/ctx").unwrap();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m["b/c"], e);
+    s.stat_cache_store("/ctx", &[("a".into(), e.clone())])
+        .unwrap();
+    assert_eq!(s.stat_cache_load("/ctx").unwrap().len(), 1);
+    assert_eq!(s.stat_cache_load("/other").unwrap().len(), 1);
+}
+
+#[test]
+fn save_and_load_round_trip_both_formats() {
+    let (_d, s) = store();
+    let img = small_image(&s, b"payload");
+    s.tag("localhost:5000/a/b:t", &img.manifest_digest).unwrap();
+    for format in [ArchiveFormat::Docker, ArchiveFormat::Oci] {
+        let mut out = Vec::new();
+        s.save(&["localhost:5000/a/b:t".into()], format, &mut out)
+            .unwrap();
+        let (_d2, s2) = store();
+        let loaded = s2.load(&mut &out[..]).unwrap();
+        assert_eq!(
+            loaded,
+            vec!["localhost:5000/a/b:t".to_string()],
+            "{format:?}"
+        );
+        let r = s2.resolve_image("localhost:5000/a/b:t").unwrap().unwrap();
+        // The image ID survives both formats.
+        assert_eq!(r.config_digest, img.config_digest, "{format:?}");
+        assert_eq!(r.layers[0].diff_id, img.layers[0].diff_id);
+        if format == ArchiveFormat::Oci {
+            assert_eq!(r.manifest_digest, img.manifest_digest);
+        }
+        let snap = s2.ensure_snapshot(&r.layers[0]).unwrap();
+        assert_eq!(fs::read(snap.join("file")).unwrap(), b"payload");
+        assert!(s2.fsck(false).unwrap().is_clean());
+    }
+    // docker-archive layers are plain tars named <diffid>/layer.tar.
+    let mut out = Vec::new();
+    s.save(
+        &["localhost:5000/a/b:t".into()],
+        ArchiveFormat::Docker,
+        &mut out,
+    )
+    .unwrap();
+    let mut names = Vec::new();
+    let mut ar = tar::Archive::new(&out[..]);
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let n = e.path().unwrap().to_string_lossy().into_owned();
+        if n.ends_with("layer.tar") {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).unwrap();
+            assert_eq!(sha256_digest(&v), img.layers[0].diff_id);
+        }
+        names.push(n);
+    }
+    assert!(names.contains(&"manifest.json".to_string()), "{names:?}");
+    assert!(names.contains(&format!("{}.json", img.config_digest.hex())));
+}
+
+#[test]
+fn load_old_docker_save_layout_with_symlinked_layer() {
+    // What docker save (< 25) writes: <id>/layer.tar, <id>/json, VERSION,
+    // <config>.json, manifest.json, repositories; a duplicate layer as a
+    // symlink to another id's layer.tar.
+    let (_d, s) = store();
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(2);
+    h.set_mode(0o644);
+    layer.append_data(&mut h, "hi", &b"hi"[..]).unwrap();
+    let layer = layer.into_inner().unwrap();
+    let diff = sha256_digest(&layer);
+    let cfg = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":["{diff}","{diff}"]}},"docker_version":"20.10"}}"#
+    );
+    let manifest = r#"[{"Config":"cfg.json","RepoTags":["old:1"],"Layers":["aaa/layer.tar","bbb/layer.tar"]}]"#;
+    let mut b = tar::Builder::new(Vec::new());
+    let add = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add(&mut b, "aaa/VERSION", b"1.0");
+    add(&mut b, "aaa/json", b"{}");
+    add(&mut b, "aaa/layer.tar", &layer);
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "bbb/layer.tar", "../aaa/layer.tar")
+        .unwrap();
+    add(&mut b, "cfg.json", cfg.as_bytes());
+    add(&mut b, "manifest.json", manifest.as_bytes());
+    add(&mut b, "repositories", br#"{"old":{"1":"aaa"}}"#);
+    let data = b.into_inner().unwrap();
+    assert_eq!(s.load(&mut &data[..]).unwrap(), vec!["old:1".to_string()]);
+    let r = s.resolve_image("old:1").unwrap().unwrap();
+    assert_eq!(r.config_digest, sha256_digest(cfg.as_bytes()));
+    assert_eq!(r.config.extra["docker_version"], "20.10");
+    assert_eq!(r.layers.len(), 2);
+    assert_eq!(
+        r.layers[0].media_type,
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    // Round trip out again.
+    let mut out = Vec::new();
+    s.save(&["old:1".into()], ArchiveFormat::Docker, &mut out)
+        .unwrap();
+    let (_d2, s2) = store();
+    assert_eq!(s2.load(&mut &out[..]).unwrap(), vec!["old:1".to_string()]);
+    assert_eq!(
+        s2.resolve_image("old:1").unwrap().unwrap().config_digest,
+        r.config_digest
+    );
+}
+
+#[test]
+fn prune_removes_unreferenced_and_respects_leases() {
+    let (_d, s) = store();
+    let keep = small_image(&s, b"keep");
+    s.tag("keep:1", &keep.manifest_digest).unwrap();
+    let junk = s.write_blob_bytes(b"junk").unwrap();
+    let gone = small_image(&s, b"gone");
+    let rep = s
+        .prune(&PruneOptions {
+            dangling_images: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rep.images, vec![gone.config_digest.to_string()]);
+    assert!(!s.has_blob(&junk));
+    assert!(!s.has_blob(&gone.layers[0].digest));
+    assert!(s.snapshot_path(&gone.layers[0].diff_id).unwrap().is_none());
+    assert!(s.has_blob(&keep.layers[0].digest));
+    assert!(s.snapshot_path(&keep.layers[0].diff_id).unwrap().is_some());
+    assert!(s.fsck(false).unwrap().is_clean());
+
+    // Under a live lease, what is created after it began survives.
+    let lease = s.lease().unwrap();
+    let fresh = s.write_blob_bytes(b"fresh").unwrap();
+    s.prune(&PruneOptions {
+        dangling_images: true,
+        cache_all: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(s.has_blob(&fresh));
+    drop(lease);
+    // A lease of another (dead) process does not pin anything: simulated by
+    // a lease from a store handle that is then dropped.
+    {
+        let s2 = Store::open(s.root()).unwrap();
+        std::mem::forget(s2.lease().unwrap());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    s.prune(&PruneOptions::default()).unwrap();
+    assert!(!s.has_blob(&fresh));
+}
+
+#[test]
+fn cache_keep_storage_is_lru() {
+    let (_d, s) = store();
+    for (i, c) in [b"a", b"b", b"c"].iter().enumerate() {
+        let img = small_image(&s, *c);
+        s.cache_put(&CacheRecord {
+            key: format!("k{i}"),
+            parent: None,
+            description: "RUN".into(),
+            source: "Dockerfile:1".into(),
+            stage: "0".into(),
+            inputs: serde_json::Value::Null,
+            result: serde_json::Value::Null,
+            layer: Some(img.layers[0].clone()),
+            created: i as i64,
+            last_used: 10 + i as i64,
+            hits: 0,
+        })
+        .unwrap();
+    }
+    let one = s.cache_get("k2").unwrap().unwrap().layer.unwrap().size;
+    let rep = s
+        .prune(&PruneOptions {
+            keep_storage: Some(one),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rep.cache_records, 2);
+    let left: Vec<_> = s.cache_list().unwrap().into_iter().map(|r| r.key).collect();
+    assert_eq!(left, vec!["k2".to_string()]);
+}
+
+#[test]
+fn fsck_finds_and_repairs() {
+    let (_d, s) = store();
+    let img = small_image(&s, b"x");
+    s.tag("x:1", &img.manifest_digest).unwrap();
+    assert!(s.fsck(false).unwrap().is_clean());
+    let p = s
+        .root()
+        .join("blobs/sha256")
+        .join(img.layers[0].digest.hex());
+    fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    fs::write(&p, b"garbage").unwrap();
+    let rep = s.fsck(false).unwrap();
+    assert!(!rep.is_clean());
+    assert!(
+        rep.problems.iter().any(|p| p.contains("corrupt")),
+        "{rep:?}"
+    );
+    let rep = s.fsck(true).unwrap();
+    assert!(!rep.repaired.is_empty());
+    assert!(
+        s.fsck(false).unwrap().is_clean(),
+        "{:?}",
+        s.fsck(false).unwrap()
+    );
+    assert!(s.resolve_image("x:1").unwrap().is_none());
+}
+
+#[test]
+fn corrupt_database_is_backed_up_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let img = {
+        let s = Store::open(&root).unwrap();
+        let img = small_image(&s, b"survives");
+        s.tag("a:1", &img.manifest_digest).unwrap();
+        img
+    };
+    for f in ["kiln.db-wal", "kiln.db-shm"] {
+        let _ = fs::remove_file(root.join(f));
+    }
+    fs::write(root.join("kiln.db"), vec![0xA5u8; 64 * 1024]).unwrap();
+    let s = Store::open(&root).unwrap();
+    let rep = s.fsck(false).unwrap();
+    assert!(rep.recovered_from.is_some());
+    assert!(rep.is_clean(), "{rep:?}");
+    // Tags are lost, the image is back by ID and usable.
+    let r = s
+        .resolve_image(img.config_digest.as_str())
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.manifest_digest, img.manifest_digest);
+    s.ensure_snapshot(&r.layers[0]).unwrap();
+    assert!(fs::read_dir(&root).unwrap().flatten().any(|e| e
+        .file_name()
+        .to_string_lossy()
+        .starts_with("kiln.db.corrupt-")));
+}
+
+#[test]
+fn default_root_honours_kiln_root() {
+    // Only reads the environment; the variable is process-wide, so this is
+    // the only test that sets it.
+    std::env::set_var("KILN_ROOT", "/x/y");
+    assert_eq!(Store::default_root(), std::path::PathBuf::from("/x/y"));
+    std::env::remove_var("KILN_ROOT");
+}
