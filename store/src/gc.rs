@@ -53,9 +53,13 @@ impl Drop for Lease {
 }
 
 /// What [`Store::prune`] removes besides unreferenced content (which it
-/// always removes).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// always removes). The default is `docker system prune`'s: dangling
+/// (untagged) images go, build cache stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PruneOptions {
+    /// `system prune -a`: also every build cache record (implies
+    /// `cache_all` and `dangling_images`).
+    pub all: bool,
     /// Remove every build cache record.
     pub cache_all: bool,
     /// Remove least recently used cache records until the layers they hold
@@ -65,6 +69,18 @@ pub struct PruneOptions {
     pub cache_unused_for: Option<Duration>,
     /// Remove images that have no tag.
     pub dangling_images: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            all: false,
+            cache_all: false,
+            keep_storage: None,
+            cache_unused_for: None,
+            dangling_images: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -113,6 +129,123 @@ pub struct FsckReport {
 impl FsckReport {
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
+    }
+}
+
+fn human(n: u64) -> String {
+    // Docker's units: decimal, three significant digits.
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < units.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{:.3}", v)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + units[i]
+    }
+}
+
+impl std::fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.images.is_empty() {
+            writeln!(f, "Deleted Images:")?;
+            for i in &self.images {
+                writeln!(f, "deleted: {i}")?;
+            }
+            writeln!(f)?;
+        }
+        if self.cache_records > 0 {
+            writeln!(f, "Deleted build cache records: {}", self.cache_records)?;
+        }
+        if self.layers + self.blobs + self.snapshots > 0 {
+            writeln!(
+                f,
+                "Deleted {} layers, {} blobs, {} snapshots",
+                self.layers, self.blobs, self.snapshots
+            )?;
+        }
+        writeln!(f, "Total reclaimed space: {}", human(self.reclaimed_bytes))
+    }
+}
+
+impl std::fmt::Display for DiskUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows = [
+            (
+                "Images",
+                self.images.to_string(),
+                human(self.images_size),
+                human(self.reclaimable),
+            ),
+            (
+                "Build Cache",
+                self.cache_records.to_string(),
+                human(self.cache_size),
+                human(self.cache_size),
+            ),
+            (
+                "Snapshots",
+                self.snapshots.to_string(),
+                human(self.snapshots_size),
+                "-".to_string(),
+            ),
+            (
+                "Containers",
+                "-".to_string(),
+                human(self.containers_size),
+                "-".to_string(),
+            ),
+        ];
+        writeln!(f, "TYPE          TOTAL   SIZE      RECLAIMABLE")?;
+        for (kind, total, size, reclaimable) in rows {
+            writeln!(f, "{kind:<14}{total:<8}{size:<10}{reclaimable}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for FsckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(b) = &self.recovered_from {
+            writeln!(
+                f,
+                "database was corrupt: moved to {} and rebuilt from the blobs",
+                b.display()
+            )?;
+        }
+        writeln!(f, "checked {} blobs", self.blobs_checked)?;
+        for s in &self.swept {
+            writeln!(f, "swept leftover: {s}")?;
+        }
+        for p in &self.problems {
+            writeln!(f, "problem: {p}")?;
+        }
+        for r in &self.repaired {
+            writeln!(f, "repaired: {r}")?;
+        }
+        if self.problems.is_empty() {
+            writeln!(f, "no problems found")
+        } else if self.repaired.is_empty() {
+            writeln!(
+                f,
+                "{} problems found (run with --repair to fix)",
+                self.problems.len()
+            )
+        } else {
+            writeln!(
+                f,
+                "{} problems found, {} repaired",
+                self.problems.len(),
+                self.repaired.len()
+            )
+        }
     }
 }
 
@@ -352,6 +485,7 @@ impl Store {
                     continue;
                 }
                 let doomed = opts.cache_all
+                    || opts.all
                     || opts
                         .cache_unused_for
                         .map(|d| last_used < now - d.as_secs() as i64)
@@ -364,7 +498,7 @@ impl Store {
                     report.cache_records += 1;
                 }
             }
-            if opts.dangling_images {
+            if opts.dangling_images || opts.all {
                 let dangling: Vec<(String, String)> = tx
                     .prepare_cached("SELECT manifest_digest, config_digest FROM images WHERE created_ms < ?1 AND manifest_digest NOT IN (SELECT manifest_digest FROM refs)")?
                     .query_map([protect], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -770,4 +904,17 @@ impl Store {
 
 fn owner_of_lock(id: &str) -> Option<&str> {
     (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn sizes_read_like_docker() {
+        assert_eq!(human(512), "512B");
+        assert_eq!(human(52_300_000), "52.3MB");
+        assert_eq!(human(1_000), "1kB");
+        assert_eq!(human(1_234_567_890), "1.235GB");
+    }
 }
