@@ -107,7 +107,12 @@ impl Fixture {
         fs::write(canary.join("sub/inner"), b"also precious").unwrap();
         std::os::unix::fs::symlink("file", canary.join("link")).unwrap();
         let before = common::canary_state(&canary);
-        Fixture { _tmp: tmp, root, canary, before }
+        Fixture {
+            _tmp: tmp,
+            root,
+            canary,
+            before,
+        }
     }
     fn canary_abs(&self) -> String {
         self.canary.to_string_lossy().into_owned()
@@ -115,9 +120,18 @@ impl Fixture {
     fn apply(&self, tar: &[u8], mode: WhiteoutMode) -> Result<kiln_store::Digest, LayerError> {
         self.apply_limits(tar, mode, &Limits::default())
     }
-    fn apply_limits(&self, tar: &[u8], mode: WhiteoutMode, limits: &Limits) -> Result<kiln_store::Digest, LayerError> {
+    fn apply_limits(
+        &self,
+        tar: &[u8],
+        mode: WhiteoutMode,
+        limits: &Limits,
+    ) -> Result<kiln_store::Digest, LayerError> {
         let r = apply_layer(&mut &tar[..], &self.root, mode, limits);
-        assert_eq!(common::canary_state(&self.canary), self.before, "canary changed (result: {r:?})");
+        assert_eq!(
+            common::canary_state(&self.canary),
+            self.before,
+            "canary changed (result: {r:?})"
+        );
         r
     }
 }
@@ -128,7 +142,12 @@ fn both_modes() -> [WhiteoutMode; 2] {
 
 #[test]
 fn dotdot_escapes_are_rejected() {
-    for name in ["../escape", "a/../../escape", "./../canary/file", "a/b/../../../canary/file"] {
+    for name in [
+        "../escape",
+        "a/../../escape",
+        "./../canary/file",
+        "a/b/../../../canary/file",
+    ] {
         let f = Fixture::new();
         let t = Evil::default().file(name, b"pwned").end();
         let e = f.apply(&t, WhiteoutMode::Apply).unwrap_err();
@@ -142,7 +161,10 @@ fn absolute_names_land_inside_the_root() {
     let abs = format!("{}/file", f.canary_abs());
     let t = Evil::default().file(&abs, b"pwned").end();
     f.apply(&t, WhiteoutMode::Apply).unwrap();
-    assert_eq!(fs::read(f.root.join(abs.trim_start_matches('/'))).unwrap(), b"pwned");
+    assert_eq!(
+        fs::read(f.root.join(abs.trim_start_matches('/'))).unwrap(),
+        b"pwned"
+    );
 }
 
 #[test]
@@ -150,33 +172,55 @@ fn symlink_then_file_stays_inside() {
     for mode in both_modes() {
         // Absolute symlink to the canary, then a file through it.
         let f = Fixture::new();
-        let t = Evil::default().symlink("link", &f.canary_abs()).file("link/file", b"pwned").end();
+        let t = Evil::default()
+            .symlink("link", &f.canary_abs())
+            .file("link/file", b"pwned")
+            .end();
         let r = f.apply(&t, mode);
         // Inside the root the target does not exist: a dangling symlink.
         assert!(matches!(r, Err(LayerError::UnsafePath { .. })), "{r:?}");
 
         // Relative symlink climbing out: clamped at the root.
         let f = Fixture::new();
-        let t = Evil::default().symlink("up", "../../../../../../..").file("up/pwned", b"x").end();
+        let t = Evil::default()
+            .symlink("up", "../../../../../../..")
+            .file("up/pwned", b"x")
+            .end();
         f.apply(&t, mode).unwrap();
         assert_eq!(fs::read(f.root.join("pwned")).unwrap(), b"x");
 
         // The target exists inside the root: written there, not on the host.
         let f = Fixture::new();
         let inside = f.canary_abs();
-        let t = Evil::default().dir(&format!("{}/", inside.trim_start_matches('/'))).symlink("link", &inside).file("link/file", b"pwned").end();
+        let t = Evil::default()
+            .dir(&format!("{}/", inside.trim_start_matches('/')))
+            .symlink("link", &inside)
+            .file("link/file", b"pwned")
+            .end();
         f.apply(&t, mode).unwrap();
-        assert_eq!(fs::read(f.root.join(inside.trim_start_matches('/')).join("file")).unwrap(), b"pwned");
+        assert_eq!(
+            fs::read(f.root.join(inside.trim_start_matches('/')).join("file")).unwrap(),
+            b"pwned"
+        );
     }
 }
 
 #[test]
 fn two_hop_symlink_chains_stay_inside() {
     let f = Fixture::new();
-    let t = Evil::default().symlink("a", "b").symlink("b", &f.canary_abs()).file("a/file", b"pwned").end();
+    let t = Evil::default()
+        .symlink("a", "b")
+        .symlink("b", &f.canary_abs())
+        .file("a/file", b"pwned")
+        .end();
     assert!(f.apply(&t, WhiteoutMode::Apply).is_err());
     let f = Fixture::new();
-    let t = Evil::default().symlink("a", "b/c").symlink("b", "../../..").dir("c/").file("a/file", b"ok").end();
+    let t = Evil::default()
+        .symlink("a", "b/c")
+        .symlink("b", "../../..")
+        .dir("c/")
+        .file("a/file", b"ok")
+        .end();
     f.apply(&t, WhiteoutMode::Apply).unwrap();
     assert_eq!(fs::read(f.root.join("c/file")).unwrap(), b"ok");
 }
@@ -184,36 +228,70 @@ fn two_hop_symlink_chains_stay_inside() {
 #[test]
 fn file_over_symlink_replaces_the_symlink() {
     let f = Fixture::new();
-    let t = Evil::default().symlink("s", &format!("{}/file", f.canary_abs())).file("s", b"pwned").end();
+    let t = Evil::default()
+        .symlink("s", &format!("{}/file", f.canary_abs()))
+        .file("s", b"pwned")
+        .end();
     f.apply(&t, WhiteoutMode::Apply).unwrap();
     assert!(fs::symlink_metadata(f.root.join("s")).unwrap().is_file());
     // Directory replaced by a symlink, then written through.
     let f = Fixture::new();
-    let t = Evil::default().dir("d/").symlink("d", &f.canary_abs()).file("d/file", b"pwned").end();
+    let t = Evil::default()
+        .dir("d/")
+        .symlink("d", &f.canary_abs())
+        .file("d/file", b"pwned")
+        .end();
     assert!(f.apply(&t, WhiteoutMode::Apply).is_err());
 }
 
 #[test]
 fn hard_links_cannot_reach_outside() {
-    for target in ["../canary/file".to_string(), "../../canary/file".to_string()] {
+    for target in [
+        "../canary/file".to_string(),
+        "../../canary/file".to_string(),
+    ] {
         let f = Fixture::new();
         let t = Evil::default().hardlink("hl", &target).end();
-        assert!(matches!(f.apply(&t, WhiteoutMode::Apply), Err(LayerError::InvalidLink { .. })), "{target}");
+        assert!(
+            matches!(
+                f.apply(&t, WhiteoutMode::Apply),
+                Err(LayerError::InvalidLink { .. })
+            ),
+            "{target}"
+        );
     }
     // Absolute target: resolved in the root, where it does not exist.
     let f = Fixture::new();
-    let t = Evil::default().hardlink("hl", &format!("{}/file", f.canary_abs())).end();
-    assert!(matches!(f.apply(&t, WhiteoutMode::Apply), Err(LayerError::InvalidLink { .. })));
+    let t = Evil::default()
+        .hardlink("hl", &format!("{}/file", f.canary_abs()))
+        .end();
+    assert!(matches!(
+        f.apply(&t, WhiteoutMode::Apply),
+        Err(LayerError::InvalidLink { .. })
+    ));
     // Through a symlinked parent.
     let f = Fixture::new();
-    let t = Evil::default().symlink("s", &f.canary_abs()).hardlink("hl", "s/file").end();
-    assert!(matches!(f.apply(&t, WhiteoutMode::Apply), Err(LayerError::InvalidLink { .. })));
+    let t = Evil::default()
+        .symlink("s", &f.canary_abs())
+        .hardlink("hl", "s/file")
+        .end();
+    assert!(matches!(
+        f.apply(&t, WhiteoutMode::Apply),
+        Err(LayerError::InvalidLink { .. })
+    ));
     // To a symlink that points outside: links the symlink, then a write to
     // the link replaces it rather than writing through.
     let f = Fixture::new();
-    let t = Evil::default().symlink("s", &format!("{}/file", f.canary_abs())).hardlink("hl", "s").file("hl", b"pwned").end();
+    let t = Evil::default()
+        .symlink("s", &format!("{}/file", f.canary_abs()))
+        .hardlink("hl", "s")
+        .file("hl", b"pwned")
+        .end();
     f.apply(&t, WhiteoutMode::Apply).unwrap();
-    assert!(fs::symlink_metadata(f.root.join("s")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(f.root.join("s"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     // To itself, to a directory.
     let f = Fixture::new();
     let t = Evil::default().file("x", b"1").hardlink("x", "x").end();
@@ -231,9 +309,15 @@ fn whiteouts_under_symlinked_parents_stay_inside() {
         for wh in [".wh.file", ".wh.sub", ".wh..wh..opq"] {
             let f = Fixture::new();
             let t = target.map(str::to_string).unwrap_or_else(|| f.canary_abs());
-            let tar = Evil::default().symlink("s", &t).file(&format!("s/{wh}"), b"").end();
+            let tar = Evil::default()
+                .symlink("s", &t)
+                .file(&format!("s/{wh}"), b"")
+                .end();
             f.apply(&tar, WhiteoutMode::Apply).unwrap();
-            assert!(fs::symlink_metadata(f.root.join("s")).unwrap().file_type().is_symlink());
+            assert!(fs::symlink_metadata(f.root.join("s"))
+                .unwrap()
+                .file_type()
+                .is_symlink());
         }
     }
     // Overlay mode must create the whiteout in the parent: the symlinked
@@ -241,7 +325,10 @@ fn whiteouts_under_symlinked_parents_stay_inside() {
     require_root!();
     for wh in [".wh.file", ".wh..wh..opq"] {
         let f = Fixture::new();
-        let tar = Evil::default().symlink("s", &f.canary_abs()).file(&format!("s/{wh}"), b"").end();
+        let tar = Evil::default()
+            .symlink("s", &f.canary_abs())
+            .file(&format!("s/{wh}"), b"")
+            .end();
         let e = f.apply(&tar, WhiteoutMode::Overlay).unwrap_err();
         assert!(matches!(e, LayerError::UnsafePath { .. }), "{wh}: {e}");
     }
@@ -259,7 +346,10 @@ fn odd_whiteout_names() {
     }
     // AUFS metadata is ignored, as docker does.
     let f = Fixture::new();
-    let t = Evil::default().file(".wh..wh.plnk", b"").file(".wh..wh.aufs", b"").end();
+    let t = Evil::default()
+        .file(".wh..wh.plnk", b"")
+        .file(".wh..wh.aufs", b"")
+        .end();
     f.apply(&t, WhiteoutMode::Apply).unwrap();
     assert_eq!(fs::read_dir(&f.root).unwrap().count(), 0);
 }
@@ -271,7 +361,10 @@ fn bad_device_numbers() {
         let f = Fixture::new();
         let t = Evil::default().device("dev", maj, min).end();
         let e = f.apply(&t, WhiteoutMode::Overlay).unwrap_err();
-        assert!(matches!(e, LayerError::InvalidDevice { .. }), "{maj}:{min}: {e}");
+        assert!(
+            matches!(e, LayerError::InvalidDevice { .. }),
+            "{maj}:{min}: {e}"
+        );
     }
     // Base-256 encoded (GNU) device number far out of range.
     let f = Fixture::new();
@@ -288,18 +381,39 @@ fn bad_device_numbers() {
 #[test]
 fn nul_bytes_and_overlong_paths() {
     let f = Fixture::new();
-    let t = Evil::default().pax(&[("path", b"a\0/../../canary/file")]).file("placeholder", b"x").end();
-    assert!(matches!(f.apply(&t, WhiteoutMode::Apply), Err(LayerError::UnsafePath { .. })));
+    let t = Evil::default()
+        .pax(&[("path", b"a\0/../../canary/file")])
+        .file("placeholder", b"x")
+        .end();
+    assert!(matches!(
+        f.apply(&t, WhiteoutMode::Apply),
+        Err(LayerError::UnsafePath { .. })
+    ));
     let f = Fixture::new();
-    let t = Evil::default().pax(&[("linkpath", b"tar\0get")]).symlink("s", "x").end();
+    let t = Evil::default()
+        .pax(&[("linkpath", b"tar\0get")])
+        .symlink("s", "x")
+        .end();
     assert!(f.apply(&t, WhiteoutMode::Apply).is_err());
     let f = Fixture::new();
     let long = "a/".repeat(2100) + "f";
-    let t = Evil::default().pax(&[("path", long.as_bytes())]).file("placeholder", b"x").end();
-    assert!(matches!(f.apply(&t, WhiteoutMode::Apply), Err(LayerError::UnsafePath { .. })));
+    let t = Evil::default()
+        .pax(&[("path", long.as_bytes())])
+        .file("placeholder", b"x")
+        .end();
+    assert!(matches!(
+        f.apply(&t, WhiteoutMode::Apply),
+        Err(LayerError::UnsafePath { .. })
+    ));
     let f = Fixture::new();
-    let t = Evil::default().pax(&[("path", "n".repeat(300).as_bytes())]).file("placeholder", b"x").end();
-    assert!(matches!(f.apply(&t, WhiteoutMode::Apply), Err(LayerError::UnsafePath { .. })));
+    let t = Evil::default()
+        .pax(&[("path", "n".repeat(300).as_bytes())])
+        .file("placeholder", b"x")
+        .end();
+    assert!(matches!(
+        f.apply(&t, WhiteoutMode::Apply),
+        Err(LayerError::UnsafePath { .. })
+    ));
 }
 
 #[test]
@@ -307,7 +421,10 @@ fn ten_thousand_deep_nesting() {
     // As single entries: beyond PATH_MAX, refused.
     let f = Fixture::new();
     let deep = "d/".repeat(10_000);
-    let t = Evil::default().pax(&[("path", deep.as_bytes())]).dir("placeholder/").end();
+    let t = Evil::default()
+        .pax(&[("path", deep.as_bytes())])
+        .dir("placeholder/")
+        .end();
     assert!(f.apply(&t, WhiteoutMode::Apply).is_err());
     // As a chain of symlinks each one level deeper: each stays in the root.
     let f = Fixture::new();
@@ -315,7 +432,10 @@ fn ten_thousand_deep_nesting() {
     for i in 0..10_000 {
         e = e.symlink(&format!("l{i}"), &format!("l{}", i + 1));
     }
-    let t = e.symlink("l10000", &f.canary_abs()).file("l0/x", b"pwned").end();
+    let t = e
+        .symlink("l10000", &f.canary_abs())
+        .file("l0/x", b"pwned")
+        .end();
     assert!(f.apply(&t, WhiteoutMode::Apply).is_err());
 }
 
@@ -333,29 +453,52 @@ fn decompression_bomb_stops_at_the_limit() {
     gz.write_all(&[0u8; 1024]).unwrap();
     let bomb = gz.finish().unwrap();
     assert!(bomb.len() < 1 << 20);
-    let limits = Limits { max_uncompressed_bytes: 8 << 20, ..Limits::default() };
-    let e = f.apply_limits(&bomb, WhiteoutMode::Apply, &limits).unwrap_err();
+    let limits = Limits {
+        max_uncompressed_bytes: 8 << 20,
+        ..Limits::default()
+    };
+    let e = f
+        .apply_limits(&bomb, WhiteoutMode::Apply, &limits)
+        .unwrap_err();
     assert!(matches!(e, LayerError::LimitExceeded { .. }), "{e}");
     // Huge extension headers are bounded too.
     let f = Fixture::new();
-    let t = Evil::default().pax(&[("comment", &vec![b'c'; 2 << 20])]).file("x", b"").end();
-    assert!(matches!(f.apply(&t, WhiteoutMode::Apply), Err(LayerError::LimitExceeded { .. })));
+    let t = Evil::default()
+        .pax(&[("comment", &vec![b'c'; 2 << 20])])
+        .file("x", b"")
+        .end();
+    assert!(matches!(
+        f.apply(&t, WhiteoutMode::Apply),
+        Err(LayerError::LimitExceeded { .. })
+    ));
     // Entry count.
     let f = Fixture::new();
     let mut e = Evil::default();
     for i in 0..20 {
         e = e.file(&format!("f{i}"), b"");
     }
-    let limits = Limits { max_entries: 10, ..Limits::default() };
-    assert!(matches!(f.apply_limits(&e.end(), WhiteoutMode::Apply, &limits), Err(LayerError::LimitExceeded { .. })));
+    let limits = Limits {
+        max_entries: 10,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        f.apply_limits(&e.end(), WhiteoutMode::Apply, &limits),
+        Err(LayerError::LimitExceeded { .. })
+    ));
 }
 
 #[test]
 fn malformed_streams() {
     // Bad checksum.
     let f = Fixture::new();
-    let t = Evil::default().file("x", b"data").raw(|o| o[148] = b'9').end();
-    assert!(matches!(f.apply(&t, WhiteoutMode::Apply), Err(LayerError::Malformed(_))));
+    let t = Evil::default()
+        .file("x", b"data")
+        .raw(|o| o[148] = b'9')
+        .end();
+    assert!(matches!(
+        f.apply(&t, WhiteoutMode::Apply),
+        Err(LayerError::Malformed(_))
+    ));
     // Truncated data.
     let f = Fixture::new();
     let mut t = Evil::default().file("x", &[7u8; 2000]).out;
@@ -373,14 +516,23 @@ fn malformed_streams() {
     let f = Fixture::new();
     let mut e = Evil::default();
     e.header(b"sparse", b'S', 0, b"", (0, 0));
-    assert!(matches!(f.apply(&e.end(), WhiteoutMode::Apply), Err(LayerError::Unsupported { .. })));
+    assert!(matches!(
+        f.apply(&e.end(), WhiteoutMode::Apply),
+        Err(LayerError::Unsupported { .. })
+    ));
 }
 
 #[test]
 fn overlay_xattrs_in_a_layer_are_never_applied() {
     require_root!();
     let f = Fixture::new();
-    let t = Evil::default().pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/canary"), ("SCHILY.xattr.user.ok", b"1")]).dir("d/").end();
+    let t = Evil::default()
+        .pax(&[
+            ("SCHILY.xattr.trusted.overlay.redirect", b"/canary"),
+            ("SCHILY.xattr.user.ok", b"1"),
+        ])
+        .dir("d/")
+        .end();
     f.apply(&t, WhiteoutMode::Overlay).unwrap();
     let x = common::xattrs(&f.root.join("d"));
     assert!(!x.contains_key("trusted.overlay.redirect"));

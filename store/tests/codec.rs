@@ -17,7 +17,11 @@ fn encode(dir: &Path, opts: &LayerOptions) -> (LayerDigests, Vec<u8>) {
 }
 
 fn opts(c: Compression, workers: u32) -> LayerOptions {
-    LayerOptions { compression: c, zstd_workers: workers, ..Default::default() }
+    LayerOptions {
+        compression: c,
+        zstd_workers: workers,
+        ..Default::default()
+    }
 }
 
 /// A tree with every kind of entry and metadata the codec must keep.
@@ -33,12 +37,47 @@ fn rich_tree(dir: &Path) {
     fs::write(dir.join(&long).join(&long).join("deep-file"), b"deep").unwrap();
     symlink("t".repeat(200), dir.join("longlink")).unwrap();
     fs::write(dir.join("ünïcødé"), b"u").unwrap();
-    rustix::fs::lsetxattr(dir.join("app/app.py").as_path(), "user.note", b"v\0binary", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::lsetxattr(
+        dir.join("app/app.py").as_path(),
+        "user.note",
+        b"v\0binary",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
     if common::is_root() {
-        rustix::fs::chownat(rustix::fs::CWD, dir.join("app/run.sh").as_path(), Some(rustix::fs::Uid::from_raw(1000)), Some(rustix::fs::Gid::from_raw(3_000_000)), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
-        rustix::fs::lsetxattr(dir.join("app/suid").as_path(), "security.capability", &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], rustix::fs::XattrFlags::empty()).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, dir.join("null").as_path(), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 3)).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, dir.join("fifo").as_path(), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            dir.join("app/run.sh").as_path(),
+            Some(rustix::fs::Uid::from_raw(1000)),
+            Some(rustix::fs::Gid::from_raw(3_000_000)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        rustix::fs::lsetxattr(
+            dir.join("app/suid").as_path(),
+            "security.capability",
+            &[
+                1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.join("null").as_path(),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.join("fifo").as_path(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
     }
     // Fixed mtimes everywhere, deepest first so parents keep theirs.
     let mut all: Vec<_> = describe(dir, true).into_keys().collect();
@@ -60,10 +99,20 @@ fn round_trip_preserves_everything_for_every_compression() {
         assert_eq!(d.digest, sha256_digest(&bytes));
         diff_ids.push(d.diff_id.clone());
         let dst = tempfile::tempdir().unwrap();
-        let got_diff = apply_layer(&mut &bytes[..], dst.path(), WhiteoutMode::Apply, &Limits::default()).unwrap();
+        let got_diff = apply_layer(
+            &mut &bytes[..],
+            dst.path(),
+            WhiteoutMode::Apply,
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(got_diff, d.diff_id, "{c:?}");
         let got = describe(dst.path(), true);
-        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{c:?}");
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{c:?}"
+        );
         for (k, v) in &want {
             assert_eq!(&got[k], v, "{c:?}: {k}");
         }
@@ -104,10 +153,20 @@ fn source_date_epoch_clamps_later_mtimes_only() {
     fs::write(src.path().join("new"), b"n").unwrap();
     set_mtime(&src.path().join("old"), 1000);
     set_mtime(&src.path().join("new"), 2_000_000_000);
-    let o = LayerOptions { source_date_epoch: Some(5000), compression: Compression::None, ..Default::default() };
+    let o = LayerOptions {
+        source_date_epoch: Some(5000),
+        compression: Compression::None,
+        ..Default::default()
+    };
     let (_, bytes) = encode(src.path(), &o);
     let dst = tempfile::tempdir().unwrap();
-    apply_layer(&mut &bytes[..], dst.path(), WhiteoutMode::Apply, &Limits::default()).unwrap();
+    apply_layer(
+        &mut &bytes[..],
+        dst.path(),
+        WhiteoutMode::Apply,
+        &Limits::default(),
+    )
+    .unwrap();
     let got = describe(dst.path(), true);
     assert_eq!(got["old"].mtime, 1000);
     assert_eq!(got["new"].mtime, 5000);
@@ -129,7 +188,10 @@ fn entries_are_sorted_and_carry_no_host_names() {
         assert!(e.header().username().unwrap().unwrap_or("").is_empty());
         names.push(e.path().unwrap().to_string_lossy().into_owned());
     }
-    assert_eq!(names, ["a/", "a/y", "a/z", "b/", "b/y", "b/z", "c/", "c/y", "c/z"]);
+    assert_eq!(
+        names,
+        ["a/", "a/y", "a/z", "b/", "b/y", "b/z", "c/", "c/y", "c/z"]
+    );
 }
 
 #[test]
@@ -138,10 +200,29 @@ fn overlay_whiteouts_become_oci_whiteouts_and_back() {
     let upper = tempfile::tempdir().unwrap();
     let u = upper.path();
     fs::create_dir(u.join("etc")).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, u.join("etc/removed").as_path(), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        u.join("etc/removed").as_path(),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
     fs::create_dir(u.join("opaque")).unwrap();
-    rustix::fs::lsetxattr(u.join("opaque").as_path(), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::lsetxattr(u.join("opaque").as_path(), "trusted.overlay.origin", b"junk", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::lsetxattr(
+        u.join("opaque").as_path(),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::lsetxattr(
+        u.join("opaque").as_path(),
+        "trusted.overlay.origin",
+        b"junk",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
     fs::write(u.join("opaque/kept"), b"k").unwrap();
     let (_, bytes) = encode(u, &opts(Compression::None, 1));
     let mut ar = tar::Archive::new(&bytes[..]);
@@ -151,22 +232,41 @@ fn overlay_whiteouts_become_oci_whiteouts_and_back() {
         let n = e.path().unwrap().to_string_lossy().into_owned();
         if let Some(x) = e.pax_extensions().unwrap() {
             for x in x {
-                assert!(!x.unwrap().key().unwrap().contains("trusted.overlay"), "{n}");
+                assert!(
+                    !x.unwrap().key().unwrap().contains("trusted.overlay"),
+                    "{n}"
+                );
             }
         }
         names.push(n);
     }
     assert!(names.contains(&"etc/.wh.removed".to_string()), "{names:?}");
-    assert!(names.contains(&"opaque/.wh..wh..opq".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"opaque/.wh..wh..opq".to_string()),
+        "{names:?}"
+    );
     assert!(!names.iter().any(|n| n == "etc/removed"));
 
     // Overlay mode: back to a valid overlay lower dir.
     let snap = tempfile::tempdir().unwrap();
-    apply_layer(&mut &bytes[..], snap.path(), WhiteoutMode::Overlay, &Limits::default()).unwrap();
+    apply_layer(
+        &mut &bytes[..],
+        snap.path(),
+        WhiteoutMode::Overlay,
+        &Limits::default(),
+    )
+    .unwrap();
     let m = fs::symlink_metadata(snap.path().join("etc/removed")).unwrap();
-    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &m.file_type()
+    ));
     assert_eq!(std::os::unix::fs::MetadataExt::rdev(&m), 0);
-    assert_eq!(common::xattrs(&snap.path().join("opaque")).get("trusted.overlay.opaque").map(|v| v.as_slice()), Some(&b"y"[..]));
+    assert_eq!(
+        common::xattrs(&snap.path().join("opaque"))
+            .get("trusted.overlay.opaque")
+            .map(|v| v.as_slice()),
+        Some(&b"y"[..])
+    );
     assert!(!common::xattrs(&snap.path().join("opaque")).contains_key("trusted.overlay.origin"));
 
     // Apply mode: flattening onto an existing tree deletes.
@@ -196,31 +296,69 @@ fn deep_tree_within_path_max_round_trips() {
         let mut cur = fs::File::open(src.path()).unwrap();
         for _ in 0..1500 {
             let _ = rustix::fs::mkdirat(&cur, "d", rustix::fs::Mode::from_raw_mode(0o755));
-            cur = fs::File::from(rustix::fs::openat(&cur, "d", rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()).unwrap());
+            cur = fs::File::from(
+                rustix::fs::openat(
+                    &cur,
+                    "d",
+                    rustix::fs::OFlags::RDONLY,
+                    rustix::fs::Mode::empty(),
+                )
+                .unwrap(),
+            );
         }
     });
     let (d, bytes) = encode(src.path(), &opts(Compression::Zstd, 1));
     let dst = tempfile::tempdir().unwrap();
-    assert_eq!(apply_layer(&mut &bytes[..], dst.path(), WhiteoutMode::Apply, &Limits::default()).unwrap(), d.diff_id);
+    assert_eq!(
+        apply_layer(
+            &mut &bytes[..],
+            dst.path(),
+            WhiteoutMode::Apply,
+            &Limits::default()
+        )
+        .unwrap(),
+        d.diff_id
+    );
 }
 
 #[derive(Debug, Clone)]
 enum Spec {
-    File { content: Vec<u8>, mode: u32, mtime: i64, xattr: Option<Vec<u8>> },
-    Dir { mode: u32, children: Vec<(String, Spec)> },
+    File {
+        content: Vec<u8>,
+        mode: u32,
+        mtime: i64,
+        xattr: Option<Vec<u8>>,
+    },
+    Dir {
+        mode: u32,
+        children: Vec<(String, Spec)>,
+    },
     Symlink(String),
     HardLinkToFirstFile,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
     let leaf = prop_oneof![
-        (prop::collection::vec(any::<u8>(), 0..300), prop::sample::select(vec![0o644u32, 0o755, 0o4755, 0o2711, 0o600, 0o400]), 0i64..2_000_000_000, prop::option::of(prop::collection::vec(any::<u8>(), 0..40)))
-            .prop_map(|(content, mode, mtime, xattr)| Spec::File { content, mode, mtime, xattr }),
+        (
+            prop::collection::vec(any::<u8>(), 0..300),
+            prop::sample::select(vec![0o644u32, 0o755, 0o4755, 0o2711, 0o600, 0o400]),
+            0i64..2_000_000_000,
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..40))
+        )
+            .prop_map(|(content, mode, mtime, xattr)| Spec::File {
+                content,
+                mode,
+                mtime,
+                xattr
+            }),
         "[a-z./]{1,30}".prop_map(Spec::Symlink),
         Just(Spec::HardLinkToFirstFile),
     ];
     leaf.prop_recursive(4, 40, 6, |inner| {
-        (prop::sample::select(vec![0o755u32, 0o700, 0o1777, 0o2755]), prop::collection::vec(("[a-z]{1,8}", inner), 0..6))
+        (
+            prop::sample::select(vec![0o755u32, 0o700, 0o1777, 0o2755]),
+            prop::collection::vec(("[a-z]{1,8}", inner), 0..6),
+        )
             .prop_map(|(mode, children)| Spec::Dir { mode, children })
     })
 }
@@ -232,10 +370,21 @@ fn build(dir: &Path, children: &[(String, Spec)], first_file: &mut Option<std::p
             continue;
         }
         match s {
-            Spec::File { content, mode, mtime, xattr } => {
+            Spec::File {
+                content,
+                mode,
+                mtime,
+                xattr,
+            } => {
                 fs::write(&p, content).unwrap();
                 if let Some(x) = xattr {
-                    rustix::fs::lsetxattr(p.as_path(), "user.k", x, rustix::fs::XattrFlags::empty()).unwrap();
+                    rustix::fs::lsetxattr(
+                        p.as_path(),
+                        "user.k",
+                        x,
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                    .unwrap();
                 }
                 fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
                 set_mtime(&p, *mtime);

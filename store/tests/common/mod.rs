@@ -60,7 +60,10 @@ pub fn describe(root: &Path, with_dir_mtimes: bool) -> BTreeMap<String, Node> {
     let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let mut entries: Vec<_> = fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let m = fs::symlink_metadata(&p).unwrap();
@@ -82,19 +85,44 @@ pub fn describe(root: &Path, with_dir_mtimes: bool) -> BTreeMap<String, Node> {
                 "other"
             };
             let link_group = if ft.is_file() && m.nlink() > 1 {
-                Some(inodes.entry((m.dev(), m.ino())).or_insert_with(|| rel.clone()).clone())
+                Some(
+                    inodes
+                        .entry((m.dev(), m.ino()))
+                        .or_insert_with(|| rel.clone())
+                        .clone(),
+                )
             } else {
                 None
             };
             let node = Node {
                 kind,
-                mode: if ft.is_symlink() { 0 } else { m.mode() & 0o7777 },
+                mode: if ft.is_symlink() {
+                    0
+                } else {
+                    m.mode() & 0o7777
+                },
                 uid: m.uid(),
                 gid: m.gid(),
-                mtime: if ft.is_dir() && !with_dir_mtimes { 0 } else { m.mtime() },
-                content: if ft.is_file() { fs::read(&p).unwrap() } else { Vec::new() },
-                link: if ft.is_symlink() { Some(fs::read_link(&p).unwrap().to_string_lossy().into_owned()) } else { None },
-                rdev: if ft.is_char_device() || ft.is_block_device() { m.rdev() } else { 0 },
+                mtime: if ft.is_dir() && !with_dir_mtimes {
+                    0
+                } else {
+                    m.mtime()
+                },
+                content: if ft.is_file() {
+                    fs::read(&p).unwrap()
+                } else {
+                    Vec::new()
+                },
+                link: if ft.is_symlink() {
+                    Some(fs::read_link(&p).unwrap().to_string_lossy().into_owned())
+                } else {
+                    None
+                },
+                rdev: if ft.is_char_device() || ft.is_block_device() {
+                    m.rdev()
+                } else {
+                    0
+                },
                 xattrs: xattrs(&p),
                 link_group,
             };
@@ -117,15 +145,30 @@ pub fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
     for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
         let mut v = vec![0u8; 65536];
         if let Ok(len) = rustix::fs::lgetxattr(p, name, &mut v[..]) {
-            out.insert(String::from_utf8_lossy(name).into_owned(), v[..len].to_vec());
+            out.insert(
+                String::from_utf8_lossy(name).into_owned(),
+                v[..len].to_vec(),
+            );
         }
     }
     out
 }
 
 pub fn set_mtime(p: &Path, secs: i64) {
-    let t = rustix::fs::Timespec { tv_sec: secs, tv_nsec: 0 };
-    rustix::fs::utimensat(rustix::fs::CWD, p, &rustix::fs::Timestamps { last_access: t, last_modification: t }, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    let t = rustix::fs::Timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 /// Snapshot of a canary directory: any change to it shows in the map.
