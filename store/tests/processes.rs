@@ -71,7 +71,7 @@ fn work_once(s: &Store, rng: &mut Rng, me: &str, i: u64) {
         ..Default::default()
     };
     cfg.config.cmd = Some(vec!["app".into(), k.to_string()]);
-    let img = s.write_image(&cfg, &[layer.clone()]).unwrap();
+    let img = s.write_image(&cfg, std::slice::from_ref(&layer)).unwrap();
     s.tag(&format!("img-{me}:{}", i % 3), &img.manifest_digest)
         .unwrap();
     s.cache_put(&CacheRecord {
@@ -130,7 +130,7 @@ fn child_process_entry() {
                 match rng.next() % 6 {
                     0 => {
                         s.prune(&PruneOptions {
-                            cache_all: rng.next() % 2 == 0,
+                            cache_all: rng.next() & 1 == 0,
                             ..Default::default()
                         })
                         .unwrap();
