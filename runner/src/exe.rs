@@ -73,3 +73,28 @@ pub fn sealed(path: &Path) -> Result<Arc<SealedExe>, RunError> {
     cache.push((key, e.clone()));
     Ok(e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_copy_is_sealed_against_writes_and_cached() {
+        let me = std::env::current_exe().unwrap();
+        let a = sealed(&me).unwrap();
+        let b = sealed(&me).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one copy per binary");
+        let orig = std::fs::read(&me).unwrap();
+        assert_eq!(std::fs::read(a.exec_path()).unwrap(), orig);
+        // Reopening the memfd for writing works, writing does not.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(a.exec_path())
+            .unwrap();
+        let e = f.write_all(b"pwned").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        assert!(f.set_len(1).is_err());
+        assert_eq!(std::fs::read(a.exec_path()).unwrap(), orig);
+    }
+}

@@ -12,7 +12,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,8 @@ use crate::{ContainerSpec, NetworkMode, RunnerConfig, Stdio, DEFAULT_PATH};
 pub(crate) const MARKER: &str = "__kiln-runner-helper__";
 /// The fd on which a helper talks to its parent.
 pub(crate) const REPORT_FD: RawFd = 3;
+/// With a tty: the socket on which the pty master goes back to the caller.
+pub(crate) const CONSOLE_FD: RawFd = 4;
 
 pub(crate) fn init_hook() {
     let mut args = std::env::args_os();
@@ -60,12 +62,20 @@ pub(crate) fn spawn_helper(
     role: &str,
     args: &[&str],
     stdio: Stdio,
+    console: Option<OwnedFd>,
 ) -> Result<(Child, UnixStream), RunError> {
     let exe = crate::exe::sealed(&cfg.helper_exe)?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
     let theirs =
         rustix::io::fcntl_dupfd_cloexec(&theirs, 10).map_err(|e| RunError::io("dup", e.into()))?;
     let raw = theirs.as_raw_fd();
+    let console = match console {
+        Some(c) => Some(
+            rustix::io::fcntl_dupfd_cloexec(&c, 10).map_err(|e| RunError::io("dup", e.into()))?,
+        ),
+        None => None,
+    };
+    let console_raw = console.as_ref().map(|c| c.as_raw_fd());
     let mut cmd = Command::new(exe.exec_path());
     cmd.arg0("kiln-runner").arg(MARKER).arg(role).args(args);
     cmd.env_clear();
@@ -86,6 +96,11 @@ pub(crate) fn spawn_helper(
             if libc::dup2(raw, REPORT_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            if let Some(c) = console_raw {
+                if libc::dup2(c, CONSOLE_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -93,6 +108,7 @@ pub(crate) fn spawn_helper(
         .spawn()
         .map_err(|e| RunError::io(format!("starting helper {}", cfg.helper_exe.display()), e))?;
     drop(theirs);
+    drop(console);
     drop(exe);
     Ok((child, ours))
 }
@@ -154,12 +170,12 @@ pub(crate) fn run_foreground(
     cfg: &RunnerConfig,
     spec: &ContainerSpec,
     stdio: Stdio,
-    scratch: Option<(&Path, &str, bool)>,
+    scratch: Option<(&Path, &str, bool, bool)>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<i32, RunError> {
     validate(spec)?;
     let (scratch_dir, _guard, hostname, tty) = match scratch {
-        Some((dir, id, tty)) => (
+        Some((dir, id, tty, _)) => (
             dir.to_path_buf(),
             None,
             id[..12.min(id.len())].to_string(),
@@ -185,7 +201,24 @@ pub(crate) fn run_foreground(
         hostname: spec.hostname.clone().unwrap_or(hostname),
         tty,
     };
-    let (mut child, mut sock) = spawn_helper(cfg, "container", &[], stdio)?;
+    let (console, relay) = if tty {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
+        let interactive = scratch.map(|s| s.3).unwrap_or(false);
+        (
+            Some(OwnedFd::from(theirs)),
+            Some(crate::tty::relay(ours, interactive)),
+        )
+    } else {
+        (None, None)
+    };
+    let spawned = spawn_helper(cfg, "container", &[], stdio, console);
+    let (mut child, mut sock) = match spawned {
+        Ok(x) => x,
+        Err(e) => {
+            // The relay thread sees EOF and ends.
+            return Err(e);
+        }
+    };
     let helper = child.id() as i32;
     let result = talk(&mut sock, &job, &mut |pid| {
         on_event(Event::Started { helper, pid })
@@ -193,6 +226,9 @@ pub(crate) fn run_foreground(
     let status = child
         .wait()
         .map_err(|e| RunError::io("waiting for the runner helper", e))?;
+    if let Some(r) = relay {
+        let _ = r.join();
+    }
     let (code, error) = result;
     if let Some(e) = error {
         return Err(e);
@@ -279,7 +315,7 @@ fn cloexec_fds_from(first: u32) {
 /// H for a foreground run: fd 3 is the socket to the caller.
 fn container_main() -> i32 {
     let _ = rustix::io::fcntl_setfd(report(), rustix::io::FdFlags::CLOEXEC);
-    close_fds_from(REPORT_FD as u32 + 1);
+    close_fds_from(CONSOLE_FD as u32 + 1);
     // SAFETY: fd 3 is ours; read the job through a duplicate so the report
     // fd stays open.
     let dup = match rustix::io::fcntl_dupfd_cloexec(report(), 10) {
@@ -301,6 +337,13 @@ fn container_main() -> i32 {
             return 125;
         }
     };
+    if job.tty {
+        // SAFETY: fd 4 is the console socket set up by spawn_helper.
+        let c = unsafe { BorrowedFd::borrow_raw(CONSOLE_FD) };
+        let _ = rustix::io::fcntl_setfd(c, rustix::io::FdFlags::CLOEXEC);
+    } else {
+        close_fds_from(CONSOLE_FD as u32);
+    }
     container_parent(&job)
 }
 
@@ -407,7 +450,8 @@ struct Process {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
-    tty: bool,
+    /// The pty slave, for stdin/stdout/stderr and as controlling terminal.
+    console: Option<OwnedFd>,
 }
 
 fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32>)> {
@@ -445,6 +489,16 @@ fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32
     std::fs::create_dir_all(&job.spec.cwd)
         .map_err(|e| setup(format!("creating working directory {}: {e}", job.spec.cwd)))?;
 
+    let console = if job.tty {
+        // SAFETY: fd 4 is the console socket (kept open by container_main).
+        let sock = unsafe { BorrowedFd::borrow_raw(CONSOLE_FD) };
+        let slave = crate::tty::make_console(sock, user.uid).map_err(setup)?;
+        // SAFETY: fd 4 is not owned by any OwnedFd in this process.
+        unsafe { libc::close(CONSOLE_FD) };
+        Some(slave)
+    } else {
+        None
+    };
     let cstr = |s: &str| CString::new(s).map_err(|_| setup(format!("NUL in {s:?}")));
     let proc_ = Process {
         argv: job
@@ -459,7 +513,7 @@ fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32
         uid: user.uid,
         gid: user.gid,
         groups: user.groups,
-        tty: job.tty,
+        console,
     };
 
     // P reports an exec failure on this pipe; EOF means execve succeeded.
@@ -534,8 +588,17 @@ fn exec_process(p: &Process) -> (String, i32) {
     if let Err(e) = nix::unistd::setsid() {
         return fail(format!("setsid: {e}"));
     }
-    if p.tty {
-        // SAFETY: TIOCSCTTY on our stdin, which is the terminal.
+    if let Some(slave) = &p.console {
+        for fd in 0..3 {
+            // SAFETY: dup2 of an fd we own onto the standard fds.
+            if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
+                return fail(format!(
+                    "dup2 of the pty: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        // SAFETY: TIOCSCTTY on our stdin, which is now the terminal.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
             return fail(format!(
                 "setting the controlling terminal: {}",

@@ -34,6 +34,7 @@ pub mod ports;
 mod proto;
 mod ps;
 mod state;
+mod tty;
 pub mod user;
 
 use std::os::fd::OwnedFd;

@@ -343,6 +343,7 @@ impl Containers {
                 stdout: Some(log.into()),
                 stderr: Some(log2.into()),
             },
+            None,
         )?;
         // The first monitor process forks the real one and exits at once.
         let _ = child.wait();
@@ -388,7 +389,9 @@ impl Containers {
         } else {
             None
         };
-        let tty = opts.tty && opts.interactive && rustix::termios::isatty(rustix::stdio::stdin());
+        let tty = opts.tty
+            && (rustix::termios::isatty(rustix::stdio::stdin())
+                || rustix::termios::isatty(rustix::stdio::stdout()));
         let stdio = Stdio {
             stdin,
             stdout: Some(dup(rustix::stdio::stdout())?),
@@ -401,7 +404,7 @@ impl Containers {
             &self.cfg,
             &spec,
             stdio,
-            Some((&dir.join("scratch"), &cfg.id, tty)),
+            Some((&dir.join("scratch"), &cfg.id, tty, opts.interactive)),
             &mut |ev| match ev {
                 Event::Started { helper, pid } => {
                     let st = State {
@@ -741,6 +744,8 @@ fn caller() -> BorrowedFd<'static> {
 
 fn monitor(dir: &Path) -> Result<(), RunError> {
     let _ = rustix::io::fcntl_setfd(caller(), rustix::io::FdFlags::CLOEXEC);
+    // Do not pin the caller's working directory for the container's life.
+    let _ = std::env::set_current_dir("/");
     let cfg: Config = read_json(&dir.join("config.json"))?;
     let bound = match ports::bind_all(&cfg.opts.ports) {
         Ok(b) => b,

@@ -76,18 +76,26 @@ fn make_busybox_root(root: &Path) {
     .unwrap();
 }
 
-/// A busybox rootfs shared (read-only, as a lower dir) by all tests.
+/// A busybox rootfs shared (read-only, as a lower dir) by all tests, made
+/// once under the target dir (built aside, then renamed into place).
 pub fn busybox_root() -> &'static Path {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let t = tempfile::Builder::new()
-            .prefix("kiln-busybox-")
-            .tempdir()
-            .unwrap();
-        make_busybox_root(t.path());
-        t
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("busybox-root-v1");
+        if !dir.join("bin/busybox").exists() {
+            let tmp = tempfile::Builder::new()
+                .prefix("busybox-root-")
+                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                .unwrap();
+            make_busybox_root(tmp.path());
+            // Losing the race to another test binary is fine.
+            let kept = tmp.keep();
+            if std::fs::rename(&kept, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&kept);
+            }
+        }
+        dir
     })
-    .path()
 }
 
 pub fn cfg() -> RunnerConfig {

@@ -1,0 +1,131 @@
+//! `run -t`: the pseudo-terminal is made *inside* the container (from its own
+//! devpts instance, like runc's console socket), so `tty` in the container
+//! names a `/dev/pts/N` that exists there. Its master comes back to the
+//! caller over a socket with SCM_RIGHTS; the caller puts its own terminal in
+//! raw mode and copies both ways.
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+/// In the container (after pivot_root): a new pty; returns the slave for the
+/// process and sends the master over `console`.
+pub(crate) fn make_console(console: BorrowedFd<'_>, uid: u32) -> Result<OwnedFd, String> {
+    use rustix::pty::{ioctl_tiocgptpeer, openpt, unlockpt, OpenptFlags};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+        .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
+    unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    let slave = ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY)
+        .map_err(|e| format!("opening the pty peer: {e}"))?;
+    rustix::fs::fchown(&slave, Some(rustix::fs::Uid::from_raw(uid)), None)
+        .map_err(|e| format!("chown of the pty: {e}"))?;
+    let fds = [master.as_raw_fd()];
+    sendmsg::<()>(
+        console.as_raw_fd(),
+        &[IoSlice::new(b"m")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("sending the pty master: {e}"))?;
+    Ok(slave)
+}
+
+fn recv_master(sock: &UnixStream) -> Option<OwnedFd> {
+    let mut buf = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!(std::os::fd::RawFd);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            let mut it = fds.into_iter();
+            // SAFETY: the kernel just installed these fds for us.
+            let first = it.next().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+            for extra in it {
+                // SAFETY: as above; not ours to keep.
+                drop(unsafe { OwnedFd::from_raw_fd(extra) });
+            }
+            return first;
+        }
+    }
+    None
+}
+
+/// Restores the caller's terminal when dropped.
+struct RawMode(Option<rustix::termios::Termios>);
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let _ = rustix::termios::tcsetattr(
+                rustix::stdio::stdin(),
+                rustix::termios::OptionalActions::Now,
+                t,
+            );
+        }
+    }
+}
+
+/// Caller side: wait for the master, then relay the terminal until the
+/// container's side closes. Join the handle after the container exited.
+pub(crate) fn relay(console: UnixStream, interactive: bool) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Some(master) = recv_master(&console) else {
+            return;
+        };
+        let stdin = rustix::stdio::stdin();
+        if let Ok(ws) = rustix::termios::tcgetwinsize(stdin) {
+            let _ = rustix::termios::tcsetwinsize(&master, ws);
+        }
+        let saved = if interactive {
+            rustix::termios::tcgetattr(stdin).ok()
+        } else {
+            None
+        };
+        let _raw = RawMode(saved.clone());
+        if let Some(mut t) = saved {
+            t.make_raw();
+            let _ = rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &t);
+        }
+        let mut to_master = match master.try_clone() {
+            Ok(m) => std::fs::File::from(m),
+            Err(_) => return,
+        };
+        // stdin -> master. This thread may stay blocked in read(0) after
+        // the container is gone; it holds nothing but the master copy.
+        if interactive {
+            let _ = std::thread::Builder::new()
+                .name("tty-stdin".into())
+                .spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let mut input = std::io::stdin().lock();
+                    while let Ok(n) = input.read(&mut buf) {
+                        if n == 0 || to_master.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+        } else {
+            drop(to_master);
+        }
+        // master -> stdout until EIO (all slave fds closed).
+        let mut from = std::fs::File::from(master);
+        let mut out = std::io::stdout();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || out.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            let _ = out.flush();
+        }
+    })
+}
