@@ -1,0 +1,724 @@
+//! COPY and ADD: source selection (context or another stage/image),
+//! the inputs that make their cache key, and writing the selected files
+//! into a fresh snapshot with BuildKit's destination rules.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use kiln_parser::dockerignore::PatternMatcher;
+use serde_json::{json, Value};
+
+use crate::context::{BuildContext, Kind};
+use crate::fsutil::{self, RootView};
+
+/// One thing to write: a path relative to the copy's destination root.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Relative to the destination directory ("" = the destination itself).
+    pub rel: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub src: ItemSource,
+}
+
+#[derive(Debug, Clone)]
+pub enum ItemSource {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+    Link(String),
+    Dir,
+    /// ADD of a local archive: extracted at `rel`.
+    Archive(PathBuf),
+}
+
+/// Everything the copy needs once its key missed.
+pub struct CopyPlan {
+    /// Destination (absolute, cleaned) and the items, each with its
+    /// destination path relative to "/".
+    pub items: Vec<(String, Item)>,
+    pub chown: Option<(u32, u32)>,
+    pub chmod: Option<u32>,
+}
+
+pub struct CopyRequest {
+    pub add: bool,
+    pub sources: Vec<String>,
+    pub dest: String,
+    pub dest_is_dir_hint: bool,
+    pub heredoc_bodies: Vec<(String, Vec<u8>)>,
+    pub chown: Option<(u32, u32)>,
+    pub chmod: Option<u32>,
+    pub exclude: Vec<String>,
+    pub parents: bool,
+    pub unpack: bool,
+}
+
+pub fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+fn glob_match(pattern: &str, path: &str) -> bool {
+    match glob::Pattern::new(pattern) {
+        Ok(p) => p.matches_with(
+            path,
+            glob::MatchOptions {
+                case_sensitive: true,
+                require_literal_separator: true,
+                require_literal_leading_dot: false,
+            },
+        ),
+        Err(_) => pattern == path,
+    }
+}
+
+pub fn parse_chmod(s: &str) -> Result<u32> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| anyhow!("invalid --chmod={s}: kiln accepts octal modes (e.g. 755)"))
+}
+
+/// The kind of archive ADD extracts, from its first bytes.
+pub fn archive_kind(path: &Path) -> Result<Option<&'static str>> {
+    let mut f = fs::File::open(path)?;
+    let mut head = [0u8; 512];
+    let mut n = 0;
+    while n < head.len() {
+        let r = f.read(&mut head[n..])?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    let h = &head[..n];
+    Ok(if h.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip")
+    } else if h.starts_with(b"BZh") {
+        Some("bzip2")
+    } else if h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some("xz")
+    } else if h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some("zstd")
+    } else if n >= 262 && &h[257..262] == b"ustar" {
+        Some("tar")
+    } else {
+        None
+    })
+}
+
+/// A context source, cleaned relative to the context root; `../x` that
+/// leaves the context is an error, as in BuildKit.
+fn context_rel(src: &str) -> Result<String> {
+    let mut out: Vec<&str> = Vec::new();
+    for c in src.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if out.pop().is_none() {
+                    bail!("forbidden path outside the build context: {src}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out.join("/"))
+}
+
+/// Follows a top-level symlink source inside the context.
+fn follow_in_context(ctx: &BuildContext, rel: &str) -> Result<String> {
+    let mut cur = rel.to_string();
+    for _ in 0..40 {
+        let Some(e) = ctx.get(&cur) else {
+            bail!("\"/{}\": not found", rel);
+        };
+        if e.kind != Kind::Symlink {
+            return Ok(cur);
+        }
+        let target = e.link_target.clone().unwrap_or_default();
+        let joined = if target.starts_with('/') {
+            target
+        } else {
+            let parent = cur.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+            format!("{parent}/{target}")
+        };
+        cur = context_rel(&joined)
+            .map_err(|_| anyhow!("\"/{rel}\": symlink points outside the build context"))?;
+    }
+    bail!("\"/{rel}\": too many levels of symbolic links")
+}
+
+/// A selected source: its path (context-relative or absolute in an image)
+/// and whether it is a directory (then its contents are copied).
+pub struct Selected {
+    pub path: String,
+    pub is_dir: bool,
+}
+
+/// Expands the sources against the context.
+pub fn select_in_context(ctx: &BuildContext, sources: &[String]) -> Result<Vec<Selected>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let rel = context_rel(s)?;
+        if has_wildcard(&rel) {
+            let mut any = false;
+            for (k, _) in ctx.entries.iter() {
+                if !k.is_empty() && glob_match(&rel, k) {
+                    let real = follow_in_context(ctx, k)?;
+                    let is_dir = ctx.get(&real).map(|e| e.kind == Kind::Dir).unwrap_or(false);
+                    out.push(Selected { path: real, is_dir });
+                    any = true;
+                }
+            }
+            if !any {
+                bail!("lstat {s}: no source files were specified (the pattern matched nothing in the build context)");
+            }
+        } else {
+            if ctx.get(&rel).is_none() {
+                bail!(
+                    "\"/{rel}\": not found in the build context (is it excluded by .dockerignore?)"
+                );
+            }
+            let real = follow_in_context(ctx, &rel)?;
+            let is_dir = ctx.get(&real).map(|e| e.kind == Kind::Dir).unwrap_or(false);
+            out.push(Selected { path: real, is_dir });
+        }
+    }
+    Ok(out)
+}
+
+/// Expands the sources against another stage's or image's filesystem.
+pub fn select_in_view(view: &RootView, sources: &[String]) -> Result<Vec<Selected>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let abs = fsutil::clean_abs(s);
+        if has_wildcard(&abs) {
+            let (parent, pat) = abs.rsplit_once('/').unwrap_or(("", abs.as_str()));
+            if has_wildcard(parent) {
+                bail!("COPY --from: wildcards are supported in the last path component only ({s})");
+            }
+            let (comps, found) =
+                view.resolve(if parent.is_empty() { "/" } else { parent }, true)?;
+            if found.is_none() {
+                bail!("\"{s}\": not found");
+            }
+            let mut any = false;
+            for (name, real) in view.read_dir(&comps)? {
+                if glob_match(pat, &name) {
+                    let m = fs::symlink_metadata(&real)?;
+                    out.push(Selected {
+                        path: format!("/{}/{}", comps.join("/"), name).replace("//", "/"),
+                        is_dir: m.is_dir(),
+                    });
+                    any = true;
+                }
+            }
+            if !any {
+                bail!("\"{s}\": no source files matched");
+            }
+        } else {
+            let (comps, found) = view.resolve(&abs, true)?;
+            let Some(f) = found else {
+                bail!("\"{abs}\": not found");
+            };
+            out.push(Selected {
+                path: format!("/{}", comps.join("/")),
+                is_dir: f.meta.is_dir(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Where each selected source lands, relative to "/": BuildKit's rules.
+fn dest_for(sel: &Selected, req: &CopyRequest, dest_is_dir: bool) -> String {
+    let dest = fsutil::clean_abs(&req.dest);
+    let base = sel.path.rsplit('/').next().unwrap_or("").to_string();
+    if req.parents {
+        let parent = sel.path.trim_start_matches('/');
+        let parent = parent.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        let d = if parent.is_empty() {
+            dest.clone()
+        } else {
+            format!("{}/{}", dest.trim_end_matches('/'), parent)
+        };
+        return if sel.is_dir {
+            format!("{}/{}", d.trim_end_matches('/'), base)
+        } else {
+            format!("{}/{}", d.trim_end_matches('/'), base)
+        };
+    }
+    if sel.is_dir {
+        dest
+    } else if dest_is_dir {
+        format!("{}/{}", dest.trim_end_matches('/'), base)
+    } else {
+        dest
+    }
+}
+
+fn items_from_context(
+    ctx: &BuildContext,
+    sel: &Selected,
+    target: &str,
+    exclude: Option<&PatternMatcher>,
+    add: bool,
+    unpack: bool,
+) -> Result<Vec<(String, Item)>> {
+    let mut out = Vec::new();
+    for (k, e) in ctx.subtree(&sel.path) {
+        if let Some(m) = exclude {
+            if m.matches(k) {
+                continue;
+            }
+        }
+        let rel = if k == &sel.path {
+            String::new()
+        } else if sel.path.is_empty() {
+            k.clone()
+        } else {
+            k[sel.path.len() + 1..].to_string()
+        };
+        let dest = if rel.is_empty() {
+            target.to_string()
+        } else {
+            format!("{}/{}", target.trim_end_matches('/'), rel)
+        };
+        let real = ctx.root.join(k);
+        let src = match e.kind {
+            Kind::File => {
+                if add && unpack && rel.is_empty() && archive_kind(&real)?.is_some() {
+                    // Extracted into the destination directory.
+                    let dir = if sel.is_dir {
+                        target.to_string()
+                    } else {
+                        target
+                            .rsplit_once('/')
+                            .map(|(p, _)| {
+                                if p.is_empty() {
+                                    "/".to_string()
+                                } else {
+                                    p.to_string()
+                                }
+                            })
+                            .unwrap_or_else(|| "/".into())
+                    };
+                    out.push((
+                        dir,
+                        Item {
+                            rel: String::new(),
+                            mode: 0,
+                            uid: 0,
+                            gid: 0,
+                            mtime_ns: e.mtime_ns,
+                            src: ItemSource::Archive(real),
+                        },
+                    ));
+                    continue;
+                }
+                ItemSource::File(real)
+            }
+            Kind::Dir => ItemSource::Dir,
+            Kind::Symlink => ItemSource::Link(e.link_target.clone().unwrap_or_default()),
+            Kind::Other => continue,
+        };
+        out.push((
+            dest,
+            Item {
+                rel,
+                mode: e.mode,
+                uid: 0,
+                gid: 0,
+                mtime_ns: e.mtime_ns,
+                src,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn items_from_view(
+    view: &RootView,
+    sel: &Selected,
+    target: &str,
+    exclude: Option<&PatternMatcher>,
+) -> Result<Vec<(String, Item)>> {
+    let mut out = Vec::new();
+    let (comps, found) = view.resolve(&sel.path, true)?;
+    let Some(found) = found else {
+        bail!("\"{}\": not found", sel.path);
+    };
+    fn push(
+        view: &RootView,
+        comps: &mut Vec<String>,
+        real: &Path,
+        rel: String,
+        target: &str,
+        exclude: Option<&PatternMatcher>,
+        out: &mut Vec<(String, Item)>,
+    ) -> Result<()> {
+        let m = fs::symlink_metadata(real)?;
+        let ft = m.file_type();
+        if let Some(x) = exclude {
+            if !rel.is_empty() && x.matches(&rel) {
+                return Ok(());
+            }
+        }
+        let (kind, src) = if ft.is_dir() {
+            (Kind::Dir, ItemSource::Dir)
+        } else if ft.is_file() {
+            (Kind::File, ItemSource::File(real.to_path_buf()))
+        } else if ft.is_symlink() {
+            (
+                Kind::Symlink,
+                ItemSource::Link(fs::read_link(real)?.to_string_lossy().into_owned()),
+            )
+        } else {
+            return Ok(());
+        };
+        let dest = if rel.is_empty() {
+            target.to_string()
+        } else {
+            format!("{}/{}", target.trim_end_matches('/'), rel)
+        };
+        out.push((
+            dest,
+            Item {
+                rel: rel.clone(),
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime_ns: fsutil::mtime_ns(&m),
+                src,
+            },
+        ));
+        if kind == Kind::Dir {
+            for (name, child) in view.read_dir(comps)? {
+                comps.push(name.clone());
+                let r = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                push(view, comps, &child, r, target, exclude, out)?;
+                comps.pop();
+            }
+        }
+        Ok(())
+    }
+    let mut comps = comps;
+    push(
+        view,
+        &mut comps,
+        &found.real,
+        String::new(),
+        target,
+        exclude,
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+pub enum Source<'a> {
+    Context(&'a BuildContext),
+    View(&'a RootView),
+}
+
+/// Plans the copy and returns (inputs for the cache key, plan).
+pub fn plan_copy(
+    source: Source,
+    source_id: Value,
+    req: &CopyRequest,
+    dest_view: &RootView,
+) -> Result<(Value, CopyPlan)> {
+    let exclude = if req.exclude.is_empty() {
+        None
+    } else {
+        Some(
+            PatternMatcher::new(&req.exclude)
+                .map_err(|e| anyhow!("invalid --exclude pattern: {e}"))?,
+        )
+    };
+    let mut file_sources = Vec::new();
+    let mut urls = Vec::new();
+    for s in &req.sources {
+        if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@") {
+            urls.push(s.clone());
+        } else {
+            file_sources.push(s.clone());
+        }
+    }
+    if !urls.is_empty() {
+        bail!(
+            "ADD {}: fetching remote URLs is not supported by kiln yet; download the file into the context and ADD it from there",
+            urls.join(" ")
+        );
+    }
+    let selected = match &source {
+        Source::Context(ctx) => select_in_context(ctx, &file_sources)?,
+        Source::View(v) => select_in_view(v, &file_sources)?,
+    };
+    let count = selected.len() + req.heredoc_bodies.len();
+    let dest_exists_dir = dest_view
+        .stat(&req.dest)
+        .ok()
+        .flatten()
+        .map(|f| f.meta.is_dir())
+        .unwrap_or(false);
+    let multi = count > 1 || req.sources.iter().any(|s| has_wildcard(s)) && count > 1;
+    if multi && !req.dest_is_dir_hint && !dest_exists_dir {
+        bail!(
+            "When using {} with more than one source file, the destination must be a directory and end with a /",
+            if req.add { "ADD" } else { "COPY" }
+        );
+    }
+    let dest_is_dir = req.dest_is_dir_hint || dest_exists_dir || multi;
+
+    let mut items = Vec::new();
+    let mut described = BTreeMap::new();
+    for sel in &selected {
+        let target = dest_for(sel, req, dest_is_dir);
+        match &source {
+            Source::Context(ctx) => {
+                items.extend(items_from_context(
+                    ctx,
+                    sel,
+                    &target,
+                    exclude.as_ref(),
+                    req.add,
+                    req.unpack,
+                )?);
+                let listing = ctx.describe_subtree(&sel.path)?;
+                let listing: BTreeMap<String, String> = match &exclude {
+                    None => listing,
+                    Some(x) => listing
+                        .into_iter()
+                        .filter(|(k, _)| {
+                            let full = if k == "." {
+                                sel.path.clone()
+                            } else if sel.path.is_empty() {
+                                k.clone()
+                            } else {
+                                format!("{}/{}", sel.path, k)
+                            };
+                            !x.matches(&full)
+                        })
+                        .collect(),
+                };
+                described.insert(format!("{} -> {}", sel.path, target), summarise(listing));
+            }
+            Source::View(v) => {
+                items.extend(items_from_view(v, sel, &target, exclude.as_ref())?);
+                described.insert(format!("{} -> {}", sel.path, target), Value::Null);
+            }
+        }
+    }
+    for (name, body) in &req.heredoc_bodies {
+        let target = if dest_is_dir {
+            format!(
+                "{}/{}",
+                fsutil::clean_abs(&req.dest).trim_end_matches('/'),
+                name
+            )
+        } else {
+            fsutil::clean_abs(&req.dest)
+        };
+        described.insert(
+            format!("<<{name} -> {target}"),
+            Value::String(blake3::hash(body).to_hex().to_string()),
+        );
+        items.push((
+            target,
+            Item {
+                rel: String::new(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+                src: ItemSource::Bytes(body.clone()),
+            },
+        ));
+    }
+    let inputs = json!({
+        "source": source_id,
+        "files": described,
+        "dest": fsutil::clean_abs(&req.dest),
+        "chown": req.chown.map(|(u, g)| format!("{u}:{g}")),
+        "chmod": req.chmod.map(|m| format!("{m:o}")),
+        "exclude": req.exclude,
+        "parents": req.parents,
+        "unpack": req.add && req.unpack,
+    });
+    Ok((
+        inputs,
+        CopyPlan {
+            items,
+            chown: req.chown,
+            chmod: req.chmod,
+        },
+    ))
+}
+
+/// A listing goes into the record as is while it is small enough to be
+/// read in an explanation; a huge one is kept as its digest and size.
+fn summarise(listing: BTreeMap<String, String>) -> Value {
+    if listing.len() <= 4096 {
+        json!(listing)
+    } else {
+        let mut h = blake3::Hasher::new();
+        for (k, v) in &listing {
+            h.update(k.as_bytes());
+            h.update(b"\0");
+            h.update(v.as_bytes());
+            h.update(b"\n");
+        }
+        json!({"entries": listing.len(), "digest": h.finalize().to_hex().to_string()})
+    }
+}
+
+/// Writes the planned items into `upper`, the new snapshot of the step.
+pub fn execute(plan: &CopyPlan, upper: &Path, view: &RootView) -> Result<()> {
+    let mut dir_fixups: Vec<(PathBuf, i64)> = Vec::new();
+    for (dest, item) in &plan.items {
+        // Resolve the parent inside the image (symlinks such as /bin ->
+        // usr/bin are followed as the container would see them).
+        let (parent, name) = match dest.rsplit_once('/') {
+            Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
+            None => ("/", dest.as_str()),
+        };
+        let (mut comps, _) = view.resolve(parent, true)?;
+        let owner = plan.chown;
+        if let ItemSource::Archive(path) = &item.src {
+            comps.extend(fsutil::clean_components(name));
+            let dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
+            extract_archive(path, &dir)?;
+            continue;
+        }
+        let parent_dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
+        if name.is_empty() {
+            // dest is "/": the root directory itself.
+            continue;
+        }
+        let path = parent_dir.join(name);
+        let (uid, gid) = owner.unwrap_or((item.uid, item.gid));
+        let mode = plan.chmod.unwrap_or(item.mode);
+        match &item.src {
+            ItemSource::Dir
+                if item.rel.is_empty() && view.stat(dest)?.is_some_and(|f| f.meta.is_dir()) =>
+            {
+                // Copying a directory's contents into one the image already
+                // has: that directory keeps its own metadata.
+                comps.extend(fsutil::clean_components(name));
+                fsutil::ensure_dirs(upper, view, &comps, None)?;
+            }
+            ItemSource::Dir => {
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        fs::remove_file(&path)?;
+                        fs::create_dir(&path)?;
+                    }
+                    Err(_) => {
+                        // A directory that exists below keeps its place;
+                        // we only need it in the upper to hold children.
+                        fs::create_dir(&path)
+                            .with_context(|| format!("creating {}", path.display()))?;
+                    }
+                }
+                fsutil::lchown(&path, uid, gid)?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+                dir_fixups.push((path, item.mtime_ns));
+            }
+            ItemSource::File(src) => {
+                remove_any(&path)?;
+                fs::copy(src, &path)
+                    .with_context(|| format!("copying {} to {}", src.display(), path.display()))?;
+                fsutil::lchown(&path, uid, gid)?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+                fsutil::set_mtime(&path, item.mtime_ns)?;
+            }
+            ItemSource::Bytes(b) => {
+                remove_any(&path)?;
+                fs::write(&path, b)?;
+                fsutil::lchown(&path, uid, gid)?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+                if item.mtime_ns != 0 {
+                    fsutil::set_mtime(&path, item.mtime_ns)?;
+                }
+            }
+            ItemSource::Link(target) => {
+                remove_any(&path)?;
+                std::os::unix::fs::symlink(target, &path)?;
+                fsutil::lchown(&path, uid, gid)?;
+                fsutil::set_mtime(&path, item.mtime_ns)?;
+            }
+            ItemSource::Archive(_) => unreachable!("handled above"),
+        }
+    }
+    fsutil::restore_dir_mtimes(&dir_fixups)?;
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path)?,
+        Ok(_) => fs::remove_file(path)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// ADD's archive extraction: tar, optionally gzip/bzip2/xz/zstd
+/// compressed, through the store's safe applier (every path resolved
+/// inside `dir`).
+fn extract_archive(path: &Path, dir: &Path) -> Result<()> {
+    let kind = archive_kind(path)?;
+    let mut f = fs::File::open(path)?;
+    f.seek(SeekFrom::Start(0))?;
+    let mut reader: Box<dyn Read> = match kind {
+        Some("bzip2") => Box::new(bzip2::read::MultiBzDecoder::new(f)),
+        Some("xz") => Box::new(xz2::read::XzDecoder::new_multi_decoder(f)),
+        // plain, gzip and zstd are recognised by the applier itself
+        _ => Box::new(f),
+    };
+    kiln_store::layer::apply_layer(
+        &mut reader,
+        dir,
+        kiln_store::layer::WhiteoutMode::Apply,
+        &kiln_store::layer::Limits::default(),
+    )
+    .with_context(|| format!("extracting {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_paths_cannot_leave_the_context() {
+        assert_eq!(context_rel("./a/../b").unwrap(), "b");
+        assert_eq!(context_rel("/abs/x").unwrap(), "abs/x");
+        assert!(context_rel("../x").is_err());
+        assert!(context_rel("a/../../x").is_err());
+    }
+
+    #[test]
+    fn glob_does_not_cross_directories() {
+        assert!(glob_match("*.py", "app.py"));
+        assert!(!glob_match("*.py", "sub/app.py"));
+        assert!(glob_match("sub/*.py", "sub/app.py"));
+    }
+
+    #[test]
+    fn chmod_is_octal() {
+        assert_eq!(parse_chmod("755").unwrap(), 0o755);
+        assert!(parse_chmod("u+x").is_err());
+        assert!(parse_chmod("99999").is_err());
+    }
+}

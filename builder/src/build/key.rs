@@ -1,0 +1,75 @@
+//! Cache keys: key = blake3(parent key, canonical step, inputs). Inputs are
+//! a JSON object with sorted keys, kept in the cache record so a miss can
+//! be explained input by input.
+
+use kiln_store::ImageConfig;
+use serde_json::{json, Value};
+
+/// Bumped whenever what a step's result means changes, so old records of
+/// an incompatible kiln are never hit.
+const KEY_VERSION: &str = "kiln-cache-v1";
+
+pub fn hash_str(s: &str) -> String {
+    blake3::hash(format!("{KEY_VERSION}\0{s}").as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+/// serde_json's map is ordered (BTreeMap) unless `preserve_order` is on, so
+/// `to_string` of a Value is canonical: sorted keys, no spaces.
+pub fn canonical(v: &Value) -> String {
+    v.to_string()
+}
+
+pub fn step_key(parent: &str, step: &str, inputs: &Value) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(KEY_VERSION.as_bytes());
+    h.update(b"\0");
+    h.update(parent.as_bytes());
+    h.update(b"\0");
+    h.update(step.as_bytes());
+    h.update(b"\0");
+    h.update(canonical(inputs).as_bytes());
+    h.finalize().to_hex().to_string()
+}
+
+/// The config of `FROM scratch`: nothing but the platform.
+pub fn scratch_config() -> ImageConfig {
+    let (os, arch) = {
+        let p = super::plan::platform_args();
+        (
+            p.get("TARGETOS").cloned().unwrap_or_default(),
+            p.get("TARGETARCH").cloned().unwrap_or_default(),
+        )
+    };
+    serde_json::from_value(json!({
+        "architecture": arch,
+        "os": os,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": []
+    }))
+    .expect("a minimal image config always deserialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_depends_on_parent_step_and_inputs_not_on_map_order() {
+        let a = step_key("p", "RUN", &json!({"a": 1, "b": [1, 2]}));
+        let b = step_key("p", "RUN", &json!({"b": [1, 2], "a": 1}));
+        assert_eq!(a, b);
+        assert_ne!(a, step_key("q", "RUN", &json!({"a": 1, "b": [1, 2]})));
+        assert_ne!(a, step_key("p", "COPY", &json!({"a": 1, "b": [1, 2]})));
+        assert_ne!(a, step_key("p", "RUN", &json!({"a": 2, "b": [1, 2]})));
+    }
+
+    #[test]
+    fn scratch_config_is_empty() {
+        let c = scratch_config();
+        assert!(c.rootfs.diff_ids.is_empty());
+        assert!(c.config.env.is_empty());
+    }
+}

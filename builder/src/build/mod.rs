@@ -1,0 +1,516 @@
+//! `kiln build`: Dockerfile -> plan -> stages run concurrently over the
+//! content-addressed cache -> an image in the store, tagged.
+
+mod copy;
+mod key;
+pub mod plan;
+mod stage;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use kiln_parser::dockerignore::{self, PatternMatcher};
+use kiln_store::{ImageConfig, LayerInfo, Store};
+
+use crate::cli::{self, PullPolicy};
+use crate::context::BuildContext;
+use crate::error::Failure;
+use crate::progress::{Mode, Progress};
+use plan::{Base, Plan};
+
+pub type BuildArgs = BTreeMap<String, String>;
+
+/// What a finished stage hands to the stages that read from it.
+#[derive(Debug, Clone)]
+pub struct StageResult {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerInfo>,
+    /// The cache key of the stage's last step.
+    pub key: String,
+}
+
+pub enum Secret {
+    File(PathBuf),
+    Env(String),
+}
+
+pub struct Options {
+    pub dockerfile_name: String,
+    pub dockerfile_src: String,
+    pub build_args: BuildArgs,
+    pub no_cache: bool,
+    pub pull: PullPolicy,
+    pub network: cli::NetworkArg,
+    pub secrets: HashMap<String, Secret>,
+    pub labels: BTreeMap<String, String>,
+    pub source_date_epoch: Option<i64>,
+}
+
+type Slot = (Mutex<Option<Result<Arc<StageResult>, String>>>, Condvar);
+
+pub struct Builder {
+    pub store: Arc<Store>,
+    pub opts: Options,
+    pub ctx: BuildContext,
+    pub progress: Progress,
+    pub plan: Plan,
+    pub escape: char,
+    pub runner: kiln_runner::RunnerConfig,
+    slots: Vec<Slot>,
+    /// Build args some ARG consumed (for the unused-arg warning).
+    pub used_args: Mutex<std::collections::BTreeSet<String>>,
+    /// Steps that ran (were not cache hits), for `--explain`.
+    pub misses: Mutex<Vec<(String, String)>>,
+}
+
+fn parse_kv(s: &str, what: &str) -> Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => bail!("invalid {what} {s:?}: expected KEY=VALUE"),
+    }
+}
+
+fn parse_secret(spec: &str) -> Result<(String, Secret)> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    for part in spec.split(',') {
+        let (k, v) = parse_kv(part, "--secret field")?;
+        match k.as_str() {
+            "id" => id = Some(v),
+            "src" | "source" => src = Some(v),
+            "env" => env = Some(v),
+            "type" => {}
+            other => bail!("--secret: unknown field {other:?} (expected id, src, env)"),
+        }
+    }
+    let id = id.ok_or_else(|| anyhow!("--secret {spec:?}: id= is required"))?;
+    let secret = match (src, env) {
+        (Some(p), _) => Secret::File(PathBuf::from(p)),
+        (None, Some(e)) => Secret::Env(e),
+        (None, None) => Secret::Env(id.clone()),
+    };
+    Ok((id, secret))
+}
+
+pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
+    // Dockerfile and context.
+    let (context_dir, dockerfile_name, src) = if args.context == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        (None, "-".to_string(), s)
+    } else {
+        let dir = PathBuf::from(&args.context);
+        if !dir.is_dir() {
+            bail!(
+                "unable to prepare context: path {:?} not found",
+                args.context
+            );
+        }
+        let (name, path) = match args.file.as_deref() {
+            Some("-") => ("-".to_string(), None),
+            Some(f) => (f.to_string(), Some(PathBuf::from(f))),
+            None => ("Dockerfile".to_string(), Some(dir.join("Dockerfile"))),
+        };
+        let src = match path {
+            None => {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            }
+            Some(p) => std::fs::read_to_string(&p)
+                .map_err(|e| anyhow!("failed to read dockerfile: open {}: {e}", p.display()))?,
+        };
+        (Some(dir), name, src)
+    };
+
+    let mut build_args = BuildArgs::new();
+    for a in &args.build_args {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                build_args.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    build_args.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = parse_kv(l, "--label")?;
+        labels.insert(k, v);
+    }
+    let mut secrets = HashMap::new();
+    for s in &args.secrets {
+        let (id, secret) = parse_secret(s)?;
+        secrets.insert(id, secret);
+    }
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<Vec<_>>>()?;
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(
+            v.parse::<i64>()
+                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        ),
+        _ => None,
+    };
+
+    let mode = if args.quiet {
+        Mode::Quiet
+    } else {
+        match args.progress {
+            cli::Progress::Plain => Mode::Plain,
+            cli::Progress::Tty => Mode::Tty,
+            cli::Progress::Auto => {
+                if std::io::stderr().is_terminal() {
+                    Mode::Tty
+                } else {
+                    Mode::Plain
+                }
+            }
+        }
+    };
+    let progress = Progress::new(mode);
+
+    // Parse.
+    let df =
+        kiln_parser::parse(&src).map_err(|e| Failure::new(1, e.render(&src, &dockerfile_name)))?;
+    for w in &df.warnings {
+        progress.warn(&format!(
+            "{}:{}: {}",
+            dockerfile_name, w.span.line, w.message
+        ));
+    }
+    let escape = df.directives.escape;
+    let stages = kiln_parser::parse_stages(&df)
+        .map_err(|e| Failure::new(1, e.render(&src, &dockerfile_name)))?;
+    let plan = plan::plan(stages, escape, &build_args, args.target.as_deref())?;
+
+    // Context: one scan, .dockerignore applied.
+    let store = Arc::new(store);
+    let _lease = store.lease()?;
+    let ctx = match &context_dir {
+        None => BuildContext::empty(),
+        Some(dir) => {
+            let id = progress.start("[internal] load build context");
+            let patterns = read_dockerignore(dir, args.file.as_deref())?;
+            let matcher = PatternMatcher::new(&patterns)
+                .map_err(|e| anyhow!("invalid .dockerignore: {e}"))?;
+            let ctx = BuildContext::scan(dir, &matcher, Some(&store))?;
+            progress.done(id, progress.elapsed());
+            ctx
+        }
+    };
+
+    let builder = Builder {
+        slots: (0..plan.stages.len())
+            .map(|_| (Mutex::new(None), Condvar::new()))
+            .collect(),
+        store: store.clone(),
+        opts: Options {
+            dockerfile_name,
+            dockerfile_src: src,
+            build_args,
+            no_cache: args.no_cache,
+            pull: args.pull,
+            network: args.network,
+            secrets,
+            labels,
+            source_date_epoch,
+        },
+        ctx,
+        progress,
+        plan,
+        escape,
+        runner: kiln_runner::RunnerConfig::default(),
+        used_args: Mutex::new(Default::default()),
+        misses: Mutex::new(Vec::new()),
+    };
+
+    let result = builder.run_all();
+    builder.ctx.save_stat_cache(&builder.store)?;
+    let result = result?;
+
+    // Unused --build-arg: BuildKit warns, it does not fail.
+    {
+        let used = builder.used_args.lock().expect("used args");
+        let unused: Vec<&String> = builder
+            .opts
+            .build_args
+            .keys()
+            .filter(|k| {
+                !used.contains(*k)
+                    && !plan::PROXY_ARGS.contains(&k.as_str())
+                    && !builder.plan.global_args.contains_key(*k)
+            })
+            .collect();
+        if !unused.is_empty() {
+            builder.progress.warn(&format!(
+                "one or more build-args {:?} were not consumed",
+                unused
+            ));
+        }
+    }
+
+    // The image.
+    let mut config = result.config.clone();
+    for (k, v) in &builder.opts.labels {
+        config.config.labels.insert(k.clone(), v.clone());
+    }
+    config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
+    config.created = config
+        .history
+        .iter()
+        .rev()
+        .find_map(|h| h.created.clone())
+        .or(config.created.clone());
+    let id = builder.progress.start("exporting to image");
+    let image = builder.store.write_image(&config, &result.layers)?;
+    for t in &args.tags {
+        builder
+            .store
+            .tag(t, &image.manifest_digest)
+            .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))?;
+        builder.progress.info(&format!("naming to {t}"));
+    }
+    builder
+        .progress
+        .info(&format!("writing image {} done", image.config_digest));
+    builder.progress.done(id, Duration::ZERO);
+    for out in &outputs {
+        export_output(&builder.store, &image, &result.layers, out, &args.tags)?;
+    }
+    if let Some(f) = &args.iidfile {
+        std::fs::write(f, image.config_digest.to_string())
+            .with_context(|| format!("writing --iidfile {}", f.display()))?;
+    }
+    let took = builder.progress.elapsed();
+    if args.quiet {
+        println!("{}", image.config_digest);
+    } else {
+        builder.progress.info(&format!(
+            "built {} in {:.3}s{}",
+            image.config_digest.short(),
+            took.as_secs_f64(),
+            if args.tags.is_empty() {
+                String::new()
+            } else {
+                format!(" as {}", args.tags.join(", "))
+            }
+        ));
+    }
+    if args.explain {
+        let misses = builder.misses.lock().expect("misses");
+        if misses.is_empty() {
+            eprintln!("explain: every step was a cache hit");
+        } else {
+            eprintln!("explain: {} step(s) ran:", misses.len());
+            for (step, why) in misses.iter() {
+                eprintln!("  {step}: {why}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `.dockerignore` rules: `<Dockerfile>.dockerignore` next to the
+/// Dockerfile wins over the context's `.dockerignore`, as in BuildKit.
+fn read_dockerignore(dir: &Path, dockerfile: Option<&str>) -> Result<Vec<String>> {
+    if let Some(f) = dockerfile.filter(|f| *f != "-") {
+        let specific = PathBuf::from(format!("{f}.dockerignore"));
+        if let Ok(text) = std::fs::read_to_string(&specific) {
+            return Ok(dockerignore::parse(&text));
+        }
+    }
+    match std::fs::read_to_string(dir.join(".dockerignore")) {
+        Ok(text) => Ok(dockerignore::parse(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(anyhow!("reading .dockerignore: {e}")),
+    }
+}
+
+#[derive(Debug)]
+pub enum Output {
+    Local(PathBuf),
+    Tar(PathBuf),
+    Oci(PathBuf),
+    Docker(PathBuf),
+}
+
+fn parse_output(spec: &str) -> Result<Output> {
+    let mut ty = None;
+    let mut dest = None;
+    for part in spec.split(',') {
+        let (k, v) = parse_kv(part, "--output field")?;
+        match k.as_str() {
+            "type" => ty = Some(v),
+            "dest" => dest = Some(PathBuf::from(v)),
+            other => bail!("--output: unsupported field {other:?} (kiln knows type= and dest=)"),
+        }
+    }
+    let dest = dest.ok_or_else(|| anyhow!("--output {spec:?}: dest= is required"))?;
+    Ok(match ty.as_deref() {
+        Some("local") => Output::Local(dest),
+        Some("tar") => Output::Tar(dest),
+        Some("oci") => Output::Oci(dest),
+        Some("docker") => Output::Docker(dest),
+        other => bail!(
+            "--output type {:?} is not supported (local, tar, oci, docker)",
+            other.unwrap_or("")
+        ),
+    })
+}
+
+fn export_output(
+    store: &Store,
+    image: &kiln_store::ImageRecord,
+    layers: &[LayerInfo],
+    out: &Output,
+    tags: &[String],
+) -> Result<()> {
+    match out {
+        Output::Local(dir) => {
+            std::fs::create_dir_all(dir)?;
+            flatten_into(store, layers, dir)
+        }
+        Output::Tar(file) => {
+            let tmp = tempfile::Builder::new()
+                .prefix("kiln-output-")
+                .tempdir_in(store.root().join("tmp"))?;
+            flatten_into(store, layers, tmp.path())?;
+            let mut f = std::fs::File::create(file)?;
+            let opts = kiln_store::LayerOptions {
+                compression: kiln_store::Compression::None,
+                ..Default::default()
+            };
+            kiln_store::layer::write_layer(tmp.path(), &opts, &mut f)?;
+            Ok(())
+        }
+        Output::Oci(file) | Output::Docker(file) => {
+            let format = if matches!(out, Output::Oci(_)) {
+                kiln_store::ArchiveFormat::Oci
+            } else {
+                kiln_store::ArchiveFormat::Docker
+            };
+            let refs: Vec<String> = if tags.is_empty() {
+                vec![image.config_digest.to_string()]
+            } else {
+                tags.to_vec()
+            };
+            let mut f = std::fs::File::create(file)?;
+            store.save(&refs, format, &mut f)?;
+            Ok(())
+        }
+    }
+}
+
+/// Applies the layers in order into `dir` (whiteouts delete).
+pub fn flatten_into(store: &Store, layers: &[LayerInfo], dir: &Path) -> Result<()> {
+    for l in layers {
+        let mut blob = store.open_blob(&l.digest)?;
+        let diff_id = kiln_store::layer::apply_layer(
+            &mut blob,
+            dir,
+            kiln_store::layer::WhiteoutMode::Apply,
+            &kiln_store::layer::Limits::default(),
+        )?;
+        if diff_id != l.diff_id {
+            bail!(
+                "layer {} unpacked to {} but the image says {}",
+                l.digest,
+                diff_id,
+                l.diff_id
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Builder {
+    /// Runs every needed stage, each in its own thread as soon as the
+    /// stages it reads from are done; returns the target's result.
+    fn run_all(&self) -> Result<Arc<StageResult>> {
+        let order = self.plan.order.clone();
+        std::thread::scope(|scope| {
+            for &i in &order {
+                scope.spawn(move || {
+                    let r = self.run_stage_after_deps(i);
+                    let (lock, cv) = &self.slots[i];
+                    *lock.lock().expect("stage slot") =
+                        Some(r.map(Arc::new).map_err(|e| format!("{e:#}")));
+                    cv.notify_all();
+                });
+            }
+        });
+        self.wait_stage(self.plan.target)
+            .map_err(|e| anyhow::Error::new(Failure::new(1, e)))
+    }
+
+    fn wait_stage(&self, i: usize) -> std::result::Result<Arc<StageResult>, String> {
+        let (lock, cv) = &self.slots[i];
+        let mut g = lock.lock().expect("stage slot");
+        loop {
+            if let Some(r) = g.as_ref() {
+                return r.clone();
+            }
+            g = cv.wait(g).expect("stage slot");
+        }
+    }
+
+    /// The finished result of a stage this one depends on.
+    pub fn stage_result(&self, i: usize) -> Result<Arc<StageResult>> {
+        self.wait_stage(i).map_err(|e| anyhow!("{e}"))
+    }
+
+    fn run_stage_after_deps(&self, i: usize) -> Result<StageResult> {
+        for &d in &self.plan.stages[i].deps {
+            if let Err(e) = self.wait_stage(d) {
+                // The dependency's own error is reported by its thread.
+                bail!("{e}");
+            }
+        }
+        self.run_stage(i)
+    }
+
+    /// Resolves a base image reference in the local store.
+    pub fn resolve_image(&self, name: &str) -> Result<kiln_store::ImageRecord> {
+        match self.store.resolve_image(name)? {
+            Some(img) => Ok(img),
+            None => {
+                let hint = match self.opts.pull {
+                    PullPolicy::Never => "--pull=never was given",
+                    _ => "kiln has no registry client yet: build it, `kiln load` it or `kiln import` it first",
+                };
+                bail!(
+                    "failed to resolve source metadata for {name}: no such image in the local store ({hint})"
+                )
+            }
+        }
+    }
+
+    /// Where a stage's base comes from, with its config and layers.
+    pub fn base_of(&self, base: &Base) -> Result<(ImageConfig, Vec<LayerInfo>, String)> {
+        match base {
+            Base::Scratch => Ok((key::scratch_config(), vec![], key::hash_str("scratch"))),
+            Base::Stage(i) => {
+                let r = self.stage_result(*i)?;
+                Ok((r.config.clone(), r.layers.clone(), r.key.clone()))
+            }
+            Base::Image(name) => {
+                let img = self.resolve_image(name)?;
+                let k = key::hash_str(&format!("image {}", img.manifest_digest));
+                Ok((img.config, img.layers, k))
+            }
+        }
+    }
+}

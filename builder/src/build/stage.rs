@@ -1,0 +1,1295 @@
+//! One stage: its base, ONBUILD triggers, then each instruction in order.
+//! Metadata instructions only change the config; RUN, COPY, ADD and a
+//! WORKDIR that creates a directory are cached steps that may add a layer.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context as _, Result};
+use kiln_parser::shell::Lexer;
+use kiln_parser::{Command, Healthcheck, Instruction, InstructionKind, Mount, Sharing};
+use kiln_runner::{ContainerSpec, MountKind, MountSpec, NetworkMode, RootFs, Stdio};
+use kiln_store::{CacheRecord, History, ImageConfig, LayerInfo};
+use serde_json::{json, Value};
+
+use super::copy::{self, CopyRequest, Source};
+use super::key;
+use super::plan::{platform_args, resolve_from, Base, PROXY_ARGS};
+use super::{Builder, Secret, StageResult};
+use crate::cli::NetworkArg;
+use crate::error::Failure;
+use crate::fsutil::{self, RootView};
+use crate::progress::StepId;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub struct StageState {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerInfo>,
+    pub key: String,
+    /// ARGs declared in this stage: name -> value (None: declared, unset).
+    pub args: BTreeMap<String, Option<String>>,
+    /// CMD was set in this stage (then ENTRYPOINT keeps it).
+    pub cmd_set: bool,
+    pub all_cached: bool,
+    /// `created` of the newest layer step, given to metadata entries so a
+    /// cached rebuild reproduces the same config byte for byte.
+    pub last_created: Option<String>,
+    pub hits: Vec<String>,
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn epoch_rfc3339(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn history(created: Option<String>, created_by: &str, empty: bool) -> History {
+    let mut v = json!({
+        "created_by": created_by,
+        "comment": "kiln.dockerfile.v0",
+    });
+    if let Some(c) = created {
+        v["created"] = json!(c);
+    }
+    if empty {
+        v["empty_layer"] = json!(true);
+    }
+    serde_json::from_value(v).expect("history entries always deserialise")
+}
+
+fn set_env(config: &mut ImageConfig, k: &str, v: &str) {
+    let entry = format!("{k}={v}");
+    if let Some(e) = config
+        .config
+        .env
+        .iter_mut()
+        .find(|e| e.split_once('=').map(|(n, _)| n) == Some(k) || e.as_str() == k)
+    {
+        *e = entry;
+    } else {
+        config.config.env.push(entry);
+    }
+}
+
+fn env_lookup<'a>(config: &'a ImageConfig, k: &str) -> Option<&'a str> {
+    config
+        .config
+        .env
+        .iter()
+        .find_map(|e| e.split_once('=').filter(|(n, _)| *n == k).map(|(_, v)| v))
+}
+
+fn default_shell() -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into()]
+}
+
+impl StageState {
+    /// Variables for word expansion: ARGs in scope, overridden by ENV
+    /// (as Docker documents).
+    fn expand_env(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        for (k, v) in &self.args {
+            if let Some(v) = v {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        for e in &self.config.config.env {
+            match e.split_once('=') {
+                Some((k, v)) => m.insert(k.to_string(), v.to_string()),
+                None => m.insert(e.clone(), String::new()),
+            };
+        }
+        m
+    }
+
+    fn shell(&self) -> Vec<String> {
+        self.config
+            .config
+            .shell
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(default_shell)
+    }
+
+    fn workdir(&self) -> String {
+        self.config
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    }
+}
+
+impl Builder {
+    fn lexer(&self) -> Lexer {
+        Lexer::new(self.escape)
+    }
+
+    fn expand(&self, st: &StageState, word: &str, line: usize) -> Result<String> {
+        let env = st.expand_env();
+        self.lexer()
+            .process_word(word, &env)
+            .map_err(|e| self.located(line, &format!("failed to expand {word:?}: {e}")))
+    }
+
+    /// An error that shows where in the Dockerfile it happened, BuildKit's way.
+    pub fn located(&self, line: usize, msg: &str) -> anyhow::Error {
+        let src = &self.opts.dockerfile_src;
+        let lines: Vec<&str> = src.lines().collect();
+        let mut out = String::new();
+        out.push_str(&format!("{}:{}\n", self.opts.dockerfile_name, line));
+        out.push_str("--------------------\n");
+        let lo = line.saturating_sub(2).max(1);
+        let hi = (line + 2).min(lines.len());
+        for n in lo..=hi {
+            let marker = if n == line { ">>>" } else { "   " };
+            out.push_str(&format!(
+                "{marker} {n:>3} | {}\n",
+                lines.get(n - 1).copied().unwrap_or("")
+            ));
+        }
+        out.push_str("--------------------\n");
+        out.push_str(&format!("ERROR: {msg}"));
+        anyhow::Error::new(Failure::new(1, out))
+    }
+
+    fn snapshots(&self, layers: &[LayerInfo]) -> Result<Vec<PathBuf>> {
+        layers
+            .iter()
+            .rev()
+            .map(|l| {
+                self.store
+                    .ensure_snapshot(l)
+                    .with_context(|| format!("unpacking layer {}", l.digest))
+            })
+            .collect()
+    }
+
+    fn view(&self, layers: &[LayerInfo]) -> Result<RootView> {
+        Ok(RootView::new(self.snapshots(layers)?))
+    }
+
+    pub fn run_stage(&self, i: usize) -> Result<StageResult> {
+        let ps = &self.plan.stages[i];
+        let total = ps.stage.instructions.len() + 1;
+        let label = ps.label();
+        let base_name = match &ps.base {
+            Base::Scratch => "scratch".to_string(),
+            Base::Stage(j) => self.plan.stages[*j].label(),
+            Base::Image(n) => n.clone(),
+        };
+        let id = self
+            .progress
+            .start(&format!("[{label} 1/{total}] FROM {base_name}"));
+        let (config, layers, base_key) = self
+            .base_of(&ps.base)
+            .map_err(|e| self.located(ps.stage.span.line, &format!("{e:#}")))?;
+        self.progress.done(id, std::time::Duration::ZERO);
+        let mut st = StageState {
+            last_created: config.created.clone(),
+            config,
+            layers,
+            key: base_key,
+            args: BTreeMap::new(),
+            cmd_set: false,
+            all_cached: true,
+            hits: Vec::new(),
+        };
+        // The image's ONBUILD triggers run first, and are not inherited.
+        let triggers = std::mem::take(&mut st.config.config.on_build);
+        for t in triggers {
+            let text = format!("FROM scratch\n{t}\n");
+            let df = kiln_parser::parse(&text)
+                .map_err(|e| self.located(ps.stage.span.line, &format!("ONBUILD {t}: {e}")))?;
+            let stages = kiln_parser::parse_stages(&df)
+                .map_err(|e| self.located(ps.stage.span.line, &format!("ONBUILD {t}: {e}")))?;
+            for mut ins in stages.stages.into_iter().flat_map(|s| s.instructions) {
+                ins.span = ps.stage.span;
+                self.exec(&mut st, &ins, &format!("[{label} ONBUILD]"))?;
+            }
+        }
+        for (n, ins) in ps.stage.instructions.iter().enumerate() {
+            let pos = format!("[{label} {}/{total}]", n + 2);
+            self.exec(&mut st, ins, &pos)?;
+        }
+        if !st.hits.is_empty() {
+            self.store.cache_touch(&st.hits)?;
+        }
+        Ok(StageResult {
+            config: st.config,
+            layers: st.layers,
+            key: st.key,
+        })
+    }
+
+    /// Metadata instructions: a new config, a history entry, a new key.
+    fn meta(&self, st: &mut StageState, ins: &Instruction) {
+        let created = self
+            .opts
+            .source_date_epoch
+            .map(epoch_rfc3339)
+            .or_else(|| st.last_created.clone());
+        st.config
+            .history
+            .push(history(created, &ins.original, true));
+        let cfg = serde_json::to_value(&st.config.config).unwrap_or(Value::Null);
+        st.key = key::step_key(&st.key, &ins.original, &json!({ "config": cfg }));
+    }
+
+    fn exec(&self, st: &mut StageState, ins: &Instruction, pos: &str) -> Result<()> {
+        let line = ins.span.line;
+        match &ins.kind {
+            InstructionKind::Env(kvs) => {
+                // Every pair sees the environment from before the
+                // instruction, as in BuildKit.
+                let env = st.expand_env();
+                let lx = self.lexer();
+                let mut pairs = Vec::new();
+                for kv in kvs {
+                    let k = lx
+                        .process_word(&kv.key, &env)
+                        .map_err(|e| self.located(line, &e.to_string()))?;
+                    if k.is_empty() {
+                        return Err(self.located(line, "ENV names can not be blank"));
+                    }
+                    let v = lx
+                        .process_word(&kv.value, &env)
+                        .map_err(|e| self.located(line, &e.to_string()))?;
+                    pairs.push((k, v));
+                }
+                for (k, v) in pairs {
+                    set_env(&mut st.config, &k, &v);
+                }
+                self.meta(st, ins);
+            }
+            InstructionKind::Arg(decls) => {
+                for d in decls {
+                    let value = if let Some(v) = self.opts.build_args.get(&d.name) {
+                        self.used_args
+                            .lock()
+                            .expect("used args")
+                            .insert(d.name.clone());
+                        Some(v.clone())
+                    } else if let Some(def) = &d.default {
+                        Some(self.expand(st, def, line)?)
+                    } else if let Some(Some(g)) = self.plan.global_args.get(&d.name) {
+                        Some(g.clone())
+                    } else {
+                        platform_args().get(&d.name).cloned()
+                    };
+                    st.args.insert(d.name.clone(), value);
+                }
+                // ARGs do not change the config, but they do change the
+                // environment of every later RUN: that is in RUN's key.
+                let args = json!(st.args);
+                st.key = key::step_key(&st.key, &ins.original, &json!({ "args": args }));
+            }
+            InstructionKind::Label(kvs) => {
+                for kv in kvs {
+                    let k = self.expand(st, &kv.key, line)?;
+                    let v = self.expand(st, &kv.value, line)?;
+                    st.config.config.labels.insert(k, v);
+                }
+                self.meta(st, ins);
+            }
+            InstructionKind::Maintainer(m) => {
+                st.config.author = Some(m.clone());
+                self.meta(st, ins);
+            }
+            InstructionKind::User(u) => {
+                let u = self.expand(st, u, line)?;
+                st.config.config.user = Some(u);
+                self.meta(st, ins);
+            }
+            InstructionKind::Expose(ports) => {
+                let env = st.expand_env();
+                for p in ports {
+                    let words = self
+                        .lexer()
+                        .process_words(p, &env)
+                        .map_err(|e| self.located(line, &e.to_string()))?;
+                    for w in words {
+                        let (port, proto) = match w.split_once('/') {
+                            Some((p, proto)) => (p.to_string(), proto.to_ascii_lowercase()),
+                            None => (w.clone(), "tcp".to_string()),
+                        };
+                        let ok = port.split('-').all(|n| n.parse::<u16>().is_ok())
+                            && matches!(proto.as_str(), "tcp" | "udp" | "sctp");
+                        if !ok {
+                            return Err(self.located(
+                                line,
+                                &format!(
+                                    "invalid port {w:?} in EXPOSE (expected PORT[/tcp|udp|sctp])"
+                                ),
+                            ));
+                        }
+                        st.config
+                            .config
+                            .exposed_ports
+                            .insert(format!("{port}/{proto}"), json!({}));
+                    }
+                }
+                self.meta(st, ins);
+            }
+            InstructionKind::Volume(vols) => {
+                for v in vols {
+                    let v = self.expand(st, v, line)?;
+                    if v.is_empty() {
+                        return Err(
+                            self.located(line, "VOLUME specified can not be an empty string")
+                        );
+                    }
+                    st.config.config.volumes.insert(v, json!({}));
+                }
+                self.meta(st, ins);
+            }
+            InstructionKind::StopSignal(s) => {
+                let s = self.expand(st, s, line)?;
+                st.config.config.stop_signal = Some(s);
+                self.meta(st, ins);
+            }
+            InstructionKind::Shell(sh) => {
+                st.config.config.shell = Some(sh.clone());
+                self.meta(st, ins);
+            }
+            InstructionKind::Cmd(c) => {
+                st.config.config.cmd = Some(match c {
+                    Command::Exec(v) => v.clone(),
+                    Command::Shell(s) => {
+                        let mut v = st.shell();
+                        v.push(s.clone());
+                        v
+                    }
+                });
+                st.cmd_set = true;
+                self.meta(st, ins);
+            }
+            InstructionKind::Entrypoint(c) => {
+                st.config.config.entrypoint = Some(match c {
+                    Command::Exec(v) => v.clone(),
+                    Command::Shell(s) => {
+                        let mut v = st.shell();
+                        v.push(s.clone());
+                        v
+                    }
+                });
+                if !st.cmd_set {
+                    st.config.config.cmd = None;
+                }
+                self.meta(st, ins);
+            }
+            InstructionKind::Healthcheck(h) => {
+                let v = match h {
+                    Healthcheck::None => json!({"Test": ["NONE"]}),
+                    Healthcheck::Check {
+                        test,
+                        interval,
+                        timeout,
+                        start_period,
+                        start_interval,
+                        retries,
+                    } => {
+                        let test = match test {
+                            Command::Exec(v) => {
+                                let mut t = vec!["CMD".to_string()];
+                                t.extend(v.iter().cloned());
+                                t
+                            }
+                            Command::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+                        };
+                        let mut v = json!({ "Test": test });
+                        let ns = |d: &std::time::Duration| d.as_nanos() as u64;
+                        if let Some(d) = interval {
+                            v["Interval"] = json!(ns(d));
+                        }
+                        if let Some(d) = timeout {
+                            v["Timeout"] = json!(ns(d));
+                        }
+                        if let Some(d) = start_period {
+                            v["StartPeriod"] = json!(ns(d));
+                        }
+                        if let Some(d) = start_interval {
+                            v["StartInterval"] = json!(ns(d));
+                        }
+                        if let Some(r) = retries {
+                            v["Retries"] = json!(r);
+                        }
+                        v
+                    }
+                };
+                st.config.config.healthcheck = Some(
+                    serde_json::from_value(v)
+                        .map_err(|e| self.located(line, &format!("HEALTHCHECK: {e}")))?,
+                );
+                self.meta(st, ins);
+            }
+            InstructionKind::Onbuild(t) => {
+                st.config.config.on_build.push(t.clone());
+                self.meta(st, ins);
+            }
+            InstructionKind::Workdir(w) => {
+                let w = self.expand(st, w, line)?;
+                let abs = if w.starts_with('/') {
+                    fsutil::clean_abs(&w)
+                } else {
+                    fsutil::clean_abs(&format!("{}/{}", st.workdir(), w))
+                };
+                st.config.config.working_dir = Some(abs.clone());
+                // BuildKit creates the directory (owned by the USER); an
+                // existing one leaves an empty diff, so no layer.
+                let view = self.view(&st.layers)?;
+                if view.stat(&abs)?.is_some() {
+                    self.meta(st, ins);
+                } else {
+                    let owner = match &st.config.config.user {
+                        Some(u) if !u.is_empty() => Some(
+                            fsutil::resolve_user(&view, u)
+                                .map_err(|e| self.located(line, &format!("{e:#}")))?,
+                        ),
+                        _ => None,
+                    };
+                    let inputs =
+                        json!({ "mkdir": abs, "owner": owner.map(|(u, g)| format!("{u}:{g}")) });
+                    self.cached_step(st, ins, pos, inputs, |b, st, _id| {
+                        let pending = b.store.new_snapshot()?;
+                        let (comps, _) = view.resolve(&abs, true)?;
+                        fsutil::ensure_dirs(pending.upper(), &view, &comps, owner)?;
+                        let _ = st;
+                        Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
+                    })?;
+                }
+            }
+            InstructionKind::Run(r) => self.exec_run(st, ins, r, pos)?,
+            InstructionKind::Copy(c) => {
+                let req = CopyArgs {
+                    add: false,
+                    sources: &c.sources,
+                    dest: &c.dest,
+                    heredocs: &c.heredocs,
+                    from: c.from.as_deref(),
+                    chown: c.chown.as_deref(),
+                    chmod: c.chmod.as_deref(),
+                    exclude: &c.exclude,
+                    parents: c.parents,
+                    unpack: false,
+                    link: c.link,
+                };
+                self.exec_copy(st, ins, pos, req)?;
+            }
+            InstructionKind::Add(a) => {
+                if a.checksum.is_some() {
+                    return Err(self.located(
+                        line,
+                        "ADD --checksum applies to remote sources, which kiln cannot fetch yet",
+                    ));
+                }
+                let req = CopyArgs {
+                    add: true,
+                    sources: &a.sources,
+                    dest: &a.dest,
+                    heredocs: &a.heredocs,
+                    from: None,
+                    chown: a.chown.as_deref(),
+                    chmod: a.chmod.as_deref(),
+                    exclude: &a.exclude,
+                    parents: false,
+                    unpack: a.unpack.unwrap_or(true),
+                    link: a.link,
+                };
+                self.exec_copy(st, ins, pos, req)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn layer_options(&self) -> kiln_store::LayerOptions {
+        kiln_store::LayerOptions {
+            source_date_epoch: self.opts.source_date_epoch,
+            ..Default::default()
+        }
+    }
+
+    /// The cached-step protocol: key from parent + step + inputs; on a hit
+    /// take the recorded result; on a miss run `exec`, add the layer and
+    /// history entry, and record the result with its inputs.
+    fn cached_step(
+        &self,
+        st: &mut StageState,
+        ins: &Instruction,
+        pos: &str,
+        inputs: Value,
+        exec: impl FnOnce(&Builder, &mut StageState, StepId) -> Result<Option<LayerInfo>>,
+    ) -> Result<()> {
+        let step = ins.original.clone();
+        let k = key::step_key(&st.key, &step, &inputs);
+        let id = self.progress.start(&format!("{pos} {}", ins.original));
+        if !self.opts.no_cache {
+            if let Some(rec) = self.store.cache_get(&k)? {
+                if let Some((config, layers)) = self.restore(&rec) {
+                    st.config = config;
+                    st.layers = layers;
+                    st.key = k.clone();
+                    st.last_created = st
+                        .config
+                        .history
+                        .last()
+                        .and_then(|h| h.created.clone())
+                        .or(st.last_created.take());
+                    st.hits.push(k);
+                    self.progress.cached(id);
+                    return Ok(());
+                }
+            }
+        }
+        st.all_cached = false;
+        self.misses.lock().expect("misses").push((
+            format!(
+                "{} ({}:{})",
+                ins.original, self.opts.dockerfile_name, ins.span.line
+            ),
+            if self.opts.no_cache {
+                "--no-cache was given".to_string()
+            } else {
+                "no cache record for these inputs".to_string()
+            },
+        ));
+        let t0 = Instant::now();
+        let layer = match exec(self, st, id) {
+            Ok(l) => l,
+            Err(e) => {
+                self.progress.error(
+                    id,
+                    &format!("{e:#}").lines().next().unwrap_or("").to_string(),
+                );
+                if e.downcast_ref::<Failure>().is_some() {
+                    return Err(e);
+                }
+                return Err(self.located(ins.span.line, &format!("{e:#}")));
+            }
+        };
+        let created = self
+            .opts
+            .source_date_epoch
+            .map(epoch_rfc3339)
+            .unwrap_or_else(now_rfc3339);
+        let parent = std::mem::replace(&mut st.key, k.clone());
+        st.config.history.push(history(
+            Some(created.clone()),
+            &ins.original,
+            layer.is_none(),
+        ));
+        if let Some(l) = &layer {
+            st.layers.push(l.clone());
+        }
+        st.config.rootfs.diff_ids = st.layers.iter().map(|l| l.diff_id.clone()).collect();
+        st.last_created = Some(created);
+        let now = chrono::Utc::now().timestamp();
+        let label = pos
+            .trim_start_matches('[')
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        self.store.cache_put(&CacheRecord {
+            key: k,
+            parent: Some(parent),
+            description: ins.original.clone(),
+            source: format!("{}:{}", self.opts.dockerfile_name, ins.span.line),
+            stage: label,
+            inputs,
+            result: json!({ "config": st.config, "layers": st.layers }),
+            layer,
+            created: now,
+            last_used: now,
+            hits: 0,
+        })?;
+        self.progress.done(id, t0.elapsed());
+        Ok(())
+    }
+
+    /// A cache record's result, if every layer it names is still stored.
+    fn restore(&self, rec: &CacheRecord) -> Option<(ImageConfig, Vec<LayerInfo>)> {
+        let config: ImageConfig = serde_json::from_value(rec.result.get("config")?.clone()).ok()?;
+        let layers: Vec<LayerInfo> =
+            serde_json::from_value(rec.result.get("layers")?.clone()).ok()?;
+        if layers.iter().all(|l| self.store.has_blob(&l.digest)) {
+            Some((config, layers))
+        } else {
+            None
+        }
+    }
+
+    fn resolve_source(
+        &self,
+        st: &StageState,
+        from: &str,
+        line: usize,
+    ) -> Result<(RootView, Value)> {
+        let from = self.expand(st, from, line)?;
+        let base = resolve_from(&from, &self.plan.stages, self.plan.stages.len());
+        let layers = match base {
+            Base::Stage(i) => self.stage_result(i)?.layers.clone(),
+            Base::Scratch => vec![],
+            Base::Image(name) => self.resolve_image(&name)?.layers,
+        };
+        let ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
+        Ok((self.view(&layers)?, json!({ "from": from, "layers": ids })))
+    }
+
+    fn exec_copy(
+        &self,
+        st: &mut StageState,
+        ins: &Instruction,
+        pos: &str,
+        c: CopyArgs,
+    ) -> Result<()> {
+        let line = ins.span.line;
+        let env = st.expand_env();
+        let lx = self.lexer();
+        let mut sources = Vec::new();
+        let mut heredoc_bodies = Vec::new();
+        for s in c.sources {
+            if let Some(name) = s.strip_prefix("<<").map(|n| {
+                n.trim_start_matches('-')
+                    .trim_matches(|ch| ch == '"' || ch == '\'')
+            }) {
+                if let Some(h) = c.heredocs.iter().find(|h| h.name == name) {
+                    let body = if h.expand {
+                        lx.process_word(&h.content, &env)
+                            .map_err(|e| self.located(line, &e.to_string()))?
+                    } else {
+                        h.content.clone()
+                    };
+                    heredoc_bodies.push((h.name.clone(), body.into_bytes()));
+                    continue;
+                }
+            }
+            sources.push(
+                lx.process_word(s, &env)
+                    .map_err(|e| self.located(line, &e.to_string()))?,
+            );
+        }
+        let dest_raw = lx
+            .process_word(c.dest, &env)
+            .map_err(|e| self.located(line, &e.to_string()))?;
+        let dest_is_dir_hint =
+            dest_raw.ends_with('/') || dest_raw == "." || dest_raw.ends_with("/.");
+        let dest = if dest_raw.starts_with('/') {
+            dest_raw.clone()
+        } else {
+            format!("{}/{}", st.workdir(), dest_raw)
+        };
+        let view = self.view(&st.layers)?;
+        let chown = match c.chown {
+            Some(spec) => {
+                let spec = self.expand(st, spec, line)?;
+                Some(
+                    fsutil::resolve_user(&view, &spec)
+                        .map_err(|e| self.located(line, &format!("{e:#}")))?,
+                )
+            }
+            None => None,
+        };
+        let chmod = match c.chmod {
+            Some(m) => {
+                Some(copy::parse_chmod(m).map_err(|e| self.located(line, &format!("{e:#}")))?)
+            }
+            None => None,
+        };
+        let exclude = c
+            .exclude
+            .iter()
+            .map(|e| self.expand(st, e, line))
+            .collect::<Result<Vec<_>>>()?;
+        let req = CopyRequest {
+            add: c.add,
+            sources,
+            dest,
+            dest_is_dir_hint,
+            heredoc_bodies,
+            chown,
+            chmod,
+            exclude,
+            parents: c.parents,
+            unpack: c.unpack,
+        };
+        let (inputs, plan) = match c.from {
+            Some(from) => {
+                let (src_view, id) = self.resolve_source(st, from, line)?;
+                let (inputs, plan) = copy::plan_copy(Source::View(&src_view), id, &req, &view)
+                    .map_err(|e| self.located(line, &format!("{e:#}")))?;
+                (inputs, plan)
+            }
+            None => copy::plan_copy(Source::Context(&self.ctx), json!("context"), &req, &view)
+                .map_err(|e| self.located(line, &format!("{e:#}")))?,
+        };
+        let mut inputs = inputs;
+        inputs["link"] = json!(c.link);
+        self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
+            let pending = b.store.new_snapshot()?;
+            copy::execute(&plan, pending.upper(), &view)?;
+            if fsutil::dir_is_empty(pending.upper())? {
+                return Ok(None);
+            }
+            Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
+        })
+    }
+
+    fn exec_run(
+        &self,
+        st: &mut StageState,
+        ins: &Instruction,
+        r: &kiln_parser::Run,
+        pos: &str,
+    ) -> Result<()> {
+        let line = ins.span.line;
+        // argv
+        let argv: Vec<String> = match &r.command {
+            Command::Exec(v) => v.clone(),
+            Command::Shell(s) => {
+                let script = if r.heredocs.len() == 1
+                    && s.trim()
+                        .trim_start_matches("<<")
+                        .trim_start_matches('-')
+                        .trim_matches(|c| c == '"' || c == '\'')
+                        == r.heredocs[0].name
+                {
+                    // `RUN <<EOF`: the heredoc is the script.
+                    r.heredocs[0].content.clone()
+                } else if r.heredocs.is_empty() {
+                    s.clone()
+                } else {
+                    // Heredocs are handed to the shell, which expands them
+                    // (or not, for quoted delimiters) itself.
+                    let mut script = s.clone();
+                    script.push('\n');
+                    for h in &r.heredocs {
+                        script.push_str(&h.content);
+                        if !h.content.ends_with('\n') && !h.content.is_empty() {
+                            script.push('\n');
+                        }
+                        script.push_str(&h.name);
+                        script.push('\n');
+                    }
+                    script
+                };
+                if script.starts_with("#!")
+                    && r.heredocs.len() == 1
+                    && script == r.heredocs[0].content
+                {
+                    // A shebang script: written to a file and executed.
+                    vec!["/bin/sh".into(), "-c".into(), format!("f=$(mktemp); cat > \"$f\" <<'KILN_EOF_SCRIPT'\n{script}\nKILN_EOF_SCRIPT\nchmod +x \"$f\"; exec \"$f\"")]
+                } else {
+                    let mut v = st.shell();
+                    v.push(script);
+                    v
+                }
+            }
+        };
+        // env: image ENV, then ARGs in scope that ENV does not set.
+        let mut env: Vec<String> = st.config.config.env.clone();
+        if env_lookup(&st.config, "PATH").is_none() {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        let mut key_env = env.clone();
+        for (k, v) in &st.args {
+            if let Some(v) = v {
+                if env_lookup(&st.config, k).is_none() {
+                    env.push(format!("{k}={v}"));
+                    key_env.push(format!("{k}={v}"));
+                }
+            }
+        }
+        for p in PROXY_ARGS {
+            if let Some(v) = self.opts.build_args.get(*p) {
+                env.push(format!("{p}={v}"));
+            }
+        }
+        let network = match r.network {
+            Some(kiln_parser::NetworkMode::None) => NetworkMode::None,
+            Some(kiln_parser::NetworkMode::Host) => NetworkMode::Host,
+            _ => match self.opts.network {
+                NetworkArg::Host => NetworkMode::Host,
+                NetworkArg::None => NetworkMode::None,
+            },
+        };
+        let workdir = st.workdir();
+        let user = st.config.config.user.clone().filter(|u| !u.is_empty());
+
+        // mounts
+        let mut mounts = Vec::new();
+        let mut mount_inputs = Vec::new();
+        let mut secret_env: Vec<(String, PathBuf)> = Vec::new();
+        let mut keep: Vec<tempfile::TempDir> = Vec::new();
+        let mut locks: Vec<nix::fcntl::Flock<std::fs::File>> = Vec::new();
+        let env_map = st.expand_env();
+        let lx = self.lexer();
+        let exp = |s: &str| -> Result<String> {
+            lx.process_word(s, &env_map)
+                .map_err(|e| self.located(line, &e.to_string()))
+        };
+        let abs_target = |t: &str| -> String {
+            if t.starts_with('/') {
+                fsutil::clean_abs(t)
+            } else {
+                fsutil::clean_abs(&format!("{workdir}/{t}"))
+            }
+        };
+        for m in &r.mounts {
+            match m {
+                Mount::Bind {
+                    target,
+                    source,
+                    from,
+                    readwrite,
+                } => {
+                    let target = abs_target(&exp(target)?);
+                    let source = exp(source.as_deref().unwrap_or("."))?;
+                    let (host, id) = match from {
+                        None => {
+                            let rel = source.trim_start_matches('/').to_string();
+                            let rel = crate::fsutil::clean_components(&rel).join("/");
+                            if self.ctx.get(&rel).is_none() {
+                                return Err(self.located(line, &format!("RUN --mount=type=bind: source {source:?} not found in the build context")));
+                            }
+                            let listing = self.ctx.describe_subtree(&rel)?;
+                            let digest = blake3::hash(serde_json::to_string(&listing)?.as_bytes())
+                                .to_hex()
+                                .to_string();
+                            (
+                                self.ctx.root.join(&rel),
+                                json!({"context": rel, "content": digest}),
+                            )
+                        }
+                        Some(f) => {
+                            let (view, id) = self.resolve_source(st, f, line)?;
+                            let tmp = tempfile::Builder::new()
+                                .prefix("kiln-bind-")
+                                .tempdir_in(self.store.root().join("tmp"))?;
+                            let (comps, found) = view.resolve(&source, true)?;
+                            if found.is_none() {
+                                return Err(self.located(
+                                    line,
+                                    &format!("RUN --mount from={f}: {source:?} not found"),
+                                ));
+                            }
+                            materialize(&view, &comps, tmp.path())?;
+                            let p = tmp.path().to_path_buf();
+                            keep.push(tmp);
+                            (p, json!({"from": id, "source": source}))
+                        }
+                    };
+                    let (host, readonly) = if *readwrite {
+                        // Writes to a rw bind mount are discarded, so the
+                        // container gets a scratch copy.
+                        let tmp = tempfile::Builder::new()
+                            .prefix("kiln-bindrw-")
+                            .tempdir_in(self.store.root().join("tmp"))?;
+                        copy_tree(&host, tmp.path())?;
+                        let p = tmp.path().to_path_buf();
+                        keep.push(tmp);
+                        (p, false)
+                    } else {
+                        (host, true)
+                    };
+                    mount_inputs.push(
+                        json!({"type": "bind", "target": target, "source": id, "rw": readwrite}),
+                    );
+                    mounts.push(MountSpec {
+                        target,
+                        kind: MountKind::Bind {
+                            source: host,
+                            readonly,
+                        },
+                    });
+                }
+                Mount::Cache {
+                    target,
+                    id,
+                    sharing,
+                    mode,
+                    uid,
+                    gid,
+                    readonly,
+                    from,
+                    source,
+                } => {
+                    if from.is_some() || source.is_some() {
+                        return Err(self.located(line, "RUN --mount=type=cache with from=/source= is not supported by kiln yet"));
+                    }
+                    let target = abs_target(&exp(target)?);
+                    let cid = id.clone().unwrap_or_else(|| target.clone());
+                    let dir = self
+                        .store
+                        .root()
+                        .join("cachemounts")
+                        .join(blake3::hash(cid.as_bytes()).to_hex().as_str()[..32].to_string());
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::write(dir.with_extension("id"), &cid)?;
+                    let host = match sharing {
+                        Sharing::Shared => dir.clone(),
+                        Sharing::Locked | Sharing::Private => {
+                            let lf = std::fs::OpenOptions::new()
+                                .create(true)
+                                .truncate(false)
+                                .write(true)
+                                .open(dir.with_extension("lock"))?;
+                            use nix::fcntl::{Flock, FlockArg};
+                            let locked =
+                                if *sharing == Sharing::Locked {
+                                    Some(Flock::lock(lf, FlockArg::LockExclusive).map_err(
+                                        |(_, e)| anyhow!("locking cache mount {cid}: {e}"),
+                                    )?)
+                                } else {
+                                    Flock::lock(lf, FlockArg::LockExclusiveNonblock).ok()
+                                };
+                            match locked {
+                                Some(l) => {
+                                    locks.push(l);
+                                    dir.clone()
+                                }
+                                None => {
+                                    let tmp = tempfile::Builder::new()
+                                        .prefix("kiln-cache-")
+                                        .tempdir_in(self.store.root().join("tmp"))?;
+                                    let p = tmp.path().to_path_buf();
+                                    keep.push(tmp);
+                                    p
+                                }
+                            }
+                        }
+                    };
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        let meta = std::fs::metadata(&host)?;
+                        if meta.permissions().mode() & 0o7777 != mode.unwrap_or(0o755) {
+                            std::fs::set_permissions(
+                                &host,
+                                std::fs::Permissions::from_mode(mode.unwrap_or(0o755)),
+                            )?;
+                        }
+                        fsutil::lchown(&host, uid.unwrap_or(0), gid.unwrap_or(0))?;
+                    }
+                    mount_inputs.push(
+                        json!({"type": "cache", "target": target, "id": cid, "ro": readonly}),
+                    );
+                    mounts.push(MountSpec {
+                        target,
+                        kind: MountKind::Bind {
+                            source: host,
+                            readonly: *readonly,
+                        },
+                    });
+                }
+                Mount::Tmpfs { target, size } => {
+                    let target = abs_target(&exp(target)?);
+                    mount_inputs.push(json!({"type": "tmpfs", "target": target, "size": size}));
+                    mounts.push(MountSpec {
+                        target,
+                        kind: MountKind::Tmpfs { size: *size },
+                    });
+                }
+                Mount::Secret {
+                    id,
+                    target,
+                    env: as_env,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let sid = id
+                        .clone()
+                        .or_else(|| {
+                            target
+                                .as_ref()
+                                .and_then(|t| t.rsplit('/').next().map(String::from))
+                        })
+                        .ok_or_else(|| {
+                            self.located(line, "RUN --mount=type=secret needs id= or target=")
+                        })?;
+                    let Some(secret) = self.opts.secrets.get(&sid) else {
+                        if *required {
+                            return Err(self.located(line, &format!("secret {sid} not found: pass it with --secret id={sid},src=FILE")));
+                        }
+                        continue;
+                    };
+                    let tmp = tempfile::Builder::new()
+                        .prefix("kiln-secret-")
+                        .tempdir_in(self.store.root().join("tmp"))?;
+                    let file = tmp.path().join("secret");
+                    let data = match secret {
+                        Secret::File(p) => std::fs::read(p).with_context(|| {
+                            format!("reading secret {sid} from {}", p.display())
+                        })?,
+                        Secret::Env(v) => std::env::var(v)
+                            .map_err(|_| {
+                                anyhow!("secret {sid}: environment variable {v} is not set")
+                            })?
+                            .into_bytes(),
+                    };
+                    std::fs::write(&file, &data)?;
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(
+                            &file,
+                            std::fs::Permissions::from_mode(mode.unwrap_or(0o400)),
+                        )?;
+                        fsutil::lchown(&file, uid.unwrap_or(0), gid.unwrap_or(0))?;
+                    }
+                    // Secrets never reach the cache key: only where they go.
+                    if let Some(e) = as_env {
+                        secret_env.push((e.clone(), file.clone()));
+                        mount_inputs.push(json!({"type": "secret", "id": sid, "env": e}));
+                        if target.is_none() {
+                            keep.push(tmp);
+                            continue;
+                        }
+                    }
+                    let t = target
+                        .clone()
+                        .map(|t| abs_target(&t))
+                        .unwrap_or_else(|| format!("/run/secrets/{sid}"));
+                    mount_inputs.push(json!({"type": "secret", "id": sid, "target": t}));
+                    mounts.push(MountSpec {
+                        target: t,
+                        kind: MountKind::Bind {
+                            source: file,
+                            readonly: true,
+                        },
+                    });
+                    keep.push(tmp);
+                }
+                Mount::Ssh { .. } => {
+                    return Err(
+                        self.located(line, "RUN --mount=type=ssh is not supported by kiln yet")
+                    );
+                }
+            }
+        }
+        // Secrets exposed as env vars are read at run time, never keyed.
+        for (name, file) in &secret_env {
+            let v = std::fs::read_to_string(file)?;
+            env.push(format!("{name}={v}"));
+        }
+        let net_name = match network {
+            NetworkMode::Host => "host",
+            NetworkMode::None => "none",
+            NetworkMode::Private => "private",
+        };
+        let inputs = json!({
+            "argv": argv,
+            "env": key_env,
+            "user": user,
+            "workdir": workdir,
+            "network": net_name,
+            "mounts": mount_inputs,
+        });
+        let mount_targets: Vec<String> = mounts.iter().map(|m| m.target.clone()).collect();
+        let layers = st.layers.clone();
+        let res = self.cached_step(st, ins, pos, inputs, |b, _st, id| {
+            let lowers = b.snapshots(&layers)?;
+            let view = RootView::new(lowers.clone());
+            let pending = b.store.new_snapshot()?;
+            let spec = ContainerSpec {
+                rootfs: RootFs {
+                    lowers,
+                    upper: Some((pending.upper().to_path_buf(), pending.work().to_path_buf())),
+                },
+                args: argv.clone(),
+                env,
+                cwd: workdir.clone(),
+                user,
+                hostname: Some("kiln".into()),
+                network,
+                mounts,
+                readonly_rootfs: false,
+            };
+            let (code, tail) = b.run_container(&spec, id)?;
+            if code != 0 {
+                let mut msg = format!(
+                    "process {:?} did not complete successfully: exit code: {code}",
+                    argv.join(" ")
+                );
+                if !tail.is_empty() {
+                    msg.push_str("\nlast lines of its output:\n");
+                    for l in &tail {
+                        msg.push_str("  ");
+                        msg.push_str(l);
+                        msg.push('\n');
+                    }
+                }
+                return Err(b.located(line, msg.trim_end()));
+            }
+            remove_mount_stubs(pending.upper(), &view, &mount_targets)?;
+            if fsutil::dir_is_empty(pending.upper())? {
+                return Ok(None);
+            }
+            Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
+        });
+        drop(keep);
+        drop(locks);
+        res
+    }
+
+    /// Runs a RUN container, streaming its output to the progress display
+    /// and keeping the last lines for an error message.
+    fn run_container(&self, spec: &ContainerSpec, id: StepId) -> Result<(i32, Vec<String>)> {
+        let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().map_err(|e| anyhow!("pipe: {e}"))?;
+        let w2 = w.try_clone()?;
+        let tail = std::thread::scope(|s| -> Result<(i32, Vec<String>)> {
+            let reader = s.spawn(move || {
+                let mut tail: std::collections::VecDeque<String> = Default::default();
+                let f = std::fs::File::from(r);
+                for line in BufReader::new(f).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    self.progress.log(id, &text);
+                    if tail.len() == 20 {
+                        tail.pop_front();
+                    }
+                    tail.push_back(text);
+                }
+                tail.into_iter().collect::<Vec<_>>()
+            });
+            let code = kiln_runner::run(
+                &self.runner,
+                spec,
+                Stdio {
+                    stdin: None,
+                    stdout: Some(w),
+                    stderr: Some(w2),
+                },
+            );
+            let tail = reader.join().unwrap_or_default();
+            let code = code.map_err(|e| anyhow!("{e}"))?;
+            Ok((code, tail))
+        })?;
+        Ok(tail)
+    }
+}
+
+struct CopyArgs<'a> {
+    add: bool,
+    sources: &'a [String],
+    dest: &'a str,
+    heredocs: &'a [kiln_parser::Heredoc],
+    from: Option<&'a str>,
+    chown: Option<&'a str>,
+    chmod: Option<&'a str>,
+    exclude: &'a [String],
+    parents: bool,
+    unpack: bool,
+    link: bool,
+}
+
+/// Mount points the runtime had to create in the upper dir (for bind
+/// mounts, /proc, /dev, /etc/hosts ...) are not part of the step's result:
+/// empty stubs that the image below does not have are removed, deepest
+/// first, as BuildKit does.
+fn remove_mount_stubs(upper: &std::path::Path, view: &RootView, targets: &[String]) -> Result<()> {
+    let mut all: Vec<String> = targets.to_vec();
+    for t in [
+        "/proc",
+        "/sys",
+        "/dev/pts",
+        "/dev/shm",
+        "/dev/mqueue",
+        "/dev",
+        "/etc/hosts",
+        "/etc/hostname",
+        "/etc/resolv.conf",
+        "/run/secrets",
+    ] {
+        all.push(t.to_string());
+    }
+    // Also every ancestor of a target, so that created parents go too.
+    let mut with_parents: Vec<String> = Vec::new();
+    for t in &all {
+        let comps = fsutil::clean_components(t);
+        for i in (1..=comps.len()).rev() {
+            with_parents.push(format!("/{}", comps[..i].join("/")));
+        }
+    }
+    with_parents.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    with_parents.dedup();
+    for t in with_parents {
+        if view.stat(&t)?.is_some() {
+            continue;
+        }
+        let p = upper.join(t.trim_start_matches('/'));
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                if fsutil::dir_is_empty(&p)? {
+                    std::fs::remove_dir(&p)?;
+                }
+            }
+            Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(&p)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Copies the tree at `comps` of a view into `dest` (for bind mounts from
+/// another stage).
+fn materialize(view: &RootView, comps: &[String], dest: &std::path::Path) -> Result<()> {
+    let found = view.resolve(&format!("/{}", comps.join("/")), true)?.1;
+    let Some(found) = found else { return Ok(()) };
+    if !found.meta.is_dir() {
+        let name = comps.last().cloned().unwrap_or_else(|| "file".into());
+        std::fs::copy(&found.real, dest.join(name))?;
+        return Ok(());
+    }
+    let mut comps = comps.to_vec();
+    fn rec(view: &RootView, comps: &mut Vec<String>, dest: &std::path::Path) -> Result<()> {
+        for (name, real) in view.read_dir(comps)? {
+            let m = std::fs::symlink_metadata(&real)?;
+            let d = dest.join(&name);
+            if m.is_dir() {
+                std::fs::create_dir(&d)?;
+                comps.push(name);
+                rec(view, comps, &d)?;
+                comps.pop();
+            } else if m.file_type().is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(&real)?, &d)?;
+            } else if m.is_file() {
+                std::fs::copy(&real, &d)?;
+            }
+        }
+        Ok(())
+    }
+    rec(view, &mut comps, dest)
+}
+
+/// A plain recursive copy (symlinks kept as symlinks).
+fn copy_tree(src: &std::path::Path, dest: &std::path::Path) -> Result<()> {
+    let m = std::fs::symlink_metadata(src)?;
+    if !m.is_dir() {
+        std::fs::copy(src, dest.join(src.file_name().unwrap_or_default()))?;
+        return Ok(());
+    }
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let t = e.file_type()?;
+        let d = dest.join(e.file_name());
+        if t.is_dir() {
+            std::fs::create_dir(&d)?;
+            copy_tree(&e.path(), &d)?;
+        } else if t.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &d)?;
+        } else if t.is_file() {
+            std::fs::copy(e.path(), &d)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! Every flag of the `kiln` command line, defined once (clap derive). Help
+//! text comes from here; the dispatch lives in `main.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "A daemonless Dockerfile build engine with a content-addressed cache",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Root of kiln's state (default: /var/lib/kiln as root, else $XDG_DATA_HOME/kiln).
+    #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from a Dockerfile and a context directory.
+    Build(BuildArgs),
+    /// Parse a Dockerfile and print its syntax tree.
+    Parse(ParseArgs),
+    /// List images.
+    Images(ImagesArgs),
+    /// Remove images.
+    Rmi(RmiArgs),
+    /// Create a tag TARGET that refers to SOURCE.
+    Tag { source: String, target: String },
+    /// Show the configuration and manifest of images as JSON.
+    Inspect { images: Vec<String> },
+    /// Show the history of an image.
+    History(HistoryArgs),
+    /// Save images to a docker-archive or OCI layout tarball.
+    Save(SaveArgs),
+    /// Load images from a docker-archive or OCI layout tarball.
+    Load(LoadArgs),
+    /// Import a root filesystem tarball as a one-layer image.
+    Import { file: PathBuf, reference: String },
+    /// Run a command in a new container.
+    Run(RunArgs),
+    /// List containers.
+    Ps(PsArgs),
+    /// Stop running containers.
+    Stop(StopArgs),
+    /// Remove containers.
+    Rm(RmArgs),
+    /// Fetch the logs of a container.
+    Logs(LogsArgs),
+    /// Inspect and manage the build cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// Manage kiln's state.
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+    /// Pull an image from a registry (not built yet).
+    Pull { reference: String },
+    /// Push an image to a registry (not built yet).
+    Push { reference: String },
+    /// Log in to a registry (not built yet).
+    Login { server: Option<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    Auto,
+    Plain,
+    Tty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    Host,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicy {
+    Never,
+    Missing,
+    Always,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Name and optionally a tag in the name:tag format (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "NAME:TAG")]
+    pub tags: Vec<String>,
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile; `-` reads stdin).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<String>,
+    /// Set a build-time variable (`K=V`, or `K` to take it from the environment).
+    #[arg(long = "build-arg", value_name = "K[=V]")]
+    pub build_args: Vec<String>,
+    /// Build the stage with this name and what it needs, not the last one.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Do not use the cache (results are still recorded).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// When to pull base images (there is no registry client yet: only `never`/`missing` with local images work).
+    #[arg(long, value_enum, default_value = "missing")]
+    pub pull: PullPolicy,
+    /// Network mode for RUN instructions.
+    #[arg(long, value_enum, default_value = "host")]
+    pub network: NetworkArg,
+    /// Type of progress output.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: Progress,
+    /// Write the image ID to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Set metadata for the image (repeatable).
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Secret to expose to RUN --mount=type=secret: `id=ID,src=PATH` or `id=ID,env=VAR`.
+    #[arg(long = "secret", value_name = "id=ID,src=PATH")]
+    pub secrets: Vec<String>,
+    /// Output destination: type=local,dest=DIR | type=tar,dest=F | type=oci,dest=F | type=docker,dest=F.
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+    /// After the build, explain every step that was not a cache hit.
+    #[arg(long)]
+    pub explain: bool,
+    /// Suppress the build output and print the image ID on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Context directory (`-` for none: the Dockerfile is read from stdin).
+    pub context: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ParseFormat {
+    Json,
+    Sexpr,
+}
+
+#[derive(Debug, Args)]
+pub struct ParseArgs {
+    /// Output format: `sexpr` is BuildKit's test format, `json` the full tree with spans.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: ParseFormat,
+    /// The Dockerfile to parse.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A Dockerfile, or a directory holding one (default: ./Dockerfile).
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Only show image IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ListFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// Remove the image even if it is tagged several times.
+    #[arg(short, long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Do not truncate output.
+    #[arg(long)]
+    pub no_trunc: bool,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaveFormat {
+    Docker,
+    Oci,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Write to a file instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "docker")]
+    pub format: SaveFormat,
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Read from a file instead of stdin.
+    #[arg(short, long)]
+    pub input: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunNetwork {
+    Host,
+    None,
+    Private,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run in the background and print the container ID.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Assign a name to the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Publish a container's port: [ip:]hostPort:containerPort[/tcp|udp].
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Set environment variables.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// User name or UID, with optional group.
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Overwrite the image's ENTRYPOINT.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Network mode (`private`: own namespace, reachable only through published ports).
+    #[arg(long, value_enum, default_value = "private")]
+    pub network: RunNetwork,
+    /// Container host name.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show all containers (default shows just running).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only display container IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait before killing the container.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub time: u64,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Force the removal of a running container (uses SIGKILL).
+    #[arg(short, long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Follow log output.
+    #[arg(short, long)]
+    pub follow: bool,
+    pub container: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the build cache records.
+    Ls {
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+    /// Show the space used by the cache (not built yet).
+    Du,
+    /// Explain why the steps of a build missed the cache (not built yet).
+    Why { target: String },
+    /// Remove build cache (not built yet).
+    Prune,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Show disk usage.
+    Df,
+    /// Check the store: rehash blobs, check every reference.
+    Fsck {
+        /// Fix what can be fixed.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove unreferenced blobs, snapshots and cache records.
+    Prune {
+        /// Also remove the cache of every build.
+        #[arg(short, long)]
+        all: bool,
+    },
+}

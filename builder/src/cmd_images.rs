@@ -1,0 +1,431 @@
+//! Image verbs over the store: images, rmi, tag, inspect, history, save,
+//! load, import, plus `cache ls` and `system df|fsck|prune`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+use kiln_store::Store;
+use serde_json::json;
+
+use crate::cli::{HistoryArgs, ImagesArgs, ListFormat, LoadArgs, RmiArgs, SaveArgs, SaveFormat};
+use crate::error::Failure;
+
+pub fn human_size(n: u64) -> String {
+    // docker uses decimal units
+    let f = n as f64;
+    if f < 1e3 {
+        format!("{n}B")
+    } else if f < 1e6 {
+        format!("{:.3}kB", f / 1e3)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + if (f / 1e3).fract() == 0.0 { "" } else { "" }
+    } else if f < 1e9 {
+        format!("{:.1}MB", f / 1e6)
+    } else {
+        format!("{:.2}GB", f / 1e9)
+    }
+}
+
+pub fn human_ago(secs_ago: i64) -> String {
+    let s = secs_ago.max(0);
+    match s {
+        0..=1 => "Less than a second ago".into(),
+        2..=59 => format!("{s} seconds ago"),
+        60..=119 => "About a minute ago".into(),
+        120..=3599 => format!("{} minutes ago", s / 60),
+        3600..=7199 => "About an hour ago".into(),
+        7200..=172_799 => format!("{} hours ago", s / 3600),
+        172_800..=1_209_599 => format!("{} days ago", s / 86400),
+        1_209_600..=5_183_999 => format!("{} weeks ago", s / 604_800),
+        5_184_000..=63_071_999 => format!("{} months ago", s / 2_592_000),
+        _ => format!("{} years ago", s / 31_536_000),
+    }
+}
+
+fn ago_rfc3339(t: Option<&str>) -> String {
+    match t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
+        Some(t) => human_ago(chrono::Utc::now().timestamp() - t.timestamp()),
+        None => "N/A".into(),
+    }
+}
+
+fn split_ref(r: &str) -> (String, String) {
+    if let Some((n, d)) = r.split_once('@') {
+        return (n.to_string(), format!("@{d}"));
+    }
+    match r.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
+        _ => (r.to_string(), "latest".to_string()),
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut widths = vec![0; cols];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn images(store: &Store, args: &ImagesArgs) -> Result<ExitCode> {
+    let list = store.list_images()?;
+    if args.quiet {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in &list {
+            if seen.insert(i.config_digest.short().to_string()) {
+                println!("{}", i.config_digest.short());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.format == ListFormat::Json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|i| {
+                json!({
+                    "references": i.references,
+                    "id": i.config_digest.to_string(),
+                    "manifest": i.manifest_digest.to_string(),
+                    "created": i.created,
+                    "size": i.size,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![vec![
+        "REPOSITORY".to_string(),
+        "TAG".into(),
+        "IMAGE ID".into(),
+        "CREATED".into(),
+        "SIZE".into(),
+    ]];
+    for i in &list {
+        let refs = if i.references.is_empty() {
+            vec![("<none>".to_string(), "<none>".to_string())]
+        } else {
+            i.references.iter().map(|r| split_ref(r)).collect()
+        };
+        for (repo, tag) in refs {
+            rows.push(vec![
+                repo,
+                tag,
+                i.config_digest.short().to_string(),
+                ago_rfc3339(i.created.as_deref()),
+                human_size(i.size),
+            ]);
+        }
+    }
+    print!("{}", table(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn no_such_image(name: &str) -> anyhow::Error {
+    Failure::new(1, format!("Error: No such image: {name}")).into()
+}
+
+pub fn rmi(store: &Store, args: &RmiArgs) -> Result<ExitCode> {
+    let mut failed = false;
+    for i in &args.images {
+        match store.remove_image(i, args.force) {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+            Err(e) => {
+                eprintln!("Error response from kiln: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn tag(store: &Store, source: &str, target: &str) -> Result<ExitCode> {
+    let img = store
+        .resolve_image(source)?
+        .ok_or_else(|| no_such_image(source))?;
+    store
+        .tag(target, &img.manifest_digest)
+        .map_err(|e| Failure::new(1, format!("Error parsing reference: {target:?}: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn inspect(store: &Store, names: &[String]) -> Result<ExitCode> {
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    let all = store.list_images()?;
+    for n in names {
+        match store.resolve_image(n)? {
+            Some(img) => {
+                let refs: Vec<String> = all
+                    .iter()
+                    .find(|s| s.manifest_digest == img.manifest_digest)
+                    .map(|s| s.references.clone())
+                    .unwrap_or_default();
+                let size: u64 = img.layers.iter().map(|l| l.size).sum();
+                out.push(json!({
+                    "Id": img.config_digest.to_string(),
+                    "RepoTags": refs,
+                    "ManifestDigest": img.manifest_digest.to_string(),
+                    "Created": img.config.created,
+                    "Author": img.config.author,
+                    "Architecture": img.config.architecture,
+                    "Os": img.config.os,
+                    "Config": img.config.config,
+                    "RootFS": img.config.rootfs,
+                    "History": img.config.history,
+                    "Layers": img.layers,
+                    "Size": size,
+                }));
+            }
+            None => missing.push(n.clone()),
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if missing.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure::new(1, format!("Error: No such image: {}", missing.join(", "))).into())
+    }
+}
+
+pub fn history(store: &Store, args: &HistoryArgs) -> Result<ExitCode> {
+    let img = store
+        .resolve_image(&args.image)?
+        .ok_or_else(|| no_such_image(&args.image))?;
+    let mut rows = vec![vec![
+        "IMAGE".to_string(),
+        "CREATED".into(),
+        "CREATED BY".into(),
+        "SIZE".into(),
+        "COMMENT".into(),
+    ]];
+    let mut layers = img.layers.iter();
+    let mut entries = Vec::new();
+    for h in &img.config.history {
+        let size = if h.empty_layer {
+            0
+        } else {
+            layers.next().map(|l| l.size).unwrap_or(0)
+        };
+        entries.push((h, size));
+    }
+    let n = entries.len();
+    for (i, (h, size)) in entries.into_iter().rev().enumerate() {
+        let mut by = h.created_by.clone().unwrap_or_default();
+        if !args.no_trunc && by.chars().count() > 45 {
+            by = by.chars().take(44).collect::<String>() + "…";
+        }
+        rows.push(vec![
+            if i == 0 {
+                img.config_digest.short().to_string()
+            } else {
+                "<missing>".into()
+            },
+            ago_rfc3339(h.created.as_deref()),
+            by,
+            human_size(size),
+            h.comment.clone().unwrap_or_default(),
+        ]);
+        let _ = n;
+    }
+    print!("{}", table(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn save(store: &Store, args: &SaveArgs) -> Result<ExitCode> {
+    let format = match args.format {
+        SaveFormat::Docker => kiln_store::ArchiveFormat::Docker,
+        SaveFormat::Oci => kiln_store::ArchiveFormat::Oci,
+    };
+    for i in &args.images {
+        if store.resolve_image(i)?.is_none() {
+            return Err(no_such_image(i));
+        }
+    }
+    match &args.output {
+        Some(p) => {
+            // Written beside the target and renamed, so a failed save never
+            // leaves a truncated archive under the requested name.
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            store.save(&args.images, format, tmp.as_file_mut())?;
+            tmp.as_file_mut().flush()?;
+            tmp.persist(p)
+                .map_err(|e| anyhow!("writing {}: {e}", p.display()))?;
+        }
+        None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                return Err(Failure::new(
+                    1,
+                    "cowardly refusing to save to a terminal. Use the -o flag or redirect",
+                )
+                .into());
+            }
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            store.save(&args.images, format, &mut lock)?;
+            lock.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn load(store: &Store, args: &LoadArgs) -> Result<ExitCode> {
+    let loaded = match &args.input {
+        Some(p) => {
+            let mut f = std::fs::File::open(p).map_err(|e| anyhow!("open {}: {e}", p.display()))?;
+            store.load(&mut f)?
+        }
+        None => store.load(&mut std::io::stdin().lock())?,
+    };
+    for r in loaded {
+        if r.starts_with("sha256:") {
+            println!("Loaded image ID: {r}");
+        } else {
+            println!("Loaded image: {r}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn import(store: &Store, file: &Path, reference: &str) -> Result<ExitCode> {
+    let mut f = std::fs::File::open(file).map_err(|e| anyhow!("open {}: {e}", file.display()))?;
+    let img = store.import_rootfs_tar(&mut f, reference, None)?;
+    println!("{}", img.config_digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cache_ls(store: &Store, format: ListFormat) -> Result<ExitCode> {
+    let mut recs = store.cache_list()?;
+    recs.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.key.cmp(&b.key)));
+    if format == ListFormat::Json {
+        let v: Vec<_> = recs
+            .iter()
+            .map(|r| {
+                json!({
+                    "key": r.key,
+                    "parent": r.parent,
+                    "instruction": r.description,
+                    "source": r.source,
+                    "stage": r.stage,
+                    "layer": r.layer,
+                    "size": r.layer.as_ref().map(|l| l.size).unwrap_or(0),
+                    "created": r.created,
+                    "last_used": r.last_used,
+                    "hits": r.hits,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = chrono::Utc::now().timestamp();
+    let mut rows = vec![vec![
+        "KEY".to_string(),
+        "SIZE".into(),
+        "CREATED".into(),
+        "LAST USED".into(),
+        "HITS".into(),
+        "SOURCE".into(),
+        "INSTRUCTION".into(),
+    ]];
+    for r in &recs {
+        let mut ins = r.description.clone();
+        if ins.chars().count() > 60 {
+            ins = ins.chars().take(59).collect::<String>() + "…";
+        }
+        rows.push(vec![
+            r.key.chars().take(12).collect(),
+            human_size(r.layer.as_ref().map(|l| l.size).unwrap_or(0)),
+            human_ago(now - r.created),
+            human_ago(now - r.last_used),
+            r.hits.to_string(),
+            r.source.clone(),
+            ins,
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn system_df(store: &Store) -> Result<ExitCode> {
+    let df = store.df()?;
+    print!("{df}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn system_fsck(store: &Store, repair: bool) -> Result<ExitCode> {
+    let report = store.fsck(repair)?;
+    print!("{report}");
+    Ok(if report.is_clean() || repair {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub fn system_prune(store: &Store, all: bool) -> Result<ExitCode> {
+    let opts = kiln_store::PruneOptions {
+        all,
+        ..Default::default()
+    };
+    let report = store.prune(&opts)?;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_read_like_docker() {
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(52_300_000), "52.3MB");
+        assert_eq!(human_ago(5), "5 seconds ago");
+        assert_eq!(human_ago(3 * 3600), "3 hours ago");
+    }
+
+    #[test]
+    fn references_split_into_repository_and_tag() {
+        assert_eq!(
+            split_ref("flask_app:0.1"),
+            ("flask_app".into(), "0.1".into())
+        );
+        assert_eq!(
+            split_ref("localhost:5000/a/b"),
+            ("localhost:5000/a/b".into(), "latest".into())
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! The binary's error with an exit code: `docker`'s habits (1 for a failed
+//! command, 125 when `run` itself fails, 126/127 when the command cannot be
+//! executed) are kept where users script against them.
+
+use std::fmt;
+
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Failure {
+        match err.downcast::<Failure>() {
+            Ok(f) => f,
+            Err(err) => Failure::new(1, format!("kiln: error: {err:#}")),
+        }
+    }
+}

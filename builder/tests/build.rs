@@ -1,0 +1,323 @@
+//! `kiln build` end to end, through the binary, on the offline busybox
+//! base: what the image holds, what the cache reuses, what runs in
+//! parallel, and the errors a user gets. Needs root (containers, overlay).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{require, step_outcomes, write_tree, Kiln};
+
+fn setup() -> Option<Kiln> {
+    if !require(common::is_root(), "kiln build runs containers: needs root") {
+        return None;
+    }
+    let k = Kiln::new();
+    if !k.with_busybox() {
+        return None;
+    }
+    Some(k)
+}
+
+fn build(k: &Kiln, dir: &Path, extra: &[&str]) -> common::Run {
+    let mut args = vec!["build", "--progress=plain"];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap());
+    k.run(&args)
+}
+
+fn export(k: &Kiln, dir: &Path, out: &Path, extra: &[&str]) -> common::Run {
+    let spec = format!("type=local,dest={}", out.display());
+    let mut args = vec!["--output", spec.as_str()];
+    args.extend_from_slice(extra);
+    build(k, dir, &args)
+}
+
+#[test]
+fn run_copy_env_workdir_make_the_expected_image_and_a_rebuild_is_fully_cached() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nENV GREETING=hello\nRUN echo \"$GREETING from run\" > /greeting\nCOPY app.txt /app/\nWORKDIR /app\nRUN cat app.txt > copy-of-app.txt\nCMD [\"cat\", \"/greeting\"]\n",
+            ),
+            ("app.txt", "version 1\n"),
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let r = export(&k, ctx.path(), out.path(), &["-t", "demo:1"]).ok();
+    assert_eq!(
+        fs::read_to_string(out.path().join("greeting")).unwrap(),
+        "hello from run\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.path().join("app/copy-of-app.txt")).unwrap(),
+        "version 1\n"
+    );
+    let first = r.stderr();
+    assert!(
+        !step_outcomes(&first).iter().any(|(_, o)| o == "CACHED"),
+        "a cold build has no hits:\n{first}"
+    );
+
+    // Nothing changed: every step is a hit and the image is the same.
+    let id1 = k.run(&["images", "-q"]).ok().stdout();
+    let r = build(&k, ctx.path(), &["-t", "demo:1"]).ok();
+    let steps: Vec<_> = step_outcomes(&r.stderr())
+        .into_iter()
+        .filter(|(l, _)| !l.contains("FROM") && !l.contains("internal"))
+        .collect();
+    assert!(!steps.is_empty(), "{}", r.stderr());
+    assert!(
+        steps.iter().all(|(_, o)| o == "CACHED"),
+        "rebuild should be fully cached: {steps:?}"
+    );
+    let id2 = k.run(&["images", "-q"]).ok().stdout();
+    assert_eq!(id1, id2, "a cached rebuild must give the same image ID");
+
+    // app.txt edited: the COPY and what follows rebuild, the first RUN not.
+    fs::write(ctx.path().join("app.txt"), "version 2\n").unwrap();
+    let r = build(&k, ctx.path(), &["-t", "demo:1"]).ok();
+    let steps = step_outcomes(&r.stderr());
+    let outcome = |needle: &str| {
+        steps
+            .iter()
+            .find(|(l, _)| l.contains(needle))
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| panic!("no step {needle} in {steps:?}"))
+    };
+    assert_eq!(outcome("RUN echo"), "CACHED");
+    assert_eq!(outcome("COPY app.txt"), "RAN");
+    assert_eq!(outcome("RUN cat app.txt"), "RAN");
+}
+
+#[test]
+fn mtime_only_changes_do_not_invalidate_copy() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[("Dockerfile", "FROM busybox\nCOPY f /f\n"), ("f", "same\n")],
+    );
+    build(&k, ctx.path(), &[]).ok();
+    let t = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    fs::File::options()
+        .write(true)
+        .open(ctx.path().join("f"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    let r = build(&k, ctx.path(), &[]).ok();
+    let steps = step_outcomes(&r.stderr());
+    assert!(
+        steps
+            .iter()
+            .any(|(l, o)| l.contains("COPY f") && o == "CACHED"),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    // Each stage records when it started and finished; the final stage
+    // copies both records. Overlapping intervals prove concurrency without
+    // asserting any duration.
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox AS a\nRUN date +%s%N > /start && sleep 2 && date +%s%N > /end\n\
+             FROM busybox AS b\nRUN date +%s%N > /start && sleep 2 && date +%s%N > /end\n\
+             FROM busybox\nCOPY --from=a /start /a.start\nCOPY --from=a /end /a.end\n\
+             COPY --from=b /start /b.start\nCOPY --from=b /end /b.end\n",
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    export(&k, ctx.path(), out.path(), &[]).ok();
+    let read = |n: &str| -> u128 {
+        fs::read_to_string(out.path().join(n))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (a0, a1, b0, b1) = (
+        read("a.start"),
+        read("a.end"),
+        read("b.start"),
+        read("b.end"),
+    );
+    assert!(
+        a0 < b1 && b0 < a1,
+        "stages a [{a0},{a1}] and b [{b0},{b1}] did not overlap"
+    );
+}
+
+#[test]
+fn target_builds_only_what_it_needs() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox AS never\nRUN exit 3\nFROM busybox AS wanted\nRUN echo ok > /ok\nFROM never\n",
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    export(&k, ctx.path(), out.path(), &["--target", "wanted"]).ok();
+    assert_eq!(fs::read_to_string(out.path().join("ok")).unwrap(), "ok\n");
+    let r = build(&k, ctx.path(), &["--target", "nope"]).fails();
+    assert!(r.stderr().contains("nope"), "{}", r.stderr());
+}
+
+#[test]
+fn a_failing_run_reports_its_exit_code_and_output() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo about to fail && echo on-stderr >&2 && exit 7\n",
+        )],
+    );
+    let r = build(&k, ctx.path(), &[]).fails();
+    let e = r.stderr();
+    assert!(e.contains("exit code: 7"), "{e}");
+    assert!(e.contains("on-stderr"), "{e}");
+    assert!(e.contains("Dockerfile:2"), "{e}");
+}
+
+#[test]
+fn copy_cannot_reach_outside_the_context() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[("Dockerfile", "FROM busybox\nCOPY ../secret /x\n")],
+    );
+    let r = build(&k, ctx.path(), &[]).fails();
+    assert!(
+        r.stderr().contains("outside the build context"),
+        "{}",
+        r.stderr()
+    );
+}
+
+#[test]
+fn a_missing_base_image_is_a_clear_error() {
+    if !require(common::is_root(), "needs root") {
+        return;
+    }
+    let k = Kiln::new();
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[("Dockerfile", "FROM nosuchimage:1.0\nRUN true\n")],
+    );
+    let r = build(&k, ctx.path(), &[]).fails();
+    assert!(r.stderr().contains("nosuchimage:1.0"), "{}", r.stderr());
+    assert!(r.stderr().lines().count() < 25, "{}", r.stderr());
+}
+
+#[test]
+fn build_args_secrets_and_cache_mounts() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    let secret = ctx.path().join("token.txt");
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox\nARG WHO=nobody\nRUN echo \"hi $WHO\" > /who\n\
+             RUN --mount=type=secret,id=tok cat /run/secrets/tok | wc -c > /secret-len\n\
+             RUN --mount=type=cache,target=/cache echo x >> /cache/log && wc -l < /cache/log > /cache-lines\n",
+        )],
+    );
+    fs::write(&secret, "s3cr3t").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sec = format!("id=tok,src={}", secret.display());
+    export(
+        &k,
+        ctx.path(),
+        out.path(),
+        &[
+            "--build-arg",
+            "WHO=kiln",
+            "--secret",
+            &sec,
+            "--build-arg",
+            "UNUSED=1",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        fs::read_to_string(out.path().join("who")).unwrap(),
+        "hi kiln\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.path().join("secret-len"))
+            .unwrap()
+            .trim(),
+        "6"
+    );
+    assert!(!out.path().join("run/secrets/tok").exists());
+    assert!(
+        !out.path().join("cache/log").exists(),
+        "cache mount content leaked into the image"
+    );
+    // The secret never reaches the image's files.
+    let hay = walk_contents(out.path());
+    assert!(!hay.contains("s3cr3t"));
+    // A second build with --no-cache sees the cache mount's earlier content.
+    let out2 = tempfile::tempdir().unwrap();
+    let r = export(
+        &k,
+        ctx.path(),
+        out2.path(),
+        &["--no-cache", "--build-arg", "WHO=kiln", "--secret", &sec],
+    )
+    .ok();
+    assert_eq!(
+        fs::read_to_string(out2.path().join("cache-lines"))
+            .unwrap()
+            .trim(),
+        "2",
+        "{}",
+        r.stderr()
+    );
+}
+
+fn walk_contents(dir: &Path) -> String {
+    let mut s = String::new();
+    for e in walkdir(dir) {
+        if let Ok(c) = fs::read(&e) {
+            s.push_str(&String::from_utf8_lossy(&c));
+        }
+    }
+    s
+}
+
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}

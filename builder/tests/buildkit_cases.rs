@@ -1,0 +1,126 @@
+//! Fidelity to BuildKit: every case under fixtures/cases is built with kiln,
+//! saved as a docker-archive and compared, file tree and config, with what
+//! BuildKit itself produced for the same Dockerfile and context
+//! (expected/, recorded by fixtures/cases/record-buildkit.sh). Cases that
+//! must fail are checked to fail.
+//!
+//! `KILN_CASES=name1,name2` runs only some cases.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{require, Kiln};
+
+fn case_field(dir: &Path, field: &str) -> Vec<String> {
+    let tool = common::repo_root().join("fixtures/tools/case_json.py");
+    let out = Command::new("python3")
+        .arg(tool)
+        .arg(dir)
+        .arg(field)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "case_json.py {} {field}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn cases() -> Vec<PathBuf> {
+    let only: Option<Vec<String>> = std::env::var("KILN_CASES")
+        .ok()
+        .map(|s| s.split(',').map(String::from).collect());
+    let mut v: Vec<PathBuf> = std::fs::read_dir(common::repo_root().join("fixtures/cases"))
+        .expect("fixtures/cases")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("case.json").is_file())
+        .filter(|p| match &only {
+            None => true,
+            Some(o) => o.iter().any(|n| p.ends_with(n)),
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn kiln_builds_what_buildkit_builds() {
+    if !require(common::is_root(), "kiln build runs containers: needs root") {
+        return;
+    }
+    let k = Kiln::new();
+    if !k.with_busybox() {
+        return;
+    }
+    let tool = common::repo_root().join("fixtures/tools/image_tree.py");
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for dir in cases() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let ctx = case_field(&dir, "context").pop().expect("context");
+        let tag = format!("kiln-fixture-{name}:latest");
+        let mut cmd = k.cmd();
+        cmd.args(["build", "--progress=plain", "-f"])
+            .arg(dir.join("Dockerfile"))
+            .args(["-t", &tag]);
+        for t in case_field(&dir, "target") {
+            cmd.args(["--target", &t]);
+        }
+        for a in case_field(&dir, "build-args") {
+            cmd.args(["--build-arg", &a]);
+        }
+        for s in case_field(&dir, "secrets") {
+            cmd.args(["--secret", &s]);
+        }
+        cmd.arg(&ctx);
+        let out = cmd.output().expect("spawn kiln");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        checked += 1;
+        let must_fail = case_field(&dir, "expect-error").first().map(String::as_str) == Some("1");
+        if must_fail {
+            if out.status.success() {
+                failures.push(format!("{name}: the build should fail but succeeded"));
+            }
+            continue;
+        }
+        if !out.status.success() {
+            failures.push(format!("{name}: kiln build failed:\n{stderr}"));
+            continue;
+        }
+        let archive = k.root.path().join(format!("{name}.tar"));
+        let r = k.run(&["save", "-o", archive.to_str().unwrap(), &tag]);
+        if !r.out.status.success() {
+            failures.push(format!("{name}: kiln save failed: {}", r.stderr()));
+            continue;
+        }
+        let mut cmp = Command::new("python3");
+        cmp.arg(&tool)
+            .arg(&archive)
+            .arg("--compare")
+            .arg(dir.join("expected"));
+        let cmp = cmp.output().expect("python3 runs");
+        if !cmp.status.success() {
+            failures.push(format!(
+                "{name}: differs from BuildKit:\n{}{}",
+                String::from_utf8_lossy(&cmp.stdout),
+                String::from_utf8_lossy(&cmp.stderr)
+            ));
+        }
+        let _ = std::fs::remove_file(&archive);
+    }
+    assert!(checked > 0, "no fixture cases found");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} cases differ:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}

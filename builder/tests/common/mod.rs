@@ -1,0 +1,204 @@
+//! Shared helpers for the end-to-end tests: they drive the real `kiln`
+//! binary against a fresh root per test.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn kiln_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kiln"))
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("builder/ has a parent")
+        .to_path_buf()
+}
+
+pub fn fixtures_cache() -> PathBuf {
+    std::env::var_os("KILN_FIXTURES_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kiln-fixtures"))
+}
+
+/// Whether a requirement of a test is met. When it is not: in CI (where
+/// everything must run) the test fails; elsewhere it says loudly why it
+/// skipped.
+pub fn require(ok: bool, why: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("required for this test, and CI must run it: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// A kiln root in a temp dir, removed at the end of the test.
+pub struct Kiln {
+    pub root: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub out: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert!(
+            self.out.status.success(),
+            "kiln failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+    #[track_caller]
+    pub fn fails(self) -> Run {
+        assert!(
+            !self.out.status.success(),
+            "kiln should have failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+}
+
+impl Kiln {
+    pub fn new() -> Kiln {
+        let base = std::env::var_os("KILN_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        Kiln {
+            root: tempfile::Builder::new()
+                .prefix("kiln-e2e-")
+                .tempdir_in(base)
+                .expect("temp root"),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(kiln_bin());
+        c.env("KILN_ROOT", self.root.path());
+        c.env_remove("SOURCE_DATE_EPOCH");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self.cmd().args(args).output().expect("spawn kiln");
+        Run { out }
+    }
+
+    pub fn run_in(&self, dir: &Path, args: &[&str]) -> Run {
+        let out = self
+            .cmd()
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("spawn kiln");
+        Run { out }
+    }
+
+    /// Builds the offline busybox base (made by fixtures/bases) into this root.
+    pub fn with_busybox(&self) -> bool {
+        let ctx = fixtures_cache().join("busybox");
+        if !require(
+            ctx.join("rootfs.tar").is_file(),
+            &format!(
+                "{} missing: run fixtures/bases/make-bases.sh (scripts/test.sh does)",
+                ctx.display()
+            ),
+        ) {
+            return false;
+        }
+        self.run(&[
+            "build",
+            "--progress=plain",
+            "-t",
+            "busybox:latest",
+            ctx.to_str().expect("utf-8 path"),
+        ])
+        .ok();
+        true
+    }
+
+    pub fn with_python(&self) -> bool {
+        let ctx = fixtures_cache().join("python-3.11-slim");
+        if !require(
+            ctx.join("rootfs.tar").is_file(),
+            &format!(
+                "{} missing: run fixtures/bases/make-bases.sh (scripts/test.sh does)",
+                ctx.display()
+            ),
+        ) {
+            return false;
+        }
+        self.run(&[
+            "build",
+            "--progress=plain",
+            "-t",
+            "python:3.11-slim",
+            ctx.to_str().expect("utf-8 path"),
+        ])
+        .ok();
+        true
+    }
+}
+
+/// Writes files (path, content) under `dir`.
+pub fn write_tree(dir: &Path, files: &[(&str, &str)]) {
+    for (p, c) in files {
+        let full = dir.join(p);
+        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+        std::fs::write(full, c).expect("write");
+    }
+}
+
+/// Step lines of a plain-progress build that were cache hits / ran.
+pub fn step_outcomes(stderr: &str) -> Vec<(String, String)> {
+    let mut labels: std::collections::BTreeMap<String, String> = Default::default();
+    let mut out = Vec::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((n, text)) = rest.split_once(' ') else {
+            continue;
+        };
+        if text.starts_with('[') {
+            labels.insert(n.to_string(), text.to_string());
+        } else if text == "CACHED" || text.starts_with("DONE") {
+            if let Some(l) = labels.get(n) {
+                out.push((
+                    l.clone(),
+                    if text == "CACHED" { "CACHED" } else { "RAN" }.to_string(),
+                ));
+            }
+        }
+    }
+    out
+}

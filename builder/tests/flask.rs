@@ -1,0 +1,149 @@
+//! The classic tutorial, through the binary: build the Flask example on the
+//! offline python:3.11-slim base, list it, run it detached with a published
+//! port, fetch the page, see it in ps, stop and remove it. Then an edit of
+//! app.py rebuilds only from the COPY of the app on.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{require, step_outcomes, Kiln};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+#[test]
+fn flask_example_end_to_end() {
+    if !require(common::is_root(), "kiln build/run need root") {
+        return;
+    }
+    let wheels = common::repo_root().join("fixtures/flask/wheels");
+    if !require(
+        wheels.is_dir()
+            && std::fs::read_dir(&wheels)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false),
+        "fixtures/flask/wheels is empty: run fixtures/flask/fetch-wheels.sh (scripts/test.sh does)",
+    ) {
+        return;
+    }
+    let k = Kiln::new();
+    if !k.with_python() {
+        return;
+    }
+    // A copy of the example, so the test can edit app.py.
+    let ctx = tempfile::tempdir().unwrap();
+    let src = common::repo_root().join("fixtures/flask");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(ctx.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ctxs = ctx.path().to_str().unwrap();
+
+    let r = k
+        .run(&["build", "--progress=plain", "-t", "flask_app:0.1", ctxs])
+        .ok();
+    let images = k.run(&["images"]).ok().stdout();
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with("flask_app") && l.contains("0.1")),
+        "{images}\n{}",
+        r.stderr()
+    );
+
+    // The wheels were bind-mounted, never copied: nothing of them in the image.
+    let out = tempfile::tempdir().unwrap();
+    let spec = format!("type=local,dest={}", out.path().display());
+    k.run(&["build", "--progress=plain", "--output", &spec, ctxs])
+        .ok();
+    assert!(!out.path().join("wheels").exists());
+    assert!(out.path().join("app/app.py").is_file());
+    let site = out
+        .path()
+        .join("usr/local/lib/python3.11/dist-packages/flask");
+    let site2 = out.path().join("usr/lib/python3/dist-packages/flask");
+    assert!(site.is_dir() || site2.is_dir(), "flask not installed");
+
+    let port = free_port();
+    let publish = format!("{port}:5000");
+    let id = k
+        .run(&["run", "-d", "-p", &publish, "flask_app:0.1"])
+        .ok()
+        .stdout()
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "run -d prints the full id: {id:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut page = None;
+    while Instant::now() < deadline {
+        if let Some(p) = http_get(port).filter(|p| p.contains("200")) {
+            page = Some(p);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = k.run(&["logs", &id[..12]]).stdout();
+    let page = page.unwrap_or_else(|| panic!("no answer on port {port}; logs:\n{logs}"));
+    assert!(page.contains("Hello, World!"), "{page}");
+
+    let ps = k.run(&["ps"]).ok().stdout();
+    assert!(ps.contains(&id[..12]), "{ps}");
+    assert!(ps.contains(&format!("{port}->5000/tcp")), "{ps}");
+
+    k.run(&["stop", &id[..12]]).ok();
+    let ps = k.run(&["ps"]).ok().stdout();
+    assert!(
+        !ps.contains(&id[..12]),
+        "stopped container still listed: {ps}"
+    );
+    let psa = k.run(&["ps", "-a"]).ok().stdout();
+    assert!(psa.contains(&id[..12]) && psa.contains("Exited"), "{psa}");
+    k.run(&["rm", &id[..12]]).ok();
+    let psa = k.run(&["ps", "-a"]).ok().stdout();
+    assert!(!psa.contains(&id[..12]), "{psa}");
+
+    // Edit app.py: only the COPY and what follows rebuild.
+    std::fs::write(
+        ctx.path().join("app.py"),
+        std::fs::read_to_string(ctx.path().join("app.py"))
+            .unwrap()
+            .replace("Hello, World!", "Hello again!"),
+    )
+    .unwrap();
+    let r = k
+        .run(&["build", "--progress=plain", "-t", "flask_app:0.1", ctxs])
+        .ok();
+    let steps = step_outcomes(&r.stderr());
+    let find = |n: &str| {
+        steps
+            .iter()
+            .find(|(l, _)| l.contains(n))
+            .map(|(_, o)| o.as_str())
+            .unwrap_or("missing")
+            .to_string()
+    };
+    assert_eq!(find("pip install"), "CACHED", "{steps:?}");
+    assert_eq!(find("COPY app.py"), "RAN", "{steps:?}");
+}
