@@ -53,11 +53,12 @@ pub fn sealed(path: &Path) -> Result<Arc<SealedExe>, RunError> {
     if let Some((_, e)) = cache.iter().find(|(k, _)| *k == key) {
         return Ok(e.clone());
     }
-    let memfd = rustix::fs::memfd_create(
-        "kiln-runner",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )
-    .map_err(|e| RunError::io("memfd_create", e.into()))?;
+    // MFD_EXEC keeps the copy executable where vm.memfd_noexec=1 would
+    // otherwise make it noexec; kernels before 6.3 reject the flag.
+    let base = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let memfd = rustix::fs::memfd_create("kiln-runner", base | MemfdFlags::EXEC)
+        .or_else(|_| rustix::fs::memfd_create("kiln-runner", base))
+        .map_err(|e| RunError::io("memfd_create", e.into()))?;
     let mut dst = File::from(memfd);
     std::io::copy(&mut src, &mut dst).map_err(|e| RunError::io(ctx(), e))?;
     rustix::fs::fcntl_add_seals(

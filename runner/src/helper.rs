@@ -43,6 +43,8 @@ pub(crate) fn init_hook() {
     }
     let role = args.next();
     let rest: Vec<OsString> = args.collect();
+    // Started from a memfd, our comm would be the fd number.
+    let _ = rustix::thread::set_name(c"kiln-runner");
     let code = match role.as_deref().and_then(|r| r.to_str()) {
         Some("container") => container_main(),
         Some("monitor") => crate::state::monitor_main(&rest),
@@ -428,6 +430,8 @@ fn supervise(child: Pid, reap_all: bool) -> i32 {
 fn container_init(job: &Job, layout: &Layout) -> i32 {
     // Not dumpable: container processes cannot open /proc/1/{exe,mem,fd}.
     let _ = nix::sys::prctl::set_dumpable(false);
+    // Executed from a memfd our comm would be the fd number.
+    let _ = rustix::thread::set_name(c"kiln-init");
     match setup_and_exec(job, layout) {
         Ok(child) => {
             // Nothing more to say; close our copy of the report channel so

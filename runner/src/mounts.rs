@@ -360,20 +360,36 @@ fn mount_overlay(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
     let set = |k: &str, v: &str| {
         fsconfig_set_string(&fs, k, v).map_err(|e| err(format!("overlay option {k}={v}"), e))
     };
+    // One option per layer: no limit on the number of layers, no escaping
+    // of ':' or ','. fsconfig strings are limited to 256 bytes, so longer
+    // paths go through an O_PATH fd as /proc/self/fd/N.
+    let mut held = Vec::new();
+    let mut set_dir = |key: &str, p: &Path| -> Result<(), String> {
+        let ctx = || format!("overlay {key} {}", p.display());
+        if p.as_os_str().len() < 250 {
+            return fsconfig_set_string(&fs, key, p).map_err(|e| err(ctx(), e));
+        }
+        let fd = rustix::fs::open(
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| err(ctx(), e))?;
+        let short = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        held.push(fd);
+        fsconfig_set_string(&fs, key, short.as_str()).map_err(|e| err(ctx(), e))
+    };
     for l in &lowers {
-        // One option per layer: no length limit, no escaping of ':' or ','.
-        fsconfig_set_string(&fs, "lowerdir+", *l)
-            .map_err(|e| err(format!("overlay lower dir {}", l.display()), e))?;
+        set_dir("lowerdir+", l)?;
     }
-    fsconfig_set_string(&fs, "upperdir", &layout.upper)
-        .map_err(|e| err(format!("overlay upper dir {}", layout.upper.display()), e))?;
-    fsconfig_set_string(&fs, "workdir", &layout.work)
-        .map_err(|e| err(format!("overlay work dir {}", layout.work.display()), e))?;
+    set_dir("upperdir", &layout.upper)?;
+    set_dir("workdir", &layout.work)?;
     // The upper dir must stay a plain diff.
     set("redirect_dir", "off")?;
     set("metacopy", "off")?;
     set("index", "off")?;
     fsconfig_create(&fs).map_err(|e| err("creating the overlay", e))?;
+    drop(held);
     let attrs = if job.spec.readonly_rootfs {
         MountAttrFlags::MOUNT_ATTR_RDONLY
     } else {
@@ -536,7 +552,8 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
             }
             MountKind::Tmpfs { size } => {
                 let size = size.map(|s| s.to_string());
-                let mut opts = vec![("mode", "755")];
+                // Docker's and BuildKit's tmpfs default: world-writable, sticky.
+                let mut opts = vec![("mode", "1777")];
                 if let Some(s) = size.as_deref() {
                     opts.push(("size", s));
                 }

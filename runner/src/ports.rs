@@ -462,6 +462,91 @@ mod tests {
         );
     }
 
+    /// The proxy against a server in our own network namespace (setns into
+    /// the namespace we are already in needs CAP_SYS_ADMIN: root only).
+    fn own_netns() -> Option<OwnedFd> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("\n!!! SKIPPED proxy test: needs root for setns !!!\n");
+            return None;
+        }
+        Some(std::fs::File::open("/proc/self/ns/net").unwrap().into())
+    }
+
+    #[test]
+    fn tcp_proxy_relays_both_ways_and_passes_on_close() {
+        let Some(ns) = own_netns() else { return };
+        let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cport = upstream.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in upstream.incoming() {
+                let mut s = s.unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    s.read_to_end(&mut buf).unwrap();
+                    buf.reverse();
+                    s.write_all(&buf).unwrap();
+                });
+            }
+        });
+        let bound = bind_all(&[pm("127.0.0.1", 0, cport, Protocol::Tcp)]).unwrap();
+        let hport = match &bound[0] {
+            Bound::Tcp(_, l) => l.local_addr().unwrap().port(),
+            Bound::Udp(..) => unreachable!(),
+        };
+        let handle = serve(bound, ns);
+        let clients: Vec<_> = (0..20)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let mut c = TcpStream::connect(("127.0.0.1", hport)).unwrap();
+                    c.write_all(format!("abc{i}").as_bytes()).unwrap();
+                    // Our half-close reaches the server, its close reaches us.
+                    c.shutdown(Shutdown::Write).unwrap();
+                    let mut out = String::new();
+                    c.read_to_string(&mut out).unwrap();
+                    assert_eq!(
+                        out,
+                        format!("{}cba", i.to_string().chars().rev().collect::<String>())
+                    );
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        handle.shutdown();
+    }
+
+    #[test]
+    fn udp_proxy_relays_datagrams_per_client() {
+        let Some(ns) = own_netns() else { return };
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let cport = upstream.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = upstream.recv_from(&mut buf) {
+                let mut r = buf[..n].to_vec();
+                r.reverse();
+                upstream.send_to(&r, from).unwrap();
+            }
+        });
+        let bound = bind_all(&[pm("127.0.0.1", 0, cport, Protocol::Udp)]).unwrap();
+        let hport = match &bound[0] {
+            Bound::Udp(_, s) => s.local_addr().unwrap().port(),
+            Bound::Tcp(..) => unreachable!(),
+        };
+        let handle = serve(bound, ns);
+        for word in ["hello", "world"] {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c.send_to(word.as_bytes(), ("127.0.0.1", hport)).unwrap();
+            let mut buf = [0u8; 100];
+            let (n, _) = c.recv_from(&mut buf).unwrap();
+            let want: String = word.chars().rev().collect();
+            assert_eq!(&buf[..n], want.as_bytes());
+        }
+        handle.shutdown();
+    }
+
     #[test]
     fn port_in_use_is_a_clear_error() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();

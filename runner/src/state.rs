@@ -252,6 +252,13 @@ impl Containers {
         detached: bool,
     ) -> Result<Config, RunError> {
         helper::validate(spec)?;
+        if spec.network == crate::NetworkMode::Host && !opts.ports.is_empty() {
+            return Err(RunError::InvalidSpec(
+                "published ports need a private network: with --network host the container \
+                 already uses the host's ports"
+                    .into(),
+            ));
+        }
         if let Some(n) = &opts.name {
             if !names::valid_name(n) {
                 return Err(RunError::InvalidName(n.clone()));
@@ -378,9 +385,15 @@ impl Containers {
     /// `interactive`), listed by `ps` while it runs. Published ports are
     /// served from this process while the container runs.
     pub fn run_foreground(&self, spec: ContainerSpec, opts: RunOptions) -> Result<i32, RunError> {
-        let bound = ports::bind_all(&opts.ports)?;
         let cfg = self.create(&spec, &opts, false)?;
         let dir = self.dir.join(&cfg.id);
+        let bound = match ports::bind_all(&opts.ports) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let dup = |fd: BorrowedFd<'_>| {
             rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| RunError::io("dup stdio", e.into()))
         };

@@ -343,13 +343,29 @@ fn from_scratch_and_many_long_lowers() {
         std::fs::write(d.join("which"), format!("{i}")).unwrap();
         lowers.push(d);
     }
+    // One path longer than fsconfig's 256-byte string limit.
+    let long = t.path().join(format!("{:x<200}/{:y<200}", "", ""));
+    std::fs::create_dir_all(long.join("layers")).unwrap();
+    std::fs::write(long.join("layers/long"), "").unwrap();
+    lowers.push(long);
     lowers.push(busybox_root().to_path_buf());
     let mut s = sh("ls /layers | wc -l; cat /which");
     s.rootfs = RootFs {
         lowers,
         upper: None,
     };
-    assert_eq!(ok(&s), "150\n0");
+    assert_eq!(ok(&s), "151\n0");
+}
+
+#[test]
+fn init_reaps_orphans() {
+    need_root!("init_reaps_orphans");
+    // The orphaned sleeps are re-parented to our PID 1 and must be reaped.
+    let out = ok(&sh(
+        "for i in 1 2 3 4 5; do (sleep 0.01 &); done; sleep 0.3; \
+         ps -o stat,comm | grep -c '^Z' || true",
+    ));
+    assert_eq!(out, "0\n");
 }
 
 #[test]

@@ -325,6 +325,16 @@ fn published_port_reaches_a_loopback_only_server_with_many_clients() {
     );
     assert_eq!(c.list(true).unwrap().len(), 1);
 
+    // Ports with the host's network make no sense.
+    let mut o = opts("hostnet");
+    o.ports = vec![parse_port_spec("127.0.0.1:1:1").unwrap()];
+    let mut s = sh("true");
+    s.network = kiln_runner::NetworkMode::Host;
+    assert!(matches!(
+        c.run_detached(s, o),
+        Err(RunError::InvalidSpec(_))
+    ));
+
     c.stop(&id, Duration::from_secs(10)).unwrap();
     // The listener is gone with the monitor.
     wait_for("port released", || {
