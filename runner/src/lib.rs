@@ -154,5 +154,61 @@ pub fn run(cfg: &RunnerConfig, spec: &ContainerSpec, stdio: Stdio) -> Result<i32
     helper::run_foreground(cfg, spec, stdio, None, &mut |_| {})
 }
 
+/// Like [`run`], but `kill` can end the container from another thread
+/// (a cancelled build): its PID 1 gets SIGKILL, so `run` returns 137.
+pub fn run_killable(
+    cfg: &RunnerConfig,
+    spec: &ContainerSpec,
+    stdio: Stdio,
+    kill: &KillSwitch,
+) -> Result<i32, RunError> {
+    helper::run_foreground(cfg, spec, stdio, None, &mut |ev| match ev {
+        helper::Event::Started { pid, .. } => kill.started(pid),
+    })
+}
+
+/// Ends a [`run_killable`] container from another thread, whether it has
+/// started yet or not. One switch per run.
+#[derive(Debug, Clone, Default)]
+pub struct KillSwitch {
+    inner: std::sync::Arc<std::sync::Mutex<KillState>>,
+}
+
+#[derive(Debug, Default)]
+struct KillState {
+    killed: bool,
+    pidfd: Option<OwnedFd>,
+}
+
+impl KillSwitch {
+    pub fn new() -> KillSwitch {
+        KillSwitch::default()
+    }
+
+    /// SIGKILL the container now, or as soon as it starts.
+    pub fn kill(&self) {
+        if let Ok(mut st) = self.inner.lock() {
+            st.killed = true;
+            if let Some(fd) = &st.pidfd {
+                let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+            }
+        }
+    }
+
+    fn started(&self, pid: i32) {
+        let fd = rustix::process::Pid::from_raw(pid).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
+        if let Ok(mut st) = self.inner.lock() {
+            if st.killed {
+                if let Some(fd) = &fd {
+                    let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+                }
+            }
+            st.pidfd = fd;
+        }
+    }
+}
+
 /// Docker's default PATH, used when the image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -385,3 +385,34 @@ fn many_containers_concurrently_from_threads() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn kill_switch_ends_a_running_container() {
+    need_root!("kill_switch_ends_a_running_container");
+    let ks = kiln_runner::KillSwitch::new();
+    let ks2 = ks.clone();
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    let h = std::thread::spawn(move || {
+        kiln_runner::run_killable(
+            &cfg(),
+            &sh("echo up; exec sleep 1000"),
+            kiln_runner::Stdio {
+                stdin: None,
+                stdout: Some(w),
+                stderr: None,
+            },
+            &ks2,
+        )
+    });
+    // Wait until the process runs, then cancel.
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(&mut std::fs::File::from(r), &mut buf).unwrap();
+    assert_eq!(&buf, b"up\n");
+    ks.kill();
+    assert_eq!(h.join().unwrap().unwrap(), 137);
+    // Killed before it starts: it never runs its command.
+    let ks = kiln_runner::KillSwitch::new();
+    ks.kill();
+    let code = kiln_runner::run_killable(&cfg(), &sh("exit 0"), Default::default(), &ks).unwrap();
+    assert_eq!(code, 137);
+}

@@ -20,10 +20,31 @@ macro_rules! need_root {
     };
 }
 
-fn containers() -> (tempfile::TempDir, Containers) {
+/// A state dir whose containers are force-removed when the test ends, even
+/// when it fails half-way (no `sleep 1000` left behind).
+struct Fixture {
+    c: Containers,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Containers;
+    fn deref(&self) -> &Containers {
+        &self.c
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for i in self.c.list(true).unwrap_or_default() {
+            let _ = self.c.remove(&i.id, true);
+        }
+    }
+}
+
+fn containers() -> (tempfile::TempDir, Fixture) {
     let t = tempfile::tempdir().unwrap();
     let c = Containers::open(cfg(), &t.path().join("containers")).unwrap();
-    (t, c)
+    (t, Fixture { c })
 }
 
 fn opts(name: &str) -> RunOptions {
