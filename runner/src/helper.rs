@@ -202,6 +202,7 @@ pub(crate) fn run_foreground(
         scratch: scratch_dir,
         hostname: spec.hostname.clone().unwrap_or(hostname),
         tty,
+        supervisor: std::process::id() as i32,
     };
     let (console, relay) = if tty {
         let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
@@ -352,6 +353,19 @@ fn container_main() -> i32 {
 /// The H role (also used by the monitor, in a forked child whose fd 3 is a
 /// pipe to the monitor). Never returns an error: it reports and exits.
 pub(crate) fn container_parent(job: &Job) -> i32 {
+    // If whoever waits for us dies (the caller of run(), or the monitor), the
+    // container goes too: no container outlives its supervisor unseen.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if nix::unistd::getppid().as_raw() != job.supervisor {
+        send(
+            report(),
+            &Msg::Error {
+                message: "the runner's caller went away".into(),
+                code: None,
+            },
+        );
+        return 125;
+    }
     let code = match start_container(job) {
         Ok(code) => code,
         Err(message) => {
@@ -391,6 +405,8 @@ fn start_container(job: &Job) -> Result<i32, String> {
     // SAFETY: single-threaded process.
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
+            // PID 1 dies with H, which dies with its supervisor.
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             let code = container_init(job, &layout);
             std::process::exit(code);
         }

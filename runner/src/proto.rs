@@ -19,6 +19,9 @@ pub(crate) struct Job {
     pub hostname: String,
     /// stdin is a terminal that should become the controlling terminal.
     pub tty: bool,
+    /// PID of the process the helper's parent must be (checked after
+    /// setting the parent-death signal, to close the race with its death).
+    pub supervisor: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

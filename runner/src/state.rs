@@ -471,7 +471,9 @@ impl Containers {
         let st = self.state(id)?;
         let status = match st.phase {
             Phase::Created => ContainerStatus::Created,
-            Phase::Running if alive(st.supervisor_pid, st.supervisor_start) => {
+            Phase::Running
+                if alive(st.supervisor_pid, st.supervisor_start) || alive(st.pid, st.pid_start) =>
+            {
                 ContainerStatus::Running { pid: st.pid }
             }
             Phase::Running => {
@@ -530,7 +532,10 @@ impl Containers {
     /// A name, a full ID or a unique ID prefix to the full ID. Names win
     /// over ID prefixes (Docker's rule).
     pub fn resolve(&self, name_or_id_prefix: &str) -> Result<String, RunError> {
-        let q = name_or_id_prefix;
+        // Docker prints names with a leading '/' in places; accept it.
+        let q = name_or_id_prefix
+            .strip_prefix('/')
+            .unwrap_or(name_or_id_prefix);
         if q.is_empty() {
             return Err(RunError::NoSuchContainer(q.to_string()));
         }
@@ -566,7 +571,9 @@ impl Containers {
         let id = self.resolve(id)?;
         let c = self.config(&id)?;
         let st = self.state(&id)?;
-        if st.phase != Phase::Running || !alive(st.supervisor_pid, st.supervisor_start) {
+        if st.phase != Phase::Running
+            || !(alive(st.supervisor_pid, st.supervisor_start) || alive(st.pid, st.pid_start))
+        {
             return Ok(());
         }
         let sig = parse_signal(c.opts.stop_signal.as_deref().unwrap_or("SIGTERM"))?;
@@ -613,8 +620,22 @@ impl Containers {
     }
 
     /// Write the container's output (stdout and stderr, in order) to `out`.
-    /// With `follow`, keep going until the container has exited.
+    /// With `follow`, keep going until the container has exited. Only
+    /// detached containers have logs (a foreground run's output went to
+    /// its caller).
     pub fn logs(&self, id: &str, follow: bool, out: &mut dyn Write) -> Result<(), RunError> {
+        self.logs_split(id, follow, out, None)
+    }
+
+    /// Like [`Containers::logs`], with the container's stderr going to
+    /// `err` when given (what `docker logs` does with its own stderr).
+    pub fn logs_split(
+        &self,
+        id: &str,
+        follow: bool,
+        out: &mut dyn Write,
+        mut err: Option<&mut dyn Write>,
+    ) -> Result<(), RunError> {
         let id = self.resolve(id)?;
         let path = self.dir.join(&id).join("container.log");
         let mut pos = 0u64;
@@ -637,11 +658,18 @@ impl Containers {
                     while let Some(nl) = partial.find('\n') {
                         let line: String = partial.drain(..=nl).collect();
                         if let Ok(entry) = serde_json::from_str::<LogEntry>(line.trim_end()) {
-                            out.write_all(entry.log.as_bytes())
+                            let w: &mut dyn Write = match err.as_deref_mut() {
+                                Some(e) if entry.stream == "stderr" => e,
+                                _ => &mut *out,
+                            };
+                            w.write_all(entry.log.as_bytes())
                                 .map_err(|e| RunError::io("writing logs", e))?;
                         }
                     }
                     out.flush().map_err(|e| RunError::io("writing logs", e))?;
+                    if let Some(e) = err.as_deref_mut() {
+                        e.flush().map_err(|e| RunError::io("writing logs", e))?;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(RunError::io(format!("opening {}", path.display()), e)),
@@ -797,6 +825,7 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
             .clone()
             .unwrap_or_else(|| cfg.id[..12].to_string()),
         tty: false,
+        supervisor: std::process::id() as i32,
     };
     // SAFETY: still single-threaded: no thread is started before this fork.
     let h = match unsafe { nix::unistd::fork() } {

@@ -104,6 +104,9 @@ fn detached_lifecycle() {
         (l.contains("to-stdout") && l.contains("to-stderr")).then_some(l)
     });
     assert_eq!(out.lines().count(), 2, "{out}");
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    c.logs_split(&id, false, &mut o, Some(&mut e)).unwrap();
+    assert_eq!((&o[..], &e[..]), (&b"to-stdout\n"[..], &b"to-stderr\n"[..]));
     // json-lines like Docker's json-file driver
     let raw = std::fs::read_to_string(_t.path().join("containers").join(&id).join("container.log"))
         .unwrap();
@@ -389,4 +392,38 @@ fn closing_either_side_closes_the_other() {
     });
     assert_eq!(got, "bye\n");
     c.remove(&id, true).unwrap();
+}
+
+#[test]
+fn killing_the_monitor_takes_the_container_down() {
+    need_root!("killing_the_monitor_takes_the_container_down");
+    let (t, c) = containers();
+    let id = c
+        .run_detached(sh("exec sleep 1000"), opts("orphan"))
+        .unwrap();
+    let pid = match c.list(false).unwrap()[0].status {
+        ContainerStatus::Running { pid } => pid,
+        ref s => panic!("{s:?}"),
+    };
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(t.path().join("containers").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let monitor = state["supervisor_pid"].as_i64().unwrap() as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(monitor).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    // The container's PID 1 follows (parent-death signals down the chain).
+    wait_for("container death", || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    let all = c.list(true).unwrap();
+    assert!(
+        matches!(all[0].status, ContainerStatus::Exited { code: 255, .. }),
+        "{:?}",
+        all[0].status
+    );
+    c.remove(&id, false).unwrap();
 }
