@@ -490,7 +490,7 @@ fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32
     )
     .map_err(|e| setup(e.to_string()))?;
 
-    let mut env: Vec<String> = job.spec.env.clone();
+    let mut env = dedup_env(&job.spec.env);
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
@@ -713,6 +713,23 @@ fn exec_error(name: &str, e: std::io::Error) -> (String, i32) {
     }
 }
 
+/// Later values of a variable replace earlier ones in place (Docker's
+/// `ReplaceOrAppendEnvValues`), so the process never sees a key twice.
+fn dedup_env(env: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(env.len());
+    for e in env {
+        let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        match out
+            .iter_mut()
+            .find(|o| o.split_once('=').map_or(o.as_str(), |(k, _)| k) == key)
+        {
+            Some(slot) => *slot = e.clone(),
+            None => out.push(e.clone()),
+        }
+    }
+    out
+}
+
 /// Go's exec.LookPath inside the container (we are chrooted by now).
 fn lookup(name: &str, path: &str) -> Result<CString, (String, i32)> {
     let to_c = |s: &str| CString::new(s).map_err(|_| (format!("bad path {s:?}"), 127));
@@ -762,6 +779,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a directory"));
+    }
+
+    #[test]
+    fn env_later_values_win_in_place() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            dedup_env(&v(&["A=1", "B=2", "A=3", "C", "C=4"])),
+            v(&["A=3", "B=2", "C=4"])
+        );
     }
 
     #[test]

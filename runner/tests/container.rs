@@ -286,8 +286,10 @@ fn network_modes() {
     s.network = NetworkMode::Private;
     assert_eq!(ok(&s), "lo ");
     // lo is up: a local server is reachable.
-    let mut s2 =
-        sh("(echo pong | nc -l -p 7777 127.0.0.1 &) ; sleep 0.2; nc 127.0.0.1 7777 </dev/null");
+    let mut s2 = sh(
+        "(echo pong | nc -l -p 7777 127.0.0.1 &); for i in $(seq 200); do \
+            nc 127.0.0.1 7777 </dev/null 2>/dev/null && exit 0; usleep 50000; done; exit 1",
+    );
     s2.network = NetworkMode::Private;
     assert_eq!(ok(&s2), "pong\n");
     let host: Vec<String> = std::fs::read_to_string("/proc/net/dev")
@@ -361,10 +363,9 @@ fn from_scratch_and_many_long_lowers() {
 fn init_reaps_orphans() {
     need_root!("init_reaps_orphans");
     // The orphaned sleeps are re-parented to our PID 1 and must be reaped.
-    let out = ok(&sh(
-        "for i in 1 2 3 4 5; do (sleep 0.01 &); done; sleep 0.3; \
-         ps -o stat,comm | grep -c '^Z' || true",
-    ));
+    let out = ok(&sh("for i in 1 2 3 4 5; do (sleep 0.01 &); done; \
+         while ps -o stat,comm | grep -q '^[^Z].*sleep'; do usleep 10000; done; \
+         ps -o stat,comm | grep -c '^Z' || true"));
     assert_eq!(out, "0\n");
 }
 
