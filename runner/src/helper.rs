@@ -166,22 +166,35 @@ pub(crate) enum Event {
     Started { helper: i32, pid: i32 },
 }
 
-/// Foreground run. `scratch`: use this dir (kept) instead of a temp dir
-/// (removed afterwards). `on_event` sees the container's host PID.
+/// A foreground run that belongs to a named container (state dir).
+pub(crate) struct Named<'a> {
+    /// Scratch dir inside the container's state dir (kept).
+    pub scratch: &'a Path,
+    pub id: &'a str,
+    /// Make a pty in the container and relay it to the caller's terminal.
+    pub tty: bool,
+    /// Relay the caller's stdin to the pty (and put the terminal in raw mode).
+    pub interactive: bool,
+}
+
+/// Foreground run; without `named`, the scratch dir is a temp dir removed
+/// afterwards and the hostname defaults to "kiln". `on_event` sees the
+/// container's host PID.
 pub(crate) fn run_foreground(
     cfg: &RunnerConfig,
     spec: &ContainerSpec,
     stdio: Stdio,
-    scratch: Option<(&Path, &str, bool, bool)>,
+    named: Option<Named<'_>>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<i32, RunError> {
     validate(spec)?;
-    let (scratch_dir, _guard, hostname, tty) = match scratch {
-        Some((dir, id, tty, _)) => (
-            dir.to_path_buf(),
-            None,
-            id[..12.min(id.len())].to_string(),
-            tty,
+    let mut _guard = None;
+    let (scratch, hostname, tty, interactive) = match &named {
+        Some(n) => (
+            n.scratch.to_path_buf(),
+            n.id[..12.min(n.id.len())].to_string(),
+            n.tty,
+            n.interactive,
         ),
         None => {
             let dir = cfg
@@ -189,24 +202,19 @@ pub(crate) fn run_foreground(
                 .join(format!("kiln-run-{}", random_hex(8)?));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| RunError::io(format!("creating {}", dir.display()), e))?;
-            (
-                dir.clone(),
-                Some(ScratchDir(dir)),
-                "kiln".to_string(),
-                false,
-            )
+            _guard = Some(ScratchDir(dir.clone()));
+            (dir, "kiln".to_string(), false, false)
         }
     };
     let job = Job {
         spec: spec.clone(),
-        scratch: scratch_dir,
+        scratch,
         hostname: spec.hostname.clone().unwrap_or(hostname),
         tty,
         supervisor: std::process::id() as i32,
     };
     let (console, relay) = if tty {
         let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
-        let interactive = scratch.map(|s| s.3).unwrap_or(false);
         (
             Some(OwnedFd::from(theirs)),
             Some(crate::tty::relay(ours, interactive)),
@@ -214,14 +222,8 @@ pub(crate) fn run_foreground(
     } else {
         (None, None)
     };
-    let spawned = spawn_helper(cfg, "container", &[], stdio, console);
-    let (mut child, mut sock) = match spawned {
-        Ok(x) => x,
-        Err(e) => {
-            // The relay thread sees EOF and ends.
-            return Err(e);
-        }
-    };
+    // On error the console socket is dropped and the relay thread ends.
+    let (mut child, mut sock) = spawn_helper(cfg, "container", &[], stdio, console)?;
     let helper = child.id() as i32;
     let result = talk(&mut sock, &job, &mut |pid| {
         on_event(Event::Started { helper, pid })
@@ -319,8 +321,7 @@ fn cloexec_fds_from(first: u32) {
 fn container_main() -> i32 {
     let _ = rustix::io::fcntl_setfd(report(), rustix::io::FdFlags::CLOEXEC);
     close_fds_from(CONSOLE_FD as u32 + 1);
-    // SAFETY: fd 3 is ours; read the job through a duplicate so the report
-    // fd stays open.
+    // Read the job through a duplicate so that the report fd stays open.
     let dup = match rustix::io::fcntl_dupfd_cloexec(report(), 10) {
         Ok(fd) => fd,
         Err(e) => {

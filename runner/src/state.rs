@@ -417,7 +417,12 @@ impl Containers {
             &self.cfg,
             &spec,
             stdio,
-            Some((&dir.join("scratch"), &cfg.id, tty, opts.interactive)),
+            Some(helper::Named {
+                scratch: &dir.join("scratch"),
+                id: &cfg.id,
+                tty,
+                interactive: opts.interactive,
+            }),
             &mut |ev| match ev {
                 Event::Started { helper, pid } => {
                     let st = State {
