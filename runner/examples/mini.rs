@@ -75,9 +75,15 @@ fn real_main() -> Result<(), kiln_runner::RunError> {
     opts.image = root.display().to_string();
     opts.command = argv.join(" ");
     let spec = ContainerSpec {
+        // KILN_MINI_UPPER=DIR: keep the upper (DIR/upper, DIR/work) to look at.
         rootfs: RootFs {
             lowers: vec![root],
-            upper: None,
+            upper: std::env::var_os("KILN_MINI_UPPER").map(|d| {
+                let d = PathBuf::from(d);
+                let _ = std::fs::create_dir_all(d.join("upper"));
+                let _ = std::fs::create_dir_all(d.join("work"));
+                (d.join("upper"), d.join("work"))
+            }),
         },
         args: argv,
         cwd: "/".into(),

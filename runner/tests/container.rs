@@ -417,3 +417,47 @@ fn kill_switch_ends_a_running_container() {
     let code = kiln_runner::run_killable(&cfg(), &sh("exit 0"), Default::default(), &ks).unwrap();
     assert_eq!(code, 137);
 }
+
+#[test]
+fn tty_is_a_pty_inside_the_container() {
+    need_root!("tty_is_a_pty_inside_the_container");
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::io::{Read, Write};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-runner-testbin"))
+        .arg("run-tty")
+        .arg(state.path())
+        .arg(busybox_root())
+        .arg("/bin/sh")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut m = std::fs::File::from(master);
+    m.write_all(b"echo hi-$((1+2)); tty; exit 3\n").unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // EIO once every slave is closed.
+    while let Ok(n) = m.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let status = child.wait().unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status.code(), Some(3), "{out}");
+    assert!(out.contains("hi-3"), "{out}");
+    // The pty comes from the container's own devpts instance.
+    assert!(out.contains("/dev/pts/0"), "{out}");
+}

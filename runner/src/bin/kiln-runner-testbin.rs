@@ -1,8 +1,47 @@
 //! Helper binary for kiln-runner's own tests and benchmarks: the runner
-//! re-executes it as its container helper / monitor. It does nothing else.
+//! re-executes it as its container helper / monitor. For the pty test it
+//! also runs one foreground container with `-it`:
+//!
+//!     kiln-runner-testbin run-tty STATE_DIR ROOTFS CMD...
+
+use std::path::PathBuf;
+
+use kiln_runner::{ContainerSpec, Containers, RootFs, RunOptions, RunnerConfig};
 
 fn main() {
     kiln_runner::init_hook();
-    eprintln!("kiln-runner-testbin: only meant to be started by kiln-runner");
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() > 4 && args[1] == "run-tty" {
+        let c = match Containers::open(RunnerConfig::default(), &PathBuf::from(&args[2])) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("kiln-runner-testbin: {e}");
+                std::process::exit(125);
+            }
+        };
+        let spec = ContainerSpec {
+            rootfs: RootFs {
+                lowers: vec![PathBuf::from(&args[3])],
+                upper: None,
+            },
+            args: args[4..].to_vec(),
+            cwd: "/".into(),
+            ..Default::default()
+        };
+        let opts = RunOptions {
+            tty: true,
+            interactive: true,
+            auto_remove: true,
+            ..Default::default()
+        };
+        match c.run_foreground(spec, opts) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("kiln-runner-testbin: {e}");
+                std::process::exit(e.exit_code().unwrap_or(125));
+            }
+        }
+    }
+    eprintln!("kiln-runner-testbin: only meant to be started by kiln-runner or its tests");
     std::process::exit(2);
 }
