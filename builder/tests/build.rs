@@ -132,15 +132,15 @@ fn independent_stages_run_at_the_same_time() {
         ctx.path(),
         &[(
             "Dockerfile",
-            "FROM busybox AS a\nRUN date +%s%N > /start && sleep 2 && date +%s%N > /end\n\
-             FROM busybox AS b\nRUN date +%s%N > /start && sleep 2 && date +%s%N > /end\n\
+            "FROM busybox AS a\nRUN cut -d' ' -f1 /proc/uptime > /start && sleep 2 && cut -d' ' -f1 /proc/uptime > /end\n\
+             FROM busybox AS b\nRUN cut -d' ' -f1 /proc/uptime > /start && sleep 2 && cut -d' ' -f1 /proc/uptime > /end\n\
              FROM busybox\nCOPY --from=a /start /a.start\nCOPY --from=a /end /a.end\n\
              COPY --from=b /start /b.start\nCOPY --from=b /end /b.end\n",
         )],
     );
     let out = tempfile::tempdir().unwrap();
     export(&k, ctx.path(), out.path(), &[]).ok();
-    let read = |n: &str| -> u128 {
+    let read = |n: &str| -> f64 {
         fs::read_to_string(out.path().join(n))
             .unwrap()
             .trim()

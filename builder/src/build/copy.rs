@@ -84,32 +84,62 @@ pub fn parse_chmod(s: &str) -> Result<u32> {
         .ok_or_else(|| anyhow!("invalid --chmod={s}: kiln accepts octal modes (e.g. 755)"))
 }
 
-/// The kind of archive ADD extracts, from its first bytes.
-pub fn archive_kind(path: &Path) -> Result<Option<&'static str>> {
-    let mut f = fs::File::open(path)?;
-    let mut head = [0u8; 512];
+/// Whether a 512-byte block is a tar header: the ustar magic, or a v7
+/// header whose checksum adds up.
+fn is_tar_header(h: &[u8]) -> bool {
+    if h.len() < 512 {
+        return false;
+    }
+    if &h[257..262] == b"ustar" {
+        return true;
+    }
+    let field = String::from_utf8_lossy(&h[148..156]);
+    let Ok(want) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8) else {
+        return false;
+    };
+    let sum: u32 = h
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 })
+        .sum();
+    sum == want && h[0] != 0
+}
+
+fn read_head(mut r: impl Read) -> Vec<u8> {
+    let mut head = vec![0u8; 512];
     let mut n = 0;
     while n < head.len() {
-        let r = f.read(&mut head[n..])?;
-        if r == 0 {
-            break;
+        match r.read(&mut head[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
         }
-        n += r;
     }
-    let h = &head[..n];
-    Ok(if h.starts_with(&[0x1f, 0x8b]) {
-        Some("gzip")
+    head.truncate(n);
+    head
+}
+
+/// The kind of archive ADD extracts: a tar, plain or compressed, decided by
+/// looking at the (decompressed) first block, as BuildKit does. A gzip file
+/// that is not a tar is copied as it is.
+pub fn archive_kind(path: &Path) -> Result<Option<&'static str>> {
+    let f = fs::File::open(path)?;
+    let h = read_head(&f);
+    let open = || fs::File::open(path);
+    let (kind, inner): (&'static str, Vec<u8>) = if h.starts_with(&[0x1f, 0x8b]) {
+        ("gzip", read_head(flate2::read::MultiGzDecoder::new(open()?)))
     } else if h.starts_with(b"BZh") {
-        Some("bzip2")
+        ("bzip2", read_head(bzip2::read::MultiBzDecoder::new(open()?)))
     } else if h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Some("xz")
+        ("xz", read_head(xz2::read::XzDecoder::new_multi_decoder(open()?)))
     } else if h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some("zstd")
-    } else if n >= 262 && &h[257..262] == b"ustar" {
-        Some("tar")
+        match zstd::stream::read::Decoder::new(open()?) {
+            Ok(d) => ("zstd", read_head(d)),
+            Err(_) => return Ok(None),
+        }
     } else {
-        None
-    })
+        ("tar", h)
+    };
+    Ok(is_tar_header(&inner).then_some(kind))
 }
 
 /// A context source, cleaned relative to the context root; `../x` that
@@ -269,14 +299,10 @@ fn items_from_context(
     exclude: Option<&PatternMatcher>,
     add: bool,
     unpack: bool,
+    archive_dir: &str,
 ) -> Result<Vec<(String, Item)>> {
     let mut out = Vec::new();
     for (k, e) in ctx.subtree(&sel.path) {
-        if let Some(m) = exclude {
-            if m.matches(k) {
-                continue;
-            }
-        }
         let rel = if k == &sel.path {
             String::new()
         } else if sel.path.is_empty() {
@@ -284,6 +310,12 @@ fn items_from_context(
         } else {
             k[sel.path.len() + 1..].to_string()
         };
+        // --exclude patterns are relative to each source.
+        if let Some(m) = exclude {
+            if !rel.is_empty() && m.matches(&rel) {
+                continue;
+            }
+        }
         let dest = if rel.is_empty() {
             target.to_string()
         } else {
@@ -292,22 +324,10 @@ fn items_from_context(
         let real = ctx.root.join(k);
         let src = match e.kind {
             Kind::File => {
-                if add && unpack && rel.is_empty() && archive_kind(&real)?.is_some() {
-                    // Extracted into the destination directory.
-                    let dir = if sel.is_dir {
-                        target.to_string()
-                    } else {
-                        target
-                            .rsplit_once('/')
-                            .map(|(p, _)| {
-                                if p.is_empty() {
-                                    "/".to_string()
-                                } else {
-                                    p.to_string()
-                                }
-                            })
-                            .unwrap_or_else(|| "/".into())
-                    };
+                if add && unpack && rel.is_empty() && !sel.is_dir && archive_kind(&real)?.is_some() {
+                    // Extracted into the destination, which is a directory
+                    // whether or not it ends with a slash.
+                    let dir = archive_dir.to_string();
                     out.push((
                         dir,
                         Item {
@@ -492,22 +512,14 @@ pub fn plan_copy(
                     exclude.as_ref(),
                     req.add,
                     req.unpack,
+                    &fsutil::clean_abs(&req.dest),
                 )?);
                 let listing = ctx.describe_subtree(&sel.path)?;
                 let listing: BTreeMap<String, String> = match &exclude {
                     None => listing,
                     Some(x) => listing
                         .into_iter()
-                        .filter(|(k, _)| {
-                            let full = if k == "." {
-                                sel.path.clone()
-                            } else if sel.path.is_empty() {
-                                k.clone()
-                            } else {
-                                format!("{}/{}", sel.path, k)
-                            };
-                            !x.matches(&full)
-                        })
+                        .filter(|(k, _)| k == "." || !x.matches(k))
                         .collect(),
                 };
                 described.insert(format!("{} -> {}", sel.path, target), summarise(listing));
@@ -606,7 +618,12 @@ pub fn execute(plan: &CopyPlan, upper: &Path, view: &RootView) -> Result<()> {
         }
         let path = parent_dir.join(name);
         let (uid, gid) = owner.unwrap_or((item.uid, item.gid));
-        let mode = plan.chmod.unwrap_or(item.mode);
+        // --chmod applies to files; directories keep their source's mode
+        // (BuildKit of Docker 20.10, our reference, does the same).
+        let mode = match item.src {
+            ItemSource::Dir => item.mode,
+            _ => plan.chmod.unwrap_or(item.mode),
+        };
         match &item.src {
             ItemSource::Dir
                 if item.rel.is_empty() && view.stat(dest)?.is_some_and(|f| f.meta.is_dir()) =>

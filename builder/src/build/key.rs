@@ -45,7 +45,11 @@ pub fn scratch_config() -> ImageConfig {
     serde_json::from_value(json!({
         "architecture": arch,
         "os": os,
-        "config": {},
+        // What BuildKit gives an image built FROM scratch.
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "WorkingDir": "/"
+        },
         "rootfs": {"type": "layers", "diff_ids": []},
         "history": []
     }))
@@ -70,6 +74,7 @@ mod tests {
     fn scratch_config_is_empty() {
         let c = scratch_config();
         assert!(c.rootfs.diff_ids.is_empty());
-        assert!(c.config.env.is_empty());
+        assert_eq!(c.config.env.len(), 1, "only the default PATH");
+        assert_eq!(c.config.working_dir.as_deref(), Some("/"));
     }
 }

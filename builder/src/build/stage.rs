@@ -92,20 +92,22 @@ fn default_shell() -> Vec<String> {
 }
 
 impl StageState {
-    /// Variables for word expansion: ARGs in scope, overridden by ENV
-    /// (as Docker documents).
+    /// Variables for word expansion: the image's ENV, then the ARGs in
+    /// scope. Whichever was declared last wins: an ENV removes the ARG of
+    /// the same name from scope, and an ARG declared after an ENV shadows
+    /// it (what BuildKit does, whatever its reference says).
     fn expand_env(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
-        for (k, v) in &self.args {
-            if let Some(v) = v {
-                m.insert(k.clone(), v.clone());
-            }
-        }
         for e in &self.config.config.env {
             match e.split_once('=') {
                 Some((k, v)) => m.insert(k.to_string(), v.to_string()),
                 None => m.insert(e.clone(), String::new()),
             };
+        }
+        for (k, v) in &self.args {
+            if let Some(v) = v {
+                m.insert(k.clone(), v.clone());
+            }
         }
         m
     }
@@ -233,6 +235,11 @@ impl Builder {
 
     /// Metadata instructions: a new config, a history entry, a new key.
     fn meta(&self, st: &mut StageState, ins: &Instruction) {
+        self.push_meta_history(st, ins);
+        self.meta_key(st, ins);
+    }
+
+    fn push_meta_history(&self, st: &mut StageState, ins: &Instruction) {
         let created = self
             .opts
             .source_date_epoch
@@ -241,6 +248,9 @@ impl Builder {
         st.config
             .history
             .push(history(created, &ins.original, true));
+    }
+
+    fn meta_key(&self, st: &mut StageState, ins: &Instruction) {
         let cfg = serde_json::to_value(&st.config.config).unwrap_or(Value::Null);
         st.key = key::step_key(&st.key, &ins.original, &json!({ "config": cfg }));
     }
@@ -267,6 +277,7 @@ impl Builder {
                     pairs.push((k, v));
                 }
                 for (k, v) in pairs {
+                    st.args.remove(&k);
                     set_env(&mut st.config, &k, &v);
                 }
                 self.meta(st, ins);
@@ -290,7 +301,9 @@ impl Builder {
                 }
                 // ARGs do not change the config, but they do change the
                 // environment of every later RUN: that is in RUN's key.
+                // BuildKit records them in the history.
                 let args = json!(st.args);
+                self.push_meta_history(st, ins);
                 st.key = key::step_key(&st.key, &ins.original, &json!({ "args": args }));
             }
             InstructionKind::Label(kvs) => {
@@ -433,8 +446,10 @@ impl Builder {
                 self.meta(st, ins);
             }
             InstructionKind::Onbuild(t) => {
+                // Stored for images built FROM this one; BuildKit writes
+                // no history entry for it.
                 st.config.config.on_build.push(t.clone());
-                self.meta(st, ins);
+                self.meta_key(st, ins);
             }
             InstructionKind::Workdir(w) => {
                 let w = self.expand(st, w, line)?;
@@ -657,22 +672,17 @@ impl Builder {
         let lx = self.lexer();
         let mut sources = Vec::new();
         let mut heredoc_bodies = Vec::new();
+        for h in c.heredocs {
+            let content = h.effective_content();
+            let body = if h.expand {
+                lx.process_word(&content, &env)
+                    .map_err(|e| self.located(line, &e.to_string()))?
+            } else {
+                content
+            };
+            heredoc_bodies.push((h.name.clone(), body.into_bytes()));
+        }
         for s in c.sources {
-            if let Some(name) = s.strip_prefix("<<").map(|n| {
-                n.trim_start_matches('-')
-                    .trim_matches(|ch| ch == '"' || ch == '\'')
-            }) {
-                if let Some(h) = c.heredocs.iter().find(|h| h.name == name) {
-                    let body = if h.expand {
-                        lx.process_word(&h.content, &env)
-                            .map_err(|e| self.located(line, &e.to_string()))?
-                    } else {
-                        h.content.clone()
-                    };
-                    heredoc_bodies.push((h.name.clone(), body.into_bytes()));
-                    continue;
-                }
-            }
             sources.push(
                 lx.process_word(s, &env)
                     .map_err(|e| self.located(line, &e.to_string()))?,
@@ -752,21 +762,34 @@ impl Builder {
         pos: &str,
     ) -> Result<()> {
         let line = ins.span.line;
-        // argv
+        // argv. `RUN <<EOF` alone makes the heredoc the script: run by the
+        // shell, or, with a shebang, as a file mounted at /dev/pipes/EOF
+        // (BuildKit's place for it, on the /dev tmpfs: never in a layer).
+        let mut script_file: Option<(String, String)> = None;
         let argv: Vec<String> = match &r.command {
             Command::Exec(v) => v.clone(),
             Command::Shell(s) => {
-                let script = if r.heredocs.len() == 1
+                let only_heredoc = r.heredocs.len() == 1
                     && s.trim()
                         .trim_start_matches("<<")
                         .trim_start_matches('-')
                         .trim_matches(|c| c == '"' || c == '\'')
-                        == r.heredocs[0].name
-                {
-                    // `RUN <<EOF`: the heredoc is the script.
-                    r.heredocs[0].content.clone()
+                        == r.heredocs[0].name;
+                if only_heredoc {
+                    let content = r.heredocs[0].effective_content();
+                    if content.starts_with("#!") {
+                        let target = format!("/dev/pipes/{}", r.heredocs[0].name);
+                        script_file = Some((target.clone(), content));
+                        vec![target]
+                    } else {
+                        let mut v = st.shell();
+                        v.push(content);
+                        v
+                    }
                 } else if r.heredocs.is_empty() {
-                    s.clone()
+                    let mut v = st.shell();
+                    v.push(s.clone());
+                    v
                 } else {
                     // Heredocs are handed to the shell, which expands them
                     // (or not, for quoted delimiters) itself.
@@ -780,15 +803,6 @@ impl Builder {
                         script.push_str(&h.name);
                         script.push('\n');
                     }
-                    script
-                };
-                if script.starts_with("#!")
-                    && r.heredocs.len() == 1
-                    && script == r.heredocs[0].content
-                {
-                    // A shebang script: written to a file and executed.
-                    vec!["/bin/sh".into(), "-c".into(), format!("f=$(mktemp); cat > \"$f\" <<'KILN_EOF_SCRIPT'\n{script}\nKILN_EOF_SCRIPT\nchmod +x \"$f\"; exec \"$f\"")]
-                } else {
                     let mut v = st.shell();
                     v.push(script);
                     v
@@ -800,15 +814,13 @@ impl Builder {
         if env_lookup(&st.config, "PATH").is_none() {
             env.push(format!("PATH={DEFAULT_PATH}"));
         }
-        let mut key_env = env.clone();
         for (k, v) in &st.args {
             if let Some(v) = v {
-                if env_lookup(&st.config, k).is_none() {
-                    env.push(format!("{k}={v}"));
-                    key_env.push(format!("{k}={v}"));
-                }
+                env.retain(|e| e.split_once('=').map(|(n, _)| n) != Some(k.as_str()));
+                env.push(format!("{k}={v}"));
             }
         }
+        let key_env = env.clone();
         for p in PROXY_ARGS {
             if let Some(v) = self.opts.build_args.get(*p) {
                 env.push(format!("{p}={v}"));
@@ -1075,6 +1087,26 @@ impl Builder {
                     );
                 }
             }
+        }
+        if let Some((target, content)) = &script_file {
+            let tmp = tempfile::Builder::new()
+                .prefix("kiln-heredoc-")
+                .tempdir_in(self.store.root().join("tmp"))?;
+            let file = tmp.path().join("script");
+            std::fs::write(&file, content)?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
+            }
+            mount_inputs.push(json!({"type": "heredoc", "target": target, "content": content}));
+            mounts.push(MountSpec {
+                target: target.clone(),
+                kind: MountKind::Bind {
+                    source: file,
+                    readonly: true,
+                },
+            });
+            keep.push(tmp);
         }
         // Secrets exposed as env vars are read at run time, never keyed.
         for (name, file) in &secret_env {
