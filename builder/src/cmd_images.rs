@@ -19,10 +19,6 @@ pub fn human_size(n: u64) -> String {
         format!("{n}B")
     } else if f < 1e6 {
         format!("{:.3}kB", f / 1e3)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + if (f / 1e3).fract() == 0.0 { "" } else { "" }
     } else if f < 1e9 {
         format!("{:.1}MB", f / 1e6)
     } else {

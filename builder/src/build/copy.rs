@@ -94,13 +94,20 @@ fn is_tar_header(h: &[u8]) -> bool {
         return true;
     }
     let field = String::from_utf8_lossy(&h[148..156]);
-    let Ok(want) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8) else {
+    let Ok(want) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+    else {
         return false;
     };
     let sum: u32 = h
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                *b as u32
+            }
+        })
         .sum();
     sum == want && h[0] != 0
 }
@@ -126,11 +133,20 @@ pub fn archive_kind(path: &Path) -> Result<Option<&'static str>> {
     let h = read_head(&f);
     let open = || fs::File::open(path);
     let (kind, inner): (&'static str, Vec<u8>) = if h.starts_with(&[0x1f, 0x8b]) {
-        ("gzip", read_head(flate2::read::MultiGzDecoder::new(open()?)))
+        (
+            "gzip",
+            read_head(flate2::read::MultiGzDecoder::new(open()?)),
+        )
     } else if h.starts_with(b"BZh") {
-        ("bzip2", read_head(bzip2::read::MultiBzDecoder::new(open()?)))
+        (
+            "bzip2",
+            read_head(bzip2::read::MultiBzDecoder::new(open()?)),
+        )
     } else if h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        ("xz", read_head(xz2::read::XzDecoder::new_multi_decoder(open()?)))
+        (
+            "xz",
+            read_head(xz2::read::XzDecoder::new_multi_decoder(open()?)),
+        )
     } else if h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         match zstd::stream::read::Decoder::new(open()?) {
             Ok(d) => ("zstd", read_head(d)),
@@ -277,11 +293,7 @@ fn dest_for(sel: &Selected, req: &CopyRequest, dest_is_dir: bool) -> String {
         } else {
             format!("{}/{}", dest.trim_end_matches('/'), parent)
         };
-        return if sel.is_dir {
-            format!("{}/{}", d.trim_end_matches('/'), base)
-        } else {
-            format!("{}/{}", d.trim_end_matches('/'), base)
-        };
+        return format!("{}/{}", d.trim_end_matches('/'), base);
     }
     if sel.is_dir {
         dest
@@ -324,7 +336,8 @@ fn items_from_context(
         let real = ctx.root.join(k);
         let src = match e.kind {
             Kind::File => {
-                if add && unpack && rel.is_empty() && !sel.is_dir && archive_kind(&real)?.is_some() {
+                if add && unpack && rel.is_empty() && !sel.is_dir && archive_kind(&real)?.is_some()
+                {
                     // Extracted into the destination, which is a directory
                     // whether or not it ends with a slash.
                     let dir = archive_dir.to_string();
@@ -490,7 +503,7 @@ pub fn plan_copy(
         .flatten()
         .map(|f| f.meta.is_dir())
         .unwrap_or(false);
-    let multi = count > 1 || req.sources.iter().any(|s| has_wildcard(s)) && count > 1;
+    let multi = count > 1;
     if multi && !req.dest_is_dir_hint && !dest_exists_dir {
         bail!(
             "When using {} with more than one source file, the destination must be a directory and end with a /",

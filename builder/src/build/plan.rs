@@ -174,11 +174,8 @@ pub fn plan(
             };
             for f in froms {
                 let f = lexer.process_word(f, &scope).unwrap_or_else(|_| f.clone());
-                match resolve_from(&f, &stages, index) {
-                    Base::Stage(i) => {
-                        deps.insert(i);
-                    }
-                    _ => {}
+                if let Base::Stage(i) = resolve_from(&f, &stages, index) {
+                    deps.insert(i);
                 }
             }
         }

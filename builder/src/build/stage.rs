@@ -581,10 +581,8 @@ impl Builder {
         let layer = match exec(self, st, id) {
             Ok(l) => l,
             Err(e) => {
-                self.progress.error(
-                    id,
-                    &format!("{e:#}").lines().next().unwrap_or("").to_string(),
-                );
+                self.progress
+                    .error(id, format!("{e:#}").lines().next().unwrap_or(""));
                 if e.downcast_ref::<Failure>().is_some() {
                     return Err(e);
                 }
@@ -944,7 +942,7 @@ impl Builder {
                         .store
                         .root()
                         .join("cachemounts")
-                        .join(blake3::hash(cid.as_bytes()).to_hex().as_str()[..32].to_string());
+                        .join(&blake3::hash(cid.as_bytes()).to_hex().as_str()[..32]);
                     std::fs::create_dir_all(&dir)?;
                     std::fs::write(dir.with_extension("id"), &cid)?;
                     let host = match sharing {
@@ -1260,11 +1258,7 @@ fn remove_mount_stubs(upper: &std::path::Path, view: &RootView, targets: &[Strin
         }
         let p = upper.join(t.trim_start_matches('/'));
         match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                if fsutil::dir_is_empty(&p)? {
-                    std::fs::remove_dir(&p)?;
-                }
-            }
+            Ok(m) if m.is_dir() && fsutil::dir_is_empty(&p)? => std::fs::remove_dir(&p)?,
             Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(&p)?,
             _ => {}
         }
