@@ -143,12 +143,15 @@ fn alive(pid: i32, start: u64) -> bool {
     start != 0 && proc_start_time(pid) == Some(start)
 }
 
+/// Write temp + rename: readers see the old or the new file, never a torn
+/// one. Not fsync'd: this is runtime state, re-derived from the liveness
+/// check after a crash, and an fsync per state change would dominate the
+/// cost of a short `run` on a busy disk.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RunError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let r = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_data()?;
         fs::rename(&tmp, path)
     })();
     r.map_err(|e| {

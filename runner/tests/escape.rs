@@ -203,3 +203,31 @@ fn mount_target_behind_a_symlink_resolves_inside_the_root() {
     );
     assert!(!std::path::Path::new("/tmp/t").exists());
 }
+
+/// The runc CVE-2019-5736 vector: a container whose command is
+/// `/proc/self/exe` re-executes the runtime's own binary inside the
+/// container, as an ordinary process that could then open its exe for
+/// writing. Here that binary is the sealed in-memory copy, not the file on
+/// the host (whose writes the sealing refuses, see exe.rs's unit test).
+#[test]
+fn exec_of_proc_self_exe_gets_the_sealed_copy() {
+    need_root!("exec_of_proc_self_exe_gets_the_sealed_copy");
+    // The helper is dynamically linked: give the image the host's loader
+    // and libraries (what `ldd` lists) so that it can run in there.
+    let libs = tempfile::tempdir().unwrap();
+    let ldd = std::process::Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_kiln-runner-testbin"))
+        .output()
+        .unwrap();
+    for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
+        if word.starts_with('/') && std::path::Path::new(word).exists() {
+            let dst = libs.path().join(word.trim_start_matches('/'));
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(word, &dst).unwrap();
+        }
+    }
+    let mut s = spec(&["/proc/self/exe", "whoami-exe"]);
+    s.rootfs.lowers.insert(0, libs.path().to_path_buf());
+    let out = ok(&s);
+    assert!(out.starts_with("/memfd:kiln-runner"), "{out}");
+}

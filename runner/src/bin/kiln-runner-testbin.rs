@@ -3,6 +3,7 @@
 //! also runs one foreground container with `-it`:
 //!
 //!     kiln-runner-testbin run-tty STATE_DIR ROOTFS CMD...
+//!     kiln-runner-testbin whoami-exe      (prints /proc/self/exe)
 
 use std::path::PathBuf;
 
@@ -11,6 +12,14 @@ use kiln_runner::{ContainerSpec, Containers, RootFs, RunOptions, RunnerConfig};
 fn main() {
     kiln_runner::init_hook();
     let args: Vec<String> = std::env::args().collect();
+    // For the CVE-2019-5736 test: which binary is this process running?
+    if args.len() == 2 && args[1] == "whoami-exe" {
+        match std::fs::read_link("/proc/self/exe") {
+            Ok(p) => println!("{}", p.display()),
+            Err(e) => println!("error: {e}"),
+        }
+        std::process::exit(0);
+    }
     if args.len() > 4 && args[1] == "run-tty" {
         let c = match Containers::open(RunnerConfig::default(), &PathBuf::from(&args[2])) {
             Ok(c) => c,
