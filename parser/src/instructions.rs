@@ -215,7 +215,8 @@ fn parse_flags(node: &Node, spec: &[(&'static str, FlagKind)]) -> Result<Flags, 
             Some((n, v)) => (n, Some(v)),
             None => (arg, None),
         };
-        let span = flag_span(node, raw);
+        // Only computed on error: finding the flag in the text is linear.
+        let span = || flag_span(node, raw);
         let Some(&(static_name, kind)) = spec.iter().find(|(n, _)| *n == name) else {
             let names: Vec<&str> = spec.iter().map(|(n, _)| *n).collect();
             let hint = match suggest(name, &names) {
@@ -230,13 +231,13 @@ fn parse_flags(node: &Node, spec: &[(&'static str, FlagKind)]) -> Result<Flags, 
                         .join(", ")
                 )),
             };
-            return Err(ParseError::new(format!("unknown flag: {name}"), span).with_hint(hint));
+            return Err(ParseError::new(format!("unknown flag: {name}"), span()).with_hint(hint));
         };
         let slot = match flags.values.iter().position(|(n, _)| *n == static_name) {
             Some(i) if kind != FlagKind::Strings => {
                 let _ = i;
                 return Err(
-                    ParseError::new(format!("duplicate flag specified: {name}"), span)
+                    ParseError::new(format!("duplicate flag specified: {name}"), span())
                         .with_hint(Some(format!("give --{name} only once"))),
                 );
             }
@@ -251,7 +252,7 @@ fn parse_flags(node: &Node, spec: &[(&'static str, FlagKind)]) -> Result<Flags, 
                 Some("") => {
                     return Err(ParseError::new(
                         format!("missing a value on flag: {name}"),
-                        span,
+                        span(),
                     ))
                 }
                 None => "true".to_string(),
@@ -261,7 +262,7 @@ fn parse_flags(node: &Node, spec: &[(&'static str, FlagKind)]) -> Result<Flags, 
                     _ => {
                         return Err(ParseError::new(
                             format!("expecting boolean value for flag {name}, not: {v}"),
-                            span,
+                            span(),
                         ))
                     }
                 },
@@ -270,7 +271,7 @@ fn parse_flags(node: &Node, spec: &[(&'static str, FlagKind)]) -> Result<Flags, 
                 Some(v) => v.to_string(),
                 None => {
                     return Err(
-                        ParseError::new(format!("missing a value on flag: {name}"), span)
+                        ParseError::new(format!("missing a value on flag: {name}"), span())
                             .with_hint(Some(format!("write --{name}=<value>"))),
                     )
                 }
