@@ -427,3 +427,44 @@ fn killing_the_monitor_takes_the_container_down() {
     );
     c.remove(&id, false).unwrap();
 }
+
+#[test]
+fn signals_to_the_helper_reach_the_process() {
+    need_root!("signals_to_the_helper_reach_the_process");
+    let (t, c) = containers();
+    let c = std::sync::Arc::new(c);
+    let c2 = c.clone();
+    let h = std::thread::spawn(move || {
+        c2.run_foreground(
+            sh("trap 'exit 5' USR1; touch /ready; while true; do sleep 0.05; done"),
+            opts("sig-fwd"),
+        )
+    });
+    let info = wait_for("running", || c.list(false).unwrap().into_iter().next());
+    // Wait until the trap is installed (the shell touched /ready in its upper).
+    let upper = t
+        .path()
+        .join("containers")
+        .join(&info.id)
+        .join("scratch/upper/ready");
+    wait_for("trap installed", || upper.exists().then_some(()));
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            t.path()
+                .join("containers")
+                .join(&info.id)
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // The helper (outside the container) forwards to PID 1, which forwards
+    // to the process.
+    let helper = state["supervisor_pid"].as_i64().unwrap() as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(helper).unwrap(),
+        rustix::process::Signal::USR1,
+    )
+    .unwrap();
+    assert_eq!(h.join().unwrap().unwrap(), 5);
+}
