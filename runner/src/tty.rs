@@ -117,6 +117,32 @@ pub(crate) fn relay(console: UnixStream, interactive: bool) -> JoinHandle<()> {
         } else {
             drop(to_master);
         }
+        // Window size changes: polled (a library should not install a
+        // SIGWINCH handler in its caller); setting it on the master sends
+        // SIGWINCH to the container's foreground process group.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let (Ok(m), true) = (master.try_clone(), rustix::termios::isatty(stdin)) {
+            let done = done.clone();
+            let _ = std::thread::Builder::new()
+                .name("tty-winsize".into())
+                .spawn(move || {
+                    let mut last = rustix::termios::tcgetwinsize(rustix::stdio::stdin()).ok();
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(250));
+                        let now = rustix::termios::tcgetwinsize(rustix::stdio::stdin()).ok();
+                        let changed = match (&now, &last) {
+                            (Some(a), Some(b)) => (a.ws_row, a.ws_col) != (b.ws_row, b.ws_col),
+                            _ => false,
+                        };
+                        if changed {
+                            if let Some(ws) = now {
+                                let _ = rustix::termios::tcsetwinsize(&m, ws);
+                            }
+                            last = now;
+                        }
+                    }
+                });
+        }
         // master -> stdout until EIO (all slave fds closed).
         let mut from = std::fs::File::from(master);
         let mut out = std::io::stdout();
@@ -127,5 +153,6 @@ pub(crate) fn relay(console: UnixStream, interactive: bool) -> JoinHandle<()> {
             }
             let _ = out.flush();
         }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
     })
 }
