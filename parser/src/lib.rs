@@ -15,6 +15,22 @@
 //!
 //! Word expansion (variables, quotes) happens later, with [`shell::Lexer`];
 //! `.dockerignore` handling lives in [`dockerignore`].
+//!
+//! # Where kiln differs from BuildKit, on purpose
+//!
+//! - [`parse`] rejects an unknown instruction (with a "did you mean"
+//!   hint) and `ONBUILD ONBUILD`; BuildKit's parser keeps them and its
+//!   `instructions` layer rejects them. The s-expression of every valid
+//!   file is unchanged.
+//! - A logical line that is only an escape character is skipped instead of
+//!   becoming an empty node.
+//! - Flags are scanned by character; BuildKit scans bytes, which splits
+//!   UTF-8 sequences containing the bytes 0x85 or 0xA0.
+//! - `${` nested more than 200 deep is an expansion error instead of
+//!   unbounded recursion; huge inputs cannot overflow the stack.
+//! - `parse_stages` rejects flags on `HEALTHCHECK NONE`, a missing `target`
+//!   on bind/cache/tmpfs mounts, `from`/`source` on ssh mounts, `size` on
+//!   non-tmpfs and `env` on non-secret mounts, instead of ignoring them.
 
 mod error;
 mod instructions;

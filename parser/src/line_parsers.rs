@@ -278,7 +278,12 @@ fn parse_json(rest: &str) -> Result<Option<Vec<String>>, LineError> {
             for v in items {
                 match v {
                     serde_json::Value::String(s) => out.push(s),
-                    _ => return Err(LineError::new(NOT_STRING_ARRAY)),
+                    _ => {
+                        return Err(LineError {
+                            message: NOT_STRING_ARRAY.into(),
+                            hint: Some("quote every element: [\"a\", \"b\"]".into()),
+                        })
+                    }
                 }
             }
             Ok(Some(out))
