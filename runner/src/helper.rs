@@ -143,6 +143,11 @@ pub(crate) fn validate(spec: &ContainerSpec) -> Result<(), RunError> {
     Ok(())
 }
 
+/// `KILN_RUNNER_LEGACY_OVERLAY=1`: mount the overlay the pre-6.8 way.
+pub(crate) fn legacy_overlay_requested() -> bool {
+    std::env::var_os("KILN_RUNNER_LEGACY_OVERLAY").is_some_and(|v| v == "1")
+}
+
 /// Random lowercase hex, `n` bytes of entropy.
 pub(crate) fn random_hex(n: usize) -> Result<String, RunError> {
     let mut b = vec![0u8; n];
@@ -212,6 +217,7 @@ pub(crate) fn run_foreground(
         hostname: spec.hostname.clone().unwrap_or(hostname),
         tty,
         supervisor: std::process::id() as i32,
+        legacy_overlay: legacy_overlay_requested(),
     };
     let (console, relay) = if tty {
         let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;

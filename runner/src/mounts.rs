@@ -355,8 +355,25 @@ fn mount_overlay(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
         .map(PathBuf::as_path)
         .collect();
     lowers.push(&layout.stub);
-    let fs =
-        fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| err("fsopen overlay", e))?;
+    if job.legacy_overlay {
+        return mount_overlay_legacy(job, layout, &lowers);
+    }
+    let fs = match fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
+        Ok(fs) => fs,
+        // Before Linux 5.2.
+        Err(rustix::io::Errno::NOSYS) => return mount_overlay_legacy(job, layout, &lowers),
+        Err(e) => return Err(err("fsopen overlay", e)),
+    };
+    // `lowerdir+` arrived in Linux 6.8; older kernels reject the key.
+    if let Some(first) = lowers.first() {
+        if first.as_os_str().len() < 250 {
+            match fsconfig_set_string(&fs, "lowerdir+", *first) {
+                Err(rustix::io::Errno::INVAL) => return mount_overlay_legacy(job, layout, &lowers),
+                Err(e) => return Err(err(format!("overlay lowerdir+ {}", first.display()), e)),
+                Ok(()) => {}
+            }
+        }
+    }
     let set = |k: &str, v: &str| {
         fsconfig_set_string(&fs, k, v).map_err(|e| err(format!("overlay option {k}={v}"), e))
     };
@@ -379,7 +396,10 @@ fn mount_overlay(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
         held.push(fd);
         fsconfig_set_string(&fs, key, short.as_str()).map_err(|e| err(ctx(), e))
     };
-    for l in &lowers {
+    for (i, l) in lowers.iter().enumerate() {
+        if i == 0 && l.as_os_str().len() < 250 {
+            continue; // set above
+        }
         set_dir("lowerdir+", l)?;
     }
     set_dir("upperdir", &layout.upper)?;
@@ -411,6 +431,62 @@ fn mount_overlay(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
         )
     })?;
     Ok(mnt)
+}
+
+/// mount(2) for kernels without `fsopen` or `lowerdir+`. Every dir is named
+/// `/proc/self/fd/N`: no ':' or ',' to escape, and the option string stays
+/// below the one-page limit for a couple of hundred layers.
+fn mount_overlay_legacy(job: &Job, layout: &Layout, lowers: &[&Path]) -> Result<OwnedFd, String> {
+    let mut held = Vec::new();
+    let mut name = |p: &Path| -> Result<String, String> {
+        let fd = rustix::fs::open(
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| err(format!("overlay dir {}", p.display()), e))?;
+        let n = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        held.push(fd);
+        Ok(n)
+    };
+    let lower = lowers
+        .iter()
+        .map(|l| name(l))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(":");
+    let data = format!(
+        "lowerdir={lower},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+        name(&layout.upper)?,
+        name(&layout.work)?
+    );
+    // The kernel copies at most one page of options.
+    if data.len() >= 4096 {
+        return Err(format!(
+            "{} layers are too many for this kernel's overlay mount options (Linux 6.8 has no limit)",
+            lowers.len()
+        ));
+    }
+    let data = CString::new(data).map_err(|_| "NUL in overlay options".to_string())?;
+    let flags = if job.spec.readonly_rootfs {
+        rustix::mount::MountFlags::RDONLY
+    } else {
+        rustix::mount::MountFlags::empty()
+    };
+    rustix::mount::mount("overlay", &layout.rootfs, "overlay", flags, data.as_c_str()).map_err(
+        |e| {
+            err(
+                format!("mounting the overlay at {}", layout.rootfs.display()),
+                e,
+            )
+        },
+    )?;
+    drop(held);
+    rustix::fs::open(
+        &layout.rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(layout.rootfs.display(), e))
 }
 
 /// Mount the rootfs and everything in it, then `pivot_root` into it and

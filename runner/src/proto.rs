@@ -22,6 +22,10 @@ pub(crate) struct Job {
     /// PID of the process the helper's parent must be (checked after
     /// setting the parent-death signal, to close the race with its death).
     pub supervisor: i32,
+    /// Use mount(2) for the overlay as on kernels before 6.8 (set by the
+    /// caller from `KILN_RUNNER_LEGACY_OVERLAY=1`; for tests and debugging).
+    #[serde(default)]
+    pub legacy_overlay: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

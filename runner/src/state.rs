@@ -834,6 +834,7 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
             .unwrap_or_else(|| cfg.id[..12].to_string()),
         tty: false,
         supervisor: std::process::id() as i32,
+        legacy_overlay: helper::legacy_overlay_requested(),
     };
     // SAFETY: still single-threaded: no thread is started before this fork.
     let h = match unsafe { nix::unistd::fork() } {
