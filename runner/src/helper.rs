@@ -155,6 +155,24 @@ pub(crate) fn random_hex(n: usize) -> Result<String, RunError> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// Create `dir` (and parents) with mode 0700: scratch and state dirs hold
+/// the container's files, logs and generated /etc files.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let ctx = || format!("creating {}", dir.display());
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| RunError::io(ctx(), e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| RunError::io(ctx(), e))
+        }
+        Err(e) => Err(RunError::io(ctx(), e)),
+    }
+}
+
 /// Removes a scratch dir when dropped.
 pub(crate) struct ScratchDir(pub PathBuf);
 
@@ -205,8 +223,7 @@ pub(crate) fn run_foreground(
             let dir = cfg
                 .scratch_root
                 .join(format!("kiln-run-{}", random_hex(8)?));
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| RunError::io(format!("creating {}", dir.display()), e))?;
+            private_dir(&dir)?;
             _guard = Some(ScratchDir(dir.clone()));
             (dir, "kiln".to_string(), false, false)
         }

@@ -302,6 +302,7 @@ impl Containers {
         };
         let id = random_hex(32)?;
         let dir = self.dir.join(&id);
+        helper::private_dir(&dir)?;
         fs::create_dir_all(dir.join("scratch"))
             .map_err(|e| RunError::io(format!("creating {}", dir.display()), e))?;
         let cfg = Config {

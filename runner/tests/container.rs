@@ -167,6 +167,12 @@ fn users_from_the_image() {
         out,
         "1000\n1000\n1000 10 29\n/home/app\nCapEff:\t0000000000000000\n"
     );
+    // A non-root user can write where the image lets it (copy-up into an
+    // upper dir that lives in a 0700 scratch dir).
+    let mut w =
+        sh("echo hi > /tmp/mine && ls -n /tmp/mine | tr -s ' ' | cut -d' ' -f3,4 && cat /tmp/mine");
+    w.user = Some("app".into());
+    assert_eq!(ok(&w), "1000 1000\nhi\n");
     s.user = Some("1000:29".into());
     let out = ok(&s);
     assert!(out.starts_with("1000\n29\n"), "{out}");
