@@ -262,6 +262,9 @@ impl Containers {
                     .into(),
             ));
         }
+        if let Some(sig) = &opts.stop_signal {
+            parse_signal(sig)?;
+        }
         if let Some(n) = &opts.name {
             if !names::valid_name(n) {
                 return Err(RunError::InvalidName(n.clone()));

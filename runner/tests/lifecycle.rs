@@ -154,6 +154,12 @@ fn names_collide_and_are_generated() {
         c.run_detached(sh("true"), opts("bad name")),
         Err(RunError::InvalidName(_))
     ));
+    let mut o = opts("badsig");
+    o.stop_signal = Some("SIGNOPE".into());
+    assert_eq!(
+        c.run_detached(sh("true"), o).unwrap_err().to_string(),
+        "invalid signal \"SIGNOPE\""
+    );
     let mut o = opts("x");
     o.name = None;
     let id2 = c.run_detached(sh("exec sleep 1000"), o).unwrap();
