@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 pub use error::RunError;
 pub use ports::{parse_port_spec, PortMapping, Protocol};
 pub use ps::{format_ps_table, human_duration};
-pub use state::{ContainerInfo, ContainerStatus, Containers, RunOptions};
+pub use state::{parse_signal, ContainerInfo, ContainerStatus, Containers, RunOptions};
 
 /// Call this first thing in `main()`. It returns immediately unless this
 /// process was started by the runner as one of its helpers, in which case

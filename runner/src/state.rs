@@ -169,7 +169,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
     })
 }
 
-/// Parse "SIGTERM", "TERM", "term", "15".
+/// A signal number from "SIGTERM", "TERM", "term" or "15" (STOPSIGNAL forms).
 pub fn parse_signal(s: &str) -> Result<i32, RunError> {
     let bad = || RunError::BadSignal(s.to_string());
     if let Ok(n) = s.parse::<i32>() {
@@ -476,6 +476,12 @@ impl Containers {
             return Err(e);
         }
         result
+    }
+
+    /// One container by name, ID or unique ID prefix.
+    pub fn inspect(&self, name_or_id_prefix: &str) -> Result<ContainerInfo, RunError> {
+        let id = self.resolve(name_or_id_prefix)?;
+        self.info(&id)
     }
 
     fn info(&self, id: &str) -> Result<ContainerInfo, RunError> {

@@ -97,6 +97,7 @@ fn detached_lifecycle() {
     assert!(table.contains(&id[..12]) && table.contains("busybox:test") && table.contains("web"));
 
     assert_eq!(c.resolve("web").unwrap(), id);
+    assert_eq!(c.inspect(&id[..8]).unwrap().name, "web");
     assert_eq!(c.resolve(&id[..6]).unwrap(), id);
 
     let out = wait_for("logs", || {
