@@ -13,15 +13,6 @@ pub(crate) struct LineError {
     pub hint: Option<String>,
 }
 
-impl LineError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        LineError {
-            message: message.into(),
-            hint: None,
-        }
-    }
-}
-
 /// BuildKit's `[\t\v\f\r ]` class (the separator of whitespace-delimited
 /// arguments).
 pub(crate) fn is_token_ws(c: char) -> bool {
