@@ -191,6 +191,16 @@ fn can_contain_heredoc(node: &Node) -> bool {
     matches!(n.keyword.as_str(), "add" | "copy" | "run") && !n.json
 }
 
+/// The column of the `<<NAME` marker on `line`, for error carets.
+fn heredoc_column(line: &str, name: &str) -> Option<usize> {
+    let line = trim_newline(line);
+    line.match_indices("<<").find_map(|(i, _)| {
+        let rest = line[i + 2..].trim_start_matches(['-', ' ', '\t', '\'', '"']);
+        rest.starts_with(name)
+            .then(|| line[..i].chars().count() + 1)
+    })
+}
+
 /// Turns one logical line (continuations joined) into a node.
 fn node_from_line(line: &str, escape: char, nested: bool) -> Result<Node, LineError> {
     let (cmd, flags, rest) = lp::split_command(line);
@@ -348,6 +358,7 @@ pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
                     doc.content.push_str(line);
                 }
                 if !terminated {
+                    let column = heredoc_column(lines[start_line - 1], &doc.name).unwrap_or(column);
                     return Err(ParseError::new(
                         format!(
                             "unterminated heredoc {} started at line {}",

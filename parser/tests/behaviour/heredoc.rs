@@ -257,11 +257,14 @@ fn unterminated_heredoc() {
     let src = "FROM a\n\n\nRUN <<EOF\necho never ends\n";
     let e = kiln_parser::parse(src).unwrap_err();
     assert_eq!(e.message, "unterminated heredoc EOF started at line 4");
-    assert_eq!((e.span.line, e.span.column, e.span.end_line), (4, 1, 5));
+    assert_eq!((e.span.line, e.span.column, e.span.end_line), (4, 5, 5));
     let r = e.render(src, "Dockerfile");
-    assert!(r.starts_with("Dockerfile:4:1: unterminated heredoc EOF started at line 4\n  4 | RUN <<EOF\n    | ^^^\n"), "{r}");
-    assert!(
-        r.contains("hint: end the heredoc with a line containing only EOF"),
-        "{r}"
+    assert_eq!(
+        r,
+        "Dockerfile:4:5: unterminated heredoc EOF started at line 4\n  4 | RUN <<EOF\n    |     ^^^^^\n  5 | echo never ends\n  hint: end the heredoc with a line containing only EOF\n"
     );
+    // The second of two heredocs is the unterminated one.
+    let e = kiln_parser::parse("FROM a\nCOPY <<A <<-'B' /d\na\nA\n").unwrap_err();
+    assert_eq!(e.message, "unterminated heredoc B started at line 2");
+    assert_eq!(e.span.column, 10);
 }
