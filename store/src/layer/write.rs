@@ -14,6 +14,8 @@ use super::{Compression, LayerDigests, LayerError, LayerOptions};
 use crate::digest::HashingWriter;
 
 const USTAR_NAME_MAX: usize = 100;
+/// zstd multithreaded job size (see `write_layer`).
+const ZSTD_JOB_SIZE: u32 = 1 << 20;
 const OCTAL_ID_MAX: u64 = 0o7777777;
 const OCTAL_SIZE_MAX: u64 = 0o77777777777;
 const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
@@ -39,6 +41,11 @@ pub fn write_layer(
             // Always the multithreaded mode: its output does not depend on the
             // worker count, unlike the single-threaded mode's.
             enc.multithread(opts.zstd_workers.max(1))?;
+            // A fixed job size keeps the output independent of the worker
+            // count and bounds memory: each in-flight job holds its input
+            // and output buffers (the default, 4x the window, costs ~17 MiB
+            // per job).
+            enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
             let mut tarw = HashingWriter::new(enc);
             write_tar(dir, opts, &mut tarw)?;
             let HashingWriter { inner, hasher } = tarw;
