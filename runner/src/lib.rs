@@ -10,7 +10,7 @@
 //! The caller may be multi-threaded, so it is never forked for container
 //! setup. Each container starts by re-executing the helper binary
 //! ([`RunnerConfig::helper_exe`], whose `main` must call [`init_hook`] first)
-//! from a sealed in-memory copy (see [`exe`](crate::exe)), with a hidden first
+//! from a sealed in-memory copy (see [`exe`]), with a hidden first
 //! argument. The single-threaded helper unshares the namespaces and forks the
 //! container's PID 1 (a small init that reaps zombies and forwards signals),
 //! which forks and execs the user's process. Setup errors come back to the
