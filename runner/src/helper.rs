@@ -696,7 +696,7 @@ fn exec_process(p: &Process) -> (String, i32) {
     // of the host; still, refuse a cwd that is not under our root.
     if let Err(e) = rustix::process::chdir(p.cwd.as_str()) {
         return (
-            format!("chdir to cwd ({:?}) set in config.json failed: {e}", p.cwd),
+            format!("chdir to the working directory {}: {e}", p.cwd),
             126,
         );
     }
