@@ -123,7 +123,15 @@ pub(crate) fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
 
 fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version >= SCHEMA_VERSION {
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!(
+                "kiln.db has schema version {version}, newer than the {SCHEMA_VERSION} this kiln understands; use a newer kiln"
+            )),
+        ));
+    }
+    if version == SCHEMA_VERSION {
         return Ok(());
     }
     // Several processes may open a new root at once: the migration runs in
@@ -141,6 +149,12 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
 mod tests {
     use super::*;
 
+    fn c_newer(p: &Path) {
+        let c = Connection::open(p).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+
     #[test]
     fn migrates_once_and_detects_garbage() {
         let dir = tempfile::tempdir().unwrap();
@@ -152,6 +166,9 @@ mod tests {
         assert_eq!(v, SCHEMA_VERSION);
         drop(c);
         open(&p).unwrap();
+        c_newer(&p);
+        let e = open(&p).unwrap_err();
+        assert!(!is_corruption(&e) && e.to_string().contains("newer"), "{e}");
         let bad = dir.path().join("bad.db");
         std::fs::write(&bad, vec![0x5a; 8192]).unwrap();
         let e = open(&bad).unwrap_err();

@@ -685,8 +685,13 @@ impl Store {
             }
         }
         // A (short) image ID: a hex prefix of the config digest.
-        let hex = s.strip_prefix("sha256:").unwrap_or(s);
-        if !hex.is_empty()
+        // Like docker, an ID prefix needs no minimum length with "sha256:",
+        // but a bare one must not be a single letter that matches by accident.
+        let (hex, min) = match s.strip_prefix("sha256:") {
+            Some(h) => (h, 1),
+            None => (s, 4),
+        };
+        if hex.len() >= min
             && hex.len() <= 64
             && hex
                 .bytes()

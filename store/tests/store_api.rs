@@ -562,3 +562,52 @@ fn default_root_honours_kiln_root() {
     assert_eq!(Store::default_root(), std::path::PathBuf::from("/x/y"));
     std::env::remove_var("KILN_ROOT");
 }
+
+#[test]
+fn store_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+    assert_send_sync::<Lease>();
+}
+
+#[test]
+fn concurrent_unpacks_of_one_layer_all_succeed() {
+    let (_d, s) = store();
+    let img = small_image(&s, b"shared layer");
+    let layer = img.layers[0].clone();
+    // Forget the snapshot so that everybody unpacks at once: a second store
+    // handle on the same root behaves like a second process.
+    let dir = tempfile::tempdir().unwrap();
+    let root2 = dir.path().join("r");
+    let s2 = Store::open(&root2).unwrap();
+    let mut f = s.open_blob(&layer.digest).unwrap();
+    s2.write_blob(&mut f, Some(&layer.digest), None).unwrap();
+    let s3 = Store::open(&root2).unwrap();
+    let paths: Vec<_> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..6)
+            .map(|i| {
+                let st = if i % 2 == 0 { &s2 } else { &s3 };
+                let l = layer.clone();
+                sc.spawn(move || st.ensure_snapshot(&l).unwrap())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(paths.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(fs::read_dir(root2.join("snapshots")).unwrap().count(), 1);
+    assert_eq!(fs::read(paths[0].join("file")).unwrap(), b"shared layer");
+}
+
+#[test]
+fn short_ids_need_four_digits() {
+    let (_d, s) = store();
+    let img = small_image(&s, b"id");
+    assert!(s
+        .resolve_image(&img.config_digest.hex()[..4])
+        .unwrap()
+        .is_some());
+    assert!(s
+        .resolve_image(&img.config_digest.hex()[..3])
+        .unwrap()
+        .is_none());
+}
