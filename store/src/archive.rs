@@ -285,12 +285,19 @@ impl Store {
                         e.read_to_end(&mut v)
                             .map_err(|err| StoreError::InvalidArchive(err.to_string()))?;
                         if !is_meta {
-                            let d = self.write_blob_bytes(&v)?;
+                            let (d, _) = self.write_blob(
+                                &mut &v[..],
+                                named_digest(&path).as_ref(),
+                                Some(size),
+                            )?;
                             blobs.insert(path.clone(), (d, size));
                         }
                         small.insert(path, v);
                     } else {
-                        let (d, n) = self.write_blob(&mut e, None, Some(size))?;
+                        // Files named by digest (OCI layouts, docker >= 25)
+                        // are verified against their name.
+                        let (d, n) =
+                            self.write_blob(&mut e, named_digest(&path).as_ref(), Some(size))?;
                         blobs.insert(path, (d, n));
                     }
                 }
@@ -475,6 +482,12 @@ impl Store {
         let n = read_up_to(&mut f, &mut magic).map_err(|e| StoreError::io(self.blob_path(d), e))?;
         Ok(Compression::detect(&magic[..n]))
     }
+}
+
+/// The digest a `blobs/sha256/<hex>` path claims.
+fn named_digest(path: &str) -> Option<Digest> {
+    let hex = path.strip_prefix("blobs/sha256/")?;
+    Digest::from_hex(hex).ok()
 }
 
 fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -808,7 +808,8 @@ impl Store {
             }
         } else {
             if names.len() > 1 && !force {
-                let short = &config[7..19];
+                let id: Digest = config.parse()?;
+                let short = id.short();
                 return Err(StoreError::Conflict(format!(
                     "conflict: unable to delete {short} (must be forced) - image is referenced in multiple repositories"
                 )));

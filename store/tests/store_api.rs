@@ -611,3 +611,34 @@ fn short_ids_need_four_digits() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn load_verifies_blobs_named_by_digest() {
+    let (_d, s) = store();
+    let img = small_image(&s, b"verified");
+    s.tag("v:1", &img.manifest_digest).unwrap();
+    let mut out = Vec::new();
+    s.save(&["v:1".into()], ArchiveFormat::Oci, &mut out)
+        .unwrap();
+    // Flip one byte of the layer blob inside the archive.
+    let mut ar = tar::Archive::new(&out[..]);
+    let mut offset = None;
+    for e in ar.entries().unwrap() {
+        let e = e.unwrap();
+        if e.path()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with(img.layers[0].digest.hex())
+        {
+            offset = Some(e.raw_file_position() as usize);
+        }
+    }
+    let off = offset.unwrap();
+    out[off + 10] ^= 0xff;
+    let (_d2, s2) = store();
+    assert!(matches!(
+        s2.load(&mut &out[..]),
+        Err(StoreError::DigestMismatch { .. })
+    ));
+    assert!(s2.resolve_image("v:1").unwrap().is_none());
+}
