@@ -368,9 +368,12 @@ fn from_scratch_and_many_long_lowers() {
 #[test]
 fn init_reaps_orphans() {
     need_root!("init_reaps_orphans");
-    // The orphaned sleeps are re-parented to our PID 1 and must be reaped.
-    let out = ok(&sh("for i in 1 2 3 4 5; do (sleep 0.01 &); done; \
-         while ps -o stat,comm | grep -q '^[^Z].*sleep'; do usleep 10000; done; \
+    // The orphaned sleeps are re-parented to our PID 1 and must be reaped:
+    // wait (up to 20 s) until no sleep is left, zombie or not, then count
+    // zombies.
+    let out = ok(&sh("for i in 1 2 3 4 5; do (sleep 0.01 &); done; i=0; \
+         while ps -o stat,comm | grep -q sleep && [ $i -lt 2000 ]; do \
+             usleep 10000; i=$((i+1)); done; \
          ps -o stat,comm | grep -c '^Z' || true"));
     assert_eq!(out, "0\n");
 }
