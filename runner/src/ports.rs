@@ -265,8 +265,12 @@ fn tcp_accept_loop(p: PortMapping, l: TcpListener, netns: Arc<OwnedFd>, stop: &A
 fn tcp_connection(p: PortMapping, client: TcpStream, netns: &OwnedFd) {
     // This thread moves into the container's netns for good; the socket it
     // makes there stays there.
-    let upstream = enter_netns(netns)
-        .and_then(|()| TcpStream::connect((Ipv4Addr::LOCALHOST, p.container_port)));
+    // 127.0.0.1 first, then ::1 for servers that bind the IPv6 loopback only.
+    let upstream = enter_netns(netns).and_then(|()| {
+        TcpStream::connect((Ipv4Addr::LOCALHOST, p.container_port)).or_else(|e| {
+            TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, p.container_port)).map_err(|_| e)
+        })
+    });
     let upstream = match upstream {
         Ok(u) => u,
         Err(_) => {
@@ -513,6 +517,32 @@ mod tests {
         for c in clients {
             c.join().unwrap();
         }
+        handle.shutdown();
+    }
+
+    #[test]
+    fn tcp_proxy_falls_back_to_the_ipv6_loopback() {
+        let Some(ns) = own_netns() else { return };
+        let Ok(upstream) = TcpListener::bind("[::1]:0") else {
+            eprintln!("\n!!! SKIPPED: no IPv6 loopback !!!\n");
+            return;
+        };
+        let cport = upstream.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = upstream.accept() {
+                s.write_all(b"v6").unwrap();
+            }
+        });
+        let bound = bind_all(&[pm("127.0.0.1", 0, cport, Protocol::Tcp)]).unwrap();
+        let hport = match &bound[0] {
+            Bound::Tcp(_, l) => l.local_addr().unwrap().port(),
+            Bound::Udp(..) => unreachable!(),
+        };
+        let handle = serve(bound, ns);
+        let mut c = TcpStream::connect(("127.0.0.1", hport)).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "v6");
         handle.shutdown();
     }
 
