@@ -112,9 +112,17 @@ pub struct RootFs {
     /// Lower dirs, top-most first (overlay's `lowerdir` order). May be empty
     /// (FROM scratch).
     pub lowers: Vec<PathBuf>,
-    /// `(upper, work)` on the same filesystem. None: the runner makes a
-    /// scratch upper (in the container's state dir when detached, in a temp
-    /// dir in the foreground) and deletes it with the container.
+    /// `(upper, work)` on the same filesystem, the work dir empty. None: the
+    /// runner makes a scratch upper (in the container's state dir when
+    /// detached, in a temp dir in the foreground) and deletes it with the
+    /// container.
+    ///
+    /// After the run the upper dir is the diff: overlay whiteouts (0/0
+    /// character devices), `trusted.overlay.opaque=y` directories, and
+    /// overlay's bookkeeping xattrs (`trusted.overlay.origin`, `.impure`,
+    /// `.uuid`) that a layer writer must drop. No mount point, stub or
+    /// generated /etc file is ever in it. The work dir keeps an empty
+    /// `work/` (mode 000) for the caller to delete.
     pub upper: Option<(PathBuf, PathBuf)>,
 }
 
