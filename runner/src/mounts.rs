@@ -856,6 +856,56 @@ mod tests {
     }
 
     #[test]
+    fn prepare_makes_stubs_and_etc_files_outside_the_upper() {
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        fs::write(&secret, "s").unwrap();
+        let job = Job {
+            spec: crate::ContainerSpec {
+                args: vec!["true".into()],
+                cwd: "/".into(),
+                mounts: vec![
+                    crate::MountSpec {
+                        target: "/run/secrets/token".into(),
+                        kind: MountKind::Bind {
+                            source: secret,
+                            readonly: true,
+                        },
+                    },
+                    crate::MountSpec {
+                        target: "/cache/dir".into(),
+                        kind: MountKind::Tmpfs { size: None },
+                    },
+                ],
+                ..Default::default()
+            },
+            scratch: t.path().join("scratch"),
+            hostname: "box".into(),
+            tty: false,
+            supervisor: 1,
+            legacy_overlay: false,
+        };
+        let l = prepare(&job).unwrap();
+        for f in [
+            "etc/hosts",
+            "etc/hostname",
+            "etc/resolv.conf",
+            "run/secrets/token",
+        ] {
+            assert!(l.stub.join(f).is_file(), "{f}");
+        }
+        for d in ["proc", "sys", "dev", "cache/dir"] {
+            assert!(l.stub.join(d).is_dir(), "{d}");
+        }
+        assert_eq!(fs::read_to_string(l.etc.join("hostname")).unwrap(), "box\n");
+        assert!(fs::read_to_string(l.etc.join("hosts"))
+            .unwrap()
+            .contains("127.0.1.1\tbox\n"));
+        assert!(l.upper.is_dir() && l.work.is_dir() && l.rootfs.is_dir());
+        assert_eq!(fs::read_dir(&l.upper).unwrap().count(), 0);
+    }
+
+    #[test]
     fn resolv_conf_drops_loopback_servers_unless_host() {
         let host = "search example.org\nnameserver 127.0.0.53\noptions edns0\n";
         let r = resolv_conf(host, NetworkMode::Private);
