@@ -428,3 +428,64 @@ proptest! {
         prop_assert_eq!(d2, d);
     }
 }
+
+#[test]
+fn implicit_parent_dirs_are_deterministic() {
+    // A tar with "a/b/file" but no "a/" or "a/b/" entries.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_mtime(1_234_567);
+    b.append_data(&mut h, "a/b/file", &b"x"[..]).unwrap();
+    let t = b.into_inner().unwrap();
+    let one = tempfile::tempdir().unwrap();
+    apply_layer(
+        &mut &t[..],
+        one.path(),
+        WhiteoutMode::Overlay,
+        &Limits::default(),
+    )
+    .unwrap();
+    let d = describe(one.path(), true);
+    assert_eq!((d["a"].mode, d["a"].mtime), (0o755, 1_234_567));
+    assert_eq!((d["a/b"].mode, d["a/b"].mtime), (0o755, 1_234_567));
+    let (first, _) = encode(one.path(), &opts(Compression::Zstd, 1));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let two = tempfile::tempdir().unwrap();
+    apply_layer(
+        &mut &t[..],
+        two.path(),
+        WhiteoutMode::Overlay,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(encode(two.path(), &opts(Compression::Zstd, 1)).0, first);
+}
+
+#[test]
+fn explicit_dir_entry_after_its_children_wins() {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_mtime(5);
+    b.append_data(&mut h, "a/file", &b"x"[..]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    h.set_mode(0o711);
+    h.set_mtime(99);
+    b.append_data(&mut h, "a/", &b""[..]).unwrap();
+    let t = b.into_inner().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    apply_layer(
+        &mut &t[..],
+        dst.path(),
+        WhiteoutMode::Apply,
+        &Limits::default(),
+    )
+    .unwrap();
+    let d = describe(dst.path(), true);
+    assert_eq!((d["a"].mode, d["a"].mtime), (0o711, 99));
+}

@@ -148,6 +148,20 @@ fn child_process_entry() {
                 i += 1;
             }
         }
+        "lease-hold" => {
+            // Takes a lease, writes a blob under it, says so, and holds the
+            // lease until told to stop or exit without releasing it.
+            let lease = s.lease().unwrap();
+            s.write_blob_bytes(b"written under a lease").unwrap();
+            fs::write(root.join("lease-taken"), b"").unwrap();
+            while !root.join("lease-stop").exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Exit without running destructors: the lease row stays behind,
+            // its owner dead.
+            std::mem::forget(lease);
+            std::process::exit(0);
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -244,4 +258,31 @@ fn sigkill_at_random_points_never_breaks_the_root() {
         assert!(left.iter().all(|n| n.ends_with(".lock")), "{sub}: {left:?}");
         assert!(left.len() <= 1, "{sub}: {left:?}");
     }
+}
+
+#[test]
+fn a_live_lease_pins_new_content_and_a_dead_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let s = Store::open(&root).unwrap();
+    let blob = sha256_digest(b"written under a lease");
+    let mut child = spawn(&format!("lease-hold:{}", root.display()));
+    while !root.join("lease-taken").exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.prune(&PruneOptions {
+        all: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(s.has_blob(&blob), "prune removed content of a live lease");
+    fs::write(root.join("lease-stop"), b"").unwrap();
+    assert!(child.wait().unwrap().success());
+    // The lease row is still there, but its process is gone.
+    s.prune(&PruneOptions::default()).unwrap();
+    assert!(
+        !s.has_blob(&blob),
+        "a dead process's lease still pins content"
+    );
+    assert!(s.fsck(false).unwrap().is_clean());
 }

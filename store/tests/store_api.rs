@@ -642,3 +642,57 @@ fn load_verifies_blobs_named_by_digest() {
     ));
     assert!(s2.resolve_image("v:1").unwrap().is_none());
 }
+
+#[test]
+fn df_accounts_images_cache_and_garbage() {
+    let (_d, s) = store();
+    let img = small_image(&s, b"img");
+    s.tag("i:1", &img.manifest_digest).unwrap();
+    let cached = small_image(&s, b"cached");
+    s.cache_put(&CacheRecord {
+        key: "k".into(),
+        parent: None,
+        description: "RUN".into(),
+        source: "Dockerfile:1".into(),
+        stage: "0".into(),
+        inputs: serde_json::Value::Null,
+        result: serde_json::Value::Null,
+        layer: Some(cached.layers[0].clone()),
+        created: 0,
+        last_used: 0,
+        hits: 0,
+    })
+    .unwrap();
+    s.remove_image(cached.config_digest.as_str(), false)
+        .unwrap();
+    s.write_blob_bytes(b"garbage").unwrap();
+    let du = s.df().unwrap();
+    assert_eq!(du.images, 1);
+    assert_eq!(du.cache_records, 1);
+    assert_eq!(du.snapshots, 2);
+    assert!(du.snapshots_size > 0);
+    assert_eq!(du.cache_size, cached.layers[0].size);
+    assert!(du.reclaimable >= 7, "{du:?}");
+    let img_bytes: u64 = [
+        img.manifest_digest.clone(),
+        img.config_digest.clone(),
+        img.layers[0].digest.clone(),
+    ]
+    .iter()
+    .map(|d| {
+        fs::metadata(s.root().join("blobs/sha256").join(d.hex()))
+            .unwrap()
+            .len()
+    })
+    .sum();
+    assert_eq!(du.images_size, img_bytes);
+    let text = du.to_string();
+    assert!(
+        text.starts_with("TYPE") && text.contains("Build Cache"),
+        "{text}"
+    );
+    let rep = s.prune(&PruneOptions::default()).unwrap();
+    assert!(rep.reclaimed_bytes > 0);
+    assert!(rep.to_string().contains("Total reclaimed space"));
+    assert_eq!(s.df().unwrap().reclaimable, 0);
+}

@@ -65,6 +65,7 @@ pub fn apply_layer(
         dirs: Vec::new(),
         cache: None,
         privileged: rustix::process::geteuid().is_root(),
+        entry_mtime: 0,
     };
     ap.run(&mut hr)?;
     // Hash whatever follows the end-of-archive marker: the diffID covers the
@@ -148,6 +149,8 @@ struct Applier<'a> {
     /// creates directories or symlinks).
     cache: Option<(Vec<u8>, OwnedFd)>,
     privileged: bool,
+    /// mtime of the entry being applied.
+    entry_mtime: i64,
 }
 
 fn read_block(r: &mut dyn Read, block: &mut [u8; BLOCK]) -> Result<bool, LayerError> {
@@ -333,6 +336,7 @@ impl Applier<'_> {
     }
 
     fn entry(&mut self, h: &Hdr, data: &mut dyn Read) -> Result<(), LayerError> {
+        self.entry_mtime = h.mtime;
         let shown = || String::from_utf8_lossy(&h.path).into_owned();
         let comps = clean_path(&h.path)?;
         if comps.is_empty() {
@@ -702,6 +706,14 @@ impl Applier<'_> {
                         },
                         e => LayerError::io(shown(), e),
                     })?;
+                    // Implicit parents get the mode docker gives them and the
+                    // mtime of the entry that needed them: deterministic, so
+                    // the same tar always unpacks (and re-encodes) the same.
+                    self.dirs.push(DeferredDir {
+                        comps: comps[..=i].to_vec(),
+                        mode: 0o755,
+                        mtime: self.entry_mtime,
+                    });
                     if self.mode == WhiteoutMode::Apply {
                         self.created.insert(prefix);
                     }
@@ -799,7 +811,13 @@ impl Applier<'_> {
     fn finish_dirs(&mut self) -> Result<(), LayerError> {
         self.cache = None;
         let dirs = std::mem::take(&mut self.dirs);
+        // The last entry for a directory wins (an explicit entry after the
+        // implicit creation, or a directory listed twice).
+        let mut done: HashSet<&[Vec<u8>]> = HashSet::new();
         for d in dirs.iter().rev() {
+            if !done.insert(d.comps.as_slice()) {
+                continue;
+            }
             let shown = || String::from_utf8_lossy(&d.comps.join(&b'/')).into_owned();
             let fd = if let Some((base, parent)) = d.comps.split_last() {
                 let Ok(pfd) = open_in_root(self.root.as_fd(), &parent.join(&b'/')) else {
