@@ -25,19 +25,6 @@ fn main() {
         return;
     }
     let cfg = common::cfg();
-    // The one-off cost per process: the sealed in-memory copy of the helper
-    // binary (timed on a fresh copy so the cache does not hide it).
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let copy = tmp.path().join("helper");
-    std::fs::copy(&cfg.helper_exe, &copy).expect("copy helper");
-    let size = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
-    let t = Instant::now();
-    kiln_runner::exe::sealed(&copy).expect("sealed copy");
-    println!(
-        "sealed copy of the helper ({:.1} MB): {:.2}ms once per process",
-        size as f64 / 1e6,
-        t.elapsed().as_secs_f64() * 1000.0
-    );
     println!("kiln-runner: per-container overhead of `true`, {n} runs each");
     println!(
         "{:<28} {:>9} {:>9} {:>9} {:>9}",

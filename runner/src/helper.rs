@@ -12,7 +12,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -47,6 +47,7 @@ pub(crate) fn init_hook() {
     let _ = rustix::thread::set_name(c"kiln-runner");
     let code = match role.as_deref().and_then(|r| r.to_str()) {
         Some("container") => container_main(),
+        Some("init") => init_main(&rest),
         Some("monitor") => crate::state::monitor_main(&rest),
         _ => {
             eprintln!("kiln-runner: unknown helper role {role:?}");
@@ -66,7 +67,6 @@ pub(crate) fn spawn_helper(
     stdio: Stdio,
     console: Option<OwnedFd>,
 ) -> Result<(Child, UnixStream), RunError> {
-    let exe = crate::exe::sealed(&cfg.helper_exe)?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
     let theirs =
         rustix::io::fcntl_dupfd_cloexec(&theirs, 10).map_err(|e| RunError::io("dup", e.into()))?;
@@ -78,7 +78,7 @@ pub(crate) fn spawn_helper(
         None => None,
     };
     let console_raw = console.as_ref().map(|c| c.as_raw_fd());
-    let mut cmd = Command::new(exe.exec_path());
+    let mut cmd = Command::new(&cfg.helper_exe);
     cmd.arg0("kiln-runner").arg(MARKER).arg(role).args(args);
     cmd.env_clear();
     cmd.stdin(match stdio.stdin {
@@ -111,7 +111,6 @@ pub(crate) fn spawn_helper(
         .map_err(|e| RunError::io(format!("starting helper {}", cfg.helper_exe.display()), e))?;
     drop(theirs);
     drop(console);
-    drop(exe);
     Ok((child, ours))
 }
 
@@ -408,7 +407,8 @@ pub(crate) fn container_parent(job: &Job) -> i32 {
 }
 
 fn start_container(job: &Job) -> Result<i32, String> {
-    let layout = mounts::prepare(job)?;
+    mounts::prepare(job)?;
+    let exe = readonly_self()?;
     let mut flags = rustix::thread::UnshareFlags::NEWNS
         | rustix::thread::UnshareFlags::NEWUTS
         | rustix::thread::UnshareFlags::NEWIPC
@@ -431,7 +431,7 @@ fn start_container(job: &Job) -> Result<i32, String> {
         ForkResult::Child => {
             // PID 1 dies with H, which dies with its supervisor.
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-            let code = container_init(job, &layout);
+            let code = container_init(job, &exe);
             std::process::exit(code);
         }
         ForkResult::Parent { child } => child,
@@ -466,13 +466,128 @@ fn supervise(child: Pid, reap_all: bool) -> i32 {
     }
 }
 
-/// The container's PID 1.
-fn container_init(job: &Job, layout: &Layout) -> i32 {
-    // Not dumpable: container processes cannot open /proc/1/{exe,mem,fd}.
+/// The container's PID 1, first stage: re-execute the helper binary from a
+/// private read-only bind mount of itself, so that no process of the
+/// container can ever hold the host's binary writable.
+///
+/// This is the defence against CVE-2019-5736 (runc): the container's
+/// process is forked from PID 1, so its `/proc/self/exe` (and a
+/// `#!/proc/self/exe` script, or a command of `/proc/self/exe`) is the
+/// runtime's binary. Here that file is reached only through a detached
+/// read-only mount, so opening it for writing fails with EROFS, whatever
+/// the path. It costs one exec, where a sealed memfd copy costs a copy of
+/// the whole binary per process. PID 1 is also non-dumpable, so its own
+/// `/proc/1/{exe,mem,fd}` cannot be opened from the container at all.
+fn container_init(job: &Job, exe: &OwnedFd) -> i32 {
     let _ = nix::sys::prctl::set_dumpable(false);
-    // Executed from a memfd our comm would be the fd number.
+    let message = match reexec_readonly(job, exe) {
+        Ok(never) => match never {},
+        Err(m) => m,
+    };
+    send(
+        report(),
+        &Msg::Error {
+            message,
+            code: None,
+        },
+    );
+    125
+}
+
+fn reexec_readonly(job: &Job, tree: &OwnedFd) -> Result<std::convert::Infallible, String> {
+    // The job goes through an inherited memfd.
+    let payload = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+    let memfd = rustix::fs::memfd_create("kiln-init-job", rustix::fs::MemfdFlags::empty())
+        .map_err(|e| format!("memfd_create: {e}"))?;
+    std::fs::File::from(memfd.try_clone().map_err(|e| format!("dup: {e}"))?)
+        .write_all(&payload)
+        .map_err(|e| format!("writing the init job: {e}"))?;
+    // The report (and console) fds must survive the exec.
+    for fd in [REPORT_FD, CONSOLE_FD] {
+        // SAFETY: fds 3 and 4 are ours for the helper's lifetime (4 only
+        // with a tty; on a closed fd this fails harmlessly).
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = rustix::io::fcntl_setfd(b, rustix::io::FdFlags::empty());
+    }
+    let fdnum = CString::new(memfd.as_raw_fd().to_string()).map_err(|e| e.to_string())?;
+    let argv = [
+        c"kiln-init".to_owned(),
+        CString::new(MARKER).map_err(|e| e.to_string())?,
+        c"init".to_owned(),
+        fdnum,
+    ];
+    let env: [&std::ffi::CStr; 0] = [];
+    let e = nix::unistd::execveat(tree, c"", &argv, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH).err();
+    Err(format!(
+        "re-executing the helper read-only: {}",
+        e.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+/// A detached read-only mount of our own binary (`open_tree` clone of
+/// `/proc/self/exe`). Made before leaving the host's mount namespace: a
+/// mount can only be cloned from the namespace it belongs to.
+fn readonly_self() -> Result<OwnedFd, String> {
+    use rustix::mount::{open_tree, OpenTreeFlags};
+    let exe = rustix::fs::open(
+        "/proc/self/exe",
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let tree = open_tree(
+        &exe,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )
+    .map_err(|e| format!("cloning a mount of the helper binary: {e}"))?;
+    mounts::set_readonly(tree.as_fd())
+        .map_err(|e| format!("making the helper's mount read-only: {e}"))?;
+    Ok(tree)
+}
+
+/// PID 1, second stage (after the read-only re-exec): `args[0]` is the fd
+/// of the job.
+fn init_main(args: &[OsString]) -> i32 {
+    let _ = nix::sys::prctl::set_dumpable(false);
     let _ = rustix::thread::set_name(c"kiln-init");
-    match setup_and_exec(job, layout) {
+    let job: Result<Job, String> = (|| {
+        let fd: RawFd = args
+            .first()
+            .and_then(|a| a.to_str())
+            .and_then(|a| a.parse().ok())
+            .ok_or("no job fd")?;
+        // SAFETY: the fd was inherited for us by the first stage.
+        let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let mut buf = Vec::new();
+        std::io::Seek::rewind(&mut f).map_err(|e| e.to_string())?;
+        f.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&buf).map_err(|e| e.to_string())
+    })();
+    let job = match job {
+        Ok(j) => j,
+        Err(message) => {
+            send(
+                report(),
+                &Msg::Error {
+                    message: format!("init: {message}"),
+                    code: None,
+                },
+            );
+            return 125;
+        }
+    };
+    // Exec cleared close-on-exec fds only; put the flags back.
+    let _ = rustix::io::fcntl_setfd(report(), rustix::io::FdFlags::CLOEXEC);
+    if job.tty {
+        // SAFETY: fd 4 is the console socket, inherited.
+        let c = unsafe { BorrowedFd::borrow_raw(CONSOLE_FD) };
+        let _ = rustix::io::fcntl_setfd(c, rustix::io::FdFlags::CLOEXEC);
+    }
+    let layout = mounts::layout_of(&job);
+    match setup_and_exec(&job, &layout) {
         Ok(child) => {
             // Nothing more to say; close our copy of the report channel so
             // the reader sees EOF once H exits.
@@ -595,7 +710,7 @@ fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32
     }
 }
 
-use rustix::fs::Mode;
+use rustix::fs::{Mode, OFlags};
 
 /// Docker's default capabilities.
 const DEFAULT_CAPS: [caps::Capability; 14] = [

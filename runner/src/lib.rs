@@ -10,11 +10,13 @@
 //! The caller may be multi-threaded, so it is never forked for container
 //! setup. Each container starts by re-executing the helper binary
 //! ([`RunnerConfig::helper_exe`], whose `main` must call [`init_hook`] first)
-//! from a sealed in-memory copy (see [`exe`]), with a hidden first
-//! argument. The single-threaded helper unshares the namespaces and forks the
-//! container's PID 1 (a small init that reaps zombies and forwards signals),
-//! which forks and execs the user's process. Setup errors come back to the
-//! caller over a socket as one-line messages.
+//! with a hidden first argument. The single-threaded helper unshares the
+//! namespaces and forks the container's PID 1 (a small init that reaps
+//! zombies and forwards signals), which re-executes itself from a private
+//! read-only mount of the binary (so nothing in the container can ever open
+//! the runtime's binary for writing: CVE-2019-5736) and then forks and execs
+//! the user's process. Setup errors come back to the caller over a socket as
+//! one-line messages.
 //!
 //! # Files that must not land in the layer
 //! `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` are generated outside
@@ -26,7 +28,6 @@
 //! the run; the bottom lower avoids that cleanup and its races.)
 
 mod error;
-pub mod exe;
 mod helper;
 mod mounts;
 mod names;
@@ -58,7 +59,7 @@ pub fn init_hook() {
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     /// The binary to re-execute as the helper; its `main` must call
-    /// [`init_hook`] first. Default: the current executable.
+    /// [`init_hook`] first. Default: `/proc/self/exe`, the running binary.
     pub helper_exe: PathBuf,
     /// Where foreground containers get their scratch dir (generated /etc
     /// files, mount stubs, the upper dir when none is given). Default: the
@@ -69,7 +70,9 @@ pub struct RunnerConfig {
 impl Default for RunnerConfig {
     fn default() -> Self {
         RunnerConfig {
-            helper_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            // Resolved by the kernel when the helper is spawned: always the
+            // binary this process runs, even if the file was replaced since.
+            helper_exe: PathBuf::from("/proc/self/exe"),
             scratch_root: std::env::temp_dir(),
         }
     }

@@ -139,10 +139,10 @@ pub(crate) fn resolv_conf(host: &str, network: NetworkMode) -> String {
     out
 }
 
-/// Make the scratch layout on the host side (before any namespace exists).
-pub(crate) fn prepare(job: &Job) -> Result<Layout, String> {
+/// Where a job's scratch things are (pure).
+pub(crate) fn layout_of(job: &Job) -> Layout {
     let s = &job.scratch;
-    let layout = Layout {
+    Layout {
         stub: s.join("stub"),
         etc: s.join("etc"),
         upper: job
@@ -160,7 +160,12 @@ pub(crate) fn prepare(job: &Job) -> Result<Layout, String> {
             .map(|u| u.1.clone())
             .unwrap_or_else(|| s.join("work")),
         rootfs: s.join("rootfs"),
-    };
+    }
+}
+
+/// Make the scratch layout on the host side (before any namespace exists).
+pub(crate) fn prepare(job: &Job) -> Result<Layout, String> {
+    let layout = layout_of(job);
     for d in [
         &layout.stub,
         &layout.etc,
@@ -290,6 +295,19 @@ fn mount_setattr(fd: BorrowedFd<'_>, path: &str, flags: u32, set: u64) -> io::Re
 }
 
 const AT_RECURSIVE: u32 = 0x8000;
+
+/// Make a detached mount (e.g. from `open_tree`) read-only, nosuid, nodev.
+pub(crate) fn set_readonly(mnt: BorrowedFd<'_>) -> io::Result<()> {
+    mount_setattr(
+        mnt,
+        "",
+        libc::AT_EMPTY_PATH as u32,
+        (MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV)
+            .bits() as u64,
+    )
+}
 
 fn new_fs(fstype: &str, opts: &[(&str, &str)], attrs: MountAttrFlags) -> Result<OwnedFd, String> {
     let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)

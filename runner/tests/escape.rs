@@ -206,12 +206,12 @@ fn mount_target_behind_a_symlink_resolves_inside_the_root() {
 
 /// The runc CVE-2019-5736 vector: a container whose command is
 /// `/proc/self/exe` re-executes the runtime's own binary inside the
-/// container, as an ordinary process that could then open its exe for
-/// writing. Here that binary is the sealed in-memory copy, not the file on
-/// the host (whose writes the sealing refuses, see exe.rs's unit test).
+/// container, as an ordinary (dumpable) process that could open its exe for
+/// writing, directly or later through an O_PATH fd. Here the binary is only
+/// reachable through a read-only mount (and busy: PID 1 runs it).
 #[test]
-fn exec_of_proc_self_exe_gets_the_sealed_copy() {
-    need_root!("exec_of_proc_self_exe_gets_the_sealed_copy");
+fn exec_of_proc_self_exe_cannot_write_the_runtime_binary() {
+    need_root!("exec_of_proc_self_exe_cannot_write_the_runtime_binary");
     // The helper is dynamically linked: give the image the host's loader
     // and libraries (what `ldd` lists) so that it can run in there.
     let libs = tempfile::tempdir().unwrap();
@@ -226,8 +226,24 @@ fn exec_of_proc_self_exe_gets_the_sealed_copy() {
             std::fs::copy(word, &dst).unwrap();
         }
     }
-    let mut s = spec(&["/proc/self/exe", "whoami-exe"]);
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_kiln-runner-testbin"));
+    let before = std::fs::read(&bin).unwrap();
+    let mut s = spec(&["/proc/self/exe", "write-own-exe"]);
     s.rootfs.lowers.insert(0, libs.path().to_path_buf());
     let out = ok(&s);
-    assert!(out.starts_with("/memfd:kiln-runner"), "{out}");
+    assert_eq!(
+        out.trim(),
+        format!("open-errno={} mount=ro", libc::ETXTBSY),
+        "{out}"
+    );
+    // Also as root with a shell: O_PATH now, write after the process ended.
+    let mut s = sh("/proc/self/exe write-own-exe >/dev/null; \
+        exec 5</proc/self/exe; sleep 0; echo x >> /proc/self/fd/5 && echo WROTE");
+    s.rootfs.lowers.insert(0, libs.path().to_path_buf());
+    let o = run(&s).unwrap();
+    assert!(!o.stdout.contains("WROTE"), "{}", o.stdout);
+    assert!(
+        before == std::fs::read(&bin).unwrap(),
+        "the helper binary was modified"
+    );
 }

@@ -3,7 +3,7 @@
 //! also runs one foreground container with `-it`:
 //!
 //!     kiln-runner-testbin run-tty STATE_DIR ROOTFS CMD...
-//!     kiln-runner-testbin whoami-exe      (prints /proc/self/exe)
+//!     kiln-runner-testbin write-own-exe   (tries to open /proc/self/exe for writing)
 
 use std::path::PathBuf;
 
@@ -12,11 +12,24 @@ use kiln_runner::{ContainerSpec, Containers, RootFs, RunOptions, RunnerConfig};
 fn main() {
     kiln_runner::init_hook();
     let args: Vec<String> = std::env::args().collect();
-    // For the CVE-2019-5736 test: which binary is this process running?
-    if args.len() == 2 && args[1] == "whoami-exe" {
-        match std::fs::read_link("/proc/self/exe") {
-            Ok(p) => println!("{}", p.display()),
-            Err(e) => println!("error: {e}"),
+    // For the CVE-2019-5736 test: run inside a container as its command,
+    // can this process open its own binary for writing?
+    if args.len() == 2 && args[1] == "write-own-exe" {
+        // While any process runs the binary the kernel says ETXTBSY; what
+        // protects it for good is the read-only mount it is reached through.
+        match std::fs::OpenOptions::new()
+            .append(true)
+            .open("/proc/self/exe")
+        {
+            Ok(_) => print!("OPENED-FOR-WRITING"),
+            Err(e) => print!("open-errno={}", e.raw_os_error().unwrap_or(0)),
+        }
+        match rustix::fs::statvfs("/proc/self/exe") {
+            Ok(v) if v.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) => {
+                println!(" mount=ro")
+            }
+            Ok(_) => println!(" mount=rw"),
+            Err(e) => println!(" statvfs: {e}"),
         }
         std::process::exit(0);
     }
