@@ -311,8 +311,11 @@ pub enum CacheCommand {
     },
     /// Show the space used by the cache (not built yet).
     Du,
-    /// Explain why the steps of a build missed the cache (not built yet).
-    Why { target: String },
+    /// Explain why the steps of an image's last build, or a cache record, missed the cache.
+    Why {
+        /// An image (name:tag or ID) or a cache key prefix (from `cache ls`).
+        target: String,
+    },
     /// Remove build cache (not built yet).
     Prune,
 }

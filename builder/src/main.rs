@@ -78,7 +78,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cache { command } => match command {
             CacheCommand::Ls { format } => cmd_images::cache_ls(&open_store(&cli.root)?, format),
             CacheCommand::Du => not_built("cache du", "Cache inspection tool"),
-            CacheCommand::Why { .. } => not_built("cache why", "Cache inspection tool"),
+            CacheCommand::Why { target } => build::cache_why(&open_store(&cli.root)?, &target),
             CacheCommand::Prune => not_built("cache prune", "Cache inspection tool"),
         },
         Command::System { command } => {

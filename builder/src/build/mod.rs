@@ -2,6 +2,7 @@
 //! content-addressed cache -> an image in the store, tagged.
 
 mod copy;
+pub mod explain;
 mod key;
 pub mod plan;
 mod stage;
@@ -61,11 +62,13 @@ pub struct Builder {
     pub plan: Plan,
     pub escape: char,
     pub runner: kiln_runner::RunnerConfig,
+    /// Absolute path of the Dockerfile ("-" for stdin), for cache records.
+    pub dockerfile_path: String,
     slots: Vec<Slot>,
     /// Build args some ARG consumed (for the unused-arg warning).
     pub used_args: Mutex<std::collections::BTreeSet<String>>,
-    /// Steps that ran (were not cache hits), for `--explain`.
-    pub misses: Mutex<Vec<(String, String)>>,
+    /// Every step as the cache saw it, in order per stage, for `--explain`.
+    pub trace: Mutex<Vec<explain::StepTrace>>,
 }
 
 fn parse_kv(s: &str, what: &str) -> Result<(String, String)> {
@@ -100,10 +103,10 @@ fn parse_secret(spec: &str) -> Result<(String, Secret)> {
 
 pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
     // Dockerfile and context.
-    let (context_dir, dockerfile_name, src) = if args.context == "-" {
+    let (context_dir, dockerfile_name, src, dockerfile_path) = if args.context == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
-        (None, "-".to_string(), s)
+        (None, "-".to_string(), s, "-".to_string())
     } else {
         let dir = PathBuf::from(&args.context);
         if !dir.is_dir() {
@@ -117,6 +120,11 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
             Some(f) => (f.to_string(), Some(PathBuf::from(f))),
             None => ("Dockerfile".to_string(), Some(dir.join("Dockerfile"))),
         };
+        let abs = path
+            .as_ref()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".to_string());
         let src = match path {
             None => {
                 let mut s = String::new();
@@ -126,7 +134,7 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
             Some(p) => std::fs::read_to_string(&p)
                 .map_err(|e| anyhow!("failed to read dockerfile: open {}: {e}", p.display()))?,
         };
-        (Some(dir), name, src)
+        (Some(dir), name, src, abs)
     };
 
     let mut build_args = BuildArgs::new();
@@ -233,8 +241,9 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
         plan,
         escape,
         runner: kiln_runner::RunnerConfig::default(),
+        dockerfile_path,
         used_args: Mutex::new(Default::default()),
-        misses: Mutex::new(Vec::new()),
+        trace: Mutex::new(Vec::new()),
     };
 
     let result = builder.run_all();
@@ -309,18 +318,59 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
             }
         ));
     }
+    let report = builder.explain()?;
+    save_report(&builder.store, &image.config_digest, &report)?;
     if args.explain {
-        let misses = builder.misses.lock().expect("misses");
-        if misses.is_empty() {
-            eprintln!("explain: every step was a cache hit");
-        } else {
-            eprintln!("explain: {} step(s) ran:", misses.len());
-            for (step, why) in misses.iter() {
-                eprintln!("  {step}: {why}");
-            }
-        }
+        eprint!("{}", render_report(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a build leaves for `kiln cache why`: each step that was not a
+/// cache hit, with the reason.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub image: String,
+    pub steps: usize,
+    pub missed: Vec<(String, String)>,
+}
+
+pub fn render_report(r: &Report) -> String {
+    if r.missed.is_empty() {
+        return format!("explain: all {} steps were cache hits\n", r.steps);
+    }
+    let mut s = "explain: why steps were not cache hits:\n".to_string();
+    for (step, why) in &r.missed {
+        s.push_str(&format!("  {step}: {why}\n"));
+    }
+    s
+}
+
+fn report_path(store: &Store, image: &kiln_store::Digest) -> PathBuf {
+    store
+        .root()
+        .join("builds")
+        .join(format!("{}.json", image.hex()))
+}
+
+/// Kept under `<root>/builds/`, one file per image (the last build that
+/// produced it), written atomically.
+fn save_report(store: &Store, image: &kiln_store::Digest, r: &Report) -> Result<()> {
+    let dir = store.root().join("builds");
+    std::fs::create_dir_all(&dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    serde_json::to_writer(&mut tmp, r)?;
+    tmp.persist(report_path(store, image))
+        .map_err(|e| anyhow!("saving the build report: {e}"))?;
+    Ok(())
+}
+
+pub fn load_report(store: &Store, image: &kiln_store::Digest) -> Result<Option<Report>> {
+    match std::fs::read(report_path(store, image)) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `.dockerignore` rules: `<Dockerfile>.dockerignore` next to the
@@ -437,6 +487,46 @@ pub fn flatten_into(store: &Store, layers: &[LayerInfo], dir: &Path) -> Result<(
 }
 
 impl Builder {
+    /// Explains every step of this build that was not a cache hit.
+    fn explain(&self) -> Result<Report> {
+        let trace = self.trace.lock().expect("trace").clone();
+        let missed: Vec<&explain::StepTrace> = trace.iter().filter(|t| !t.hit).collect();
+        let records = if missed.is_empty() {
+            vec![]
+        } else {
+            self.store.cache_list()?
+        };
+        let earlier: Vec<explain::Earlier> = records
+            .iter()
+            .map(|r| explain::Earlier {
+                key: &r.key,
+                parent: r.parent.as_deref(),
+                description: &r.description,
+                source: &r.source,
+                stage: &r.stage,
+                inputs: &r.inputs,
+                created: r.created,
+            })
+            .collect();
+        // A metadata step that only inherits a change is noise: the steps
+        // that can be expensive, and the root causes, are what is shown.
+        let missed = missed
+            .into_iter()
+            .filter(|t| !t.meta || explain::root_cause(t, &trace).is_none())
+            .map(|t| {
+                (
+                    format!("{} ({})", t.description, t.source),
+                    explain::explain_step(t, &trace, &earlier, self.opts.no_cache),
+                )
+            })
+            .collect();
+        Ok(Report {
+            image: String::new(),
+            steps: trace.iter().filter(|t| !t.meta).count(),
+            missed,
+        })
+    }
+
     /// Runs every needed stage, each in its own thread as soon as the
     /// stages it reads from are done; returns the target's result.
     fn run_all(&self) -> Result<Arc<StageResult>> {
@@ -499,18 +589,114 @@ impl Builder {
     }
 
     /// Where a stage's base comes from, with its config and layers.
-    pub fn base_of(&self, base: &Base) -> Result<(ImageConfig, Vec<LayerInfo>, String)> {
+    pub fn base_of(
+        &self,
+        base: &Base,
+    ) -> Result<(ImageConfig, Vec<LayerInfo>, String, Option<String>)> {
         match base {
-            Base::Scratch => Ok((key::scratch_config(), vec![], key::hash_str("scratch"))),
+            Base::Scratch => Ok((
+                key::scratch_config(),
+                vec![],
+                key::hash_str("scratch"),
+                None,
+            )),
             Base::Stage(i) => {
                 let r = self.stage_result(*i)?;
-                Ok((r.config.clone(), r.layers.clone(), r.key.clone()))
+                Ok((r.config.clone(), r.layers.clone(), r.key.clone(), None))
             }
             Base::Image(name) => {
                 let img = self.resolve_image(name)?;
                 let k = key::hash_str(&format!("image {}", img.manifest_digest));
-                Ok((img.config, img.layers, k))
+                Ok((
+                    img.config,
+                    img.layers,
+                    k,
+                    Some(img.manifest_digest.to_string()),
+                ))
             }
         }
     }
+}
+
+/// `kiln cache why IMAGE|KEY`: the explanation kept from the build that
+/// made an image, or, for a cache record, how it differs from the nearest
+/// earlier record at the same place in the same Dockerfile.
+pub fn cache_why(store: &Store, target: &str) -> Result<ExitCode> {
+    if let Some(img) = store.resolve_image(target)? {
+        return match load_report(store, &img.config_digest)? {
+            Some(r) => {
+                print!("{}", render_report(&r));
+                Ok(ExitCode::SUCCESS)
+            }
+            None => Err(Failure::new(
+                1,
+                format!(
+                    "kiln: no build report for {target} ({}): it was not built by kiln on this root",
+                    img.config_digest.short()
+                ),
+            )
+            .into()),
+        };
+    }
+    let prefix = target.trim_start_matches("blake3:");
+    if prefix.len() < 6 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Failure::new(
+            1,
+            format!("kiln: {target:?} is neither an image nor a cache key (give at least 6 hex digits of a key from `kiln cache ls`)"),
+        )
+        .into());
+    }
+    let records = store.cache_list()?;
+    let found: Vec<&kiln_store::CacheRecord> = records
+        .iter()
+        .filter(|r| r.key.starts_with(prefix))
+        .collect();
+    let rec = match found.as_slice() {
+        [] => {
+            return Err(Failure::new(1, format!("kiln: no cache record with key {prefix}")).into())
+        }
+        [one] => *one,
+        many => {
+            return Err(Failure::new(
+                1,
+                format!(
+                    "kiln: key prefix {prefix} is ambiguous ({} records)",
+                    many.len()
+                ),
+            )
+            .into())
+        }
+    };
+    let trace = explain::StepTrace {
+        stage: rec.stage.clone(),
+        key: rec.key.clone(),
+        parent: rec.parent.clone().unwrap_or_default(),
+        description: rec.description.clone(),
+        source: rec.source.clone(),
+        inputs: rec.inputs.clone(),
+        hit: false,
+        args: vec![],
+        meta: rec.layer.is_none(),
+    };
+    let earlier: Vec<explain::Earlier> = records
+        .iter()
+        .filter(|r| r.created <= rec.created && r.key != rec.key)
+        .map(|r| explain::Earlier {
+            key: &r.key,
+            parent: r.parent.as_deref(),
+            description: &r.description,
+            source: &r.source,
+            stage: &r.stage,
+            inputs: &r.inputs,
+            created: r.created,
+        })
+        .collect();
+    println!(
+        "{} ({}), key {}:\n  {}",
+        rec.description,
+        rec.source,
+        &rec.key[..12],
+        explain::explain_step(&trace, &[], &earlier, false)
+    );
+    Ok(ExitCode::SUCCESS)
 }

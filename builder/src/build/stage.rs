@@ -39,6 +39,10 @@ pub struct StageState {
     /// cached rebuild reproduces the same config byte for byte.
     pub last_created: Option<String>,
     pub hits: Vec<String>,
+    /// Where the stage is: Dockerfile path and stage name. Cache records
+    /// carry it so that explanations compare a step with its own past,
+    /// not with another project's step at the same line.
+    pub place: String,
 }
 
 fn now_rfc3339() -> String {
@@ -192,7 +196,7 @@ impl Builder {
         let id = self
             .progress
             .start(&format!("[{label} 1/{total}] FROM {base_name}"));
-        let (config, layers, base_key) = self
+        let (config, layers, base_key, base_manifest) = self
             .base_of(&ps.base)
             .map_err(|e| self.located(ps.stage.span.line, &format!("{e:#}")))?;
         self.progress.done(id, std::time::Duration::ZERO);
@@ -205,7 +209,16 @@ impl Builder {
             cmd_set: false,
             all_cached: true,
             hits: Vec::new(),
+            place: format!("{}#{}", self.dockerfile_path, label),
         };
+        if let Base::Image(name) = &ps.base {
+            // The base is a step of its own for the cache's story: a new
+            // digest under the same name is what `--explain` reports.
+            let manifest = base_manifest.clone().unwrap_or_default();
+            let inputs = json!({ "image": name, "manifest": manifest });
+            let source = format!("{}:{}", self.opts.dockerfile_name, ps.stage.span.line);
+            self.record_meta(&mut st, &format!("FROM {name}"), &source, "", inputs, false)?;
+        }
         // The image's ONBUILD triggers run first, and are not inherited.
         let triggers = std::mem::take(&mut st.config.config.on_build);
         for t in triggers {
@@ -234,9 +247,9 @@ impl Builder {
     }
 
     /// Metadata instructions: a new config, a history entry, a new key.
-    fn meta(&self, st: &mut StageState, ins: &Instruction) {
+    fn meta(&self, st: &mut StageState, ins: &Instruction) -> Result<()> {
         self.push_meta_history(st, ins);
-        self.meta_key(st, ins);
+        self.meta_key(st, ins)
     }
 
     fn push_meta_history(&self, st: &mut StageState, ins: &Instruction) {
@@ -250,9 +263,72 @@ impl Builder {
             .push(history(created, &ins.original, true));
     }
 
-    fn meta_key(&self, st: &mut StageState, ins: &Instruction) {
+    fn meta_key(&self, st: &mut StageState, ins: &Instruction) -> Result<()> {
         let cfg = serde_json::to_value(&st.config.config).unwrap_or(Value::Null);
-        st.key = key::step_key(&st.key, &ins.original, &json!({ "config": cfg }));
+        let source = format!("{}:{}", self.opts.dockerfile_name, ins.span.line);
+        let parent = st.key.clone();
+        self.record_meta(
+            st,
+            &ins.original,
+            &source,
+            &parent,
+            json!({ "config": cfg }),
+            true,
+        )
+    }
+
+    /// A step with no layer (metadata, ARG, FROM): its key chains on, and a
+    /// record keeps its inputs so a later miss can be explained. Written
+    /// once: a rebuild that hits it writes nothing.
+    fn record_meta(
+        &self,
+        st: &mut StageState,
+        description: &str,
+        source: &str,
+        parent: &str,
+        inputs: Value,
+        chain: bool,
+    ) -> Result<()> {
+        let k = if chain {
+            key::step_key(parent, description, &inputs)
+        } else {
+            st.key.clone()
+        };
+        let hit = self.store.cache_get(&k)?.is_some();
+        if !hit {
+            let now = chrono::Utc::now().timestamp();
+            self.store.cache_put(&CacheRecord {
+                key: k.clone(),
+                parent: (!parent.is_empty()).then(|| parent.to_string()),
+                description: description.to_string(),
+                source: source.to_string(),
+                stage: st.place.clone(),
+                inputs: inputs.clone(),
+                result: json!({ "config": st.config, "layers": st.layers }),
+                layer: None,
+                created: now,
+                last_used: now,
+                hits: 0,
+            })?;
+        } else {
+            st.hits.push(k.clone());
+        }
+        self.trace
+            .lock()
+            .expect("trace")
+            .push(super::explain::StepTrace {
+                stage: st.place.clone(),
+                key: k.clone(),
+                parent: parent.to_string(),
+                description: description.to_string(),
+                source: source.to_string(),
+                inputs,
+                hit,
+                args: st.args.keys().cloned().collect(),
+                meta: true,
+            });
+        st.key = k;
+        Ok(())
     }
 
     fn exec(&self, st: &mut StageState, ins: &Instruction, pos: &str) -> Result<()> {
@@ -280,7 +356,7 @@ impl Builder {
                     st.args.remove(&k);
                     set_env(&mut st.config, &k, &v);
                 }
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::Arg(decls) => {
                 for d in decls {
@@ -304,7 +380,16 @@ impl Builder {
                 // BuildKit records them in the history.
                 let args = json!(st.args);
                 self.push_meta_history(st, ins);
-                st.key = key::step_key(&st.key, &ins.original, &json!({ "args": args }));
+                let source = format!("{}:{}", self.opts.dockerfile_name, ins.span.line);
+                let parent = st.key.clone();
+                self.record_meta(
+                    st,
+                    &ins.original,
+                    &source,
+                    &parent,
+                    json!({ "args": args }),
+                    true,
+                )?;
             }
             InstructionKind::Label(kvs) => {
                 for kv in kvs {
@@ -312,16 +397,16 @@ impl Builder {
                     let v = self.expand(st, &kv.value, line)?;
                     st.config.config.labels.insert(k, v);
                 }
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::Maintainer(m) => {
                 st.config.author = Some(m.clone());
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::User(u) => {
                 let u = self.expand(st, u, line)?;
                 st.config.config.user = Some(u);
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::Expose(ports) => {
                 let env = st.expand_env();
@@ -351,7 +436,7 @@ impl Builder {
                             .insert(format!("{port}/{proto}"), json!({}));
                     }
                 }
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::Volume(vols) => {
                 for v in vols {
@@ -363,16 +448,16 @@ impl Builder {
                     }
                     st.config.config.volumes.insert(v, json!({}));
                 }
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::StopSignal(s) => {
                 let s = self.expand(st, s, line)?;
                 st.config.config.stop_signal = Some(s);
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::Shell(sh) => {
                 st.config.config.shell = Some(sh.clone());
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::Cmd(c) => {
                 st.config.config.cmd = Some(match c {
@@ -384,7 +469,7 @@ impl Builder {
                     }
                 });
                 st.cmd_set = true;
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::Entrypoint(c) => {
                 st.config.config.entrypoint = Some(match c {
@@ -398,7 +483,7 @@ impl Builder {
                 if !st.cmd_set {
                     st.config.config.cmd = None;
                 }
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::Healthcheck(h) => {
                 let v = match h {
@@ -443,13 +528,13 @@ impl Builder {
                     serde_json::from_value(v)
                         .map_err(|e| self.located(line, &format!("HEALTHCHECK: {e}")))?,
                 );
-                self.meta(st, ins);
+                self.meta(st, ins)?;
             }
             InstructionKind::Onbuild(t) => {
                 // Stored for images built FROM this one; BuildKit writes
                 // no history entry for it.
                 st.config.config.on_build.push(t.clone());
-                self.meta_key(st, ins);
+                self.meta_key(st, ins)?;
             }
             InstructionKind::Workdir(w) => {
                 let w = self.expand(st, w, line)?;
@@ -463,7 +548,7 @@ impl Builder {
                 // existing one leaves an empty diff, so no layer.
                 let view = self.view(&st.layers)?;
                 if view.stat(&abs)?.is_some() {
-                    self.meta(st, ins);
+                    self.meta(st, ins)?;
                 } else {
                     let owner = match &st.config.config.user {
                         Some(u) if !u.is_empty() => Some(
@@ -546,6 +631,17 @@ impl Builder {
     ) -> Result<()> {
         let step = ins.original.clone();
         let k = key::step_key(&st.key, &step, &inputs);
+        let mut trace = super::explain::StepTrace {
+            stage: st.place.clone(),
+            key: k.clone(),
+            parent: st.key.clone(),
+            description: ins.original.clone(),
+            source: format!("{}:{}", self.opts.dockerfile_name, ins.span.line),
+            inputs: inputs.clone(),
+            hit: true,
+            args: st.args.keys().cloned().collect(),
+            meta: false,
+        };
         let id = self.progress.start(&format!("{pos} {}", ins.original));
         if !self.opts.no_cache {
             if let Some(rec) = self.store.cache_get(&k)? {
@@ -560,23 +656,15 @@ impl Builder {
                         .and_then(|h| h.created.clone())
                         .or(st.last_created.take());
                     st.hits.push(k);
+                    self.trace.lock().expect("trace").push(trace);
                     self.progress.cached(id);
                     return Ok(());
                 }
             }
         }
         st.all_cached = false;
-        self.misses.lock().expect("misses").push((
-            format!(
-                "{} ({}:{})",
-                ins.original, self.opts.dockerfile_name, ins.span.line
-            ),
-            if self.opts.no_cache {
-                "--no-cache was given".to_string()
-            } else {
-                "no cache record for these inputs".to_string()
-            },
-        ));
+        trace.hit = false;
+        self.trace.lock().expect("trace").push(trace);
         let t0 = Instant::now();
         let layer = match exec(self, st, id) {
             Ok(l) => l,
@@ -606,18 +694,12 @@ impl Builder {
         st.config.rootfs.diff_ids = st.layers.iter().map(|l| l.diff_id.clone()).collect();
         st.last_created = Some(created);
         let now = chrono::Utc::now().timestamp();
-        let label = pos
-            .trim_start_matches('[')
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string();
         self.store.cache_put(&CacheRecord {
             key: k,
             parent: Some(parent),
             description: ins.original.clone(),
             source: format!("{}:{}", self.opts.dockerfile_name, ins.span.line),
-            stage: label,
+            stage: st.place.clone(),
             inputs,
             result: json!({ "config": st.config, "layers": st.layers }),
             layer,

@@ -1,0 +1,374 @@
+//! Why a step missed the cache, in words a person reads at a glance: the
+//! nearest earlier record for the same position, and the inputs that
+//! differ between it and this build's step.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One step of a build as the cache saw it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepTrace {
+    pub stage: String,
+    pub key: String,
+    pub parent: String,
+    pub description: String,
+    pub source: String,
+    pub inputs: Value,
+    pub hit: bool,
+    /// Names of the build args in scope (to word env changes).
+    pub args: Vec<String>,
+    /// A step that makes no layer (metadata, ARG, FROM).
+    pub meta: bool,
+}
+
+/// An earlier record, as explain needs it.
+pub struct Earlier<'a> {
+    pub key: &'a str,
+    pub parent: Option<&'a str>,
+    pub description: &'a str,
+    pub source: &'a str,
+    pub stage: &'a str,
+    pub inputs: &'a Value,
+    pub created: i64,
+}
+
+fn first_word(s: &str) -> &str {
+    s.split_whitespace().next().unwrap_or(s)
+}
+
+/// The first missed step up the parent chain of `t` whose own parent was
+/// not missed: the step whose change `t` inherits.
+pub fn root_cause<'a>(t: &StepTrace, this_build: &'a [StepTrace]) -> Option<&'a StepTrace> {
+    let mut cur = this_build.iter().find(|x| x.key == t.parent && !x.hit)?;
+    for _ in 0..this_build.len() {
+        match this_build.iter().find(|x| x.key == cur.parent && !x.hit) {
+            Some(p) => cur = p,
+            None => break,
+        }
+    }
+    Some(cur)
+}
+
+/// Why `t` missed, given the steps of this build before it and every
+/// record the cache holds.
+pub fn explain_step(
+    t: &StepTrace,
+    this_build: &[StepTrace],
+    records: &[Earlier],
+    no_cache: bool,
+) -> String {
+    if no_cache && t.source != "base" {
+        return "--no-cache was given".into();
+    }
+    if let Some(root) = root_cause(t, this_build) {
+        return format!(
+            "parent step changed (see {} at {})",
+            first_word(&root.description),
+            root.source
+        );
+    }
+    let mut same_parent: Vec<&Earlier> = records
+        .iter()
+        .filter(|r| r.parent == Some(t.parent.as_str()) && r.key != t.key)
+        .collect();
+    same_parent.sort_by_key(|r| std::cmp::Reverse(r.created));
+    if let Some(r) = same_parent.iter().find(|r| r.description == t.description) {
+        return diff_inputs(r.inputs, &t.inputs, &t.args).join(", ");
+    }
+    if let Some(r) = same_parent.first() {
+        return format!("instruction changed (was `{}`)", r.description);
+    }
+    let mut same_place: Vec<&Earlier> = records
+        .iter()
+        .filter(|r| r.stage == t.stage && r.source == t.source && r.key != t.key)
+        .collect();
+    same_place.sort_by_key(|r| std::cmp::Reverse(r.created));
+    if let Some(r) = same_place.iter().find(|r| r.description == t.description) {
+        let d = diff_inputs(r.inputs, &t.inputs, &t.args);
+        if r.inputs != &t.inputs {
+            return d.join(", ");
+        }
+        return "an earlier step's result changed since this step last ran".into();
+    }
+    "first build of this step: no earlier cache record".into()
+}
+
+fn short(h: &str) -> String {
+    h.chars().take(8).collect::<String>() + ".."
+}
+
+/// One line of a COPY listing: "f 644 123 <blake3>", "l -> target", "d 755".
+fn describe_file_change(path: &str, old: &str, new: &str) -> String {
+    let o: Vec<&str> = old.split(' ').collect();
+    let n: Vec<&str> = new.split(' ').collect();
+    match (o.first(), n.first()) {
+        (Some(&"f"), Some(&"f")) if o.len() == 4 && n.len() == 4 => {
+            let mut what = Vec::new();
+            if o[3] != n[3] {
+                what.push(format!("content blake3 {} -> {}", short(o[3]), short(n[3])));
+            }
+            if o[1] != n[1] {
+                what.push(format!("mode {} -> {}", o[1], n[1]));
+            }
+            if what.is_empty() {
+                what.push(format!("size {} -> {}", o[2], n[2]));
+            }
+            format!("{path} changed ({})", what.join(", "))
+        }
+        _ => format!("{path} changed ({old} -> {new})"),
+    }
+}
+
+fn list_names(names: &[String]) -> String {
+    const MAX: usize = 5;
+    let mut s = names
+        .iter()
+        .take(MAX)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > MAX {
+        s.push_str(&format!(" and {} more", names.len() - MAX));
+    }
+    s
+}
+
+fn diff_listing(src: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        if old != new {
+            out.push("the copied files changed".into());
+        }
+        return;
+    };
+    // A listing summarised as a digest (huge sources).
+    if o.contains_key("digest") || n.contains_key("digest") {
+        if old != new {
+            out.push(format!(
+                "the copied files changed ({} -> {} entries)",
+                o.get("entries").and_then(Value::as_u64).unwrap_or(0),
+                n.get("entries").and_then(Value::as_u64).unwrap_or(0)
+            ));
+        }
+        return;
+    }
+    let mut changed = Vec::new();
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    for (k, v) in n {
+        match o.get(k) {
+            None => added.push(k.clone()),
+            Some(ov) if ov != v => changed.push(describe_file_change(
+                if k == "." { src } else { k },
+                ov.as_str().unwrap_or(""),
+                v.as_str().unwrap_or(""),
+            )),
+            _ => {}
+        }
+    }
+    for k in o.keys() {
+        if !n.contains_key(k) {
+            removed.push(k.clone());
+        }
+    }
+    out.extend(changed.into_iter().take(10));
+    if !added.is_empty() {
+        out.push(format!(
+            "{} file{} added: {}",
+            added.len(),
+            if added.len() == 1 { "" } else { "s" },
+            list_names(&added)
+        ));
+    }
+    if !removed.is_empty() {
+        out.push(format!(
+            "{} file{} removed: {}",
+            removed.len(),
+            if removed.len() == 1 { "" } else { "s" },
+            list_names(&removed)
+        ));
+    }
+}
+
+fn env_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|e| match e.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (e.to_string(), String::new()),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn diff_env(old: &Value, new: &Value, args: &[String], out: &mut Vec<String>) {
+    let o = env_map(old);
+    let n = env_map(new);
+    for (k, v) in &n {
+        let what = if args.contains(k) { "build arg" } else { "env" };
+        match o.get(k) {
+            None => out.push(format!("{what} {k} added ({v:?})")),
+            Some(ov) if ov != v => out.push(format!("{what} {k} changed ({ov:?} -> {v:?})")),
+            _ => {}
+        }
+    }
+    for k in o.keys() {
+        if !n.contains_key(k) {
+            out.push(format!("env {k} removed"));
+        }
+    }
+}
+
+/// The input differences between an earlier record and this step, most
+/// telling first. `args` names the build args in scope (to word env
+/// changes as build-arg changes).
+pub fn diff_inputs(old: &Value, new: &Value, args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        if old != new {
+            out.push("inputs changed".into());
+        }
+        return out;
+    };
+    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let ov = o.get(k).unwrap_or(&Value::Null);
+        let nv = n.get(k).unwrap_or(&Value::Null);
+        if ov == nv {
+            continue;
+        }
+        match k.as_str() {
+            "files" => {
+                let (Some(of), Some(nf)) = (ov.as_object(), nv.as_object()) else {
+                    out.push("the copied sources changed".into());
+                    continue;
+                };
+                for (src, listing) in nf {
+                    match of.get(src) {
+                        Some(ol) => {
+                            let name = src.split(" -> ").next().unwrap_or(src);
+                            let name = if name.is_empty() { "." } else { name };
+                            diff_listing(name, ol, listing, &mut out)
+                        }
+                        None => out.push(format!("new source {src}")),
+                    }
+                }
+                for src in of.keys() {
+                    if !nf.contains_key(src) {
+                        out.push(format!("source {src} no longer copied"));
+                    }
+                }
+            }
+            "env" => diff_env(ov, nv, args, &mut out),
+            "argv" => out.push("the command changed".into()),
+            "mounts" => {
+                let oa = ov.as_array().cloned().unwrap_or_default();
+                let na = nv.as_array().cloned().unwrap_or_default();
+                for m in &na {
+                    let target = m.get("target").and_then(Value::as_str).unwrap_or("?");
+                    let before = oa
+                        .iter()
+                        .find(|x| x.get("target").and_then(Value::as_str) == Some(target));
+                    match before {
+                        None => out.push(format!("mount {target} added")),
+                        Some(b) if b != m => {
+                            let what = if b.get("source") != m.get("source") {
+                                "its content changed"
+                            } else {
+                                "its options changed"
+                            };
+                            out.push(format!("mount {target}: {what}"));
+                        }
+                        _ => {}
+                    }
+                }
+                for m in &oa {
+                    let target = m.get("target").and_then(Value::as_str).unwrap_or("?");
+                    if !na
+                        .iter()
+                        .any(|x| x.get("target").and_then(Value::as_str) == Some(target))
+                    {
+                        out.push(format!("mount {target} removed"));
+                    }
+                }
+            }
+            "image" | "manifest" => out.push(format!(
+                "base image digest changed ({} -> {})",
+                ov.as_str().unwrap_or("?"),
+                nv.as_str().unwrap_or("?")
+            )),
+            "args" => {
+                let a = ov.as_object().cloned().unwrap_or_default();
+                let b = nv.as_object().cloned().unwrap_or_default();
+                for (name, v) in &b {
+                    if a.get(name) != Some(v) {
+                        out.push(format!(
+                            "build arg {name} changed ({} -> {})",
+                            a.get(name)
+                                .map(|x| x.to_string())
+                                .unwrap_or_else(|| "unset".into()),
+                            v
+                        ));
+                    }
+                }
+            }
+            other => out.push(format!("{other} changed ({ov} -> {nv})")),
+        }
+    }
+    if out.is_empty() {
+        out.push("inputs changed".into());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_changed_file_is_named_with_its_hashes() {
+        let old = json!({"files": {"app.py -> /app/app.py": {".": "f 644 10 1a2b3c4d5e6f"}}, "dest": "/app/"});
+        let new = json!({"files": {"app.py -> /app/app.py": {".": "f 644 11 9f3c0000aaaa"}}, "dest": "/app/"});
+        let d = diff_inputs(&old, &new, &[]);
+        assert_eq!(
+            d,
+            vec!["app.py changed (content blake3 1a2b3c4d.. -> 9f3c0000..)"]
+        );
+    }
+
+    #[test]
+    fn added_files_are_listed_and_untouched_ones_not_blamed() {
+        let old = json!({"files": {". -> /app": {"a": "f 644 1 aa", "b": "f 644 1 bb"}}});
+        let new = json!({"files": {". -> /app": {"a": "f 644 1 aa", "b": "f 644 1 bb", "static/x.css": "f 644 1 cc", "static/y.js": "f 644 1 dd"}}});
+        let d = diff_inputs(&old, &new, &[]);
+        assert_eq!(d, vec!["2 files added: static/x.css, static/y.js"]);
+    }
+
+    #[test]
+    fn a_build_arg_change_is_worded_as_such() {
+        let old = json!({"argv": ["sh"], "env": ["PATH=/bin", "PIP_INDEX=a"]});
+        let new = json!({"argv": ["sh"], "env": ["PATH=/bin", "PIP_INDEX=b"]});
+        let d = diff_inputs(&old, &new, &["PIP_INDEX".to_string()]);
+        assert_eq!(d, vec!["build arg PIP_INDEX changed (\"a\" -> \"b\")"]);
+    }
+
+    #[test]
+    fn base_image_changes_show_both_digests() {
+        let d = diff_inputs(
+            &json!({"manifest": "sha256:ab"}),
+            &json!({"manifest": "sha256:cd"}),
+            &[],
+        );
+        assert_eq!(
+            d,
+            vec!["base image digest changed (sha256:ab -> sha256:cd)"]
+        );
+    }
+}
