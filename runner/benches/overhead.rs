@@ -36,7 +36,7 @@ fn main() {
     ] {
         let mut spec = common::spec(&["/bin/true"]);
         spec.network = net;
-        // Warm-up: the sealed copy of the helper is made once per process.
+        // Warm-up (page cache, first exec of the helper).
         let first = Instant::now();
         kiln_runner::run(&cfg, &spec, Stdio::default()).expect("run");
         let first = first.elapsed();

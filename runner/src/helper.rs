@@ -2,9 +2,11 @@
 //! what they do once re-exec'd (single-threaded).
 //!
 //! ```text
-//! caller ──spawn(sealed exe, MARKER container)──▶ H  (host namespaces)
-//!   H: prepare scratch, unshare(mnt,uts,ipc,pid[,net]), lo up, fork
-//!   └─▶ C  PID 1 of the container: mounts, pivot_root, hostname, user, fork
+//! caller ──spawn(helper exe, MARKER container)──▶ H  (host namespaces)
+//!   H: prepare scratch, read-only clone of its own binary, unshare(mnt,
+//!      uts,ipc,pid[,net]), lo up, fork
+//!   └─▶ C  PID 1 of the container: re-exec through the read-only clone
+//!          (MARKER init), mounts, pivot_root, hostname, user, fork
 //!         └─▶ P: setsid, caps, uid/gid, chdir, close fds, execve(user argv)
 //! ```
 //! H forwards signals to C, C to P; C reaps every zombie and exits with P's
@@ -43,7 +45,8 @@ pub(crate) fn init_hook() {
     }
     let role = args.next();
     let rest: Vec<OsString> = args.collect();
-    // Started from a memfd, our comm would be the fd number.
+    // Started through /proc/self/exe or an fd, our comm would be "exe" or
+    // a number.
     let _ = rustix::thread::set_name(c"kiln-runner");
     let code = match role.as_deref().and_then(|r| r.to_str()) {
         Some("container") => container_main(),
@@ -57,7 +60,7 @@ pub(crate) fn init_hook() {
     std::process::exit(code);
 }
 
-/// Start the helper binary (from its sealed copy) with `role`, the given
+/// Start the helper binary with `role`, the given
 /// stdio, and one end of a socketpair as fd 3. The caller's fds are not
 /// inherited (std's Command opens everything close-on-exec).
 pub(crate) fn spawn_helper(
