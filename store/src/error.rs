@@ -50,6 +50,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the metadata database is damaged (`kiln system fsck
+    /// --repair` moves it aside and rebuilds it from the blobs).
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, StoreError::Db(e) if crate::db::is_corruption(e))
+    }
+
     pub(crate) fn io(
         path: impl AsRef<std::path::Path>,
         source: impl Into<std::io::Error>,

@@ -664,6 +664,23 @@ impl Store {
             recovered_from: self.open_report.recovered_from.clone(),
             ..Default::default()
         };
+        // The database itself first: a damaged one is moved aside and
+        // rebuilt from the blobs (with --repair).
+        let damage = match crate::db::integrity(&self.conn()) {
+            Ok(d) => d,
+            Err(e) if crate::db::is_corruption(&e) => Some(e.to_string()),
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(d) = damage {
+            rep.problems
+                .push(format!("metadata database is corrupt: {d}"));
+            if !repair {
+                return Ok(rep);
+            }
+            let backup = self.recover_db()?;
+            rep.repaired.push(format!("moved the corrupt database to {} and rebuilt it from the blobs (tags and build cache are lost)", backup.display()));
+            rep.recovered_from = Some(backup);
+        }
         rep.swept.extend(self.sweep()?.swept);
         let root = self.shared.root.clone();
         let blob_dir = root.join("blobs/sha256");
@@ -828,6 +845,25 @@ impl Store {
         }
         // Anything else in ingest/ or tmp/ belongs to a live process.
         Ok(rep)
+    }
+
+    /// Replaces a corrupt database under a live store: closes it, moves it
+    /// aside, opens a fresh one and rebuilds it from the blobs.
+    pub(crate) fn recover_db(&self) -> Result<PathBuf> {
+        let root = self.shared.root.clone();
+        let backup = {
+            let mut conn = self.conn();
+            let placeholder = rusqlite::Connection::open_in_memory()?;
+            let old = std::mem::replace(&mut *conn, placeholder);
+            // Closing can only fail by handing the connection back; it is
+            // dropped (closed) either way.
+            let _ = old.close();
+            let backup = backup_corrupt_db(&root)?;
+            *conn = crate::db::open(&root.join("kiln.db"))?;
+            backup
+        };
+        self.rebuild_from_blobs()?;
+        Ok(backup)
     }
 
     /// After a corrupt database was moved aside: re-record every blob, and

@@ -221,7 +221,16 @@ impl Store {
             store.open_report.recovered_from = Some(backup);
             store.rebuild_from_blobs()?;
         }
-        let swept = store.sweep()?;
+        // The sweep reads the snapshots table: the first place a damaged
+        // page shows when the header was fine.
+        let swept = match store.sweep() {
+            Err(StoreError::Db(e)) if db::is_corruption(&e) => {
+                let backup = store.recover_db()?;
+                store.open_report.recovered_from = Some(backup);
+                store.sweep()?
+            }
+            r => r?,
+        };
         store.open_report.merge(swept);
         Ok(store)
     }

@@ -696,3 +696,56 @@ fn df_accounts_images_cache_and_garbage() {
     assert!(rep.to_string().contains("Total reclaimed space"));
     assert_eq!(s.df().unwrap().reclaimable, 0);
 }
+
+#[test]
+fn damaged_database_pages_are_found_by_fsck_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let img = {
+        let s = Store::open(&root).unwrap();
+        let img = small_image(&s, b"survives damage");
+        s.tag("a:1", &img.manifest_digest).unwrap();
+        // Grow the database to many pages.
+        let e = StatEntry {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 4,
+            ctime_ns: 5,
+            mode: 6,
+            hash: "h".repeat(64),
+        };
+        let entries: Vec<_> = (0..3000)
+            .map(|i| (format!("some/long/path/{i:06}"), e.clone()))
+            .collect();
+        s.stat_cache_store("/ctx", &entries).unwrap();
+        img
+    };
+    // The last connection closed: the WAL is checkpointed into kiln.db.
+    let db = root.join("kiln.db");
+    let mut bytes = fs::read(&db).unwrap();
+    assert!(
+        bytes.len() > 64 * 4096,
+        "database too small to damage a middle page"
+    );
+    let page = 4096 * 40;
+    for b in &mut bytes[page..page + 4096] {
+        *b = 0x5a;
+    }
+    fs::write(&db, &bytes).unwrap();
+    let s = Store::open(&root).unwrap();
+    let rep = s.fsck(false).unwrap();
+    eprintln!("after damage:\n{rep}");
+    if rep.recovered_from.is_none() {
+        assert!(!rep.is_clean(), "damage not found: {rep}");
+        let rep = s.fsck(true).unwrap();
+        assert!(rep.recovered_from.is_some(), "{rep}");
+    }
+    let rep = s.fsck(false).unwrap();
+    assert!(rep.problems.is_empty(), "{rep}");
+    let r = s
+        .resolve_image(img.config_digest.as_str())
+        .unwrap()
+        .unwrap();
+    s.ensure_snapshot(&r.layers[0]).unwrap();
+}
