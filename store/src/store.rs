@@ -486,8 +486,19 @@ impl Store {
     /// The snapshot dir of `layer`, unpacking the blob (overlay whiteouts)
     /// first if needed. The blob digest and the diffID are both verified.
     pub fn ensure_snapshot(&self, layer: &LayerInfo) -> Result<PathBuf> {
-        if let Some(p) = self.snapshot_path(&layer.diff_id)? {
-            return Ok(p);
+        {
+            let conn = self.conn();
+            // Marking the snapshot used keeps prune off it while a lease
+            // that began before now is alive.
+            let found: Option<i64> = conn
+                .prepare_cached(
+                    "UPDATE snapshots SET used_ms = ?2 WHERE diff_id = ?1 RETURNING id",
+                )?
+                .query_row(params![layer.diff_id.as_str(), now_ms()], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = found {
+                return Ok(self.snapshot_dir(id));
+            }
         }
         let dir = self.tmp_path("unpack");
         let _guard = TreeGuard(dir.clone());
