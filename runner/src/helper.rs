@@ -410,7 +410,7 @@ pub(crate) fn container_parent(job: &Job) -> i32 {
 }
 
 fn start_container(job: &Job) -> Result<i32, String> {
-    mounts::prepare(job)?;
+    let layout = mounts::prepare_host(job)?;
     let exe = readonly_self()?;
     let mut flags = rustix::thread::UnshareFlags::NEWNS
         | rustix::thread::UnshareFlags::NEWUTS
@@ -421,6 +421,15 @@ fn start_container(job: &Job) -> Result<i32, String> {
     }
     // SAFETY: this process is single-threaded (a fresh exec or a fork of one).
     unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(|e| format!("unshare: {e}"))?;
+    // Nothing mounted from here on may propagate back to the host.
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::DOWNSTREAM
+            | rustix::mount::MountPropagationFlags::REC,
+    )
+    .map_err(|e| format!("making / rslave: {e}"))?;
+    mounts::mount_scratch_tmpfs(&layout)?;
+    mounts::prepare(job, &layout)?;
     if job.spec.network != NetworkMode::Host {
         mounts::loopback_up()?;
     }

@@ -24,9 +24,14 @@ use rustix::mount::{
 use crate::proto::Job;
 use crate::{MountKind, NetworkMode};
 
-/// Where things live in a container's scratch dir.
+/// Where things live in a container's scratch dir. Everything but a
+/// scratch upper/work sits under `ns`, on a tmpfs mounted in the
+/// container's mount namespace only: nothing of it touches the disk or has
+/// to be deleted afterwards.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
+    /// Mount point of the private tmpfs.
+    pub ns: PathBuf,
     /// Bottom-most lower holding empty mount points the image lacks.
     pub stub: PathBuf,
     /// Generated hosts, hostname, resolv.conf.
@@ -143,8 +148,9 @@ pub(crate) fn resolv_conf(host: &str, network: NetworkMode) -> String {
 pub(crate) fn layout_of(job: &Job) -> Layout {
     let s = &job.scratch;
     Layout {
-        stub: s.join("stub"),
-        etc: s.join("etc"),
+        ns: s.join("ns"),
+        stub: s.join("ns/stub"),
+        etc: s.join("ns/etc"),
         upper: job
             .spec
             .rootfs
@@ -159,20 +165,42 @@ pub(crate) fn layout_of(job: &Job) -> Layout {
             .as_ref()
             .map(|u| u.1.clone())
             .unwrap_or_else(|| s.join("work")),
-        rootfs: s.join("rootfs"),
+        rootfs: s.join("ns/rootfs"),
     }
 }
 
 /// Make the scratch layout on the host side (before any namespace exists).
-pub(crate) fn prepare(job: &Job) -> Result<Layout, String> {
+/// On the host side: the tmpfs mount point, and the scratch upper/work
+/// when the spec has none.
+pub(crate) fn prepare_host(job: &Job) -> Result<Layout, String> {
     let layout = layout_of(job);
-    for d in [
-        &layout.stub,
-        &layout.etc,
-        &layout.upper,
-        &layout.work,
-        &layout.rootfs,
-    ] {
+    for d in [&layout.ns, &layout.upper, &layout.work] {
+        fs::create_dir_all(d).map_err(|e| err(d.display(), e))?;
+    }
+    Ok(layout)
+}
+
+/// In the new mount namespace (after `/` was made rslave): a small tmpfs
+/// over `layout.ns`.
+pub(crate) fn mount_scratch_tmpfs(layout: &Layout) -> Result<(), String> {
+    let t = new_fs(
+        "tmpfs",
+        &[("mode", "0700"), ("size", "16m")],
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )?;
+    move_mount(
+        &t,
+        "",
+        CWD,
+        &layout.ns,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| err(format!("mounting a tmpfs at {}", layout.ns.display()), e))
+}
+
+/// Stubs, generated /etc files and the rootfs mount point, under `ns`.
+pub(crate) fn prepare(job: &Job, layout: &Layout) -> Result<(), String> {
+    for d in [&layout.stub, &layout.etc, &layout.rootfs] {
         fs::create_dir_all(d).map_err(|e| err(d.display(), e))?;
     }
     for (rel, is_file) in wanted_targets(job)? {
@@ -203,7 +231,7 @@ pub(crate) fn prepare(job: &Job) -> Result<Layout, String> {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644))
             .map_err(|e| err(p.display(), e))?;
     }
-    Ok(layout)
+    Ok(())
 }
 
 /// Resolve `path` inside `root` the way the container will see it (absolute
@@ -903,7 +931,8 @@ mod tests {
             supervisor: 1,
             legacy_overlay: false,
         };
-        let l = prepare(&job).unwrap();
+        let l = prepare_host(&job).unwrap();
+        prepare(&job, &l).unwrap();
         for f in [
             "etc/hosts",
             "etc/hostname",
