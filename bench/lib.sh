@@ -1,0 +1,225 @@
+# shellcheck shell=bash
+# Shared by bench/run.sh and bench/scaling.sh: where things live, how each
+# tool is installed, started, reset to "cold" and asked to build.
+#
+# Isolation: the benchmark never touches the state other people use on the
+# machine. It runs
+#   - its own dockerd (own --data-root, --exec-root, socket and pid file),
+#     started with the same flags as fixtures/docker/start-dockerd.sh
+#     (--bridge=none --iptables=false --ip-masq=false), so pruning BuildKit's
+#     cache for a cold run cannot remove anybody else's;
+#   - buildah with its own --root/--runroot;
+#   - kiln with its own KILN_ROOT.
+# All three live under $BENCH_STATE (default /var/lib/kiln-bench).
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$BENCH_DIR/.." && pwd)"
+FIXTURES_CACHE=${KILN_FIXTURES_CACHE:-/var/cache/kiln-fixtures}
+export KILN_FIXTURES_CACHE=$FIXTURES_CACHE
+BENCH_STATE=${BENCH_STATE:-/var/lib/kiln-bench}
+BENCH_RUNDIR=${BENCH_RUNDIR:-/run/kiln-bench}
+# Generated contexts (deterministic, large): kept between runs, not in git.
+BENCH_CACHE=${BENCH_CACHE:-/var/cache/kiln-bench}
+RESULTS=${BENCH_RESULTS:-$BENCH_DIR/results}
+
+DOCKER=${DOCKER:-/usr/bin/docker}
+DOCKER_SOCK=$BENCH_RUNDIR/docker.sock
+export DOCKER_HOST=${BENCH_DOCKER_HOST:-unix://$DOCKER_SOCK}
+export DOCKER_BUILDKIT=1
+BUILDAH=(buildah --root "$BENCH_STATE/buildah" --runroot "$BENCH_RUNDIR/buildah"
+    --storage-driver "${BENCH_BUILDAH_DRIVER:-overlay}")
+
+KILN_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+KILN=${KILN:-$KILN_TARGET_DIR/release/kiln}
+KILN_TEMPLATE=$BENCH_STATE/kiln-template   # a root with the bases imported, never built into
+KILN_ROOT_DIR=$BENCH_STATE/kiln-root       # the root the timed builds use
+export KILN_ROOT=$KILN_ROOT_DIR
+
+log() { echo "bench: $*" >&2; }
+die() { echo "bench: error: $*" >&2; exit 1; }
+
+apt_install() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing with apt-get: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# ------------------------------------------------------------------ kiln ----
+
+build_kiln() {
+    if [ -n "${KILN_PREBUILT:-}" ]; then
+        [ -x "$KILN" ] || die "KILN_PREBUILT set but $KILN is not executable"
+        return
+    fi
+    log "cargo build --release -p kiln-builder (target dir $KILN_TARGET_DIR)"
+    (cd "$REPO" && CARGO_TARGET_DIR=$KILN_TARGET_DIR cargo build --release -q -p kiln-builder)
+    [ -x "$KILN" ] || die "no kiln binary at $KILN"
+}
+
+# The template root: bases imported once. Remade when the kiln binary or
+# the base tarballs change (the stamp holds their digests).
+setup_kiln() {
+    build_kiln
+    local stamp want
+    want="$(sha256sum "$KILN" "$FIXTURES_CACHE"/busybox/rootfs.tar \
+        "$FIXTURES_CACHE"/python-3.11-slim/rootfs.tar | sha256sum | cut -c1-64)"
+    stamp=$KILN_TEMPLATE.stamp
+    if [ -d "$KILN_TEMPLATE" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        log "kiln: template root up to date ($KILN_TEMPLATE)"
+        return
+    fi
+    log "kiln: importing the bases into a template root ($KILN_TEMPLATE)"
+    rm -rf "$KILN_TEMPLATE" "$stamp"
+    KILN_ROOT=$KILN_TEMPLATE KILN=$KILN "$REPO/fixtures/bases/import-into-kiln.sh" busybox python \
+        >"$BENCH_STATE/kiln-import.log" 2>&1 || {
+        tail -n 20 "$BENCH_STATE/kiln-import.log" >&2
+        die "kiln could not import the bases"
+    }
+    echo "$want" >"$stamp"
+}
+
+# Cold for kiln: a fresh root that holds the two bases and nothing else (a
+# copy of the template, so no cache records, no stat cache, no images but
+# the bases). Equivalent to a new machine after import-into-kiln.sh.
+reset_kiln() {
+    rm -rf "$KILN_ROOT_DIR"
+    cp -a "$KILN_TEMPLATE" "$KILN_ROOT_DIR"
+}
+
+build_kiln_img() { # TAG CONTEXT
+    "$KILN" build -q --network host -t "$1" "$2"
+}
+
+# ---------------------------------------------------------------- docker ----
+
+start_docker() {
+    if [ -n "${BENCH_DOCKER_HOST:-}" ]; then
+        "$DOCKER" info >/dev/null 2>&1 || die "no docker engine answers at $BENCH_DOCKER_HOST"
+        return
+    fi
+    if ! command -v dockerd >/dev/null 2>&1 || [ ! -x "$DOCKER" ]; then
+        apt_install docker.io
+    fi
+    if "$DOCKER" info >/dev/null 2>&1; then
+        return
+    fi
+    mkdir -p "$BENCH_RUNDIR" "$BENCH_STATE/docker"
+    local pidf=$BENCH_RUNDIR/docker.pid
+    if [ -f "$pidf" ] && ! kill -0 "$(cat "$pidf")" 2>/dev/null; then
+        rm -f "$pidf"
+    fi
+    log "starting the benchmark's own dockerd (socket $DOCKER_SOCK, log $BENCH_STATE/dockerd.log)"
+    setsid dockerd --bridge=none --iptables=false --ip-masq=false \
+        --data-root "$BENCH_STATE/docker" --exec-root "$BENCH_RUNDIR/docker" \
+        -H "unix://$DOCKER_SOCK" --pidfile "$pidf" \
+        >>"$BENCH_STATE/dockerd.log" 2>&1 </dev/null &
+    local pid=$! _
+    for _ in $(seq 60); do
+        "$DOCKER" info >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 1
+    done
+    tail -n 20 "$BENCH_STATE/dockerd.log" >&2
+    die "the benchmark's dockerd did not start"
+}
+
+setup_docker() {
+    start_docker
+    # load-bases.sh honours DOCKER and DOCKER_HOST and skips tags present.
+    DOCKER=$DOCKER "$REPO/fixtures/docker/load-bases.sh" busybox python \
+        >"$BENCH_STATE/docker-load.log" 2>&1 || {
+        tail -n 20 "$BENCH_STATE/docker-load.log" >&2
+        die "docker could not load the bases"
+    }
+}
+
+# Cold for BuildKit: the benchmark's images removed and the whole build
+# cache pruned (`docker builder prune -af`); the base images stay.
+reset_docker() {
+    local imgs
+    imgs="$("$DOCKER" images --format '{{.Repository}}:{{.Tag}}' | grep '^bench-' || true)"
+    if [ -n "$imgs" ]; then
+        # shellcheck disable=SC2086
+        "$DOCKER" rmi -f $imgs >/dev/null
+    fi
+    "$DOCKER" image prune -f >/dev/null
+    "$DOCKER" builder prune -af >/dev/null
+}
+
+build_docker_img() { # TAG CONTEXT
+    "$DOCKER" build --network=host -q -t "$1" "$2"
+}
+
+# --------------------------------------------------------------- buildah ----
+
+setup_buildah() {
+    apt_install buildah
+    mkdir -p "$BENCH_STATE/buildah" "$BENCH_RUNDIR/buildah"
+    local tag ctx
+    for tag in busybox:latest python:3.11-slim; do
+        case $tag in
+            busybox:*) ctx=$FIXTURES_CACHE/busybox ;;
+            *) ctx=$FIXTURES_CACHE/python-3.11-slim ;;
+        esac
+        if "${BUILDAH[@]}" inspect --type image "$tag" >/dev/null 2>&1; then
+            continue
+        fi
+        log "buildah: importing $tag from $ctx"
+        "${BUILDAH[@]}" bud --layers --network=host -q -t "$tag" "$ctx" \
+            >>"$BENCH_STATE/buildah-load.log" 2>&1 || {
+            tail -n 20 "$BENCH_STATE/buildah-load.log" >&2
+            die "buildah could not import $tag"
+        }
+    done
+    # Intermediate images of the import are not part of any "cold" state.
+    "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
+}
+
+# Cold for buildah: the benchmark's images removed, then every dangling
+# image (buildah's layer cache is made of intermediate images) and every
+# working container; the bases stay.
+reset_buildah() {
+    "${BUILDAH[@]}" rm --all >/dev/null 2>&1 || true
+    local imgs
+    imgs="$("${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}}' | grep '/bench-' || true)"
+    if [ -n "$imgs" ]; then
+        # shellcheck disable=SC2086
+        "${BUILDAH[@]}" rmi -f $imgs >/dev/null
+    fi
+    "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
+}
+
+build_buildah_img() { # TAG CONTEXT
+    "${BUILDAH[@]}" bud --layers --network=host -q -t "$1" "$2"
+}
+
+# ----------------------------------------------------------------- timing ----
+
+# timed TOOL TAG CONTEXT: builds, prints the wall time in seconds on stdout;
+# the tool's output goes to $LOG. Returns the build's exit status.
+timed() {
+    local tool=$1 tag=$2 ctx=$3 t0 t1 rc=0
+    echo "=== $(date -u +%T) $tool build -t $tag $ctx" >>"$LOG"
+    t0=$EPOCHREALTIME
+    "build_${tool}_img" "$tag" "$ctx" >>"$LOG" 2>&1 || rc=$?
+    t1=$EPOCHREALTIME
+    python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.4f}')" "$t0" "$t1"
+    return $rc
+}
+
+# gen_context DIR FILES BYTES: a deterministic context (see tools/gen_context.py).
+gen_context() {
+    python3 "$BENCH_DIR/tools/gen_context.py" --out "$1" --files "$2" --bytes "$3"
+}
+
+machine_line() {
+    local mem
+    mem="$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $mem RAM, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
+}
