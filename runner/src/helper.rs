@@ -145,6 +145,23 @@ pub(crate) fn validate(spec: &ContainerSpec) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The spec's hostname; else, with the host's network, the host's name
+/// (Docker's rule); else `fallback` (the short ID, or "kiln").
+pub(crate) fn default_hostname(spec: &ContainerSpec, fallback: String) -> String {
+    if let Some(h) = &spec.hostname {
+        return h.clone();
+    }
+    if spec.network == NetworkMode::Host {
+        let u = rustix::system::uname();
+        if let Ok(n) = u.nodename().to_str() {
+            if !n.is_empty() {
+                return n.to_string();
+            }
+        }
+    }
+    fallback
+}
+
 /// `KILN_RUNNER_LEGACY_OVERLAY=1`: mount the overlay the pre-6.8 way.
 pub(crate) fn legacy_overlay_requested() -> bool {
     std::env::var_os("KILN_RUNNER_LEGACY_OVERLAY").is_some_and(|v| v == "1")
@@ -233,7 +250,7 @@ pub(crate) fn run_foreground(
     let job = Job {
         spec: spec.clone(),
         scratch,
-        hostname: spec.hostname.clone().unwrap_or(hostname),
+        hostname: default_hostname(spec, hostname),
         tty,
         supervisor: std::process::id() as i32,
         legacy_overlay: legacy_overlay_requested(),

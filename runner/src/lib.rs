@@ -142,7 +142,8 @@ pub struct ContainerSpec {
     pub cwd: String,
     /// "name", "uid", "name:group", "uid:gid"; None = root.
     pub user: Option<String>,
-    /// Default: the first 12 chars of the container id, or "kiln".
+    /// Default: the host's name with [`NetworkMode::Host`] (Docker's rule),
+    /// else the first 12 chars of the container id, or "kiln" for [`run`].
     pub hostname: Option<String>,
     pub network: NetworkMode,
     pub mounts: Vec<MountSpec>,

@@ -837,11 +837,7 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
     let job = Job {
         spec: cfg.spec.clone(),
         scratch: dir.join("scratch"),
-        hostname: cfg
-            .spec
-            .hostname
-            .clone()
-            .unwrap_or_else(|| cfg.id[..12].to_string()),
+        hostname: helper::default_hostname(&cfg.spec, cfg.id[..12].to_string()),
         tty: false,
         supervisor: std::process::id() as i32,
         legacy_overlay: helper::legacy_overlay_requested(),

@@ -304,6 +304,18 @@ fn network_modes() {
         .skip(2)
         .map(|l| l.split(':').next().unwrap().trim().to_string())
         .collect();
+    let mut h = sh("hostname");
+    h.network = NetworkMode::Host;
+    let host_name = rustix::system::uname()
+        .nodename()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        ok(&h),
+        format!("{host_name}\n"),
+        "host network: the host's name"
+    );
     s.network = NetworkMode::Host;
     let out = ok(&s);
     for i in &host {
