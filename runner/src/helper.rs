@@ -192,6 +192,32 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), RunError> {
     }
 }
 
+/// Once per process: remove `kiln-run-<pid>-*` scratch dirs whose process
+/// is gone (killed before it could clean up). A dir whose PID is alive is
+/// kept, even if the PID was reused: never delete a live container's dir.
+fn sweep_stale_scratch(root: &Path) {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| sweep_stale_scratch_now(root));
+}
+
+fn sweep_stale_scratch_now(root: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("kiln-run-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Removes a scratch dir when dropped.
 pub(crate) struct ScratchDir(pub PathBuf);
 
@@ -239,9 +265,12 @@ pub(crate) fn run_foreground(
             n.interactive,
         ),
         None => {
-            let dir = cfg
-                .scratch_root
-                .join(format!("kiln-run-{}", random_hex(8)?));
+            sweep_stale_scratch(&cfg.scratch_root);
+            let dir = cfg.scratch_root.join(format!(
+                "kiln-run-{}-{}",
+                std::process::id(),
+                random_hex(8)?
+            ));
             private_dir(&dir)?;
             _guard = Some(ScratchDir(dir.clone()));
             (dir, "kiln".to_string(), false, false)
@@ -947,6 +976,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a directory"));
+    }
+
+    #[test]
+    fn stale_scratch_dirs_of_dead_processes_are_swept() {
+        let t = tempfile::tempdir().unwrap();
+        // Above the kernel's PID limit: certainly not running.
+        let dead = t.path().join("kiln-run-4194999-abc");
+        let live = t
+            .path()
+            .join(format!("kiln-run-{}-def", std::process::id()));
+        let other = t.path().join("unrelated");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d.join("upper")).unwrap();
+        }
+        sweep_stale_scratch_now(t.path());
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
     }
 
     #[test]

@@ -202,10 +202,33 @@ impl Containers {
     pub fn open(cfg: RunnerConfig, state_dir: &Path) -> Result<Containers, RunError> {
         fs::create_dir_all(state_dir)
             .map_err(|e| RunError::io(format!("creating {}", state_dir.display()), e))?;
-        Ok(Containers {
+        let c = Containers {
             cfg,
             dir: state_dir.to_path_buf(),
-        })
+        };
+        c.sweep_half_created();
+        Ok(c)
+    }
+
+    /// A container dir without config.json is one whose creation was
+    /// interrupted (config.json is written right after mkdir, under the
+    /// lock). Remove those older than a minute.
+    fn sweep_half_created(&self) {
+        let Ok(ids) = self.ids() else { return };
+        for id in ids {
+            let dir = self.dir.join(&id);
+            if dir.join("config.json").exists() {
+                continue;
+            }
+            let old = fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60));
+            if old {
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
     }
 
     fn lock(&self) -> Result<Lock, RunError> {
@@ -1006,6 +1029,29 @@ mod tests {
         assert!(alive(me, a));
         assert!(!alive(me, a + 1));
         assert!(!alive(0, a));
+    }
+
+    #[test]
+    fn half_created_containers_are_swept_after_a_minute() {
+        let t = tempfile::tempdir().unwrap();
+        let old = t.path().join("0".repeat(64));
+        let fresh = t.path().join("1".repeat(64));
+        fs::create_dir_all(old.join("scratch")).unwrap();
+        fs::create_dir_all(fresh.join("scratch")).unwrap();
+        let past = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 1_000_000_000,
+                tv_nsec: 0,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 1_000_000_000,
+                tv_nsec: 0,
+            },
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, &old, &past, rustix::fs::AtFlags::empty()).unwrap();
+        Containers::open(RunnerConfig::default(), t.path()).unwrap();
+        assert!(!old.exists(), "interrupted creation swept");
+        assert!(fresh.exists(), "a creation in progress is left alone");
     }
 
     #[test]
