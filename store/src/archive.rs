@@ -278,9 +278,10 @@ impl Store {
                         "manifest.json" | "index.json" | "repositories" | "oci-layout"
                     ) || path.ends_with("/json")
                         || path.ends_with("/VERSION");
-                    if size <= SMALL_FILE_MAX
-                        && (is_meta || path.ends_with(".json") || !path.ends_with("layer.tar"))
-                    {
+                    // Metadata and `<config>.json` files are kept in memory
+                    // (bounded); everything else streams into the blob store
+                    // and is read back from there when needed.
+                    if size <= SMALL_FILE_MAX && (is_meta || path.ends_with(".json")) {
                         let mut v = Vec::with_capacity(size as usize);
                         e.read_to_end(&mut v)
                             .map_err(|err| StoreError::InvalidArchive(err.to_string()))?;
