@@ -321,3 +321,63 @@ fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A one-file HTTP server on loopback for ADD <url>.
+fn serve(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Tue, 15 Nov 1994 08:12:31 GMT\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn add_fetches_urls_and_verifies_checksums() {
+    let Some(k) = setup() else { return };
+    let port = serve("payload from the web\n");
+    let sum = "8be666cf0bd0f97a98446b929b5383db0106f6ec8120b44fbc1c4cf7637d658a";
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM busybox\nADD http://127.0.0.1:{port}/dir/file.txt /web/\nADD --checksum=sha256:{sum} http://127.0.0.1:{port}/x /checked.txt\n"
+            ),
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    export(&k, ctx.path(), out.path(), &[]).ok();
+    let f = out.path().join("web/file.txt");
+    assert_eq!(fs::read_to_string(&f).unwrap(), "payload from the web\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(out.path().join("checked.txt").is_file());
+
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM busybox\nADD --checksum=sha256:{} http://127.0.0.1:{port}/x /c\n",
+                "0".repeat(64)
+            ),
+        )],
+    );
+    let r = build(&k, ctx.path(), &[]).fails();
+    assert!(r.stderr().contains("checksum mismatch"), "{}", r.stderr());
+}

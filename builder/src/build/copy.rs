@@ -57,6 +57,9 @@ pub struct CopyRequest {
     pub exclude: Vec<String>,
     pub parents: bool,
     pub unpack: bool,
+    pub checksum: Option<String>,
+    /// Where downloads of `ADD <url>` go (kept until the copy is done).
+    pub download_dir: Option<PathBuf>,
 }
 
 pub fn has_wildcard(s: &str) -> bool {
@@ -480,23 +483,25 @@ pub fn plan_copy(
     let mut file_sources = Vec::new();
     let mut urls = Vec::new();
     for s in &req.sources {
-        if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@") {
+        if s.starts_with("http://") || s.starts_with("https://") {
+            if !req.add {
+                bail!("COPY does not fetch URLs ({s}); use ADD");
+            }
             urls.push(s.clone());
+        } else if s.starts_with("git@") || s.ends_with(".git") && s.contains("://") {
+            bail!("ADD {s}: git sources are not supported by kiln yet");
         } else {
             file_sources.push(s.clone());
         }
     }
-    if !urls.is_empty() {
-        bail!(
-            "ADD {}: fetching remote URLs is not supported by kiln yet; download the file into the context and ADD it from there",
-            urls.join(" ")
-        );
+    if req.checksum.is_some() && (!file_sources.is_empty() || urls.len() != 1) {
+        bail!("ADD --checksum applies to exactly one http(s) source");
     }
     let selected = match &source {
         Source::Context(ctx) => select_in_context(ctx, &file_sources)?,
         Source::View(v) => select_in_view(v, &file_sources)?,
     };
-    let count = selected.len() + req.heredoc_bodies.len();
+    let count = selected.len() + req.heredoc_bodies.len() + urls.len();
     let dest_exists_dir = dest_view
         .stat(&req.dest)
         .ok()
@@ -542,6 +547,40 @@ pub fn plan_copy(
                 described.insert(format!("{} -> {}", sel.path, target), Value::Null);
             }
         }
+    }
+    for (i, url) in urls.iter().enumerate() {
+        // The content is part of the key: fetched now, as BuildKit does;
+        // with --checksum, a mismatch fails before anything is written.
+        let Some(base) = &req.download_dir else {
+            bail!("ADD {url}: no download directory");
+        };
+        let dir = base.join(i.to_string());
+        fs::create_dir_all(&dir)?;
+        let f = fetch_url(url, &dir, req.checksum.as_deref())?;
+        let target = if dest_is_dir {
+            format!(
+                "{}/{}",
+                fsutil::clean_abs(&req.dest).trim_end_matches('/'),
+                f.name
+            )
+        } else {
+            fsutil::clean_abs(&req.dest)
+        };
+        described.insert(
+            format!("{url} -> {target}"),
+            Value::String(format!("sha256:{}", f.sha256)),
+        );
+        items.push((
+            target,
+            Item {
+                rel: String::new(),
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                mtime_ns: f.mtime_ns,
+                src: ItemSource::File(f.path),
+            },
+        ));
     }
     for (name, body) in &req.heredoc_bodies {
         let target = if dest_is_dir {
@@ -751,4 +790,92 @@ mod tests {
         assert!(parse_chmod("u+x").is_err());
         assert!(parse_chmod("99999").is_err());
     }
+}
+
+/// Largest file `ADD <url>` accepts, and how long a download may take.
+pub const URL_MAX_BYTES: u64 = 8 << 30;
+pub const URL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A file fetched for `ADD <url>`: where it is, its sha256 and mtime.
+pub struct Fetched {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub mtime_ns: i64,
+    pub name: String,
+}
+
+/// The file name ADD gives a URL's content: the last path segment.
+pub fn url_file_name(url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or(url);
+    let after_scheme = no_query
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(no_query);
+    let path = after_scheme.split_once('/').map(|(_, p)| p).unwrap_or("");
+    let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
+    if name.is_empty() {
+        "index.html".into()
+    } else {
+        name.to_string()
+    }
+}
+
+/// Downloads `url` into `dir`, hashing as it streams, with a size and a
+/// time limit; with `checksum` ("sha256:<hex>") the content must match.
+pub fn fetch_url(url: &str, dir: &Path, checksum: Option<&str>) -> Result<Fetched> {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let config = ureq::Agent::config_builder()
+        .timeout_global(Some(URL_TIMEOUT))
+        .timeout_connect(Some(std::time::Duration::from_secs(30)))
+        .build();
+    let agent = ureq::Agent::new_with_config(config);
+    let resp = agent
+        .get(url)
+        .call()
+        .map_err(|e| anyhow!("ADD {url}: {e}"))?;
+    let mtime_ns = resp
+        .headers()
+        .get("last-modified")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+        .map(|t| t.timestamp() * 1_000_000_000)
+        .unwrap_or(0);
+    let name = url_file_name(url);
+    let path = dir.join("download");
+    let mut out = fs::File::create(&path)?;
+    let mut reader = resp.into_body().into_reader().take(URL_MAX_BYTES + 1);
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| anyhow!("ADD {url}: reading the response: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > URL_MAX_BYTES {
+            bail!("ADD {url}: larger than kiln's limit of {URL_MAX_BYTES} bytes");
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+    out.sync_all()?;
+    let sha256 = hex::encode(hasher.finalize());
+    if let Some(want) = checksum {
+        let want = want.strip_prefix("sha256:").ok_or_else(|| {
+            anyhow!("ADD --checksum={want}: kiln verifies sha256 checksums (sha256:<hex>)")
+        })?;
+        if !want.eq_ignore_ascii_case(&sha256) {
+            bail!("ADD {url}: checksum mismatch: expected sha256:{want}, got sha256:{sha256}");
+        }
+    }
+    Ok(Fetched {
+        path,
+        sha256,
+        mtime_ns,
+        name,
+    })
 }

@@ -582,16 +582,11 @@ impl Builder {
                     parents: c.parents,
                     unpack: false,
                     link: c.link,
+                    checksum: None,
                 };
                 self.exec_copy(st, ins, pos, req)?;
             }
             InstructionKind::Add(a) => {
-                if a.checksum.is_some() {
-                    return Err(self.located(
-                        line,
-                        "ADD --checksum applies to remote sources, which kiln cannot fetch yet",
-                    ));
-                }
                 let req = CopyArgs {
                     add: true,
                     sources: &a.sources,
@@ -604,6 +599,7 @@ impl Builder {
                     parents: false,
                     unpack: a.unpack.unwrap_or(true),
                     link: a.link,
+                    checksum: a.checksum.as_deref(),
                 };
                 self.exec_copy(st, ins, pos, req)?;
             }
@@ -800,7 +796,26 @@ impl Builder {
             .iter()
             .map(|e| self.expand(st, e, line))
             .collect::<Result<Vec<_>>>()?;
+        let downloads = if c.add
+            && sources
+                .iter()
+                .any(|s| s.starts_with("http://") || s.starts_with("https://"))
+        {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("kiln-add-")
+                    .tempdir_in(self.store.root().join("tmp"))?,
+            )
+        } else {
+            None
+        };
+        let checksum = match c.checksum {
+            Some(cs) => Some(self.expand(st, cs, line)?),
+            None => None,
+        };
         let req = CopyRequest {
+            checksum,
+            download_dir: downloads.as_ref().map(|d| d.path().to_path_buf()),
             add: c.add,
             sources,
             dest,
@@ -1302,6 +1317,7 @@ struct CopyArgs<'a> {
     parents: bool,
     unpack: bool,
     link: bool,
+    checksum: Option<&'a str>,
 }
 
 /// Mount points the runtime had to create in the upper dir (for bind

@@ -170,11 +170,11 @@ impl Kiln {
 }
 
 /// Writes files (path, content) under `dir`.
-pub fn write_tree(dir: &Path, files: &[(&str, &str)]) {
+pub fn write_tree<S: AsRef<str>>(dir: &Path, files: &[(&str, S)]) {
     for (p, c) in files {
         let full = dir.join(p);
         std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
-        std::fs::write(full, c).expect("write");
+        std::fs::write(full, c.as_ref()).expect("write");
     }
 }
 
