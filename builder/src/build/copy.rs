@@ -765,33 +765,6 @@ fn extract_archive(path: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn context_paths_cannot_leave_the_context() {
-        assert_eq!(context_rel("./a/../b").unwrap(), "b");
-        assert_eq!(context_rel("/abs/x").unwrap(), "abs/x");
-        assert!(context_rel("../x").is_err());
-        assert!(context_rel("a/../../x").is_err());
-    }
-
-    #[test]
-    fn glob_does_not_cross_directories() {
-        assert!(glob_match("*.py", "app.py"));
-        assert!(!glob_match("*.py", "sub/app.py"));
-        assert!(glob_match("sub/*.py", "sub/app.py"));
-    }
-
-    #[test]
-    fn chmod_is_octal() {
-        assert_eq!(parse_chmod("755").unwrap(), 0o755);
-        assert!(parse_chmod("u+x").is_err());
-        assert!(parse_chmod("99999").is_err());
-    }
-}
-
 /// Largest file `ADD <url>` accepts, and how long a download may take.
 pub const URL_MAX_BYTES: u64 = 8 << 30;
 pub const URL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -878,4 +851,31 @@ pub fn fetch_url(url: &str, dir: &Path, checksum: Option<&str>) -> Result<Fetche
         mtime_ns,
         name,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_paths_cannot_leave_the_context() {
+        assert_eq!(context_rel("./a/../b").unwrap(), "b");
+        assert_eq!(context_rel("/abs/x").unwrap(), "abs/x");
+        assert!(context_rel("../x").is_err());
+        assert!(context_rel("a/../../x").is_err());
+    }
+
+    #[test]
+    fn glob_does_not_cross_directories() {
+        assert!(glob_match("*.py", "app.py"));
+        assert!(!glob_match("*.py", "sub/app.py"));
+        assert!(glob_match("sub/*.py", "sub/app.py"));
+    }
+
+    #[test]
+    fn chmod_is_octal() {
+        assert_eq!(parse_chmod("755").unwrap(), 0o755);
+        assert!(parse_chmod("u+x").is_err());
+        assert!(parse_chmod("99999").is_err());
+    }
 }
