@@ -686,6 +686,20 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
                 )?
             }
         };
+        // A target under /dev lives on the container's fresh /dev tmpfs,
+        // which hides the stub layer: make the mount point there (this is
+        // where BuildKit puts heredoc scripts, /dev/pipes/NAME).
+        if let Ok(under) = rel.strip_prefix("dev") {
+            if !under.as_os_str().is_empty() {
+                let is_file = match &m.kind {
+                    MountKind::Bind { source, .. } => {
+                        fs::metadata(source).map(|m| m.is_file()).unwrap_or(false)
+                    }
+                    MountKind::Tmpfs { .. } => false,
+                };
+                make_target_in(&dev, under, is_file)?;
+            }
+        }
         mount_at(r, &rel_s, true, &mnt)?;
     }
 
@@ -771,6 +785,56 @@ fn mask_paths(root: BorrowedFd<'_>, dev: &OwnedFd) -> Result<(), String> {
         attach(&mnt, &fd, p)?;
     }
     Ok(())
+}
+
+/// Creates `rel` (directories, then a file or a directory) under `dir`,
+/// a directory fd, never following a symlink.
+fn make_target_in(dir: &OwnedFd, rel: &Path, is_file: bool) -> Result<(), String> {
+    let comps: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let Some((last, parents)) = comps.split_last() else {
+        return Ok(());
+    };
+    let mut cur: OwnedFd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err("/dev", e))?;
+    for c in parents {
+        match rustix::fs::mkdirat(&cur, *c, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(err(format!("mkdir /dev/{}", rel.display()), e)),
+        }
+        cur = rustix::fs::openat(
+            &cur,
+            *c,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| err(format!("/dev/{}", rel.display()), e))?;
+    }
+    let made = if is_file {
+        rustix::fs::openat(
+            &cur,
+            *last,
+            OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map(drop)
+    } else {
+        rustix::fs::mkdirat(&cur, *last, Mode::from_raw_mode(0o755))
+    };
+    match made {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(err(format!("/dev/{}", rel.display()), e)),
+    }
 }
 
 /// Device nodes and links of Docker's /dev, made in the fresh tmpfs.

@@ -283,6 +283,27 @@ fn bind_tmpfs_and_secret_mounts() {
 }
 
 #[test]
+fn a_mount_under_dev_lands_on_the_dev_tmpfs() {
+    need_root!("a_mount_under_dev_lands_on_the_dev_tmpfs");
+    // BuildKit runs a shebang heredoc as a file mounted at /dev/pipes/NAME:
+    // the target does not exist in the fresh /dev tmpfs and must be made
+    // there, never in the image.
+    let t = tempfile::tempdir().unwrap();
+    let script = t.path().join("script");
+    std::fs::write(&script, "#!/bin/sh\necho from-pipes\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut s = sh("/dev/pipes/EOF");
+    s.mounts = vec![MountSpec {
+        target: "/dev/pipes/EOF".into(),
+        kind: MountKind::Bind {
+            source: script,
+            readonly: true,
+        },
+    }];
+    assert_eq!(ok(&s), "from-pipes\n");
+}
+
+#[test]
 fn network_modes() {
     need_root!("network_modes");
     let count = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' '";
