@@ -489,3 +489,22 @@ fn explicit_dir_entry_after_its_children_wins() {
     let d = describe(dst.path(), true);
     assert_eq!((d["a"].mode, d["a"].mtime), (0o711, 99));
 }
+
+#[test]
+fn upper_dirs_from_redirect_or_metacopy_mounts_are_refused() {
+    require_root!();
+    for x in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
+        let u = tempfile::tempdir().unwrap();
+        fs::create_dir(u.path().join("moved")).unwrap();
+        rustix::fs::lsetxattr(
+            u.path().join("moved").as_path(),
+            x,
+            b"/orig",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let e =
+            write_layer(u.path(), &opts(Compression::None, 1), &mut std::io::sink()).unwrap_err();
+        assert!(matches!(e, LayerError::OverlayFeature { .. }), "{x}: {e}");
+    }
+}

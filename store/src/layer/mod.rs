@@ -161,6 +161,8 @@ pub enum LayerError {
     Unsupported { path: String, kind: char },
     #[error("layer exceeds the limit of {limit} {what}")]
     LimitExceeded { what: &'static str, limit: u64 },
+    #[error("{path:?} carries {xattr}: the upper dir was mounted with overlay redirect_dir or metacopy, so it does not hold the full content; mount with redirect_dir=off,metacopy=off")]
+    OverlayFeature { path: String, xattr: String },
     #[error("file {0:?} changed size while it was being archived")]
     FileChanged(String),
     #[error("{op} on {path:?} needs privileges this process lacks: {source}")]

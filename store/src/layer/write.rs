@@ -153,6 +153,19 @@ fn write_tar(root: &Path, opts: &LayerOptions, w: &mut dyn Write) -> Result<(), 
         }
         rel.extend_from_slice(&child.emit);
         let xattrs = read_xattrs(&disk)?;
+        // A redirect (renamed lower dir) or metacopy (metadata-only copy-up)
+        // means the upper dir does not hold the content the layer needs:
+        // the overlay must be mounted with redirect_dir=off,metacopy=off.
+        for (k, _) in &xattrs {
+            if k.as_slice() == b"trusted.overlay.redirect"
+                || k.as_slice() == b"trusted.overlay.metacopy"
+            {
+                return Err(LayerError::OverlayFeature {
+                    path: String::from_utf8_lossy(&rel).into_owned(),
+                    xattr: String::from_utf8_lossy(k).into_owned(),
+                });
+            }
+        }
         let opaque = xattrs
             .iter()
             .any(|(k, v)| k.as_slice() == OPAQUE_XATTR && v.as_slice() == b"y");
