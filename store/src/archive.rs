@@ -132,11 +132,25 @@ impl Store {
                     );
                 }
             }
-            manifest.push(DockerManifestEntry {
-                config: config_name,
-                repo_tags,
-                layers: layer_paths,
-            });
+            // One entry per image, with all its requested tags (as docker
+            // save writes it).
+            match manifest
+                .iter_mut()
+                .find(|m| m.config == config_name && m.layers == layer_paths)
+            {
+                Some(m) => {
+                    for t in repo_tags {
+                        if !m.repo_tags.contains(&t) {
+                            m.repo_tags.push(t);
+                        }
+                    }
+                }
+                None => manifest.push(DockerManifestEntry {
+                    config: config_name,
+                    repo_tags,
+                    layers: layer_paths,
+                }),
+            }
         }
         let m = serde_json::to_vec(&manifest)?;
         append(b, "manifest.json", m.len() as u64, &mut &m[..])?;

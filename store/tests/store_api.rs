@@ -749,3 +749,34 @@ fn damaged_database_pages_are_found_by_fsck_and_repaired() {
         .unwrap();
     s.ensure_snapshot(&r.layers[0]).unwrap();
 }
+
+#[test]
+fn save_of_two_tags_of_one_image_writes_one_entry() {
+    let (_d, s) = store();
+    let img = small_image(&s, b"two tags");
+    s.tag("a:1", &img.manifest_digest).unwrap();
+    s.tag("b:2", &img.manifest_digest).unwrap();
+    let mut out = Vec::new();
+    s.save(
+        &["a:1".into(), "b:2".into()],
+        ArchiveFormat::Docker,
+        &mut out,
+    )
+    .unwrap();
+    let mut ar = tar::Archive::new(&out[..]);
+    let mut manifest = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("manifest.json") {
+            e.read_to_end(&mut manifest).unwrap();
+        }
+    }
+    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(m.as_array().unwrap().len(), 1);
+    assert_eq!(m[0]["RepoTags"], serde_json::json!(["a:1", "b:2"]));
+    let (_d2, s2) = store();
+    assert_eq!(
+        s2.load(&mut &out[..]).unwrap(),
+        vec!["a:1".to_string(), "b:2".to_string()]
+    );
+}
