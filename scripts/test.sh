@@ -12,6 +12,9 @@ echo "== fixtures (offline base images, Flask wheels; cached)" >&2
 fixtures/bases/make-bases.sh >/dev/null
 fixtures/flask/fetch-wheels.sh >/dev/null
 
+echo "== fixture tools (python unittest)" >&2
+python3 -m unittest discover -s fixtures/tools
+
 echo "== cargo fmt --check" >&2
 cargo fmt --all --check
 echo "== cargo clippy" >&2

@@ -308,6 +308,9 @@ pub enum CacheCommand {
     Ls {
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
+        /// Keep only some records: image=NAME, stage=NAME, until=DURATION (e.g. 24h: not used since).
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
     },
     /// Show the space used by the cache (not built yet).
     Du,

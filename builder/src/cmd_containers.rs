@@ -16,12 +16,23 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 
 fn containers(store: &Store) -> Result<Containers> {
     let dir = store.root().join("containers");
-    Ok(Containers::open(RunnerConfig::default(), &dir)?)
+    let cfg = RunnerConfig {
+        scratch_root: store.root().join("tmp"),
+        ..Default::default()
+    };
+    Ok(Containers::open(cfg, &dir)?)
 }
 
 /// `docker run` fails with 125 when the run itself cannot start.
 fn run_failure(msg: impl Into<String>) -> anyhow::Error {
     Failure::new(125, msg).into()
+}
+
+/// 126/127 when the command cannot be executed (not found, not
+/// executable), else 125: docker's codes, which scripts rely on.
+fn runner_failure(e: kiln_runner::RunError) -> anyhow::Error {
+    let code = e.exit_code().map(|c| c as u8).unwrap_or(125);
+    Failure::new(code, format!("kiln: {e}")).into()
 }
 
 fn read_env_file(path: &std::path::Path) -> Result<Vec<String>> {
@@ -161,15 +172,11 @@ pub fn run(store: &Store, args: RunArgs) -> Result<ExitCode> {
     };
     let c = containers(store)?;
     if args.detach {
-        let id = c
-            .run_detached(spec, opts)
-            .map_err(|e| run_failure(format!("kiln: {e}")))?;
+        let id = c.run_detached(spec, opts).map_err(runner_failure)?;
         println!("{id}");
         Ok(ExitCode::SUCCESS)
     } else {
-        let code = c
-            .run_foreground(spec, opts)
-            .map_err(|e| run_failure(format!("kiln: {e}")))?;
+        let code = c.run_foreground(spec, opts).map_err(runner_failure)?;
         Ok(ExitCode::from(code.clamp(0, 255) as u8))
     }
 }

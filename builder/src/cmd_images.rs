@@ -322,8 +322,71 @@ pub fn import(store: &Store, file: &Path, reference: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn cache_ls(store: &Store, format: ListFormat) -> Result<ExitCode> {
+/// "24h", "90m", "30s", "7d" -> seconds.
+pub fn parse_duration(s: &str) -> Result<i64> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n
+        .parse()
+        .map_err(|_| anyhow!("invalid duration {s:?} (e.g. 30s, 90m, 24h, 7d)"))?;
+    let mult = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(anyhow!("invalid duration {s:?} (e.g. 30s, 90m, 24h, 7d)")),
+    };
+    Ok(n * mult)
+}
+
+pub fn cache_ls(store: &Store, format: ListFormat, filters: &[String]) -> Result<ExitCode> {
     let mut recs = store.cache_list()?;
+    // Which images use a record: those whose layers include its layer.
+    let images = store.list_images()?;
+    let mut users: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for i in &images {
+        if let Some(img) = store.resolve_image(&i.config_digest.to_string())? {
+            let name = i
+                .references
+                .first()
+                .cloned()
+                .unwrap_or_else(|| i.config_digest.short().to_string());
+            for l in &img.layers {
+                users
+                    .entry(l.diff_id.to_string())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+    }
+    let used_by = |r: &kiln_store::CacheRecord| -> Vec<String> {
+        r.layer
+            .as_ref()
+            .and_then(|l| users.get(&l.diff_id.to_string()).cloned())
+            .unwrap_or_default()
+    };
+    let now = chrono::Utc::now().timestamp();
+    for f in filters {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow!("invalid --filter {f:?}: expected KEY=VALUE"))?;
+        match k {
+            "image" => recs.retain(|r| {
+                used_by(r)
+                    .iter()
+                    .any(|n| n == v || n.starts_with(&format!("{v}:")))
+            }),
+            "stage" => recs.retain(|r| r.stage.rsplit('#').next() == Some(v)),
+            "until" => {
+                let secs = parse_duration(v)?;
+                recs.retain(|r| now - r.last_used >= secs)
+            }
+            other => {
+                return Err(anyhow!(
+                    "unknown --filter {other:?} (image=NAME, stage=NAME, until=DURATION)"
+                ))
+            }
+        }
+    }
     recs.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.key.cmp(&b.key)));
     if format == ListFormat::Json {
         let v: Vec<_> = recs
@@ -340,13 +403,13 @@ pub fn cache_ls(store: &Store, format: ListFormat) -> Result<ExitCode> {
                     "created": r.created,
                     "last_used": r.last_used,
                     "hits": r.hits,
+                    "images": used_by(r),
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let now = chrono::Utc::now().timestamp();
     let mut rows = vec![vec![
         "KEY".to_string(),
         "SIZE".into(),
@@ -355,6 +418,7 @@ pub fn cache_ls(store: &Store, format: ListFormat) -> Result<ExitCode> {
         "HITS".into(),
         "SOURCE".into(),
         "INSTRUCTION".into(),
+        "IMAGES".into(),
     ]];
     for r in &recs {
         let mut ins = r.description.clone();
@@ -369,6 +433,7 @@ pub fn cache_ls(store: &Store, format: ListFormat) -> Result<ExitCode> {
             r.hits.to_string(),
             r.source.clone(),
             ins,
+            used_by(r).join(","),
         ]);
     }
     print!("{}", table(&rows));

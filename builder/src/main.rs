@@ -76,7 +76,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => cmd_containers::rm(&open_store(&cli.root)?, &args),
         Command::Logs(args) => cmd_containers::logs(&open_store(&cli.root)?, &args),
         Command::Cache { command } => match command {
-            CacheCommand::Ls { format } => cmd_images::cache_ls(&open_store(&cli.root)?, format),
+            CacheCommand::Ls { format, filters } => {
+                cmd_images::cache_ls(&open_store(&cli.root)?, format, &filters)
+            }
             CacheCommand::Du => not_built("cache du", "Cache inspection tool"),
             CacheCommand::Why { target } => build::cache_why(&open_store(&cli.root)?, &target),
             CacheCommand::Prune => not_built("cache prune", "Cache inspection tool"),

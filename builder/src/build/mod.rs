@@ -240,7 +240,10 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
         progress,
         plan,
         escape,
-        runner: kiln_runner::RunnerConfig::default(),
+        runner: kiln_runner::RunnerConfig {
+            scratch_root: store.root().join("tmp"),
+            ..Default::default()
+        },
         dockerfile_path,
         used_args: Mutex::new(Default::default()),
         trace: Mutex::new(Vec::new()),

@@ -1221,11 +1221,9 @@ impl Builder {
             "network": net_name,
             "mounts": mount_inputs,
         });
-        let mount_targets: Vec<String> = mounts.iter().map(|m| m.target.clone()).collect();
         let layers = st.layers.clone();
         let res = self.cached_step(st, ins, pos, inputs, |b, _st, id| {
             let lowers = b.snapshots(&layers)?;
-            let view = RootView::new(lowers.clone());
             let pending = b.store.new_snapshot()?;
             let spec = ContainerSpec {
                 rootfs: RootFs {
@@ -1257,7 +1255,6 @@ impl Builder {
                 }
                 return Err(b.located(line, msg.trim_end()));
             }
-            remove_mount_stubs(pending.upper(), &view, &mount_targets)?;
             if fsutil::dir_is_empty(pending.upper())? {
                 return Ok(None);
             }
@@ -1318,50 +1315,6 @@ struct CopyArgs<'a> {
     unpack: bool,
     link: bool,
     checksum: Option<&'a str>,
-}
-
-/// Mount points the runtime had to create in the upper dir (for bind
-/// mounts, /proc, /dev, /etc/hosts ...) are not part of the step's result:
-/// empty stubs that the image below does not have are removed, deepest
-/// first, as BuildKit does.
-fn remove_mount_stubs(upper: &std::path::Path, view: &RootView, targets: &[String]) -> Result<()> {
-    let mut all: Vec<String> = targets.to_vec();
-    for t in [
-        "/proc",
-        "/sys",
-        "/dev/pts",
-        "/dev/shm",
-        "/dev/mqueue",
-        "/dev",
-        "/etc/hosts",
-        "/etc/hostname",
-        "/etc/resolv.conf",
-        "/run/secrets",
-    ] {
-        all.push(t.to_string());
-    }
-    // Also every ancestor of a target, so that created parents go too.
-    let mut with_parents: Vec<String> = Vec::new();
-    for t in &all {
-        let comps = fsutil::clean_components(t);
-        for i in (1..=comps.len()).rev() {
-            with_parents.push(format!("/{}", comps[..i].join("/")));
-        }
-    }
-    with_parents.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
-    with_parents.dedup();
-    for t in with_parents {
-        if view.stat(&t)?.is_some() {
-            continue;
-        }
-        let p = upper.join(t.trim_start_matches('/'));
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() && fsutil::dir_is_empty(&p)? => std::fs::remove_dir(&p)?,
-            Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(&p)?,
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Copies the tree at `comps` of a view into `dest` (for bind mounts from
