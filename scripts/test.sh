@@ -12,6 +12,11 @@ echo "== fixtures (offline base images, Flask wheels; cached)" >&2
 fixtures/bases/make-bases.sh >/dev/null
 fixtures/flask/fetch-wheels.sh >/dev/null
 
+echo "== Docker engine for the differential test against BuildKit" >&2
+fixtures/docker/start-dockerd.sh >/dev/null
+fixtures/docker/load-bases.sh busybox >/dev/null
+export KILN_DOCKER=1
+
 echo "== fixture tools (python unittest)" >&2
 python3 -m unittest discover -s fixtures/tools
 

@@ -124,3 +124,51 @@ fn kiln_builds_what_buildkit_builds() {
         failures.join("\n\n")
     );
 }
+
+/// The other half of the differential test: BuildKit itself, live, still
+/// builds what expected/ says (so kiln and BuildKit agree with each other,
+/// not only with a recording). Needs a Docker engine: scripts/test.sh starts
+/// one (fixtures/docker/start-dockerd.sh) and sets KILN_DOCKER=1; elsewhere
+/// the test says why it skipped.
+#[test]
+fn buildkit_live_matches_the_recorded_truth() {
+    let docker = Path::new("/usr/bin/docker");
+    let engine_up = docker.is_file()
+        && Command::new(docker)
+            .arg("info")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    if std::env::var_os("KILN_DOCKER").is_some() {
+        assert!(
+            engine_up,
+            "KILN_DOCKER is set but no Docker engine answers (fixtures/docker/start-dockerd.sh)"
+        );
+    } else if !engine_up {
+        eprintln!(
+            "SKIPPED: no Docker engine (start one with fixtures/docker/start-dockerd.sh, or set KILN_DOCKER=1 to require it)"
+        );
+        return;
+    }
+    let script = common::repo_root().join("fixtures/cases/check-kiln.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
+        .env("KILN", docker)
+        .env("DOCKER_BUILDKIT", "1")
+        .env("RECORD_DOCKERFILE", "1")
+        .env("KILN_BUILD_FLAGS", "--network=host");
+    if let Ok(only) = std::env::var("KILN_CASES") {
+        cmd.args(only.split(','));
+    }
+    let out = cmd.output().expect("bash runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "BuildKit disagrees with expected/:\n{text}"
+    );
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+}
