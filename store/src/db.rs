@@ -109,6 +109,14 @@ pub(crate) fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
     // for metadata (blobs and snapshots are fsynced before they are recorded).
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Every kiln command is a short process: a checkpoint when the last
+    // connection closes (and re-creating the WAL, with its fsyncs, at the
+    // next open) would cost more than the command itself. SQLite's
+    // auto-checkpoint during writes keeps the WAL bounded.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
     conn.set_prepared_statement_cache_capacity(64);
     // Opening is kept cheap (every kiln command opens the store): reading
     // the schema catches a file that is not a database or has a broken

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::db;
-use crate::digest::{Digest, HashingReader, HashingWriter};
+use crate::digest::{sha256_digest, Digest, HashingReader, HashingWriter};
 use crate::error::{Result, StoreError};
 use crate::image::{self, canonical_json, Descriptor, ImageConfig, Manifest};
 use crate::layer::{self, LayerOptions, Limits, WhiteoutMode};
@@ -332,18 +332,40 @@ impl Store {
     }
 
     pub fn write_blob_bytes(&self, bytes: &[u8]) -> Result<Digest> {
-        self.write_blob(&mut &bytes[..], None, Some(bytes.len() as u64))
-            .map(|(d, _)| d)
+        // Small blobs (configs, manifests) are often written again by a
+        // cached rebuild: an existing blob with that digest is the same
+        // bytes, so the write (and its fsyncs) is skipped.
+        self.write_small_blob(bytes, None)
+    }
+
+    /// Writes a small in-memory blob; one that is already stored (same
+    /// digest, same size) is only marked as used, without rewriting and
+    /// fsyncing the same bytes again.
+    fn write_small_blob(&self, bytes: &[u8], media_type: Option<&str>) -> Result<Digest> {
+        let d = sha256_digest(bytes);
+        let present = fs::symlink_metadata(self.blob_path(&d))
+            .map(|m| m.is_file() && m.len() == bytes.len() as u64)
+            .unwrap_or(false);
+        if present {
+            let n = self
+                .conn()
+                .prepare_cached("UPDATE blobs SET used_ms = ?2 WHERE digest = ?1")?
+                .execute(params![d.as_str(), now_ms()])?;
+            if n == 1 {
+                return Ok(d);
+            }
+        }
+        self.write_blob_typed(
+            &mut &bytes[..],
+            Some(&d),
+            Some(bytes.len() as u64),
+            media_type,
+        )
+        .map(|(d, _)| d)
     }
 
     pub(crate) fn write_blob_bytes_typed(&self, bytes: &[u8], media_type: &str) -> Result<Digest> {
-        self.write_blob_typed(
-            &mut &bytes[..],
-            None,
-            Some(bytes.len() as u64),
-            Some(media_type),
-        )
-        .map(|(d, _)| d)
+        self.write_small_blob(bytes, Some(media_type))
     }
 
     /// Reads a small blob (config, manifest) and verifies its digest.
@@ -356,7 +378,7 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io(&p, e)),
         };
-        let actual = crate::digest::sha256_digest(&bytes);
+        let actual = sha256_digest(&bytes);
         if actual != *d {
             return Err(StoreError::DigestMismatch {
                 expected: d.clone(),
