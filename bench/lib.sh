@@ -93,7 +93,12 @@ reset_kiln() {
 }
 
 build_kiln_img() { # TAG CONTEXT
-    "$KILN" build -q --network host -t "$1" "$2"
+    if [ -n "${BENCH_RSS_FILE:-}" ]; then
+        # Peak RSS of kiln (and of the processes it waited for), in KiB.
+        /usr/bin/time -f %M -o "$BENCH_RSS_FILE" "$KILN" build -q --network host -t "$1" "$2"
+    else
+        "$KILN" build -q --network host -t "$1" "$2"
+    fi
 }
 
 # ---------------------------------------------------------------- docker ----

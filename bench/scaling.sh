@@ -6,7 +6,8 @@
 #   - the number of independent stages that each `sleep 1`, plus a last
 #     stage copying one file from each: cold build.
 # Writes bench/results/scaling.csv (every sample), scaling.md (medians) and
-# scaling-files.svg, scaling-size.svg, scaling-stages.svg.
+# scaling-files.svg, scaling-size.svg, scaling-stages.svg. For kiln it also
+# records the peak RSS of each build (GNU time's %M).
 #
 #   bench/scaling.sh
 #   SCALING_RUNS=1 SCALING_SIZES="10M 100M" bench/scaling.sh
@@ -48,12 +49,19 @@ for tool in "${TOOLS[@]}"; do
 done
 
 CSV=$RESULTS/scaling.csv
-echo "sweep,x,tool,run,kind,seconds,ok" >"$CSV"
+echo "sweep,x,tool,run,kind,seconds,ok,rss_kib" >"$CSV"
+# kiln runs under /usr/bin/time -f %M for its peak RSS (a ~1 ms fork+exec
+# more per sample; the peers are not measured for memory).
+export BENCH_RSS_FILE=$BENCH_STATE/scaling.rss
 
 sample() { # SWEEP X TOOL RUN KIND TAG CONTEXT
-    local t ok=1
+    local t ok=1 rss=""
+    rm -f "$BENCH_RSS_FILE"
     t="$(timed "$3" "$6" "$7")" || ok=0
-    echo "$1,$2,$3,$4,$5,$t,$ok" >>"$CSV"
+    if [ "$3" = kiln ] && [ -s "$BENCH_RSS_FILE" ]; then
+        rss="$(tail -n 1 "$BENCH_RSS_FILE")"
+    fi
+    echo "$1,$2,$3,$4,$5,$t,$ok,$rss" >>"$CSV"
     printf 'scaling: %-6s %-6s %-7s run %s %-6s %8.3f s%s\n' "$1" "$2" "$3" "$4" "$5" "$t" \
         "$([ $ok = 1 ] || echo "  (FAILED, see $LOG)")" >&2
 }

@@ -167,13 +167,16 @@ def main() -> int:
     if not rows:
         print("plot: no successful samples", file=sys.stderr)
         return 1
-    samples = defaultdict(list)  # (sweep, tool, kind) -> {x: [s]}
+    samples = defaultdict(list)  # (sweep, tool, kind) -> [(x, s)]
+    rss = defaultdict(list)  # (sweep, tool, kind) -> [(x, KiB)]
     labels = {}
     for r in rows:
         key = (r["sweep"], r["tool"], r["kind"])
         x = x_value(r["sweep"], r["x"])
         labels[(r["sweep"], x)] = r["x"]
         samples[key].append((x, float(r["seconds"])))
+        if r.get("rss_kib"):
+            rss[key].append((x, int(r["rss_kib"])))
 
     md = ["# kiln scaling curves", ""]
     if args.machine:
@@ -202,6 +205,18 @@ def main() -> int:
         md.append("| growth | " + " | ".join(
             (f"{g:.2f}" if (g := growth(sorted(med[k].items()))) is not None else "-") for k in keys) + " |")
         md.append("")
+        rkeys = [k for k in keys if rss.get(k)]
+        if rkeys:
+            md += ["Peak RSS of the kiln process (MiB, median):", "",
+                   f"| {xlabel} | " + " | ".join(f"{t} {k}" for _, t, k in rkeys) + " |",
+                   "|---:|" + "---:|" * len(rkeys)]
+            for x in sorted({x for k in rkeys for x, _ in rss[k]}):
+                cells = []
+                for k in rkeys:
+                    v = [r for xx, r in rss[k] if xx == x]
+                    cells.append(f"{statistics.median(v) / 1024:.0f}" if v else "-")
+                md.append(f"| {labels[(sweep, x)]} | " + " | ".join(cells) + " |")
+            md.append("")
         svg = svg_chart(title, xlabel, "seconds", series, logx, logy, note=args.machine)
         if svg:
             path = os.path.join(args.out, f"scaling-{sweep}.svg")
