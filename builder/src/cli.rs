@@ -312,15 +312,25 @@ pub enum CacheCommand {
         #[arg(long = "filter", value_name = "KEY=VALUE")]
         filters: Vec<String>,
     },
-    /// Show the space used by the cache (not built yet).
+    /// Show the space used by the build cache, shared and exclusive.
     Du,
     /// Explain why the steps of an image's last build, or a cache record, missed the cache.
     Why {
         /// An image (name:tag or ID) or a cache key prefix (from `cache ls`).
         target: String,
     },
-    /// Remove build cache (not built yet).
-    Prune,
+    /// Remove build cache, least recently used first (never layers of tagged images).
+    Prune {
+        /// Remove every cache record and every cache mount.
+        #[arg(short, long)]
+        all: bool,
+        /// Keep at most this much cache (e.g. 10GB, 500MB).
+        #[arg(long, value_name = "SIZE")]
+        keep_storage: Option<String>,
+        /// until=DURATION: only records not used for that long (e.g. 24h).
+        #[arg(long = "filter", value_name = "until=DURATION")]
+        filters: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

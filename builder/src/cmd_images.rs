@@ -440,6 +440,193 @@ pub fn cache_ls(store: &Store, format: ListFormat, filters: &[String]) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// "10GB", "500MB", "1.5g", "4096" -> bytes (decimal units, as docker).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| anyhow!("invalid size {s:?} (e.g. 500MB, 10GB)"))?;
+    let mult: f64 = match unit.trim_end_matches('b').trim_end_matches('i') {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "t" => 1e12,
+        _ => return Err(anyhow!("invalid size {s:?} (e.g. 500MB, 10GB)")),
+    };
+    Ok((n * mult) as u64)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![p.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => todo.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Cache mounts (`RUN --mount=type=cache`): (id, dir, size).
+fn cache_mounts(store: &Store) -> Vec<(String, std::path::PathBuf, u64)> {
+    let dir = store.root().join("cachemounts");
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if !p.is_dir() {
+            continue;
+        }
+        let id = std::fs::read_to_string(p.with_extension("id")).unwrap_or_else(|_| "?".into());
+        out.push((id, p.clone(), dir_size(&p)));
+    }
+    out.sort();
+    out
+}
+
+pub fn cache_du(store: &Store) -> Result<ExitCode> {
+    let df = store.df()?;
+    let recs = store.cache_list()?;
+    let mut image_layers = std::collections::HashSet::new();
+    for i in store.list_images()? {
+        if let Some(img) = store.resolve_image(&i.config_digest.to_string())? {
+            for l in img.layers {
+                image_layers.insert(l.diff_id.to_string());
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let (mut shared, mut exclusive, mut layers) = (0u64, 0u64, 0u64);
+    for r in &recs {
+        if let Some(l) = &r.layer {
+            if !seen.insert(l.diff_id.to_string()) {
+                continue;
+            }
+            layers += 1;
+            if image_layers.contains(&l.diff_id.to_string()) {
+                shared += l.size;
+            } else {
+                exclusive += l.size;
+            }
+        }
+    }
+    let mounts = cache_mounts(store);
+    let mounts_size: u64 = mounts.iter().map(|m| m.2).sum();
+    let rows = vec![
+        vec![
+            "KIND".to_string(),
+            "COUNT".into(),
+            "SIZE".into(),
+            "SHARED WITH IMAGES".into(),
+            "RECLAIMABLE".into(),
+        ],
+        vec![
+            "cache records".into(),
+            recs.len().to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ],
+        vec![
+            "layers".into(),
+            layers.to_string(),
+            human_size(shared + exclusive),
+            human_size(shared),
+            human_size(exclusive),
+        ],
+        vec![
+            "snapshots".into(),
+            df.snapshots.to_string(),
+            human_size(df.snapshots_size),
+            "-".into(),
+            "-".into(),
+        ],
+        vec![
+            "cache mounts".into(),
+            mounts.len().to_string(),
+            human_size(mounts_size),
+            "-".into(),
+            human_size(mounts_size),
+        ],
+    ];
+    print!("{}", table(&rows));
+    for (id, _, size) in &mounts {
+        println!("  cache mount {id}: {}", human_size(*size));
+    }
+    println!(
+        "`kiln cache prune` frees layers no tagged image uses ({}), least recently used first; --all also empties the cache mounts.",
+        human_size(exclusive)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cache_prune(
+    store: &Store,
+    all: bool,
+    keep_storage: Option<&str>,
+    filters: &[String],
+) -> Result<ExitCode> {
+    let mut opts = kiln_store::PruneOptions {
+        cache_all: all,
+        keep_storage: keep_storage.map(parse_size).transpose()?,
+        // The build cache only: images are `kiln rmi` / `system prune`'s.
+        dangling_images: false,
+        ..Default::default()
+    };
+    for f in filters {
+        match f.split_once('=') {
+            Some(("until", d)) => {
+                opts.cache_unused_for =
+                    Some(std::time::Duration::from_secs(parse_duration(d)? as u64))
+            }
+            _ => return Err(anyhow!("unknown --filter {f:?} (until=DURATION)")),
+        }
+    }
+    if !all && opts.keep_storage.is_none() && opts.cache_unused_for.is_none() {
+        return Err(Failure::new(
+            1,
+            "kiln cache prune: say what to remove: --all, --keep-storage SIZE, or --filter until=DURATION (see `kiln cache du`)",
+        )
+        .into());
+    }
+    let report = store.prune(&opts)?;
+    print!("{report}");
+    if all {
+        for (id, dir, size) in cache_mounts(store) {
+            // A cache mount a running build holds is locked: leave it.
+            let lock = dir.with_extension("lock");
+            let busy = std::fs::File::open(&lock)
+                .ok()
+                .map(|f| {
+                    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+                })
+                .unwrap_or(false);
+            if busy {
+                println!("cache mount {id}: in use, kept");
+                continue;
+            }
+            std::fs::remove_dir_all(&dir)?;
+            let _ = std::fs::remove_file(dir.with_extension("id"));
+            println!("cache mount {id}: removed ({})", human_size(size));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn system_df(store: &Store) -> Result<ExitCode> {
     let df = store.df()?;
     print!("{df}");

@@ -79,9 +79,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             CacheCommand::Ls { format, filters } => {
                 cmd_images::cache_ls(&open_store(&cli.root)?, format, &filters)
             }
-            CacheCommand::Du => not_built("cache du", "Cache inspection tool"),
+            CacheCommand::Du => cmd_images::cache_du(&open_store(&cli.root)?),
             CacheCommand::Why { target } => build::cache_why(&open_store(&cli.root)?, &target),
-            CacheCommand::Prune => not_built("cache prune", "Cache inspection tool"),
+            CacheCommand::Prune {
+                all,
+                keep_storage,
+                filters,
+            } => cmd_images::cache_prune(
+                &open_store(&cli.root)?,
+                all,
+                keep_storage.as_deref(),
+                &filters,
+            ),
         },
         Command::System { command } => {
             let store = open_store(&cli.root)?;
