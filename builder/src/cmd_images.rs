@@ -141,9 +141,51 @@ fn no_such_image(name: &str) -> anyhow::Error {
     Failure::new(1, format!("Error: No such image: {name}")).into()
 }
 
+/// Containers (running or not) made from `image`: docker refuses to remove
+/// such an image (a running container's even with -f), since its snapshots
+/// are the container's lower dirs.
+fn containers_using(store: &Store, image: &kiln_store::ImageRecord) -> Result<Vec<(String, bool)>> {
+    let dir = store.root().join("containers");
+    if !dir.is_dir() {
+        return Ok(vec![]);
+    }
+    let cfg = kiln_runner::RunnerConfig {
+        scratch_root: store.root().join("tmp"),
+        ..Default::default()
+    };
+    let list = kiln_runner::Containers::open(cfg, &dir)?.list(true)?;
+    let mut out = Vec::new();
+    for c in list {
+        let same = match store.resolve_image(&c.image)? {
+            Some(r) => r.config_digest == image.config_digest,
+            None => false,
+        };
+        if same {
+            let running = matches!(c.status, kiln_runner::ContainerStatus::Running { .. });
+            out.push((c.id[..12.min(c.id.len())].to_string(), running));
+        }
+    }
+    Ok(out)
+}
+
 pub fn rmi(store: &Store, args: &RmiArgs) -> Result<ExitCode> {
     let mut failed = false;
     for i in &args.images {
+        if let Some(img) = store.resolve_image(i)? {
+            let users = containers_using(store, &img)?;
+            if let Some((id, _)) = users.iter().find(|(_, running)| *running) {
+                eprintln!("Error response from kiln: conflict: unable to delete {i} (cannot be forced) - image is being used by running container {id}");
+                failed = true;
+                continue;
+            }
+            if !args.force {
+                if let Some((id, _)) = users.first() {
+                    eprintln!("Error response from kiln: conflict: unable to remove {i} (must force) - container {id} is using its referenced image");
+                    failed = true;
+                    continue;
+                }
+            }
+        }
         match store.remove_image(i, args.force) {
             Ok(lines) => {
                 for l in lines {

@@ -1,0 +1,106 @@
+//! `kiln run/ps/stop/rm/logs` through the binary on the offline busybox
+//! image: docker's exit codes, the detached lifecycle, and images that
+//! containers use are not removed from under them.
+
+mod common;
+
+use common::{require, Kiln};
+
+fn setup() -> Option<Kiln> {
+    if !require(common::is_root(), "containers need root") {
+        return None;
+    }
+    let k = Kiln::new();
+    if !k.with_busybox() {
+        return None;
+    }
+    Some(k)
+}
+
+#[test]
+fn foreground_runs_give_dockers_exit_codes() {
+    let Some(k) = setup() else { return };
+    let r = k.run(&["run", "--rm", "busybox", "echo", "hi"]).ok();
+    assert_eq!(r.stdout(), "hi\n");
+    let r = k.run(&["run", "--rm", "busybox", "sh", "-c", "exit 3"]);
+    assert_eq!(r.code(), 3);
+    let r = k.run(&["run", "--rm", "busybox", "no-such-command"]);
+    assert_eq!(r.code(), 127, "{}", r.stderr());
+    let r = k.run(&["run", "--rm", "nosuchimage:1"]);
+    assert_eq!(r.code(), 125);
+    assert!(
+        r.stderr().contains("Unable to find image 'nosuchimage:1'"),
+        "{}",
+        r.stderr()
+    );
+    let r = k.run(&["run", "--rm", "-p", "notaport", "busybox", "true"]);
+    assert_eq!(r.code(), 125, "{}", r.stderr());
+    assert!(r.stderr().lines().count() <= 2, "one line: {}", r.stderr());
+    // -e, -w and -u reach the process.
+    let r = k
+        .run(&[
+            "run",
+            "--rm",
+            "-e",
+            "A=1",
+            "-w",
+            "/tmp",
+            "-u",
+            "app",
+            "busybox",
+            "sh",
+            "-c",
+            "echo $A $(pwd) $(id -u)",
+        ])
+        .ok();
+    assert_eq!(r.stdout(), "1 /tmp 1000\n");
+}
+
+#[test]
+fn detached_lifecycle_and_images_in_use() {
+    let Some(k) = setup() else { return };
+    let id = k
+        .run(&[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "busybox",
+            "sh",
+            "-c",
+            "echo started; sleep 100",
+        ])
+        .ok()
+        .stdout()
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64);
+    let ps = k.run(&["ps"]).ok().stdout();
+    assert!(ps.contains("web") && ps.contains(&id[..12]), "{ps}");
+    // The name is taken.
+    let r = k.run(&["run", "-d", "--name", "web", "busybox", "true"]);
+    assert!(!r.out.status.success());
+    // A running container's image cannot be removed, even with -f.
+    let r = k.run(&["rmi", "-f", "busybox"]).fails();
+    assert!(r.stderr().contains("running container"), "{}", r.stderr());
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = k.run(&["logs", "web"]).ok().stdout();
+        if logs.contains("started") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(logs.contains("started"), "{logs}");
+    k.run(&["stop", "-t", "1", "web"]).ok();
+    let psa = k.run(&["ps", "-a"]).ok().stdout();
+    assert!(psa.contains("Exited"), "{psa}");
+    // A stopped one still holds it without -f.
+    let r = k.run(&["rmi", "busybox"]).fails();
+    assert!(r.stderr().contains("must force"), "{}", r.stderr());
+    k.run(&["rm", "web"]).ok();
+    let r = k.run(&["logs", "web"]).fails();
+    assert!(!r.stderr().is_empty());
+    k.run(&["rmi", "busybox"]).ok();
+    assert!(!k.run(&["images"]).ok().stdout().contains("busybox"));
+}
