@@ -28,7 +28,7 @@ fn key(i: usize) -> String {
 fn record(i: usize) -> CacheRecord {
     CacheRecord {
         key: key(i),
-        parent: (i % 20 != 0).then(|| key(i - 1)),
+        parent: (!i.is_multiple_of(20)).then(|| key(i - 1)),
         description: format!("RUN make -j2 target-{i}"),
         source: format!("Dockerfile:{}", i % 20 + 2),
         stage: format!("stage-{}", i / 20),
