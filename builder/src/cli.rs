@@ -129,6 +129,12 @@ pub struct BuildArgs {
     /// Output destination: type=local,dest=DIR | type=tar,dest=F | type=oci,dest=F | type=docker,dest=F.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
+    /// Export the build cache: type=local,dest=DIR[,mode=min|max].
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Option<String>,
+    /// Import a build cache first: type=local,src=DIR (repeatable).
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
     /// After the build, explain every step that was not a cache hit.
     #[arg(long)]
     pub explain: bool,

@@ -298,7 +298,7 @@ pub fn diff_inputs(old: &Value, new: &Value, args: &[String]) -> Vec<String> {
                     }
                 }
             }
-            "image" | "manifest" => out.push(format!(
+            "image" | "id" | "manifest" => out.push(format!(
                 "base image digest changed ({} -> {})",
                 ov.as_str().unwrap_or("?"),
                 nv.as_str().unwrap_or("?")
@@ -362,8 +362,8 @@ mod tests {
     #[test]
     fn base_image_changes_show_both_digests() {
         let d = diff_inputs(
-            &json!({"manifest": "sha256:ab"}),
-            &json!({"manifest": "sha256:cd"}),
+            &json!({"id": "sha256:ab"}),
+            &json!({"id": "sha256:cd"}),
             &[],
         );
         assert_eq!(

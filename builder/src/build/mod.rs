@@ -5,6 +5,7 @@ mod copy;
 pub mod explain;
 mod key;
 pub mod plan;
+mod portable;
 mod stage;
 
 use std::collections::{BTreeMap, HashMap};
@@ -160,6 +161,16 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
         let (id, secret) = parse_secret(s)?;
         secrets.insert(id, secret);
     }
+    let cache_to = args
+        .cache_to
+        .as_deref()
+        .map(portable::parse_cache_to)
+        .transpose()?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|s| portable::parse_cache_from(s))
+        .collect::<Result<Vec<_>>>()?;
     let outputs = args
         .outputs
         .iter()
@@ -219,6 +230,34 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
             ctx
         }
     };
+
+    // A cache to start from: verified on import; what fails verification
+    // (or a missing cache) is a warning, and those steps simply run.
+    for src in &cache_from {
+        if !src.exists() {
+            progress.warn(&format!(
+                "--cache-from {}: no such cache, building without it",
+                src.display()
+            ));
+            continue;
+        }
+        match portable::import(&store, src) {
+            Ok(imp) => {
+                for w in &imp.warnings {
+                    progress.warn(&format!("--cache-from {}: {w}", src.display()));
+                }
+                progress.info(&format!(
+                    "imported {} cache records from {}",
+                    imp.records,
+                    src.display()
+                ));
+            }
+            Err(e) => progress.warn(&format!(
+                "--cache-from {}: {e:#}; building without it",
+                src.display()
+            )),
+        }
+    }
 
     let builder = Builder {
         slots: (0..plan.stages.len())
@@ -319,6 +358,27 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
             } else {
                 format!(" as {}", args.tags.join(", "))
             }
+        ));
+    }
+    if let Some(to) = &cache_to {
+        let trace = builder.trace.lock().expect("trace").clone();
+        let keys: Vec<String> = if to.max {
+            trace.iter().map(|t| t.key.clone()).collect()
+        } else {
+            // The target's own chain, from its last step back to its base.
+            let mut keys = Vec::new();
+            let mut cur = Some(result.key.clone());
+            while let Some(k) = cur.filter(|k| !k.is_empty()) {
+                cur = trace.iter().find(|t| t.key == k).map(|t| t.parent.clone());
+                keys.push(k);
+            }
+            keys
+        };
+        let n = portable::export(&builder.store, &keys, to)
+            .with_context(|| format!("--cache-to {}", to.dest.display()))?;
+        builder.progress.info(&format!(
+            "exported {n} cache records to {}",
+            to.dest.display()
         ));
     }
     let report = builder.explain()?;
@@ -609,12 +669,14 @@ impl Builder {
             }
             Base::Image(name) => {
                 let img = self.resolve_image(name)?;
-                let k = key::hash_str(&format!("image {}", img.manifest_digest));
+                // Keyed on the image ID (its config digest): the same image
+                // loaded from another archive format keeps its ID.
+                let k = key::hash_str(&format!("image {}", img.config_digest));
                 Ok((
                     img.config,
                     img.layers,
                     k,
-                    Some(img.manifest_digest.to_string()),
+                    Some(img.config_digest.to_string()),
                 ))
             }
         }

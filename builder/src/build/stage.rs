@@ -215,7 +215,7 @@ impl Builder {
             // The base is a step of its own for the cache's story: a new
             // digest under the same name is what `--explain` reports.
             let manifest = base_manifest.clone().unwrap_or_default();
-            let inputs = json!({ "image": name, "manifest": manifest });
+            let inputs = json!({ "image": name, "id": manifest });
             let source = format!("{}:{}", self.opts.dockerfile_name, ps.stage.span.line);
             self.record_meta(&mut st, &format!("FROM {name}"), &source, "", inputs, false)?;
         }
