@@ -161,3 +161,49 @@ fn cache_why_on_a_key_compares_with_the_earlier_record() {
         bad.stderr()
     );
 }
+
+#[test]
+fn cache_du_and_prune_keep_what_images_need() {
+    let Some(k) = setup() else { return };
+    let ctx = context();
+    explain(&k, ctx.path(), &[]);
+    fs::write(ctx.path().join("app.txt"), "two\n").unwrap();
+    explain(&k, ctx.path(), &[]);
+    let du = k.run(&["cache", "du"]).ok().stdout();
+    assert!(
+        du.contains("layers") && du.contains("SHARED WITH IMAGES"),
+        "{du}"
+    );
+    // Prune needs to be told what to remove.
+    let r = k.run(&["cache", "prune"]).fails();
+    assert!(r.stderr().contains("--all"), "{}", r.stderr());
+    let before = k.run(&["cache", "ls", "--format", "json"]).ok().stdout();
+    let n_before = serde_json::from_str::<serde_json::Value>(&before)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len();
+    k.run(&["cache", "prune", "--keep-storage", "0"]).ok();
+    let after = k.run(&["cache", "ls", "--format", "json"]).ok().stdout();
+    let n_after = serde_json::from_str::<serde_json::Value>(&after)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(n_after < n_before, "{n_before} -> {n_after}");
+    // The tagged image still runs: its layers were not the cache's to free.
+    let out = k
+        .run(&["run", "--rm", "ex:1", "cat", "/copy"])
+        .ok()
+        .stdout();
+    assert_eq!(out, "two\n");
+    k.run(&["cache", "prune", "--all"]).ok();
+    let ls = k.run(&["cache", "ls", "--format", "json"]).ok().stdout();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&ls).unwrap(),
+        serde_json::json!([])
+    );
+    // With no cache, the next build runs every step again and still works.
+    let e = explain(&k, ctx.path(), &[]);
+    assert!(e.contains("first build of this step"), "{e}");
+}
