@@ -21,6 +21,9 @@ from xml.sax.saxutils import escape
 UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 
+# sweep: (unit name, size of one unit in x's units) for the marginal cost row
+MARGINAL = {"files": ("1,000 files", 1000.0), "size": ("GiB", 1024.0), "stages": ("stage", 1.0)}
+
 SWEEPS = {
     # sweep: (title, x label, log x, log y)
     "files": ("Context of N files of 1 KiB: kiln build time", "files in context", True, True),
@@ -114,7 +117,7 @@ def svg_chart(title, xlabel, ylabel, series, logx, logy, note=""):
         f'<text x="{left + pw / 2}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{escape(title)}</text>',
     ]
     if note:
-        out.append(f'<text x="{left + pw / 2}" y="40" text-anchor="middle" font-size="10" fill="#555">{escape(note)}</text>')
+        out.append(f'<text x="8" y="{h - 6}" font-size="10" fill="#555">{escape(note)}</text>')
     # grid and ticks
     for v in nice_ticks(min(xs), max(xs), logx) if logx else nice_ticks(xlo, xhi, False):
         if not (xlo <= v <= xhi):
@@ -145,6 +148,15 @@ def svg_chart(title, xlabel, ylabel, series, logx, logy, note=""):
         out.append(f'<text x="{left + pw + 46}" y="{ly + 4}">{escape(label)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def marginal(points, unit):
+    """Seconds per unit between the first and the last point."""
+    pts = sorted(points)
+    if len(pts) < 2 or pts[0][0] == pts[-1][0]:
+        return None
+    (x0, y0), (x1, y1) = pts[0], pts[-1]
+    return (y1 - y0) / (x1 - x0) * unit
 
 
 def growth(points):
@@ -181,8 +193,9 @@ def main() -> int:
     md = ["# kiln scaling curves", ""]
     if args.machine:
         md += [args.machine, ""]
-    md += ["Medians of the runs per point (wall-clock seconds); `growth` is the exponent k of "
-           "time ~ x^k between the first and the last point.", ""]
+    md += ["Medians of the runs per point (wall-clock seconds). `growth` is the exponent k of "
+           "time ~ x^k between the first and the last point (1 = linear, 0 = flat); `s per ...` is the "
+           "marginal cost, (t_last - t_first) / (x_last - x_first).", ""]
     for sweep, (title, xlabel, logx, logy) in SWEEPS.items():
         keys = sorted(k for k in samples if k[0] == sweep)
         if not keys:
@@ -204,6 +217,9 @@ def main() -> int:
                 f"{med[k][x]:.3f}" if x in med[k] else "-" for k in keys) + " |")
         md.append("| growth | " + " | ".join(
             (f"{g:.2f}" if (g := growth(sorted(med[k].items()))) is not None else "-") for k in keys) + " |")
+        uname, usize = MARGINAL[sweep]
+        md.append(f"| s per {uname} | " + " | ".join(
+            (f"{m:.3g}" if (m := marginal(med[k].items(), usize)) is not None else "-") for k in keys) + " |")
         md.append("")
         rkeys = [k for k in keys if rss.get(k)]
         if rkeys:
