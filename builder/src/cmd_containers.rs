@@ -14,7 +14,7 @@ use crate::error::Failure;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn containers(store: &Store) -> Result<Containers> {
+pub(crate) fn containers(store: &Store) -> Result<Containers> {
     let dir = store.root().join("containers");
     let cfg = RunnerConfig {
         scratch_root: store.root().join("tmp"),
@@ -187,14 +187,16 @@ pub fn ps(store: &Store, args: &PsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn stop(store: &Store, args: &StopArgs) -> Result<ExitCode> {
-    let c = containers(store)?;
+/// Applies `op` to each named container the way docker does: the name is
+/// echoed on success, an error is reported and the others still go ahead;
+/// exit 1 if any failed.
+fn each_container(
+    names: &[String],
+    mut op: impl FnMut(&str) -> Result<(), kiln_runner::RunError>,
+) -> ExitCode {
     let mut failed = false;
-    for name in &args.containers {
-        match c
-            .resolve(name)
-            .and_then(|id| c.stop(&id, Duration::from_secs(args.time)))
-        {
+    for name in names {
+        match op(name) {
             Ok(()) => println!("{name}"),
             Err(e) => {
                 eprintln!("Error response from kiln: {e}");
@@ -202,30 +204,26 @@ pub fn stop(store: &Store, args: &StopArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
+    if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
-    })
+    }
+}
+
+pub fn stop(store: &Store, args: &StopArgs) -> Result<ExitCode> {
+    let c = containers(store)?;
+    let timeout = Duration::from_secs(args.time);
+    Ok(each_container(&args.containers, |name| {
+        c.resolve(name).and_then(|id| c.stop(&id, timeout))
+    }))
 }
 
 pub fn rm(store: &Store, args: &RmArgs) -> Result<ExitCode> {
     let c = containers(store)?;
-    let mut failed = false;
-    for name in &args.containers {
-        match c.resolve(name).and_then(|id| c.remove(&id, args.force)) {
-            Ok(()) => println!("{name}"),
-            Err(e) => {
-                eprintln!("Error response from kiln: {e}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(each_container(&args.containers, |name| {
+        c.resolve(name).and_then(|id| c.remove(&id, args.force))
+    }))
 }
 
 pub fn logs(store: &Store, args: &LogsArgs) -> Result<ExitCode> {

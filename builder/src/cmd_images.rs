@@ -145,15 +145,10 @@ fn no_such_image(name: &str) -> anyhow::Error {
 /// such an image (a running container's even with -f), since its snapshots
 /// are the container's lower dirs.
 fn containers_using(store: &Store, image: &kiln_store::ImageRecord) -> Result<Vec<(String, bool)>> {
-    let dir = store.root().join("containers");
-    if !dir.is_dir() {
+    if !store.root().join("containers").is_dir() {
         return Ok(vec![]);
     }
-    let cfg = kiln_runner::RunnerConfig {
-        scratch_root: store.root().join("tmp"),
-        ..Default::default()
-    };
-    let list = kiln_runner::Containers::open(cfg, &dir)?.list(true)?;
+    let list = crate::cmd_containers::containers(store)?.list(true)?;
     let mut out = Vec::new();
     for c in list {
         let same = match store.resolve_image(&c.image)? {

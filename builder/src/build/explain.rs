@@ -34,6 +34,20 @@ pub struct Earlier<'a> {
     pub created: i64,
 }
 
+impl<'a> From<&'a kiln_store::CacheRecord> for Earlier<'a> {
+    fn from(r: &'a kiln_store::CacheRecord) -> Self {
+        Earlier {
+            key: &r.key,
+            parent: r.parent.as_deref(),
+            description: &r.description,
+            source: &r.source,
+            stage: &r.stage,
+            inputs: &r.inputs,
+            created: r.created,
+        }
+    }
+}
+
 fn first_word(s: &str) -> &str {
     s.split_whitespace().next().unwrap_or(s)
 }

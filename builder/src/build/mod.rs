@@ -559,18 +559,7 @@ impl Builder {
         } else {
             self.store.cache_list()?
         };
-        let earlier: Vec<explain::Earlier> = records
-            .iter()
-            .map(|r| explain::Earlier {
-                key: &r.key,
-                parent: r.parent.as_deref(),
-                description: &r.description,
-                source: &r.source,
-                stage: &r.stage,
-                inputs: &r.inputs,
-                created: r.created,
-            })
-            .collect();
+        let earlier: Vec<explain::Earlier> = records.iter().map(explain::Earlier::from).collect();
         // A metadata step that only inherits a change is noise: the steps
         // that can be expensive, and the root causes, are what is shown.
         let missed = missed
@@ -746,15 +735,7 @@ pub fn cache_why(store: &Store, target: &str) -> Result<ExitCode> {
     let earlier: Vec<explain::Earlier> = records
         .iter()
         .filter(|r| r.created <= rec.created && r.key != rec.key)
-        .map(|r| explain::Earlier {
-            key: &r.key,
-            parent: r.parent.as_deref(),
-            description: &r.description,
-            source: &r.source,
-            stage: &r.stage,
-            inputs: &r.inputs,
-            created: r.created,
-        })
+        .map(explain::Earlier::from)
         .collect();
     println!(
         "{} ({}), key {}:\n  {}",
