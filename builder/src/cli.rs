@@ -108,7 +108,7 @@ pub struct BuildArgs {
     /// Do not use the cache (results are still recorded).
     #[arg(long)]
     pub no_cache: bool,
-    /// When to pull base images (there is no registry client yet: only `never`/`missing` with local images work).
+    /// When to pull base images (no registry client yet: `always` says so; `never`/`missing` use local images).
     #[arg(long, value_enum, default_value = "missing")]
     pub pull: PullPolicy,
     /// Network mode for RUN instructions.

@@ -138,6 +138,13 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
         (Some(dir), name, src, abs)
     };
 
+    if args.pull == PullPolicy::Always {
+        return Err(Failure::new(
+            2,
+            "kiln: --pull=always needs a registry client, which kiln does not have yet (tracked in the issue \"Registries\"); use --pull=missing with local images",
+        )
+        .into());
+    }
     let mut build_args = BuildArgs::new();
     for a in &args.build_args {
         match a.split_once('=') {
