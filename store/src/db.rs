@@ -111,12 +111,16 @@ pub(crate) fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Every kiln command is a short process: a checkpoint when the last
     // connection closes (and re-creating the WAL, with its fsyncs, at the
-    // next open) would cost more than the command itself. SQLite's
-    // auto-checkpoint during writes keeps the WAL bounded.
+    // next open) would cost more than the command itself. But the first
+    // connection after all were closed reads the whole WAL to rebuild its
+    // index, so the WAL is kept small: writes checkpoint it past 64 pages
+    // (256 KiB) instead of SQLite's default 1000.
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
         true,
     )?;
+    conn.pragma_update(None, "wal_autocheckpoint", 64)?;
+    conn.pragma_update(None, "journal_size_limit", 4 << 20)?;
     conn.set_prepared_statement_cache_capacity(64);
     // Opening is kept cheap (every kiln command opens the store): reading
     // the schema catches a file that is not a database or has a broken
