@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables used by the scripts that source this
 # Shared by bench/run.sh and bench/scaling.sh: where things live, how each
 # tool is installed, started, reset to "cold" and asked to build.
 #

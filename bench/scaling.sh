@@ -39,6 +39,7 @@ LOG=$BENCH_STATE/scaling.log
 : >"$LOG"
 
 "$REPO/fixtures/bases/make-bases.sh" busybox python >/dev/null
+apt_install time # GNU time, for kiln's peak RSS
 for tool in "${TOOLS[@]}"; do
     case $tool in
         kiln) setup_kiln ;;
