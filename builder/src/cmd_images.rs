@@ -270,7 +270,6 @@ pub fn history(store: &Store, args: &HistoryArgs) -> Result<ExitCode> {
         };
         entries.push((h, size));
     }
-    let n = entries.len();
     for (i, (h, size)) in entries.into_iter().rev().enumerate() {
         let mut by = h.created_by.clone().unwrap_or_default();
         if !args.no_trunc && by.chars().count() > 45 {
@@ -287,7 +286,6 @@ pub fn history(store: &Store, args: &HistoryArgs) -> Result<ExitCode> {
             human_size(size),
             h.comment.clone().unwrap_or_default(),
         ]);
-        let _ = n;
     }
     print!("{}", table(&rows));
     Ok(ExitCode::SUCCESS)

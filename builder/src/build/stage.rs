@@ -559,11 +559,10 @@ impl Builder {
                     };
                     let inputs =
                         json!({ "mkdir": abs, "owner": owner.map(|(u, g)| format!("{u}:{g}")) });
-                    self.cached_step(st, ins, pos, inputs, |b, st, _id| {
+                    self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
                         let pending = b.store.new_snapshot()?;
                         let (comps, _) = view.resolve(&abs, true)?;
                         fsutil::ensure_dirs(pending.upper(), &view, &comps, owner)?;
-                        let _ = st;
                         Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
                     })?;
                 }
