@@ -19,7 +19,8 @@
 #   SCALING_STAGES  stage counts (default "1 2 3 4 5 6 7 8")
 #   SCALING_TOOLS   tools to measure (default "kiln"; "kiln docker buildah"
 #                   puts the peers on the same curves)
-#   SCALING_SWEEPS  subset of "files size stages" (default all)
+#   SCALING_SWEEPS  subset of "files size stages" (default all); the samples
+#                   of sweeps not run are kept in scaling.csv
 # and lib.sh's (KILN, KILN_PREBUILT, BENCH_STATE, BENCH_CACHE, ...).
 set -euo pipefail
 
@@ -50,7 +51,14 @@ for tool in "${TOOLS[@]}"; do
 done
 
 CSV=$RESULTS/scaling.csv
+# Re-running some sweeps replaces only their rows: the other sweeps' samples
+# stay in the CSV (and on the plots).
+keep=""
+if [ -f "$CSV" ]; then
+    keep="$(awk -F, -v s=" ${SWEEPS[*]} " 'NR > 1 && index(s, " " $1 " ") == 0' "$CSV")"
+fi
 echo "sweep,x,tool,run,kind,seconds,ok,rss_kib" >"$CSV"
+[ -z "$keep" ] || echo "$keep" >>"$CSV"
 # kiln runs under /usr/bin/time -f %M for its peak RSS (a ~1 ms fork+exec
 # more per sample; the peers are not measured for memory).
 export BENCH_RSS_FILE=$BENCH_STATE/scaling.rss
@@ -68,9 +76,11 @@ sample() { # SWEEP X TOOL RUN KIND TAG CONTEXT
 }
 
 point() { # SWEEP X CONTEXT [cold-only]
-    local run tool
+    local run tool i n=${#TOOLS[@]}
     for run in $(seq "$RUNS"); do
-        for tool in "${TOOLS[@]}"; do
+        # the tools' order rotates from run to run, as in run.sh
+        for i in $(seq 0 $((n - 1))); do
+            tool=${TOOLS[$(((i + run - 1) % n))]}
             "reset_$tool"
             sample "$1" "$2" "$tool" "$run" cold "bench-scaling" "$3"
             if [ "${4:-}" != cold-only ]; then

@@ -150,6 +150,10 @@ def svg_chart(title, xlabel, ylabel, series, logx, logy, note=""):
     return "\n".join(out) + "\n"
 
 
+def tool_name(tool: str) -> str:
+    return {"docker": "BuildKit"}.get(tool, tool)
+
+
 def marginal(points, unit):
     """Seconds per unit between the first and the last point."""
     pts = sorted(points)
@@ -201,7 +205,7 @@ def main() -> int:
         if not keys:
             continue
         series = []
-        md += [f"## {title}", "", f"| {xlabel} | " + " | ".join(f"{t} {k}" for _, t, k in keys) + " |",
+        md += [f"## {title}", "", f"| {xlabel} | " + " | ".join(f"{tool_name(t)} {k}" for _, t, k in keys) + " |",
                "|---:|" + "---:|" * len(keys)]
         med = {}
         for key in keys:
@@ -210,7 +214,7 @@ def main() -> int:
                 by_x[x].append(s)
             med[key] = {x: statistics.median(v) for x, v in by_x.items()}
             tool, kind = key[1], key[2]
-            series.append((f"{'kiln' if tool == 'kiln' else 'BuildKit' if tool == 'docker' else tool} {kind}",
+            series.append((f"{tool_name(tool)} {kind}",
                            sorted(med[key].items())))
         for x in sorted({x for m in med.values() for x in m}):
             md.append(f"| {labels[(sweep, x)]} | " + " | ".join(
