@@ -19,6 +19,7 @@ FLASK=$REPO/fixtures/flask
 
 [ "$(id -u)" = 0 ] || die "must run as root (overlay mount, chroot)"
 "$REPO/fixtures/bases/make-bases.sh" python >/dev/null
+python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
 "$FLASK/fetch-wheels.sh"
 
 work="$(mktemp -d /tmp/kiln-bench-floor.XXXXXX)"

@@ -43,6 +43,8 @@ LOG=$BENCH_STATE/run.log
 
 log "making the offline bases (cached)"
 "$REPO/fixtures/bases/make-bases.sh" busybox python >/dev/null
+# fetch-wheels.sh runs `python3 -m pip download` on the host.
+python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
 "$REPO/fixtures/flask/fetch-wheels.sh"
 
 for tool in "${TOOLS[@]}"; do
