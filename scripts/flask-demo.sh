@@ -12,7 +12,7 @@ export KILN_FIXTURES_CACHE=${KILN_FIXTURES_CACHE:-/var/cache/kiln-fixtures}
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*" >&2; }
 
 cargo build --release -q -p kiln-builder
-KILN=$PWD/target/release/kiln
+KILN=${CARGO_TARGET_DIR:-$PWD/target}/release/kiln
 export KILN
 
 fixtures/flask/fetch-wheels.sh >/dev/null
