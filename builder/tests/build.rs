@@ -381,3 +381,34 @@ fn add_fetches_urls_and_verifies_checksums() {
     let r = build(&k, ctx.path(), &[]).fails();
     assert!(r.stderr().contains("checksum mismatch"), "{}", r.stderr());
 }
+
+#[test]
+fn bind_mounts_of_the_context_hide_dockerignored_files() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nRUN --mount=type=bind,target=/ctx ls -A /ctx/src | tr '\\n' ' ' > /seen\n\
+                 RUN --mount=type=bind,source=src,target=/rw,rw touch /rw/new && ls -A /rw | tr '\\n' ' ' > /seen-rw\n",
+            ),
+            (".dockerignore", "src/secret.env\n"),
+            ("src/app.py", "print(1)\n"),
+            ("src/secret.env", "TOKEN=hunter2\n"),
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    export(&k, ctx.path(), out.path(), &[]).ok();
+    assert_eq!(
+        fs::read_to_string(out.path().join("seen")).unwrap(),
+        "app.py "
+    );
+    assert_eq!(
+        fs::read_to_string(out.path().join("seen-rw")).unwrap(),
+        "app.py new "
+    );
+    // Writes to a read-write bind mount are dropped, never reach the context.
+    assert!(!ctx.path().join("src/new").exists());
+}

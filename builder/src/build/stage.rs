@@ -934,6 +934,7 @@ impl Builder {
         // mounts
         let mut mounts = Vec::new();
         let mut mount_inputs = Vec::new();
+        let mut binds: Vec<(usize, BindPrep, bool)> = Vec::new();
         let mut secret_env: Vec<(String, PathBuf)> = Vec::new();
         let mut keep: Vec<tempfile::TempDir> = Vec::new();
         let mut locks: Vec<nix::fcntl::Flock<std::fs::File>> = Vec::new();
@@ -960,27 +961,26 @@ impl Builder {
                 } => {
                     let target = abs_target(&exp(target)?);
                     let source = exp(source.as_deref().unwrap_or("."))?;
-                    let (host, id) = match from {
+                    // What the mount shows is prepared only if the step
+                    // runs (a cache hit needs just the inputs).
+                    let (prep, id) = match from {
                         None => {
                             let rel = source.trim_start_matches('/').to_string();
                             let rel = crate::fsutil::clean_components(&rel).join("/");
                             if self.ctx.get(&rel).is_none() {
-                                return Err(self.located(line, &format!("RUN --mount=type=bind: source {source:?} not found in the build context")));
+                                return Err(self.located(line, &format!("RUN --mount=type=bind: source {source:?} not found in the build context (is it excluded by .dockerignore?)")));
                             }
                             let listing = self.ctx.describe_subtree(&rel)?;
                             let digest = blake3::hash(serde_json::to_string(&listing)?.as_bytes())
                                 .to_hex()
                                 .to_string();
                             (
-                                self.ctx.root.join(&rel),
+                                BindPrep::Context(rel.clone()),
                                 json!({"context": rel, "content": digest}),
                             )
                         }
                         Some(f) => {
                             let (view, id) = self.resolve_source(st, f, line)?;
-                            let tmp = tempfile::Builder::new()
-                                .prefix("kiln-bind-")
-                                .tempdir_in(self.store.root().join("tmp"))?;
                             let (comps, found) = view.resolve(&source, true)?;
                             if found.is_none() {
                                 return Err(self.located(
@@ -988,33 +988,21 @@ impl Builder {
                                     &format!("RUN --mount from={f}: {source:?} not found"),
                                 ));
                             }
-                            materialize(&view, &comps, tmp.path())?;
-                            let p = tmp.path().to_path_buf();
-                            keep.push(tmp);
-                            (p, json!({"from": id, "source": source}))
+                            (
+                                BindPrep::View(view, comps),
+                                json!({"from": id, "source": source}),
+                            )
                         }
-                    };
-                    let (host, readonly) = if *readwrite {
-                        // Writes to a rw bind mount are discarded, so the
-                        // container gets a scratch copy.
-                        let tmp = tempfile::Builder::new()
-                            .prefix("kiln-bindrw-")
-                            .tempdir_in(self.store.root().join("tmp"))?;
-                        copy_tree(&host, tmp.path())?;
-                        let p = tmp.path().to_path_buf();
-                        keep.push(tmp);
-                        (p, false)
-                    } else {
-                        (host, true)
                     };
                     mount_inputs.push(
                         json!({"type": "bind", "target": target, "source": id, "rw": readwrite}),
                     );
+                    binds.push((mounts.len(), prep, *readwrite));
                     mounts.push(MountSpec {
                         target,
                         kind: MountKind::Bind {
-                            source: host,
-                            readonly,
+                            source: PathBuf::new(),
+                            readonly: !readwrite,
                         },
                     });
                 }
@@ -1222,6 +1210,14 @@ impl Builder {
         });
         let layers = st.layers.clone();
         let res = self.cached_step(st, ins, pos, inputs, |b, _st, id| {
+            let mut mounts = mounts;
+            let mut scratch = Vec::new();
+            for (i, prep, rw) in binds {
+                let host = b.prepare_bind(prep, rw, &mut scratch)?;
+                if let MountKind::Bind { source, .. } = &mut mounts[i].kind {
+                    *source = host;
+                }
+            }
             let lowers = b.snapshots(&layers)?;
             let pending = b.store.new_snapshot()?;
             let spec = ContainerSpec {
@@ -1301,6 +1297,129 @@ impl Builder {
     }
 }
 
+/// What a `RUN --mount=type=bind` shows, prepared when the step runs.
+enum BindPrep {
+    /// A path of the build context (relative).
+    Context(String),
+    /// A path of another stage's or image's filesystem.
+    View(RootView, Vec<String>),
+}
+
+impl Builder {
+    /// The host path to bind for a mount: the context path itself when
+    /// `.dockerignore` excludes nothing below it, else a copy (hard links
+    /// where possible) of just what the context holds, so an ignored file
+    /// is never visible to RUN; another stage's files are materialised; a
+    /// read-write mount gets a scratch copy whose writes are dropped.
+    fn prepare_bind(
+        &self,
+        prep: BindPrep,
+        rw: bool,
+        scratch: &mut Vec<tempfile::TempDir>,
+    ) -> Result<PathBuf> {
+        let tmp = || {
+            tempfile::Builder::new()
+                .prefix("kiln-bind-")
+                .tempdir_in(self.store.root().join("tmp"))
+        };
+        match prep {
+            BindPrep::Context(rel) => {
+                let real = self.ctx.root.join(&rel);
+                let entries = self.ctx.subtree(&rel);
+                if !rw && !has_excluded(&real, entries.len())? {
+                    return Ok(real);
+                }
+                let t = tmp()?;
+                let is_dir = self
+                    .ctx
+                    .get(&rel)
+                    .map(|e| e.kind == crate::context::Kind::Dir);
+                let dest_root = if is_dir == Some(true) {
+                    t.path().to_path_buf()
+                } else {
+                    t.path().join("file")
+                };
+                for (k, e) in entries {
+                    let sub = if *k == rel {
+                        String::new()
+                    } else if rel.is_empty() {
+                        k.clone()
+                    } else {
+                        k[rel.len() + 1..].to_string()
+                    };
+                    let dst = if sub.is_empty() {
+                        dest_root.clone()
+                    } else {
+                        dest_root.join(&sub)
+                    };
+                    let src = self.ctx.root.join(k);
+                    match e.kind {
+                        crate::context::Kind::Dir => {
+                            std::fs::create_dir_all(&dst)?;
+                        }
+                        crate::context::Kind::Symlink => {
+                            std::os::unix::fs::symlink(
+                                e.link_target.clone().unwrap_or_default(),
+                                &dst,
+                            )?;
+                        }
+                        crate::context::Kind::File => {
+                            // A hard link shares the inode: fine for a
+                            // read-only mount; a read-write one gets bytes.
+                            if rw || std::fs::hard_link(&src, &dst).is_err() {
+                                std::fs::copy(&src, &dst)?;
+                            }
+                        }
+                        crate::context::Kind::Other => {}
+                    }
+                }
+                scratch.push(t);
+                Ok(dest_root)
+            }
+            BindPrep::View(view, comps) => {
+                let t = tmp()?;
+                materialize(&view, &comps, t.path())?;
+                let p = if view
+                    .stat(&format!("/{}", comps.join("/")))?
+                    .is_some_and(|f| f.meta.is_dir())
+                {
+                    t.path().to_path_buf()
+                } else {
+                    t.path()
+                        .join(comps.last().cloned().unwrap_or_else(|| "file".into()))
+                };
+                scratch.push(t);
+                // Already a private copy: writes to it are dropped with it.
+                Ok(p)
+            }
+        }
+    }
+}
+
+/// Whether the real tree at `path` holds more entries than the context
+/// kept of it (then `.dockerignore` excluded something below it).
+fn has_excluded(path: &std::path::Path, kept: usize) -> Result<bool> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(false);
+    }
+    let mut count = 1;
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            count += 1;
+            if count > kept {
+                return Ok(true);
+            }
+            if e.file_type()?.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    Ok(false)
+}
+
 struct CopyArgs<'a> {
     add: bool,
     sources: &'a [String],
@@ -1345,27 +1464,4 @@ fn materialize(view: &RootView, comps: &[String], dest: &std::path::Path) -> Res
         Ok(())
     }
     rec(view, &mut comps, dest)
-}
-
-/// A plain recursive copy (symlinks kept as symlinks).
-fn copy_tree(src: &std::path::Path, dest: &std::path::Path) -> Result<()> {
-    let m = std::fs::symlink_metadata(src)?;
-    if !m.is_dir() {
-        std::fs::copy(src, dest.join(src.file_name().unwrap_or_default()))?;
-        return Ok(());
-    }
-    for e in std::fs::read_dir(src)? {
-        let e = e?;
-        let t = e.file_type()?;
-        let d = dest.join(e.file_name());
-        if t.is_dir() {
-            std::fs::create_dir(&d)?;
-            copy_tree(&e.path(), &d)?;
-        } else if t.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &d)?;
-        } else if t.is_file() {
-            std::fs::copy(e.path(), &d)?;
-        }
-    }
-    Ok(())
 }
