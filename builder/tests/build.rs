@@ -412,3 +412,82 @@ fn bind_mounts_of_the_context_hide_dockerignored_files() {
     // Writes to a read-write bind mount are dropped, never reach the context.
     assert!(!ctx.path().join("src/new").exists());
 }
+
+#[test]
+fn outputs_iidfile_labels_and_a_dockerfile_from_stdin() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[("Dockerfile", "FROM busybox\nRUN echo out > /out\n")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let iid = dir.path().join("iid");
+    let tar = dir.path().join("fs.tar");
+    let oci = dir.path().join("oci.tar");
+    let dock = dir.path().join("docker.tar");
+    let r = build(
+        &k,
+        ctx.path(),
+        &[
+            "--iidfile",
+            iid.to_str().unwrap(),
+            "--label",
+            "org.example.team=builds",
+            "--output",
+            &format!("type=tar,dest={}", tar.display()),
+            "--output",
+            &format!("type=oci,dest={}", oci.display()),
+            "--output",
+            &format!("type=docker,dest={}", dock.display()),
+            "-t",
+            "outs:1",
+        ],
+    )
+    .ok();
+    let id = fs::read_to_string(&iid).unwrap();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    let inspect = k.run(&["inspect", "outs:1"]).ok().stdout();
+    assert!(inspect.contains("org.example.team"), "{inspect}");
+    assert!(inspect.contains(&id), "{inspect}\n{}", r.stderr());
+    // The tar output is the flattened filesystem.
+    let list = std::process::Command::new("tar")
+        .arg("tf")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        names.lines().any(|l| l.trim_start_matches("./") == "out"),
+        "{names}"
+    );
+    // The archives load into a fresh root.
+    for a in [&oci, &dock] {
+        let other = Kiln::new();
+        let r = other.run(&["load", "-i", a.to_str().unwrap()]).ok();
+        assert!(r.stdout().contains("Loaded"), "{}", r.stdout());
+    }
+    // `kiln build -`: the Dockerfile on stdin, no context.
+    let mut child = k
+        .cmd()
+        .args(["build", "-q", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"FROM busybox\nRUN echo from-stdin > /s\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sha256:"));
+}
