@@ -76,7 +76,13 @@ def build_rows(ok, failed):
         med = {t: statistics.median(v) for (c, t), v in ok.items() if c == case and v}
         r_bk = med["kiln"] / med["docker"] if kiln and "docker" in med else None
         r_ba = med["kiln"] / med["buildah"] if kiln and "buildah" in med else None
-        row.append(f"{r_bk:.2f}" if r_bk is not None else "-")
+        if r_bk is None:
+            row.append("-")
+        elif target is not None and (round(r_bk, 2) <= target < r_bk or r_bk <= target < round(r_bk, 2)):
+            # two decimals would hide which side of the target it is on
+            row.append(f"{r_bk:.3f}")
+        else:
+            row.append(f"{r_bk:.2f}")
         row.append(f"<= {target}" if target is not None else "")
         if r_bk is None or target is None:
             row.append("")
