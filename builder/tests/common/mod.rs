@@ -123,9 +123,10 @@ impl Kiln {
         Run { out }
     }
 
-    /// Builds the offline busybox base (made by fixtures/bases) into this root.
-    pub fn with_busybox(&self) -> bool {
-        let ctx = fixtures_cache().join("busybox");
+    /// Builds an offline base (made by fixtures/bases: a `FROM scratch` +
+    /// `ADD rootfs.tar /` context) into this root under `tag`.
+    fn with_base(&self, dir: &str, tag: &str) -> bool {
+        let ctx = fixtures_cache().join(dir);
         if !require(
             ctx.join("rootfs.tar").is_file(),
             &format!(
@@ -139,33 +140,19 @@ impl Kiln {
             "build",
             "--progress=plain",
             "-t",
-            "busybox:latest",
+            tag,
             ctx.to_str().expect("utf-8 path"),
         ])
         .ok();
         true
     }
 
+    pub fn with_busybox(&self) -> bool {
+        self.with_base("busybox", "busybox:latest")
+    }
+
     pub fn with_python(&self) -> bool {
-        let ctx = fixtures_cache().join("python-3.11-slim");
-        if !require(
-            ctx.join("rootfs.tar").is_file(),
-            &format!(
-                "{} missing: run fixtures/bases/make-bases.sh (scripts/test.sh does)",
-                ctx.display()
-            ),
-        ) {
-            return false;
-        }
-        self.run(&[
-            "build",
-            "--progress=plain",
-            "-t",
-            "python:3.11-slim",
-            ctx.to_str().expect("utf-8 path"),
-        ])
-        .ok();
-        true
+        self.with_base("python-3.11-slim", "python:3.11-slim")
     }
 }
 
