@@ -957,6 +957,18 @@ impl Store {
         Ok(())
     }
 
+    /// Folds the WAL into the database file and empties it. kiln does not
+    /// checkpoint when a command ends (that costs fsyncs every short
+    /// command would pay); a command that has just written a lot (a build
+    /// that ran steps) calls this, so that the next command, often a fully
+    /// cached rebuild, starts with an empty WAL instead of paying for the
+    /// checkpoint itself.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// `last_used = now, hits += 1` for all `keys`, in one transaction.
     pub fn cache_touch(&self, keys: &[String]) -> Result<()> {
         let mut conn = self.conn();

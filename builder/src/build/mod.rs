@@ -389,6 +389,15 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
         ));
     }
     let report = builder.explain()?;
+    if !report.missed.is_empty() {
+        // This build wrote records and layers: checkpoint now, while the
+        // build's own time dwarfs it, rather than in the next (cached) one.
+        if let Err(e) = builder.store.checkpoint() {
+            builder
+                .progress
+                .warn(&format!("checkpointing the metadata database: {e}"));
+        }
+    }
     save_report(&builder.store, &image.config_digest, &report)?;
     if args.explain {
         eprint!("{}", render_report(&report));
