@@ -451,6 +451,7 @@ impl Store {
         let root = self.shared.root.clone();
         let mut doomed_blobs: Vec<String> = Vec::new();
         let mut doomed_snaps: Vec<PathBuf> = Vec::new();
+        let mut doomed_snap_ids: Vec<i64> = Vec::new();
         let protect;
         {
             let mut conn = self.conn();
@@ -534,13 +535,11 @@ impl Store {
                 if !reach.diffs.contains(&diff_id) && used < protect {
                     tx.prepare_cached("DELETE FROM snapshots WHERE id = ?1")?
                         .execute([id])?;
-                    let from = self.snapshot_dir(id);
-                    let to = self.tmp_path("gc");
-                    match fs::rename(&from, &to) {
-                        Ok(()) => doomed_snaps.push(to),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(StoreError::io(&from, e)),
-                    }
+                    // The directory goes only after the commit: killed
+                    // before it, the row is back and so is the directory;
+                    // killed after, the sweep removes an unrecorded
+                    // directory. (Ids are AUTOINCREMENT: never reused.)
+                    doomed_snap_ids.push(id);
                     report.snapshots += 1;
                 }
             }
@@ -556,6 +555,15 @@ impl Store {
                 }
             }
             tx.commit()?;
+            for id in doomed_snap_ids {
+                let from = self.snapshot_dir(id);
+                let to = self.tmp_path("gc");
+                match fs::rename(&from, &to) {
+                    Ok(()) => doomed_snaps.push(to),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io(&from, e)),
+                }
+            }
         }
         // Files on disk that no row knows (a writer died between its rename
         // and its commit), old enough not to be a live lease's.
