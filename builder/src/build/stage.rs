@@ -125,6 +125,19 @@ impl StageState {
             .unwrap_or_else(default_shell)
     }
 
+    /// The argv of a CMD/ENTRYPOINT: exec form as is, shell form through
+    /// the stage's SHELL.
+    fn argv(&self, c: &Command) -> Vec<String> {
+        match c {
+            Command::Exec(v) => v.clone(),
+            Command::Shell(s) => {
+                let mut v = self.shell();
+                v.push(s.clone());
+                v
+            }
+        }
+    }
+
     fn workdir(&self) -> String {
         self.config
             .config
@@ -460,26 +473,12 @@ impl Builder {
                 self.meta(st, ins)?;
             }
             InstructionKind::Cmd(c) => {
-                st.config.config.cmd = Some(match c {
-                    Command::Exec(v) => v.clone(),
-                    Command::Shell(s) => {
-                        let mut v = st.shell();
-                        v.push(s.clone());
-                        v
-                    }
-                });
+                st.config.config.cmd = Some(st.argv(c));
                 st.cmd_set = true;
                 self.meta(st, ins)?;
             }
             InstructionKind::Entrypoint(c) => {
-                st.config.config.entrypoint = Some(match c {
-                    Command::Exec(v) => v.clone(),
-                    Command::Shell(s) => {
-                        let mut v = st.shell();
-                        v.push(s.clone());
-                        v
-                    }
-                });
+                st.config.config.entrypoint = Some(st.argv(c));
                 if !st.cmd_set {
                     st.config.config.cmd = None;
                 }
@@ -881,9 +880,7 @@ impl Builder {
                         v
                     }
                 } else if r.heredocs.is_empty() {
-                    let mut v = st.shell();
-                    v.push(s.clone());
-                    v
+                    st.argv(&r.command)
                 } else {
                     // Heredocs are handed to the shell, which expands them
                     // (or not, for quoted delimiters) itself.
