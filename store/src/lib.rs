@@ -19,6 +19,7 @@ pub mod image;
 pub mod layer;
 mod owner;
 pub mod reference;
+mod statcache;
 mod store;
 
 pub use db::SCHEMA_VERSION;
@@ -28,7 +29,7 @@ pub use gc::{DiskUsage, FsckReport, Lease, PruneOptions, PruneReport};
 pub use image::{ContainerConfig, HealthConfig, History, ImageConfig, RootFs};
 pub use layer::{Compression, LayerDigests, LayerError, LayerOptions, Limits, WhiteoutMode};
 pub use reference::{Reference, ReferenceError};
+pub use statcache::StatEntry;
 pub use store::{
-    ArchiveFormat, CacheRecord, ImageRecord, ImageSummary, LayerInfo, PendingSnapshot, StatEntry,
-    Store,
+    ArchiveFormat, CacheRecord, ImageRecord, ImageSummary, LayerInfo, PendingSnapshot, Store,
 };
