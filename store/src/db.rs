@@ -82,6 +82,19 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL
     );
     "#,
+    // 2: which repositories of which registry a blob is known to be in
+    // (pushed there or pulled from there), so a push can mount it from one
+    // of them instead of uploading. A hint only: a stale row costs one
+    // failed mount, which falls back to an upload.
+    r#"
+    CREATE TABLE registry_blobs (
+        digest TEXT NOT NULL,
+        registry TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        used_ms INTEGER NOT NULL,
+        PRIMARY KEY (digest, registry, repo)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build of kiln writes.

@@ -19,6 +19,7 @@ pub mod image;
 pub mod layer;
 mod owner;
 pub mod reference;
+pub mod registry;
 mod statcache;
 mod store;
 
@@ -29,6 +30,7 @@ pub use gc::{DiskUsage, FsckReport, Lease, PruneOptions, PruneReport};
 pub use image::{ContainerConfig, HealthConfig, History, ImageConfig, RootFs};
 pub use layer::{Compression, LayerDigests, LayerError, LayerOptions, Limits, WhiteoutMode};
 pub use reference::{Reference, ReferenceError};
+pub use registry::{Client as RegistryClient, Platform, RegistryConfig, RegistryError};
 pub use statcache::StatEntry;
 pub use store::{
     ArchiveFormat, CacheRecord, ImageRecord, ImageSummary, LayerInfo, PendingSnapshot, Store,
