@@ -22,6 +22,7 @@ struct Request {
     /// Path and query.
     path: String,
     headers: HashMap<String, String>,
+    body: Vec<u8>,
 }
 
 enum Response {
@@ -96,11 +97,13 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
         .get("content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let _ = std::io::copy(&mut (&mut r).take(len), &mut std::io::sink());
+    let mut body = Vec::new();
+    let _ = (&mut r).take(len).read_to_end(&mut body);
     let req = Request {
         method,
         path,
         headers,
+        body,
     };
     log.lock().unwrap().push(req.clone());
     let mut w = conn;
@@ -715,5 +718,160 @@ fn docker_content_digest_must_match() {
     assert!(
         matches!(err, RegistryError::DigestMismatch { .. }),
         "{err:?}"
+    );
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn query(path: &str, key: &str) -> Vec<String> {
+    let q = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| url_decode(v))
+        .collect()
+}
+
+/// A registry that accepts pushes, behind a token service that grants
+/// exactly the scopes asked for, and checks each request against them.
+#[test]
+fn push_asks_for_push_scope_and_mount_scope() {
+    type Blobs = HashMap<String, std::collections::HashSet<String>>;
+    let blobs: Arc<Mutex<Blobs>> = Arc::default();
+    let token_scopes: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let me: Arc<Mutex<String>> = Arc::default();
+    let (b2, t2, me2) = (blobs.clone(), token_scopes.clone(), me.clone());
+    let srv = Server::start(
+        "127.0.0.1",
+        Arc::new(move |req: &Request| {
+            let (path, _) = req.path.split_once('?').unwrap_or((&req.path, ""));
+            if path == "/token" {
+                let scopes = query(&req.path, "scope");
+                t2.lock().unwrap().push(scopes.clone());
+                let body = serde_json::json!({ "token": scopes.join("|") }).to_string();
+                return resp(200, &[], body);
+            }
+            let rest = path.strip_prefix("/v2/").unwrap_or("");
+            let (repo, op) = match ["/blobs/", "/manifests/"].iter().find_map(|m| rest.find(m)) {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest.trim_end_matches('/'), ""),
+            };
+            let mut need = vec![if matches!(req.method.as_str(), "GET" | "HEAD") {
+                format!("repository:{repo}:pull")
+            } else {
+                format!("repository:{repo}:pull,push")
+            }];
+            let from = query(&req.path, "from");
+            if let Some(f) = from.first() {
+                need.push(format!("repository:{f}:pull"));
+            }
+            let granted: Vec<String> = req
+                .headers
+                .get("authorization")
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .map(|t| t.split('|').map(str::to_string).collect())
+                .unwrap_or_default();
+            let ok = need.iter().all(|n| {
+                granted.contains(n) || granted.contains(&n.replace(":pull", ":pull,push"))
+            });
+            if !ok && !rest.is_empty() {
+                let ch = format!(
+                    r#"Bearer realm="http://{}/token",service="fake""#,
+                    me2.lock().unwrap()
+                );
+                return resp(401, &[("WWW-Authenticate", ch.as_str())], "");
+            }
+            let mut blobs = b2.lock().unwrap();
+            if let Some(d) = op.strip_prefix("/blobs/uploads/") {
+                if req.method == "POST" {
+                    if let (Some(m), Some(f)) = (query(&req.path, "mount").first(), from.first()) {
+                        if blobs.get(f).is_some_and(|s| s.contains(m)) {
+                            blobs.entry(repo.to_string()).or_default().insert(m.clone());
+                            return resp(201, &[], "");
+                        }
+                    }
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    let loc = format!("/v2/{repo}/blobs/uploads/u{n}?_state=x");
+                    return resp(202, &[("Location", loc.as_str())], "");
+                }
+                if req.method == "PUT" && !d.is_empty() {
+                    let want = query(&req.path, "digest");
+                    if want.first().map(String::as_str) != Some(sha256_digest(&req.body).as_str()) {
+                        return resp(400, &[], r#"{"errors":[{"code":"DIGEST_INVALID"}]}"#);
+                    }
+                    blobs
+                        .entry(repo.to_string())
+                        .or_default()
+                        .insert(want[0].clone());
+                    return resp(201, &[], "");
+                }
+            }
+            if let Some(d) = op.strip_prefix("/blobs/") {
+                if req.method == "HEAD" {
+                    let have = blobs.get(repo).is_some_and(|s| s.contains(d));
+                    return resp(if have { 200 } else { 404 }, &[], "");
+                }
+            }
+            if op.starts_with("/manifests/") && req.method == "PUT" {
+                let d = sha256_digest(&req.body);
+                return resp(201, &[("Docker-Content-Digest", d.as_str())], "");
+            }
+            if rest.is_empty() {
+                return resp(200, &[], "{}");
+            }
+            resp(404, &[], "")
+        }),
+    );
+    *me.lock().unwrap() = srv.addr.clone();
+    let (_d, s) = store();
+    let img = common::registry::make_image(&s, "push");
+    let docker = tempfile::tempdir().unwrap();
+    let c = client(docker.path());
+    let opts = kiln_store::registry::PushOptions {
+        compression: kiln_store::registry::Compression::Zstd,
+        chunk_size: None,
+    };
+    let first = reference::parse(&format!("{}/lib/img:1", srv.addr)).unwrap();
+    let r = c.push(&s, &img, &first, &opts, &|_: Event| {}).unwrap();
+    assert_eq!(r.manifest_digest, img.manifest_digest);
+    assert!(r
+        .blobs
+        .iter()
+        .all(|(_, o)| *o == kiln_store::registry::BlobOutcome::Uploaded));
+    assert!(token_scopes
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s == &vec!["repository:lib/img:pull,push".to_string()]));
+    let second = reference::parse(&format!("{}/lib/app:1", srv.addr)).unwrap();
+    let r = c.push(&s, &img, &second, &opts, &|_: Event| {}).unwrap();
+    assert!(
+        r.blobs
+            .iter()
+            .all(|(_, o)| *o == kiln_store::registry::BlobOutcome::Mounted),
+        "{r:?}"
+    );
+    let scopes = token_scopes.lock().unwrap();
+    assert!(
+        scopes
+            .iter()
+            .any(|s| s.contains(&"repository:lib/app:pull,push".to_string())
+                && s.contains(&"repository:lib/img:pull".to_string())),
+        "{scopes:?}"
     );
 }

@@ -476,11 +476,17 @@ impl Client {
 
     /// `GET /v2/` with these credentials. `Ok(())` if accepted.
     pub fn check_login(&self, registry: &str, creds: &Credentials) -> Result<(), RegistryError> {
-        let registry = if registry == "index.docker.io" || registry.ends_with("index.docker.io/v1/")
-        {
-            crate::reference::DEFAULT_DOMAIN
-        } else {
-            registry
+        // `https://index.docker.io/v1/`, `https://host:5000/`, `host:5000`.
+        let bare = registry
+            .trim()
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        let bare = bare.split('/').next().unwrap_or(bare);
+        let registry = match bare {
+            "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" | "" => {
+                crate::reference::DEFAULT_DOMAIN
+            }
+            other => other,
         };
         let scope = Scope {
             domain: registry.to_string(),
@@ -603,6 +609,9 @@ impl Client {
         size: u64,
         max_size: u64,
     ) -> Result<(), RegistryError> {
+        if store.has_blob(digest) {
+            return Ok(());
+        }
         let scope = Scope::pull(repo.domain(), repo_of(repo));
         self.download(store, &scope, repo, digest, size, max_size, &|_| {})
     }
@@ -979,6 +988,12 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Client>();
+    }
 
     #[test]
     fn platforms() {
