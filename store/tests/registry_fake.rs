@@ -875,3 +875,43 @@ fn push_asks_for_push_scope_and_mount_scope() {
         "{scopes:?}"
     );
 }
+
+#[test]
+fn plain_http_elsewhere_is_refused() {
+    // A blob redirect and a token realm pointing at plain http on a host
+    // that is neither loopback nor listed as insecure: refused without
+    // connecting.
+    let img = fake_image(None);
+    let img2 = img.clone();
+    let srv = serve_with(&img, move |req| {
+        is_layer(&img2, req).then(|| resp(302, &[("Location", "http://192.0.2.1/blob")], ""))
+    });
+    let (_d, s) = store();
+    let err = pull(&srv, "latest", &s).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::InsecureRefused { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("192.0.2.1: refusing plain http"),
+        "{err}"
+    );
+    nothing_committed(&s, &img);
+
+    let srv = serve_with(&img, |_| {
+        Some(resp(
+            401,
+            &[(
+                "WWW-Authenticate",
+                r#"Bearer realm="http://192.0.2.1/token",service="x""#,
+            )],
+            "",
+        ))
+    });
+    let err = pull(&srv, "latest", &s).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::InsecureRefused { .. }),
+        "{err:?}"
+    );
+}

@@ -234,4 +234,16 @@ fn tls_and_basic_auth() {
         .unwrap_err();
     assert!(matches!(err, RegistryError::Tls { .. }), "{err:?}");
     assert!(err.to_string().contains("TLS"), "{err}");
+
+    // Listed as insecure: TLS without verification (and still Basic auth).
+    let insecure = Client::new(RegistryConfig {
+        insecure: vec![reg.addr.clone()],
+        ..config(docker.path())
+    })
+    .unwrap();
+    let (_c, c) = store();
+    let pulled = insecure
+        .pull(&c, &target, &Platform::host(), &no_events)
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, pushed.manifest_digest);
 }

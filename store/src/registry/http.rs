@@ -151,9 +151,11 @@ enum Scheme {
 }
 
 pub(crate) struct Http {
-    verified: Agent,
-    /// For registries listed as insecure: TLS without verification.
-    unverified: Agent,
+    /// `[verified, unverified]` through the environment's proxy
+    /// (`HTTPS_PROXY`, `NO_PROXY`, ...), and the same pair without a proxy
+    /// for loopback hosts (as Go's `ProxyFromEnvironment` does).
+    /// Unverified TLS is for registries listed as insecure only.
+    agents: [[Agent; 2]; 2],
     cfg: RegistryConfig,
     schemes: Mutex<HashMap<String, Scheme>>,
     /// `Scope::key()` (or `domain` for Basic) -> `Authorization` value.
@@ -212,8 +214,14 @@ fn root_certs(cfg: &RegistryConfig) -> Result<Vec<Certificate<'static>>, Registr
     Ok(certs)
 }
 
-fn agent(tls: TlsConfig) -> Agent {
+fn agent(tls: TlsConfig, proxy: bool) -> Agent {
+    let proxy = if proxy {
+        ureq::Proxy::try_from_env()
+    } else {
+        None
+    };
     let cfg = Agent::config_builder()
+        .proxy(proxy)
         .http_status_as_error(false)
         .max_redirects(0)
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
@@ -456,15 +464,17 @@ pub(crate) fn error_message(resp: Response<ureq::Body>) -> String {
 impl Http {
     pub fn new(cfg: RegistryConfig) -> Result<Http, RegistryError> {
         let certs = root_certs(&cfg)?;
-        let verified = agent(
+        let verified = || {
             TlsConfig::builder()
                 .root_certs(RootCerts::new_with_certs(&certs))
-                .build(),
-        );
-        let unverified = agent(TlsConfig::builder().disable_verification(true).build());
+                .build()
+        };
+        let unverified = || TlsConfig::builder().disable_verification(true).build();
         Ok(Http {
-            verified,
-            unverified,
+            agents: [
+                [agent(verified(), true), agent(unverified(), true)],
+                [agent(verified(), false), agent(unverified(), false)],
+            ],
             cfg,
             schemes: Mutex::new(HashMap::new()),
             auth: Mutex::new(HashMap::new()),
@@ -494,11 +504,9 @@ impl Http {
     }
 
     fn agent_for(&self, authority: &str) -> &Agent {
-        if self.is_insecure(authority) {
-            &self.unverified
-        } else {
-            &self.verified
-        }
+        let direct = usize::from(is_loopback(authority));
+        let insecure = usize::from(self.is_insecure(authority));
+        &self.agents[direct][insecure]
     }
 
     fn scheme(&self, host: &str) -> Scheme {
