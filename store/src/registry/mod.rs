@@ -900,7 +900,13 @@ impl Client {
             .collect();
         let stored = store.write_blob_bytes_typed(&bytes, &media_type)?;
         debug_assert_eq!(stored, digest);
-        store.registry_blob_known(&manifest.config.digest, r.domain(), repo_of(r))?;
+        // Everything the manifest names is in that repository now, also
+        // the blobs this store already had: later pushes can mount them.
+        for d in std::iter::once(&manifest.config.digest)
+            .chain(manifest.layers.iter().map(|l| &l.digest))
+        {
+            store.registry_blob_known(d, r.domain(), repo_of(r))?;
+        }
         Ok(store.record_image(&digest, &manifest.config.digest, config, &layers)?)
     }
 

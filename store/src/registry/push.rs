@@ -426,49 +426,50 @@ pub(super) fn push(
     let _lease = store.lease()?;
     let stored_manifest = store.read_blob(&img.manifest_digest)?;
     let stored: Manifest = serde_json::from_slice(&stored_manifest).map_err(StoreError::from)?;
-    // Blobs in parallel: the config, then each layer (converted first when
-    // the push wants another compression).
+    // The config first, alone, so that the registry's auth challenge is
+    // answered once and cached; then the layers three at a time (each
+    // converted first when the push wants another compression).
     enum Item<'a> {
         Config(&'a Descriptor),
         Layer(&'a LayerInfo),
     }
     let mut items = vec![Item::Config(&stored.config)];
     items.extend(img.layers.iter().map(Item::Layer));
-    let pushed = parallel(&items, &|item: &Item| -> Result<
-        (Option<LayerInfo>, Digest, BlobOutcome, u64),
-        RegistryError,
-    > {
-        let (layer, digest) = match item {
-            Item::Config(d) => (None, d.digest.clone()),
-            Item::Layer(l) => {
-                let l = store.layer_for_push(l, opts.compression)?;
-                let d = l.digest.clone();
-                (Some(l), d)
-            }
+    let one =
+        |item: &Item| -> Result<(Option<LayerInfo>, Digest, BlobOutcome, u64), RegistryError> {
+            let (layer, digest) = match item {
+                Item::Config(d) => (None, d.digest.clone()),
+                Item::Layer(l) => {
+                    let l = store.layer_for_push(l, opts.compression)?;
+                    let d = l.digest.clone();
+                    (Some(l), d)
+                }
+            };
+            let size = std::fs::metadata(store.blob_path(&digest))
+                .map_err(|e| RegistryError::io(store.blob_path(&digest).display(), e))?
+                .len();
+            let open = || -> io::Result<Box<dyn Read + Send>> {
+                Ok(Box::new(std::fs::File::open(store.blob_path(&digest))?))
+            };
+            let outcome = put_blob(
+                client,
+                Some(store),
+                target,
+                &digest,
+                size,
+                &open,
+                opts,
+                events,
+            )?;
+            let up = if outcome == BlobOutcome::Uploaded {
+                size
+            } else {
+                0
+            };
+            Ok((layer, digest, outcome, up))
         };
-        let size = std::fs::metadata(store.blob_path(&digest))
-            .map_err(|e| RegistryError::io(store.blob_path(&digest).display(), e))?
-            .len();
-        let open = || -> io::Result<Box<dyn Read + Send>> {
-            Ok(Box::new(std::fs::File::open(store.blob_path(&digest))?))
-        };
-        let outcome = put_blob(
-            client,
-            Some(store),
-            target,
-            &digest,
-            size,
-            &open,
-            opts,
-            events,
-        )?;
-        let up = if outcome == BlobOutcome::Uploaded {
-            size
-        } else {
-            0
-        };
-        Ok((layer, digest, outcome, up))
-    })?;
+    let mut pushed = vec![one(&items[0])?];
+    pushed.extend(parallel(&items[1..], &one)?);
     let layers: Vec<LayerInfo> = pushed.iter().filter_map(|(l, ..)| l.clone()).collect();
     let unchanged = layers
         .iter()
