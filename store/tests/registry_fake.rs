@@ -755,6 +755,7 @@ fn push_asks_for_push_scope_and_mount_scope() {
     let token_scopes: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
     let next = Arc::new(AtomicUsize::new(0));
     let me: Arc<Mutex<String>> = Arc::default();
+    let fail_put = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (b2, t2, me2) = (blobs.clone(), token_scopes.clone(), me.clone());
     let srv = Server::start(
         "127.0.0.1",
@@ -809,6 +810,10 @@ fn push_asks_for_push_scope_and_mount_scope() {
                     let loc = format!("/v2/{repo}/blobs/uploads/u{n}?_state=x");
                     return resp(202, &[("Location", loc.as_str())], "");
                 }
+                if req.method == "PUT" && !d.is_empty() && fail_put.swap(false, Ordering::SeqCst) {
+                    // Once: a failure after the body went up.
+                    return resp(500, &[], "");
+                }
                 if req.method == "PUT" && !d.is_empty() {
                     let want = query(&req.path, "digest");
                     if want.first().map(String::as_str) != Some(sha256_digest(&req.body).as_str()) {
@@ -853,6 +858,13 @@ fn push_asks_for_push_scope_and_mount_scope() {
         .blobs
         .iter()
         .all(|(_, o)| *o == kiln_store::registry::BlobOutcome::Uploaded));
+    // The failed PUT was not re-sent into its session: a new one was opened.
+    let posts = srv
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.headers.contains_key("authorization"))
+        .count();
+    assert_eq!(posts, 4, "3 blobs + 1 restarted upload");
     assert!(token_scopes
         .lock()
         .unwrap()

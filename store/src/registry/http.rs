@@ -76,6 +76,10 @@ pub(crate) struct Req<'a> {
     pub body: Body<'a>,
     /// GET/HEAD of blobs: follow redirects (to storage hosts) by hand.
     pub follow_redirects: bool,
+    /// Retry 429/5xx and broken connections here. Off for requests into an
+    /// upload session: a half-sent body may have been kept, so the caller
+    /// starts a new session instead.
+    pub retry: bool,
 }
 
 impl<'a> Req<'a> {
@@ -86,6 +90,7 @@ impl<'a> Req<'a> {
             headers: Vec::new(),
             body: Body::Empty,
             follow_redirects: false,
+            retry: true,
         }
     }
     pub fn header(mut self, k: &'static str, v: impl Into<String>) -> Self {
@@ -98,6 +103,10 @@ impl<'a> Req<'a> {
     }
     pub fn follow(mut self) -> Self {
         self.follow_redirects = true;
+        self
+    }
+    pub fn no_retry(mut self) -> Self {
+        self.retry = false;
         self
     }
 }
@@ -283,7 +292,7 @@ fn retryable(e: &ureq::Error) -> bool {
 }
 
 /// `200ms * 2^n`, or what `Retry-After` asks for (seconds, capped at 60).
-fn backoff(attempt: u32, retry_after: Option<&str>) -> Duration {
+pub(crate) fn backoff(attempt: u32, retry_after: Option<&str>) -> Duration {
     if let Some(s) = retry_after.and_then(|v| v.trim().parse::<u64>().ok()) {
         return Duration::from_secs(s.min(60));
     }
@@ -309,6 +318,17 @@ pub(crate) fn resolve_url(base: &str, loc: &str) -> Result<String, String> {
     let path = b.path();
     let dir = &path[..path.rfind('/').map(|i| i + 1).unwrap_or(0)];
     Ok(format!("{scheme}://{auth}{dir}{loc}"))
+}
+
+/// Whether `authority` (of a `scheme` URL) is the registry `host`, an
+/// explicit default port included (`reg.example:443` = `reg.example`).
+fn same_authority(scheme: &str, authority: &str, host: &str) -> bool {
+    let strip = |a: &str| -> String {
+        let a = a.to_ascii_lowercase();
+        let default = if scheme == "http" { ":80" } else { ":443" };
+        a.strip_suffix(default).map(str::to_string).unwrap_or(a)
+    };
+    strip(authority) == strip(host)
 }
 
 fn authority_of(url: &str) -> Option<(String, String)> {
@@ -711,7 +731,7 @@ impl Http {
                 }
                 _ => {
                     return Err(RegistryError::Status {
-                        method: "GET".into(),
+                        method: if identity.is_some() { "POST" } else { "GET" }.into(),
                         url: realm.to_string(),
                         status,
                         message: error_message(resp),
@@ -819,7 +839,7 @@ impl Http {
                 return Err(RegistryError::InsecureRefused { registry: url_auth });
             }
             // Credentials go to the registry's own host only.
-            let on_registry = url_auth == host.to_ascii_lowercase();
+            let on_registry = same_authority(&url_scheme, &url_auth, &host);
             let send_auth = if on_registry { auth.as_deref() } else { None };
             let result = self.once(method, &url, &req.headers, send_auth, &req.body);
             let resp = match result {
@@ -838,7 +858,10 @@ impl Http {
                         url = self.url(scheme, &host, &req.target);
                         continue;
                     }
-                    if retryable(&e) && tls_trust_error(&e).is_none() && attempt < self.cfg.retries
+                    if req.retry
+                        && retryable(&e)
+                        && tls_trust_error(&e).is_none()
+                        && attempt < self.cfg.retries
                     {
                         std::thread::sleep(backoff(attempt, None));
                         attempt += 1;
@@ -865,7 +888,7 @@ impl Http {
                         None => return Ok((resp, url)),
                     }
                 }
-                429 | 500 | 502 | 503 | 504 if attempt < self.cfg.retries => {
+                429 | 500 | 502 | 503 | 504 if req.retry && attempt < self.cfg.retries => {
                     let wait = backoff(attempt, header(&resp, "retry-after"));
                     drop(resp);
                     std::thread::sleep(wait);
@@ -1001,6 +1024,10 @@ mod tests {
             query_escape("repository:a/b:pull,push"),
             "repository%3Aa%2Fb%3Apull%2Cpush"
         );
+        assert!(same_authority("https", "reg.example:443", "reg.example"));
+        assert!(same_authority("http", "127.0.0.1:5000", "127.0.0.1:5000"));
+        assert!(!same_authority("https", "127.0.0.2:5000", "127.0.0.1:5000"));
+        assert!(!same_authority("https", "reg.example.evil", "reg.example"));
         assert_eq!(backoff(0, Some("3")), Duration::from_secs(3));
         assert_eq!(backoff(2, None), Duration::from_millis(800));
     }

@@ -272,16 +272,6 @@ pub(super) fn put_blob(
             _ => continue,
         }
     }
-    let mut loc = match session {
-        Some(l) => l,
-        None => {
-            let (resp, at) = http.send_at(&scope, &Req::new("POST", uploads.as_str()))?;
-            if resp.status().as_u16() != 202 {
-                return Err(http.status_error(&scope, "POST", &what, resp));
-            }
-            location(&scope, &resp, &at)?
-        }
-    };
     let progress_open = |skip: u64| {
         move || -> io::Result<Box<dyn Read + Send + '_>> {
             let mut r = open()?;
@@ -300,48 +290,84 @@ pub(super) fn put_blob(
         }
     };
     let digest_q = format!("digest={digest}");
-    match opts.chunk_size.filter(|c| *c > 0 && *c < size) {
-        None => {
-            let open0 = progress_open(0);
-            let put = with_query(&loc, &digest_q);
-            let resp = http.send(
-                &scope,
-                &Req::new("PUT", put)
-                    .header("Content-Type", "application/octet-stream")
-                    .body(Body::Stream {
-                        len: size,
-                        open: Box::new(open0),
-                    }),
-            )?;
-            if resp.status().as_u16() != 201 {
-                return Err(http.status_error(&scope, "PUT", &what, resp));
+    // One upload session; its requests are not retried in place (a
+    // half-sent body may have been kept by the registry).
+    let upload = |mut loc: String| -> Result<(), RegistryError> {
+        match opts.chunk_size.filter(|c| *c > 0 && *c < size) {
+            None => {
+                let resp = http.send(
+                    &scope,
+                    &Req::new("PUT", with_query(&loc, &digest_q))
+                        .header("Content-Type", "application/octet-stream")
+                        .body(Body::Stream {
+                            len: size,
+                            open: Box::new(progress_open(0)),
+                        })
+                        .no_retry(),
+                )?;
+                if resp.status().as_u16() != 201 {
+                    return Err(http.status_error(&scope, "PUT", &what, resp));
+                }
+            }
+            Some(chunk) => {
+                let mut offset = 0u64;
+                while offset < size {
+                    let n = chunk.min(size - offset);
+                    let (resp, at) = http.send_at(
+                        &scope,
+                        &Req::new("PATCH", loc.as_str())
+                            .header("Content-Type", "application/octet-stream")
+                            .header("Content-Range", format!("{}-{}", offset, offset + n - 1))
+                            .body(Body::Stream {
+                                len: n,
+                                open: Box::new(progress_open(offset)),
+                            })
+                            .no_retry(),
+                    )?;
+                    if resp.status().as_u16() != 202 {
+                        return Err(http.status_error(&scope, "PATCH", &what, resp));
+                    }
+                    loc = location(&scope, &resp, &at)?;
+                    offset += n;
+                }
+                let resp = http.send(
+                    &scope,
+                    &Req::new("PUT", with_query(&loc, &digest_q)).no_retry(),
+                )?;
+                if resp.status().as_u16() != 201 {
+                    return Err(http.status_error(&scope, "PUT", &what, resp));
+                }
             }
         }
-        Some(chunk) => {
-            let mut offset = 0u64;
-            while offset < size {
-                let n = chunk.min(size - offset);
-                let open_at = progress_open(offset);
-                let (resp, at) = http.send_at(
-                    &scope,
-                    &Req::new("PATCH", loc.as_str())
-                        .header("Content-Type", "application/octet-stream")
-                        .header("Content-Range", format!("{}-{}", offset, offset + n - 1))
-                        .body(Body::Stream {
-                            len: n,
-                            open: Box::new(open_at),
-                        }),
-                )?;
+        Ok(())
+    };
+    let mut attempt = 0;
+    loop {
+        let loc = match session.take() {
+            Some(l) => l,
+            None => {
+                let (resp, at) = http.send_at(&scope, &Req::new("POST", uploads.as_str()))?;
                 if resp.status().as_u16() != 202 {
-                    return Err(http.status_error(&scope, "PATCH", &what, resp));
+                    return Err(http.status_error(&scope, "POST", &what, resp));
                 }
-                loc = location(&scope, &resp, &at)?;
-                offset += n;
+                location(&scope, &resp, &at)?
             }
-            let resp = http.send(&scope, &Req::new("PUT", with_query(&loc, &digest_q)))?;
-            if resp.status().as_u16() != 201 {
-                return Err(http.status_error(&scope, "PUT", &what, resp));
+        };
+        match upload(loc) {
+            Ok(()) => break,
+            // A broken connection or a 429/5xx: a fresh session, from the
+            // first byte.
+            Err(
+                RegistryError::Transport { .. }
+                | RegistryError::Status {
+                    status: 429 | 500 | 502 | 503 | 504,
+                    ..
+                },
+            ) if attempt < http.config().retries => {
+                std::thread::sleep(super::http::backoff(attempt, None));
+                attempt += 1;
             }
+            Err(e) => return Err(e),
         }
     }
     done(BlobOutcome::Uploaded)
