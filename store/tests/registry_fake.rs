@@ -927,3 +927,40 @@ fn plain_http_elsewhere_is_refused() {
         "{err:?}"
     );
 }
+
+#[test]
+fn oversized_config_and_layer_count_mismatch_are_refused() {
+    let img = fake_image(None);
+    let mut m: serde_json::Value = serde_json::from_slice(&img.manifest).unwrap();
+    m["config"]["size"] = serde_json::json!(9u64 << 20);
+    let big = serde_json::to_vec(&m).unwrap();
+    let srv = serve_with(&img, move |req| {
+        req.path
+            .ends_with("/manifests/single")
+            .then(|| resp(200, &[("Content-Type", MT_MANIFEST)], big.clone()))
+    });
+    let (_d, s) = store();
+    let err = pull(&srv, "single", &s).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::TooLarge { limit, .. } if limit == 8 << 20),
+        "{err:?}"
+    );
+    assert!(!srv.requests().iter().any(|r| r.path.contains("/blobs/")));
+
+    let mut m: serde_json::Value = serde_json::from_slice(&img.manifest).unwrap();
+    let layer = m["layers"][0].clone();
+    m["layers"] = serde_json::json!([layer.clone(), layer]);
+    let two = serde_json::to_vec(&m).unwrap();
+    let srv = serve_with(&img, move |req| {
+        req.path
+            .ends_with("/manifests/single")
+            .then(|| resp(200, &[("Content-Type", MT_MANIFEST)], two.clone()))
+    });
+    let err = pull(&srv, "single", &s).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("2 layers but the config 1 diff IDs"),
+        "{err}"
+    );
+    assert!(s.list_images().unwrap().is_empty());
+}
