@@ -434,46 +434,4 @@ mod tests {
         assert_eq!(lookup(d.path(), "quay.io").unwrap(), None);
         assert_eq!(lookup(&d.path().join("missing"), "quay.io").unwrap(), None);
     }
-
-    #[test]
-    fn helper_protocol() {
-        // A helper script on PATH that remembers what it was given.
-        let d = tempfile::tempdir().unwrap();
-        let bin = d.path().join("bin");
-        fs::create_dir(&bin).unwrap();
-        let state = d.path().join("state");
-        let script = format!(
-            "#!/bin/sh\ncase \"$1\" in\n get) read u; if [ -f {s} ]; then cat {s}; else echo 'credentials not found in native keychain'; exit 1; fi;;\n store) cat > {s};;\n erase) rm -f {s};;\nesac\n",
-            s = state.display()
-        );
-        let h = bin.join("docker-credential-kilntest");
-        fs::write(&h, script).unwrap();
-        fs::set_permissions(&h, fs::Permissions::from_mode(0o755)).unwrap();
-        let cfgdir = d.path().join("cfg");
-        fs::create_dir(&cfgdir).unwrap();
-        fs::write(
-            cfgdir.join("config.json"),
-            r#"{"credHelpers":{"reg.test":"kilntest"}}"#,
-        )
-        .unwrap();
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        // PATH is process-wide; this test is the only one in the crate that
-        // runs helpers, and it only prepends.
-        std::env::set_var("PATH", path);
-        assert_eq!(lookup(&cfgdir, "reg.test").unwrap(), None);
-        let c = Credentials {
-            username: "u".into(),
-            password: "p".into(),
-        };
-        save(&cfgdir, "reg.test", &c).unwrap();
-        assert_eq!(lookup(&cfgdir, "reg.test").unwrap(), Some(c));
-        let raw = fs::read_to_string(cfgdir.join("config.json")).unwrap();
-        assert!(!raw.contains("\"p\""), "{raw}");
-        assert!(erase(&cfgdir, "reg.test").unwrap());
-        assert_eq!(lookup(&cfgdir, "reg.test").unwrap(), None);
-    }
 }
