@@ -17,6 +17,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub registry: RegistryFlags,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -63,12 +66,87 @@ pub enum Command {
         #[command(subcommand)]
         command: SystemCommand,
     },
-    /// Pull an image from a registry (not built yet).
-    Pull { reference: String },
-    /// Push an image to a registry (not built yet).
-    Push { reference: String },
-    /// Log in to a registry (not built yet).
-    Login { server: Option<String> },
+    /// Pull an image from a registry.
+    Pull(PullArgs),
+    /// Push an image to a registry.
+    Push(PushArgs),
+    /// Log in to a registry (credentials go to ~/.docker/config.json or its credential helper).
+    Login(LoginArgs),
+    /// Log out from a registry.
+    Logout(LogoutArgs),
+}
+
+/// How kiln reaches registries; global, like dockerd's own settings.
+#[derive(Debug, Args)]
+pub struct RegistryFlags {
+    /// A registry (host[:port]) that may be used over plain http or with an unverified certificate (repeatable; loopback addresses may always use http).
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        env = "KILN_INSECURE_REGISTRIES",
+        value_delimiter = ',',
+        value_name = "HOST[:PORT]"
+    )]
+    pub insecure_registries: Vec<String>,
+    /// A PEM file of CA certificates trusted for registries besides the system's (repeatable).
+    #[arg(
+        long = "ca-file",
+        global = true,
+        env = "KILN_CA_FILE",
+        value_delimiter = ',',
+        value_name = "PEM"
+    )]
+    pub ca_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PushCompression {
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Platform of the image to pull from a multi-platform index (default: the host's, linux/amd64 here).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Print only the reference pulled.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// NAME[:TAG|@DIGEST]
+    pub reference: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Layer compression in the registry: gzip (every client reads it) or zstd (the store's own, no conversion).
+    #[arg(long, value_enum, default_value = "gzip")]
+    pub compression: PushCompression,
+    /// Print only the manifest digest.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// NAME[:TAG]
+    pub reference: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// The password (visible in the process list: prefer --password-stdin).
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// The registry (default: docker.io).
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// The registry (default: docker.io).
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,7 +186,7 @@ pub struct BuildArgs {
     /// Do not use the cache (results are still recorded).
     #[arg(long)]
     pub no_cache: bool,
-    /// When to pull base images (no registry client yet: `always` says so; `never`/`missing` use local images).
+    /// When to pull base images: `missing` (those not in the local store), `always` (every base, to get the tag's latest), `never`.
     #[arg(long, value_enum, default_value = "missing")]
     pub pull: PullPolicy,
     /// Network mode for RUN instructions.
@@ -129,12 +207,18 @@ pub struct BuildArgs {
     /// Output destination: type=local,dest=DIR | type=tar,dest=F | type=oci,dest=F | type=docker,dest=F.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
-    /// Export the build cache: type=local,dest=DIR[,mode=min|max].
+    /// Export the build cache: type=local,dest=DIR[,mode=min|max] | type=registry,ref=REG/REPO:TAG[,mode=min|max].
     #[arg(long = "cache-to", value_name = "SPEC")]
     pub cache_to: Option<String>,
-    /// Import a build cache first: type=local,src=DIR (repeatable).
+    /// Import a build cache first: type=local,src=DIR | type=registry,ref=REG/REPO:TAG (repeatable).
     #[arg(long = "cache-from", value_name = "SPEC")]
     pub cache_from: Vec<String>,
+    /// Push the image to its registry under every -t tag after the build.
+    #[arg(long)]
+    pub push: bool,
+    /// Layer compression for --push.
+    #[arg(long, value_enum, default_value = "gzip")]
+    pub compression: PushCompression,
     /// After the build, explain every step that was not a cache hit.
     #[arg(long)]
     pub explain: bool,

@@ -69,12 +69,22 @@ fn set_env(env: &mut Vec<String>, entry: String) {
     }
 }
 
-pub fn run(store: &Store, args: RunArgs) -> Result<ExitCode> {
-    let Some(img) = store.resolve_image(&args.image)? else {
-        return Err(run_failure(format!(
-            "kiln: Unable to find image '{}' locally (kiln has no registry client yet: build, load or import it first)",
-            args.image
-        )));
+pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -> Result<ExitCode> {
+    let img = match store.resolve_image(&args.image)? {
+        Some(img) => img,
+        None => {
+            // Like docker: an image that is not here is pulled first.
+            eprintln!("Unable to find image '{}' locally", args.image);
+            let events = crate::cmd_registry::reporter(false);
+            crate::cmd_registry::pull_into(
+                store,
+                access,
+                &args.image,
+                &kiln_store::registry::Platform::host(),
+                &events,
+            )
+            .map_err(|e| run_failure(format!("kiln: {e:#}")))?
+        }
     };
     let cfg = &img.config.config;
     // ENTRYPOINT/CMD, docker's rules: --entrypoint resets the image's CMD;

@@ -5,6 +5,7 @@ mod build;
 mod cli;
 mod cmd_containers;
 mod cmd_images;
+mod cmd_registry;
 mod context;
 mod error;
 mod fsutil;
@@ -43,20 +44,13 @@ fn open_store(cli_root: &Option<std::path::PathBuf>) -> anyhow::Result<kiln_stor
         .map_err(|e| anyhow::anyhow!("cannot open kiln root {}: {e}", root.display()))
 }
 
-fn not_built(what: &str, issue: &str) -> anyhow::Result<ExitCode> {
-    Err(Failure::new(
-        2,
-        format!("kiln: `{what}` is not built yet (tracked in the issue \"{issue}\")"),
-    )
-    .into())
-}
-
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let access = cmd_registry::Access::new(&cli.registry);
     match cli.command {
         Command::Parse(args) => cmd_parse(args),
         Command::Build(args) => {
             let store = open_store(&cli.root)?;
-            build::cmd_build(store, args)
+            build::cmd_build(store, args, access)
         }
         Command::Images(args) => cmd_images::images(&open_store(&cli.root)?, &args),
         Command::Rmi(args) => cmd_images::rmi(&open_store(&cli.root)?, &args),
@@ -70,7 +64,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import { file, reference } => {
             cmd_images::import(&open_store(&cli.root)?, &file, &reference)
         }
-        Command::Run(args) => cmd_containers::run(&open_store(&cli.root)?, args),
+        Command::Run(args) => cmd_containers::run(&open_store(&cli.root)?, &access, args),
         Command::Ps(args) => cmd_containers::ps(&open_store(&cli.root)?, &args),
         Command::Stop(args) => cmd_containers::stop(&open_store(&cli.root)?, &args),
         Command::Rm(args) => cmd_containers::rm(&open_store(&cli.root)?, &args),
@@ -100,9 +94,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 SystemCommand::Prune { all } => cmd_images::system_prune(&store, all),
             }
         }
-        Command::Pull { .. } => not_built("pull", "Registries"),
-        Command::Push { .. } => not_built("push", "Registries"),
-        Command::Login { .. } => not_built("login", "Registries"),
+        Command::Pull(args) => cmd_registry::cmd_pull(&open_store(&cli.root)?, &access, &args),
+        Command::Push(args) => cmd_registry::cmd_push(&open_store(&cli.root)?, &access, &args),
+        Command::Login(args) => cmd_registry::cmd_login(&access, &args),
+        Command::Logout(args) => cmd_registry::cmd_logout(&args),
     }
 }
 

@@ -70,7 +70,13 @@ pub struct Builder {
     pub used_args: Mutex<std::collections::BTreeSet<String>>,
     /// Every step as the cache saw it, in order per stage, for `--explain`.
     pub trace: Mutex<Vec<explain::StepTrace>>,
+    /// Registries, for bases that are not local and for `--pull=always`.
+    pub access: crate::cmd_registry::Access,
+    /// One pull per base name per build, however many stages name it.
+    pulls: Mutex<HashMap<String, PullCell>>,
 }
+
+type PullCell = Arc<std::sync::OnceLock<std::result::Result<kiln_store::ImageRecord, String>>>;
 
 fn parse_kv(s: &str, what: &str) -> Result<(String, String)> {
     match s.split_once('=') {
@@ -102,7 +108,11 @@ fn parse_secret(spec: &str) -> Result<(String, Secret)> {
     Ok((id, secret))
 }
 
-pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
+pub fn cmd_build(
+    store: Store,
+    args: cli::BuildArgs,
+    access: crate::cmd_registry::Access,
+) -> Result<ExitCode> {
     // Dockerfile and context.
     let (context_dir, dockerfile_name, src, dockerfile_path) = if args.context == "-" {
         let mut s = String::new();
@@ -138,12 +148,10 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
         (Some(dir), name, src, abs)
     };
 
-    if args.pull == PullPolicy::Always {
-        return Err(Failure::new(
-            2,
-            "kiln: --pull=always needs a registry client, which kiln does not have yet (tracked in the issue \"Registries\"); use --pull=missing with local images",
-        )
-        .into());
+    if args.push && args.tags.is_empty() {
+        return Err(
+            Failure::new(1, "kiln: --push needs at least one -t NAME:TAG to push to").into(),
+        );
     }
     let mut build_args = BuildArgs::new();
     for a in &args.build_args {
@@ -241,28 +249,30 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
     // A cache to start from: verified on import; what fails verification
     // (or a missing cache) is a warning, and those steps simply run.
     for src in &cache_from {
-        if !src.exists() {
-            progress.warn(&format!(
-                "--cache-from {}: no such cache, building without it",
-                src.display()
-            ));
-            continue;
+        if let portable::Location::Local(dir) = src {
+            if !dir.exists() {
+                progress.warn(&format!(
+                    "--cache-from {src}: no such cache, building without it"
+                ));
+                continue;
+            }
         }
-        match portable::import(&store, src) {
+        let id = progress.start(&format!("importing cache from {src}"));
+        match portable::import(&store, src, &access) {
             Ok(imp) => {
                 for w in &imp.warnings {
-                    progress.warn(&format!("--cache-from {}: {w}", src.display()));
+                    progress.warn(&format!("--cache-from {src}: {w}"));
                 }
                 progress.info(&format!(
-                    "imported {} cache records from {}",
-                    imp.records,
-                    src.display()
+                    "imported {} cache records from {src}",
+                    imp.records
                 ));
+                progress.done(id, progress.elapsed());
             }
-            Err(e) => progress.warn(&format!(
-                "--cache-from {}: {e:#}; building without it",
-                src.display()
-            )),
+            Err(e) => {
+                progress.done(id, progress.elapsed());
+                progress.warn(&format!("--cache-from {src}: {e:#}; building without it"))
+            }
         }
     }
 
@@ -293,6 +303,8 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
         dockerfile_path,
         used_args: Mutex::new(Default::default()),
         trace: Mutex::new(Vec::new()),
+        access,
+        pulls: Mutex::new(HashMap::new()),
     };
 
     let result = builder.run_all();
@@ -348,6 +360,39 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
     for out in &outputs {
         export_output(&builder.store, &image, &result.layers, out, &args.tags)?;
     }
+    if args.push {
+        let opts = kiln_store::registry::PushOptions {
+            compression: crate::cmd_registry::compression(args.compression),
+            ..Default::default()
+        };
+        for t in &args.tags {
+            let id = builder.progress.start(&format!("pushing {t}"));
+            let started = std::time::Instant::now();
+            match crate::cmd_registry::push_image(
+                &builder.store,
+                &builder.access,
+                &image,
+                t,
+                &opts,
+                true,
+            ) {
+                Ok(r) => {
+                    builder.progress.log(
+                        id,
+                        &format!(
+                            "{t}: digest: {} size: {}",
+                            r.manifest_digest, r.manifest_size
+                        ),
+                    );
+                    builder.progress.done(id, started.elapsed());
+                }
+                Err(e) => {
+                    builder.progress.error(id, &format!("{e:#}"));
+                    return Err(e.context(format!("pushing {t}")));
+                }
+            }
+        }
+    }
     if let Some(f) = &args.iidfile {
         std::fs::write(f, image.config_digest.to_string())
             .with_context(|| format!("writing --iidfile {}", f.display()))?;
@@ -381,12 +426,11 @@ pub fn cmd_build(store: Store, args: cli::BuildArgs) -> Result<ExitCode> {
             }
             keys
         };
-        let n = portable::export(&builder.store, &keys, to)
-            .with_context(|| format!("--cache-to {}", to.dest.display()))?;
-        builder.progress.info(&format!(
-            "exported {n} cache records to {}",
-            to.dest.display()
-        ));
+        let n = portable::export(&builder.store, &keys, to, &builder.access)
+            .with_context(|| format!("--cache-to {}", to.dest))?;
+        builder
+            .progress
+            .info(&format!("exported {n} cache records to {}", to.dest));
     }
     let report = builder.explain()?;
     if !report.missed.is_empty() {
@@ -640,19 +684,57 @@ impl Builder {
         self.run_stage(i)
     }
 
-    /// Resolves a base image reference in the local store.
+    /// Resolves a base image: the local store first (unless
+    /// `--pull=always`), then its registry (unless `--pull=never`). Each
+    /// name is pulled at most once per build.
     pub fn resolve_image(&self, name: &str) -> Result<kiln_store::ImageRecord> {
-        match self.store.resolve_image(name)? {
-            Some(img) => Ok(img),
-            None => {
-                let hint = match self.opts.pull {
-                    PullPolicy::Never => "--pull=never was given",
-                    _ => "kiln has no registry client yet: build it, `kiln load` it or `kiln import` it first",
-                };
-                bail!(
-                    "failed to resolve source metadata for {name}: no such image in the local store ({hint})"
-                )
+        if self.opts.pull != PullPolicy::Always {
+            if let Some(img) = self.store.resolve_image(name)? {
+                return Ok(img);
             }
+            if self.opts.pull == PullPolicy::Never {
+                bail!(
+                    "failed to resolve source metadata for {name}: no such image in the local store (--pull=never was given)"
+                );
+            }
+        }
+        let cell = self
+            .pulls
+            .lock()
+            .expect("pulls")
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let pulled = cell.get_or_init(|| {
+            let id = self.progress.start(&format!("[internal] pull {name}"));
+            let started = std::time::Instant::now();
+            let events = |e: kiln_store::registry::Event| {
+                if let kiln_store::registry::Event::BlobDone { digest, outcome } = e {
+                    self.progress
+                        .log(id, &format!("{}: {outcome}", digest.short()));
+                }
+            };
+            let r = crate::cmd_registry::pull_into(
+                &self.store,
+                &self.access,
+                name,
+                &kiln_store::registry::Platform::host(),
+                &events,
+            );
+            match &r {
+                Ok(_) => self.progress.done(id, started.elapsed()),
+                Err(e) => self.progress.error(id, &format!("{e:#}")),
+            }
+            r.map_err(|e| format!("{e:#}"))
+        });
+        match pulled {
+            Ok(img) => Ok(img.clone()),
+            Err(e) if self.opts.pull == PullPolicy::Always => {
+                bail!("failed to resolve source metadata for {name}: {e}")
+            }
+            Err(e) => bail!(
+                "failed to resolve source metadata for {name}: not in the local store, and pulling it failed: {e}"
+            ),
         }
     }
 

@@ -1,7 +1,8 @@
 //! A portable build cache for CI: `--cache-to type=local,dest=DIR` writes
 //! the cache records of a build and every layer they name as an OCI image
-//! layout (an artifact whose config is the records); `--cache-from
-//! type=local,src=DIR` imports them on another machine. Everything is
+//! layout (an artifact whose config is the records); `--cache-to
+//! type=registry,ref=REG/REPO:TAG` pushes the same artifact to a registry.
+//! `--cache-from` imports either on another machine. Everything is
 //! verified by digest on import: a tampered or truncated cache gives a
 //! warning and a rebuild of what it cannot vouch for, never a wrong image.
 //! Exporting the same state twice writes the same bytes.
@@ -22,9 +23,27 @@ const CONFIG_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
 /// Largest index, manifest or records document accepted on import.
 const MAX_DOC: u64 = 256 << 20;
 
+/// Where a portable cache lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Location {
+    /// An OCI image layout directory.
+    Local(PathBuf),
+    /// A reference in a registry (`localhost:5000/app:buildcache`).
+    Registry(String),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::Registry(r) => f.write_str(r),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheTo {
-    pub dest: PathBuf,
+    pub dest: Location,
     /// `mode=max`: every step of the build; `min`: the target's chain.
     pub max: bool,
 }
@@ -38,46 +57,67 @@ fn fields(spec: &str, flag: &str) -> Result<BTreeMap<String, String>> {
         m.insert(k.to_string(), v.to_string());
     }
     match m.get("type").map(String::as_str) {
-        Some("local") => Ok(m),
-        Some("registry") => {
-            bail!("{flag} type=registry needs a registry client, which kiln does not have yet")
-        }
-        Some(other) => bail!("{flag}: unsupported type {other:?} (kiln knows type=local)"),
-        None => bail!("{flag} {spec:?}: type= is required (type=local)"),
+        Some("local") | Some("registry") => Ok(m),
+        Some(other) => bail!("{flag}: unsupported type {other:?} (kiln knows local and registry)"),
+        None => bail!("{flag} {spec:?}: type= is required (type=local or type=registry)"),
+    }
+}
+
+/// `dest=`/`src=` for type=local, `ref=` for type=registry.
+fn location(
+    m: &BTreeMap<String, String>,
+    spec: &str,
+    flag: &str,
+    dir_key: &str,
+) -> Result<Location> {
+    if m.get("type").map(String::as_str) == Some("registry") {
+        let r = m
+            .get("ref")
+            .ok_or_else(|| anyhow!("{flag} {spec:?}: ref=REGISTRY/REPO:TAG is required"))?;
+        kiln_store::reference::parse(r).map_err(|e| anyhow!("{flag} ref={r}: {e}"))?;
+        Ok(Location::Registry(r.clone()))
+    } else {
+        m.get(dir_key)
+            .map(|d| Location::Local(PathBuf::from(d)))
+            .ok_or_else(|| anyhow!("{flag} {spec:?}: {dir_key}=DIR is required"))
     }
 }
 
 pub fn parse_cache_to(spec: &str) -> Result<CacheTo> {
     let m = fields(spec, "--cache-to")?;
-    let dest = m
-        .get("dest")
-        .ok_or_else(|| anyhow!("--cache-to {spec:?}: dest=DIR is required"))?;
+    let dest = location(&m, spec, "--cache-to", "dest")?;
     let max = match m.get("mode").map(String::as_str) {
         None | Some("min") => false,
         Some("max") => true,
         Some(other) => bail!("--cache-to mode={other}: expected min or max"),
     };
+    let place = if matches!(dest, Location::Local(_)) {
+        "dest"
+    } else {
+        "ref"
+    };
     for k in m.keys() {
-        if !matches!(k.as_str(), "type" | "dest" | "mode") {
-            bail!("--cache-to: unknown field {k:?} (type, dest, mode)");
+        if !matches!(k.as_str(), "type" | "mode") && k != place {
+            bail!("--cache-to: unknown field {k:?} (type, {place}, mode)");
         }
     }
-    Ok(CacheTo {
-        dest: PathBuf::from(dest),
-        max,
-    })
+    Ok(CacheTo { dest, max })
 }
 
-pub fn parse_cache_from(spec: &str) -> Result<PathBuf> {
+pub fn parse_cache_from(spec: &str) -> Result<Location> {
     let m = fields(spec, "--cache-from")?;
+    let src = location(&m, spec, "--cache-from", "src")?;
+    let place = if matches!(src, Location::Local(_)) {
+        "src"
+    } else {
+        "ref"
+    };
     for k in m.keys() {
-        if !matches!(k.as_str(), "type" | "src") {
-            bail!("--cache-from: unknown field {k:?} (type, src)");
+        if k != "type" && k != place {
+            bail!("--cache-from: unknown field {k:?} (type, {place})");
         }
     }
-    m.get("src")
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow!("--cache-from {spec:?}: src=DIR is required"))
+    Ok(src)
 }
 
 fn record_json(r: &CacheRecord) -> Value {
@@ -114,10 +154,17 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> Result<(Digest, u64)> {
     Ok((d, bytes.len() as u64))
 }
 
-/// Writes `keys`' records and their layers to `to.dest`, replacing what
-/// was there (built beside it and renamed, so a failed export leaves the
-/// old cache whole).
-pub fn export(store: &Store, keys: &[String], to: &CacheTo) -> Result<usize> {
+/// The cache as an OCI artifact: its records document (the config), its
+/// manifest and the layers the manifest lists, all canonical so the same
+/// records give the same bytes.
+struct Artifact {
+    records: usize,
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+    layers: Vec<LayerInfo>,
+}
+
+fn artifact(store: &Store, keys: &[String]) -> Result<Artifact> {
     let mut records = Vec::new();
     let mut seen = BTreeSet::new();
     for k in keys {
@@ -135,8 +182,80 @@ pub fn export(store: &Store, keys: &[String], to: &CacheTo) -> Result<usize> {
             layers.insert(l.digest.to_string(), l);
         }
     }
-    let parent = to
-        .dest
+    let layers: Vec<LayerInfo> = layers.into_values().collect();
+    let config = json!({
+        "kiln": "cache-v1",
+        "records": records.iter().map(record_json).collect::<Vec<_>>(),
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "artifactType": ARTIFACT_TYPE,
+        "config": {
+            "mediaType": CONFIG_TYPE,
+            "digest": kiln_store::sha256_digest(&config).to_string(),
+            "size": config.len(),
+        },
+        "layers": layers.iter().map(|l| json!({
+            "mediaType": l.media_type,
+            "digest": l.digest.to_string(),
+            "size": l.size,
+        })).collect::<Vec<_>>(),
+    })
+    .to_string()
+    .into_bytes();
+    Ok(Artifact {
+        records: records.len(),
+        config,
+        manifest,
+        layers,
+    })
+}
+
+/// Writes `keys`' records and their layers to `to.dest`, replacing what
+/// was there (a local layout is built beside it and renamed, so a failed
+/// export leaves the old cache whole; in a registry the manifest is put
+/// last, after every blob it names).
+pub fn export(
+    store: &Store,
+    keys: &[String],
+    to: &CacheTo,
+    access: &crate::cmd_registry::Access,
+) -> Result<usize> {
+    let a = artifact(store, keys)?;
+    match &to.dest {
+        Location::Local(dir) => write_layout(store, &a, dir)?,
+        Location::Registry(r) => push_artifact(store, &a, r, access)?,
+    }
+    Ok(a.records)
+}
+
+fn push_artifact(
+    store: &Store,
+    a: &Artifact,
+    target: &str,
+    access: &crate::cmd_registry::Access,
+) -> Result<()> {
+    let r = kiln_store::reference::parse(target)?;
+    let client = access.client()?;
+    for l in &a.layers {
+        client.put_store_blob(store, &r, &l.digest)?;
+    }
+    let config = a.config.clone();
+    client.put_blob(
+        &r,
+        &kiln_store::sha256_digest(&a.config),
+        a.config.len() as u64,
+        &move || Ok(Box::new(std::io::Cursor::new(config.clone())) as Box<dyn Read + Send>),
+    )?;
+    client.put_manifest(&r, MANIFEST_TYPE, &a.manifest)?;
+    Ok(())
+}
+
+fn write_layout(store: &Store, a: &Artifact, dest: &Path) -> Result<()> {
+    let parent = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
@@ -144,12 +263,11 @@ pub fn export(store: &Store, keys: &[String], to: &CacheTo) -> Result<usize> {
     let tmp = tempfile::Builder::new()
         .prefix(".kiln-cache-")
         .tempdir_in(parent)
-        .with_context(|| format!("--cache-to: cannot write beside {}", to.dest.display()))?;
+        .with_context(|| format!("--cache-to: cannot write beside {}", dest.display()))?;
     let t = tmp.path();
     fs::create_dir_all(t.join("blobs/sha256"))?;
     fs::write(t.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    let mut descriptors = Vec::new();
-    for l in layers.values() {
+    for l in &a.layers {
         let dst = t.join("blobs/sha256").join(l.digest.hex());
         let src = store.root().join("blobs/sha256").join(l.digest.hex());
         if fs::hard_link(&src, &dst).is_err() {
@@ -157,25 +275,9 @@ pub fn export(store: &Store, keys: &[String], to: &CacheTo) -> Result<usize> {
             let mut to_f = fs::File::create(&dst)?;
             std::io::copy(&mut from, &mut to_f)?;
         }
-        descriptors.push(json!({
-            "mediaType": l.media_type,
-            "digest": l.digest.to_string(),
-            "size": l.size,
-        }));
     }
-    let config = json!({
-        "kiln": "cache-v1",
-        "records": records.iter().map(record_json).collect::<Vec<_>>(),
-    });
-    let (cd, cs) = write_blob(t, config.to_string().as_bytes())?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_TYPE,
-        "artifactType": ARTIFACT_TYPE,
-        "config": {"mediaType": CONFIG_TYPE, "digest": cd.to_string(), "size": cs},
-        "layers": descriptors,
-    });
-    let (md, ms) = write_blob(t, manifest.to_string().as_bytes())?;
+    write_blob(t, &a.config)?;
+    let (md, ms) = write_blob(t, &a.manifest)?;
     let index = json!({
         "schemaVersion": 2,
         "mediaType": INDEX_TYPE,
@@ -188,15 +290,15 @@ pub fn export(store: &Store, keys: &[String], to: &CacheTo) -> Result<usize> {
         }],
     });
     fs::write(t.join("index.json"), index.to_string())?;
-    if to.dest.exists() {
+    if dest.exists() {
         let old = parent.join(format!(".kiln-cache-old-{}", std::process::id()));
-        fs::rename(&to.dest, &old)?;
-        fs::rename(tmp.keep(), &to.dest)?;
+        fs::rename(dest, &old)?;
+        fs::rename(tmp.keep(), dest)?;
         let _ = fs::remove_dir_all(old);
     } else {
-        fs::rename(tmp.keep(), &to.dest)?;
+        fs::rename(tmp.keep(), dest)?;
     }
-    Ok(records.len())
+    Ok(())
 }
 
 /// Reads a small document of the layout, checking size and digest.
@@ -236,38 +338,106 @@ pub struct Imported {
     pub warnings: Vec<String>,
 }
 
+/// Where an import reads from.
+enum Source<'a> {
+    Dir(&'a Path),
+    Registry {
+        reference: kiln_store::Reference,
+        client: std::sync::Arc<kiln_store::registry::Client>,
+    },
+}
+
+impl Source<'_> {
+    /// The cache manifest's bytes.
+    fn manifest(&self) -> Result<Vec<u8>> {
+        match self {
+            Source::Dir(src) => {
+                let p = src.join("index.json");
+                let meta = fs::metadata(&p).with_context(|| {
+                    format!("{} is not a kiln cache (no index.json)", src.display())
+                })?;
+                if meta.len() > MAX_DOC {
+                    bail!("{} is too large", p.display());
+                }
+                let index: Value = serde_json::from_slice(&fs::read(&p)?)
+                    .with_context(|| format!("{} is not JSON", p.display()))?;
+                let m = index
+                    .get("manifests")
+                    .and_then(Value::as_array)
+                    .and_then(|a| {
+                        a.iter().find(|m| {
+                            m.get("artifactType").and_then(Value::as_str) == Some(ARTIFACT_TYPE)
+                        })
+                    })
+                    .ok_or_else(|| anyhow!("{} holds no kiln cache manifest", src.display()))?;
+                let (md, ms) = descriptor(m)?;
+                read_verified(src, &md, ms)
+            }
+            Source::Registry { reference, client } => {
+                let (bytes, media_type, _) = client.get_manifest(reference, &[MANIFEST_TYPE])?;
+                if media_type != MANIFEST_TYPE {
+                    bail!("{reference} is a {media_type}, not a kiln cache manifest");
+                }
+                Ok(bytes)
+            }
+        }
+    }
+
+    /// A small document (the records), verified.
+    fn doc(&self, store: &Store, d: &Digest, size: u64) -> Result<Vec<u8>> {
+        match self {
+            Source::Dir(src) => read_verified(src, d, size),
+            Source::Registry { reference, client } => {
+                if size > MAX_DOC {
+                    bail!("{d} is {size} bytes, over the {MAX_DOC}-byte limit");
+                }
+                client.fetch_blob(store, reference, d, size, MAX_DOC)?;
+                Ok(store.read_blob(d)?)
+            }
+        }
+    }
+
+    /// A layer into the store, verified before it is committed there.
+    fn layer(&self, store: &Store, d: &Digest, size: u64) -> Result<()> {
+        match self {
+            Source::Dir(src) => {
+                let p = src.join("blobs/sha256").join(d.hex());
+                let mut f = fs::File::open(&p).with_context(|| format!("{d} is missing"))?;
+                store.write_blob(&mut f, Some(d), Some(size))?;
+            }
+            Source::Registry { reference, client } => {
+                client.fetch_blob(store, reference, d, size, size)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Imports the records of a cache written by `export`. Layers are stored
 /// only after their digest checked out; a record is imported only if every
 /// layer it names is stored. What cannot be trusted is reported and left
 /// out: the build then runs those steps.
-pub fn import(store: &Store, src: &Path) -> Result<Imported> {
-    let mut warnings = Vec::new();
-    let index: Value = {
-        let p = src.join("index.json");
-        let meta = fs::metadata(&p)
-            .with_context(|| format!("{} is not a kiln cache (no index.json)", src.display()))?;
-        if meta.len() > MAX_DOC {
-            bail!("{} is too large", p.display());
-        }
-        serde_json::from_slice(&fs::read(&p)?)
-            .with_context(|| format!("{} is not JSON", p.display()))?
+pub fn import(
+    store: &Store,
+    src: &Location,
+    access: &crate::cmd_registry::Access,
+) -> Result<Imported> {
+    let source = match src {
+        Location::Local(dir) => Source::Dir(dir),
+        Location::Registry(r) => Source::Registry {
+            reference: kiln_store::reference::parse(r)?,
+            client: access.client()?,
+        },
     };
-    let m = index
-        .get("manifests")
-        .and_then(Value::as_array)
-        .and_then(|a| {
-            a.iter()
-                .find(|m| m.get("artifactType").and_then(Value::as_str) == Some(ARTIFACT_TYPE))
-        })
-        .ok_or_else(|| anyhow!("{} holds no kiln cache manifest", src.display()))?;
-    let (md, ms) = descriptor(m)?;
-    let manifest: Value = serde_json::from_slice(&read_verified(src, &md, ms)?)?;
+    let mut warnings = Vec::new();
+    let manifest: Value =
+        serde_json::from_slice(&source.manifest()?).context("the cache manifest is not JSON")?;
     let (cd, cs) = descriptor(
         manifest
             .get("config")
             .ok_or_else(|| anyhow!("the cache manifest has no config"))?,
     )?;
-    let config: Value = serde_json::from_slice(&read_verified(src, &cd, cs)?)?;
+    let config: Value = serde_json::from_slice(&source.doc(store, &cd, cs)?)?;
     let mut good: BTreeSet<String> = BTreeSet::new();
     for l in manifest
         .get("layers")
@@ -283,11 +453,7 @@ pub fn import(store: &Store, src: &Path) -> Result<Imported> {
             good.insert(d.to_string());
             continue;
         }
-        let p = src.join("blobs/sha256").join(d.hex());
-        let stored = fs::File::open(&p)
-            .map_err(anyhow::Error::from)
-            .and_then(|mut f| Ok(store.write_blob(&mut f, Some(&d), Some(size))?));
-        match stored {
+        match source.layer(store, &d, size) {
             Ok(_) => {
                 good.insert(d.to_string());
             }
@@ -364,20 +530,31 @@ mod tests {
         assert_eq!(
             parse_cache_to("type=local,dest=/c,mode=max").unwrap(),
             CacheTo {
-                dest: "/c".into(),
+                dest: Location::Local("/c".into()),
                 max: true
             }
         );
         assert!(!parse_cache_to("type=local,dest=/c").unwrap().max);
         assert!(parse_cache_to("type=local").is_err());
-        assert!(parse_cache_to("type=registry,ref=x")
-            .unwrap_err()
-            .to_string()
-            .contains("registry"));
+        assert_eq!(
+            parse_cache_to("type=registry,ref=localhost:5000/app:cache,mode=max").unwrap(),
+            CacheTo {
+                dest: Location::Registry("localhost:5000/app:cache".into()),
+                max: true
+            }
+        );
+        assert!(parse_cache_to("type=registry,dest=/c").is_err());
+        assert!(parse_cache_to("type=registry,ref=Bad/Name").is_err());
+        assert!(parse_cache_to("type=s3,ref=x").is_err());
         assert_eq!(
             parse_cache_from("type=local,src=/c").unwrap(),
-            PathBuf::from("/c")
+            Location::Local("/c".into())
+        );
+        assert_eq!(
+            parse_cache_from("type=registry,ref=localhost:5000/app:cache").unwrap(),
+            Location::Registry("localhost:5000/app:cache".into())
         );
         assert!(parse_cache_from("type=local,dest=/c").is_err());
+        assert!(parse_cache_from("type=registry,src=/c").is_err());
     }
 }

@@ -189,3 +189,74 @@ pub fn step_outcomes(stderr: &str) -> Vec<(String, String)> {
     }
     out
 }
+
+/// A throwaway CNCF distribution registry on 127.0.0.1 (Debian's
+/// `docker-registry`, started by fixtures/registry/start-registry.sh),
+/// stopped when dropped.
+pub struct Registry {
+    pub dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    pid: i32,
+}
+
+impl Registry {
+    /// `None` (after saying why, or failing in CI) when the registry
+    /// cannot run here.
+    pub fn start(tls_auth: bool) -> Option<Registry> {
+        if !require(
+            Path::new("/usr/bin/docker-registry").exists(),
+            "Debian's docker-registry is not installed (scripts/deps.sh installs it)",
+        ) {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-registry-")
+            .tempdir()
+            .expect("temp dir");
+        let mut c = Command::new(repo_root().join("fixtures/registry/start-registry.sh"));
+        c.arg(dir.path());
+        if tls_auth {
+            c.arg("--tls-auth");
+        }
+        let out = c.output().expect("run start-registry.sh");
+        assert!(
+            out.status.success(),
+            "start-registry.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.path().join(f))
+                .expect("registry file")
+                .trim()
+                .to_string()
+        };
+        let addr = read("addr");
+        let pid = read("pid").parse().expect("pid");
+        Some(Registry { dir, addr, pid })
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    pub fn username(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("username"))
+            .expect("username")
+            .trim()
+            .to_string()
+    }
+
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("password"))
+            .expect("password")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+    }
+}

@@ -1,0 +1,319 @@
+//! `kiln pull`, `kiln push`, `kiln login`, `kiln logout`, and the registry
+//! access the build shares (FROM of an image that is not local, `--push`,
+//! the registry-backed cache). The protocol itself lives in
+//! `kiln_store::registry`; this module is the command line around it.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{anyhow, Context as _, Result};
+use kiln_store::reference::{self, Reference};
+use kiln_store::registry::{
+    credentials::{self, Credentials},
+    BlobOutcome, Client, Compression, Event, Platform, PushOptions, PushReport, RegistryConfig,
+};
+use kiln_store::{ImageRecord, Store};
+
+use crate::cli::{LoginArgs, LogoutArgs, PullArgs, PushArgs, RegistryFlags};
+use crate::error::Failure;
+
+/// The registry client of one kiln invocation, made on first use only: a
+/// build that never leaves the local store does not pay for loading the
+/// system's CA roots.
+pub struct Access {
+    config: RegistryConfig,
+    client: OnceLock<std::result::Result<Arc<Client>, String>>,
+}
+
+impl Access {
+    pub fn new(flags: &RegistryFlags) -> Access {
+        let config = RegistryConfig {
+            insecure: flags.insecure_registries.clone(),
+            ca_files: flags.ca_files.clone(),
+            ..RegistryConfig::default()
+        };
+        Access {
+            config,
+            client: OnceLock::new(),
+        }
+    }
+
+    pub fn client(&self) -> Result<Arc<Client>> {
+        self.client
+            .get_or_init(|| {
+                Client::new(self.config.clone())
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|e| anyhow!("cannot set up the registry client: {e}"))
+    }
+}
+
+/// Where progress lines go: stderr, one line per blob, or nowhere.
+pub fn reporter(quiet: bool) -> impl Fn(Event) + Sync {
+    let out = Mutex::new(());
+    move |e: Event| {
+        if quiet {
+            return;
+        }
+        let line = match e {
+            Event::Resolved { reference, digest } => format!("{reference}: resolved to {digest}"),
+            Event::BlobStart { digest, size } => {
+                format!("{}: {} ...", digest.short(), human(size))
+            }
+            Event::BlobProgress { .. } => return,
+            Event::BlobDone { digest, outcome } => format!("{}: {outcome}", digest.short()),
+        };
+        let _g = out.lock();
+        eprintln!("{line}");
+    }
+}
+
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < UNITS.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+fn parse_ref(s: &str) -> Result<Reference> {
+    reference::parse(s).map_err(|e| Failure::new(1, format!("kiln: {s}: {e}")).into())
+}
+
+/// Pulls `name` into the store and tags it as pulled (`name:tag`; a
+/// reference by digest alone is not tagged, like docker). Returns the image.
+pub fn pull_into(
+    store: &Store,
+    access: &Access,
+    name: &str,
+    platform: &Platform,
+    events: &(dyn Fn(Event) + Sync),
+) -> Result<ImageRecord> {
+    let r = parse_ref(name)?;
+    let client = access.client()?;
+    let img = client.pull(store, &r, platform, events)?;
+    if let Some(tag) = r.tag() {
+        store.tag(&format!("{}:{tag}", r.repository()), &img.manifest_digest)?;
+    }
+    Ok(img)
+}
+
+pub fn cmd_pull(store: &Store, access: &Access, args: &PullArgs) -> Result<ExitCode> {
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p).map_err(|e| anyhow!("--platform {p}: {e}"))?,
+        None => Platform::host(),
+    };
+    let r = parse_ref(&args.reference)?;
+    let events = reporter(args.quiet);
+    if !args.quiet {
+        eprintln!(
+            "Pulling {} ({platform_s})",
+            r.full(),
+            platform_s = platform_str(&platform)
+        );
+    }
+    let img = pull_into(store, access, &args.reference, &platform, &events)?;
+    if !args.quiet {
+        eprintln!("Digest: {}", img.manifest_digest);
+        eprintln!("Image ID: {}", img.config_digest);
+    }
+    println!("{}", r.full());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn platform_str(p: &Platform) -> String {
+    match &p.variant {
+        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+        None => format!("{}/{}", p.os, p.architecture),
+    }
+}
+
+/// Pushes a local image under `target` and prints docker's summary line.
+pub fn push_image(
+    store: &Store,
+    access: &Access,
+    image: &ImageRecord,
+    target: &str,
+    opts: &PushOptions,
+    quiet: bool,
+) -> Result<PushReport> {
+    let r = parse_ref(target)?;
+    if r.digest().is_some() {
+        return Err(Failure::new(
+            1,
+            format!("kiln: cannot push to {target}: push to a tag, not a digest"),
+        )
+        .into());
+    }
+    let client = access.client()?;
+    if !quiet {
+        eprintln!(
+            "The push refers to repository [{}/{}]",
+            r.domain(),
+            r.path()
+        );
+    }
+    let events = reporter(quiet);
+    let report = client.push(store, image, &r, opts, &events)?;
+    if !quiet {
+        let mut counts = [0usize; 3];
+        for (_, b) in &report.blobs {
+            counts[match b {
+                BlobOutcome::Uploaded => 0,
+                BlobOutcome::Mounted => 1,
+                BlobOutcome::Existing => 2,
+            }] += 1;
+        }
+        eprintln!(
+            "{}: digest: {} size: {} ({} uploaded, {} mounted, {} already there; {} sent)",
+            r.tag().unwrap_or("latest"),
+            report.manifest_digest,
+            report.manifest_size,
+            counts[0],
+            counts[1],
+            counts[2],
+            human(report.bytes_uploaded),
+        );
+    }
+    Ok(report)
+}
+
+pub fn cmd_push(store: &Store, access: &Access, args: &PushArgs) -> Result<ExitCode> {
+    let Some(img) = store.resolve_image(&args.reference)? else {
+        return Err(Failure::new(
+            1,
+            format!(
+                "kiln: An image does not exist locally with the tag: {}",
+                args.reference
+            ),
+        )
+        .into());
+    };
+    let opts = PushOptions {
+        compression: compression(args.compression),
+        ..PushOptions::default()
+    };
+    let report = push_image(store, access, &img, &args.reference, &opts, args.quiet)?;
+    println!("{}", report.manifest_digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn compression(c: crate::cli::PushCompression) -> Compression {
+    match c {
+        crate::cli::PushCompression::Gzip => Compression::Gzip,
+        crate::cli::PushCompression::Zstd => Compression::Zstd,
+    }
+}
+
+/// The registry a `login`/`logout` argument names, as credentials are
+/// keyed: `docker.io` when none is given.
+fn server_of(server: Option<&str>) -> String {
+    let s = server.unwrap_or(reference::DEFAULT_DOMAIN);
+    let s = s
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    // `https://index.docker.io/v1/` and friends are Docker Hub.
+    let host = s.split('/').next().unwrap_or(s);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" => {
+            reference::DEFAULT_DOMAIN.to_string()
+        }
+        h => h.to_string(),
+    }
+}
+
+pub fn cmd_login(access: &Access, args: &LoginArgs) -> Result<ExitCode> {
+    let server = server_of(args.server.as_deref());
+    let username = match &args.username {
+        Some(u) => u.clone(),
+        None => {
+            if !std::io::stdin().is_terminal() {
+                return Err(Failure::new(
+                    1,
+                    "kiln: login: --username is required when stdin is not a terminal",
+                )
+                .into());
+            }
+            eprint!("Username: ");
+            std::io::stderr().flush().ok();
+            let mut u = String::new();
+            std::io::stdin().lock().read_line(&mut u)?;
+            u.trim().to_string()
+        }
+    };
+    let password = if args.password_stdin {
+        let mut p = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut p)
+            .context("reading the password from stdin")?;
+        p.trim_end_matches(['\n', '\r']).to_string()
+    } else if let Some(p) = &args.password {
+        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+        p.clone()
+    } else if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("Password: ").context("reading the password")?
+    } else {
+        return Err(Failure::new(
+            1,
+            "kiln: login: give the password with --password-stdin (or --password)",
+        )
+        .into());
+    };
+    if username.is_empty() || password.is_empty() {
+        return Err(Failure::new(1, "kiln: login: username and password must not be empty").into());
+    }
+    let creds = Credentials { username, password };
+    let client = access.client()?;
+    client
+        .check_login(&server, &creds)
+        .map_err(|e| Failure::new(1, format!("kiln: login to {server} failed: {e}")))?;
+    let dir = credentials::config_dir(None);
+    credentials::save(&dir, &server, &creds)?;
+    eprintln!(
+        "Login Succeeded (credentials for {server} stored in {})",
+        dir.join("config.json").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cmd_logout(args: &LogoutArgs) -> Result<ExitCode> {
+    let server = server_of(args.server.as_deref());
+    let dir = credentials::config_dir(None);
+    if credentials::erase(&dir, &server)? {
+        eprintln!("Removing login credentials for {server}");
+    } else {
+        eprintln!("Not logged in to {server}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_servers_are_keyed_like_docker() {
+        assert_eq!(server_of(None), "docker.io");
+        assert_eq!(server_of(Some("https://index.docker.io/v1/")), "docker.io");
+        assert_eq!(server_of(Some("localhost:5000")), "localhost:5000");
+        assert_eq!(server_of(Some("https://ghcr.io")), "ghcr.io");
+    }
+
+    #[test]
+    fn sizes_read_like_docker() {
+        assert_eq!(human(999), "999 B");
+        assert_eq!(human(1_500_000), "1.5 MB");
+    }
+}
