@@ -237,9 +237,15 @@ impl Store {
                     append(b, &format!("blobs/sha256/{}", d.hex()), size, &mut f)?;
                 }
             }
-            let manifest_size = fs::metadata(self.blob_path(&rec.manifest_digest))
-                .map_err(|e| StoreError::io(self.blob_path(&rec.manifest_digest), e))?
-                .len();
+            // A pulled image keeps its registry's manifest bytes, which may
+            // be Docker schema2: the descriptor says what the blob is.
+            let manifest_bytes = self.read_blob(&rec.manifest_digest)?;
+            let manifest_size = manifest_bytes.len() as u64;
+            let manifest_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)
+                .ok()
+                .and_then(|v| v.get("mediaType")?.as_str().map(String::from))
+                .filter(|t| t == image::MEDIA_TYPE_DOCKER_MANIFEST)
+                .unwrap_or_else(|| image::MEDIA_TYPE_MANIFEST.to_string());
             let mut annotations = BTreeMap::new();
             if let Some(t) = tag {
                 if let Ok(r) = reference::parse(t) {
@@ -251,7 +257,7 @@ impl Store {
                 }
             }
             index.manifests.push(Descriptor {
-                media_type: image::MEDIA_TYPE_MANIFEST.into(),
+                media_type: manifest_type,
                 digest: rec.manifest_digest.clone(),
                 size: manifest_size,
                 annotations,

@@ -320,6 +320,25 @@ fn pulls_the_host_platform_from_an_index() {
         std::fs::read(snap.join("hello.txt")).unwrap(),
         b"hello from the fake registry\n"
     );
+    // Saved as an OCI layout, the Docker schema2 manifest is described as
+    // what it is, not relabelled OCI.
+    let mut tar_bytes = Vec::new();
+    s.save(
+        &[rec.config_digest.to_string()],
+        kiln_store::ArchiveFormat::Oci,
+        &mut tar_bytes,
+    )
+    .unwrap();
+    let mut ar = tar::Archive::new(&tar_bytes[..]);
+    let index: serde_json::Value = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().to_str() == Some("index.json"))
+        .map(|e| serde_json::from_reader(e).unwrap())
+        .expect("index.json in the layout");
+    assert_eq!(index["manifests"][0]["mediaType"], MT_MANIFEST);
+    assert_eq!(index["manifests"][0]["digest"], img.manifest_digest.as_str());
     // Another platform: not in the index.
     let (_e, e) = store();
     let docker = tempfile::tempdir().unwrap();
