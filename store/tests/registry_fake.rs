@@ -338,7 +338,10 @@ fn pulls_the_host_platform_from_an_index() {
         .map(|e| serde_json::from_reader(e).unwrap())
         .expect("index.json in the layout");
     assert_eq!(index["manifests"][0]["mediaType"], MT_MANIFEST);
-    assert_eq!(index["manifests"][0]["digest"], img.manifest_digest.as_str());
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        img.manifest_digest.as_str()
+    );
     // Another platform: not in the index.
     let (_e, e) = store();
     let docker = tempfile::tempdir().unwrap();
