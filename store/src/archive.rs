@@ -3,7 +3,7 @@
 //! newer OCI-based one).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -448,25 +448,14 @@ impl Store {
             let m: Manifest = serde_json::from_slice(&mbytes)?;
             let cfg_bytes = self.read_blob(&m.config.digest)?;
             let config: ImageConfig = serde_json::from_slice(&cfg_bytes)?;
-            if config.rootfs.diff_ids.len() != m.layers.len() {
-                return Err(StoreError::InvalidArchive(format!(
+            let layers = m.layer_infos(&config).ok_or_else(|| {
+                StoreError::InvalidArchive(format!(
                     "manifest {}: {} diff_ids for {} layers",
                     desc.digest,
                     config.rootfs.diff_ids.len(),
                     m.layers.len()
-                )));
-            }
-            let layers: Vec<LayerInfo> = m
-                .layers
-                .iter()
-                .zip(&config.rootfs.diff_ids)
-                .map(|(l, diff)| LayerInfo {
-                    digest: l.digest.clone(),
-                    diff_id: diff.clone(),
-                    size: l.size,
-                    media_type: l.media_type.clone(),
-                })
-                .collect();
+                ))
+            })?;
             for l in &layers {
                 if !self.has_blob(&l.digest) {
                     return Err(StoreError::BlobNotFound(l.digest.clone()));

@@ -917,22 +917,12 @@ impl Store {
             let Ok(cfg) = serde_json::from_slice::<ImageConfig>(&cfg_bytes) else {
                 continue;
             };
-            if cfg.rootfs.diff_ids.len() != m.layers.len()
-                || m.layers.iter().any(|l| !self.has_blob(&l.digest))
-            {
+            let Some(layers) = m.layer_infos(&cfg) else {
+                continue;
+            };
+            if layers.iter().any(|l| !self.has_blob(&l.digest)) {
                 continue;
             }
-            let layers: Vec<LayerInfo> = m
-                .layers
-                .iter()
-                .zip(&cfg.rootfs.diff_ids)
-                .map(|(l, diff)| LayerInfo {
-                    digest: l.digest.clone(),
-                    diff_id: diff.clone(),
-                    size: l.size,
-                    media_type: l.media_type.clone(),
-                })
-                .collect();
             for l in &layers {
                 self.record_layer(l, None)?;
             }

@@ -187,6 +187,55 @@ pub struct Manifest {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl Manifest {
+    /// The OCI image manifest of a config blob and its layers, as kiln
+    /// writes it (canonical JSON of this is the manifest blob).
+    pub fn oci(config_digest: &Digest, config_size: u64, layers: &[crate::LayerInfo]) -> Manifest {
+        Manifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+            config: Descriptor {
+                media_type: MEDIA_TYPE_CONFIG.into(),
+                digest: config_digest.clone(),
+                size: config_size,
+                annotations: BTreeMap::new(),
+                platform: None,
+            },
+            layers: layers
+                .iter()
+                .map(|l| Descriptor {
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    annotations: BTreeMap::new(),
+                    platform: None,
+                })
+                .collect(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// The layers this manifest names, each with its diffID from the
+    /// config; `None` when the config lists a different number of layers.
+    pub fn layer_infos(&self, config: &ImageConfig) -> Option<Vec<crate::LayerInfo>> {
+        if config.rootfs.diff_ids.len() != self.layers.len() {
+            return None;
+        }
+        Some(
+            self.layers
+                .iter()
+                .zip(&config.rootfs.diff_ids)
+                .map(|(l, diff)| crate::LayerInfo {
+                    digest: l.digest.clone(),
+                    diff_id: diff.clone(),
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                })
+                .collect(),
+        )
+    }
+}
+
 /// An OCI image index (`index.json` of an image layout).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

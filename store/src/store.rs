@@ -1,7 +1,7 @@
 //! The [`Store`]: blobs, layers, snapshots, images, refs, build cache and the
 //! context stat cache under one root, shared safely by several processes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::db;
 use crate::digest::{sha256_digest, Digest, HashingReader, HashingWriter};
 use crate::error::{Result, StoreError};
-use crate::image::{self, canonical_json, Descriptor, ImageConfig, Manifest};
+use crate::image::{self, canonical_json, ImageConfig, Manifest};
 use crate::layer::{self, LayerOptions, Limits, WhiteoutMode};
 use crate::owner::{self, Owner};
 use crate::reference;
@@ -581,28 +581,7 @@ impl Store {
             }
         }
         let config_digest = self.write_blob_bytes_typed(config_bytes, image::MEDIA_TYPE_CONFIG)?;
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(image::MEDIA_TYPE_MANIFEST.into()),
-            config: Descriptor {
-                media_type: image::MEDIA_TYPE_CONFIG.into(),
-                digest: config_digest.clone(),
-                size: config_bytes.len() as u64,
-                annotations: BTreeMap::new(),
-                platform: None,
-            },
-            layers: layers
-                .iter()
-                .map(|l| Descriptor {
-                    media_type: l.media_type.clone(),
-                    digest: l.digest.clone(),
-                    size: l.size,
-                    annotations: BTreeMap::new(),
-                    platform: None,
-                })
-                .collect(),
-            annotations: BTreeMap::new(),
-        };
+        let manifest = Manifest::oci(&config_digest, config_bytes.len() as u64, layers);
         let manifest_bytes = canonical_json(&manifest)?;
         let manifest_digest =
             self.write_blob_bytes_typed(&manifest_bytes, image::MEDIA_TYPE_MANIFEST)?;

@@ -35,7 +35,7 @@ use crate::error::StoreError;
 use crate::image::{self, ImageConfig, Manifest};
 use crate::layer;
 use crate::reference::Reference;
-use crate::store::{ImageRecord, LayerInfo, Store};
+use crate::store::{ImageRecord, Store};
 
 pub use credentials::Credentials;
 pub use error::RegistryError;
@@ -845,7 +845,7 @@ impl Client {
                 reference: what.clone(),
                 message: format!("invalid image config {}: {e}", manifest.config.digest),
             })?;
-        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        let Some(layers) = manifest.layer_infos(&config) else {
             return Err(RegistryError::Unsupported {
                 reference: what,
                 message: format!(
@@ -854,7 +854,7 @@ impl Client {
                     config.rootfs.diff_ids.len()
                 ),
             });
-        }
+        };
         for l in &manifest.layers {
             if !is_layer_type(&l.media_type) {
                 return Err(RegistryError::Unsupported {
@@ -887,17 +887,6 @@ impl Client {
             });
             Ok(())
         })?;
-        let layers: Vec<LayerInfo> = manifest
-            .layers
-            .iter()
-            .zip(&config.rootfs.diff_ids)
-            .map(|(l, diff)| LayerInfo {
-                digest: l.digest.clone(),
-                diff_id: diff.clone(),
-                size: l.size,
-                media_type: l.media_type.clone(),
-            })
-            .collect();
         let stored = store.write_blob_bytes_typed(&bytes, &media_type)?;
         debug_assert_eq!(stored, digest);
         // Everything the manifest names is in that repository now, also

@@ -3,7 +3,6 @@
 //! converts them once and records the gzip blob beside the zstd one, so the
 //! next push finds it instead of recompressing.
 
-use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Read, Write};
 
 use rusqlite::params;
@@ -506,26 +505,8 @@ pub(super) fn push(
         (stored_manifest, mt)
     } else {
         let m = Manifest {
-            schema_version: 2,
-            media_type: Some(image::MEDIA_TYPE_MANIFEST.into()),
-            config: Descriptor {
-                media_type: image::MEDIA_TYPE_CONFIG.into(),
-                digest: stored.config.digest.clone(),
-                size: stored.config.size,
-                annotations: BTreeMap::new(),
-                platform: None,
-            },
-            layers: layers
-                .iter()
-                .map(|l| Descriptor {
-                    media_type: l.media_type.clone(),
-                    digest: l.digest.clone(),
-                    size: l.size,
-                    annotations: BTreeMap::new(),
-                    platform: None,
-                })
-                .collect(),
             annotations: stored.annotations.clone(),
+            ..Manifest::oci(&stored.config.digest, stored.config.size, &layers)
         };
         let bytes = canonical_json(&m).map_err(StoreError::from)?;
         (bytes, image::MEDIA_TYPE_MANIFEST.to_string())
