@@ -46,25 +46,25 @@ fn build_hello(k: &Kiln, dir: &Path, tag: &str) {
     .ok();
 }
 
-fn ready() -> bool {
-    require(
+/// A registry and a root with busybox in it; `None` (after saying why)
+/// when this machine cannot run the test.
+fn setup(tls_auth: bool) -> Option<(Registry, Kiln)> {
+    if !require(
         is_root(),
         "these tests build and run containers: run as root",
-    )
+    ) {
+        return None;
+    }
+    let reg = Registry::start(tls_auth)?;
+    let k = Kiln::new();
+    k.with_busybox().then_some((reg, k))
 }
 
 #[test]
 fn push_then_pull_into_a_fresh_root_and_run() {
-    if !ready() {
-        return;
-    }
-    let Some(reg) = Registry::start(false) else {
+    let Some((reg, a)) = setup(false) else {
         return;
     };
-    let a = Kiln::new();
-    if !a.with_busybox() {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let name = format!("{}/kiln/hello:1", reg.addr);
     build_hello(&a, tmp.path(), &name);
@@ -136,16 +136,9 @@ fn push_then_pull_into_a_fresh_root_and_run() {
 
 #[test]
 fn from_an_image_only_the_registry_has() {
-    if !ready() {
-        return;
-    }
-    let Some(reg) = Registry::start(false) else {
+    let Some((reg, a)) = setup(false) else {
         return;
     };
-    let a = Kiln::new();
-    if !a.with_busybox() {
-        return;
-    }
     let base = format!("{}/base/busybox:1", reg.addr);
     a.run(&["tag", "busybox:latest", &base]).ok();
     a.run(&["push", "-q", &base]).ok();
@@ -229,16 +222,9 @@ fn from_an_image_only_the_registry_has() {
 
 #[test]
 fn login_push_pull_logout_behind_tls_and_htpasswd() {
-    if !ready() {
-        return;
-    }
-    let Some(reg) = Registry::start(true) else {
+    let Some((reg, a)) = setup(true) else {
         return;
     };
-    let a = Kiln::new();
-    if !a.with_busybox() {
-        return;
-    }
     let docker_config = tempfile::tempdir().unwrap();
     let ca = reg.ca();
     let ca = ca.to_str().unwrap();
@@ -356,16 +342,9 @@ fn login_push_pull_logout_behind_tls_and_htpasswd() {
 
 #[test]
 fn registry_cache_makes_a_fresh_root_fully_cached() {
-    if !ready() {
-        return;
-    }
-    let Some(reg) = Registry::start(false) else {
+    let Some((reg, a)) = setup(false) else {
         return;
     };
-    let a = Kiln::new();
-    if !a.with_busybox() {
-        return;
-    }
     // The base comes from the registry on both roots, as in CI.
     let base = format!("{}/base/busybox:1", reg.addr);
     a.run(&["tag", "busybox:latest", &base]).ok();
@@ -451,16 +430,9 @@ fn docker_pulls_what_kiln_pushed() {
         eprintln!("SKIPPED: KILN_DOCKER is not set (scripts/test.sh starts dockerd and sets it)");
         return;
     }
-    if !ready() {
-        return;
-    }
-    let Some(reg) = Registry::start(false) else {
+    let Some((reg, a)) = setup(false) else {
         return;
     };
-    let a = Kiln::new();
-    if !a.with_busybox() {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let name = format!("{}/kiln/for-docker:1", reg.addr);
     build_hello(&a, tmp.path(), &name);
