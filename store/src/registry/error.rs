@@ -51,7 +51,7 @@ pub enum RegistryError {
         message: String,
     },
     /// Could not talk to the registry at all (after retries).
-    #[error("{registry}: {message}")]
+    #[error("cannot reach the registry {registry}: {message}")]
     Transport { registry: String, message: String },
     /// The TLS handshake failed (unknown CA, bad certificate, ...).
     #[error("{registry}: TLS error: {message}")]

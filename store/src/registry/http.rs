@@ -755,6 +755,8 @@ impl Http {
                     message: r.to_string(),
                 }
             }
+            // ureq's "io: " prefix says nothing to a user.
+            ureq::Error::Io(io) => io.to_string(),
             other => other.to_string(),
         };
         RegistryError::Transport {
