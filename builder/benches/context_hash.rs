@@ -8,22 +8,27 @@
 //! `kiln` is a binary crate, so this bench cannot call its `BuildContext`.
 //! It replays the same algorithm with the same crates, step for step as
 //! builder/src/context.rs does it: a parallel walk with one rayon task per
-//! directory and `lstat` of every entry; then, per file, either the stat
-//! cache entry (loaded from kiln-store with `Store::stat_cache_load`) or a
-//! rayon-parallel read + blake3 (`update_mmap_rayon` above 16 MiB). If the
-//! builder's algorithm changes, change this file with it; the end-to-end
-//! figure (the `kiln` binary on the same contexts) is in bench/scaling.sh.
+//! directory and an `lstat` (statx on the directory's fd) of every entry,
+//! each directory returning its own vector, sorted by path at the end;
+//! then the store's stat cache rows, visited in path order with
+//! `Store::stat_cache_visit`, merged into that vector in one pass; files
+//! without a matching record are read and hashed with blake3 in parallel
+//! (`update_mmap_rayon` above 16 MiB); last, the listing lines
+//! ("f <mode> <size> <blake3>") that a COPY of the whole context is keyed
+//! by. If the builder's algorithm changes, change this file with it; the
+//! end-to-end figure (the `kiln` binary on the same contexts) is in
+//! bench/scaling.sh.
 //!
 //! "Cold" means cold for kiln (no stat cache), not for the kernel: the
 //! files are in the page cache, as they are right after being edited.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::fs;
 use std::hint::black_box;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln_store::{StatEntry, Store};
@@ -52,14 +57,13 @@ fn meta_of(m: &fs::Metadata) -> Meta {
     }
 }
 
-fn walk(root: &Path, rel: &str, out: &Mutex<Vec<(String, Meta)>>) {
+fn walk(root: &Path, rel: &str, out: &mut Vec<(String, Meta)>) {
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {
         root.join(rel)
     };
     let mut subdirs = Vec::new();
-    let mut found = Vec::new();
     for item in fs::read_dir(&dir).expect("read_dir") {
         let item = item.expect("dir entry");
         let name = item.file_name().into_string().expect("utf-8 name");
@@ -72,30 +76,40 @@ fn walk(root: &Path, rel: &str, out: &Mutex<Vec<(String, Meta)>>) {
         if m.is_dir() {
             subdirs.push(child.clone());
         }
-        found.push((child, meta_of(&m)));
+        out.push((child, meta_of(&m)));
     }
-    out.lock().expect("entries").extend(found);
-    subdirs.par_iter().for_each(|d| walk(root, d, out));
+    let below: Vec<Vec<(String, Meta)>> = subdirs
+        .par_iter()
+        .map(|d| {
+            let mut v = Vec::new();
+            walk(root, d, &mut v);
+            v
+        })
+        .collect();
+    for v in below {
+        out.extend(v);
+    }
 }
 
 fn scan(root: &Path) -> Vec<(String, Meta)> {
-    let out = Mutex::new(Vec::new());
-    walk(root, "", &out);
-    out.into_inner().expect("walk finished")
+    let mut out = Vec::new();
+    walk(root, "", &mut out);
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
-fn hash_file(path: &Path, size: u64) -> String {
+fn hash_file(path: &Path, size: u64) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     if size > 16 << 20 {
         h.update_mmap_rayon(path).expect("mmap hash");
     } else {
         h.update(&fs::read(path).expect("read"));
     }
-    h.finalize().to_hex().to_string()
+    h.finalize()
 }
 
 /// Scan + hash every file: what a build does with an empty stat cache.
-fn hash_cold(root: &Path) -> Vec<(String, String)> {
+fn hash_cold(root: &Path) -> Vec<(String, blake3::Hash)> {
     let entries = scan(root);
     entries
         .par_iter()
@@ -104,36 +118,54 @@ fn hash_cold(root: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Scan + stat cache: what a build does when nothing changed.
+/// Scan + stat cache + the listing's digest: what a build does when
+/// nothing changed.
 fn hash_stat_cache(root: &Path, store: &Store) -> usize {
     let entries = scan(root);
-    let cache = store
-        .stat_cache_load(&root.to_string_lossy())
-        .expect("stat_cache_load");
-    let mut hits = 0;
-    let mut misses = Vec::new();
-    for (p, e) in entries.iter().filter(|(_, m)| m.is_file) {
-        match cache.get(p) {
-            Some(c)
-                if c.dev == e.dev
-                    && c.ino == e.ino
-                    && c.size == e.size
-                    && c.mtime_ns == e.mtime_ns
-                    && c.ctime_ns == e.ctime_ns
-                    && c.mode == e.mode =>
-            {
-                hits += 1;
-                black_box(&c.hash);
+    let mut hashes: Vec<Option<blake3::Hash>> = vec![None; entries.len()];
+    let mut i = 0;
+    store
+        .stat_cache_visit(&root.to_string_lossy(), |row| {
+            while i < entries.len() && entries[i].0.as_str() < row.path {
+                i += 1;
             }
-            _ => misses.push(p),
+            if let Some((p, e)) = entries.get(i) {
+                if p == row.path
+                    && e.is_file
+                    && row.dev == e.dev
+                    && row.ino == e.ino
+                    && row.size == e.size
+                    && row.mtime_ns == e.mtime_ns
+                    && row.ctime_ns == e.ctime_ns
+                    && row.mode == e.mode
+                {
+                    hashes[i] = blake3::Hash::from_hex(row.hash).ok();
+                }
+            }
+        })
+        .expect("stat_cache_visit");
+    let misses = entries
+        .iter()
+        .zip(&hashes)
+        .filter(|((_, m), h)| m.is_file && h.is_none())
+        .count();
+    assert_eq!(misses, 0, "stat cache missed {misses} files");
+    let mut digest = blake3::Hasher::new();
+    let mut line = String::new();
+    for ((p, m), h) in entries.iter().zip(&hashes) {
+        line.clear();
+        match h {
+            Some(h) => write!(line, "f {:o} {} {}", m.mode, m.size, h.to_hex()),
+            None => write!(line, "d {:o}", m.mode),
         }
+        .expect("write to a String");
+        digest.update(p.as_bytes());
+        digest.update(b"\0");
+        digest.update(line.as_bytes());
+        digest.update(b"\n");
     }
-    assert!(
-        misses.is_empty(),
-        "stat cache missed {} files",
-        misses.len()
-    );
-    hits
+    black_box(digest.finalize());
+    hashes.len()
 }
 
 /// `files` files of `size` bytes, 100 per directory, pseudo-random content.
@@ -171,7 +203,7 @@ fn bench_context(c: &mut Criterion) {
         let store_dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(store_dir.path()).expect("open store");
         // What the first build leaves behind.
-        let hashes: HashMap<String, String> = hash_cold(&root).into_iter().collect();
+        let hashes: HashMap<String, blake3::Hash> = hash_cold(&root).into_iter().collect();
         let meta: HashMap<String, Meta> = scan(&root).into_iter().collect();
         let rows: Vec<(String, StatEntry)> = hashes
             .iter()
@@ -186,7 +218,7 @@ fn bench_context(c: &mut Criterion) {
                         mtime_ns: m.mtime_ns,
                         ctime_ns: m.ctime_ns,
                         mode: m.mode,
-                        hash: h.clone(),
+                        hash: h.to_hex().to_string(),
                     },
                 )
             })

@@ -1,17 +1,28 @@
 //! The build context: one scan per build, `.dockerignore` applied, and
 //! content hashes (blake3) computed only for the paths a step selects,
 //! through the store's stat cache so an unchanged file costs one `stat`.
+//!
+//! The cached path (nothing changed) is the one that must cost no more than
+//! the `stat` calls: the walk collects every entry into one vector sorted by
+//! path; the store's stat cache, read in the same order, is merged into it
+//! in one pass (no map of owned strings), and a step's sources are
+//! described straight from that vector (a listing, or for big trees a
+//! digest fed line by line into blake3).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::fs;
+use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context as _, Result};
 use kiln_parser::dockerignore::PatternMatcher;
 use kiln_store::{StatEntry, Store};
 use rayon::prelude::*;
+use serde_json::{json, Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -43,20 +54,65 @@ pub struct Entry {
     pub mtime_ns: i64,
     pub ctime_ns: i64,
     pub link_target: Option<String>,
+    /// blake3 of a file's content: from the stat cache when the file's
+    /// stat matched its record, else set once it is read in this build.
+    hash: OnceLock<HexHash>,
+}
+
+/// A blake3 digest as its 64 lowercase hex digits: the form the stat cache
+/// stores and the listing shows, so a cached file's hash is neither parsed
+/// nor formatted again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HexHash([u8; 64]);
+
+impl HexHash {
+    fn parse(s: &str) -> Option<HexHash> {
+        let b: [u8; 64] = s.as_bytes().try_into().ok()?;
+        b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+            .then_some(HexHash(b))
+    }
+
+    fn of(h: blake3::Hash) -> HexHash {
+        let mut b = [0u8; 64];
+        b.copy_from_slice(h.to_hex().as_bytes());
+        HexHash(b)
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII hex digits get in (parse and of).
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl Entry {
+    fn matches(&self, r: &kiln_store::StatRow<'_>) -> bool {
+        self.kind == Kind::File
+            && r.dev == self.dev
+            && r.ino == self.ino
+            && r.size == self.size
+            && r.mtime_ns == self.mtime_ns
+            && r.ctime_ns == self.ctime_ns
+            && r.mode == self.mode
+    }
 }
 
 /// A scanned context directory. Paths are relative, '/'-separated, without
 /// a leading "./"; the root itself is "".
 pub struct BuildContext {
     pub root: PathBuf,
-    pub entries: BTreeMap<String, Entry>,
-    /// Hashes known for this build: path -> blake3 hex (files only).
-    hashes: Mutex<HashMap<String, String>>,
-    stat_cache: HashMap<String, StatEntry>,
-    dirty: Mutex<bool>,
+    /// Sorted by path (byte order), unique; the root "" first.
+    entries: Vec<(String, Entry)>,
+    /// Whether a file was read (not found in the stat cache) this build.
+    dirty: AtomicBool,
 }
 
-fn entry_of(meta: &fs::Metadata, path: &Path) -> Result<Entry> {
+/// A COPY source's listing goes into the cache record as is while it is
+/// small enough to be read in an explanation (`--explain` diffs it file by
+/// file); above this many entries it is kept as its digest and size.
+pub const MAX_LISTED: usize = 4096;
+
+fn entry_of(meta: &fs::Metadata, path: impl FnOnce() -> PathBuf) -> Result<Entry> {
     let ft = meta.file_type();
     let kind = if ft.is_file() {
         Kind::File
@@ -68,8 +124,9 @@ fn entry_of(meta: &fs::Metadata, path: &Path) -> Result<Entry> {
         Kind::Other
     };
     let link_target = if kind == Kind::Symlink {
+        let path = path();
         Some(
-            fs::read_link(path)
+            fs::read_link(&path)
                 .with_context(|| format!("reading symlink {}", path.display()))?
                 .to_string_lossy()
                 .into_owned(),
@@ -86,6 +143,7 @@ fn entry_of(meta: &fs::Metadata, path: &Path) -> Result<Entry> {
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         link_target,
+        hash: OnceLock::new(),
     })
 }
 
@@ -94,15 +152,16 @@ impl BuildContext {
     pub fn empty() -> BuildContext {
         BuildContext {
             root: PathBuf::new(),
-            entries: BTreeMap::new(),
-            hashes: Mutex::new(HashMap::new()),
-            stat_cache: HashMap::new(),
-            dirty: Mutex::new(false),
+            entries: Vec::new(),
+            dirty: AtomicBool::new(false),
         }
     }
 
-    /// Walks `root` in parallel (one rayon task per directory), leaving out
-    /// what `ignore` excludes. Directories excluded with no `!` exception
+    /// Walks `root` (in parallel, one rayon task per directory, once it has
+    /// proven big: see [`PARALLEL_AFTER`]), leaving out
+    /// what `ignore` excludes, then takes from the store's stat cache the
+    /// hash of every file whose (device, inode, size, mtime, ctime, mode)
+    /// are those recorded. Directories excluded with no `!` exception
     /// anywhere are not descended into at all.
     pub fn scan(root: &Path, ignore: &PatternMatcher, store: Option<&Store>) -> Result<Self> {
         let root = fs::canonicalize(root)
@@ -114,104 +173,135 @@ impl BuildContext {
                 root.display()
             );
         }
-        let entries = Mutex::new(BTreeMap::new());
-        entries
-            .lock()
-            .expect("fresh mutex")
-            .insert(String::new(), entry_of(&meta, &root)?);
-        walk_dir(&root, "", ignore, &entries)?;
-        let stat_cache = match store {
-            Some(s) => s.stat_cache_load(&root.to_string_lossy())?,
-            None => HashMap::new(),
-        };
-        Ok(BuildContext {
+        let mut entries = vec![(String::new(), entry_of(&meta, || root.clone())?)];
+        walk_dir(&root, "", ignore, &AtomicUsize::new(0), &mut entries)?;
+        // Byte order, the order of the stat cache's rows (and of BTreeMap).
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let ctx = BuildContext {
             root,
-            entries: entries.into_inner().expect("walk finished"),
-            hashes: Mutex::new(HashMap::new()),
-            stat_cache,
-            dirty: Mutex::new(false),
-        })
+            entries,
+            dirty: AtomicBool::new(false),
+        };
+        if let Some(store) = store {
+            ctx.merge_stat_cache(store)?;
+        }
+        Ok(ctx)
+    }
+
+    /// One pass over the stat cache rows (sorted by path) and the entries.
+    fn merge_stat_cache(&self, store: &Store) -> Result<()> {
+        let mut i = 0;
+        let entries = &self.entries;
+        store.stat_cache_visit(&self.root.to_string_lossy(), |row| {
+            while i < entries.len() && entries[i].0.as_str() < row.path {
+                i += 1;
+            }
+            if let Some((p, e)) = entries.get(i) {
+                if p == row.path && e.matches(&row) {
+                    // A malformed hash is a miss: the file is read again.
+                    if let Some(h) = HexHash::parse(row.hash) {
+                        let _ = e.hash.set(h);
+                    }
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    fn index(&self, rel: &str) -> Option<usize> {
+        self.entries
+            .binary_search_by(|(k, _)| k.as_str().cmp(rel))
+            .ok()
     }
 
     pub fn get(&self, rel: &str) -> Option<&Entry> {
-        self.entries.get(rel)
+        self.index(rel).map(|i| &self.entries[i].1)
+    }
+
+    /// Every entry, in path order, the root ("") first.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries.iter().map(|(k, e)| (k, e))
+    }
+
+    /// The indices of `rel` itself (if present) and of everything below it.
+    /// The descendants are contiguous (they share the prefix "rel/") but
+    /// need not follow `rel` directly ("a" < "a-b" < "a/x").
+    fn subtree_range(&self, rel: &str) -> (Option<usize>, Range<usize>) {
+        let own = self.index(rel);
+        if rel.is_empty() {
+            return (own, own.map_or(0, |i| i + 1)..self.entries.len());
+        }
+        let prefix = format!("{rel}/");
+        let start = self
+            .entries
+            .partition_point(|(k, _)| k.as_str() < prefix.as_str());
+        let end =
+            start + self.entries[start..].partition_point(|(k, _)| k.starts_with(prefix.as_str()));
+        (own, start..end)
     }
 
     /// Every entry at or below `rel` (a directory, or a single file), in
     /// path order, `rel` itself first.
     pub fn subtree<'a>(&'a self, rel: &str) -> Vec<(&'a String, &'a Entry)> {
-        let mut out: Vec<(&String, &Entry)> = self.entries.get_key_value(rel).into_iter().collect();
-        if rel.is_empty() {
-            out.extend(self.entries.iter().filter(|(k, _)| !k.is_empty()));
-            return out;
-        }
-        let prefix = format!("{rel}/");
-        out.extend(
-            self.entries
-                .range(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(&prefix)),
-        );
-        out
+        let (own, below) = self.subtree_range(rel);
+        own.into_iter()
+            .chain(below)
+            .map(|i| (&self.entries[i].0, &self.entries[i].1))
+            .collect()
     }
 
-    /// blake3 of each named file, from the stat cache when (dev, inode,
-    /// size, mtime, ctime) are unchanged, else by reading it (in parallel).
-    pub fn hash_files(&self, paths: &[&str]) -> Result<HashMap<String, String>> {
-        let mut out = HashMap::new();
-        let mut todo = Vec::new();
-        {
-            let known = self.hashes.lock().expect("hash map");
-            for p in paths {
-                if let Some(h) = known.get(*p) {
-                    out.insert(p.to_string(), h.clone());
-                    continue;
-                }
-                let Some(e) = self.entries.get(*p) else {
-                    bail!("file {p} is not in the build context");
-                };
-                if let Some(c) = self.stat_cache.get(*p) {
-                    if c.dev == e.dev
-                        && c.ino == e.ino
-                        && c.size == e.size
-                        && c.mtime_ns == e.mtime_ns
-                        && c.ctime_ns == e.ctime_ns
-                        && c.mode == e.mode
-                    {
-                        out.insert(p.to_string(), c.hash.clone());
-                        continue;
-                    }
-                }
-                todo.push(*p);
-            }
-        }
-        let computed: Vec<(String, String)> = todo
-            .par_iter()
-            .map(|p| {
-                let full = self.root.join(p);
-                let mut hasher = blake3::Hasher::new();
-                let size = self.entries.get(*p).map(|e| e.size).unwrap_or(0);
-                if size > 16 << 20 {
-                    hasher
-                        .update_mmap_rayon(&full)
-                        .with_context(|| format!("hashing {}", full.display()))?;
-                } else {
-                    let data =
-                        fs::read(&full).with_context(|| format!("reading {}", full.display()))?;
-                    hasher.update(&data);
-                }
-                Ok((p.to_string(), hasher.finalize().to_hex().to_string()))
+    /// Makes sure every file among `idx` has its hash: the ones the stat
+    /// cache did not vouch for are read, in parallel.
+    fn ensure_hashes(&self, idx: impl Iterator<Item = usize>) -> Result<()> {
+        let todo: Vec<usize> = idx
+            .filter(|&i| {
+                let e = &self.entries[i].1;
+                e.kind == Kind::File && e.hash.get().is_none()
             })
-            .collect::<Result<_>>()?;
-        if !computed.is_empty() {
-            *self.dirty.lock().expect("dirty flag") = true;
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
         }
-        let mut known = self.hashes.lock().expect("hash map");
-        for (p, h) in computed {
-            known.insert(p.clone(), h.clone());
-            out.insert(p, h);
+        self.dirty.store(true, Ordering::Relaxed);
+        todo.par_iter().try_for_each(|&i| {
+            let (p, e) = &self.entries[i];
+            let full = self.root.join(p);
+            let mut hasher = blake3::Hasher::new();
+            if e.size > 16 << 20 {
+                hasher
+                    .update_mmap_rayon(&full)
+                    .with_context(|| format!("hashing {}", full.display()))?;
+            } else {
+                let data =
+                    fs::read(&full).with_context(|| format!("reading {}", full.display()))?;
+                hasher.update(&data);
+            }
+            // Another step may have hashed it meanwhile: same content.
+            let _ = e.hash.set(HexHash::of(hasher.finalize()));
+            Ok(())
+        })
+    }
+
+    /// The subtree at `rel` as (name relative to `rel`, entry) in the
+    /// order of the names, `rel` itself named "." and placed where "."
+    /// sorts; its files hashed.
+    fn named_subtree(&self, rel: &str) -> Result<Vec<(&str, &Entry)>> {
+        let (own, below) = self.subtree_range(rel);
+        self.ensure_hashes(own.into_iter().chain(below.clone()))?;
+        let cut = if rel.is_empty() { 0 } else { rel.len() + 1 };
+        let mut out = Vec::with_capacity(below.len() + 1);
+        let mut dot = own.map(|i| &self.entries[i].1);
+        for (k, e) in &self.entries[below] {
+            let name = &k[cut..];
+            if name > "." {
+                if let Some(d) = dot.take() {
+                    out.push((".", d));
+                }
+            }
+            out.push((name, e));
         }
-        for (p, h) in &out {
-            known.entry(p.clone()).or_insert_with(|| h.clone());
+        if let Some(d) = dot {
+            out.push((".", d));
         }
         Ok(out)
     }
@@ -220,42 +310,67 @@ impl BuildContext {
     /// everything that reaches the result of a copy (not mtime, not owner:
     /// COPY from the context writes root-owned files).
     pub fn describe_subtree(&self, rel: &str) -> Result<BTreeMap<String, String>> {
-        let items = self.subtree(rel);
-        let files: Vec<&str> = items
-            .iter()
-            .filter(|(_, e)| e.kind == Kind::File)
-            .map(|(k, _)| k.as_str())
-            .collect();
-        let hashes = self.hash_files(&files)?;
         let mut out = BTreeMap::new();
-        for (k, e) in items {
-            let name = if k.as_str() == rel {
-                ".".to_string()
-            } else if rel.is_empty() {
-                k.clone()
-            } else {
-                k[rel.len() + 1..].to_string()
-            };
-            let detail = match e.kind {
-                Kind::File => format!("f {:o} {} {}", e.mode, e.size, hashes[k.as_str()]),
-                Kind::Symlink => format!("l -> {}", e.link_target.as_deref().unwrap_or("")),
-                k2 => format!("{} {:o}", k2.letter(), e.mode),
-            };
-            out.insert(name, detail);
+        for (name, e) in self.named_subtree(rel)? {
+            let mut line = String::new();
+            describe(e, &mut line);
+            out.insert(name.to_string(), line);
         }
         Ok(out)
     }
 
-    /// Writes back what was hashed this build, only if anything was.
+    /// What a copy of the subtree at `rel` (less what `exclude` matches,
+    /// never "." itself) depends on, as it goes into the step's cache key:
+    /// the listing of [`describe_subtree`](Self::describe_subtree) as a JSON
+    /// object when it has at most `max_listed` entries, else
+    /// `{"entries": n, "digest": blake3 of the lines "name\0line\n"}`.
+    pub fn summarise_subtree(
+        &self,
+        rel: &str,
+        exclude: Option<&PatternMatcher>,
+        max_listed: usize,
+    ) -> Result<Value> {
+        let named = self.named_subtree(rel)?;
+        let kept = |name: &str| name == "." || exclude.is_none_or(|x| !x.matches(name));
+        let items: Vec<(&str, &Entry)> = match exclude {
+            None => named,
+            Some(_) => named.into_iter().filter(|(n, _)| kept(n)).collect(),
+        };
+        let mut line = String::with_capacity(96);
+        if items.len() <= max_listed {
+            let mut map = Map::new();
+            for (name, e) in items {
+                line.clear();
+                describe(e, &mut line);
+                map.insert(name.to_string(), Value::String(line.clone()));
+            }
+            return Ok(Value::Object(map));
+        }
+        let mut h = blake3::Hasher::new();
+        for (name, e) in &items {
+            line.clear();
+            describe(e, &mut line);
+            h.update(name.as_bytes());
+            h.update(b"\0");
+            h.update(line.as_bytes());
+            h.update(b"\n");
+        }
+        Ok(json!({"entries": items.len(), "digest": h.finalize().to_hex().as_str()}))
+    }
+
+    /// Writes back the stat cache, only if a file was read this build: a
+    /// record for every file whose hash is known (read now, or vouched for
+    /// by the previous record), none for files gone or changed and unread.
     pub fn save_stat_cache(&self, store: &Store) -> Result<()> {
-        if !*self.dirty.lock().expect("dirty flag") || self.root.as_os_str().is_empty() {
+        if !self.dirty.load(Ordering::Relaxed) || self.root.as_os_str().is_empty() {
             return Ok(());
         }
-        let known = self.hashes.lock().expect("hash map");
-        let mut rows: Vec<(String, StatEntry)> = Vec::with_capacity(known.len());
-        for (p, h) in known.iter() {
-            if let Some(e) = self.entries.get(p) {
-                rows.push((
+        let rows: Vec<(String, StatEntry)> = self
+            .entries
+            .iter()
+            .filter_map(|(p, e)| {
+                let h = e.hash.get()?;
+                Some((
                     p.clone(),
                     StatEntry {
                         dev: e.dev,
@@ -264,27 +379,46 @@ impl BuildContext {
                         mtime_ns: e.mtime_ns,
                         ctime_ns: e.ctime_ns,
                         mode: e.mode,
-                        hash: h.clone(),
+                        hash: h.as_str().to_string(),
                     },
-                ));
-            }
-        }
-        // Keep what the previous builds learnt about paths not read today.
-        for (p, s) in &self.stat_cache {
-            if !known.contains_key(p) && self.entries.contains_key(p) {
-                rows.push((p.clone(), s.clone()));
-            }
-        }
+                ))
+            })
+            .collect();
         store.stat_cache_store(&self.root.to_string_lossy(), &rows)?;
         Ok(())
     }
 }
 
+/// The line of one entry: "f <mode> <size> <blake3>", "l -> <target>",
+/// "d <mode>", "o <mode>".
+fn describe(e: &Entry, out: &mut String) {
+    // Writing into a String cannot fail.
+    let _ = match e.kind {
+        Kind::File => match e.hash.get() {
+            Some(h) => write!(out, "f {:o} {} {}", e.mode, e.size, h.as_str()),
+            // named_subtree hashed every file first.
+            None => write!(out, "f {:o} {} ?", e.mode, e.size),
+        },
+        Kind::Symlink => write!(out, "l -> {}", e.link_target.as_deref().unwrap_or("")),
+        k => write!(out, "{} {:o}", k.letter(), e.mode),
+    };
+}
+
+/// Past this many entries the walk goes on in parallel, one rayon task per
+/// directory. Below it a single thread is faster: measured on the 2-core
+/// bench machine in a fresh process (a build is one), 2,000 files are
+/// walked in 2.0 ms by one thread and in 3.1 ms by the pool, whose start
+/// costs more than it saves; 10,000 files take 12 ms either way.
+const PARALLEL_AFTER: usize = 20_000;
+
+/// Appends the entries below `rel` to `out` (unsorted); `seen` counts the
+/// entries found so far by the whole walk.
 fn walk_dir(
     root: &Path,
     rel: &str,
     ignore: &PatternMatcher,
-    out: &Mutex<BTreeMap<String, Entry>>,
+    seen: &AtomicUsize,
+    out: &mut Vec<(String, Entry)>,
 ) -> Result<()> {
     let dir = if rel.is_empty() {
         root.to_path_buf()
@@ -292,9 +426,10 @@ fn walk_dir(
         root.join(rel)
     };
     let mut subdirs = Vec::new();
-    let mut found = Vec::new();
+    let mut found = 0;
     for item in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let item = item?;
+        found += 1;
         let name = item.file_name();
         let Some(name) = name.to_str() else {
             bail!(
@@ -308,23 +443,41 @@ fn walk_dir(
         } else {
             format!("{rel}/{name}")
         };
+        // statx relative to the directory's descriptor, not following a
+        // symlink.
         let meta = item.metadata()?;
         let excluded = ignore.matches(&child);
         if excluded && !(meta.is_dir() && ignore.has_exclusions()) {
             continue;
         }
         if meta.is_dir() {
-            subdirs.push((child.clone(), excluded));
+            subdirs.push(child.clone());
         }
         if !excluded {
-            found.push((child, entry_of(&meta, &item.path())?));
+            let entry = entry_of(&meta, || item.path())?;
+            out.push((child, entry));
         }
     }
-    out.lock().expect("entries").extend(found);
-    subdirs
+    seen.fetch_add(found, Ordering::Relaxed);
+    // One thread while the tree looks small; once it has proven big, the
+    // remaining subdirectories are walked in parallel.
+    let mut next = 0;
+    while next < subdirs.len()
+        && (seen.load(Ordering::Relaxed) < PARALLEL_AFTER || subdirs.len() - next < 2)
+    {
+        walk_dir(root, &subdirs[next], ignore, seen, out)?;
+        next += 1;
+    }
+    let below = subdirs[next..]
         .par_iter()
-        .map(|(d, _)| walk_dir(root, d, ignore, out))
-        .collect::<Result<Vec<()>>>()?;
+        .map(|d| {
+            let mut v = Vec::new();
+            walk_dir(root, d, ignore, seen, &mut v).map(|()| v)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for v in below {
+        out.extend(v);
+    }
     Ok(())
 }
 
@@ -346,7 +499,7 @@ mod tests {
         fs::write(d.path().join("app.py"), "p").unwrap();
         let ctx =
             BuildContext::scan(d.path(), &matcher(&["a", "!a/b/keep.txt", "*.log"]), None).unwrap();
-        let names: Vec<&str> = ctx.entries.keys().map(|s| s.as_str()).collect();
+        let names: Vec<&str> = ctx.iter().map(|(k, _)| k.as_str()).collect();
         assert!(names.contains(&"a/b/keep.txt"), "{names:?}");
         assert!(!names.contains(&"a/b/drop.txt"), "{names:?}");
         assert!(!names.contains(&"top.log"), "{names:?}");
@@ -380,5 +533,206 @@ mod tests {
             .describe_subtree("")
             .unwrap();
         assert_ne!(a, c);
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("root")).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn subtree_takes_the_descendants_wherever_they_sort() {
+        let d = tempfile::tempdir().unwrap();
+        for dir in ["a/x", "a-b", "a.c", "b"] {
+            fs::create_dir_all(d.path().join(dir)).unwrap();
+        }
+        fs::write(d.path().join("a/x/f"), "1").unwrap();
+        fs::write(d.path().join("a/g"), "2").unwrap();
+        fs::write(d.path().join("a-b/h"), "3").unwrap();
+        let ctx = BuildContext::scan(d.path(), &matcher(&[]), None).unwrap();
+        let names = |rel: &str| -> Vec<String> {
+            ctx.subtree(rel)
+                .into_iter()
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        assert_eq!(names("a"), ["a", "a/g", "a/x", "a/x/f"]);
+        assert_eq!(names("a-b"), ["a-b", "a-b/h"]);
+        assert_eq!(names("a/x/f"), ["a/x/f"]);
+        assert!(names("nope").is_empty());
+        assert_eq!(names("").len(), 9, "{:?}", names(""));
+        assert_eq!(names("")[0], "");
+        let all: Vec<&String> = ctx.iter().map(|(k, _)| k).collect();
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(all, sorted);
+    }
+
+    /// The listing of the previous implementation (a BTreeMap of names),
+    /// which cache keys of existing records were computed from.
+    fn reference_summary(listing: &BTreeMap<String, String>, max: usize) -> Value {
+        if listing.len() <= max {
+            return json!(listing);
+        }
+        let mut h = blake3::Hasher::new();
+        for (k, v) in listing {
+            h.update(k.as_bytes());
+            h.update(b"\0");
+            h.update(v.as_bytes());
+            h.update(b"\n");
+        }
+        json!({"entries": listing.len(), "digest": h.finalize().to_hex().to_string()})
+    }
+
+    #[test]
+    fn summary_is_the_listing_or_its_digest_with_dot_in_sorted_place() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("src/sub")).unwrap();
+        // Names sorting before "." ('+', '-') and after it.
+        for f in [
+            "src/+plus",
+            "src/-dash",
+            "src/.hidden",
+            "src/app.py",
+            "src/sub/x",
+            "top",
+        ] {
+            fs::write(d.path().join(f), f).unwrap();
+        }
+        std::os::unix::fs::symlink("app.py", d.path().join("src/link")).unwrap();
+        let ctx = BuildContext::scan(d.path(), &matcher(&[]), None).unwrap();
+        for rel in ["src", "", "top", "src/sub"] {
+            let listing = ctx.describe_subtree(rel).unwrap();
+            assert!(listing.contains_key("."), "{listing:?}");
+            for max in [MAX_LISTED, 2] {
+                assert_eq!(
+                    ctx.summarise_subtree(rel, None, max).unwrap(),
+                    reference_summary(&listing, max),
+                    "rel {rel:?} max {max}"
+                );
+            }
+        }
+        let listing = ctx.describe_subtree("src").unwrap();
+        assert_eq!(listing["link"], "l -> app.py");
+        assert_eq!(
+            listing["app.py"],
+            format!("f 644 10 {}", blake3::hash(b"src/app.py").to_hex())
+        );
+        // --exclude never drops "." and matches names relative to the source.
+        let x = matcher(&["*.py", "sub"]);
+        let kept: BTreeMap<String, String> = listing
+            .iter()
+            .filter(|(k, _)| *k == "." || !x.matches(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert!(!kept.contains_key("app.py") && !kept.contains_key("sub"));
+        for max in [MAX_LISTED, 1] {
+            assert_eq!(
+                ctx.summarise_subtree("src", Some(&x), max).unwrap(),
+                reference_summary(&kept, max)
+            );
+        }
+    }
+
+    #[test]
+    fn stat_cache_vouches_for_unchanged_files_only() {
+        let (_sd, store) = store();
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("same"), "same").unwrap();
+        fs::write(d.path().join("edited"), "before").unwrap();
+        fs::write(d.path().join("bad"), "bad").unwrap();
+        let m = matcher(&[]);
+        let first = BuildContext::scan(d.path(), &m, Some(&store)).unwrap();
+        first.describe_subtree("").unwrap();
+        first.save_stat_cache(&store).unwrap();
+        let root = first.root.to_string_lossy().into_owned();
+        let rows = store.stat_cache_load(&root).unwrap();
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(rows["same"].hash, blake3::hash(b"same").to_hex().as_str());
+
+        // A record whose stat matches is trusted as it is: give "same" a
+        // hash that is not its content's, "bad" one that is not hex.
+        let mut forged: Vec<(String, StatEntry)> = rows.into_iter().collect();
+        for (p, e) in &mut forged {
+            match p.as_str() {
+                "same" => e.hash = "ab".repeat(32),
+                "bad" => e.hash = "zz".repeat(32),
+                _ => {}
+            }
+        }
+        store.stat_cache_store(&root, &forged).unwrap();
+        fs::write(d.path().join("edited"), "after!").unwrap();
+        let second = BuildContext::scan(d.path(), &m, Some(&store)).unwrap();
+        let l = second.describe_subtree("").unwrap();
+        assert_eq!(l["same"], format!("f 644 4 {}", "ab".repeat(32)));
+        assert_eq!(
+            l["edited"],
+            format!("f 644 6 {}", blake3::hash(b"after!").to_hex())
+        );
+        assert_eq!(
+            l["bad"],
+            format!("f 644 3 {}", blake3::hash(b"bad").to_hex())
+        );
+        second.save_stat_cache(&store).unwrap();
+        let rows = store.stat_cache_load(&root).unwrap();
+        assert_eq!(
+            rows["edited"].hash,
+            blake3::hash(b"after!").to_hex().as_str()
+        );
+        assert_eq!(rows["bad"].hash, blake3::hash(b"bad").to_hex().as_str());
+
+        // Nothing read: nothing written. A record for a path that is not
+        // in the context shows whether the cache was rewritten.
+        let mut rows: Vec<(String, StatEntry)> =
+            store.stat_cache_load(&root).unwrap().into_iter().collect();
+        let ghost = rows[0].1.clone();
+        rows.push(("ghost".into(), ghost));
+        store.stat_cache_store(&root, &rows).unwrap();
+        let third = BuildContext::scan(d.path(), &m, Some(&store)).unwrap();
+        third.describe_subtree("").unwrap();
+        third.save_stat_cache(&store).unwrap();
+        let rows = store.stat_cache_load(&root).unwrap();
+        assert!(rows.contains_key("ghost"));
+        assert_eq!(rows["same"].hash, "ab".repeat(32));
+        // A file read: the cache is rewritten from the context.
+        fs::write(d.path().join("edited"), "again").unwrap();
+        let fourth = BuildContext::scan(d.path(), &m, Some(&store)).unwrap();
+        fourth.describe_subtree("").unwrap();
+        fourth.save_stat_cache(&store).unwrap();
+        let rows = store.stat_cache_load(&root).unwrap();
+        assert!(!rows.contains_key("ghost"), "{rows:?}");
+        assert_eq!(rows.len(), 3);
+    }
+
+    #[test]
+    fn a_big_tree_is_walked_in_parallel_to_the_same_result() {
+        let d = tempfile::tempdir().unwrap();
+        let dirs = 40;
+        let per = PARALLEL_AFTER / dirs + 50;
+        for i in 0..dirs {
+            let sub = d.path().join(format!("d{i:02}"));
+            fs::create_dir(&sub).unwrap();
+            for j in 0..per {
+                fs::File::create(sub.join(format!("{j}"))).unwrap();
+            }
+        }
+        let ctx = BuildContext::scan(d.path(), &matcher(&["d07/1*", "d3*"]), None).unwrap();
+        let mut expect = vec![String::new()];
+        for i in 0..dirs {
+            if i >= 30 {
+                continue;
+            }
+            expect.push(format!("d{i:02}"));
+            for j in 0..per {
+                if !(i == 7 && j.to_string().starts_with('1')) {
+                    expect.push(format!("d{i:02}/{j}"));
+                }
+            }
+        }
+        expect.sort();
+        let got: Vec<String> = ctx.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(got.len(), expect.len());
+        assert!(got == expect);
     }
 }

@@ -31,7 +31,7 @@ pub use image::{ContainerConfig, HealthConfig, History, ImageConfig, RootFs};
 pub use layer::{Compression, LayerDigests, LayerError, LayerOptions, Limits, WhiteoutMode};
 pub use reference::{Reference, ReferenceError};
 pub use registry::{Client as RegistryClient, Platform, RegistryConfig, RegistryError};
-pub use statcache::StatEntry;
+pub use statcache::{StatEntry, StatRow};
 pub use store::{
     ArchiveFormat, CacheRecord, ImageRecord, ImageSummary, LayerInfo, PendingSnapshot, Store,
 };

@@ -23,30 +23,72 @@ pub struct StatEntry {
     pub hash: String,
 }
 
-impl Store {
-    pub fn stat_cache_load(&self, context: &str) -> Result<HashMap<String, StatEntry>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT path, dev, ino, size, mtime_ns, ctime_ns, mode, hash FROM stat_cache WHERE context = ?1")?;
-        let rows = stmt.query_map([context], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                StatEntry {
-                    dev: r.get::<_, i64>(1)? as u64,
-                    ino: r.get::<_, i64>(2)? as u64,
-                    size: r.get::<_, i64>(3)? as u64,
-                    mtime_ns: r.get(4)?,
-                    ctime_ns: r.get(5)?,
-                    mode: r.get::<_, i64>(6)? as u32,
-                    hash: r.get(7)?,
-                },
-            ))
-        })?;
-        let mut out = HashMap::new();
-        for r in rows {
-            let (p, e) = r?;
-            out.insert(p, e);
+/// A stat cache record as [`Store::stat_cache_visit`] lends it: the strings
+/// point into the database row and live only for the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatRow<'a> {
+    pub path: &'a str,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub mode: u32,
+    /// blake3 hex of the content.
+    pub hash: &'a str,
+}
+
+impl StatRow<'_> {
+    pub fn to_entry(&self) -> StatEntry {
+        StatEntry {
+            dev: self.dev,
+            ino: self.ino,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+            mode: self.mode,
+            hash: self.hash.to_string(),
         }
+    }
+}
+
+impl Store {
+    /// Every record of `context`, keyed by path.
+    pub fn stat_cache_load(&self, context: &str) -> Result<HashMap<String, StatEntry>> {
+        let mut out = HashMap::new();
+        self.stat_cache_visit(context, |row| {
+            out.insert(row.path.to_string(), row.to_entry());
+        })?;
         Ok(out)
+    }
+
+    /// Calls `f` with every record of `context` in ascending path order
+    /// (byte order, the order of Rust's `str`), without allocating per row:
+    /// a caller holding a sorted list of paths merges the two in one pass,
+    /// which is the whole cost of an unchanged context.
+    pub fn stat_cache_visit(&self, context: &str, mut f: impl FnMut(StatRow<'_>)) -> Result<()> {
+        let conn = self.conn();
+        // The primary key (context, path) of this WITHOUT ROWID table is
+        // the row order: the ORDER BY costs no sort. Paths use the default
+        // BINARY collation, i.e. memcmp of the UTF-8 bytes.
+        let mut stmt = conn.prepare_cached(
+            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, mode, hash FROM stat_cache \
+             WHERE context = ?1 ORDER BY path",
+        )?;
+        let mut rows = stmt.query([context])?;
+        while let Some(r) = rows.next()? {
+            f(StatRow {
+                path: text(r, 0)?,
+                dev: r.get::<_, i64>(1)? as u64,
+                ino: r.get::<_, i64>(2)? as u64,
+                size: r.get::<_, i64>(3)? as u64,
+                mtime_ns: r.get(4)?,
+                ctime_ns: r.get(5)?,
+                mode: r.get::<_, i64>(6)? as u32,
+                hash: text(r, 7)?,
+            });
+        }
+        Ok(())
     }
 
     /// Replaces the stat cache of `context`, in one transaction.
@@ -73,5 +115,55 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// A TEXT column borrowed from the row.
+fn text<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'a str> {
+    r.get_ref(i)?.as_str().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visit_lends_rows_of_one_context_in_byte_order() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("root")).unwrap();
+        let e = |n: u64| StatEntry {
+            dev: 1,
+            ino: n,
+            size: n,
+            mtime_ns: -5,
+            ctime_ns: 7,
+            mode: 0o644,
+            hash: format!("{n:064x}"),
+        };
+        // Inserted out of order; '-' < '.' < '/' < 'Z' < 'a' < 'é' in bytes.
+        let paths = ["b", "a/x", "a-b", "a", "Z", "é", "a.c"];
+        let rows: Vec<(String, StatEntry)> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.to_string(), e(i as u64)))
+            .collect();
+        s.stat_cache_store("/ctx", &rows).unwrap();
+        s.stat_cache_store("/other", &[("0".into(), e(99))])
+            .unwrap();
+        let mut seen = Vec::new();
+        s.stat_cache_visit("/ctx", |r| {
+            let want = &rows.iter().find(|(p, _)| p == r.path).unwrap().1;
+            assert_eq!(&r.to_entry(), want);
+            seen.push(r.path.to_string());
+        })
+        .unwrap();
+        let mut expect: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        expect.sort();
+        assert_eq!(seen, expect);
+        let mut none = 0;
+        s.stat_cache_visit("/nothing", |_| none += 1).unwrap();
+        assert_eq!(none, 0);
     }
 }

@@ -216,7 +216,7 @@ pub fn select_in_context(ctx: &BuildContext, sources: &[String]) -> Result<Vec<S
         let rel = context_rel(s)?;
         if has_wildcard(&rel) {
             let mut any = false;
-            for (k, _) in ctx.entries.iter() {
+            for (k, _) in ctx.iter() {
                 if !k.is_empty() && glob_match(&rel, k) {
                     let real = follow_in_context(ctx, k)?;
                     let is_dir = ctx.get(&real).map(|e| e.kind == Kind::Dir).unwrap_or(false);
@@ -532,15 +532,10 @@ pub fn plan_copy(
                     req.unpack,
                     &fsutil::clean_abs(&req.dest),
                 )?);
-                let listing = ctx.describe_subtree(&sel.path)?;
-                let listing: BTreeMap<String, String> = match &exclude {
-                    None => listing,
-                    Some(x) => listing
-                        .into_iter()
-                        .filter(|(k, _)| k == "." || !x.matches(k))
-                        .collect(),
-                };
-                described.insert(format!("{} -> {}", sel.path, target), summarise(listing));
+                // The listing, or past MAX_LISTED entries its digest.
+                let summary =
+                    ctx.summarise_subtree(&sel.path, exclude.as_ref(), crate::context::MAX_LISTED)?;
+                described.insert(format!("{} -> {}", sel.path, target), summary);
             }
             Source::View(v) => {
                 items.extend(items_from_view(v, sel, &target, exclude.as_ref())?);
@@ -626,23 +621,6 @@ pub fn plan_copy(
             chmod: req.chmod,
         },
     ))
-}
-
-/// A listing goes into the record as is while it is small enough to be
-/// read in an explanation; a huge one is kept as its digest and size.
-fn summarise(listing: BTreeMap<String, String>) -> Value {
-    if listing.len() <= 4096 {
-        json!(listing)
-    } else {
-        let mut h = blake3::Hasher::new();
-        for (k, v) in &listing {
-            h.update(k.as_bytes());
-            h.update(b"\0");
-            h.update(v.as_bytes());
-            h.update(b"\n");
-        }
-        json!({"entries": listing.len(), "digest": h.finalize().to_hex().to_string()})
-    }
 }
 
 /// Writes the planned items into `upper`, the new snapshot of the step.
