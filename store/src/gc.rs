@@ -554,6 +554,12 @@ impl Store {
                     doomed_blobs.push(digest);
                 }
             }
+            // Where registries hold a blob is a hint for pushes (mounts);
+            // it goes with the blob.
+            tx.execute(
+                "DELETE FROM registry_blobs WHERE digest NOT IN (SELECT digest FROM blobs)",
+                [],
+            )?;
             tx.commit()?;
             for id in doomed_snap_ids {
                 let from = self.snapshot_dir(id);
