@@ -204,6 +204,9 @@ pub struct BuildArgs {
     /// Secret to expose to RUN --mount=type=secret: `id=ID,src=PATH` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "id=ID,src=PATH")]
     pub secrets: Vec<String>,
+    /// SSH agent for RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (repeatable).
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     /// Output destination: type=local,dest=DIR | type=tar,dest=F | type=oci,dest=F | type=docker,dest=F.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,

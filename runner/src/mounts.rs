@@ -83,9 +83,11 @@ fn wanted_targets(job: &Job) -> Result<Vec<(PathBuf, bool)>, String> {
     ];
     for m in &job.spec.mounts {
         let is_file = match &m.kind {
-            MountKind::Bind { source, .. } => fs::metadata(source)
+            // Anything but a directory (a file, a socket) is mounted on
+            // a file.
+            MountKind::Bind { source, .. } => !fs::metadata(source)
                 .map_err(|e| err(format!("bind source {}", source.display()), e))?
-                .is_file(),
+                .is_dir(),
             MountKind::Tmpfs { .. } => false,
         };
         t.push((clean_target(&m.target)?, is_file));

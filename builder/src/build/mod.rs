@@ -6,6 +6,7 @@ pub mod explain;
 mod key;
 pub mod plan;
 mod portable;
+mod ssh;
 mod stage;
 
 use std::collections::{BTreeMap, HashMap};
@@ -49,6 +50,8 @@ pub struct Options {
     pub pull: PullPolicy,
     pub network: cli::NetworkArg,
     pub secrets: HashMap<String, Secret>,
+    /// `--ssh`: agent socket per ID.
+    pub ssh: HashMap<String, PathBuf>,
     pub labels: BTreeMap<String, String>,
     pub source_date_epoch: Option<i64>,
 }
@@ -176,6 +179,7 @@ pub fn cmd_build(
         let (id, secret) = parse_secret(s)?;
         secrets.insert(id, secret);
     }
+    let ssh = ssh::parse_ssh_flags(&args.ssh)?;
     let cache_to = args
         .cache_to
         .as_deref()
@@ -289,6 +293,7 @@ pub fn cmd_build(
             pull: args.pull,
             network: args.network,
             secrets,
+            ssh,
             labels,
             source_date_epoch,
         },

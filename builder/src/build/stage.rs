@@ -934,6 +934,8 @@ impl Builder {
         let mut binds: Vec<(usize, BindPrep, bool)> = Vec::new();
         let mut secret_env: Vec<(String, PathBuf)> = Vec::new();
         let mut keep: Vec<tempfile::TempDir> = Vec::new();
+        let mut relays: Vec<super::ssh::AgentRelay> = Vec::new();
+        let mut ssh_auth_sock: Option<String> = None;
         let mut locks: Vec<nix::fcntl::Flock<std::fs::File>> = Vec::new();
         let env_map = st.expand_env();
         let lx = self.lexer();
@@ -1160,10 +1162,48 @@ impl Builder {
                     });
                     keep.push(tmp);
                 }
-                Mount::Ssh { .. } => {
-                    return Err(
-                        self.located(line, "RUN --mount=type=ssh is not supported by kiln yet")
-                    );
+                Mount::Ssh {
+                    id,
+                    target,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let sid = id.clone().unwrap_or_else(|| "default".to_string());
+                    let Some(agent) = self.opts.ssh.get(&sid) else {
+                        if *required {
+                            return Err(self.located(line, &format!("no SSH agent for id {sid}: pass --ssh {sid}[=SOCKET] (without a socket: $SSH_AUTH_SOCK)")));
+                        }
+                        continue;
+                    };
+                    // BuildKit's default place, numbered per step.
+                    let t = target
+                        .clone()
+                        .map(|t| abs_target(&t))
+                        .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", relays.len()));
+                    let tmp = tempfile::Builder::new()
+                        .prefix("kiln-ssh-")
+                        .tempdir_in(self.store.root().join("tmp"))?;
+                    let sock = tmp.path().join("agent.sock");
+                    relays.push(super::ssh::AgentRelay::start(
+                        agent,
+                        &sock,
+                        mode.unwrap_or(0o600),
+                        uid.unwrap_or(0),
+                        gid.unwrap_or(0),
+                    )?);
+                    ssh_auth_sock.get_or_insert_with(|| t.clone());
+                    // Which agent, not what it holds, is an input.
+                    mount_inputs.push(json!({"type": "ssh", "id": sid, "target": t}));
+                    mounts.push(MountSpec {
+                        target: t,
+                        kind: MountKind::Bind {
+                            source: sock,
+                            readonly: false,
+                        },
+                    });
+                    keep.push(tmp);
                 }
             }
         }
@@ -1191,6 +1231,11 @@ impl Builder {
         for (name, file) in &secret_env {
             let v = std::fs::read_to_string(file)?;
             env.push(format!("{name}={v}"));
+        }
+        if let Some(t) = &ssh_auth_sock {
+            if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                env.push(format!("SSH_AUTH_SOCK={t}"));
+            }
         }
         let net_name = match network {
             NetworkMode::Host => "host",
@@ -1252,6 +1297,7 @@ impl Builder {
             }
             Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
         });
+        drop(relays);
         drop(keep);
         drop(locks);
         res
