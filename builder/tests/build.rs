@@ -295,6 +295,44 @@ fn build_args_secrets_and_cache_mounts() {
     );
 }
 
+#[test]
+fn cache_mounts_seeded_from_a_stage() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    let dockerfile = |seed: &str| {
+        format!(
+            "FROM busybox AS seed\nRUN mkdir -p /seed/sub && echo {seed} > /seed/sub/a\n\
+             FROM busybox\n\
+             RUN --mount=type=cache,id=c1,target=/c,from=seed,source=/seed echo run >> /c/log && cat /c/sub/a /c/log > /out\n"
+        )
+    };
+    write_tree(ctx.path(), &[("Dockerfile", dockerfile("seeded"))]);
+    let out = |extra: &[&str]| {
+        let o = tempfile::tempdir().unwrap();
+        export(&k, ctx.path(), o.path(), extra).ok();
+        let text = fs::read_to_string(o.path().join("out")).unwrap();
+        assert!(!o.path().join("c").exists(), "cache content leaked");
+        text
+    };
+    // Seeded from the stage the first time...
+    assert_eq!(out(&[]), "seeded\nrun\n");
+    // ...then it is a cache: what the last run left is still there.
+    assert_eq!(out(&["--no-cache"]), "seeded\nrun\nrun\n");
+    // Another seed is another cache (BuildKit keys it by id and base).
+    write_tree(ctx.path(), &[("Dockerfile", dockerfile("other"))]);
+    assert_eq!(out(&[]), "other\nrun\n");
+    // source= without from= has nothing to be a path of.
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,target=/c,source=/x true\n",
+        )],
+    );
+    let r = build(&k, ctx.path(), &[]).fails();
+    assert!(r.stderr().contains("source= needs from="), "{}", r.stderr());
+}
+
 fn walk_contents(dir: &Path) -> String {
     let mut s = String::new();
     for e in walkdir(dir) {

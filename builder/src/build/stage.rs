@@ -1016,18 +1016,62 @@ impl Builder {
                     from,
                     source,
                 } => {
-                    if from.is_some() || source.is_some() {
-                        return Err(self.located(line, "RUN --mount=type=cache with from=/source= is not supported by kiln yet"));
-                    }
                     let target = abs_target(&exp(target)?);
                     let cid = id.clone().unwrap_or_else(|| target.clone());
+                    // from= seeds the cache with a stage's or image's files
+                    // the first time; as in BuildKit, the cache belongs to
+                    // (id, base): another base starts another cache.
+                    let seed = match (from, source) {
+                        (None, None) => None,
+                        (None, Some(_)) => {
+                            return Err(self.located(
+                                line,
+                                "RUN --mount=type=cache: source= needs from= (the stage or image it is a path of)",
+                            ))
+                        }
+                        (Some(f), src) => {
+                            let src = exp(src.as_deref().unwrap_or("/"))?;
+                            let (view, base_id) = self.resolve_source(st, f, line)?;
+                            let (comps, found) = view.resolve(&src, true)?;
+                            if !found.is_some_and(|f| f.meta.is_dir()) {
+                                return Err(self.located(
+                                    line,
+                                    &format!("RUN --mount=type=cache from={f}: {src:?} is not a directory there"),
+                                ));
+                            }
+                            Some((view, comps, base_id, src))
+                        }
+                    };
+                    let name = match &seed {
+                        None => cid.clone(),
+                        Some((_, _, base_id, src)) => format!("{cid}\0{base_id}\0{src}"),
+                    };
                     let dir = self
                         .store
                         .root()
                         .join("cachemounts")
-                        .join(&blake3::hash(cid.as_bytes()).to_hex().as_str()[..32]);
-                    std::fs::create_dir_all(&dir)?;
+                        .join(&blake3::hash(name.as_bytes()).to_hex().as_str()[..32]);
+                    match &seed {
+                        Some((view, comps, _, _)) if !dir.exists() => {
+                            // Filled beside and renamed: a concurrent build
+                            // sees a whole seed or none.
+                            std::fs::create_dir_all(self.store.root().join("cachemounts"))?;
+                            let tmp = tempfile::Builder::new()
+                                .prefix("kiln-cache-seed-")
+                                .tempdir_in(self.store.root().join("tmp"))?;
+                            materialize(view, comps, tmp.path())?;
+                            let filled = tmp.keep();
+                            if std::fs::rename(&filled, &dir).is_err() {
+                                // Another build seeded it first.
+                                let _ = std::fs::remove_dir_all(&filled);
+                            }
+                        }
+                        _ => std::fs::create_dir_all(&dir)?,
+                    }
                     std::fs::write(dir.with_extension("id"), &cid)?;
+                    if let Some((_, _, base_id, src)) = &seed {
+                        mount_inputs.push(json!({"type": "cache-seed", "target": target, "from": base_id, "source": src}));
+                    }
                     let host = match sharing {
                         Sharing::Shared => dir.clone(),
                         Sharing::Locked | Sharing::Private => {
