@@ -15,8 +15,8 @@ use std::fs;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context as _, Result};
 use kiln_parser::dockerignore::PatternMatcher;
@@ -103,8 +103,12 @@ pub struct BuildContext {
     pub root: PathBuf,
     /// Sorted by path (byte order), unique; the root "" first.
     entries: Vec<(String, Entry)>,
-    /// Whether a file was read (not found in the stat cache) this build.
-    dirty: AtomicBool,
+    /// The stat cache records that no longer hold (the path is gone or
+    /// excluded, its stat changed, the hash is malformed); `None` if the
+    /// stat cache was not read.
+    stale: Option<Vec<String>>,
+    /// The entries read (not vouched for by the stat cache) this build.
+    read: Mutex<Vec<usize>>,
 }
 
 /// A COPY source's listing goes into the cache key's inputs as is while it
@@ -157,7 +161,8 @@ impl BuildContext {
         BuildContext {
             root: PathBuf::new(),
             entries: Vec::new(),
-            dirty: AtomicBool::new(false),
+            stale: None,
+            read: Mutex::new(Vec::new()),
         }
     }
 
@@ -181,35 +186,40 @@ impl BuildContext {
         walk_dir(&root, "", ignore, &AtomicUsize::new(0), &mut entries)?;
         // Byte order, the order of the stat cache's rows (and of BTreeMap).
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let ctx = BuildContext {
+        let mut ctx = BuildContext {
             root,
             entries,
-            dirty: AtomicBool::new(false),
+            stale: None,
+            read: Mutex::new(Vec::new()),
         };
         if let Some(store) = store {
-            ctx.merge_stat_cache(store)?;
+            ctx.stale = Some(ctx.merge_stat_cache(store)?);
         }
         Ok(ctx)
     }
 
-    /// One pass over the stat cache rows (sorted by path) and the entries.
-    fn merge_stat_cache(&self, store: &Store) -> Result<()> {
+    /// One pass over the stat cache rows (sorted by path) and the entries;
+    /// returns the paths of the records that no longer hold.
+    fn merge_stat_cache(&self, store: &Store) -> Result<Vec<String>> {
         let mut i = 0;
         let entries = &self.entries;
+        let mut stale = Vec::new();
         store.stat_cache_visit(&self.root.to_string_lossy(), |row| {
             while i < entries.len() && entries[i].0.as_str() < row.path {
                 i += 1;
             }
-            if let Some((p, e)) = entries.get(i) {
-                if p == row.path && e.matches(&row) {
+            let valid = match entries.get(i) {
+                Some((p, e)) if p == row.path && e.matches(&row) => {
                     // A malformed hash is a miss: the file is read again.
-                    if let Some(h) = HexHash::parse(row.hash) {
-                        let _ = e.hash.set(h);
-                    }
+                    HexHash::parse(row.hash).map(|h| e.hash.set(h)).is_some()
                 }
+                _ => false,
+            };
+            if !valid {
+                stale.push(row.path.to_string());
             }
         })?;
-        Ok(())
+        Ok(stale)
     }
 
     fn index(&self, rel: &str) -> Option<usize> {
@@ -266,7 +276,7 @@ impl BuildContext {
         if todo.is_empty() {
             return Ok(());
         }
-        self.dirty.store(true, Ordering::Relaxed);
+        self.read.lock().expect("read list").extend(&todo);
         todo.par_iter().try_for_each(|&i| {
             let (p, e) = &self.entries[i];
             let full = self.root.join(p);
@@ -362,33 +372,49 @@ impl BuildContext {
         Ok(json!({"entries": items.len(), "digest": h.finalize().to_hex().as_str()}))
     }
 
-    /// Writes back the stat cache, only if a file was read this build: a
-    /// record for every file whose hash is known (read now, or vouched for
-    /// by the previous record), none for files gone or changed and unread.
+    /// Writes back to the stat cache what this build learnt: a record for
+    /// each file read (with the stat taken before reading it), and the
+    /// removal of the records that no longer hold. Nothing when nothing
+    /// was read and nothing went stale.
     pub fn save_stat_cache(&self, store: &Store) -> Result<()> {
-        if !self.dirty.load(Ordering::Relaxed) || self.root.as_os_str().is_empty() {
+        if self.root.as_os_str().is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, StatEntry)> = self
-            .entries
-            .iter()
-            .filter_map(|(p, e)| {
-                let h = e.hash.get()?;
-                Some((
-                    p.clone(),
-                    StatEntry {
-                        dev: e.dev,
-                        ino: e.ino,
-                        size: e.size,
-                        mtime_ns: e.mtime_ns,
-                        ctime_ns: e.ctime_ns,
-                        mode: e.mode,
-                        hash: h.as_str().to_string(),
-                    },
-                ))
-            })
-            .collect();
-        store.stat_cache_store(&self.root.to_string_lossy(), &rows)?;
+        let mut read = self.read.lock().expect("read list").clone();
+        read.sort_unstable();
+        read.dedup();
+        let record = |i: usize| -> Option<(String, StatEntry)> {
+            let (p, e) = &self.entries[i];
+            let h = e.hash.get()?;
+            Some((
+                p.clone(),
+                StatEntry {
+                    dev: e.dev,
+                    ino: e.ino,
+                    size: e.size,
+                    mtime_ns: e.mtime_ns,
+                    ctime_ns: e.ctime_ns,
+                    mode: e.mode,
+                    hash: h.as_str().to_string(),
+                },
+            ))
+        };
+        let context = self.root.to_string_lossy();
+        match &self.stale {
+            Some(stale) => {
+                let upsert: Vec<(String, StatEntry)> =
+                    read.into_iter().filter_map(record).collect();
+                store.stat_cache_update(&context, stale, &upsert)?;
+            }
+            // Scanned without the stat cache: what it holds is unknown,
+            // so it is replaced by every hash known now.
+            None if !read.is_empty() => {
+                let all: Vec<(String, StatEntry)> =
+                    (0..self.entries.len()).filter_map(record).collect();
+                store.stat_cache_store(&context, &all)?;
+            }
+            None => {}
+        }
         Ok(())
     }
 }
@@ -686,8 +712,8 @@ mod tests {
         );
         assert_eq!(rows["bad"].hash, blake3::hash(b"bad").to_hex().as_str());
 
-        // Nothing read: nothing written. A record for a path that is not
-        // in the context shows whether the cache was rewritten.
+        // A record for a path that is not in the context is dropped even
+        // when nothing is read; the others stay as they are.
         let mut rows: Vec<(String, StatEntry)> =
             store.stat_cache_load(&root).unwrap().into_iter().collect();
         let ghost = rows[0].1.clone();
@@ -695,18 +721,31 @@ mod tests {
         store.stat_cache_store(&root, &rows).unwrap();
         let third = BuildContext::scan(d.path(), &m, Some(&store)).unwrap();
         third.describe_subtree("").unwrap();
+        assert!(third.read.lock().unwrap().is_empty());
         third.save_stat_cache(&store).unwrap();
         let rows = store.stat_cache_load(&root).unwrap();
-        assert!(rows.contains_key("ghost"));
+        assert!(!rows.contains_key("ghost"), "{rows:?}");
         assert_eq!(rows["same"].hash, "ab".repeat(32));
-        // A file read: the cache is rewritten from the context.
+        // One file read: its record replaced, a deleted file's dropped.
         fs::write(d.path().join("edited"), "again").unwrap();
+        fs::remove_file(d.path().join("bad")).unwrap();
         let fourth = BuildContext::scan(d.path(), &m, Some(&store)).unwrap();
         fourth.describe_subtree("").unwrap();
         fourth.save_stat_cache(&store).unwrap();
         let rows = store.stat_cache_load(&root).unwrap();
-        assert!(!rows.contains_key("ghost"), "{rows:?}");
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(
+            rows["edited"].hash,
+            blake3::hash(b"again").to_hex().as_str()
+        );
+        assert_eq!(rows["same"].hash, "ab".repeat(32));
+        // Scanned without the stat cache: saving replaces it whole.
+        let fifth = BuildContext::scan(d.path(), &m, None).unwrap();
+        fifth.describe_subtree("").unwrap();
+        fifth.save_stat_cache(&store).unwrap();
+        let rows = store.stat_cache_load(&root).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows["same"].hash, blake3::hash(b"same").to_hex().as_str());
     }
 
     #[test]

@@ -91,6 +91,46 @@ impl Store {
         Ok(())
     }
 
+    /// Brings the stat cache of `context` up to date in one transaction:
+    /// the records of `remove` are dropped, those of `upsert` written (or
+    /// replaced). A build that read one file of a big context writes one
+    /// row, not the whole context again.
+    pub fn stat_cache_update(
+        &self,
+        context: &str,
+        remove: &[String],
+        upsert: &[(String, StatEntry)],
+    ) -> Result<()> {
+        if remove.is_empty() && upsert.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut del =
+                tx.prepare_cached("DELETE FROM stat_cache WHERE context = ?1 AND path = ?2")?;
+            for p in remove {
+                del.execute(params![context, p])?;
+            }
+            let mut put = tx.prepare_cached("INSERT OR REPLACE INTO stat_cache (context, path, dev, ino, size, mtime_ns, ctime_ns, mode, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?;
+            for (p, e) in upsert {
+                put.execute(params![
+                    context,
+                    p,
+                    e.dev as i64,
+                    e.ino as i64,
+                    e.size as i64,
+                    e.mtime_ns,
+                    e.ctime_ns,
+                    i64::from(e.mode),
+                    e.hash
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Replaces the stat cache of `context`, in one transaction.
     pub fn stat_cache_store(&self, context: &str, entries: &[(String, StatEntry)]) -> Result<()> {
         let mut conn = self.conn();
@@ -165,5 +205,42 @@ mod tests {
         let mut none = 0;
         s.stat_cache_visit("/nothing", |_| none += 1).unwrap();
         assert_eq!(none, 0);
+    }
+
+    #[test]
+    fn update_removes_and_upserts_only_what_it_is_given() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("root")).unwrap();
+        let e = |h: &str| StatEntry {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 4,
+            ctime_ns: 5,
+            mode: 0o644,
+            hash: h.repeat(64),
+        };
+        let rows = [
+            ("a".to_string(), e("a")),
+            ("b".into(), e("b")),
+            ("c".into(), e("c")),
+        ];
+        s.stat_cache_store("/ctx", &rows).unwrap();
+        s.stat_cache_store("/other", &rows).unwrap();
+        s.stat_cache_update(
+            "/ctx",
+            &["b".into(), "nope".into()],
+            &[("a".into(), e("1")), ("d".into(), e("d"))],
+        )
+        .unwrap();
+        let m = s.stat_cache_load("/ctx").unwrap();
+        let mut keys: Vec<&String> = m.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["a", "c", "d"]);
+        assert_eq!(m["a"], e("1"));
+        assert_eq!(m["c"], e("c"));
+        assert_eq!(s.stat_cache_load("/other").unwrap().len(), 3);
+        s.stat_cache_update("/ctx", &[], &[]).unwrap();
+        assert_eq!(s.stat_cache_load("/ctx").unwrap().len(), 3);
     }
 }
