@@ -35,6 +35,17 @@ pub enum ItemSource {
     Dir,
     /// ADD of a local archive: extracted at `rel`.
     Archive(PathBuf),
+    /// ADD of a git repository: fetched only when the copy runs.
+    Git(Box<GitItem>),
+}
+
+#[derive(Debug, Clone)]
+pub struct GitItem {
+    pub source: super::git::GitSource,
+    pub commit: String,
+    pub keep_git_dir: bool,
+    /// A fresh directory to fetch into.
+    pub scratch: PathBuf,
 }
 
 /// Everything the copy needs once its key missed.
@@ -60,6 +71,8 @@ pub struct CopyRequest {
     pub checksum: Option<String>,
     /// Where downloads of `ADD <url>` go (kept until the copy is done).
     pub download_dir: Option<PathBuf>,
+    /// ADD --keep-git-dir: a git source keeps its `.git`.
+    pub keep_git_dir: bool,
 }
 
 pub fn has_wildcard(s: &str) -> bool {
@@ -482,14 +495,18 @@ pub fn plan_copy(
     };
     let mut file_sources = Vec::new();
     let mut urls = Vec::new();
+    let mut gits = Vec::new();
     for s in &req.sources {
-        if s.starts_with("http://") || s.starts_with("https://") {
+        if let Some(g) = super::git::parse(s) {
+            if !req.add {
+                bail!("COPY does not fetch git repositories ({s}); use ADD");
+            }
+            gits.push(g);
+        } else if s.starts_with("http://") || s.starts_with("https://") {
             if !req.add {
                 bail!("COPY does not fetch URLs ({s}); use ADD");
             }
             urls.push(s.clone());
-        } else if s.starts_with("git@") || s.ends_with(".git") && s.contains("://") {
-            bail!("ADD {s}: git sources are not supported by kiln yet");
         } else {
             file_sources.push(s.clone());
         }
@@ -501,7 +518,7 @@ pub fn plan_copy(
         Source::Context(ctx) => select_in_context(ctx, &file_sources)?,
         Source::View(v) => select_in_view(v, &file_sources)?,
     };
-    let count = selected.len() + req.heredoc_bodies.len() + urls.len();
+    let count = selected.len() + req.heredoc_bodies.len() + urls.len() + gits.len();
     let dest_exists_dir = dest_view
         .stat(&req.dest)
         .ok()
@@ -577,6 +594,39 @@ pub fn plan_copy(
             },
         ));
     }
+    for (i, g) in gits.into_iter().enumerate() {
+        // The commit the reference names now is the key; the repository is
+        // fetched only if the step runs.
+        let Some(base) = &req.download_dir else {
+            bail!("ADD {}: no download directory", g.url);
+        };
+        let commit = g.resolve()?;
+        let target = fsutil::clean_abs(&req.dest);
+        described.insert(
+            format!("git {} -> {target}", g.url),
+            json!({
+                "commit": commit,
+                "subdir": g.subdir,
+                "keep-git-dir": req.keep_git_dir,
+            }),
+        );
+        items.push((
+            target,
+            Item {
+                rel: String::new(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+                src: ItemSource::Git(Box::new(GitItem {
+                    source: g,
+                    commit,
+                    keep_git_dir: req.keep_git_dir,
+                    scratch: base.join(format!("git-{i}")),
+                })),
+            },
+        ));
+    }
     for (name, body) in &req.heredoc_bodies {
         let target = if dest_is_dir {
             format!(
@@ -633,6 +683,17 @@ pub fn execute(plan: &CopyPlan, upper: &Path, view: &RootView) -> Result<()> {
             Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
             None => ("/", dest.as_str()),
         };
+        if let ItemSource::Git(g) = &item.src {
+            let root = g.source.checkout(&g.commit, &g.scratch)?;
+            let mtime = super::git::GitSource::commit_time_ns(&g.scratch, &g.commit)?;
+            let tree = CopyPlan {
+                items: super::git::tree_items(&root, dest, g.keep_git_dir, mtime)?,
+                chown: plan.chown,
+                chmod: plan.chmod,
+            };
+            execute(&tree, upper, view)?;
+            continue;
+        }
         let (mut comps, _) = view.resolve(parent, true)?;
         let owner = plan.chown;
         if let ItemSource::Archive(path) = &item.src {
@@ -704,7 +765,7 @@ pub fn execute(plan: &CopyPlan, upper: &Path, view: &RootView) -> Result<()> {
                 fsutil::lchown(&path, uid, gid)?;
                 fsutil::set_mtime(&path, item.mtime_ns)?;
             }
-            ItemSource::Archive(_) => unreachable!("handled above"),
+            ItemSource::Archive(_) | ItemSource::Git(_) => unreachable!("handled above"),
         }
     }
     fsutil::restore_dir_mtimes(&dir_fixups)?;

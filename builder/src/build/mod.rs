@@ -3,6 +3,7 @@
 
 mod copy;
 pub mod explain;
+mod git;
 mod key;
 pub mod plan;
 mod portable;

@@ -581,6 +581,7 @@ impl Builder {
                     unpack: false,
                     link: c.link,
                     checksum: None,
+                    keep_git_dir: false,
                 };
                 self.exec_copy(st, ins, pos, req)?;
             }
@@ -598,6 +599,7 @@ impl Builder {
                     unpack: a.unpack.unwrap_or(true),
                     link: a.link,
                     checksum: a.checksum.as_deref(),
+                    keep_git_dir: a.keep_git_dir,
                 };
                 self.exec_copy(st, ins, pos, req)?;
             }
@@ -795,10 +797,11 @@ impl Builder {
             .map(|e| self.expand(st, e, line))
             .collect::<Result<Vec<_>>>()?;
         let downloads = if c.add
-            && sources
-                .iter()
-                .any(|s| s.starts_with("http://") || s.starts_with("https://"))
-        {
+            && sources.iter().any(|s| {
+                s.starts_with("http://")
+                    || s.starts_with("https://")
+                    || super::git::parse(s).is_some()
+            }) {
             Some(
                 tempfile::Builder::new()
                     .prefix("kiln-add-")
@@ -824,6 +827,7 @@ impl Builder {
             exclude,
             parents: c.parents,
             unpack: c.unpack,
+            keep_git_dir: c.keep_git_dir,
         };
         let (inputs, plan) = match c.from {
             Some(from) => {
@@ -1520,6 +1524,7 @@ struct CopyArgs<'a> {
     unpack: bool,
     link: bool,
     checksum: Option<&'a str>,
+    keep_git_dir: bool,
 }
 
 /// Copies the tree at `comps` of a view into `dest` (for bind mounts from
