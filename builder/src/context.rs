@@ -109,7 +109,17 @@ pub struct BuildContext {
     stale: Option<Vec<String>>,
     /// The entries read (not vouched for by the stat cache) this build.
     read: Mutex<Vec<usize>>,
+    /// Wall clock when the walk began, in ns: a file changed since one
+    /// second before that is not recorded (see `save_stat_cache`).
+    scanned_at_ns: i64,
 }
+
+/// A file whose ctime is this close to the scan may still be being written
+/// within one tick of the kernel's coarse file clock: a later write could
+/// leave size, mtime and ctime as they were when it was read, and the
+/// record would vouch for content it never saw (git's "racily clean").
+/// Such a file is read again by the next build instead.
+const RACY_NS: i64 = 1_000_000_000;
 
 /// A COPY source's listing goes into the cache key's inputs as is while it
 /// is small enough to be read in an explanation (`--explain` diffs it file
@@ -163,6 +173,7 @@ impl BuildContext {
             entries: Vec::new(),
             stale: None,
             read: Mutex::new(Vec::new()),
+            scanned_at_ns: 0,
         }
     }
 
@@ -182,6 +193,9 @@ impl BuildContext {
                 root.display()
             );
         }
+        let scanned_at_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let mut entries = vec![(String::new(), entry_of(&meta, || root.clone())?)];
         walk_dir(&root, "", ignore, &AtomicUsize::new(0), &mut entries)?;
         // Byte order, the order of the stat cache's rows (and of BTreeMap).
@@ -191,6 +205,7 @@ impl BuildContext {
             entries,
             stale: None,
             read: Mutex::new(Vec::new()),
+            scanned_at_ns,
         };
         if let Some(store) = store {
             ctx.stale = Some(ctx.merge_stat_cache(store)?);
@@ -373,9 +388,10 @@ impl BuildContext {
     }
 
     /// Writes back to the stat cache what this build learnt: a record for
-    /// each file read (with the stat taken before reading it), and the
-    /// removal of the records that no longer hold. Nothing when nothing
-    /// was read and nothing went stale.
+    /// each file read (with the stat taken before reading it) unless it
+    /// changed within [`RACY_NS`] of the scan, and the removal of the
+    /// records that no longer hold. Nothing when nothing was read and
+    /// nothing went stale.
     pub fn save_stat_cache(&self, store: &Store) -> Result<()> {
         if self.root.as_os_str().is_empty() {
             return Ok(());
@@ -386,6 +402,9 @@ impl BuildContext {
         let record = |i: usize| -> Option<(String, StatEntry)> {
             let (p, e) = &self.entries[i];
             let h = e.hash.get()?;
+            if e.ctime_ns > self.scanned_at_ns.saturating_sub(RACY_NS) {
+                return None;
+            }
             Some((
                 p.clone(),
                 StatEntry {
@@ -665,6 +684,28 @@ mod tests {
         }
     }
 
+    /// As if the scan ran a while after the files were written.
+    fn trusting(mut ctx: BuildContext) -> BuildContext {
+        ctx.scanned_at_ns = i64::MAX;
+        ctx
+    }
+
+    #[test]
+    fn a_file_changed_just_before_the_scan_is_not_recorded() {
+        let (_sd, store) = store();
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("fresh"), "x").unwrap();
+        let ctx = BuildContext::scan(d.path(), &matcher(&[]), Some(&store)).unwrap();
+        ctx.describe_subtree("").unwrap();
+        ctx.save_stat_cache(&store).unwrap();
+        let root = ctx.root.to_string_lossy().into_owned();
+        assert!(store.stat_cache_load(&root).unwrap().is_empty());
+        let ctx = trusting(BuildContext::scan(d.path(), &matcher(&[]), Some(&store)).unwrap());
+        ctx.describe_subtree("").unwrap();
+        ctx.save_stat_cache(&store).unwrap();
+        assert_eq!(store.stat_cache_load(&root).unwrap().len(), 1);
+    }
+
     #[test]
     fn stat_cache_vouches_for_unchanged_files_only() {
         let (_sd, store) = store();
@@ -673,7 +714,7 @@ mod tests {
         fs::write(d.path().join("edited"), "before").unwrap();
         fs::write(d.path().join("bad"), "bad").unwrap();
         let m = matcher(&[]);
-        let first = BuildContext::scan(d.path(), &m, Some(&store)).unwrap();
+        let first = trusting(BuildContext::scan(d.path(), &m, Some(&store)).unwrap());
         first.describe_subtree("").unwrap();
         first.save_stat_cache(&store).unwrap();
         let root = first.root.to_string_lossy().into_owned();
@@ -693,7 +734,7 @@ mod tests {
         }
         store.stat_cache_store(&root, &forged).unwrap();
         fs::write(d.path().join("edited"), "after!").unwrap();
-        let second = BuildContext::scan(d.path(), &m, Some(&store)).unwrap();
+        let second = trusting(BuildContext::scan(d.path(), &m, Some(&store)).unwrap());
         let l = second.describe_subtree("").unwrap();
         assert_eq!(l["same"], format!("f 644 4 {}", "ab".repeat(32)));
         assert_eq!(
@@ -719,7 +760,7 @@ mod tests {
         let ghost = rows[0].1.clone();
         rows.push(("ghost".into(), ghost));
         store.stat_cache_store(&root, &rows).unwrap();
-        let third = BuildContext::scan(d.path(), &m, Some(&store)).unwrap();
+        let third = trusting(BuildContext::scan(d.path(), &m, Some(&store)).unwrap());
         third.describe_subtree("").unwrap();
         assert!(third.read.lock().unwrap().is_empty());
         third.save_stat_cache(&store).unwrap();
@@ -729,7 +770,7 @@ mod tests {
         // One file read: its record replaced, a deleted file's dropped.
         fs::write(d.path().join("edited"), "again").unwrap();
         fs::remove_file(d.path().join("bad")).unwrap();
-        let fourth = BuildContext::scan(d.path(), &m, Some(&store)).unwrap();
+        let fourth = trusting(BuildContext::scan(d.path(), &m, Some(&store)).unwrap());
         fourth.describe_subtree("").unwrap();
         fourth.save_stat_cache(&store).unwrap();
         let rows = store.stat_cache_load(&root).unwrap();
@@ -740,7 +781,7 @@ mod tests {
         );
         assert_eq!(rows["same"].hash, "ab".repeat(32));
         // Scanned without the stat cache: saving replaces it whole.
-        let fifth = BuildContext::scan(d.path(), &m, None).unwrap();
+        let fifth = trusting(BuildContext::scan(d.path(), &m, None).unwrap());
         fifth.describe_subtree("").unwrap();
         fifth.save_stat_cache(&store).unwrap();
         let rows = store.stat_cache_load(&root).unwrap();
