@@ -354,6 +354,9 @@ pub struct RunArgs {
     /// Container host name.
     #[arg(long)]
     pub hostname: Option<String>,
+    /// `seccomp=unconfined`: run without the default syscall filter.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,

@@ -106,6 +106,17 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
             args.image
         )));
     }
+    let mut seccomp_unconfined = false;
+    for o in &args.security_opt {
+        match o.as_str() {
+            "seccomp=unconfined" | "seccomp:unconfined" => seccomp_unconfined = true,
+            other => {
+                return Err(run_failure(format!(
+                    "kiln: --security-opt {other}: not supported (kiln knows seccomp=unconfined)"
+                )))
+            }
+        }
+    }
     let mut ports = Vec::new();
     for p in &args.publish {
         ports.push(kiln_runner::parse_port_spec(p).map_err(|e| run_failure(format!("kiln: {e}")))?);
@@ -159,6 +170,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         },
         mounts: vec![],
         readonly_rootfs: false,
+        seccomp_unconfined,
     };
     let opts = RunOptions {
         name: args.name.clone(),

@@ -7,7 +7,7 @@
 //!      uts,ipc,pid[,net]), lo up, fork
 //!   └─▶ C  PID 1 of the container: re-exec through the read-only clone
 //!          (MARKER init), mounts, pivot_root, hostname, user, fork
-//!         └─▶ P: setsid, caps, uid/gid, chdir, close fds, execve(user argv)
+//!         └─▶ P: setsid, seccomp filter, caps, uid/gid, chdir, close fds, execve(user argv)
 //! ```
 //! H forwards signals to C, C to P; C reaps every zombie and exits with P's
 //! status; H reports `Exited(code)` on fd 3 and exits with it.
@@ -669,6 +669,8 @@ struct Process {
     groups: Vec<u32>,
     /// The pty slave, for stdin/stdout/stderr and as controlling terminal.
     console: Option<OwnedFd>,
+    /// The syscall filter, built before the fork.
+    seccomp: Option<Vec<libc::sock_filter>>,
 }
 
 fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32>)> {
@@ -731,6 +733,11 @@ fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32
         gid: user.gid,
         groups: user.groups,
         console,
+        seccomp: if job.spec.seccomp_unconfined {
+            None
+        } else {
+            Some(crate::seccomp::program().map_err(setup)?)
+        },
     };
 
     // P reports an exec failure on this pipe; EOF means execve succeeded.
@@ -804,6 +811,13 @@ fn exec_process(p: &Process) -> (String, i32) {
     }
     if let Err(e) = nix::unistd::setsid() {
         return fail(format!("setsid: {e}"));
+    }
+    // While CAP_SYS_ADMIN is still held: no no_new_privs needed, so setuid
+    // programs in the image keep working, as under Docker.
+    if let Some(prog) = &p.seccomp {
+        if let Err(e) = crate::seccomp::install(prog) {
+            return fail(e);
+        }
     }
     if let Some(slave) = &p.console {
         for fd in 0..3 {

@@ -34,6 +34,7 @@ mod names;
 pub mod ports;
 mod proto;
 mod ps;
+mod seccomp;
 mod state;
 mod tty;
 pub mod user;
@@ -148,6 +149,9 @@ pub struct ContainerSpec {
     pub network: NetworkMode,
     pub mounts: Vec<MountSpec>,
     pub readonly_rootfs: bool,
+    /// Run without the syscall filter (`--security-opt seccomp=unconfined`).
+    #[serde(default)]
+    pub seccomp_unconfined: bool,
 }
 
 /// The container process's standard streams. `None` for stdin means

@@ -1323,6 +1323,8 @@ impl Builder {
                 network,
                 mounts,
                 readonly_rootfs: false,
+                // RUN gets the default filter, as under BuildKit.
+                seccomp_unconfined: false,
             };
             let (code, tail) = b.run_container(&spec, id)?;
             if code != 0 {
