@@ -7,9 +7,10 @@
 //!
 //! `kiln` is a binary crate, so this bench cannot call its `BuildContext`.
 //! It replays the same algorithm with the same crates, step for step as
-//! builder/src/context.rs does it: a parallel walk with one rayon task per
-//! directory and an `lstat` (statx on the directory's fd) of every entry,
-//! each directory returning its own vector, sorted by path at the end;
+//! builder/src/context.rs does it: a walk with an `lstat` (statx on the
+//! directory's fd) of every entry, on one thread until it has seen 20,000
+//! entries and then with one rayon task per directory, each directory
+//! returning its own vector, sorted by path at the end;
 //! then the store's stat cache rows, visited in path order with
 //! `Store::stat_cache_visit`, merged into that vector in one pass; files
 //! without a matching record are read and hashed with blake3 in parallel
@@ -29,6 +30,7 @@ use std::hint::black_box;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln_store::{StatEntry, Store};
@@ -57,15 +59,21 @@ fn meta_of(m: &fs::Metadata) -> Meta {
     }
 }
 
-fn walk(root: &Path, rel: &str, out: &mut Vec<(String, Meta)>) {
+/// builder/src/context.rs's PARALLEL_AFTER: one thread until the walk has
+/// seen this many entries, then one rayon task per remaining directory.
+const PARALLEL_AFTER: usize = 20_000;
+
+fn walk(root: &Path, rel: &str, seen: &AtomicUsize, out: &mut Vec<(String, Meta)>) {
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {
         root.join(rel)
     };
     let mut subdirs = Vec::new();
+    let mut found = 0;
     for item in fs::read_dir(&dir).expect("read_dir") {
         let item = item.expect("dir entry");
+        found += 1;
         let name = item.file_name().into_string().expect("utf-8 name");
         let child = if rel.is_empty() {
             name
@@ -78,11 +86,19 @@ fn walk(root: &Path, rel: &str, out: &mut Vec<(String, Meta)>) {
         }
         out.push((child, meta_of(&m)));
     }
-    let below: Vec<Vec<(String, Meta)>> = subdirs
+    seen.fetch_add(found, Ordering::Relaxed);
+    let mut next = 0;
+    while next < subdirs.len()
+        && (seen.load(Ordering::Relaxed) < PARALLEL_AFTER || subdirs.len() - next < 2)
+    {
+        walk(root, &subdirs[next], seen, out);
+        next += 1;
+    }
+    let below: Vec<Vec<(String, Meta)>> = subdirs[next..]
         .par_iter()
         .map(|d| {
             let mut v = Vec::new();
-            walk(root, d, &mut v);
+            walk(root, d, seen, &mut v);
             v
         })
         .collect();
@@ -93,7 +109,7 @@ fn walk(root: &Path, rel: &str, out: &mut Vec<(String, Meta)>) {
 
 fn scan(root: &Path) -> Vec<(String, Meta)> {
     let mut out = Vec::new();
-    walk(root, "", &mut out);
+    walk(root, "", &AtomicUsize::new(0), &mut out);
     out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     out
 }
