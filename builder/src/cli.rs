@@ -122,6 +122,9 @@ pub struct PushArgs {
     /// Layer compression in the registry: gzip (every client reads it) or zstd (the store's own, no conversion).
     #[arg(long, value_enum, default_value = "gzip")]
     pub compression: PushCompression,
+    /// Upload layers in chunks of this size (e.g. 16MB) instead of one request each (for proxies that limit request bodies).
+    #[arg(long, value_name = "SIZE")]
+    pub chunk_size: Option<String>,
     /// Print only the manifest digest.
     #[arg(short, long)]
     pub quiet: bool,

@@ -199,9 +199,17 @@ pub fn cmd_push(store: &Store, access: &Access, args: &PushArgs) -> Result<ExitC
         )
         .into());
     };
+    let chunk_size = match &args.chunk_size {
+        None => None,
+        Some(c) => match crate::cmd_images::parse_size(c) {
+            Ok(n) if n > 0 => Some(n),
+            Ok(_) => return Err(Failure::new(1, "kiln: --chunk-size must be more than 0").into()),
+            Err(e) => return Err(Failure::new(1, format!("kiln: --chunk-size {c}: {e}")).into()),
+        },
+    };
     let opts = PushOptions {
         compression: compression(args.compression),
-        ..PushOptions::default()
+        chunk_size,
     };
     let report = push_image(store, access, &img, &args.reference, &opts, args.quiet)?;
     println!("{}", report.manifest_digest);

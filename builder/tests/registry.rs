@@ -115,10 +115,14 @@ fn push_then_pull_into_a_fresh_root_and_run() {
     let listed = json(&c.run(&["images", "--format", "json"]).ok().stdout());
     assert_eq!(listed[0]["id"], id_a.as_str());
 
-    // zstd layers, as the store keeps them, also make the round trip.
+    // zstd layers, as the store keeps them, also make the round trip, here
+    // uploaded in 64 kB chunks.
     let z = format!("{}/kiln/zstd:1", reg.addr);
     a.run(&["tag", &name, &z]).ok();
-    a.run(&["push", "--compression", "zstd", &z]).ok();
+    a.run(&["push", "--compression", "zstd", "--chunk-size", "64kB", &z])
+        .ok();
+    let bad = a.run(&["push", "--chunk-size", "lots", &z]).fails();
+    assert!(bad.stderr().contains("--chunk-size"), "{}", bad.stderr());
     let d = Kiln::new();
     d.run(&["pull", &z]).ok();
     assert_eq!(ids(&d, &z).0, id_a);
