@@ -46,6 +46,14 @@ fn build_hello(k: &Kiln, dir: &Path, tag: &str) {
     .ok();
 }
 
+/// Pushes `k`'s busybox to the registry; returns its name there.
+fn push_busybox(reg: &Registry, k: &Kiln) -> String {
+    let base = format!("{}/base/busybox:1", reg.addr);
+    k.run(&["tag", "busybox:latest", &base]).ok();
+    k.run(&["push", "-q", &base]).ok();
+    base
+}
+
 /// A registry and a root with busybox in it; `None` (after saying why)
 /// when this machine cannot run the test.
 fn setup(tls_auth: bool) -> Option<(Registry, Kiln)> {
@@ -143,9 +151,7 @@ fn from_an_image_only_the_registry_has() {
     let Some((reg, a)) = setup(false) else {
         return;
     };
-    let base = format!("{}/base/busybox:1", reg.addr);
-    a.run(&["tag", "busybox:latest", &base]).ok();
-    a.run(&["push", "-q", &base]).ok();
+    let base = push_busybox(&reg, &a);
 
     let tmp = tempfile::tempdir().unwrap();
     write_tree(
@@ -350,9 +356,7 @@ fn registry_cache_makes_a_fresh_root_fully_cached() {
         return;
     };
     // The base comes from the registry on both roots, as in CI.
-    let base = format!("{}/base/busybox:1", reg.addr);
-    a.run(&["tag", "busybox:latest", &base]).ok();
-    a.run(&["push", "-q", &base]).ok();
+    let base = push_busybox(&reg, &a);
     let tmp = tempfile::tempdir().unwrap();
     write_tree(
         tmp.path(),

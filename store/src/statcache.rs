@@ -112,20 +112,7 @@ impl Store {
             for p in remove {
                 del.execute(params![context, p])?;
             }
-            let mut put = tx.prepare_cached("INSERT OR REPLACE INTO stat_cache (context, path, dev, ino, size, mtime_ns, ctime_ns, mode, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?;
-            for (p, e) in upsert {
-                put.execute(params![
-                    context,
-                    p,
-                    e.dev as i64,
-                    e.ino as i64,
-                    e.size as i64,
-                    e.mtime_ns,
-                    e.ctime_ns,
-                    i64::from(e.mode),
-                    e.hash
-                ])?;
-            }
+            put_rows(&tx, context, upsert)?;
         }
         tx.commit()?;
         Ok(())
@@ -137,25 +124,33 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.prepare_cached("DELETE FROM stat_cache WHERE context = ?1")?
             .execute([context])?;
-        {
-            let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO stat_cache (context, path, dev, ino, size, mtime_ns, ctime_ns, mode, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?;
-            for (p, e) in entries {
-                stmt.execute(params![
-                    context,
-                    p,
-                    e.dev as i64,
-                    e.ino as i64,
-                    e.size as i64,
-                    e.mtime_ns,
-                    e.ctime_ns,
-                    i64::from(e.mode),
-                    e.hash
-                ])?;
-            }
-        }
+        put_rows(&tx, context, entries)?;
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Inserts or replaces `entries` of `context` inside `tx`.
+fn put_rows(
+    tx: &rusqlite::Transaction<'_>,
+    context: &str,
+    entries: &[(String, StatEntry)],
+) -> Result<()> {
+    let mut put = tx.prepare_cached("INSERT OR REPLACE INTO stat_cache (context, path, dev, ino, size, mtime_ns, ctime_ns, mode, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?;
+    for (p, e) in entries {
+        put.execute(params![
+            context,
+            p,
+            e.dev as i64,
+            e.ino as i64,
+            e.size as i64,
+            e.mtime_ns,
+            e.ctime_ns,
+            i64::from(e.mode),
+            e.hash
+        ])?;
+    }
+    Ok(())
 }
 
 /// A TEXT column borrowed from the row.
