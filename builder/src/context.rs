@@ -247,6 +247,36 @@ impl BuildContext {
         self.index(rel).map(|i| &self.entries[i].1)
     }
 
+    /// For explanations of large COPY sources (kept in the key as a
+    /// digest): the files at or below `rel` that this build read again
+    /// (new, or their stat changed since the stat cache vouched for them),
+    /// and those the stat cache knew there that are gone.
+    pub fn changed_under(&self, rel: &str) -> (Vec<String>, Vec<String>) {
+        let (own, below) = self.subtree_range(rel);
+        let inside = |i: usize| own == Some(i) || below.contains(&i);
+        let mut read: Vec<String> = self
+            .read
+            .lock()
+            .map(|r| r.iter().copied().filter(|&i| inside(i)).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&i| self.entries[i].1.kind == Kind::File)
+            .map(|i| self.entries[i].0.clone())
+            .collect();
+        read.sort();
+        read.dedup();
+        let prefix = format!("{rel}/");
+        let gone = self
+            .stale
+            .iter()
+            .flatten()
+            .filter(|p| rel.is_empty() || p.as_str() == rel || p.starts_with(&prefix))
+            .filter(|p| self.index(p).is_none())
+            .cloned()
+            .collect();
+        (read, gone)
+    }
+
     /// Every entry, in path order, the root ("") first.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
         self.entries.iter().map(|(k, e)| (k, e))

@@ -207,3 +207,40 @@ fn cache_du_and_prune_keep_what_images_need() {
     let e = explain(&k, ctx.path(), &[]);
     assert!(e.contains("first build of this step"), "{e}");
 }
+
+#[test]
+fn a_large_source_names_the_files_read_again() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    let mut files: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("data/f{i}.txt"), format!("file {i}\n")))
+        .collect();
+    files.push((
+        "Dockerfile".into(),
+        "FROM busybox\nCOPY data /data\nRUN ls /data | wc -l > /count\n".into(),
+    ));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    write_tree(ctx.path(), &refs);
+    // Files changed within a second of a scan are read again by the next
+    // build (racily clean); let these settle so the first build vouches
+    // for them.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    explain(&k, ctx.path(), &[]);
+    fs::write(ctx.path().join("data/f123.txt"), "edited\n").unwrap();
+    fs::write(ctx.path().join("data/new.txt"), "new\n").unwrap();
+    fs::remove_file(ctx.path().join("data/f7.txt")).unwrap();
+    let e = explain(&k, ctx.path(), &[]);
+    // More than 256 entries: the key holds a digest, the scan names them.
+    assert!(
+        e.contains("the copied files changed (301 -> 301 entries)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("read again this build (new, or changed on disk): data/f123.txt, data/new.txt"),
+        "{e}"
+    );
+    assert!(e.contains("gone: data/f7.txt"), "{e}");
+}

@@ -135,7 +135,7 @@ fn describe_file_change(path: &str, old: &str, new: &str) -> String {
     }
 }
 
-fn list_names(names: &[String]) -> String {
+pub fn list_names(names: &[String]) -> String {
     const MAX: usize = 5;
     let mut s = names
         .iter()
@@ -149,6 +149,9 @@ fn list_names(names: &[String]) -> String {
     s
 }
 
+/// How a change of a source kept as a digest is worded.
+pub const LARGE_SOURCE_CHANGED: &str = "the copied files changed";
+
 fn diff_listing(src: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
     let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
         if old != new {
@@ -160,7 +163,7 @@ fn diff_listing(src: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
     if o.contains_key("digest") || n.contains_key("digest") {
         if old != new {
             out.push(format!(
-                "the copied files changed ({} -> {} entries)",
+                "{LARGE_SOURCE_CHANGED} ({} -> {} entries)",
                 o.get("entries").and_then(Value::as_u64).unwrap_or(0),
                 n.get("entries").and_then(Value::as_u64).unwrap_or(0)
             ));

@@ -632,10 +632,14 @@ impl Builder {
             .into_iter()
             .filter(|t| !t.meta || explain::root_cause(t, &trace).is_none())
             .map(|t| {
-                (
-                    format!("{} ({})", t.description, t.source),
-                    explain::explain_step(t, &trace, &earlier, self.opts.no_cache),
-                )
+                let mut why = explain::explain_step(t, &trace, &earlier, self.opts.no_cache);
+                if why.contains(explain::LARGE_SOURCE_CHANGED) {
+                    if let Some(h) = self.large_source_hint(t) {
+                        why.push_str("; ");
+                        why.push_str(&h);
+                    }
+                }
+                (format!("{} ({})", t.description, t.source), why)
             })
             .collect();
         Ok(Report {
@@ -643,6 +647,35 @@ impl Builder {
             steps: trace.iter().filter(|t| !t.meta).count(),
             missed,
         })
+    }
+
+    /// A COPY source too large to keep its listing in the key says only
+    /// that its files changed; the scan of this build knows which files it
+    /// had to read again and which are gone.
+    fn large_source_hint(&self, t: &explain::StepTrace) -> Option<String> {
+        let files = t.inputs.get("files")?.as_object()?;
+        let (mut read, mut gone) = (Vec::new(), Vec::new());
+        for (src, listing) in files {
+            if listing.get("digest").is_none() {
+                continue;
+            }
+            let rel = src.split(" -> ").next().unwrap_or("");
+            let rel = rel.trim_start_matches("./").trim_end_matches('/');
+            let (r, g) = self.ctx.changed_under(if rel == "." { "" } else { rel });
+            read.extend(r);
+            gone.extend(g);
+        }
+        let mut parts = Vec::new();
+        if !read.is_empty() {
+            parts.push(format!(
+                "read again this build (new, or changed on disk): {}",
+                explain::list_names(&read)
+            ));
+        }
+        if !gone.is_empty() {
+            parts.push(format!("gone: {}", explain::list_names(&gone)));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     /// Runs every needed stage, each in its own thread as soon as the
