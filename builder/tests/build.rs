@@ -67,10 +67,7 @@ fn run_copy_env_workdir_make_the_expected_image_and_a_rebuild_is_fully_cached() 
     // Nothing changed: every step is a hit and the image is the same.
     let id1 = k.run(&["images", "-q"]).ok().stdout();
     let r = build(&k, ctx.path(), &["-t", "demo:1"]).ok();
-    let steps: Vec<_> = step_outcomes(&r.stderr())
-        .into_iter()
-        .filter(|(l, _)| !l.contains("FROM") && !l.contains("internal"))
-        .collect();
+    let steps = common::cache_steps(&r.stderr());
     assert!(!steps.is_empty(), "{}", r.stderr());
     assert!(
         steps.iter().all(|(_, o)| o == "CACHED"),

@@ -123,44 +123,22 @@ fn the_syscall_filter_denies_what_dockers_denies() {
     if !k.with_python() {
         return;
     }
+    // The probe's errnos with these `kiln run` flags.
+    let probe = |flags: &[&str]| {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["python:3.11-slim", "python3", "-c", PROBE]);
+        k.run(&args).ok().stdout().trim().to_string()
+    };
     // EPERM for a user namespace, the keyring and io_uring; ENOSYS for
     // clone3 (libc falls back to clone, which the filter can read); the
     // rest works.
-    let out = k
-        .run(&["run", "--rm", "python:3.11-slim", "python3", "-c", PROBE])
-        .ok()
-        .stdout();
-    assert_eq!(out.trim(), "1 1 1 38 0");
+    assert_eq!(probe(&[]), "1 1 1 38 0");
     // As a non-root user too (the filter is installed before the switch).
-    let out = k
-        .run(&[
-            "run",
-            "--rm",
-            "-u",
-            "nobody",
-            "python:3.11-slim",
-            "python3",
-            "-c",
-            PROBE,
-        ])
-        .ok()
-        .stdout();
-    assert_eq!(out.trim(), "1 1 1 38 0");
+    assert_eq!(probe(&["-u", "nobody"]), "1 1 1 38 0");
     // Unconfined: the same calls reach the kernel (a user namespace needs
     // no capability; the others fail on their bad arguments, not EPERM).
-    let out = k
-        .run(&[
-            "run",
-            "--rm",
-            "--security-opt",
-            "seccomp=unconfined",
-            "python:3.11-slim",
-            "python3",
-            "-c",
-            PROBE,
-        ])
-        .ok()
-        .stdout();
+    let out = probe(&["--security-opt", "seccomp=unconfined"]);
     let codes: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(codes[0], "0", "{out}");
     assert_ne!(codes[2], "1", "{out}");

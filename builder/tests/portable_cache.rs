@@ -45,18 +45,28 @@ fn tree_digest(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-#[test]
-fn a_fresh_root_hits_an_exported_cache() {
+/// Two roots with the same busybox (same image ID), as a registry would
+/// give two machines, and a scratch dir; `None` (after saying why) when
+/// this machine cannot build.
+fn two_roots() -> Option<(Kiln, Kiln, tempfile::TempDir)> {
     if !require(common::is_root(), "kiln build runs containers: needs root") {
-        return;
+        return None;
     }
     let a = Kiln::new();
     if !a.with_busybox() {
-        return;
+        return None;
     }
     let b = Kiln::new();
     let tmp = tempfile::tempdir().unwrap();
     with_busybox_from(&a, &b, tmp.path());
+    Some((a, b, tmp))
+}
+
+#[test]
+fn a_fresh_root_hits_an_exported_cache() {
+    let Some((a, b, tmp)) = two_roots() else {
+        return;
+    };
     let ctx = tempfile::tempdir().unwrap();
     write_tree(
         ctx.path(),
@@ -97,10 +107,7 @@ fn a_fresh_root_hits_an_exported_cache() {
             c,
         ])
         .ok();
-    let steps: Vec<_> = step_outcomes(&r.stderr())
-        .into_iter()
-        .filter(|(l, _)| !l.contains("FROM") && !l.contains("internal"))
-        .collect();
+    let steps = common::cache_steps(&r.stderr());
     assert!(!steps.is_empty());
     assert!(
         steps.iter().all(|(_, o)| o == "CACHED"),
@@ -128,16 +135,9 @@ fn a_fresh_root_hits_an_exported_cache() {
 
 #[test]
 fn a_tampered_cache_is_rebuilt_not_trusted() {
-    if !require(common::is_root(), "kiln build runs containers: needs root") {
+    let Some((a, b, tmp)) = two_roots() else {
         return;
-    }
-    let a = Kiln::new();
-    if !a.with_busybox() {
-        return;
-    }
-    let b = Kiln::new();
-    let tmp = tempfile::tempdir().unwrap();
-    with_busybox_from(&a, &b, tmp.path());
+    };
     let ctx = tempfile::tempdir().unwrap();
     write_tree(
         ctx.path(),

@@ -409,12 +409,7 @@ fn registry_cache_makes_a_fresh_root_fully_cached() {
             ctx,
         ])
         .ok();
-    let steps: Vec<_> = step_outcomes(&second.stderr())
-        .into_iter()
-        // The FROM line resolves the base (here: pulls it); the steps are
-        // what the cache covers.
-        .filter(|(l, _)| !l.starts_with("[internal]") && !l.contains("] FROM "))
-        .collect();
+    let steps = common::cache_steps(&second.stderr());
     assert!(
         steps.len() >= 3 && steps.iter().all(|(_, o)| o == "CACHED"),
         "every step is a cache hit on the fresh root:\n{}",

@@ -165,6 +165,16 @@ pub fn write_tree<S: AsRef<str>>(dir: &Path, files: &[(&str, S)]) {
     }
 }
 
+/// The build steps the cache covers, with their outcome: [`step_outcomes`]
+/// without the FROM lines (they resolve, and may pull, the base) and the
+/// `[internal]` work (context, pulls).
+pub fn cache_steps(stderr: &str) -> Vec<(String, String)> {
+    step_outcomes(stderr)
+        .into_iter()
+        .filter(|(l, _)| !l.starts_with("[internal]") && !l.contains("] FROM "))
+        .collect()
+}
+
 /// Step lines of a plain-progress build that were cache hits / ran.
 pub fn step_outcomes(stderr: &str) -> Vec<(String, String)> {
     let mut labels: std::collections::BTreeMap<String, String> = Default::default();
