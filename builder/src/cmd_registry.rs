@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, Context as _, Result};
 use kiln_store::reference::{self, Reference};
@@ -53,7 +53,7 @@ impl Access {
 
 /// Where progress lines go: stderr, one line per blob, or nowhere.
 pub fn reporter(quiet: bool) -> impl Fn(Event) + Sync {
-    let out = Mutex::new(());
+    // One eprintln per event: it holds stderr's lock for the whole line.
     move |e: Event| {
         if quiet {
             return;
@@ -66,7 +66,6 @@ pub fn reporter(quiet: bool) -> impl Fn(Event) + Sync {
             Event::BlobProgress { .. } => return,
             Event::BlobDone { digest, outcome } => format!("{}: {outcome}", digest.short()),
         };
-        let _g = out.lock();
         eprintln!("{line}");
     }
 }

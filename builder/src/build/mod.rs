@@ -242,11 +242,12 @@ pub fn cmd_build(
         None => BuildContext::empty(),
         Some(dir) => {
             let id = progress.start("[internal] load build context");
+            let started = std::time::Instant::now();
             let patterns = read_dockerignore(dir, args.file.as_deref())?;
             let matcher = PatternMatcher::new(&patterns)
                 .map_err(|e| anyhow!("invalid .dockerignore: {e}"))?;
             let ctx = BuildContext::scan(dir, &matcher, Some(&store))?;
-            progress.done(id, progress.elapsed());
+            progress.done(id, started.elapsed());
             ctx
         }
     };
@@ -263,6 +264,7 @@ pub fn cmd_build(
             }
         }
         let id = progress.start(&format!("importing cache from {src}"));
+        let started = std::time::Instant::now();
         match portable::import(&store, src, &access) {
             Ok(imp) => {
                 for w in &imp.warnings {
@@ -272,10 +274,10 @@ pub fn cmd_build(
                     "imported {} cache records from {src}",
                     imp.records
                 ));
-                progress.done(id, progress.elapsed());
+                progress.done(id, started.elapsed());
             }
             Err(e) => {
-                progress.done(id, progress.elapsed());
+                progress.done(id, started.elapsed());
                 progress.warn(&format!("--cache-from {src}: {e:#}; building without it"))
             }
         }
