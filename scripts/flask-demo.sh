@@ -4,18 +4,8 @@
 # run it detached with port 5000 published, fetch the page, see it in ps,
 # stop it and remove it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/deps.sh
-[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
-export KILN_FIXTURES_CACHE=${KILN_FIXTURES_CACHE:-/var/cache/kiln-fixtures}
-
-say() { printf '\n\033[1m$ %s\033[0m\n' "$*" >&2; }
-
-cargo build --release -q -p kiln-builder
-KILN=${CARGO_TARGET_DIR:-$PWD/target}/release/kiln
-export KILN
-
-fixtures/flask/fetch-wheels.sh >/dev/null
+# shellcheck source=scripts/demo-setup.sh
+source "$(dirname "$0")/demo-setup.sh"
 KILN_BUILD_FLAGS=--progress=plain fixtures/bases/import-into-kiln.sh python
 
 say kiln build -t flask_app:0.1 fixtures/flask

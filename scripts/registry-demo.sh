@@ -9,16 +9,8 @@
 #             registry, the same image ID, nothing rebuilt
 #   deploy:   pull the image, run it with port 5000 published, curl it
 set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/deps.sh
-[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
-export KILN_FIXTURES_CACHE=${KILN_FIXTURES_CACHE:-/var/cache/kiln-fixtures}
-
-say() { printf '\n\033[1m$ %s\033[0m\n' "$*" >&2; }
-
-cargo build --release -q -p kiln-builder
-KILN=${CARGO_TARGET_DIR:-$PWD/target}/release/kiln
-fixtures/flask/fetch-wheels.sh >/dev/null
+# shellcheck source=scripts/demo-setup.sh
+source "$(dirname "$0")/demo-setup.sh"
 
 work=$(mktemp -d /tmp/kiln-registry-demo.XXXXXX)
 cid=""
