@@ -247,6 +247,59 @@ impl BuildContext {
         self.index(rel).map(|i| &self.entries[i].1)
     }
 
+    /// Resolves `path` (relative to the context, or absolute: the same)
+    /// in the scanned context the way `openat2(RESOLVE_IN_ROOT)` resolves
+    /// in a directory: each symlink on the way is followed, an absolute
+    /// target starts again at the context's root and `..` stops there.
+    /// Only what the scan kept is ever found, so nothing `.dockerignore`
+    /// excludes and nothing outside the context can be reached; the host's
+    /// filesystem is not consulted. With `follow_last` false a symlink in
+    /// the last component is the result. Returns the resolved path
+    /// (relative, "" for the root), or `None` when it names nothing the
+    /// context holds.
+    pub fn resolve(&self, path: &str, follow_last: bool) -> Result<Option<String>> {
+        let mut todo: Vec<String> = path.split('/').rev().map(String::from).collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => done.push(c),
+            }
+            let last = todo.iter().all(|c| c.is_empty() || c == ".");
+            let Some(e) = self.get(&done.join("/")) else {
+                return Ok(None);
+            };
+            match e.kind {
+                Kind::Symlink if !last || follow_last => {
+                    hops += 1;
+                    if hops > 40 {
+                        bail!(
+                            "\"/{}\": too many levels of symbolic links",
+                            path.trim_start_matches('/')
+                        );
+                    }
+                    let target = e.link_target.as_deref().unwrap_or_default();
+                    done.pop();
+                    if target.starts_with('/') {
+                        done.clear();
+                    }
+                    todo.extend(target.split('/').rev().map(String::from));
+                }
+                Kind::Dir => {}
+                _ if last => {}
+                // A file where a directory is needed: nothing is there.
+                _ => return Ok(None),
+            }
+        }
+        let rel = done.join("/");
+        Ok(self.get(&rel).is_some().then_some(rel))
+    }
+
     /// For explanations of large COPY sources (kept in the key as a
     /// digest): the files at or below `rel` that this build read again
     /// (new, or their stat changed since the stat cache vouched for them),
@@ -583,6 +636,44 @@ mod tests {
         assert!(!names.contains(&"a/b/drop.txt"), "{names:?}");
         assert!(!names.contains(&"top.log"), "{names:?}");
         assert!(names.contains(&"app.py"));
+    }
+
+    #[test]
+    fn resolve_stays_in_the_scanned_context() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        fs::create_dir_all(p.join("sub")).unwrap();
+        fs::write(p.join("sub/f"), "f").unwrap();
+        fs::write(p.join("secret.key"), "s").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("host"), "h").unwrap();
+        let link = |t: &str, n: &str| std::os::unix::fs::symlink(t, p.join(n)).unwrap();
+        link("/sub", "abs");
+        link("../../../sub", "up");
+        link("/", "root");
+        link("secret.key", "alias");
+        link(outside.path().join("host").to_str().unwrap(), "host");
+        link("loop", "loop");
+        link("sub/f", "file");
+        let ctx = BuildContext::scan(p, &matcher(&["secret.key"]), None).unwrap();
+        let r = |path: &str| ctx.resolve(path, true).unwrap();
+        assert_eq!(r("abs/f").as_deref(), Some("sub/f"));
+        assert_eq!(r("/up/f").as_deref(), Some("sub/f"));
+        assert_eq!(r("root").as_deref(), Some(""));
+        assert_eq!(r("root/root/abs").as_deref(), Some("sub"));
+        assert_eq!(r("../../sub/./f").as_deref(), Some("sub/f"));
+        // Ignored, outside, through a file, missing: nothing.
+        assert_eq!(r("alias"), None);
+        assert_eq!(r("host"), None);
+        assert_eq!(r("file/x"), None);
+        assert_eq!(r("nope"), None);
+        // The last link kept when asked; a loop is an error naming it.
+        assert_eq!(
+            ctx.resolve("alias", false).unwrap().as_deref(),
+            Some("alias")
+        );
+        let e = ctx.resolve("loop", true).unwrap_err().to_string();
+        assert!(e.contains("\"/loop\": too many levels"), "{e}");
     }
 
     #[test]

@@ -141,13 +141,31 @@ fn read_head(mut r: impl Read) -> Vec<u8> {
     head
 }
 
+/// Opens a source file without following a symlink in its last
+/// component: what was scanned or resolved as a file is read only if it is
+/// still one (a file swapped for a link to the host is refused).
+fn open_source(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => anyhow!(
+                "{} is now a symlink (it was a file when the build began); refusing to follow it",
+                path.display()
+            ),
+            _ => anyhow!("reading {}: {e}", path.display()),
+        })
+}
+
 /// The kind of archive ADD extracts: a tar, plain or compressed, decided by
 /// looking at the (decompressed) first block, as BuildKit does. A gzip file
 /// that is not a tar is copied as it is.
 pub fn archive_kind(path: &Path) -> Result<Option<&'static str>> {
-    let f = fs::File::open(path)?;
+    let f = open_source(path)?;
     let h = read_head(&f);
-    let open = || fs::File::open(path);
+    let open = || open_source(path);
     let (kind, inner): (&'static str, Vec<u8>) = if h.starts_with(&[0x1f, 0x8b]) {
         (
             "gzip",
@@ -192,27 +210,13 @@ fn context_rel(src: &str) -> Result<String> {
     Ok(out.join("/"))
 }
 
-/// Follows a top-level symlink source inside the context.
-fn follow_in_context(ctx: &BuildContext, rel: &str) -> Result<String> {
-    let mut cur = rel.to_string();
-    for _ in 0..40 {
-        let Some(e) = ctx.get(&cur) else {
-            bail!("\"/{}\": not found", rel);
-        };
-        if e.kind != Kind::Symlink {
-            return Ok(cur);
-        }
-        let target = e.link_target.clone().unwrap_or_default();
-        let joined = if target.starts_with('/') {
-            target
-        } else {
-            let parent = cur.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-            format!("{parent}/{target}")
-        };
-        cur = context_rel(&joined)
-            .map_err(|_| anyhow!("\"/{rel}\": symlink points outside the build context"))?;
-    }
-    bail!("\"/{rel}\": too many levels of symbolic links")
+/// A context source resolved in the scanned context: its symlinks
+/// followed but kept inside the context's root (BuildKit's behaviour), so
+/// neither a host path nor a `.dockerignore`d file is ever selected.
+fn resolve_in_context(ctx: &BuildContext, rel: &str) -> Result<String> {
+    ctx.resolve(rel, true)?.ok_or_else(|| {
+        anyhow!("\"/{rel}\": not found in the build context (is it excluded by .dockerignore?)")
+    })
 }
 
 /// A selected source: its path (context-relative or absolute in an image)
@@ -231,7 +235,7 @@ pub fn select_in_context(ctx: &BuildContext, sources: &[String]) -> Result<Vec<S
             let mut any = false;
             for (k, _) in ctx.iter() {
                 if !k.is_empty() && glob_match(&rel, k) {
-                    let real = follow_in_context(ctx, k)?;
+                    let real = resolve_in_context(ctx, k)?;
                     let is_dir = ctx.get(&real).map(|e| e.kind == Kind::Dir).unwrap_or(false);
                     out.push(Selected { path: real, is_dir });
                     any = true;
@@ -241,12 +245,7 @@ pub fn select_in_context(ctx: &BuildContext, sources: &[String]) -> Result<Vec<S
                 bail!("lstat {s}: no source files were specified (the pattern matched nothing in the build context)");
             }
         } else {
-            if ctx.get(&rel).is_none() {
-                bail!(
-                    "\"/{rel}\": not found in the build context (is it excluded by .dockerignore?)"
-                );
-            }
-            let real = follow_in_context(ctx, &rel)?;
+            let real = resolve_in_context(ctx, &rel)?;
             let is_dir = ctx.get(&real).map(|e| e.kind == Kind::Dir).unwrap_or(false);
             out.push(Selected { path: real, is_dir });
         }
@@ -744,7 +743,10 @@ pub fn execute(plan: &CopyPlan, upper: &Path, view: &RootView) -> Result<()> {
             }
             ItemSource::File(src) => {
                 remove_any(&path)?;
-                fs::copy(src, &path)
+                let mut from = open_source(src)?;
+                let mut to = fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                std::io::copy(&mut from, &mut to)
                     .with_context(|| format!("copying {} to {}", src.display(), path.display()))?;
                 fsutil::lchown(&path, uid, gid)?;
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
@@ -786,7 +788,7 @@ fn remove_any(path: &Path) -> Result<()> {
 /// inside `dir`).
 fn extract_archive(path: &Path, dir: &Path) -> Result<()> {
     let kind = archive_kind(path)?;
-    let mut f = fs::File::open(path)?;
+    let mut f = open_source(path)?;
     f.seek(SeekFrom::Start(0))?;
     let mut reader: Box<dyn Read> = match kind {
         Some("bzip2") => Box::new(bzip2::read::MultiBzDecoder::new(f)),
@@ -902,6 +904,21 @@ mod tests {
         assert_eq!(context_rel("/abs/x").unwrap(), "abs/x");
         assert!(context_rel("../x").is_err());
         assert!(context_rel("a/../../x").is_err());
+    }
+
+    #[test]
+    fn a_source_that_became_a_symlink_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host");
+        fs::write(&host, "host file").unwrap();
+        let src = d.path().join("src");
+        std::os::unix::fs::symlink(&host, &src).unwrap();
+        let e = open_source(&src).unwrap_err().to_string();
+        assert!(e.contains("src is now a symlink"), "{e}");
+        assert!(archive_kind(&src).is_err());
+        let mut s = String::new();
+        open_source(&host).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "host file");
     }
 
     #[test]

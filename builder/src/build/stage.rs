@@ -968,11 +968,7 @@ impl Builder {
                     // runs (a cache hit needs just the inputs).
                     let (prep, id) = match from {
                         None => {
-                            let rel = source.trim_start_matches('/').to_string();
-                            let rel = crate::fsutil::clean_components(&rel).join("/");
-                            if self.ctx.get(&rel).is_none() {
-                                return Err(self.located(line, &format!("RUN --mount=type=bind: source {source:?} not found in the build context (is it excluded by .dockerignore?)")));
-                            }
+                            let rel = self.bind_source_in_context(&source, line)?;
                             let listing = self.ctx.describe_subtree(&rel)?;
                             let digest = blake3::hash(serde_json::to_string(&listing)?.as_bytes())
                                 .to_hex()
@@ -1399,6 +1395,26 @@ enum BindPrep {
 }
 
 impl Builder {
+    /// A bind mount's `source=` resolved in the scanned context, as
+    /// BuildKit resolves it in the context it was sent: symlinks followed
+    /// but kept inside the context's root, so what is mounted is an entry
+    /// of the `.dockerignore`-filtered context (a directory or a file,
+    /// never a symlink), never a path of the host.
+    fn bind_source_in_context(&self, source: &str, line: usize) -> Result<String> {
+        let shown = fsutil::clean_abs(source);
+        match self.ctx.resolve(source, true) {
+            Ok(Some(rel)) => Ok(rel),
+            Ok(None) => Err(self.located(
+                line,
+                &format!(
+                    "RUN --mount=type=bind: {shown:?}: not found in the build context \
+                     (symlinks resolve inside the context; is the file excluded by .dockerignore?)"
+                ),
+            )),
+            Err(e) => Err(self.located(line, &format!("RUN --mount=type=bind: {e}"))),
+        }
+    }
+
     /// The host path to bind for a mount: the context path itself when
     /// `.dockerignore` excludes nothing below it, else a copy (hard links
     /// where possible) of just what the context holds, so an ignored file
@@ -1418,6 +1434,7 @@ impl Builder {
         match prep {
             BindPrep::Context(rel) => {
                 let real = self.ctx.root.join(&rel);
+                self.still_scanned(&rel, &real)?;
                 let entries = self.ctx.subtree(&rel);
                 if !rw && !has_excluded(&real, entries.len())? {
                     return Ok(real);
@@ -1486,6 +1503,27 @@ impl Builder {
                 Ok(p)
             }
         }
+    }
+
+    /// `rel` (resolved, symlink-free in the scan) is still the entry the
+    /// scan saw: a path swapped for a symlink since would be followed on
+    /// the host when mounted.
+    fn still_scanned(&self, rel: &str, real: &std::path::Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let e = self.ctx.get(rel);
+        let same = std::fs::symlink_metadata(real)
+            .ok()
+            .zip(e)
+            .is_some_and(|(m, e)| {
+                !m.file_type().is_symlink() && m.dev() == e.dev && m.ino() == e.ino
+            });
+        if !same {
+            anyhow::bail!(
+                "build context path \"/{rel}\" changed while the build ran ({}); build again",
+                real.display()
+            );
+        }
+        Ok(())
     }
 }
 
