@@ -434,9 +434,12 @@ fn tar_header(name: &str, kind: u8, link: &str, size: usize) -> [u8; 512] {
     h
 }
 
-/// A tar of (name, type, link target, content) members, written as is
-/// (no cleaning: these are the adversarial archives).
-fn raw_tar(members: &[(&str, u8, &str, &str)]) -> Vec<u8> {
+/// A tar member: name, type flag, link target, content.
+type Member<'a> = (&'a str, u8, &'a str, &'a str);
+
+/// A tar of members written as is (no cleaning: these are the
+/// adversarial archives).
+fn raw_tar(members: &[Member]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind, link, body) in members {
         out.extend_from_slice(&tar_header(name, *kind, link, body.len()));
@@ -471,7 +474,7 @@ fn add_archive_members_cannot_leave_the_destination() {
     );
     let abs = format!("{empty}/abs");
     let secret = host.secret().display().to_string();
-    let cases: Vec<(&str, Vec<(&str, u8, &str, &str)>)> = vec![
+    let cases: Vec<(&str, Vec<Member>)> = vec![
         ("dotdot", vec![(dotdot.as_str(), b'0', "", "PWNED\n")]),
         ("absolute", vec![(abs.as_str(), b'0', "", "PWNED\n")]),
         (

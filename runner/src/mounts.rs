@@ -85,7 +85,7 @@ fn wanted_targets(job: &Job) -> Result<Vec<(PathBuf, bool)>, String> {
         let is_file = match &m.kind {
             // Anything but a directory (a file, a socket) is mounted on
             // a file.
-            MountKind::Bind { source, .. } => !fs::metadata(source)
+            MountKind::Bind { source, .. } => !fs::symlink_metadata(source)
                 .map_err(|e| err(format!("bind source {}", source.display()), e))?
                 .is_dir(),
             MountKind::Tmpfs { .. } => false,
@@ -537,6 +537,36 @@ fn mount_overlay_legacy(job: &Job, layout: &Layout, lowers: &[&Path]) -> Result<
     .map_err(|e| err(layout.rootfs.display(), e))
 }
 
+/// A detached copy of the bind source's mount tree. The source is opened
+/// `O_PATH | O_NOFOLLOW` and the copy made from that descriptor, so a
+/// source that is a symlink is refused rather than followed by the kernel
+/// to wherever it points on the host.
+pub(crate) fn clone_bind_source(source: &Path) -> Result<OwnedFd, String> {
+    let what = || format!("bind source {}", source.display());
+    let fd = rustix::fs::open(
+        source,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(what(), e))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| err(what(), e))?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+        return Err(format!(
+            "{} is a symlink; refusing to follow it on the host",
+            what()
+        ));
+    }
+    open_tree(
+        &fd,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )
+    .map_err(|e| err(what(), e))
+}
+
 /// Mount the rootfs and everything in it, then `pivot_root` into it and
 /// detach the old root. Runs in the container's PID 1, in its new mount
 /// namespace, before any user code.
@@ -655,14 +685,7 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
         let rel_s = rel.to_string_lossy();
         let mnt = match &m.kind {
             MountKind::Bind { source, readonly } => {
-                let t = open_tree(
-                    CWD,
-                    source,
-                    OpenTreeFlags::OPEN_TREE_CLONE
-                        | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                        | OpenTreeFlags::AT_RECURSIVE,
-                )
-                .map_err(|e| err(format!("bind source {}", source.display()), e))?;
+                let t = clone_bind_source(source)?;
                 if *readonly {
                     mount_setattr(
                         t.as_fd(),
@@ -694,9 +717,9 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
         if let Ok(under) = rel.strip_prefix("dev") {
             if !under.as_os_str().is_empty() {
                 let is_file = match &m.kind {
-                    MountKind::Bind { source, .. } => {
-                        fs::metadata(source).map(|m| m.is_file()).unwrap_or(false)
-                    }
+                    MountKind::Bind { source, .. } => fs::symlink_metadata(source)
+                        .map(|m| m.is_file())
+                        .unwrap_or(false),
                     MountKind::Tmpfs { .. } => false,
                 };
                 make_target_in(&dev, under, is_file)?;
@@ -923,6 +946,31 @@ mod tests {
         assert!(clean_target("relative").is_err());
         assert!(clean_target("/a/../b").is_err());
         assert!(clean_target("/").is_err());
+    }
+
+    #[test]
+    fn a_bind_source_that_is_a_symlink_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host-file");
+        fs::write(&host, "host").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&host, &link).unwrap();
+        let e = clone_bind_source(&link).unwrap_err();
+        assert!(
+            e.contains("link is a symlink; refusing to follow it"),
+            "{e}"
+        );
+        assert!(!e.contains("host-file"), "{e}");
+        let dangling = d.path().join("dangling");
+        std::os::unix::fs::symlink("/nonexistent-kiln-target", &dangling).unwrap();
+        assert!(clone_bind_source(&dangling)
+            .unwrap_err()
+            .contains("is a symlink"));
+        // Cloning a real file's mount needs CAP_SYS_ADMIN; as root it works.
+        if rustix::process::geteuid().is_root() {
+            clone_bind_source(&host).unwrap();
+            clone_bind_source(d.path()).unwrap();
+        }
     }
 
     #[test]
