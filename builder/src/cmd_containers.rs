@@ -143,6 +143,14 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
             "kiln: the working directory '{cwd}' is invalid, it needs to be an absolute path"
         )));
     }
+    let user = args
+        .user
+        .clone()
+        .or_else(|| cfg.user.clone())
+        .filter(|u| !u.is_empty());
+    if let Some(u) = &user {
+        kiln_runner::user::check_spec(u).map_err(|e| run_failure(format!("kiln: {e}")))?;
+    }
     let lowers = img
         .layers
         .iter()
@@ -157,11 +165,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         args: argv.clone(),
         env,
         cwd,
-        user: args
-            .user
-            .clone()
-            .or_else(|| cfg.user.clone())
-            .filter(|u| !u.is_empty()),
+        user,
         hostname: args.hostname.clone(),
         network: match args.network {
             RunNetwork::Host => NetworkMode::Host,

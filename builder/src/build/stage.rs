@@ -418,6 +418,10 @@ impl Builder {
             }
             InstructionKind::User(u) => {
                 let u = self.expand(st, u, line)?;
+                // Refused here, where the line is known, rather than when a
+                // later RUN or `kiln run` resolves it.
+                kiln_runner::user::check_spec(&u)
+                    .map_err(|e| self.located(line, &e.to_string()))?;
                 st.config.config.user = Some(u);
                 self.meta(st, ins)?;
             }
