@@ -70,7 +70,10 @@ fn set_env(env: &mut Vec<String>, entry: String) {
 }
 
 pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -> Result<ExitCode> {
-    let img = match store.resolve_image(&args.image)? {
+    let found = store
+        .resolve_image(&args.image)
+        .map_err(|e| run_failure(format!("kiln: {e}")))?;
+    let img = match found {
         Some(img) => img,
         None => {
             // Like docker: an image that is not here is pulled first.
