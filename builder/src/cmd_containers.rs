@@ -70,7 +70,10 @@ fn set_env(env: &mut Vec<String>, entry: String) {
 }
 
 pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -> Result<ExitCode> {
-    let img = match store.resolve_image(&args.image)? {
+    let found = store
+        .resolve_image(&args.image)
+        .map_err(|e| run_failure(format!("kiln: {e}")))?;
+    let img = match found {
         Some(img) => img,
         None => {
             // Like docker: an image that is not here is pulled first.
@@ -143,6 +146,14 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
             "kiln: the working directory '{cwd}' is invalid, it needs to be an absolute path"
         )));
     }
+    let user = args
+        .user
+        .clone()
+        .or_else(|| cfg.user.clone())
+        .filter(|u| !u.is_empty());
+    if let Some(u) = &user {
+        kiln_runner::user::check_spec(u).map_err(|e| run_failure(format!("kiln: {e}")))?;
+    }
     let lowers = img
         .layers
         .iter()
@@ -157,11 +168,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         args: argv.clone(),
         env,
         cwd,
-        user: args
-            .user
-            .clone()
-            .or_else(|| cfg.user.clone())
-            .filter(|u| !u.is_empty()),
+        user,
         hostname: args.hostname.clone(),
         network: match args.network {
             RunNetwork::Host => NetworkMode::Host,

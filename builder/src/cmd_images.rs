@@ -204,9 +204,13 @@ pub fn tag(store: &Store, source: &str, target: &str) -> Result<ExitCode> {
     let img = store
         .resolve_image(source)?
         .ok_or_else(|| no_such_image(source))?;
-    store
-        .tag(target, &img.manifest_digest)
-        .map_err(|e| Failure::new(1, format!("Error parsing reference: {target:?}: {e}")))?;
+    kiln_store::reference::parse(target).map_err(|e| {
+        Failure::new(
+            1,
+            format!("Error parsing reference: {target:?} is not a valid repository/tag: {e}"),
+        )
+    })?;
+    store.tag(target, &img.manifest_digest)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -351,6 +355,8 @@ pub fn load(store: &Store, args: &LoadArgs) -> Result<ExitCode> {
 }
 
 pub fn import(store: &Store, file: &Path, reference: &str) -> Result<ExitCode> {
+    kiln_store::reference::parse(reference)
+        .map_err(|e| anyhow!("{reference:?} is not a valid repository/tag: {e}"))?;
     let mut f = std::fs::File::open(file).map_err(|e| anyhow!("open {}: {e}", file.display()))?;
     let img = store.import_rootfs_tar(&mut f, reference, None)?;
     println!("{}", img.config_digest);

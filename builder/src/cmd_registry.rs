@@ -86,7 +86,9 @@ pub fn human(n: u64) -> String {
 }
 
 fn parse_ref(s: &str) -> Result<Reference> {
-    reference::parse(s).map_err(|e| Failure::new(1, format!("kiln: {s}: {e}")).into())
+    reference::parse(s).map_err(|e| {
+        Failure::new(1, format!("kiln: {s:?} is not a valid repository/tag: {e}")).into()
+    })
 }
 
 /// Pulls `name` into the store and tags it as pulled (`name:tag`; a
@@ -98,7 +100,9 @@ pub fn pull_into(
     platform: &Platform,
     events: &(dyn Fn(Event) + Sync),
 ) -> Result<ImageRecord> {
-    let r = parse_ref(name)?;
+    // Plain (no "kiln:"): `run` and FROM put this in messages of their own.
+    let r = reference::parse(name)
+        .map_err(|e| anyhow!("{name:?} is not a valid repository/tag: {e}"))?;
     let client = access.client()?;
     let img = client.pull(store, &r, platform, events)?;
     if let Some(tag) = r.tag() {

@@ -35,3 +35,20 @@ impl From<anyhow::Error> for Failure {
         }
     }
 }
+
+/// The text of a Dockerfile or `.dockerignore` (`name` in messages): not
+/// UTF-8 is a failure showing the line, the column and the byte.
+pub fn utf8_text(bytes: Vec<u8>, name: &str) -> Result<String, Failure> {
+    match String::from_utf8(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let err = match kiln_parser::decode(&bytes) {
+                Err(err) => err,
+                Ok(_) => unreachable!("from_utf8 and decode disagree"),
+            };
+            let shown = String::from_utf8_lossy(&bytes);
+            Err(Failure::new(1, err.render(&shown, name).trim_end()))
+        }
+    }
+}

@@ -13,6 +13,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use kiln_runner::user::{parse_id_field, range_subject, IdField, MAX_ID};
 
 const MAX_SYMLINK_HOPS: usize = 40;
 
@@ -256,54 +257,67 @@ impl RootView {
 }
 
 /// Resolves a `--chown`/`USER` spec to numeric ids by reading the image's
-/// own /etc/passwd and /etc/group (never the host's).
+/// own /etc/passwd and /etc/group (never the host's). IDs follow runc's
+/// range (0 to 2^31-1), in the spec and in the entries it selects.
 pub fn resolve_user(view: &RootView, spec: &str) -> Result<(u32, u32)> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = view
-        .read_file("/etc/passwd")?
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let uid = match user.parse::<u32>() {
-        Ok(n) => n,
-        Err(_) => {
-            let Some(line) = passwd.as_deref().and_then(|p| {
-                p.lines()
-                    .find(|l| l.split(':').next() == Some(user))
-                    .map(str::to_string)
-            }) else {
-                bail!("unable to find user {user}: no matching entries in passwd file");
+    let uid = match parse_id_field(user) {
+        IdField::Id(n) => n,
+        IdField::OutOfRange => bail!("{}", out_of_range(spec, user)),
+        IdField::Name(name) => {
+            let Some(id) = lookup_id(view, "/etc/passwd", name)? else {
+                bail!("unable to find user {name}: no matching entries in passwd file");
             };
-            let f: Vec<&str> = line.split(':').collect();
-            f.get(2)
-                .and_then(|s| s.parse().ok())
-                .with_context(|| format!("malformed passwd entry for {user}"))?
+            id
         }
     };
-    let gid = match group {
+    let gid = match group.map(parse_id_field) {
         None => uid,
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => {
-                let groups = view
-                    .read_file("/etc/group")?
-                    .map(|b| String::from_utf8_lossy(&b).into_owned());
-                let Some(line) = groups.as_deref().and_then(|p| {
-                    p.lines()
-                        .find(|l| l.split(':').next() == Some(g))
-                        .map(str::to_string)
-                }) else {
-                    bail!("unable to find group {g}: no matching entries in group file");
-                };
-                let f: Vec<&str> = line.split(':').collect();
-                f.get(2)
-                    .and_then(|s| s.parse().ok())
-                    .with_context(|| format!("malformed group entry for {g}"))?
-            }
-        },
+        Some(IdField::Id(n)) => n,
+        Some(IdField::OutOfRange) => bail!("{}", out_of_range(spec, group.unwrap_or(""))),
+        Some(IdField::Name(name)) => {
+            let Some(id) = lookup_id(view, "/etc/group", name)? else {
+                bail!("unable to find group {name}: no matching entries in group file");
+            };
+            id
+        }
     };
     Ok((uid, gid))
+}
+
+fn out_of_range(spec: &str, id: &str) -> String {
+    format!(
+        "invalid user {}: uids and gids must be in range 0-{MAX_ID}",
+        range_subject(spec, id)
+    )
+}
+
+/// The third field (uid or gid) of the first line of `file` naming `name`;
+/// an entry whose id is not a number in range is an error naming the line.
+fn lookup_id(view: &RootView, file: &str, name: &str) -> Result<Option<u32>> {
+    let Some(bytes) = view.read_file(file)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let found = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| !l.starts_with('#') && l.split(':').next() == Some(name));
+    let Some((n, line)) = found else {
+        return Ok(None);
+    };
+    let raw = line.split(':').nth(2).unwrap_or("");
+    match parse_id_field(raw.trim()) {
+        IdField::Id(id) => Ok(Some(id)),
+        _ => bail!(
+            "{file} line {}: id {raw:?} of {name:?} is not a valid id: \
+             uids and gids must be in range 0-{MAX_ID}",
+            n + 1
+        ),
+    }
 }
 
 pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
@@ -448,5 +462,46 @@ mod tests {
         assert_eq!(resolve_user(&v, "app:staff").unwrap(), (1000, 50));
         assert_eq!(resolve_user(&v, "7:8").unwrap(), (7, 8));
         assert!(resolve_user(&v, "nobody-here").is_err());
+    }
+
+    #[test]
+    fn ids_out_of_range_are_refused() {
+        let base = tempfile::tempdir().unwrap();
+        fs::create_dir_all(base.path().join("etc")).unwrap();
+        fs::write(
+            base.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nbig:x:4294967295:0::/:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            base.path().join("etc/group"),
+            "root:x:0:\nhuge:x:2147483648:\n",
+        )
+        .unwrap();
+        let v = RootView::new(vec![base.path().into()]);
+        for (spec, subject) in [
+            ("4294967295", "\"4294967295\""),
+            ("2147483648", "\"2147483648\""),
+            ("-1", "\"-1\""),
+            ("0:4294967295", "\"0:4294967295\" (4294967295)"),
+            ("root:-3", "\"root:-3\" (-3)"),
+        ] {
+            let e = format!("{:#}", resolve_user(&v, spec).unwrap_err());
+            assert_eq!(
+                e,
+                format!("invalid user {subject}: uids and gids must be in range 0-2147483647")
+            );
+        }
+        assert_eq!(
+            resolve_user(&v, "2147483647:2147483647").unwrap(),
+            (2147483647, 2147483647)
+        );
+        let e = format!("{:#}", resolve_user(&v, "big").unwrap_err());
+        assert!(
+            e.starts_with("/etc/passwd line 2: id \"4294967295\" of \"big\""),
+            "{e}"
+        );
+        let e = format!("{:#}", resolve_user(&v, "root:huge").unwrap_err());
+        assert!(e.starts_with("/etc/group line 2: id \"2147483648\""), "{e}");
     }
 }

@@ -109,13 +109,15 @@ fn cmd_parse(args: cli::ParseArgs) -> anyhow::Result<ExitCode> {
         (None, None) => "Dockerfile".into(),
     };
     let (name, src) = if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s)?;
-        ("-".to_string(), s)
+        let mut b = Vec::new();
+        std::io::stdin().read_to_end(&mut b)?;
+        ("-".to_string(), error::utf8_text(b, "-")?)
     } else {
-        let s = std::fs::read_to_string(&path)
+        let b = std::fs::read(&path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        (path.display().to_string(), s)
+        let name = path.display().to_string();
+        let s = error::utf8_text(b, &name)?;
+        (name, s)
     };
     let df = kiln_parser::parse(&src).map_err(|e| Failure::new(1, e.render(&src, &name)))?;
     // The typed layer validates flags per instruction. The s-expression dump

@@ -1,6 +1,8 @@
 //! kiln-parser: Dockerfile text to AST, held to BuildKit's behaviour.
 //!
-//! Pure: `&str` in, values out; no I/O, no processes.
+//! Pure: `&str` in, values out; no I/O, no processes. [`decode`] turns a
+//! file's bytes into that `&str`, or an error naming the first byte that is
+//! not UTF-8 by line and column.
 //!
 //! Two layers:
 //! - [`parse`] gives the generic AST ([`Dockerfile`] of [`Node`]s), exactly
@@ -22,6 +24,8 @@
 //!   hint) and `ONBUILD ONBUILD`; BuildKit's parser keeps them and its
 //!   `instructions` layer rejects them. The s-expression of every valid
 //!   file is unchanged.
+//! - A file that is not UTF-8 is refused by [`decode`] (line, column and
+//!   byte named); BuildKit passes the bytes through to the instruction.
 //! - A logical line that is only an escape character is skipped instead of
 //!   becoming an empty node.
 //! - Flags are scanned by character; BuildKit scans bytes, which splits
@@ -38,6 +42,7 @@ mod line_parsers;
 mod mount;
 mod parser;
 mod quote;
+mod text;
 
 pub mod dockerignore;
 pub mod shell;
@@ -52,6 +57,7 @@ pub use instructions::{
 pub use mount::{parse_mount, parse_mount_with, Mount, MountError, Sharing};
 pub use parser::parse;
 pub use quote::go_quote;
+pub use text::decode;
 
 /// A position in the source: 1-based line and column (in characters) where
 /// a node starts, and the line where it ends (continuations and heredoc

@@ -34,6 +34,9 @@ pub(crate) struct Layout {
     pub ns: PathBuf,
     /// Bottom-most lower holding empty mount points the image lacks.
     pub stub: PathBuf,
+    /// Top-most lower (moby's "init layer") for the mount points an opaque
+    /// directory or a whiteout in the image hides from `stub`.
+    pub over: PathBuf,
     /// Generated hosts, hostname, resolv.conf.
     pub etc: PathBuf,
     pub upper: PathBuf,
@@ -152,6 +155,7 @@ pub(crate) fn layout_of(job: &Job) -> Layout {
     Layout {
         ns: s.join("ns"),
         stub: s.join("ns/stub"),
+        over: s.join("ns/over"),
         etc: s.join("ns/etc"),
         upper: job
             .spec
@@ -393,15 +397,14 @@ fn mount_at(root: BorrowedFd<'_>, rel: &str, follow: bool, mnt: &OwnedFd) -> Res
     attach(mnt, &t, &format!("/{rel}"))
 }
 
-/// Mount the overlay rootfs at `layout.rootfs`.
-fn mount_overlay(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
-    let mut lowers: Vec<&Path> = job
-        .spec
-        .rootfs
-        .lowers
-        .iter()
-        .map(PathBuf::as_path)
-        .collect();
+/// Mount the overlay rootfs at `layout.rootfs`; with `over`, the
+/// `layout.over` stubs sit above the image's layers.
+fn mount_overlay(job: &Job, layout: &Layout, over: bool) -> Result<OwnedFd, String> {
+    let mut lowers: Vec<&Path> = Vec::new();
+    if over {
+        lowers.push(&layout.over);
+    }
+    lowers.extend(job.spec.rootfs.lowers.iter().map(PathBuf::as_path));
     lowers.push(&layout.stub);
     if job.legacy_overlay {
         return mount_overlay_legacy(job, layout, &lowers);
@@ -567,22 +570,15 @@ pub(crate) fn clone_bind_source(source: &Path) -> Result<OwnedFd, String> {
     .map_err(|e| err(what(), e))
 }
 
-/// Mount the rootfs and everything in it, then `pivot_root` into it and
-/// detach the old root. Runs in the container's PID 1, in its new mount
-/// namespace, before any user code.
-pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
-    rustix::mount::mount_change(
-        "/",
-        rustix::mount::MountPropagationFlags::DOWNSTREAM
-            | rustix::mount::MountPropagationFlags::REC,
-    )
-    .map_err(|e| err("making / rslave", e))?;
-
+/// Mount the overlay so that every mount target exists in it. Targets the
+/// image lacks (often behind a symlink, e.g. /etc/resolv.conf ->
+/// ../run/resolv.conf) get a stub in the bottom lower; those that a layer
+/// still hides (an opaque /etc, a whiteout) get one in a lower above the
+/// image, as Docker's init layer does. Each round mounts the overlay again;
+/// the upper dir is never written.
+fn mount_rootfs_with_targets(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
     let targets = wanted_targets(job)?;
-    let mut root = mount_overlay(job, layout)?;
-    // Targets the merged view lacks (often behind a symlink in the image,
-    // e.g. /etc/resolv.conf -> ../run/resolv.conf) get a stub in the bottom
-    // lower, then the overlay is made again.
+    let mut root = mount_overlay(job, layout, false)?;
     let mut missing = Vec::new();
     for (i, (rel, is_file)) in targets.iter().enumerate() {
         let (resolved, exists) = secure_join(&layout.rootfs, rel)
@@ -597,25 +593,115 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
             missing.push((resolved, *is_file));
         }
     }
-    if !missing.is_empty() {
+    for over in [false, true] {
+        if missing.is_empty() {
+            break;
+        }
+        if over {
+            // Taken from the mounted view, before it goes: the stubs' parent
+            // directories must look (and be copied up) like the image's own.
+            let attrs = parent_attrs(&layout.rootfs, &missing);
+            for (rel, is_file) in &missing {
+                create_stub(&layout.over, rel, *is_file)?;
+            }
+            apply_attrs(&layout.over, &attrs)?;
+        } else {
+            for (rel, is_file) in &missing {
+                create_stub(&layout.stub, rel, *is_file)?;
+            }
+        }
         drop(root);
         rustix::mount::unmount(&layout.rootfs, rustix::mount::UnmountFlags::DETACH)
             .map_err(|e| err("unmounting the rootfs", e))?;
-        for (rel, is_file) in &missing {
-            create_stub(&layout.stub, rel, *is_file)?;
-        }
-        root = mount_overlay(job, layout)?;
-        for (rel, _) in &missing {
-            let (_, exists) = secure_join(&layout.rootfs, rel)
+        root = mount_overlay(job, layout, over)?;
+        let mut still = Vec::new();
+        for (rel, is_file) in missing {
+            let (_, exists) = secure_join(&layout.rootfs, &rel)
                 .map_err(|e| err(format!("/{}", rel.display()), e))?;
             if !exists {
-                return Err(format!(
-                    "cannot create mount point /{} (hidden by an opaque directory in the image)",
-                    rel.display()
-                ));
+                still.push((rel, is_file));
             }
         }
+        missing = still;
     }
+    if let Some((rel, _)) = missing.first() {
+        return Err(format!(
+            "cannot create mount point /{}: a file in the image is in its way",
+            rel.display()
+        ));
+    }
+    Ok(root)
+}
+
+/// Mode, owner and times of a directory as the container sees it (None:
+/// the image has no such directory, it is made root's, 0755).
+struct DirAttrs {
+    rel: PathBuf,
+    meta: Option<fs::Metadata>,
+}
+
+/// The attributes of every parent directory of `targets` in the mounted
+/// rootfs, deepest first.
+fn parent_attrs(rootfs: &Path, targets: &[(PathBuf, bool)]) -> Vec<DirAttrs> {
+    let mut out: Vec<DirAttrs> = Vec::new();
+    for (rel, _) in targets {
+        for dir in rel.ancestors().skip(1) {
+            if dir.as_os_str().is_empty() || out.iter().any(|a| a.rel == dir) {
+                continue;
+            }
+            out.push(DirAttrs {
+                rel: dir.to_path_buf(),
+                meta: fs::symlink_metadata(rootfs.join(dir))
+                    .ok()
+                    .filter(|m| m.is_dir()),
+            });
+        }
+    }
+    out.sort_by_key(|a| std::cmp::Reverse(a.rel.components().count()));
+    out
+}
+
+fn apply_attrs(base: &Path, attrs: &[DirAttrs]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for a in attrs {
+        let p = base.join(&a.rel);
+        let Some(m) = &a.meta else {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
+                .map_err(|e| err(format!("chmod {}", p.display()), e))?;
+            continue;
+        };
+        std::os::unix::fs::lchown(&p, Some(m.uid()), Some(m.gid()))
+            .map_err(|e| err(format!("chown {}", p.display()), e))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(m.mode() & 0o7777))
+            .map_err(|e| err(format!("chmod {}", p.display()), e))?;
+        let ts = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: m.atime(),
+                tv_nsec: m.atime_nsec() as _,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: m.mtime(),
+                tv_nsec: m.mtime_nsec() as _,
+            },
+        };
+        rustix::fs::utimensat(CWD, &p, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| err(format!("setting the times of {}", p.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Mount the rootfs and everything in it, then `pivot_root` into it and
+/// detach the old root. Runs in the container's PID 1, in its new mount
+/// namespace, before any user code.
+pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::DOWNSTREAM
+            | rustix::mount::MountPropagationFlags::REC,
+    )
+    .map_err(|e| err("making / rslave", e))?;
+
+    let root = mount_rootfs_with_targets(job, layout)?;
     let r = root.as_fd();
 
     let nosuid_nodev_noexec = MountAttrFlags::MOUNT_ATTR_NOSUID

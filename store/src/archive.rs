@@ -400,7 +400,9 @@ impl Store {
                     out.push(rec.config_digest.to_string());
                 }
                 for t in &ent.repo_tags {
-                    let r = reference::parse(t)?;
+                    let r = reference::parse(t).map_err(|e| {
+                        StoreError::InvalidArchive(format!("RepoTags entry {t:?}: {e}"))
+                    })?;
                     self.tag(&r.familiar(), &rec.manifest_digest)?;
                     out.push(r.familiar());
                 }

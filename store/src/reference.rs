@@ -25,7 +25,9 @@ pub struct Reference {
 pub enum ReferenceError {
     #[error("invalid reference format: reference is empty")]
     Empty,
-    #[error("invalid reference format: {0:?}")]
+    /// The input does not follow the grammar; it is kept for the caller,
+    /// who names it (the message does not, so that it is not said twice).
+    #[error("invalid reference format")]
     InvalidFormat(String),
     #[error("invalid reference format: repository name ({0}) must be lowercase")]
     Uppercase(String),
@@ -33,8 +35,10 @@ pub enum ReferenceError {
     NameTooLong,
     #[error("invalid reference format: tag {0:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")]
     InvalidTag(String),
+    /// The digest's message is part of this one, so it is not also given
+    /// as the source (a chain printed with `{:#}` would say it twice).
     #[error("invalid reference format: {0}")]
-    InvalidDigest(#[from] crate::digest::DigestError),
+    InvalidDigest(crate::digest::DigestError),
     #[error("invalid repository name ({0}), cannot specify 64-byte hexadecimal strings")]
     HexName(String),
 }
@@ -47,7 +51,10 @@ pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
     }
     let bad = || ReferenceError::InvalidFormat(s.to_string());
     let (rest, digest) = match s.split_once('@') {
-        Some((r, d)) => (r, Some(d.parse::<Digest>()?)),
+        Some((r, d)) => (
+            r,
+            Some(d.parse::<Digest>().map_err(ReferenceError::InvalidDigest)?),
+        ),
         None => (s, None),
     };
     // A tag is after the last ':' that comes after the last '/'.
@@ -93,13 +100,13 @@ pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
     })
 }
 
+/// A first component is a registry only if it looks like a host name
+/// (`.` or `:` in it, or `localhost`); anything else is the first path
+/// component on Docker Hub, so `UPPER/x` is a path that must be lowercase
+/// (as Docker 20.10's daemon says), not a registry called `UPPER`.
 fn split_domain(name: &str) -> (String, String) {
     let (mut domain, mut path) = match name.split_once('/') {
-        Some((d, p))
-            if d.contains(['.', ':'])
-                || d == "localhost"
-                || d.bytes().any(|b| b.is_ascii_uppercase()) =>
-        {
+        Some((d, p)) if d.contains(['.', ':']) || d == "localhost" => {
             (d.to_string(), p.to_string())
         }
         _ => (DEFAULT_DOMAIN.to_string(), name.to_string()),
@@ -123,9 +130,19 @@ fn valid_tag(t: &str) -> bool {
 }
 
 fn valid_domain(d: &str) -> bool {
-    let (host, port) = match d.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || d.starts_with('[') => (h, Some(p)),
-        _ => (d, None),
+    // `host[:port]`; an IPv6 host is bracketed and has colons of its own.
+    let (host, port) = match d.find(']') {
+        Some(i) if d.starts_with('[') => match &d[i + 1..] {
+            "" => (d, None),
+            rest => match rest.strip_prefix(':') {
+                Some(p) => (&d[..=i], Some(p)),
+                None => return false,
+            },
+        },
+        _ => match d.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (d, None),
+        },
     };
     if let Some(p) = port {
         if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
@@ -297,6 +314,79 @@ mod tests {
         assert_eq!(r.digest().unwrap().as_str(), d);
         assert_eq!(r.familiar(), format!("busybox@{d}"));
         assert_eq!(r.repository(), "busybox");
+    }
+
+    /// (input, Ok(full name) or Err(the message)) in the grammar of
+    /// distribution/reference, normalized as Docker does.
+    #[test]
+    fn grammar_table() {
+        let d = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+        let long_ok = format!("{}a:t", "a/".repeat(122));
+        let long_bad = format!("{}a:t", "a/".repeat(123));
+        let cases: Vec<(String, Result<String, &str>)> = vec![
+            ("test_com".into(), Ok("docker.io/library/test_com:latest".into())),
+            ("test.com:tag".into(), Ok("docker.io/library/test.com:tag".into())),
+            ("test.com:5000".into(), Ok("docker.io/library/test.com:5000".into())),
+            ("test.com/repo:tag".into(), Ok("test.com/repo:tag".into())),
+            ("test:5000/repo".into(), Ok("test:5000/repo:latest".into())),
+            (format!("test:5000/repo:tag@{d}"), Ok(format!("test:5000/repo:tag@{d}"))),
+            ("lowercase:Uppercase".into(), Ok("docker.io/library/lowercase:Uppercase".into())),
+            ("sub-dom1.foo.com/bar/baz/quux:some-long-tag".into(),
+                Ok("sub-dom1.foo.com/bar/baz/quux:some-long-tag".into())),
+            ("b.gcr.io/test.example.com/my-app:test.example.com".into(),
+                Ok("b.gcr.io/test.example.com/my-app:test.example.com".into())),
+            ("xn--n3h.com/myimage:xn--n3h.com".into(), Ok("xn--n3h.com/myimage:xn--n3h.com".into())),
+            ("foo/foo_bar.com:8080".into(), Ok("docker.io/foo/foo_bar.com:8080".into())),
+            ("192.168.1.1:5000/repo:5050".into(), Ok("192.168.1.1:5000/repo:5050".into())),
+            ("[2001:db8::1]:5000/repo".into(), Ok("[2001:db8::1]:5000/repo:latest".into())),
+            ("[2001:db8::1]/repo".into(), Ok("[2001:db8::1]/repo:latest".into())),
+            ("Foo.example/x".into(), Ok("Foo.example/x:latest".into())),
+            ("a-b--c/d__e.f_g".into(), Ok("docker.io/a-b--c/d__e.f_g:latest".into())),
+            ("x:_T.-1".into(), Ok("docker.io/library/x:_T.-1".into())),
+            (format!("x:{}", "t".repeat(128)), Ok(format!("docker.io/library/x:{}", "t".repeat(128)))),
+            (long_ok.clone(), Ok(format!("docker.io/{long_ok}"))),
+            ("".into(), Err("invalid reference format: reference is empty")),
+            (":justtag".into(), Err("invalid reference format")),
+            (format!("@{d}"), Err("invalid reference format")),
+            ("aa/asdf$$^/aa".into(), Err("invalid reference format")),
+            ("[2001:db8::1]:tag".into(), Err("invalid reference format")),
+            ("[fe80::1%eth0]:5000/repo".into(), Err("invalid reference format")),
+            ("a___b".into(), Err("invalid reference format")),
+            ("a_-b".into(), Err("invalid reference format")),
+            ("a./b".into(), Err("invalid reference format")),
+            ("-x.com/a".into(), Err("invalid reference format")),
+            ("x.com:/a".into(), Err("invalid reference format")),
+            ("x.com:50a/a".into(), Err("invalid reference format")),
+            ("a/b/".into(), Err("invalid reference format")),
+            ("a b".into(), Err("invalid reference format")),
+            ("Uppercase:tag".into(),
+                Err("invalid reference format: repository name (library/Uppercase) must be lowercase")),
+            ("UPPER/x".into(),
+                Err("invalid reference format: repository name (UPPER/x) must be lowercase")),
+            ("Upper/lower:tag".into(),
+                Err("invalid reference format: repository name (Upper/lower) must be lowercase")),
+            ("upper/X".into(),
+                Err("invalid reference format: repository name (upper/X) must be lowercase")),
+            ("localhost/Foo".into(),
+                Err("invalid reference format: repository name (Foo) must be lowercase")),
+            ("test:5000/Uppercase/lowercase:tag".into(),
+                Err("invalid reference format: repository name (Uppercase/lowercase) must be lowercase")),
+            (long_bad, Err("invalid reference format: repository name must not be longer than 255 characters")),
+            (format!("x:{}", "t".repeat(129)), Err("tag")),
+            ("x:.t".into(), Err("tag \".t\" must match")),
+            ("repo@sha256:ffff".into(), Err("invalid digest")),
+            ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+                Err("cannot specify 64-byte hexadecimal strings")),
+        ];
+        for (input, want) in cases {
+            match (parse(&input), want) {
+                (Ok(r), Ok(full)) => assert_eq!(r.full(), full, "{input}"),
+                (Err(e), Err(msg)) => {
+                    assert!(e.to_string().contains(msg), "{input}: {e} lacks {msg:?}")
+                }
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -674,7 +674,8 @@ impl Store {
                 .optional()?;
             return m.map(|m| m.parse().map_err(StoreError::from)).transpose();
         }
-        if let Ok(r) = reference::parse(s) {
+        let parsed = reference::parse(s);
+        if let Ok(r) = &parsed {
             if let Some(d) = r.digest() {
                 let m: Option<String> = conn
                     .prepare_cached(
@@ -719,8 +720,16 @@ impl Store {
             if let Some((_, m)) = rows.first() {
                 return Ok(Some(m.parse()?));
             }
+            return Ok(None);
         }
-        Ok(None)
+        // Neither a reference nor an ID: say what is wrong with the name
+        // rather than that no image has it.
+        match parsed {
+            Err(e) => Err(StoreError::Invalid(format!(
+                "{s:?} is not a valid repository/tag: {e}"
+            ))),
+            Ok(_) => Ok(None),
+        }
     }
 
     pub(crate) fn image_by_manifest(&self, m: &Digest) -> Result<Option<ImageRecord>> {

@@ -23,7 +23,7 @@ use kiln_store::{ImageConfig, LayerInfo, Store};
 
 use crate::cli::{self, PullPolicy};
 use crate::context::BuildContext;
-use crate::error::Failure;
+use crate::error::{utf8_text, Failure};
 use crate::progress::{Mode, Progress};
 use plan::{Base, Plan};
 
@@ -119,9 +119,9 @@ pub fn cmd_build(
 ) -> Result<ExitCode> {
     // Dockerfile and context.
     let (context_dir, dockerfile_name, src, dockerfile_path) = if args.context == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s)?;
-        (None, "-".to_string(), s, "-".to_string())
+        let mut b = Vec::new();
+        std::io::stdin().read_to_end(&mut b)?;
+        (None, "-".to_string(), utf8_text(b, "-")?, "-".to_string())
     } else {
         let dir = PathBuf::from(&args.context);
         if !dir.is_dir() {
@@ -140,15 +140,16 @@ pub fn cmd_build(
             .and_then(|p| std::fs::canonicalize(p).ok())
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "-".to_string());
-        let src = match path {
+        let bytes = match path {
             None => {
-                let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s)?;
-                s
+                let mut b = Vec::new();
+                std::io::stdin().read_to_end(&mut b)?;
+                b
             }
-            Some(p) => std::fs::read_to_string(&p)
+            Some(p) => std::fs::read(&p)
                 .map_err(|e| anyhow!("failed to read dockerfile: open {}: {e}", p.display()))?,
         };
+        let src = utf8_text(bytes, &name)?;
         (Some(dir), name, src, abs)
     };
 
@@ -508,13 +509,13 @@ pub fn load_report(store: &Store, image: &kiln_store::Digest) -> Result<Option<R
 /// Dockerfile wins over the context's `.dockerignore`, as in BuildKit.
 fn read_dockerignore(dir: &Path, dockerfile: Option<&str>) -> Result<Vec<String>> {
     if let Some(f) = dockerfile.filter(|f| *f != "-") {
-        let specific = PathBuf::from(format!("{f}.dockerignore"));
-        if let Ok(text) = std::fs::read_to_string(&specific) {
-            return Ok(dockerignore::parse(&text));
+        let specific = format!("{f}.dockerignore");
+        if let Ok(bytes) = std::fs::read(&specific) {
+            return Ok(dockerignore::parse(&utf8_text(bytes, &specific)?));
         }
     }
-    match std::fs::read_to_string(dir.join(".dockerignore")) {
-        Ok(text) => Ok(dockerignore::parse(&text)),
+    match std::fs::read(dir.join(".dockerignore")) {
+        Ok(bytes) => Ok(dockerignore::parse(&utf8_text(bytes, ".dockerignore")?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
         Err(e) => Err(anyhow!("reading .dockerignore: {e}")),
     }

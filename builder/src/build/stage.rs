@@ -418,6 +418,10 @@ impl Builder {
             }
             InstructionKind::User(u) => {
                 let u = self.expand(st, u, line)?;
+                // Refused here, where the line is known, rather than when a
+                // later RUN or `kiln run` resolves it.
+                kiln_runner::user::check_spec(&u)
+                    .map_err(|e| self.located(line, &e.to_string()))?;
                 st.config.config.user = Some(u);
                 self.meta(st, ins)?;
             }
@@ -730,7 +734,13 @@ impl Builder {
         let layers = match base {
             Base::Stage(i) => self.stage_result(i)?.layers.clone(),
             Base::Scratch => vec![],
-            Base::Image(name) => self.resolve_image(&name)?.layers,
+            // Resolved while the step's cache key is made, outside the
+            // step's own error handling: located here, as FROM's base is.
+            Base::Image(name) => {
+                self.resolve_image(&name)
+                    .map_err(|e| self.located(line, &format!("{e:#}")))?
+                    .layers
+            }
         };
         let ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
         Ok((self.view(&layers)?, json!({ "from": from, "layers": ids })))

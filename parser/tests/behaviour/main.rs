@@ -7,6 +7,7 @@ mod heredoc;
 mod lines;
 mod mounts;
 mod stages;
+mod utf8;
 
 /// Parses and unwraps, showing the rendered error on failure.
 pub fn parse_ok(src: &str) -> kiln_parser::Dockerfile {

@@ -1,0 +1,65 @@
+//! Error messages through the binary: a file that is not UTF-8 is named
+//! with its line, column and byte; no message says the same thing twice.
+
+mod common;
+
+use common::{write_tree, Kiln};
+
+/// Writes `files` (path, bytes) under `dir`.
+fn write_bytes(dir: &std::path::Path, files: &[(&str, &[u8])]) {
+    for (p, b) in files {
+        std::fs::write(dir.join(p), b).unwrap();
+    }
+}
+
+#[test]
+fn a_dockerfile_that_is_not_utf8_is_named_by_line_column_and_byte() {
+    let k = Kiln::new();
+    let ctx = tempfile::tempdir().unwrap();
+    let df: &[u8] = b"FROM scratch\nLABEL a=caf\xe9\n";
+    write_bytes(ctx.path(), &[("Dockerfile", df)]);
+    let dir = ctx.path().to_str().unwrap();
+    let want = "Dockerfile:2:12: invalid UTF-8: byte 0xe9\n  2 | LABEL a=caf\u{fffd}\n";
+    let r = k.run(&["build", "--progress=plain", dir]).fails();
+    assert!(r.stderr().contains(want), "{}", r.stderr());
+    assert!(
+        !r.stderr().contains("stream did not contain"),
+        "{}",
+        r.stderr()
+    );
+    let r = k.run(&["parse", dir]).fails();
+    assert!(
+        r.stderr().contains(&format!("{dir}/{want}")),
+        "{}",
+        r.stderr()
+    );
+    // From stdin, the name is "-".
+    let mut c = k.cmd();
+    c.args(["build", "--progress=plain", "-f", "-", dir]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), df).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(e.contains("-:2:12: invalid UTF-8: byte 0xe9"), "{e}");
+}
+
+#[test]
+fn a_dockerignore_that_is_not_utf8_is_named_too() {
+    let k = Kiln::new();
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(ctx.path(), &[("Dockerfile", "FROM scratch\nCOPY . /\n")]);
+    write_bytes(ctx.path(), &[(".dockerignore", b"*.log\n\n  tmp\xff\n")]);
+    let r = k
+        .run(&["build", "--progress=plain", ctx.path().to_str().unwrap()])
+        .fails();
+    assert!(
+        r.stderr()
+            .contains(".dockerignore:3:6: invalid UTF-8: byte 0xff\n"),
+        "{}",
+        r.stderr()
+    );
+}
