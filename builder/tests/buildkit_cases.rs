@@ -4,7 +4,9 @@
 //! (expected/, recorded by fixtures/cases/record-buildkit.sh). Cases that
 //! must fail are checked to fail.
 //!
-//! `KILN_CASES=name1,name2` runs only some cases.
+//! `KILN_CASES=name1,name2` runs only some cases. The live tests check the
+//! engines themselves against their recordings: Docker 20.10 (BuildKit 0.8)
+//! against expected/, Docker 26.1 (BuildKit 0.13) against expected-0.13/.
 
 mod common;
 
@@ -152,10 +154,19 @@ fn buildkit_live_matches_the_recorded_truth() {
         );
         return;
     }
+    let text = check_engine_against_recording(docker, &[]);
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+}
+
+/// fixtures/cases/check-kiln.sh with `cli` as the engine, building what the
+/// recording engine built (RECORD_DOCKERFILE=1); panics with its output when
+/// a case differs, returns the output otherwise.
+fn check_engine_against_recording(cli: &Path, engine_args: &[&str]) -> String {
     let script = common::repo_root().join("fixtures/cases/check-kiln.sh");
     let mut cmd = Command::new("bash");
     cmd.arg(&script)
-        .env("KILN", docker)
+        .args(engine_args)
+        .env("KILN", cli)
         .env("DOCKER_BUILDKIT", "1")
         .env("RECORD_DOCKERFILE", "1")
         .env("KILN_BUILD_FLAGS", "--network=host");
@@ -170,7 +181,36 @@ fn buildkit_live_matches_the_recorded_truth() {
     );
     assert!(
         out.status.success(),
-        "BuildKit disagrees with expected/:\n{text}"
+        "BuildKit disagrees with its recording ({engine_args:?}):\n{text}"
     );
-    assert!(text.contains(" passed, 0 failed"), "{text}");
+    text
+}
+
+/// The same live check against today's BuildKit: the modern engine (Docker
+/// 26.1, BuildKit 0.13; fixtures/docker/start-dockerd-modern.sh) still
+/// builds what expected-0.13/ says. Runs when KILN_DOCKER_MODERN names its
+/// socket (scripts/test.sh exports it), and then requires the engine.
+#[test]
+fn buildkit_013_live_matches_its_recorded_truth() {
+    let Some(host) = std::env::var_os("KILN_DOCKER_MODERN") else {
+        eprintln!(
+            "SKIPPED: KILN_DOCKER_MODERN is not set (scripts/test.sh starts the modern engine with fixtures/docker/start-dockerd-modern.sh and sets it)"
+        );
+        return;
+    };
+    let cli = common::repo_root().join("fixtures/docker/docker26");
+    let up = Command::new(&cli)
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        up,
+        "KILN_DOCKER_MODERN={host:?} but no modern engine answers there (fixtures/docker/start-dockerd-modern.sh)"
+    );
+    let text = check_engine_against_recording(&cli, &["--engine", "0.13"]);
+    assert!(
+        text.contains(" passed, 0 failed, 0 skipped (against expected-0.13/)"),
+        "{text}"
+    );
 }
