@@ -123,3 +123,39 @@ fn with_busybox() -> Option<Kiln> {
     let k = Kiln::new();
     k.with_busybox().then_some(k)
 }
+
+#[test]
+fn copy_from_its_own_stage_index_fails_instead_of_waiting_forever() {
+    let k = Kiln::new();
+    for (df, n) in [
+        ("FROM scratch\nCOPY --from=0 /x /y\n", 0),
+        ("FROM scratch\nCOPY --from=1 /x /y\nFROM scratch\n", 1),
+    ] {
+        let ctx = tempfile::tempdir().unwrap();
+        write_tree(ctx.path(), &[("Dockerfile", df)]);
+        let mut child = k
+            .cmd()
+            .args(["build", "--progress=plain", ctx.path().to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{df:?}: the build is still waiting after 30s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            e.contains(&format!(
+                "Dockerfile:2: COPY --from={n} refers to stage {n}, which is not before this one"
+            )),
+            "{e}"
+        );
+    }
+}
