@@ -313,7 +313,12 @@ pub fn save(store: &Store, args: &SaveArgs) -> Result<ExitCode> {
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| {
+                // tempfile's message names its temporary path; a missing
+                // directory is better said by the directory itself.
+                let why = std::fs::metadata(dir).err().unwrap_or(e);
+                anyhow!("cannot write {}: {why}", p.display())
+            })?;
             store.save(&args.images, format, tmp.as_file_mut())?;
             tmp.as_file_mut().flush()?;
             tmp.persist(p)

@@ -52,6 +52,31 @@ fn user_out_of_range_fails_the_build_at_its_line() {
 }
 
 #[test]
+fn mount_uid_out_of_range_fails_the_build_at_its_line() {
+    let Some(k) = setup() else { return };
+    for m in [
+        "type=cache,target=/c,uid=4294967295",
+        "type=secret,id=s,gid=2147483648",
+    ] {
+        let r = build(
+            &k,
+            &format!("FROM busybox\nRUN true\nRUN --mount={m} true\n"),
+        )
+        .fails();
+        let e = r.stderr();
+        assert!(e.contains(RANGE), "{m}: {e}");
+        assert!(e.contains("Dockerfile:3"), "{m}: {e}");
+    }
+    // The largest ID is the mount's owner.
+    build(
+        &k,
+        "FROM busybox\nRUN --mount=type=cache,target=/c,uid=2147483647,gid=2147483647 \
+         test \"$(stat -c %u:%g /c)\" = 2147483647:2147483647\n",
+    )
+    .ok();
+}
+
+#[test]
 fn run_u_out_of_range_is_refused_and_the_maximum_accepted() {
     let Some(k) = setup() else { return };
     for id in ["4294967295", "2147483648", "1000:4294967295"] {

@@ -167,6 +167,25 @@ fn parse_u32(key: &str, v: &str, radix: u32) -> Result<Option<u32>, MountError> 
         .map_err(|_| err(format!("invalid value {v} for {key}")))
 }
 
+/// The largest uid or gid (runc's, as for USER): 4294967295 would reach
+/// chown as -1, "leave unchanged", and the mount would stay root's.
+const MAX_ID: u32 = (1 << 31) - 1;
+
+/// A mount's `uid=`/`gid=`: decimal, 0 to [`MAX_ID`].
+fn parse_id(key: &str, v: &str) -> Result<Option<u32>, MountError> {
+    let range = || {
+        err(format!(
+            "invalid value {v} for {key}: uids and gids must be in range 0-{MAX_ID}"
+        ))
+    };
+    match parse_u32(key, v, 10) {
+        Ok(Some(n)) if n > MAX_ID => Err(range()),
+        // All digits but past u32: out of range too, not just "invalid".
+        Err(_) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => Err(range()),
+        r => r,
+    }
+}
+
 /// go-units `RAMInBytes`: `1024`, `64k`, `64m`, `1.5g`, `1gb`, `2TiB`...
 /// (binary multiples, case-insensitive suffix).
 fn parse_size(v: &str) -> Result<Option<u64>, MountError> {
@@ -310,8 +329,8 @@ pub fn parse_mount_with(
                 })
             }
             "mode" => mode = Some(parse_u32("mode", &value, 8)?),
-            "uid" => uid = Some(parse_u32("uid", &value, 10)?),
-            "gid" => gid = Some(parse_u32("gid", &value, 10)?),
+            "uid" => uid = Some(parse_id("uid", &value)?),
+            "gid" => gid = Some(parse_id("gid", &value)?),
             "size" => size = Some(parse_size(&value)?),
             "env" => env = Some(value),
             _ => {

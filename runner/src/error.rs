@@ -8,11 +8,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// An I/O error on the caller's side, with what we were doing.
-    #[error("{context}: {source}")]
+    /// `cause`, not a `#[source]`: the message already ends with it, and
+    /// a chain printed with `{:#}` would say it twice.
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Container setup failed inside the helper (mounts, namespaces, user, ...).
     #[error("container setup failed: {0}")]
@@ -58,7 +59,7 @@ impl RunError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         RunError::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -70,5 +71,20 @@ impl RunError {
             RunError::Exec { code, .. } => Some(*code),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_say_their_cause_once() {
+        let e = RunError::io("reading /x", std::io::Error::from_raw_os_error(2));
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(
+            e.to_string(),
+            format!("reading /x: {}", std::io::Error::from_raw_os_error(2))
+        );
     }
 }

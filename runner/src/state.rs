@@ -263,7 +263,7 @@ impl Containers {
 
     fn state(&self, id: &str) -> Result<State, RunError> {
         match read_json(&self.dir.join(id).join("state.json")) {
-            Err(RunError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(RunError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
                 Ok(State::created())
             }
             r => r,

@@ -194,6 +194,17 @@ pub fn plan(
         for ins in &s.stage.instructions {
             if let InstructionKind::Copy(c) = &ins.kind {
                 if let Some(f) = &c.from {
+                    // By index, too: `--from=0` in stage 0 would wait for
+                    // itself forever.
+                    if let Ok(n) = f.parse::<usize>() {
+                        if n >= s.index && n < stages.len() {
+                            bail!(
+                                "Dockerfile:{}: COPY --from={f} refers to stage {n}, which is not before this one (stage {})",
+                                ins.span.line,
+                                s.index
+                            );
+                        }
+                    }
                     let lower = f.to_ascii_lowercase();
                     if let Some(later) = stages[s.index..]
                         .iter()

@@ -669,8 +669,7 @@ impl Builder {
         let layer = match exec(self, st, id) {
             Ok(l) => l,
             Err(e) => {
-                self.progress
-                    .error(id, format!("{e:#}").lines().next().unwrap_or(""));
+                self.progress.error(id, step_error_line(&format!("{e:#}")));
                 if e.downcast_ref::<Failure>().is_some() {
                     return Err(e);
                 }
@@ -1535,6 +1534,13 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// What a failed step's progress line says: the message itself, not the
+/// `Dockerfile:N` heading of a located error (which follows in full).
+fn step_error_line(msg: &str) -> &str {
+    let msg = msg.rsplit_once("\nERROR: ").map_or(msg, |(_, m)| m);
+    msg.lines().next().unwrap_or("")
 }
 
 /// Whether the real tree at `path` holds more entries than the context

@@ -224,3 +224,37 @@ fn bad_mount_in_a_dockerfile_points_at_the_flag() {
     assert_eq!(e.message, "invalid value x for mode");
     assert_eq!((e.span.line, e.span.column), (2, 28));
 }
+
+#[test]
+fn mount_ids_follow_runcs_range() {
+    let Mount::Cache { uid, gid, .. } =
+        parse_mount("type=cache,target=/c,uid=2147483647,gid=0").unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((uid, gid), (Some(2147483647), Some(0)));
+    for (spec, key, v) in [
+        ("type=cache,target=/c,uid=4294967295", "uid", "4294967295"),
+        ("type=secret,id=s,gid=2147483648", "gid", "2147483648"),
+        ("type=cache,target=/c,uid=99999999999", "uid", "99999999999"),
+    ] {
+        let e = parse_mount(spec).unwrap_err();
+        assert_eq!(
+            e.message,
+            format!("invalid value {v} for {key}: uids and gids must be in range 0-2147483647"),
+            "{spec}"
+        );
+    }
+    assert_eq!(
+        parse_mount("type=cache,target=/c,uid=-1")
+            .unwrap_err()
+            .message,
+        "invalid value -1 for uid"
+    );
+    // After expansion, too.
+    let e = parse_mount_with("type=cache,target=/c,uid=$U", |v| {
+        Ok(v.replace("$U", "4294967295"))
+    })
+    .unwrap_err();
+    assert!(e.message.contains("must be in range"), "{}", e.message);
+}

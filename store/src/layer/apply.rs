@@ -522,7 +522,7 @@ impl Applier<'_> {
                         LayerError::NotPermitted {
                             op: "mknod",
                             path: shown(),
-                            source: e.into(),
+                            cause: e.into(),
                         }
                     } else {
                         LayerError::io(shown(), e)
@@ -587,7 +587,7 @@ impl Applier<'_> {
                             LayerError::NotPermitted {
                                 op: "setting trusted.overlay.opaque",
                                 path: shown.clone(),
-                                source: e.into(),
+                                cause: e.into(),
                             }
                         } else {
                             LayerError::io(&shown, e)
@@ -640,7 +640,7 @@ impl Applier<'_> {
                         LayerError::NotPermitted {
                             op: "creating an overlay whiteout (mknod 0/0)",
                             path: shown.clone(),
-                            source: e.into(),
+                            cause: e.into(),
                         }
                     } else {
                         LayerError::io(&shown, e)

@@ -132,13 +132,13 @@ impl Default for Limits {
 /// Errors of the layer codec.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    // Each message ends with its cause's, so no cause is also the
+    // `source()` (a `{:#}` chain would repeat it): `cause` fields, and
+    // `From<io::Error>` by hand.
+    #[error("I/O error on {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("I/O error: {0}")]
-    Stream(#[from] std::io::Error),
+    Stream(std::io::Error),
     #[error("malformed tar stream: {0}")]
     Malformed(String),
     #[error("unsafe path {path:?} in layer: {reason}")]
@@ -165,11 +165,11 @@ pub enum LayerError {
     OverlayFeature { path: String, xattr: String },
     #[error("file {0:?} changed size while it was being archived")]
     FileChanged(String),
-    #[error("{op} on {path:?} needs privileges this process lacks: {source}")]
+    #[error("{op} on {path:?} needs privileges this process lacks: {cause}")]
     NotPermitted {
         op: &'static str,
         path: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -177,7 +177,13 @@ impl LayerError {
     pub(crate) fn io(path: impl Into<String>, source: impl Into<std::io::Error>) -> LayerError {
         LayerError::Io {
             path: path.into(),
-            source: source.into(),
+            cause: source.into(),
         }
+    }
+}
+
+impl From<std::io::Error> for LayerError {
+    fn from(e: std::io::Error) -> Self {
+        LayerError::Stream(e)
     }
 }

@@ -70,18 +70,17 @@ pub enum RegistryError {
     Reference(#[from] ReferenceError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    /// `cause`, not `source`: the message already ends with it (see
+    /// [`StoreError::Io`](crate::StoreError)).
+    #[error("I/O error on {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
 }
 
 impl RegistryError {
     pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> RegistryError {
         RegistryError::Io {
             path: path.to_string(),
-            source,
+            cause: source,
         }
     }
 

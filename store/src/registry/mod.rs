@@ -696,7 +696,7 @@ impl Client {
                             "{what}: connection broke after {} of {size} bytes: {}",
                             reader.done,
                             match e {
-                                StoreError::Io { source, .. } => source.to_string(),
+                                StoreError::Io { cause, .. } => cause.to_string(),
                                 other => other.to_string(),
                             }
                         ),
