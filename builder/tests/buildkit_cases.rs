@@ -148,10 +148,10 @@ fn buildkit_live_matches_the_recorded_truth() {
             engine_up,
             "KILN_DOCKER is set but no Docker engine answers (fixtures/docker/start-dockerd.sh)"
         );
-    } else if !engine_up {
-        eprintln!(
-            "SKIPPED: no Docker engine (start one with fixtures/docker/start-dockerd.sh, or set KILN_DOCKER=1 to require it)"
-        );
+    } else if !common::require(
+        engine_up,
+        "no Docker engine (start one with fixtures/docker/start-dockerd.sh, or set KILN_DOCKER=1 to require it)",
+    ) {
         return;
     }
     let text = check_engine_against_recording(docker, &[]);
@@ -193,8 +193,9 @@ fn check_engine_against_recording(cli: &Path, engine_args: &[&str]) -> String {
 #[test]
 fn buildkit_013_live_matches_its_recorded_truth() {
     let Some(host) = std::env::var_os("KILN_DOCKER_MODERN") else {
-        eprintln!(
-            "SKIPPED: KILN_DOCKER_MODERN is not set (scripts/test.sh starts the modern engine with fixtures/docker/start-dockerd-modern.sh and sets it)"
+        common::require(
+            false,
+            "KILN_DOCKER_MODERN is not set (scripts/test.sh starts the modern engine with fixtures/docker/start-dockerd-modern.sh and sets it)",
         );
         return;
     };

@@ -30,17 +30,19 @@ fn pip_install_layer_then_flask_on_a_published_port() {
     if !can_run("pip_install_layer_then_flask_on_a_published_port") {
         return;
     }
+    const TEST: &str = "pip_install_layer_then_flask_on_a_published_port";
     let Some(python) = python_root() else {
-        eprintln!(
-            "\n!!! SKIPPED pip_install_layer_then_flask_on_a_published_port: no python base \
-             (run fixtures/bases/make-bases.sh python) !!!\n"
+        skip(
+            TEST,
+            "no python base (run fixtures/bases/make-bases.sh python)",
         );
         return;
     };
     let flask = wheels();
     if !flask.join("wheels").is_dir() {
-        eprintln!(
-            "\n!!! SKIPPED: fixtures/flask/wheels missing (fixtures/flask/fetch-wheels.sh) !!!\n"
+        skip(
+            TEST,
+            "fixtures/flask/wheels missing (fixtures/flask/fetch-wheels.sh)",
         );
         return;
     }

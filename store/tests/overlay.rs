@@ -75,7 +75,10 @@ fn snapshots_stack_as_overlay_lower_dirs() {
             &format!("{}:{}", lower2.display(), lower1.display()),
             &merged,
         ) {
-            eprintln!("SKIPPED overlay stacking: mount -t overlay failed (no overlayfs or no CAP_SYS_ADMIN here)");
+            common::skip(
+                "overlay stacking",
+                "mount -t overlay failed (no overlayfs or no CAP_SYS_ADMIN here)",
+            );
             return;
         }
         let seen = (
