@@ -241,8 +241,14 @@ pub fn resolve_user(
         };
     }
 
-    let mut groups: Vec<u32> = Vec::new();
-    if let Some(e) = entry {
+    // The primary group is always a supplementary group too (the fix for
+    // CVE-2023-25173 in containerd and moby, which BuildKit 0.11.4+ and
+    // Docker 23+ carry: a process that drops its gid must not keep access
+    // through groups it was never given). The groups that list the user
+    // are added only when the spec names no group, as runc's GetExecUser
+    // does.
+    let mut groups: Vec<u32> = vec![gid];
+    if let Some(e) = entry.filter(|_| group_part.is_none()) {
         for g in gr.iter().filter(|g| g.members.contains(&e.name)) {
             let gid = g.gid()?;
             if !groups.contains(&gid) {
@@ -278,7 +284,7 @@ mod tests {
             ExecUser {
                 uid: 0,
                 gid: 0,
-                groups: vec![],
+                groups: vec![0],
                 home: "/root".into()
             }
         );
@@ -288,23 +294,25 @@ mod tests {
     fn by_name_with_supplementary_groups() {
         let u = resolve_user(Some("app"), Some(PW), Some(GR)).unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (1000, 1000, "/home/app"));
-        assert_eq!(u.groups, vec![10, 50]);
+        assert_eq!(u.groups, vec![1000, 10, 50]);
     }
 
     #[test]
     fn numeric_uid_known_and_unknown() {
         let u = resolve_user(Some("1"), Some(PW), Some(GR)).unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (1, 1, "/usr/sbin"));
-        assert_eq!(u.groups, vec![10]);
+        assert_eq!(u.groups, vec![1, 10]);
         let u = resolve_user(Some("4242"), Some(PW), Some(GR)).unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 0, "/"));
-        assert!(u.groups.is_empty());
+        assert_eq!(u.groups, vec![0]);
     }
 
     #[test]
     fn user_and_group_forms() {
         let u = resolve_user(Some("app:wheel"), Some(PW), Some(GR)).unwrap();
         assert_eq!((u.uid, u.gid), (1000, 10));
+        // A named group replaces the memberships: only that group.
+        assert_eq!(u.groups, vec![10]);
         let u = resolve_user(Some("1000:7"), Some(PW), Some(GR)).unwrap();
         assert_eq!((u.uid, u.gid), (1000, 7));
         let u = resolve_user(Some("123:456"), None, None).unwrap();
