@@ -6,7 +6,9 @@
 //! directory handles (`openat2(RESOLVE_IN_ROOT)`), never through host paths.
 
 mod apply;
+mod entries;
 mod tarfmt;
+mod validate;
 mod write;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,7 @@ use crate::digest::Digest;
 pub use apply::apply_layer;
 pub(crate) use apply::clean_path as clean_path_pub;
 pub(crate) use apply::remove_all_at;
+pub use validate::validate_layer;
 pub use write::write_layer;
 
 /// Media type of an uncompressed OCI layer.
