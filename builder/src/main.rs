@@ -40,8 +40,17 @@ fn open_store(cli_root: &Option<std::path::PathBuf>) -> anyhow::Result<kiln_stor
     let root = cli_root
         .clone()
         .unwrap_or_else(kiln_store::Store::default_root);
-    kiln_store::Store::open(&root)
-        .map_err(|e| anyhow::anyhow!("cannot open kiln root {}: {e}", root.display()))
+    let store = kiln_store::Store::open(&root)
+        .map_err(|e| anyhow::anyhow!("cannot open kiln root {}: {e}", root.display()))?;
+    if let Some(b) = store.recovered_from() {
+        eprintln!(
+            "kiln: warning: the metadata database was damaged (empty, truncated or corrupt); \
+             it was moved to {} and rebuilt from the blobs: images are back by ID, tags and \
+             cache records are lost",
+            b.display()
+        );
+    }
+    Ok(store)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

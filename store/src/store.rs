@@ -187,7 +187,20 @@ impl Store {
         let tmp = root.join("tmp");
         let owner = Owner::acquire(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
         let db_path = root.join("kiln.db");
+        // An empty or truncated file opens as an empty or smaller database:
+        // it is moved aside and rebuilt like a corrupt one. (An empty file
+        // in a root without blobs is a root being created right now.)
+        let damaged = db::damaged(&db_path).filter(|_| {
+            fs::read_dir(root.join("blobs/sha256"))
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        });
+        let early = match damaged {
+            Some(_) => Some(crate::gc::backup_corrupt_db(root)?),
+            None => None,
+        };
         let (conn, recovered) = match db::open(&db_path) {
+            Ok(c) if early.is_some() => (c, early),
             Ok(c) => (c, None),
             Err(e) if db::is_corruption(&e) => {
                 let backup = crate::gc::backup_corrupt_db(root)?;
@@ -224,6 +237,12 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.shared.root
+    }
+
+    /// Where the database was moved when this open found it damaged (empty,
+    /// truncated or corrupt) and rebuilt it from the blobs.
+    pub fn recovered_from(&self) -> Option<&Path> {
+        self.open_report.recovered_from.as_deref()
     }
 
     /// `KILN_ROOT`, else `/var/lib/kiln` as root, else `$XDG_DATA_HOME/kiln`
