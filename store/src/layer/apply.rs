@@ -611,13 +611,16 @@ pub(super) fn whiteout_name<'a>(base: &'a [u8], path: &[u8]) -> Result<&'a [u8],
     Ok(name)
 }
 
+/// An extended attribute of an entry: name, value.
+pub(super) type Xattr = (Vec<u8>, Vec<u8>);
+
 /// The xattrs of an entry that are applied; an invalid one refuses the
 /// layer. Overlay's own xattrs from a layer could redirect or hide lower
 /// content once the snapshot is an overlay lower dir: never applied.
 pub(super) fn applied_xattrs<'a>(
     path: &[u8],
-    xattrs: &'a [(Vec<u8>, Vec<u8>)],
-) -> Result<Vec<&'a (Vec<u8>, Vec<u8>)>, LayerError> {
+    xattrs: &'a [Xattr],
+) -> Result<Vec<&'a Xattr>, LayerError> {
     let mut out = Vec::new();
     for x in xattrs {
         let (name, value) = x;

@@ -122,6 +122,26 @@ pub struct Limits {
     pub max_header_bytes: u64,
 }
 
+impl Limits {
+    /// The default bounds for a store with `free` bytes available: one
+    /// layer may expand to at most 90% of the free space (at least 1 GiB,
+    /// at most 256 GiB), so a bomb fails with a clear error instead of
+    /// filling the disk under everything else; at most 10 million entries
+    /// (the largest real images hold a few hundred thousand files).
+    /// No bound on the compression ratio: legitimate layers of sparse or
+    /// zero-filled files compress a thousandfold, and the expanded-size
+    /// bound is what protects the disk.
+    pub fn for_free_space(free: Option<u64>) -> Limits {
+        let cap = Limits::default().max_uncompressed_bytes;
+        let bytes = free.map_or(cap, |f| (f / 10 * 9).clamp(1 << 30, cap));
+        Limits {
+            max_uncompressed_bytes: bytes,
+            max_entries: 10_000_000,
+            ..Limits::default()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
