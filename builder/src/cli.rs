@@ -20,8 +20,22 @@ pub struct Cli {
     #[command(flatten)]
     pub registry: RegistryFlags,
 
+    #[command(flatten)]
+    pub limits: LayerLimitFlags,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Bounds on unpacking one layer (pulled, loaded, FROM, ADD of an archive).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LayerLimitFlags {
+    /// Most bytes one layer may expand to, e.g. 20GB (default: 90% of the store's free space, at most 256GiB).
+    #[arg(long, global = true, env = "KILN_MAX_LAYER_SIZE", value_name = "SIZE")]
+    pub max_layer_size: Option<String>,
+    /// Most entries (files, directories, links) one layer may hold (default: 10000000).
+    #[arg(long, global = true, env = "KILN_MAX_LAYER_ENTRIES", value_name = "N")]
+    pub max_layer_entries: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

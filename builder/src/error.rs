@@ -29,12 +29,22 @@ impl std::error::Error for Failure {}
 
 impl From<anyhow::Error> for Failure {
     fn from(err: anyhow::Error) -> Failure {
-        match err.downcast::<Failure>() {
+        let mut f = match err.downcast::<Failure>() {
             Ok(f) => f,
             Err(err) => Failure::new(1, format!("kiln: error: {err:#}")),
+        };
+        if f.message.contains(LAYER_LIMIT) && !f.message.contains(LAYER_LIMIT_HINT) {
+            f.message = format!("{}\n{LAYER_LIMIT_HINT}", f.message.trim_end());
         }
+        f
     }
 }
+
+/// The store's words for a layer past its bounds (kiln_store::LayerError::
+/// LimitExceeded), and how to raise them.
+const LAYER_LIMIT: &str = "layer exceeds the limit of";
+const LAYER_LIMIT_HINT: &str = "hint: if the layer is legitimate, raise the bound with \
+     --max-layer-size SIZE (KILN_MAX_LAYER_SIZE) or --max-layer-entries N (KILN_MAX_LAYER_ENTRIES)";
 
 /// The text of a Dockerfile or `.dockerignore` (`name` in messages): not
 /// UTF-8 is a failure showing the line, the column and the byte.

@@ -36,12 +36,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_store(cli_root: &Option<std::path::PathBuf>) -> anyhow::Result<kiln_store::Store> {
+fn open_store(
+    cli_root: &Option<std::path::PathBuf>,
+    limits: &cli::LayerLimitFlags,
+) -> anyhow::Result<kiln_store::Store> {
     let root = cli_root
         .clone()
         .unwrap_or_else(kiln_store::Store::default_root);
-    kiln_store::Store::open(&root)
-        .map_err(|e| anyhow::anyhow!("cannot open kiln root {}: {e}", root.display()))
+    let store = kiln_store::Store::open(&root)
+        .map_err(|e| anyhow::anyhow!("cannot open kiln root {}: {e}", root.display()))?;
+    if let Some(b) = store.recovered_from() {
+        eprintln!(
+            "kiln: warning: the metadata database was damaged (empty, truncated or corrupt); \
+             it was moved to {} and rebuilt from the blobs: images are back by ID, tags and \
+             cache records are lost",
+            b.display()
+        );
+    }
+    let mut l = store.layer_limits();
+    if let Some(s) = &limits.max_layer_size {
+        l.max_uncompressed_bytes = cmd_images::parse_size(s)
+            .map_err(|e| anyhow::anyhow!("--max-layer-size / KILN_MAX_LAYER_SIZE: {e}"))?;
+    }
+    if let Some(n) = limits.max_layer_entries {
+        l.max_entries = n;
+    }
+    store.set_layer_limits(l);
+    Ok(store)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -49,53 +70,63 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Parse(args) => cmd_parse(args),
         Command::Build(args) => {
-            let store = open_store(&cli.root)?;
+            let store = open_store(&cli.root, &cli.limits)?;
             build::cmd_build(store, args, access)
         }
-        Command::Images(args) => cmd_images::images(&open_store(&cli.root)?, &args),
-        Command::Rmi(args) => cmd_images::rmi(&open_store(&cli.root)?, &args),
+        Command::Images(args) => cmd_images::images(&open_store(&cli.root, &cli.limits)?, &args),
+        Command::Rmi(args) => cmd_images::rmi(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Tag { source, target } => {
-            cmd_images::tag(&open_store(&cli.root)?, &source, &target)
+            cmd_images::tag(&open_store(&cli.root, &cli.limits)?, &source, &target)
         }
-        Command::Inspect { images } => cmd_images::inspect(&open_store(&cli.root)?, &images),
-        Command::History(args) => cmd_images::history(&open_store(&cli.root)?, &args),
-        Command::Save(args) => cmd_images::save(&open_store(&cli.root)?, &args),
-        Command::Load(args) => cmd_images::load(&open_store(&cli.root)?, &args),
+        Command::Inspect { images } => {
+            cmd_images::inspect(&open_store(&cli.root, &cli.limits)?, &images)
+        }
+        Command::History(args) => cmd_images::history(&open_store(&cli.root, &cli.limits)?, &args),
+        Command::Save(args) => cmd_images::save(&open_store(&cli.root, &cli.limits)?, &args),
+        Command::Load(args) => cmd_images::load(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Import { file, reference } => {
-            cmd_images::import(&open_store(&cli.root)?, &file, &reference)
+            cmd_images::import(&open_store(&cli.root, &cli.limits)?, &file, &reference)
         }
-        Command::Run(args) => cmd_containers::run(&open_store(&cli.root)?, &access, args),
-        Command::Ps(args) => cmd_containers::ps(&open_store(&cli.root)?, &args),
-        Command::Stop(args) => cmd_containers::stop(&open_store(&cli.root)?, &args),
-        Command::Rm(args) => cmd_containers::rm(&open_store(&cli.root)?, &args),
-        Command::Logs(args) => cmd_containers::logs(&open_store(&cli.root)?, &args),
+        Command::Run(args) => {
+            cmd_containers::run(&open_store(&cli.root, &cli.limits)?, &access, args)
+        }
+        Command::Ps(args) => cmd_containers::ps(&open_store(&cli.root, &cli.limits)?, &args),
+        Command::Stop(args) => cmd_containers::stop(&open_store(&cli.root, &cli.limits)?, &args),
+        Command::Rm(args) => cmd_containers::rm(&open_store(&cli.root, &cli.limits)?, &args),
+        Command::Logs(args) => cmd_containers::logs(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Cache { command } => match command {
             CacheCommand::Ls { format, filters } => {
-                cmd_images::cache_ls(&open_store(&cli.root)?, format, &filters)
+                cmd_images::cache_ls(&open_store(&cli.root, &cli.limits)?, format, &filters)
             }
-            CacheCommand::Du => cmd_images::cache_du(&open_store(&cli.root)?),
-            CacheCommand::Why { target } => build::cache_why(&open_store(&cli.root)?, &target),
+            CacheCommand::Du => cmd_images::cache_du(&open_store(&cli.root, &cli.limits)?),
+            CacheCommand::Why { target } => {
+                build::cache_why(&open_store(&cli.root, &cli.limits)?, &target)
+            }
             CacheCommand::Prune {
                 all,
                 keep_storage,
                 filters,
             } => cmd_images::cache_prune(
-                &open_store(&cli.root)?,
+                &open_store(&cli.root, &cli.limits)?,
                 all,
                 keep_storage.as_deref(),
                 &filters,
             ),
         },
         Command::System { command } => {
-            let store = open_store(&cli.root)?;
+            let store = open_store(&cli.root, &cli.limits)?;
             match command {
                 SystemCommand::Df => cmd_images::system_df(&store),
                 SystemCommand::Fsck { repair } => cmd_images::system_fsck(&store, repair),
                 SystemCommand::Prune { all } => cmd_images::system_prune(&store, all),
             }
         }
-        Command::Pull(args) => cmd_registry::cmd_pull(&open_store(&cli.root)?, &access, &args),
-        Command::Push(args) => cmd_registry::cmd_push(&open_store(&cli.root)?, &access, &args),
+        Command::Pull(args) => {
+            cmd_registry::cmd_pull(&open_store(&cli.root, &cli.limits)?, &access, &args)
+        }
+        Command::Push(args) => {
+            cmd_registry::cmd_push(&open_store(&cli.root, &cli.limits)?, &access, &args)
+        }
         Command::Login(args) => cmd_registry::cmd_login(&access, &args),
         Command::Logout(args) => cmd_registry::cmd_logout(&args),
     }

@@ -20,6 +20,15 @@ const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// Metadata files kept in memory (never blobs) and their size bound.
 const SMALL_FILE_MAX: u64 = 16 << 20;
 
+/// An image of an OCI layout, recorded once all of its layers passed.
+struct Planned {
+    manifest: Digest,
+    config_digest: Digest,
+    config: ImageConfig,
+    layers: Vec<LayerInfo>,
+    name: Option<String>,
+}
+
 /// One entry of a docker-archive `manifest.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DockerManifestEntry {
@@ -356,7 +365,7 @@ impl Store {
         };
         if let Some(m) = small.get("manifest.json") {
             let entries: Vec<DockerManifestEntry> = serde_json::from_slice(m)?;
-            let mut out = Vec::new();
+            let mut planned = Vec::new();
             for ent in entries {
                 let cfg_path = ent.config.trim_start_matches("./");
                 let cfg_bytes = match small.get(cfg_path) {
@@ -395,24 +404,53 @@ impl Store {
                         media_type: comp.media_type().into(),
                     });
                 }
+                let tags = ent
+                    .repo_tags
+                    .iter()
+                    .map(|t| {
+                        reference::parse(t).map(|r| r.familiar()).map_err(|e| {
+                            StoreError::InvalidArchive(format!("RepoTags entry {t:?}: {e}"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                planned.push((cfg_bytes, config, layers, tags));
+            }
+            // Nothing is recorded until every layer of every image would
+            // unpack.
+            for (_, _, layers, _) in &planned {
+                self.validate_layers(layers)?;
+            }
+            let mut out = Vec::new();
+            for (cfg_bytes, config, layers, tags) in planned {
                 let rec = self.write_image_raw(&cfg_bytes, config, &layers)?;
-                if ent.repo_tags.is_empty() {
+                if tags.is_empty() {
                     out.push(rec.config_digest.to_string());
                 }
-                for t in &ent.repo_tags {
-                    let r = reference::parse(t).map_err(|e| {
-                        StoreError::InvalidArchive(format!("RepoTags entry {t:?}: {e}"))
-                    })?;
-                    self.tag(&r.familiar(), &rec.manifest_digest)?;
-                    out.push(r.familiar());
+                for t in tags {
+                    self.tag(&t, &rec.manifest_digest)?;
+                    out.push(t);
                 }
             }
             return Ok(out);
         }
         if let Some(idx) = small.get("index.json") {
             let index: Index = serde_json::from_slice(idx)?;
+            let mut planned = Vec::new();
+            self.load_index(&index, &mut planned, 0)?;
+            for p in &planned {
+                self.validate_layers(&p.layers)?;
+            }
             let mut out = Vec::new();
-            self.load_index(&index, &mut out, 0)?;
+            for p in planned {
+                let rec = self.record_image(&p.manifest, &p.config_digest, p.config, &p.layers)?;
+                match p.name {
+                    Some(n) => {
+                        self.tag(&n, &rec.manifest_digest)?;
+                        out.push(n);
+                    }
+                    None => out.push(rec.config_digest.to_string()),
+                }
+            }
             return Ok(out);
         }
         Err(StoreError::InvalidArchive(
@@ -420,7 +458,30 @@ impl Store {
         ))
     }
 
-    fn load_index(&self, index: &Index, out: &mut Vec<String>, depth: u32) -> Result<()> {
+    /// Every layer streamed through the applier's checks without being
+    /// written, and its diffID compared with the config's.
+    fn validate_layers(&self, layers: &[LayerInfo]) -> Result<()> {
+        for l in layers {
+            let f = self.open_blob(&l.digest)?;
+            let mut r = io::BufReader::with_capacity(256 * 1024, f);
+            let diff = layer::validate_layer(&mut r, &self.layer_limits()).map_err(|e| {
+                StoreError::LayerRefused {
+                    digest: l.digest.clone(),
+                    source: e,
+                }
+            })?;
+            if diff != l.diff_id {
+                return Err(StoreError::DiffIdMismatch {
+                    digest: l.digest.clone(),
+                    expected: l.diff_id.clone(),
+                    actual: diff,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn load_index(&self, index: &Index, out: &mut Vec<Planned>, depth: u32) -> Result<()> {
         if depth > 4 {
             return Err(StoreError::InvalidArchive(
                 "image indexes nested too deeply".into(),
@@ -463,7 +524,6 @@ impl Store {
                     return Err(StoreError::BlobNotFound(l.digest.clone()));
                 }
             }
-            let rec = self.record_image(&desc.digest, &m.config.digest, config, &layers)?;
             let name = desc
                 .annotations
                 .get(ANNOTATION_CONTAINERD_NAME)
@@ -474,16 +534,17 @@ impl Store {
                         .filter(|n| n.contains('/') || n.contains(':'))
                         .cloned()
                 });
-            match name
+            let name = name
                 .and_then(|n| reference::parse(&n).ok())
                 .filter(|r| r.digest().is_none())
-            {
-                Some(r) => {
-                    self.tag(&r.familiar(), &rec.manifest_digest)?;
-                    out.push(r.familiar());
-                }
-                None => out.push(rec.config_digest.to_string()),
-            }
+                .map(|r| r.familiar());
+            out.push(Planned {
+                manifest: desc.digest.clone(),
+                config_digest: m.config.digest.clone(),
+                config,
+                layers,
+                name,
+            });
         }
         Ok(())
     }

@@ -108,6 +108,42 @@ pub(crate) fn is_corruption(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Why the database file cannot be what it should be, read from its size
+/// and its header before SQLite opens it: SQLite takes an empty file for a
+/// new, empty database, and a file cut short for one with fewer pages, so
+/// either would silently lose every image. `None`: absent, or plausible.
+pub(crate) fn damaged(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len == 0 {
+        return Some("it is empty (0 bytes)".into());
+    }
+    let mut h = [0u8; 100];
+    if len < 100 || f.read_exact(&mut h).is_err() {
+        return Some(format!("it is {len} bytes, shorter than its header"));
+    }
+    if &h[..16] != b"SQLite format 3\0" {
+        // Not SQLite at all: SQLite itself says so (NotADatabase).
+        return None;
+    }
+    let page = match u16::from_be_bytes([h[16], h[17]]) {
+        1 => 65536,
+        n => u64::from(n),
+    };
+    let pages = u64::from(u32::from_be_bytes([h[28], h[29], h[30], h[31]]));
+    // The in-header size is valid only when the two change counters agree
+    // (SQLite's rule); then the file holds at least that many pages.
+    let valid = h[24..28] == h[92..96];
+    if valid && pages > 0 && len < pages * page {
+        return Some(format!(
+            "it is truncated: {len} bytes, its header says {} pages of {page}",
+            pages
+        ));
+    }
+    None
+}
+
 /// Opens (creating if needed) and migrates the database, then checks it.
 pub(crate) fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(

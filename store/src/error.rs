@@ -20,6 +20,13 @@ pub enum StoreError {
     Reference(#[from] ReferenceError),
     #[error("layer error: {0}")]
     Layer(LayerError),
+    /// A layer the applier would refuse, named by its digest.
+    #[error("layer {digest} cannot be unpacked")]
+    LayerRefused {
+        digest: Digest,
+        #[source]
+        source: LayerError,
+    },
     #[error("invalid JSON: {0}")]
     Json(serde_json::Error),
     #[error("digest mismatch: expected {expected}, got {actual}")]

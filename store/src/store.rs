@@ -114,12 +114,21 @@ pub(crate) struct Shared {
     pub(crate) root: PathBuf,
     pub(crate) db: Mutex<Connection>,
     pub(crate) owner: Owner,
+    /// Bounds on what unpacking one layer may do (decompression bombs).
+    pub(crate) limits: std::sync::RwLock<Limits>,
 }
 
 /// The store. `Send + Sync`; share it through an `Arc`.
 pub struct Store {
     pub(crate) shared: Arc<Shared>,
     pub(crate) open_report: crate::gc::SweepReport,
+}
+
+/// Free bytes for an unprivileged writer on the filesystem of `root`
+/// (None when it cannot be read).
+fn free_bytes(root: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(root).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -187,7 +196,20 @@ impl Store {
         let tmp = root.join("tmp");
         let owner = Owner::acquire(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
         let db_path = root.join("kiln.db");
+        // An empty or truncated file opens as an empty or smaller database:
+        // it is moved aside and rebuilt like a corrupt one. (An empty file
+        // in a root without blobs is a root being created right now.)
+        let damaged = db::damaged(&db_path).filter(|_| {
+            fs::read_dir(root.join("blobs/sha256"))
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        });
+        let early = match damaged {
+            Some(_) => Some(crate::gc::backup_corrupt_db(root)?),
+            None => None,
+        };
         let (conn, recovered) = match db::open(&db_path) {
+            Ok(c) if early.is_some() => (c, early),
             Ok(c) => (c, None),
             Err(e) if db::is_corruption(&e) => {
                 let backup = crate::gc::backup_corrupt_db(root)?;
@@ -199,6 +221,7 @@ impl Store {
             root: root.to_path_buf(),
             db: Mutex::new(conn),
             owner,
+            limits: std::sync::RwLock::new(Limits::for_free_space(free_bytes(root))),
         });
         let mut store = Store {
             shared,
@@ -224,6 +247,23 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.shared.root
+    }
+
+    /// The bounds every layer is unpacked (and `load` validates) within.
+    /// By default [`Limits::for_free_space`] of the store's filesystem.
+    pub fn layer_limits(&self) -> Limits {
+        self.shared.limits.read().expect("limits lock").clone()
+    }
+
+    /// Replaces the layer bounds (`--max-layer-size`, `--max-layer-entries`).
+    pub fn set_layer_limits(&self, limits: Limits) {
+        *self.shared.limits.write().expect("limits lock") = limits;
+    }
+
+    /// Where the database was moved when this open found it damaged (empty,
+    /// truncated or corrupt) and rebuilt it from the blobs.
+    pub fn recovered_from(&self) -> Option<&Path> {
+        self.open_report.recovered_from.as_deref()
     }
 
     /// `KILN_ROOT`, else `/var/lib/kiln` as root, else `$XDG_DATA_HOME/kiln`
@@ -517,7 +557,12 @@ impl Store {
             .map_err(|e| StoreError::io(&dir, e))?;
         let f = self.open_blob(&layer.digest)?;
         let mut hr = HashingReader::new(io::BufReader::with_capacity(256 * 1024, f));
-        let diff_id = layer::apply_layer(&mut hr, &dir, WhiteoutMode::Overlay, &Limits::default())?;
+        let diff_id =
+            layer::apply_layer(&mut hr, &dir, WhiteoutMode::Overlay, &self.layer_limits())
+                .map_err(|e| StoreError::LayerRefused {
+                    digest: layer.digest.clone(),
+                    source: e,
+                })?;
         io::copy(&mut hr, &mut io::sink())
             .map_err(|e| StoreError::io(self.blob_path(&layer.digest), e))?;
         let digest = hr.hasher.finish();
@@ -859,7 +904,7 @@ impl Store {
             r,
             pending.upper(),
             WhiteoutMode::Overlay,
-            &Limits::default(),
+            &self.layer_limits(),
         )?;
         let info = self.commit_snapshot(pending, &LayerOptions::default())?;
         let mut config = config.unwrap_or_else(|| ImageConfig {

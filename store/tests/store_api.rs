@@ -787,3 +787,67 @@ fn save_of_two_tags_of_one_image_writes_one_entry() {
         vec!["a:1".to_string(), "b:2".to_string()]
     );
 }
+
+/// Issue 20, item 6: SQLite opens an empty file as a new database and a
+/// file cut short as a smaller one; either used to drop every image. Both
+/// are moved aside and rebuilt from the blobs, like a corrupt one.
+#[test]
+fn empty_or_truncated_database_is_rebuilt_not_trusted() {
+    for cut in ["empty", "half"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let img = {
+            let s = Store::open(&root).unwrap();
+            let img = small_image(&s, format!("survives {cut}").as_bytes());
+            // Pad the database past a few pages so that half of it is
+            // short of what its header says.
+            for i in 0..200 {
+                s.tag(&format!("pad{i}:1"), &img.manifest_digest).unwrap();
+            }
+            img
+        };
+        // Checkpoint so the main file holds everything, then damage it.
+        {
+            let c = rusqlite::Connection::open(root.join("kiln.db")).unwrap();
+            c.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+        }
+        for f in ["kiln.db-wal", "kiln.db-shm"] {
+            let _ = fs::remove_file(root.join(f));
+        }
+        let db = root.join("kiln.db");
+        let len = fs::metadata(&db).unwrap().len();
+        let f = fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.set_len(if cut == "empty" { 0 } else { len / 2 }).unwrap();
+        drop(f);
+        let s = Store::open(&root).unwrap();
+        assert!(s.recovered_from().is_some(), "{cut}: not detected");
+        let rep = s.fsck(false).unwrap();
+        assert!(rep.is_clean(), "{cut}: {rep:?}");
+        let r = s
+            .resolve_image(img.config_digest.as_str())
+            .unwrap()
+            .unwrap_or_else(|| panic!("{cut}: the image is gone"));
+        assert_eq!(r.manifest_digest, img.manifest_digest);
+        s.ensure_snapshot(&r.layers[0]).unwrap();
+        drop(s);
+        // The rebuilt database is trusted at the next open.
+        let s = Store::open(&root).unwrap();
+        assert!(s.recovered_from().is_none(), "{cut}: recovered twice");
+        assert!(s
+            .resolve_image(img.config_digest.as_str())
+            .unwrap()
+            .is_some());
+    }
+}
+
+/// A new root's database may be an empty file for a moment while another
+/// process creates it: with no blobs yet, it is not taken for damage.
+#[test]
+fn empty_database_of_a_new_root_is_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("kiln.db"), b"").unwrap();
+    let s = Store::open(&root).unwrap();
+    assert!(s.recovered_from().is_none());
+}

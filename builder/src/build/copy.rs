@@ -673,7 +673,12 @@ pub fn plan_copy(
 }
 
 /// Writes the planned items into `upper`, the new snapshot of the step.
-pub fn execute(plan: &CopyPlan, upper: &Path, view: &RootView) -> Result<()> {
+pub fn execute(
+    plan: &CopyPlan,
+    upper: &Path,
+    view: &RootView,
+    limits: &kiln_store::layer::Limits,
+) -> Result<()> {
     let mut dir_fixups: Vec<(PathBuf, i64)> = Vec::new();
     for (dest, item) in &plan.items {
         // Resolve the parent inside the image (symlinks such as /bin ->
@@ -690,7 +695,7 @@ pub fn execute(plan: &CopyPlan, upper: &Path, view: &RootView) -> Result<()> {
                 chown: plan.chown,
                 chmod: plan.chmod,
             };
-            execute(&tree, upper, view)?;
+            execute(&tree, upper, view, limits)?;
             continue;
         }
         let (mut comps, _) = view.resolve(parent, true)?;
@@ -698,7 +703,7 @@ pub fn execute(plan: &CopyPlan, upper: &Path, view: &RootView) -> Result<()> {
         if let ItemSource::Archive(path) = &item.src {
             comps.extend(fsutil::clean_components(name));
             let dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
-            extract_archive(path, &dir)?;
+            extract_archive(path, &dir, limits)?;
             continue;
         }
         let parent_dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
@@ -786,7 +791,7 @@ fn remove_any(path: &Path) -> Result<()> {
 /// ADD's archive extraction: tar, optionally gzip/bzip2/xz/zstd
 /// compressed, through the store's safe applier (every path resolved
 /// inside `dir`).
-fn extract_archive(path: &Path, dir: &Path) -> Result<()> {
+fn extract_archive(path: &Path, dir: &Path, limits: &kiln_store::layer::Limits) -> Result<()> {
     let kind = archive_kind(path)?;
     let mut f = open_source(path)?;
     f.seek(SeekFrom::Start(0))?;
@@ -800,7 +805,7 @@ fn extract_archive(path: &Path, dir: &Path) -> Result<()> {
         &mut reader,
         dir,
         kiln_store::layer::WhiteoutMode::Apply,
-        &kiln_store::layer::Limits::default(),
+        limits,
     )
     .with_context(|| format!("extracting {}", path.display()))?;
     Ok(())

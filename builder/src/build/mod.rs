@@ -604,8 +604,9 @@ pub fn flatten_into(store: &Store, layers: &[LayerInfo], dir: &Path) -> Result<(
             &mut blob,
             dir,
             kiln_store::layer::WhiteoutMode::Apply,
-            &kiln_store::layer::Limits::default(),
-        )?;
+            &store.layer_limits(),
+        )
+        .with_context(|| format!("layer {} cannot be unpacked", l.digest))?;
         if diff_id != l.diff_id {
             bail!(
                 "layer {} unpacked to {} but the image says {}",

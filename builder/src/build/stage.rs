@@ -852,7 +852,7 @@ impl Builder {
         inputs["link"] = json!(c.link);
         self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
             let pending = b.store.new_snapshot()?;
-            copy::execute(&plan, pending.upper(), &view)?;
+            copy::execute(&plan, pending.upper(), &view, &b.store.layer_limits())?;
             if fsutil::dir_is_empty(pending.upper())? {
                 return Ok(None);
             }

@@ -5,22 +5,22 @@
 //! RESOLVE_NO_MAGICLINKS)` (so `..`, absolute symlinks and symlink chains all
 //! stay inside the root), and the final component is always created, linked,
 //! removed or changed relative to that parent handle without following it.
-//! The tar framing is read here (not by the `tar` crate's unpacker, which
-//! resolves against the host) so that every size is bounded.
+//! The tar framing is read by `entries.rs` (not by the `tar` crate's
+//! unpacker, which resolves against the host) so that every size is bounded.
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
-use super::tarfmt::{checksum_ok, padding, parse_pax, BLOCK};
-use super::{Compression, LayerError, Limits, WhiteoutMode};
-use crate::digest::{Digest, HashingReader};
+use super::entries::{drive, map_stream, Hdr, Sink};
+use super::{LayerError, Limits, WhiteoutMode};
+use crate::digest::Digest;
 
 const PATH_MAX: usize = 4096;
 const NAME_MAX: usize = 255;
@@ -38,19 +38,6 @@ pub fn apply_layer(
     mode: WhiteoutMode,
     limits: &Limits,
 ) -> Result<Digest, LayerError> {
-    let mut br = BufReader::with_capacity(128 * 1024, r);
-    let magic = br.fill_buf()?.to_vec();
-    let decoded: Box<dyn Read + '_> = match Compression::detect(&magic) {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(br)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(br)?),
-        Compression::None => Box::new(br),
-    };
-    let limited = LimitReader {
-        inner: decoded,
-        left: limits.max_uncompressed_bytes,
-        limit: limits.max_uncompressed_bytes,
-    };
-    let mut hr = HashingReader::new(limited);
     let root = rustix::fs::open(
         target,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -60,74 +47,13 @@ pub fn apply_layer(
     let mut ap = Applier {
         root,
         mode,
-        limits,
         created: HashSet::new(),
         dirs: Vec::new(),
         cache: None,
         privileged: rustix::process::geteuid().is_root(),
         entry_mtime: 0,
     };
-    ap.run(&mut hr)?;
-    // Hash whatever follows the end-of-archive marker: the diffID covers the
-    // whole uncompressed stream.
-    io::copy(&mut hr, &mut io::sink())?;
-    Ok(hr.hasher.finish())
-}
-
-struct LimitReader<R> {
-    inner: R,
-    left: u64,
-    limit: u64,
-}
-
-impl<R: Read> Read for LimitReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            // Only an error if there is in fact more data.
-            let mut one = [0u8; 1];
-            return match self.inner.read(&mut one)? {
-                0 => Ok(0),
-                _ => Err(io::Error::other(LimitHit(self.limit))),
-            };
-        }
-        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let n = self.inner.read(&mut buf[..want])?;
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-#[derive(Debug)]
-struct LimitHit(u64);
-impl std::fmt::Display for LimitHit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "uncompressed size limit of {} bytes exceeded", self.0)
-    }
-}
-impl std::error::Error for LimitHit {}
-
-fn map_stream(e: io::Error) -> LayerError {
-    if let Some(LimitHit(limit)) = e.get_ref().and_then(|i| i.downcast_ref::<LimitHit>()) {
-        return LayerError::LimitExceeded {
-            what: "uncompressed bytes",
-            limit: *limit,
-        };
-    }
-    LayerError::Stream(e)
-}
-
-/// One tar entry after PAX / GNU extensions were folded in.
-struct Hdr {
-    path: Vec<u8>,
-    link: Vec<u8>,
-    kind: u8,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: i64,
-    size: u64,
-    dev: (u64, u64),
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    drive(r, limits, &mut ap)
 }
 
 struct DeferredDir {
@@ -136,10 +62,9 @@ struct DeferredDir {
     mtime: i64,
 }
 
-struct Applier<'a> {
+struct Applier {
     root: OwnedFd,
     mode: WhiteoutMode,
-    limits: &'a Limits,
     /// Paths created by this layer (used by opaque whiteouts in Apply mode).
     created: HashSet<Vec<u8>>,
     /// Directory modes and times, applied last (children change dir mtimes,
@@ -153,189 +78,17 @@ struct Applier<'a> {
     entry_mtime: i64,
 }
 
-fn read_block(r: &mut dyn Read, block: &mut [u8; BLOCK]) -> Result<bool, LayerError> {
-    let mut got = 0;
-    while got < BLOCK {
-        match r.read(&mut block[got..]) {
-            Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(LayerError::Malformed("truncated tar header".into())),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(map_stream(e)),
-        }
+impl Sink for Applier {
+    fn entry(&mut self, h: &Hdr, data: &mut dyn Read) -> Result<(), LayerError> {
+        self.apply_entry(h, data)
     }
-    Ok(true)
-}
-
-fn read_ext(r: &mut dyn Read, size: u64, limits: &Limits) -> Result<Vec<u8>, LayerError> {
-    if size > limits.max_header_bytes {
-        return Err(LayerError::LimitExceeded {
-            what: "bytes in one tar extension header",
-            limit: limits.max_header_bytes,
-        });
-    }
-    let mut v = vec![0u8; size as usize];
-    r.read_exact(&mut v).map_err(truncated)?;
-    skip(r, padding(size))?;
-    Ok(v)
-}
-
-fn truncated(e: io::Error) -> LayerError {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        LayerError::Malformed("truncated tar entry".into())
-    } else {
-        map_stream(e)
-    }
-}
-
-fn skip(r: &mut dyn Read, n: u64) -> Result<(), LayerError> {
-    let copied = io::copy(&mut r.take(n), &mut io::sink()).map_err(map_stream)?;
-    if copied != n {
-        return Err(LayerError::Malformed("truncated tar entry".into()));
-    }
-    Ok(())
-}
-
-/// A numeric header field; blank (all NUL/space) fields read as 0, as Go's
-/// archive/tar and GNU tar read them.
-fn numeric(parsed: io::Result<u64>, raw: &[u8], what: &str) -> Result<u64, LayerError> {
-    match parsed {
-        Ok(v) => Ok(v),
-        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
-        Err(e) => Err(LayerError::Malformed(format!("bad {what} field: {e}"))),
-    }
-}
-
-fn cstr_field(b: &[u8]) -> &[u8] {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    &b[..end]
-}
-
-fn parse_num(s: &[u8], what: &str) -> Result<u64, LayerError> {
-    std::str::from_utf8(s)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| LayerError::Malformed(format!("bad PAX {what}")))
-}
-
-impl Applier<'_> {
-    fn run(&mut self, r: &mut dyn Read) -> Result<(), LayerError> {
-        let mut block = [0u8; BLOCK];
-        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut long_name: Option<Vec<u8>> = None;
-        let mut long_link: Option<Vec<u8>> = None;
-        let mut entries = 0u64;
-        loop {
-            if !read_block(r, &mut block)? {
-                // EOF without end marker: tolerated, like Go's archive/tar.
-                break;
-            }
-            if block.iter().all(|&b| b == 0) {
-                break;
-            }
-            entries += 1;
-            if entries > self.limits.max_entries {
-                return Err(LayerError::LimitExceeded {
-                    what: "tar entries",
-                    limit: self.limits.max_entries,
-                });
-            }
-            if !checksum_ok(&block) {
-                return Err(LayerError::Malformed("tar header checksum mismatch".into()));
-            }
-            let h = tar::Header::from_byte_slice(&block);
-            let size = numeric(h.entry_size(), &block[124..136], "size")?;
-            let kind = block[156];
-            match kind {
-                b'x' => {
-                    pax.extend(parse_pax(&read_ext(r, size, self.limits)?)?);
-                    continue;
-                }
-                b'g' => {
-                    // Global headers carry nothing we apply (comment, mtime
-                    // defaults); bounded read, then ignored.
-                    read_ext(r, size, self.limits)?;
-                    continue;
-                }
-                b'L' => {
-                    long_name = Some(cstr_field(&read_ext(r, size, self.limits)?).to_vec());
-                    continue;
-                }
-                b'K' => {
-                    long_link = Some(cstr_field(&read_ext(r, size, self.limits)?).to_vec());
-                    continue;
-                }
-                _ => {}
-            }
-            let mut hdr = Hdr {
-                path: long_name
-                    .take()
-                    .unwrap_or_else(|| h.path_bytes().into_owned()),
-                link: long_link.take().unwrap_or_else(|| {
-                    h.link_name_bytes()
-                        .map(|c| c.into_owned())
-                        .unwrap_or_default()
-                }),
-                kind,
-                mode: numeric(h.mode().map(u64::from), &block[100..108], "mode")? as u32 & 0o7777,
-                uid: numeric(h.uid(), &block[108..116], "uid")?,
-                gid: numeric(h.gid(), &block[116..124], "gid")?,
-                mtime: numeric(h.mtime(), &block[136..148], "mtime")? as i64,
-                size,
-                dev: (0, 0),
-                xattrs: Vec::new(),
-            };
-            if matches!(kind, b'3' | b'4') {
-                let major = h
-                    .device_major()
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| bad_dev(&hdr.path))?;
-                let minor = h
-                    .device_minor()
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| bad_dev(&hdr.path))?;
-                hdr.dev = (u64::from(major), u64::from(minor));
-            }
-            for (k, v) in pax.drain(..) {
-                match k.as_str() {
-                    "path" => hdr.path = v,
-                    "linkpath" => hdr.link = v,
-                    "uid" => hdr.uid = parse_num(&v, "uid")?,
-                    "gid" => hdr.gid = parse_num(&v, "gid")?,
-                    "size" => hdr.size = parse_num(&v, "size")?,
-                    "mtime" => {
-                        let secs = v.split(|&b| b == b'.').next().unwrap_or(&[]);
-                        let neg = secs.first() == Some(&b'-');
-                        let n = parse_num(if neg { &secs[1..] } else { secs }, "mtime")? as i64;
-                        hdr.mtime = if neg { -n } else { n };
-                    }
-                    _ => {
-                        if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
-                            hdr.xattrs.push((name.as_bytes().to_vec(), v));
-                        }
-                    }
-                }
-            }
-            // Like Go's archive/tar: link, symlink, device, directory and fifo
-            // entries carry no data whatever their size field says.
-            let data_size = if matches!(kind, b'1'..=b'6') {
-                0
-            } else {
-                hdr.size
-            };
-            let mut data = r.take(data_size);
-            self.entry(&hdr, &mut data)?;
-            // Whatever the entry did not consume, then the padding.
-            let rest = data.limit();
-            skip(r, rest)?;
-            skip(r, padding(data_size))?;
-        }
+    fn finish(&mut self) -> Result<(), LayerError> {
         self.finish_dirs()
     }
+}
 
-    fn entry(&mut self, h: &Hdr, data: &mut dyn Read) -> Result<(), LayerError> {
+impl Applier {
+    fn apply_entry(&mut self, h: &Hdr, data: &mut dyn Read) -> Result<(), LayerError> {
         self.entry_mtime = h.mtime;
         let shown = || String::from_utf8_lossy(&h.path).into_owned();
         let comps = clean_path(&h.path)?;
@@ -426,12 +179,7 @@ impl Applier<'_> {
                 });
             }
             b'2' => {
-                if h.link.is_empty() || h.link.contains(&0) || h.link.len() >= PATH_MAX {
-                    return Err(LayerError::UnsafePath {
-                        path: shown(),
-                        reason: "invalid symlink target",
-                    });
-                }
+                check_symlink(h)?;
                 self.remove_existing(pfd.as_fd(), &cbase)?;
                 rustix::fs::symlinkat(h.link.as_slice(), pfd.as_fd(), cbase.as_c_str())
                     .map_err(|e| LayerError::io(shown(), e))?;
@@ -480,30 +228,12 @@ impl Applier<'_> {
                 .map_err(|e| LayerError::io(shown(), e))?;
             }
             b'3' | b'4' | b'6' => {
-                let (major, minor) = h.dev;
+                let (major, minor) = check_device(h)?;
                 let ft = match h.kind {
                     b'3' => FileType::CharacterDevice,
                     b'4' => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                // The kernel's dev_t holds a 12-bit major and a 20-bit minor;
-                // larger numbers would silently alias another device.
-                if h.kind != b'6' && (major > 0xfff || minor > 0xfffff) {
-                    return Err(LayerError::InvalidDevice {
-                        path: shown(),
-                        major,
-                        minor,
-                    });
-                }
-                if h.kind == b'3' && major == 0 && minor == 0 {
-                    // 0/0 is overlayfs' whiteout; layers express whiteouts as
-                    // `.wh.` entries, a raw one would hide lower files.
-                    return Err(LayerError::InvalidDevice {
-                        path: shown(),
-                        major,
-                        minor,
-                    });
-                }
                 self.remove_existing(pfd.as_fd(), &cbase)?;
                 let dev = if h.kind == b'6' {
                     0
@@ -619,10 +349,7 @@ impl Applier<'_> {
             // AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): ignored, as docker does.
             return Ok(());
         }
-        let name = &base[WHITEOUT_PREFIX.len()..];
-        if name.is_empty() || name == b"." || name == b".." {
-            return Err(LayerError::InvalidWhiteout(shown));
-        }
+        let name = whiteout_name(base, &h.path)?;
         let cname = cstring(name, &h.path)?;
         match self.mode {
             WhiteoutMode::Overlay => {
@@ -783,26 +510,20 @@ impl Applier<'_> {
         path: &[u8],
         xattrs: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), LayerError> {
-        for (name, value) in xattrs {
-            // Overlay's own xattrs from a layer could redirect or hide lower
-            // content once the snapshot is an overlay lower dir: never applied.
-            if name.starts_with(b"trusted.overlay.") {
-                continue;
-            }
-            if name.is_empty()
-                || name.contains(&0)
-                || name.len() > NAME_MAX
-                || value.len() > XATTR_SIZE_MAX
-            {
-                return Err(LayerError::Malformed(format!(
-                    "invalid xattr on {:?}",
-                    String::from_utf8_lossy(path)
-                )));
-            }
+        for (name, value) in applied_xattrs(path, xattrs)? {
             match rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty()) {
                 Ok(()) => {}
                 Err(Errno::PERM | Errno::NOTSUP) if !self.privileged => {}
-                Err(e) => return Err(LayerError::io(String::from_utf8_lossy(path), e)),
+                Err(e) => {
+                    return Err(LayerError::io(
+                        format!(
+                            "{} (xattr {})",
+                            String::from_utf8_lossy(path),
+                            String::from_utf8_lossy(name)
+                        ),
+                        e,
+                    ))
+                }
             }
         }
         Ok(())
@@ -847,15 +568,86 @@ impl Applier<'_> {
     }
 }
 
-fn bad_dev(path: &[u8]) -> LayerError {
-    LayerError::InvalidDevice {
-        path: String::from_utf8_lossy(path).into_owned(),
-        major: u64::MAX,
-        minor: u64::MAX,
+/// A symlink's target must be something the kernel accepts.
+pub(super) fn check_symlink(h: &Hdr) -> Result<(), LayerError> {
+    if h.link.is_empty() || h.link.contains(&0) || h.link.len() >= PATH_MAX {
+        return Err(LayerError::UnsafePath {
+            path: String::from_utf8_lossy(&h.path).into_owned(),
+            reason: "invalid symlink target",
+        });
     }
+    Ok(())
 }
 
-fn ids(path: &[u8], uid: u64, gid: u64) -> Result<(rustix::fs::Uid, rustix::fs::Gid), LayerError> {
+/// The device numbers of a char/block device or fifo entry, if valid.
+pub(super) fn check_device(h: &Hdr) -> Result<(u64, u64), LayerError> {
+    let (major, minor) = h.dev;
+    let bad = || LayerError::InvalidDevice {
+        path: String::from_utf8_lossy(&h.path).into_owned(),
+        major,
+        minor,
+    };
+    // The kernel's dev_t holds a 12-bit major and a 20-bit minor; larger
+    // numbers would silently alias another device.
+    if h.kind != b'6' && (major > 0xfff || minor > 0xfffff) {
+        return Err(bad());
+    }
+    // 0/0 is overlayfs' whiteout; layers express whiteouts as `.wh.`
+    // entries, a raw one would hide lower files.
+    if h.kind == b'3' && major == 0 && minor == 0 {
+        return Err(bad());
+    }
+    Ok((major, minor))
+}
+
+/// The name a `.wh.<name>` entry whites out.
+pub(super) fn whiteout_name<'a>(base: &'a [u8], path: &[u8]) -> Result<&'a [u8], LayerError> {
+    let name = &base[WHITEOUT_PREFIX.len()..];
+    if name.is_empty() || name == b"." || name == b".." {
+        return Err(LayerError::InvalidWhiteout(
+            String::from_utf8_lossy(path).into_owned(),
+        ));
+    }
+    Ok(name)
+}
+
+/// An extended attribute of an entry: name, value.
+pub(super) type Xattr = (Vec<u8>, Vec<u8>);
+
+/// The xattrs of an entry that are applied; an invalid one refuses the
+/// layer. Overlay's own xattrs from a layer could redirect or hide lower
+/// content once the snapshot is an overlay lower dir: never applied.
+pub(super) fn applied_xattrs<'a>(
+    path: &[u8],
+    xattrs: &'a [Xattr],
+) -> Result<Vec<&'a Xattr>, LayerError> {
+    let mut out = Vec::new();
+    for x in xattrs {
+        let (name, value) = x;
+        if name.starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        let namespaced = [&b"user."[..], b"trusted.", b"security.", b"system."]
+            .iter()
+            .any(|p| name.len() > p.len() && name.starts_with(p));
+        if !namespaced || name.contains(&0) || name.len() > NAME_MAX || value.len() > XATTR_SIZE_MAX
+        {
+            return Err(LayerError::Malformed(format!(
+                "invalid xattr {:?} on {:?}",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(path)
+            )));
+        }
+        out.push(x);
+    }
+    Ok(out)
+}
+
+pub(super) fn ids(
+    path: &[u8],
+    uid: u64,
+    gid: u64,
+) -> Result<(rustix::fs::Uid, rustix::fs::Gid), LayerError> {
     // -1 means "unchanged" to chown, so it is not a valid id either.
     if uid >= u64::from(u32::MAX) || gid >= u64::from(u32::MAX) {
         return Err(LayerError::Malformed(format!(

@@ -6,7 +6,9 @@
 //! directory handles (`openat2(RESOLVE_IN_ROOT)`), never through host paths.
 
 mod apply;
+mod entries;
 mod tarfmt;
+mod validate;
 mod write;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,7 @@ use crate::digest::Digest;
 pub use apply::apply_layer;
 pub(crate) use apply::clean_path as clean_path_pub;
 pub(crate) use apply::remove_all_at;
+pub use validate::validate_layer;
 pub use write::write_layer;
 
 /// Media type of an uncompressed OCI layer.
@@ -117,6 +120,26 @@ pub struct Limits {
     pub max_entries: u64,
     /// Maximum size of one PAX / GNU long-name extension record.
     pub max_header_bytes: u64,
+}
+
+impl Limits {
+    /// The default bounds for a store with `free` bytes available: one
+    /// layer may expand to at most 90% of the free space (at least 1 GiB,
+    /// at most 256 GiB), so a bomb fails with a clear error instead of
+    /// filling the disk under everything else; at most 10 million entries
+    /// (the largest real images hold a few hundred thousand files).
+    /// No bound on the compression ratio: legitimate layers of sparse or
+    /// zero-filled files compress a thousandfold, and the expanded-size
+    /// bound is what protects the disk.
+    pub fn for_free_space(free: Option<u64>) -> Limits {
+        let cap = Limits::default().max_uncompressed_bytes;
+        let bytes = free.map_or(cap, |f| (f / 10 * 9).clamp(1 << 30, cap));
+        Limits {
+            max_uncompressed_bytes: bytes,
+            max_entries: 10_000_000,
+            ..Limits::default()
+        }
+    }
 }
 
 impl Default for Limits {
