@@ -621,20 +621,23 @@ impl Builder {
     /// Explains every step of this build that was not a cache hit.
     fn explain(&self) -> Result<Report> {
         let trace = self.trace.lock().expect("trace").clone();
-        let missed: Vec<&explain::StepTrace> = trace.iter().filter(|t| !t.hit).collect();
-        let records = if missed.is_empty() {
-            vec![]
-        } else {
+        let roots = explain::root_causes(&trace);
+        let any_missed = trace.iter().any(|t| !t.hit);
+        let records = if any_missed {
             self.store.cache_list()?
+        } else {
+            vec![]
         };
         let earlier: Vec<explain::Earlier> = records.iter().map(explain::Earlier::from).collect();
         // A metadata step that only inherits a change is noise: the steps
         // that can be expensive, and the root causes, are what is shown.
-        let missed = missed
-            .into_iter()
-            .filter(|t| !t.meta || explain::root_cause(t, &trace).is_none())
-            .map(|t| {
-                let mut why = explain::explain_step(t, &trace, &earlier, self.opts.no_cache);
+        let missed = trace
+            .iter()
+            .zip(&roots)
+            .filter(|(t, root)| !t.hit && (!t.meta || root.is_none()))
+            .map(|(t, root)| {
+                let root = root.map(|r| &trace[r]);
+                let mut why = explain::explain_step(t, root, &earlier, self.opts.no_cache);
                 if why.contains(explain::LARGE_SOURCE_CHANGED) {
                     if let Some(h) = self.large_source_hint(t) {
                         why.push_str("; ");
@@ -881,7 +884,7 @@ pub fn cache_why(store: &Store, target: &str) -> Result<ExitCode> {
         rec.description,
         rec.source,
         &rec.key[..12],
-        explain::explain_step(&trace, &[], &earlier, false)
+        explain::explain_step(&trace, None, &earlier, false)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -43,6 +43,9 @@ pub struct StageState {
     /// carry it so that explanations compare a step with its own past,
     /// not with another project's step at the same line.
     pub place: String,
+    /// Records of metadata steps not yet written: a run of them is written
+    /// in one transaction (see [`Builder::flush_records`]).
+    pub pending: Vec<CacheRecord>,
 }
 
 fn now_rfc3339() -> String {
@@ -95,7 +98,35 @@ fn default_shell() -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into()]
 }
 
+/// The variables a word of this stage sees, looked up where they live
+/// instead of copied into a map for every word: an ARG in scope with a
+/// value wins, else the image's ENV (see [`StageState::expand_env`]).
+pub struct ScopeEnv<'a>(&'a StageState);
+
+impl kiln_parser::shell::Env for ScopeEnv<'_> {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        if let Some(Some(v)) = self.0.args.get(name) {
+            return Some(v);
+        }
+        self.0
+            .config
+            .config
+            .env
+            .iter()
+            .rev()
+            .find_map(|e| match e.split_once('=') {
+                Some((k, v)) if k == name => Some(v),
+                None if e == name => Some(""),
+                _ => None,
+            })
+    }
+}
+
 impl StageState {
+    pub fn scope_env(&self) -> ScopeEnv<'_> {
+        ScopeEnv(self)
+    }
+
     /// Variables for word expansion: the image's ENV, then the ARGs in
     /// scope. Whichever was declared last wins: an ENV removes the ARG of
     /// the same name from scope, and an ARG declared after an ENV shadows
@@ -154,9 +185,8 @@ impl Builder {
     }
 
     fn expand(&self, st: &StageState, word: &str, line: usize) -> Result<String> {
-        let env = st.expand_env();
         self.lexer()
-            .process_word(word, &env)
+            .process_word(word, &st.scope_env())
             .map_err(|e| self.located(line, &format!("failed to expand {word:?}: {e}")))
     }
 
@@ -223,6 +253,7 @@ impl Builder {
             all_cached: true,
             hits: Vec::new(),
             place: format!("{}#{}", self.dockerfile_path, label),
+            pending: Vec::new(),
         };
         if let Base::Image(name) = &ps.base {
             // The base is a step of its own for the cache's story: a new
@@ -230,7 +261,15 @@ impl Builder {
             let manifest = base_manifest.clone().unwrap_or_default();
             let inputs = json!({ "image": name, "id": manifest });
             let source = format!("{}:{}", self.opts.dockerfile_name, ps.stage.span.line);
-            self.record_meta(&mut st, &format!("FROM {name}"), &source, "", inputs, false)?;
+            let result = json!({ "config": st.config, "layers": st.layers });
+            self.record_meta(
+                &mut st,
+                &format!("FROM {name}"),
+                &source,
+                "",
+                inputs,
+                result,
+            )?;
         }
         // The image's ONBUILD triggers run first, and are not inherited.
         let triggers = std::mem::take(&mut st.config.config.on_build);
@@ -245,10 +284,18 @@ impl Builder {
                 self.exec(&mut st, &ins, &format!("[{label} ONBUILD]"))?;
             }
         }
-        for (n, ins) in ps.stage.instructions.iter().enumerate() {
-            let pos = format!("[{label} {}/{total}]", n + 2);
-            self.exec(&mut st, ins, &pos)?;
-        }
+        let ran = ps
+            .stage
+            .instructions
+            .iter()
+            .enumerate()
+            .try_for_each(|(n, ins)| {
+                let pos = format!("[{label} {}/{total}]", n + 2);
+                self.exec(&mut st, ins, &pos)
+            });
+        // The steps that ran before a failure keep their records.
+        self.flush_records(&mut st)?;
+        ran?;
         if !st.hits.is_empty() {
             self.store.cache_touch(&st.hits)?;
         }
@@ -260,9 +307,10 @@ impl Builder {
     }
 
     /// Metadata instructions: a new config, a history entry, a new key.
-    fn meta(&self, st: &mut StageState, ins: &Instruction) -> Result<()> {
+    /// `change` is what the instruction did (e.g. `{"labels": {"a": "1"}}`).
+    fn meta(&self, st: &mut StageState, ins: &Instruction, change: Value) -> Result<()> {
         self.push_meta_history(st, ins);
-        self.meta_key(st, ins)
+        self.meta_key(st, ins, change)
     }
 
     fn push_meta_history(&self, st: &mut StageState, ins: &Instruction) {
@@ -276,23 +324,20 @@ impl Builder {
             .push(history(created, &ins.original, true));
     }
 
-    fn meta_key(&self, st: &mut StageState, ins: &Instruction) -> Result<()> {
-        let cfg = serde_json::to_value(&st.config.config).unwrap_or(Value::Null);
+    /// The key of a metadata step chains its parent's key with the change
+    /// alone: the parent's key already stands for the whole config before
+    /// it, so the step costs the size of its change, not of the config.
+    fn meta_key(&self, st: &mut StageState, ins: &Instruction, change: Value) -> Result<()> {
         let source = format!("{}:{}", self.opts.dockerfile_name, ins.span.line);
         let parent = st.key.clone();
-        self.record_meta(
-            st,
-            &ins.original,
-            &source,
-            &parent,
-            json!({ "config": cfg }),
-            true,
-        )
+        self.record_meta(st, &ins.original, &source, &parent, change, Value::Null)
     }
 
     /// A step with no layer (metadata, ARG, FROM): its key chains on, and a
     /// record keeps its inputs so a later miss can be explained. Written
-    /// once: a rebuild that hits it writes nothing.
+    /// once: a rebuild that hits it writes nothing. An empty `parent` is
+    /// the FROM of an image, whose key is the base's own; only that record
+    /// keeps a `result` (the base's config and layers, for `--cache-to`).
     fn record_meta(
         &self,
         st: &mut StageState,
@@ -300,29 +345,29 @@ impl Builder {
         source: &str,
         parent: &str,
         inputs: Value,
-        chain: bool,
+        result: Value,
     ) -> Result<()> {
-        let k = if chain {
-            key::step_key(parent, description, &inputs)
-        } else {
+        let k = if parent.is_empty() {
             st.key.clone()
+        } else {
+            key::step_key(parent, description, &inputs)
         };
-        let hit = self.store.cache_get(&k)?.is_some();
+        let hit = self.store.cache_has(&k)?;
         if !hit {
             let now = chrono::Utc::now().timestamp();
-            self.store.cache_put(&CacheRecord {
+            st.pending.push(CacheRecord {
                 key: k.clone(),
                 parent: (!parent.is_empty()).then(|| parent.to_string()),
                 description: description.to_string(),
                 source: source.to_string(),
                 stage: st.place.clone(),
                 inputs: inputs.clone(),
-                result: json!({ "config": st.config, "layers": st.layers }),
+                result,
                 layer: None,
                 created: now,
                 last_used: now,
                 hits: 0,
-            })?;
+            });
         } else {
             st.hits.push(k.clone());
         }
@@ -344,13 +389,22 @@ impl Builder {
         Ok(())
     }
 
+    /// Writes the records of the metadata steps since the last write.
+    fn flush_records(&self, st: &mut StageState) -> Result<()> {
+        if !st.pending.is_empty() {
+            self.store.cache_put_many(&st.pending)?;
+            st.pending.clear();
+        }
+        Ok(())
+    }
+
     fn exec(&self, st: &mut StageState, ins: &Instruction, pos: &str) -> Result<()> {
         let line = ins.span.line;
         match &ins.kind {
             InstructionKind::Env(kvs) => {
                 // Every pair sees the environment from before the
                 // instruction, as in BuildKit.
-                let env = st.expand_env();
+                let env = st.scope_env();
                 let lx = self.lexer();
                 let mut pairs = Vec::new();
                 for kv in kvs {
@@ -365,11 +419,12 @@ impl Builder {
                         .map_err(|e| self.located(line, &e.to_string()))?;
                     pairs.push((k, v));
                 }
+                let change: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 for (k, v) in pairs {
                     st.args.remove(&k);
                     set_env(&mut st.config, &k, &v);
                 }
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "env": change }))?;
             }
             InstructionKind::Arg(decls) => {
                 for d in decls {
@@ -390,39 +445,38 @@ impl Builder {
                 }
                 // ARGs do not change the config, but they do change the
                 // environment of every later RUN: that is in RUN's key.
-                // BuildKit records them in the history.
-                let args = json!(st.args);
-                self.push_meta_history(st, ins);
-                let source = format!("{}:{}", self.opts.dockerfile_name, ins.span.line);
-                let parent = st.key.clone();
-                self.record_meta(
-                    st,
-                    &ins.original,
-                    &source,
-                    &parent,
-                    json!({ "args": args }),
-                    true,
-                )?;
+                // BuildKit records them in the history. The key takes the
+                // ARGs this line declares; the chain carries earlier ones.
+                let args: BTreeMap<&str, &Option<String>> = decls
+                    .iter()
+                    .map(|d| (d.name.as_str(), &st.args[&d.name]))
+                    .collect();
+                let change = json!({ "args": args });
+                self.meta(st, ins, change)?;
             }
             InstructionKind::Label(kvs) => {
+                let mut labels = BTreeMap::new();
                 for kv in kvs {
                     let k = self.expand(st, &kv.key, line)?;
                     let v = self.expand(st, &kv.value, line)?;
-                    st.config.config.labels.insert(k, v);
+                    labels.insert(k, v);
                 }
-                self.meta(st, ins)?;
+                let change = json!({ "labels": labels });
+                st.config.config.labels.extend(labels);
+                self.meta(st, ins, change)?;
             }
             InstructionKind::Maintainer(m) => {
                 st.config.author = Some(m.clone());
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "maintainer": m }))?;
             }
             InstructionKind::User(u) => {
                 let u = self.expand(st, u, line)?;
-                st.config.config.user = Some(u);
-                self.meta(st, ins)?;
+                st.config.config.user = Some(u.clone());
+                self.meta(st, ins, json!({ "user": u }))?;
             }
             InstructionKind::Expose(ports) => {
-                let env = st.expand_env();
+                let env = st.scope_env();
+                let mut added = Vec::new();
                 for p in ports {
                     let words = self
                         .lexer()
@@ -443,15 +497,16 @@ impl Builder {
                                 ),
                             ));
                         }
-                        st.config
-                            .config
-                            .exposed_ports
-                            .insert(format!("{port}/{proto}"), json!({}));
+                        added.push(format!("{port}/{proto}"));
                     }
                 }
-                self.meta(st, ins)?;
+                for p in &added {
+                    st.config.config.exposed_ports.insert(p.clone(), json!({}));
+                }
+                self.meta(st, ins, json!({ "ports": added }))?;
             }
             InstructionKind::Volume(vols) => {
+                let mut added = Vec::new();
                 for v in vols {
                     let v = self.expand(st, v, line)?;
                     if v.is_empty() {
@@ -459,30 +514,33 @@ impl Builder {
                             self.located(line, "VOLUME specified can not be an empty string")
                         );
                     }
-                    st.config.config.volumes.insert(v, json!({}));
+                    st.config.config.volumes.insert(v.clone(), json!({}));
+                    added.push(v);
                 }
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "volumes": added }))?;
             }
             InstructionKind::StopSignal(s) => {
                 let s = self.expand(st, s, line)?;
-                st.config.config.stop_signal = Some(s);
-                self.meta(st, ins)?;
+                st.config.config.stop_signal = Some(s.clone());
+                self.meta(st, ins, json!({ "stopsignal": s }))?;
             }
             InstructionKind::Shell(sh) => {
                 st.config.config.shell = Some(sh.clone());
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "shell": sh }))?;
             }
             InstructionKind::Cmd(c) => {
-                st.config.config.cmd = Some(st.argv(c));
+                let argv = st.argv(c);
+                st.config.config.cmd = Some(argv.clone());
                 st.cmd_set = true;
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "cmd": argv }))?;
             }
             InstructionKind::Entrypoint(c) => {
-                st.config.config.entrypoint = Some(st.argv(c));
+                let argv = st.argv(c);
+                st.config.config.entrypoint = Some(argv.clone());
                 if !st.cmd_set {
                     st.config.config.cmd = None;
                 }
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "entrypoint": argv }))?;
             }
             InstructionKind::Healthcheck(h) => {
                 let v = match h {
@@ -524,16 +582,16 @@ impl Builder {
                     }
                 };
                 st.config.config.healthcheck = Some(
-                    serde_json::from_value(v)
+                    serde_json::from_value(v.clone())
                         .map_err(|e| self.located(line, &format!("HEALTHCHECK: {e}")))?,
                 );
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "healthcheck": v }))?;
             }
             InstructionKind::Onbuild(t) => {
                 // Stored for images built FROM this one; BuildKit writes
                 // no history entry for it.
                 st.config.config.on_build.push(t.clone());
-                self.meta_key(st, ins)?;
+                self.meta_key(st, ins, json!({ "onbuild": t }))?;
             }
             InstructionKind::Workdir(w) => {
                 let w = self.expand(st, w, line)?;
@@ -547,7 +605,7 @@ impl Builder {
                 // existing one leaves an empty diff, so no layer.
                 let view = self.view(&st.layers)?;
                 if view.stat(&abs)?.is_some() {
-                    self.meta(st, ins)?;
+                    self.meta(st, ins, json!({ "workdir": abs }))?;
                 } else {
                     let owner = match &st.config.config.user {
                         Some(u) if !u.is_empty() => Some(
@@ -625,6 +683,7 @@ impl Builder {
         inputs: Value,
         exec: impl FnOnce(&Builder, &mut StageState, StepId) -> Result<Option<LayerInfo>>,
     ) -> Result<()> {
+        self.flush_records(st)?;
         let step = ins.original.clone();
         let k = key::step_key(&st.key, &step, &inputs);
         let mut trace = super::explain::StepTrace {

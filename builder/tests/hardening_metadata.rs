@@ -1,0 +1,137 @@
+//! Issue 20, items 3-5: metadata steps cost the size of their change, an
+//! expansion bomb stops at a located limit, and a build reads only the
+//! cache records its own steps need, however many the store holds.
+
+mod common;
+
+use std::path::Path;
+
+use common::{write_tree, Kiln};
+
+/// `FROM scratch`, `n` LABEL lines and, every tenth line, an ENV.
+fn many_labels(n: usize) -> String {
+    let mut s = String::from("FROM scratch\n");
+    for i in 0..n {
+        s.push_str(&format!("LABEL l{i}=v{i}\n"));
+        if i % 10 == 0 {
+            s.push_str(&format!("ENV E{i}=e{i}\n"));
+        }
+    }
+    s
+}
+
+/// `kiln build` with `KILN_CACHE_STATS` set: the run and what it read of
+/// the cache (queries, rows, bytes of inputs and results).
+fn build_counted(k: &Kiln, ctx: &Path, extra: &[&str]) -> (common::Run, [u64; 3]) {
+    let out = k
+        .cmd()
+        .env("KILN_CACHE_STATS", "1")
+        .args(["build", "--progress=plain", "-t", "meta:1"])
+        .args(extra)
+        .arg(ctx)
+        .output()
+        .expect("spawn kiln");
+    let run = common::Run { out }.ok();
+    let err = run.stderr();
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix("kiln: cache reads: "))
+        .unwrap_or_else(|| panic!("no cache stats in:\n{err}"));
+    let nums: Vec<u64> = line
+        .split(", ")
+        .map(|p| p.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    (run, [nums[0], nums[1], nums[2]])
+}
+
+#[test]
+fn metadata_records_carry_their_change_not_the_whole_config() {
+    const N: usize = 2_000;
+    let k = Kiln::new();
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(ctx.path(), &[("Dockerfile", many_labels(N))]);
+    build_counted(&k, ctx.path(), &[]);
+
+    let store = kiln_store::Store::open(k.root.path()).unwrap();
+    let records = store.cache_list().unwrap();
+    let meta: Vec<_> = records
+        .iter()
+        .filter(|r| r.description.starts_with("LABEL") || r.description.starts_with("ENV"))
+        .collect();
+    assert_eq!(meta.len(), N + N / 10, "one record per metadata step");
+    for r in &meta {
+        let size = r.inputs.to_string().len() + r.result.to_string().len();
+        assert!(
+            size < 128,
+            "{} keeps {size} bytes: a record carries its change, not the config",
+            r.description
+        );
+    }
+    // The image still has every label and variable, in one config.
+    let inspect = k.run(&["inspect", "meta:1"]).ok().stdout();
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let cfg = &v[0]["Config"];
+    assert_eq!(cfg["Labels"].as_object().unwrap().len(), N, "{cfg}");
+    assert_eq!(cfg["Labels"]["l1999"], "v1999");
+    let env = cfg["Env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e == "E1990=e1990"), "{cfg}");
+    assert_eq!(env.len(), N / 10 + 1, "PATH and the ENV lines: {cfg}");
+}
+
+#[test]
+fn a_cached_rebuild_reads_a_few_bytes_per_metadata_step() {
+    const N: usize = 2_000;
+    let k = Kiln::new();
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(ctx.path(), &[("Dockerfile", many_labels(N))]);
+    build_counted(&k, ctx.path(), &[]);
+    let (run, [queries, rows, bytes]) = build_counted(&k, ctx.path(), &["--explain"]);
+    assert!(run.stderr().contains("were cache hits"), "{}", run.stderr());
+    let steps = (N + N / 10) as u64;
+    assert!(queries <= steps + 10, "{queries} queries for {steps} steps");
+    assert!(rows <= steps + 10, "{rows} rows read for {steps} steps");
+    assert!(
+        bytes < 64 * 1024,
+        "a cached rebuild of {steps} metadata steps read {bytes} bytes of records"
+    );
+}
+
+#[test]
+fn a_changed_label_or_env_is_named_with_both_values() {
+    let k = Kiln::new();
+    let ctx = tempfile::tempdir().unwrap();
+    let df = many_labels(300);
+    write_tree(ctx.path(), &[("Dockerfile", df.as_str())]);
+    build_counted(&k, ctx.path(), &[]);
+    let edited = df
+        .replace("LABEL l150=v150\n", "LABEL l150=changed\n")
+        .replace("ENV E250=e250\n", "ENV E250=other\n");
+    write_tree(ctx.path(), &[("Dockerfile", edited.as_str())]);
+    let (run, _) = build_counted(&k, ctx.path(), &["--explain"]);
+    let e = run.stderr();
+    assert!(
+        e.contains(
+            "LABEL l150=changed (Dockerfile:167): label l150 changed (\"v150\" -> \"changed\")"
+        ),
+        "{e}"
+    );
+    // Every step after it inherits that change: it is not repeated for
+    // each of them, and the ENV further down says nothing of its own.
+    assert_eq!(e.matches("label l150 changed").count(), 1, "{e}");
+    assert!(!e.contains("Dockerfile:278)"), "{e}");
+
+    // Only the ENV changed now.
+    let (run, _) = build_counted(&k, ctx.path(), &["--explain"]);
+    assert!(run.stderr().contains("were cache hits"), "{}", run.stderr());
+    write_tree(
+        ctx.path(),
+        &[("Dockerfile", edited.replace("E250=other", "E250=third"))],
+    );
+    let (run, _) = build_counted(&k, ctx.path(), &["--explain"]);
+    assert!(
+        run.stderr()
+            .contains("env E250 changed (\"other\" -> \"third\")"),
+        "{}",
+        run.stderr()
+    );
+}
