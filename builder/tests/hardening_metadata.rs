@@ -135,3 +135,82 @@ fn a_changed_label_or_env_is_named_with_both_values() {
         run.stderr()
     );
 }
+
+/// The largest resident set of any child this test binary has waited for.
+fn children_max_rss_kib() -> i64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) },
+        0
+    );
+    ru.ru_maxrss
+}
+
+#[test]
+fn an_expansion_bomb_stops_at_the_word_limit_with_a_located_error() {
+    // a0 is 1,000 bytes, each next ARG ten of the previous: a11 would be
+    // 10^14 bytes.
+    let mut df = format!("FROM scratch\nARG a0={}\n", "x".repeat(1000));
+    for i in 1..12 {
+        df.push_str(&format!(
+            "ARG a{i}={}\n",
+            format!("${{a{}}}", i - 1).repeat(10)
+        ));
+    }
+    df.push_str("LABEL bomb=$a11\n");
+    let k = Kiln::new();
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(ctx.path(), &[("Dockerfile", df)]);
+    let r = k
+        .run(&["build", "-q", "-t", "bomb:1", ctx.path().to_str().unwrap()])
+        .fails();
+    let e = r.stderr();
+    assert!(e.starts_with("Dockerfile:5\n"), "located at a3's line: {e}");
+    assert!(
+        e.contains("ERROR: ARG a3: failed to process \"${a2}"),
+        "{e}"
+    );
+    assert!(e.contains("grows past 131072 bytes"), "{e}");
+    assert!(e.len() < 2000, "one screen: {e}");
+    assert!(
+        children_max_rss_kib() < 200 * 1024,
+        "kiln peaked at {} KiB",
+        children_max_rss_kib()
+    );
+    // Nothing of the bomb was kept in the cache past the limit.
+    let store = kiln_store::Store::open(k.root.path()).unwrap();
+    let kept: usize = store
+        .cache_list()
+        .unwrap()
+        .iter()
+        .map(|r| r.inputs.to_string().len())
+        .sum();
+    assert!(kept < 200_000, "{kept} bytes of records");
+}
+
+#[test]
+fn many_words_under_the_word_limit_stop_at_the_stage_metadata_limit() {
+    // b is 100,000 bytes; each ENV copies it: the 84th passes 8 MiB.
+    let mut df = format!(
+        "FROM scratch\nARG a0={}\nARG b={}\n",
+        "x".repeat(1000),
+        "${a0}".repeat(100)
+    );
+    for i in 0..100 {
+        df.push_str(&format!("ENV e{i}=$b\n"));
+    }
+    let k = Kiln::new();
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(ctx.path(), &[("Dockerfile", df)]);
+    let r = k
+        .run(&["build", "-q", "-t", "big:1", ctx.path().to_str().unwrap()])
+        .fails();
+    let e = r.stderr();
+    assert!(e.starts_with("Dockerfile:86\n"), "{e}");
+    assert!(
+        e.contains("the stage's metadata grows past 8388608 bytes with this instruction"),
+        "{e}"
+    );
+    assert!(e.len() < 2000, "one screen: {e}");
+}

@@ -46,7 +46,17 @@ pub struct StageState {
     /// Records of metadata steps not yet written: a run of them is written
     /// in one transaction (see [`Builder::flush_records`]).
     pub pending: Vec<CacheRecord>,
+    /// Bytes of metadata the stage's steps have set so far (see
+    /// [`METADATA_MAX`]).
+    pub meta_bytes: usize,
 }
+
+/// The most metadata (ENV, ARG, LABEL, ... values, as recorded) one stage
+/// may set: the largest image config kiln's own registry client accepts
+/// (`kiln_store::registry::CONFIG_MAX`, 8 MiB), so that what kiln builds
+/// can be pulled back. Many words each under the word limit
+/// (`kiln_parser::shell::MAX_WORD_BYTES`) stop here.
+pub const METADATA_MAX: usize = kiln_store::registry::CONFIG_MAX as usize;
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -187,7 +197,7 @@ impl Builder {
     fn expand(&self, st: &StageState, word: &str, line: usize) -> Result<String> {
         self.lexer()
             .process_word(word, &st.scope_env())
-            .map_err(|e| self.located(line, &format!("failed to expand {word:?}: {e}")))
+            .map_err(|e| self.located(line, &e.to_string()))
     }
 
     /// An error that shows where in the Dockerfile it happened, BuildKit's way.
@@ -254,6 +264,7 @@ impl Builder {
             hits: Vec::new(),
             place: format!("{}#{}", self.dockerfile_path, label),
             pending: Vec::new(),
+            meta_bytes: 0,
         };
         if let Base::Image(name) = &ps.base {
             // The base is a step of its own for the cache's story: a new
@@ -328,6 +339,17 @@ impl Builder {
     /// alone: the parent's key already stands for the whole config before
     /// it, so the step costs the size of its change, not of the config.
     fn meta_key(&self, st: &mut StageState, ins: &Instruction, change: Value) -> Result<()> {
+        let size = key::canonical(&change).len();
+        st.meta_bytes = st.meta_bytes.saturating_add(size);
+        if st.meta_bytes > METADATA_MAX {
+            return Err(self.located(
+                ins.span.line,
+                &format!(
+                    "the stage's metadata grows past {METADATA_MAX} bytes with this \
+                     instruction ({size} bytes), the largest image config kiln accepts"
+                ),
+            ));
+        }
         let source = format!("{}:{}", self.opts.dockerfile_name, ins.span.line);
         let parent = st.key.clone();
         self.record_meta(st, &ins.original, &source, &parent, change, Value::Null)
@@ -435,7 +457,11 @@ impl Builder {
                             .insert(d.name.clone());
                         Some(v.clone())
                     } else if let Some(def) = &d.default {
-                        Some(self.expand(st, def, line)?)
+                        let v = self
+                            .lexer()
+                            .process_word(def, &st.scope_env())
+                            .map_err(|e| self.located(line, &format!("ARG {}: {e}", d.name)))?;
+                        Some(v)
                     } else if let Some(Some(g)) = self.plan.global_args.get(&d.name) {
                         Some(g.clone())
                     } else {
