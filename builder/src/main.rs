@@ -57,8 +57,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if std::env::var_os("KILN_CACHE_STATS").is_some() {
                 let s = counter.stats();
                 eprintln!(
-                    "kiln: cache reads: {} queries, {} rows, {} bytes",
-                    s.queries, s.rows, s.bytes
+                    "kiln: cache reads: {} queries, {} rows, {} bytes, {} steps",
+                    s.queries, s.rows, s.bytes, s.steps
                 );
             }
             r

@@ -6,7 +6,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{write_tree, Kiln};
+use common::{require, write_tree, Kiln};
+use kiln_store::CacheRecord;
 
 /// `FROM scratch`, `n` LABEL lines and, every tenth line, an ENV.
 fn many_labels(n: usize) -> String {
@@ -21,8 +22,8 @@ fn many_labels(n: usize) -> String {
 }
 
 /// `kiln build` with `KILN_CACHE_STATS` set: the run and what it read of
-/// the cache (queries, rows, bytes of inputs and results).
-fn build_counted(k: &Kiln, ctx: &Path, extra: &[&str]) -> (common::Run, [u64; 3]) {
+/// the cache (queries, rows, bytes of inputs and results, SQLite steps).
+fn build_counted(k: &Kiln, ctx: &Path, extra: &[&str]) -> (common::Run, [u64; 4]) {
     let out = k
         .cmd()
         .env("KILN_CACHE_STATS", "1")
@@ -41,7 +42,7 @@ fn build_counted(k: &Kiln, ctx: &Path, extra: &[&str]) -> (common::Run, [u64; 3]
         .split(", ")
         .map(|p| p.split(' ').next().unwrap().parse().unwrap())
         .collect();
-    (run, [nums[0], nums[1], nums[2]])
+    (run, [nums[0], nums[1], nums[2], nums[3]])
 }
 
 #[test]
@@ -85,7 +86,7 @@ fn a_cached_rebuild_reads_a_few_bytes_per_metadata_step() {
     let ctx = tempfile::tempdir().unwrap();
     write_tree(ctx.path(), &[("Dockerfile", many_labels(N))]);
     build_counted(&k, ctx.path(), &[]);
-    let (run, [queries, rows, bytes]) = build_counted(&k, ctx.path(), &["--explain"]);
+    let (run, [queries, rows, bytes, _]) = build_counted(&k, ctx.path(), &["--explain"]);
     assert!(run.stderr().contains("were cache hits"), "{}", run.stderr());
     let steps = (N + N / 10) as u64;
     assert!(queries <= steps + 10, "{queries} queries for {steps} steps");
@@ -213,4 +214,92 @@ fn many_words_under_the_word_limit_stop_at_the_stage_metadata_limit() {
         "{e}"
     );
     assert!(e.len() < 2000, "one screen: {e}");
+}
+
+/// `n` records of another project: chains of 20 steps, each with inputs
+/// and a result the size of a real step's, written in one transaction.
+fn unrelated_records(n: usize) -> Vec<CacheRecord> {
+    let key = |i: usize| {
+        blake3::hash(format!("unrelated-{i}").as_bytes())
+            .to_hex()
+            .to_string()
+    };
+    (0..n)
+        .map(|i| CacheRecord {
+            key: key(i),
+            parent: Some(key(if i % 20 == 0 { n + i } else { i - 1 })),
+            description: format!("RUN make target-{i}"),
+            source: format!("Dockerfile:{}", i % 20 + 2),
+            stage: format!("/elsewhere/project-{}/Dockerfile#stage-0", i / 20),
+            inputs: serde_json::json!({"argv": ["/bin/sh", "-c", format!("make target-{i}")],
+                "env": ["PATH=/usr/bin:/bin", "X".repeat(400)]}),
+            result: serde_json::json!({"config": {"Env": ["PATH=/usr/bin:/bin"], "Labels": {"pad": "y".repeat(1000)}}, "layers": []}),
+            layer: None,
+            created: 1_700_000_000 + i as i64,
+            last_used: 1_700_000_000 + i as i64,
+            hits: 0,
+        })
+        .collect()
+}
+
+#[test]
+fn a_flask_rebuild_reads_its_own_records_among_100000_unrelated_ones() {
+    if !require(common::is_root(), "kiln build runs containers: needs root") {
+        return;
+    }
+    let wheels = common::repo_root().join("fixtures/flask/wheels");
+    if !require(
+        std::fs::read_dir(&wheels).is_ok_and(|mut d| d.next().is_some()),
+        "fixtures/flask/wheels is empty: run fixtures/flask/fetch-wheels.sh",
+    ) {
+        return;
+    }
+    let k = Kiln::new();
+    if !k.with_python() {
+        return;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    let src = common::repo_root().join("fixtures/flask");
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(ctx.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    build_counted(&k, ctx.path(), &[]);
+    let (_, clean) = build_counted(&k, ctx.path(), &[]);
+
+    let store = kiln_store::Store::open(k.root.path()).unwrap();
+    store.cache_put_many(&unrelated_records(100_000)).unwrap();
+    drop(store);
+
+    // A cached rebuild: the same reads as on a clean root.
+    let (run, crowded) = build_counted(&k, ctx.path(), &["--explain"]);
+    assert!(run.stderr().contains("were cache hits"), "{}", run.stderr());
+    assert_eq!(crowded[..3], clean[..3], "queries, rows and bytes read");
+    assert!(
+        crowded[3] <= clean[3] * 2 + 1000,
+        "SQLite steps: {} among 100,000 records, {} on a clean root",
+        crowded[3],
+        clean[3]
+    );
+
+    // A miss is explained by looking up its own records, not the table.
+    let app = ctx.path().join("app.py");
+    let text = std::fs::read_to_string(&app).unwrap();
+    std::fs::write(&app, text.replace("Hello", "Hi")).unwrap();
+    let (run, [queries, rows, bytes, steps]) = build_counted(&k, ctx.path(), &["--explain"]);
+    let e = run.stderr();
+    assert!(e.contains("app.py changed (content blake3"), "{e}");
+    assert!(
+        queries < 100 && rows < 100,
+        "{queries} queries, {rows} rows"
+    );
+    assert!(bytes < 1 << 20, "{bytes} bytes of records read");
+    assert!(
+        steps < 100_000,
+        "{steps} SQLite steps: the table was scanned"
+    );
 }

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, StatementStatus, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
@@ -65,6 +65,9 @@ pub struct CacheStats {
     pub rows: u64,
     /// Bytes of their `inputs` and `result` read.
     pub bytes: u64,
+    /// SQLite virtual-machine steps the queries took: what they touched,
+    /// rows scanned and index entries visited included.
+    pub steps: u64,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +75,7 @@ pub(crate) struct Counters {
     queries: AtomicU64,
     rows: AtomicU64,
     bytes: AtomicU64,
+    steps: AtomicU64,
 }
 
 /// A handle on a store's [`CacheStats`] that outlives the borrow of the
@@ -85,6 +89,7 @@ impl CacheCounter {
             queries: self.0.queries.load(Ordering::Relaxed),
             rows: self.0.rows.load(Ordering::Relaxed),
             bytes: self.0.bytes.load(Ordering::Relaxed),
+            steps: self.0.steps.load(Ordering::Relaxed),
         }
     }
 }
@@ -97,11 +102,51 @@ const COLUMNS_NO_RESULT: &str =
     "key, parent, description, source, stage, inputs, 'null', layer, created, last_used, hits";
 
 impl Store {
-    fn count(&self, rows: usize, bytes: usize) {
+    /// Runs `sql` for at most one row and counts what it cost.
+    fn read_one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+        bytes: impl FnOnce(&T) -> usize,
+    ) -> Result<Option<T>> {
+        let (found, steps) = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(sql)?;
+            let found = stmt.query_row(params, row).optional()?;
+            (found, stmt.reset_status(StatementStatus::VmStep))
+        };
+        let n = found.as_ref().map_or(0, bytes);
+        self.count(found.is_some() as usize, n, steps);
+        Ok(found)
+    }
+
+    /// Runs `sql` and decodes every row it gives, counting what it cost.
+    fn read_all(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<CacheRecord>> {
+        let (rows, steps) = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt
+                .query_map(params, row_to_cache)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            (rows, stmt.reset_status(StatementStatus::VmStep))
+        };
+        let (mut out, mut bytes) = (Vec::with_capacity(rows.len()), 0);
+        for r in rows {
+            let (rec, n) = r?;
+            out.push(rec);
+            bytes += n;
+        }
+        self.count(out.len(), bytes, steps);
+        Ok(out)
+    }
+
+    fn count(&self, rows: usize, bytes: usize, steps: i32) {
         let c = &self.shared.stats;
         c.queries.fetch_add(1, Ordering::Relaxed);
         c.rows.fetch_add(rows as u64, Ordering::Relaxed);
         c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        c.steps.fetch_add(steps.max(0) as u64, Ordering::Relaxed);
     }
 
     /// What this store's cache functions have read since it was opened.
@@ -114,17 +159,9 @@ impl Store {
     }
 
     pub fn cache_get(&self, key: &str) -> Result<Option<CacheRecord>> {
-        let rec = {
-            let conn = self.conn();
-            let rec = conn
-                .prepare_cached(&format!("SELECT {COLUMNS} FROM cache WHERE key = ?1"))?
-                .query_row([key], row_to_cache)
-                .optional()?;
-            rec
-        };
-        let rec = rec.transpose()?;
-        self.count(rec.is_some() as usize, rec.as_ref().map_or(0, |r| r.1));
-        let Some((rec, _)) = rec else {
+        let sql = format!("SELECT {COLUMNS} FROM cache WHERE key = ?1");
+        let rec = self.read_one(&sql, [key], row_to_cache, |r| r.as_ref().map_or(0, |r| r.1))?;
+        let Some((rec, _)) = rec.transpose()? else {
             return Ok(None);
         };
         // A record whose layer blob is gone cannot be reused.
@@ -139,14 +176,8 @@ impl Store {
     /// Whether a record with this key exists, reading none of its fields:
     /// what a metadata step (no layer) needs to know.
     pub fn cache_has(&self, key: &str) -> Result<bool> {
-        let found = self
-            .conn()
-            .prepare_cached("SELECT 1 FROM cache WHERE key = ?1")?
-            .query_row([key], |_| Ok(()))
-            .optional()?
-            .is_some();
-        self.count(found as usize, 0);
-        Ok(found)
+        let sql = "SELECT 1 FROM cache WHERE key = ?1";
+        Ok(self.read_one(sql, [key], |_| Ok(()), |_| 0)?.is_some())
     }
 
     /// The newest record near a step (see [`NearestQuery`]), without its
@@ -155,6 +186,7 @@ impl Store {
         let tail = "key <> ?3 AND (?4 IS NULL OR description = ?4) \
                     AND (?5 IS NULL OR created <= ?5) ORDER BY created DESC, key LIMIT 1";
         let (sql, a, b) = match q.near {
+            // ?2 is unused here: the parameters keep their numbers.
             CacheNear::Parent(p) => (
                 format!("SELECT {COLUMNS_NO_RESULT} FROM cache WHERE parent = ?1 AND ?2 IS NULL AND {tail}"),
                 p,
@@ -166,32 +198,18 @@ impl Store {
                 Some(source),
             ),
         };
-        let rec = {
-            let conn = self.conn();
-            let rec = conn
-                .prepare_cached(&sql)?
-                .query_row(
-                    params![a, b, q.not_key, q.description, q.created_at_most],
-                    row_to_cache,
-                )
-                .optional()?;
-            rec
-        };
-        let rec = rec.transpose()?;
-        self.count(rec.is_some() as usize, rec.as_ref().map_or(0, |r| r.1));
-        Ok(rec.map(|(r, _)| r))
+        let p = params![a, b, q.not_key, q.description, q.created_at_most];
+        let rec = self.read_one(&sql, p, row_to_cache, |r| r.as_ref().map_or(0, |r| r.1))?;
+        Ok(rec.transpose()?.map(|(r, _)| r))
     }
 
     /// The records whose key starts with `prefix` (hex digits), at most
     /// `limit` of them: a range of the key index, not a scan.
     pub fn cache_by_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<CacheRecord>> {
-        let prefix = prefix.to_ascii_lowercase();
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
+        let sql = format!(
             "SELECT {COLUMNS} FROM cache WHERE key >= ?1 AND key < ?1 || 'g' ORDER BY key LIMIT ?2"
-        ))?;
-        let rows = stmt.query_map(params![prefix, limit as i64], row_to_cache)?;
-        collect_rows(self, rows)
+        );
+        self.read_all(&sql, params![prefix.to_ascii_lowercase(), limit as i64])
     }
 
     pub fn cache_put(&self, rec: &CacheRecord) -> Result<()> {
@@ -254,31 +272,15 @@ impl Store {
     /// Every record: for listing the cache (`kiln cache ls`), never on a
     /// build's path.
     pub fn cache_list(&self) -> Result<Vec<CacheRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM cache ORDER BY created, key"
-        ))?;
-        let rows = stmt.query_map([], row_to_cache)?;
-        collect_rows(self, rows)
+        self.read_all(
+            &format!("SELECT {COLUMNS} FROM cache ORDER BY created, key"),
+            [],
+        )
     }
 }
 
 /// A decoded row and the bytes of its JSON fields.
 type CacheRow = std::result::Result<(CacheRecord, usize), StoreError>;
-
-fn collect_rows(
-    store: &Store,
-    rows: impl Iterator<Item = rusqlite::Result<CacheRow>>,
-) -> Result<Vec<CacheRecord>> {
-    let (mut out, mut bytes) = (Vec::new(), 0);
-    for r in rows {
-        let (rec, n) = r??;
-        out.push(rec);
-        bytes += n;
-    }
-    store.count(out.len(), bytes);
-    Ok(out)
-}
 
 fn row_to_cache(r: &rusqlite::Row<'_>) -> rusqlite::Result<CacheRow> {
     let inputs: String = r.get(5)?;

@@ -1,9 +1,12 @@
 //! Why a step missed the cache, in words a person reads at a glance: the
 //! nearest earlier record for the same position, and the inputs that
-//! differ between it and this build's step.
+//! differ between it and this build's step. Records are looked up one by
+//! one through indexes, never read all: a build's explanation costs its
+//! own missed steps, not the size of the cache.
 
 use std::collections::{BTreeMap, HashMap};
 
+use kiln_store::{CacheNear, CacheRecord, NearestQuery};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -23,30 +26,9 @@ pub struct StepTrace {
     pub meta: bool,
 }
 
-/// An earlier record, as explain needs it.
-pub struct Earlier<'a> {
-    pub key: &'a str,
-    pub parent: Option<&'a str>,
-    pub description: &'a str,
-    pub source: &'a str,
-    pub stage: &'a str,
-    pub inputs: &'a Value,
-    pub created: i64,
-}
-
-impl<'a> From<&'a kiln_store::CacheRecord> for Earlier<'a> {
-    fn from(r: &'a kiln_store::CacheRecord) -> Self {
-        Earlier {
-            key: &r.key,
-            parent: r.parent.as_deref(),
-            description: &r.description,
-            source: &r.source,
-            stage: &r.stage,
-            inputs: &r.inputs,
-            created: r.created,
-        }
-    }
-}
+/// Finds the newest earlier record near a step (an indexed lookup in the
+/// store; a list in tests).
+pub type Nearest<'a> = dyn FnMut(NearestQuery) -> anyhow::Result<Option<CacheRecord>> + 'a;
 
 fn first_word(s: &str) -> &str {
     s.split_whitespace().next().unwrap_or(s)
@@ -72,56 +54,60 @@ pub fn root_causes(this_build: &[StepTrace]) -> Vec<Option<usize>> {
     roots
 }
 
-/// Why `t` missed, given the steps of this build before it and every
-/// record the cache holds.
+/// Why `t` missed, given the root cause of its miss in this build (see
+/// [`root_causes`]) and the records the cache holds, looked up one at a
+/// time: the newest with the same parent (and the same instruction, if
+/// any), else the newest at the same place in the same stage. Only records
+/// created at or before `before` count, when given.
 pub fn explain_step(
     t: &StepTrace,
     root: Option<&StepTrace>,
-    records: &[Earlier],
+    nearest: &mut Nearest,
+    before: Option<i64>,
     no_cache: bool,
-) -> String {
+) -> anyhow::Result<String> {
     if no_cache && t.source != "base" {
-        return "--no-cache was given".into();
+        return Ok("--no-cache was given".into());
     }
     if let Some(root) = root {
-        return format!(
+        return Ok(format!(
             "parent step changed (see {} at {})",
             first_word(&root.description),
             root.source
-        );
+        ));
     }
-    let mut same_parent: Vec<&Earlier> = records
-        .iter()
-        .filter(|r| r.parent == Some(t.parent.as_str()) && r.key != t.key)
-        .collect();
-    same_parent.sort_by_key(|r| std::cmp::Reverse(r.created));
-    if let Some(r) = same_parent.iter().find(|r| r.description == t.description) {
-        return diff_inputs(r.inputs, &t.inputs, &t.args).join(", ");
+    let by_parent = CacheNear::Parent(&t.parent);
+    let query = |near, description| NearestQuery {
+        near,
+        description,
+        not_key: &t.key,
+        created_at_most: before,
+    };
+    if let Some(r) = nearest(query(by_parent, Some(&t.description)))? {
+        return Ok(diff_inputs(&r.inputs, &t.inputs, &t.args).join(", "));
     }
-    if let Some(r) = same_parent.first() {
+    if let Some(r) = nearest(query(by_parent, None))? {
         // A metadata instruction's text is its change (`LABEL a=2` after
         // `LABEL a=1`): what it set is told, not the text.
-        if t.meta && first_word(r.description) == first_word(&t.description) {
-            let d = diff_inputs(r.inputs, &t.inputs, &t.args);
+        if t.meta && first_word(&r.description) == first_word(&t.description) {
+            let d = diff_inputs(&r.inputs, &t.inputs, &t.args);
             if d != ["inputs changed"] {
-                return d.join(", ");
+                return Ok(d.join(", "));
             }
         }
-        return format!("instruction changed (was `{}`)", r.description);
+        return Ok(format!("instruction changed (was `{}`)", r.description));
     }
-    let mut same_place: Vec<&Earlier> = records
-        .iter()
-        .filter(|r| r.stage == t.stage && r.source == t.source && r.key != t.key)
-        .collect();
-    same_place.sort_by_key(|r| std::cmp::Reverse(r.created));
-    if let Some(r) = same_place.iter().find(|r| r.description == t.description) {
-        let d = diff_inputs(r.inputs, &t.inputs, &t.args);
-        if r.inputs != &t.inputs {
-            return d.join(", ");
+    let by_place = CacheNear::Place {
+        stage: &t.stage,
+        source: &t.source,
+    };
+    if let Some(r) = nearest(query(by_place, Some(&t.description)))? {
+        if r.inputs != t.inputs {
+            return Ok(diff_inputs(&r.inputs, &t.inputs, &t.args).join(", "));
         }
-        return "an earlier step's result changed since this step last ran".into();
+        return Ok("an earlier step's result changed since this step last ran".into());
     }
-    "first build of this step: no earlier cache record".into()
+    Ok("first build of this step: no earlier cache record".into())
 }
 
 fn short(h: &str) -> String {
