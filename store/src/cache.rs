@@ -305,3 +305,81 @@ fn row_to_cache(r: &rusqlite::Row<'_>) -> rusqlite::Result<CacheRow> {
     };
     Ok(build())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: usize, parent: &str, description: &str, stage: &str) -> CacheRecord {
+        CacheRecord {
+            key: format!("{i:064x}"),
+            parent: Some(parent.into()),
+            description: description.into(),
+            source: "Dockerfile:2".into(),
+            stage: stage.into(),
+            inputs: serde_json::json!({ "n": i }),
+            result: serde_json::json!({ "config": "x".repeat(1000) }),
+            layer: None,
+            created: i as i64,
+            last_used: i as i64,
+            hits: 0,
+        }
+    }
+
+    #[test]
+    fn nearest_and_prefix_are_index_lookups_among_many_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut recs: Vec<CacheRecord> = (0..5000)
+            .map(|i| rec(i, &format!("p{i}"), "RUN x", &format!("other-{i}")))
+            .collect();
+        recs.push(rec(9001, "p", "RUN a", "mine"));
+        recs.push(rec(9002, "p", "RUN b", "mine"));
+        recs.push(rec(9003, "q", "RUN a", "mine"));
+        store.cache_put_many(&recs).unwrap();
+        let before = store.cache_stats();
+        let q = |near, description, created_at_most| NearestQuery {
+            near,
+            description,
+            not_key: "none",
+            created_at_most,
+        };
+        let by_parent = CacheNear::Parent("p");
+        let got = store.cache_nearest(&q(by_parent, None, None)).unwrap();
+        assert_eq!(got.unwrap().description, "RUN b", "the newest");
+        let got = store
+            .cache_nearest(&q(by_parent, Some("RUN a"), None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.inputs["n"], 9001);
+        assert_eq!(
+            got.result,
+            serde_json::Value::Null,
+            "the result is not read"
+        );
+        let place = CacheNear::Place {
+            stage: "mine",
+            source: "Dockerfile:2",
+        };
+        let got = store.cache_nearest(&q(place, Some("RUN a"), Some(9002)));
+        assert_eq!(got.unwrap().unwrap().inputs["n"], 9001, "created <= 9002");
+        assert!(store
+            .cache_nearest(&q(CacheNear::Parent("none"), None, None))
+            .unwrap()
+            .is_none());
+        let found = store.cache_by_prefix(&format!("{:064X}", 500), 2).unwrap();
+        assert_eq!(found.len(), 1, "a whole key, in any case");
+        assert_eq!(found[0].inputs["n"], 500);
+        // 0x1f0..0x1ff: sixteen match, the limit says two.
+        let found = store.cache_by_prefix(&format!("{:063x}", 0x1f), 2).unwrap();
+        assert_eq!(found.len(), 2);
+        let used = store.cache_stats();
+        assert_eq!(used.queries - before.queries, 6);
+        assert_eq!(used.rows - before.rows, 6);
+        assert!(
+            used.steps - before.steps < 500,
+            "{} SQLite steps for 6 lookups among 5,003 records: a scan",
+            used.steps - before.steps
+        );
+    }
+}
