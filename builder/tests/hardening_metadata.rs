@@ -303,3 +303,28 @@ fn a_flask_rebuild_reads_its_own_records_among_100000_unrelated_ones() {
         "{steps} SQLite steps: the table was scanned"
     );
 }
+
+#[test]
+fn env_lookups_by_name_keep_the_order_and_the_last_value() {
+    let k = Kiln::new();
+    let ctx = tempfile::tempdir().unwrap();
+    let df = "FROM scratch\nENV A=1\nENV B=$A PATH=/opt:$PATH\nARG C=c\nENV A=2\nLABEL x=$A$B$C\n";
+    write_tree(ctx.path(), &[("Dockerfile", df)]);
+    for _ in 0..2 {
+        k.run(&["build", "-q", "-t", "env:1", ctx.path().to_str().unwrap()])
+            .ok();
+        let inspect = k.run(&["inspect", "env:1"]).ok().stdout();
+        let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+        let cfg = &v[0]["Config"];
+        assert_eq!(
+            cfg["Env"],
+            serde_json::json!([
+                "PATH=/opt:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "A=2",
+                "B=1"
+            ]),
+            "{cfg}"
+        );
+        assert_eq!(cfg["Labels"]["x"], "21c", "{cfg}");
+    }
+}

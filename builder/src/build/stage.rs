@@ -2,7 +2,7 @@
 //! Metadata instructions only change the config; RUN, COPY, ADD and a
 //! WORKDIR that creates a directory are cached steps that may add a layer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -49,6 +49,10 @@ pub struct StageState {
     /// Bytes of metadata the stage's steps have set so far (see
     /// [`METADATA_MAX`]).
     pub meta_bytes: usize,
+    /// Where each variable of `config.config.env` is: ENV and expansion
+    /// look a name up instead of searching the list (see
+    /// [`StageState::set_env`]; rebuilt whenever the config is replaced).
+    pub env_index: HashMap<String, usize>,
 }
 
 /// The most metadata (ENV, ARG, LABEL, ... values, as recorded) one stage
@@ -82,18 +86,17 @@ fn history(created: Option<String>, created_by: &str, empty: bool) -> History {
     serde_json::from_value(v).expect("history entries always deserialise")
 }
 
-fn set_env(config: &mut ImageConfig, k: &str, v: &str) {
-    let entry = format!("{k}={v}");
-    if let Some(e) = config
-        .config
-        .env
-        .iter_mut()
-        .find(|e| e.split_once('=').map(|(n, _)| n) == Some(k) || e.as_str() == k)
-    {
-        *e = entry;
-    } else {
-        config.config.env.push(entry);
-    }
+/// The name of a `K=V` (or bare `K`) environment entry.
+fn env_name(e: &str) -> &str {
+    e.split_once('=').map_or(e, |(n, _)| n)
+}
+
+/// Where each variable of `env` is (its last entry, the one that counts).
+fn index_env(env: &[String]) -> HashMap<String, usize> {
+    env.iter()
+        .enumerate()
+        .map(|(i, e)| (env_name(e).to_string(), i))
+        .collect()
 }
 
 fn env_lookup<'a>(config: &'a ImageConfig, k: &str) -> Option<&'a str> {
@@ -118,21 +121,31 @@ impl kiln_parser::shell::Env for ScopeEnv<'_> {
         if let Some(Some(v)) = self.0.args.get(name) {
             return Some(v);
         }
-        self.0
-            .config
-            .config
-            .env
-            .iter()
-            .rev()
-            .find_map(|e| match e.split_once('=') {
-                Some((k, v)) if k == name => Some(v),
-                None if e == name => Some(""),
-                _ => None,
-            })
+        let e = self.0.config.config.env.get(*self.0.env_index.get(name)?)?;
+        Some(e.split_once('=').map_or("", |(_, v)| v))
     }
 }
 
 impl StageState {
+    /// Sets `k=v` in the config's environment, in place if it is there.
+    fn set_env(&mut self, k: &str, v: &str) {
+        let entry = format!("{k}={v}");
+        let env = &mut self.config.config.env;
+        match self.env_index.get(k) {
+            Some(&i) if i < env.len() => env[i] = entry,
+            _ => {
+                self.env_index.insert(k.to_string(), env.len());
+                env.push(entry);
+            }
+        }
+    }
+
+    /// Takes `config` as the stage's config (a cached step's result).
+    fn replace_config(&mut self, config: ImageConfig) {
+        self.env_index = index_env(&config.config.env);
+        self.config = config;
+    }
+
     pub fn scope_env(&self) -> ScopeEnv<'_> {
         ScopeEnv(self)
     }
@@ -265,7 +278,9 @@ impl Builder {
             place: format!("{}#{}", self.dockerfile_path, label),
             pending: Vec::new(),
             meta_bytes: 0,
+            env_index: HashMap::new(),
         };
+        st.env_index = index_env(&st.config.config.env);
         if let Base::Image(name) = &ps.base {
             // The base is a step of its own for the cache's story: a new
             // digest under the same name is what `--explain` reports.
@@ -444,7 +459,7 @@ impl Builder {
                 let change: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 for (k, v) in pairs {
                     st.args.remove(&k);
-                    set_env(&mut st.config, &k, &v);
+                    st.set_env(&k, &v);
                 }
                 self.meta(st, ins, json!({ "env": change }))?;
             }
@@ -727,7 +742,7 @@ impl Builder {
         if !self.opts.no_cache {
             if let Some(rec) = self.store.cache_get(&k)? {
                 if let Some((config, layers)) = self.restore(&rec) {
-                    st.config = config;
+                    st.replace_config(config);
                     st.layers = layers;
                     st.key = k.clone();
                     st.last_created = st
