@@ -71,7 +71,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Parse(args) => cmd_parse(args),
         Command::Build(args) => {
             let store = open_store(&cli.root, &cli.limits)?;
-            build::cmd_build(store, args, access)
+            let counter = store.cache_counter();
+            let r = build::cmd_build(store, args, access);
+            // What the build read of the cache, for tests and benchmarks
+            // that hold a build to its own steps' records.
+            if std::env::var_os("KILN_CACHE_STATS").is_some() {
+                let s = counter.stats();
+                eprintln!(
+                    "kiln: cache reads: {} queries, {} rows, {} bytes, {} steps",
+                    s.queries, s.rows, s.bytes, s.steps
+                );
+            }
+            r
         }
         Command::Images(args) => cmd_images::images(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Rmi(args) => cmd_images::rmi(&open_store(&cli.root, &cli.limits)?, &args),

@@ -17,6 +17,17 @@ use regex::Regex;
 /// overflowing the stack.
 const MAX_NESTING: usize = 200;
 
+/// The longest word an expansion may produce: Linux's `MAX_ARG_STRLEN`
+/// (32 pages, 131,072 bytes), the longest single argument or `K=V`
+/// variable a program can be started with, so no word a build can use is
+/// cut off by it. BuildKit has no limit of its own here: a chain of
+/// `ARG a1=${a0}${a0}...` doubles (or worse) per line and would take all
+/// memory; the expansion stops as soon as the word grows past this.
+pub const MAX_WORD_BYTES: usize = 128 << 10;
+
+/// How much of a word an error message quotes.
+const QUOTED_WORD_MAX: usize = 80;
+
 /// A variable environment for expansion.
 pub trait Env {
     /// The value of `name`, or `None` when the variable is not set.
@@ -82,6 +93,7 @@ pub struct Lexer {
     raw_escapes: bool,
     skip_unset_env: bool,
     skip_process_quotes: bool,
+    max_word: usize,
 }
 
 /// Everything a single run of the lexer produces.
@@ -100,7 +112,15 @@ impl Lexer {
             raw_escapes: false,
             skip_unset_env: false,
             skip_process_quotes: false,
+            max_word: MAX_WORD_BYTES,
         }
+    }
+
+    /// The longest word (in bytes) an expansion may produce before it
+    /// stops with an error; [`MAX_WORD_BYTES`] unless set.
+    pub fn max_word(mut self, bytes: usize) -> Self {
+        self.max_word = bytes;
+        self
     }
 
     /// Keep quote characters in the output (BuildKit's `RawQuotes`).
@@ -172,13 +192,21 @@ impl Lexer {
                 matches: sw.matches,
             }),
             Err(msg) => Err(ExpandError {
-                message: format!(
-                    "failed to process {}: {}",
-                    crate::quote::go_quote(word),
-                    msg
-                ),
+                message: format!("failed to process {}: {}", quote_short(word), msg),
             }),
         }
+    }
+}
+
+/// `word` quoted for an error, its first characters only when it is long.
+fn quote_short(word: &str) -> String {
+    match word.char_indices().nth(QUOTED_WORD_MAX) {
+        None => crate::quote::go_quote(word),
+        Some((cut, _)) => format!(
+            "{}... ({} bytes)",
+            crate::quote::go_quote(&word[..cut]),
+            word.len()
+        ),
     }
 }
 
@@ -244,6 +272,18 @@ struct ShellWord<'a> {
 type Res<T> = Result<T, String>;
 
 impl ShellWord<'_> {
+    /// An error once a word being built is longer than the lexer allows.
+    fn bounded(&self, len: usize) -> Res<()> {
+        let max = self.lex.max_word;
+        if len > max {
+            return Err(format!(
+                "the expansion grows past {max} bytes, the limit of one word \
+                 (the longest argument or variable a program can be given)"
+            ));
+        }
+        Ok(())
+    }
+
     fn peek(&self) -> Option<char> {
         self.chars.get(self.pos).copied()
     }
@@ -279,6 +319,7 @@ impl ShellWord<'_> {
             }
             if ch == '$' {
                 let tmp = self.process_dollar()?;
+                self.bounded(result.len() + tmp.len())?;
                 result.push_str(&tmp);
                 words.add_string(&tmp);
             } else if ch == '<' {
@@ -392,6 +433,7 @@ impl ShellWord<'_> {
                 }
                 Some('$') => {
                     let v = self.process_dollar()?;
+                    self.bounded(result.len() + v.len())?;
                     result.push_str(&v);
                 }
                 Some(mut ch) => {
@@ -577,6 +619,14 @@ impl ShellWord<'_> {
                 let re = shell_pattern_to_regex(&pattern, true, false)
                     .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
                 if replace_all {
+                    // Every match may be replaced by a long word: count
+                    // before building what could be far past the limit.
+                    let n = re.find_iter(&value).take(self.lex.max_word + 1).count();
+                    self.bounded(
+                        value
+                            .len()
+                            .saturating_add(n.saturating_mul(replacement.len())),
+                    )?;
                     Ok(re.replace_all(&value, replacement.as_str()).into_owned())
                 } else if let Some(m) = re.find(&value) {
                     Ok(format!(
@@ -788,6 +838,57 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn a_doubling_chain_stops_at_the_word_limit() {
+        // a0 is 1,000 bytes; each next one is ten of the previous.
+        let mut env: Vec<(String, String)> = vec![("a0".into(), "x".repeat(1000))];
+        let lx = Lexer::default();
+        let mut failed = None;
+        for i in 1..12 {
+            let word = format!("${{a{}}}", i - 1).repeat(10);
+            match lx.process_word(&word, &env) {
+                Ok(v) => env.push((format!("a{i}"), v)),
+                Err(e) => {
+                    failed = Some((i, e.message));
+                    break;
+                }
+            }
+        }
+        let (i, msg) = failed.expect("the chain must hit the limit");
+        // a2 is 100,000 bytes (under 128 KiB), a3 would be 1,000,000.
+        assert_eq!(i, 3, "{msg}");
+        assert!(msg.contains("grows past 131072 bytes"), "{msg}");
+        assert!(msg.starts_with("failed to process \"${a2}${a2}"), "{msg}");
+        assert!(
+            msg.len() < 400,
+            "the message quotes a long word short: {msg}"
+        );
+    }
+
+    #[test]
+    fn replace_all_is_bounded_before_it_builds_the_word() {
+        let env = vec![("v".to_string(), "ab".repeat(1000))];
+        let lx = Lexer::default().max_word(10_000);
+        // 1,000 matches of "a", each replaced by 100 bytes: 102,000.
+        let word = format!("${{v//a/{}}}", "y".repeat(100));
+        let e = lx.process_word(&word, &env).unwrap_err();
+        assert!(e.message.contains("grows past 10000 bytes"), "{e}");
+        // The same under the limit works.
+        let ok = Lexer::default().process_word(&word, &env).unwrap();
+        assert_eq!(ok.len(), 1000 * 101);
+    }
+
+    #[test]
+    fn quoted_variables_count_towards_the_limit() {
+        let env = vec![("v".to_string(), "z".repeat(600))];
+        let lx = Lexer::default().max_word(1000);
+        assert!(lx.process_word("\"$v\"", &env).is_ok());
+        let e = lx.process_word("\"$v$v\"", &env).unwrap_err();
+        assert!(e.message.contains("grows past 1000 bytes"), "{e}");
+        let e = lx.process_word("$v$v", &env).unwrap_err();
+        assert!(e.message.contains("grows past 1000 bytes"), "{e}");
     }
 
     #[test]

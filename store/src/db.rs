@@ -95,6 +95,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (digest, registry, repo)
     ) WITHOUT ROWID;
     "#,
+    // 3: explaining a step looks up the nearest earlier record by parent
+    // and by place (stage, source line), each an index range, so a build
+    // reads what its own steps need, however many records the cache holds.
+    r#"
+    CREATE INDEX cache_by_parent ON cache(parent, created);
+    CREATE INDEX cache_by_place ON cache(stage, source, description, created);
+    "#,
 ];
 
 /// The schema version this build of kiln writes.

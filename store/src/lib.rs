@@ -11,6 +11,7 @@
 //! - [`image`]: OCI config / manifest types and canonical JSON.
 
 mod archive;
+mod cache;
 mod db;
 pub mod digest;
 mod error;
@@ -23,6 +24,7 @@ pub mod registry;
 mod statcache;
 mod store;
 
+pub use cache::{CacheCounter, CacheNear, CacheRecord, CacheStats, NearestQuery};
 pub use db::SCHEMA_VERSION;
 pub use digest::{sha256_digest, Digest, DigestError};
 pub use error::StoreError;
@@ -32,6 +34,4 @@ pub use layer::{Compression, LayerDigests, LayerError, LayerOptions, Limits, Whi
 pub use reference::{Reference, ReferenceError};
 pub use registry::{Client as RegistryClient, Platform, RegistryConfig, RegistryError};
 pub use statcache::{StatEntry, StatRow};
-pub use store::{
-    ArchiveFormat, CacheRecord, ImageRecord, ImageSummary, LayerInfo, PendingSnapshot, Store,
-};
+pub use store::{ArchiveFormat, ImageRecord, ImageSummary, LayerInfo, PendingSnapshot, Store};

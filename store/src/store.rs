@@ -53,28 +53,6 @@ pub struct ImageSummary {
     pub size: u64,
 }
 
-/// A build cache record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CacheRecord {
-    pub key: String,
-    pub parent: Option<String>,
-    /// The instruction as written.
-    pub description: String,
-    /// Where it was written (`Dockerfile:4`).
-    pub source: String,
-    pub stage: String,
-    pub inputs: serde_json::Value,
-    /// Opaque to the store.
-    pub result: serde_json::Value,
-    /// A record's layer keeps its blob and snapshot alive.
-    pub layer: Option<LayerInfo>,
-    /// Unix seconds.
-    pub created: i64,
-    /// Unix seconds.
-    pub last_used: i64,
-    pub hits: u64,
-}
-
 /// Output formats of [`Store::save`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveFormat {
@@ -116,6 +94,7 @@ pub(crate) struct Shared {
     pub(crate) owner: Owner,
     /// Bounds on what unpacking one layer may do (decompression bombs).
     pub(crate) limits: std::sync::RwLock<Limits>,
+    pub(crate) stats: Arc<crate::cache::Counters>,
 }
 
 /// The store. `Send + Sync`; share it through an `Arc`.
@@ -222,6 +201,7 @@ impl Store {
             db: Mutex::new(conn),
             owner,
             limits: std::sync::RwLock::new(Limits::for_free_space(free_bytes(root))),
+            stats: Default::default(),
         });
         let mut store = Store {
             shared,
@@ -927,56 +907,6 @@ impl Store {
         Ok(rec)
     }
 
-    // ----- build cache -----
-
-    pub fn cache_get(&self, key: &str) -> Result<Option<CacheRecord>> {
-        let rec = {
-            let conn = self.conn();
-            let rec = conn
-                .prepare_cached("SELECT key, parent, description, source, stage, inputs, result, layer, created, last_used, hits FROM cache WHERE key = ?1")?
-                .query_row([key], row_to_cache)
-                .optional()?;
-            rec
-        };
-        let Some(rec) = rec.transpose()? else {
-            return Ok(None);
-        };
-        // A record whose layer blob is gone cannot be reused.
-        if let Some(l) = &rec.layer {
-            if !self.has_blob(&l.digest) {
-                return Ok(None);
-            }
-        }
-        Ok(Some(rec))
-    }
-
-    pub fn cache_put(&self, rec: &CacheRecord) -> Result<()> {
-        if let Some(l) = &rec.layer {
-            self.record_layer(l, None)?;
-        }
-        let conn = self.conn();
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO cache (key, parent, description, source, stage, inputs, result, layer, layer_digest, created, last_used, hits, used_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?
-        .execute(params![
-            rec.key,
-            rec.parent,
-            rec.description,
-            rec.source,
-            rec.stage,
-            serde_json::to_string(&rec.inputs)?,
-            serde_json::to_string(&rec.result)?,
-            rec.layer.as_ref().map(serde_json::to_string).transpose()?,
-            rec.layer.as_ref().map(|l| l.digest.to_string()),
-            rec.created,
-            rec.last_used,
-            rec.hits as i64,
-            now_ms()
-        ])?;
-        Ok(())
-    }
-
     /// Folds the WAL into the database file and empties it. kiln does not
     /// checkpoint when a command ends (that costs fsyncs every short
     /// command would pay); a command that has just written a lot (a build
@@ -988,58 +918,6 @@ impl Store {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
-
-    /// `last_used = now, hits += 1` for all `keys`, in one transaction.
-    pub fn cache_touch(&self, keys: &[String]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE cache SET last_used = ?2, hits = hits + 1, used_ms = ?3 WHERE key = ?1",
-            )?;
-            let (s, ms) = (now_secs(), now_ms());
-            for k in keys {
-                stmt.execute(params![k, s, ms])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    pub fn cache_list(&self) -> Result<Vec<CacheRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT key, parent, description, source, stage, inputs, result, layer, created, last_used, hits FROM cache ORDER BY created, key")?;
-        let rows = stmt.query_map([], row_to_cache)?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r??);
-        }
-        Ok(out)
-    }
-}
-
-type CacheRow = std::result::Result<CacheRecord, StoreError>;
-
-fn row_to_cache(r: &rusqlite::Row<'_>) -> rusqlite::Result<CacheRow> {
-    let inputs: String = r.get(5)?;
-    let result: String = r.get(6)?;
-    let layer: Option<String> = r.get(7)?;
-    let build = || -> CacheRow {
-        Ok(CacheRecord {
-            key: r.get(0)?,
-            parent: r.get(1)?,
-            description: r.get(2)?,
-            source: r.get(3)?,
-            stage: r.get(4)?,
-            inputs: serde_json::from_str(&inputs)?,
-            result: serde_json::from_str(&result)?,
-            layer: layer.as_deref().map(serde_json::from_str).transpose()?,
-            created: r.get(8)?,
-            last_used: r.get(9)?,
-            hits: r.get::<_, i64>(10)? as u64,
-        })
-    };
-    Ok(build())
 }
 
 /// Removes a temporary tree when dropped.

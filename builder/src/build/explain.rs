@@ -1,9 +1,12 @@
 //! Why a step missed the cache, in words a person reads at a glance: the
 //! nearest earlier record for the same position, and the inputs that
-//! differ between it and this build's step.
+//! differ between it and this build's step. Records are looked up one by
+//! one through indexes, never read all: a build's explanation costs its
+//! own missed steps, not the size of the cache.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use kiln_store::{CacheNear, CacheRecord, NearestQuery};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -23,90 +26,88 @@ pub struct StepTrace {
     pub meta: bool,
 }
 
-/// An earlier record, as explain needs it.
-pub struct Earlier<'a> {
-    pub key: &'a str,
-    pub parent: Option<&'a str>,
-    pub description: &'a str,
-    pub source: &'a str,
-    pub stage: &'a str,
-    pub inputs: &'a Value,
-    pub created: i64,
-}
-
-impl<'a> From<&'a kiln_store::CacheRecord> for Earlier<'a> {
-    fn from(r: &'a kiln_store::CacheRecord) -> Self {
-        Earlier {
-            key: &r.key,
-            parent: r.parent.as_deref(),
-            description: &r.description,
-            source: &r.source,
-            stage: &r.stage,
-            inputs: &r.inputs,
-            created: r.created,
-        }
-    }
-}
+/// Finds the newest earlier record near a step (an indexed lookup in the
+/// store; a list in tests).
+pub type Nearest<'a> = dyn FnMut(NearestQuery) -> anyhow::Result<Option<CacheRecord>> + 'a;
 
 fn first_word(s: &str) -> &str {
     s.split_whitespace().next().unwrap_or(s)
 }
 
-/// The first missed step up the parent chain of `t` whose own parent was
-/// not missed: the step whose change `t` inherits.
-pub fn root_cause<'a>(t: &StepTrace, this_build: &'a [StepTrace]) -> Option<&'a StepTrace> {
-    let mut cur = this_build.iter().find(|x| x.key == t.parent && !x.hit)?;
-    for _ in 0..this_build.len() {
-        match this_build.iter().find(|x| x.key == cur.parent && !x.hit) {
-            Some(p) => cur = p,
-            None => break,
+/// For each step of this build, the first missed step up its parent
+/// chain whose own parent was not missed: the step whose change it
+/// inherits (`None` when its parent was not missed). One pass over the
+/// build, in order: a parent is traced before its children.
+pub fn root_causes(this_build: &[StepTrace]) -> Vec<Option<usize>> {
+    let mut missed: HashMap<&str, usize> = HashMap::new();
+    let mut roots: Vec<Option<usize>> = Vec::with_capacity(this_build.len());
+    for (i, t) in this_build.iter().enumerate() {
+        let root = missed
+            .get(t.parent.as_str())
+            .filter(|&&p| p != i)
+            .map(|&p| roots.get(p).copied().flatten().unwrap_or(p));
+        roots.push(root);
+        if !t.hit {
+            missed.entry(t.key.as_str()).or_insert(i);
         }
     }
-    Some(cur)
+    roots
 }
 
-/// Why `t` missed, given the steps of this build before it and every
-/// record the cache holds.
+/// Why `t` missed, given the root cause of its miss in this build (see
+/// [`root_causes`]) and the records the cache holds, looked up one at a
+/// time: the newest with the same parent (and the same instruction, if
+/// any), else the newest at the same place in the same stage. Only records
+/// created at or before `before` count, when given.
 pub fn explain_step(
     t: &StepTrace,
-    this_build: &[StepTrace],
-    records: &[Earlier],
+    root: Option<&StepTrace>,
+    nearest: &mut Nearest,
+    before: Option<i64>,
     no_cache: bool,
-) -> String {
+) -> anyhow::Result<String> {
     if no_cache && t.source != "base" {
-        return "--no-cache was given".into();
+        return Ok("--no-cache was given".into());
     }
-    if let Some(root) = root_cause(t, this_build) {
-        return format!(
+    if let Some(root) = root {
+        return Ok(format!(
             "parent step changed (see {} at {})",
             first_word(&root.description),
             root.source
-        );
+        ));
     }
-    let mut same_parent: Vec<&Earlier> = records
-        .iter()
-        .filter(|r| r.parent == Some(t.parent.as_str()) && r.key != t.key)
-        .collect();
-    same_parent.sort_by_key(|r| std::cmp::Reverse(r.created));
-    if let Some(r) = same_parent.iter().find(|r| r.description == t.description) {
-        return diff_inputs(r.inputs, &t.inputs, &t.args).join(", ");
+    let by_parent = CacheNear::Parent(&t.parent);
+    let query = |near, description| NearestQuery {
+        near,
+        description,
+        not_key: &t.key,
+        created_at_most: before,
+    };
+    if let Some(r) = nearest(query(by_parent, Some(&t.description)))? {
+        return Ok(diff_inputs(&r.inputs, &t.inputs, &t.args).join(", "));
     }
-    if let Some(r) = same_parent.first() {
-        return format!("instruction changed (was `{}`)", r.description);
-    }
-    let mut same_place: Vec<&Earlier> = records
-        .iter()
-        .filter(|r| r.stage == t.stage && r.source == t.source && r.key != t.key)
-        .collect();
-    same_place.sort_by_key(|r| std::cmp::Reverse(r.created));
-    if let Some(r) = same_place.iter().find(|r| r.description == t.description) {
-        let d = diff_inputs(r.inputs, &t.inputs, &t.args);
-        if r.inputs != &t.inputs {
-            return d.join(", ");
+    if let Some(r) = nearest(query(by_parent, None))? {
+        // A metadata instruction's text is its change (`LABEL a=2` after
+        // `LABEL a=1`): what it set is told, not the text.
+        if t.meta && first_word(&r.description) == first_word(&t.description) {
+            let d = diff_inputs(&r.inputs, &t.inputs, &t.args);
+            if d != ["inputs changed"] {
+                return Ok(d.join(", "));
+            }
         }
-        return "an earlier step's result changed since this step last ran".into();
+        return Ok(format!("instruction changed (was `{}`)", r.description));
     }
-    "first build of this step: no earlier cache record".into()
+    let by_place = CacheNear::Place {
+        stage: &t.stage,
+        source: &t.source,
+    };
+    if let Some(r) = nearest(query(by_place, Some(&t.description)))? {
+        if r.inputs != t.inputs {
+            return Ok(diff_inputs(&r.inputs, &t.inputs, &t.args).join(", "));
+        }
+        return Ok("an earlier step's result changed since this step last ran".into());
+    }
+    Ok("first build of this step: no earlier cache record".into())
 }
 
 fn short(h: &str) -> String {
@@ -240,6 +241,23 @@ fn diff_env(old: &Value, new: &Value, args: &[String], out: &mut Vec<String>) {
     }
 }
 
+/// A LABEL step keeps the labels it sets: each one that differs is named.
+fn diff_labels(old: &Value, new: &Value, out: &mut Vec<String>) {
+    let empty = serde_json::Map::new();
+    let o = old.as_object().unwrap_or(&empty);
+    let n = new.as_object().unwrap_or(&empty);
+    for (k, v) in n {
+        match o.get(k) {
+            None => out.push(format!("label {k} added ({v})")),
+            Some(ov) if ov != v => out.push(format!("label {k} changed ({ov} -> {v})")),
+            _ => {}
+        }
+    }
+    for k in o.keys().filter(|k| !n.contains_key(*k)) {
+        out.push(format!("label {k} removed"));
+    }
+}
+
 /// The input differences between an earlier record and this step, most
 /// telling first. `args` names the build args in scope (to word env
 /// changes as build-arg changes).
@@ -283,6 +301,7 @@ pub fn diff_inputs(old: &Value, new: &Value, args: &[String]) -> Vec<String> {
                 }
             }
             "env" => diff_env(ov, nv, args, &mut out),
+            "labels" => diff_labels(ov, nv, &mut out),
             "argv" => out.push("the command changed".into()),
             "mounts" => {
                 let oa = ov.as_array().cloned().unwrap_or_default();
@@ -374,6 +393,52 @@ mod tests {
         let new = json!({"argv": ["sh"], "env": ["PATH=/bin", "PIP_INDEX=b"]});
         let d = diff_inputs(&old, &new, &["PIP_INDEX".to_string()]);
         assert_eq!(d, vec!["build arg PIP_INDEX changed (\"a\" -> \"b\")"]);
+    }
+
+    #[test]
+    fn a_label_change_names_the_label_and_both_values() {
+        let old = json!({"labels": {"a": "1", "b": "x", "gone": "y"}});
+        let new = json!({"labels": {"a": "2", "b": "x", "new": "z"}});
+        let d = diff_inputs(&old, &new, &[]);
+        assert_eq!(
+            d,
+            vec![
+                "label a changed (\"1\" -> \"2\")",
+                "label new added (\"z\")",
+                "label gone removed"
+            ]
+        );
+    }
+
+    fn trace(key: &str, parent: &str, hit: bool) -> StepTrace {
+        StepTrace {
+            stage: "s".into(),
+            key: key.into(),
+            parent: parent.into(),
+            description: format!("LABEL {key}"),
+            source: "Dockerfile:1".into(),
+            inputs: Value::Null,
+            hit,
+            args: vec![],
+            meta: true,
+        }
+    }
+
+    #[test]
+    fn root_causes_follow_the_missed_chain_to_its_first_step() {
+        // base (hit) -> a (missed) -> b -> c (missed); d hit; e's parent d.
+        let t = vec![
+            trace("base", "", true),
+            trace("a", "base", false),
+            trace("b", "a", false),
+            trace("c", "b", false),
+            trace("d", "base", true),
+            trace("e", "d", false),
+        ];
+        assert_eq!(
+            root_causes(&t),
+            vec![None, None, Some(1), Some(1), None, None]
+        );
     }
 
     #[test]

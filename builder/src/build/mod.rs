@@ -623,29 +623,27 @@ impl Builder {
     /// Explains every step of this build that was not a cache hit.
     fn explain(&self) -> Result<Report> {
         let trace = self.trace.lock().expect("trace").clone();
-        let missed: Vec<&explain::StepTrace> = trace.iter().filter(|t| !t.hit).collect();
-        let records = if missed.is_empty() {
-            vec![]
-        } else {
-            self.store.cache_list()?
-        };
-        let earlier: Vec<explain::Earlier> = records.iter().map(explain::Earlier::from).collect();
+        let roots = explain::root_causes(&trace);
+        let mut nearest = |q: kiln_store::NearestQuery| Ok(self.store.cache_nearest(&q)?);
         // A metadata step that only inherits a change is noise: the steps
         // that can be expensive, and the root causes, are what is shown.
-        let missed = missed
-            .into_iter()
-            .filter(|t| !t.meta || explain::root_cause(t, &trace).is_none())
-            .map(|t| {
-                let mut why = explain::explain_step(t, &trace, &earlier, self.opts.no_cache);
+        let missed = trace
+            .iter()
+            .zip(&roots)
+            .filter(|(t, root)| !t.hit && (!t.meta || root.is_none()))
+            .map(|(t, root)| {
+                let root = root.map(|r| &trace[r]);
+                let mut why =
+                    explain::explain_step(t, root, &mut nearest, None, self.opts.no_cache)?;
                 if why.contains(explain::LARGE_SOURCE_CHANGED) {
                     if let Some(h) = self.large_source_hint(t) {
                         why.push_str("; ");
                         why.push_str(&h);
                     }
                 }
-                (format!("{} ({})", t.description, t.source), why)
+                Ok((format!("{} ({})", t.description, t.source), why))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Report {
             image: String::new(),
             steps: trace.iter().filter(|t| !t.meta).count(),
@@ -841,21 +839,17 @@ pub fn cache_why(store: &Store, target: &str) -> Result<ExitCode> {
         )
         .into());
     }
-    let records = store.cache_list()?;
-    let found: Vec<&kiln_store::CacheRecord> = records
-        .iter()
-        .filter(|r| r.key.starts_with(prefix))
-        .collect();
+    let found = store.cache_by_prefix(prefix, 2)?;
     let rec = match found.as_slice() {
         [] => {
             return Err(Failure::new(1, format!("kiln: no cache record with key {prefix}")).into())
         }
-        [one] => *one,
+        [one] => one,
         many => {
             return Err(Failure::new(
                 1,
                 format!(
-                    "kiln: key prefix {prefix} is ambiguous ({} records)",
+                    "kiln: key prefix {prefix} is ambiguous ({} or more records)",
                     many.len()
                 ),
             )
@@ -873,17 +867,14 @@ pub fn cache_why(store: &Store, target: &str) -> Result<ExitCode> {
         args: vec![],
         meta: rec.layer.is_none(),
     };
-    let earlier: Vec<explain::Earlier> = records
-        .iter()
-        .filter(|r| r.created <= rec.created && r.key != rec.key)
-        .map(explain::Earlier::from)
-        .collect();
+    let mut nearest = |q: kiln_store::NearestQuery| Ok(store.cache_nearest(&q)?);
+    let why = explain::explain_step(&trace, None, &mut nearest, Some(rec.created), false)?;
     println!(
         "{} ({}), key {}:\n  {}",
         rec.description,
         rec.source,
         &rec.key[..12],
-        explain::explain_step(&trace, &[], &earlier, false)
+        why
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 //! Metadata instructions only change the config; RUN, COPY, ADD and a
 //! WORKDIR that creates a directory are cached steps that may add a layer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -43,7 +43,24 @@ pub struct StageState {
     /// carry it so that explanations compare a step with its own past,
     /// not with another project's step at the same line.
     pub place: String,
+    /// Records of metadata steps not yet written: a run of them is written
+    /// in one transaction (see [`Builder::flush_records`]).
+    pub pending: Vec<CacheRecord>,
+    /// Bytes of metadata the stage's steps have set so far (see
+    /// [`METADATA_MAX`]).
+    pub meta_bytes: usize,
+    /// Where each variable of `config.config.env` is: ENV and expansion
+    /// look a name up instead of searching the list (see
+    /// [`StageState::set_env`]; rebuilt whenever the config is replaced).
+    pub env_index: HashMap<String, usize>,
 }
+
+/// The most metadata (ENV, ARG, LABEL, ... values, as recorded) one stage
+/// may set: the largest image config kiln's own registry client accepts
+/// (`kiln_store::registry::CONFIG_MAX`, 8 MiB), so that what kiln builds
+/// can be pulled back. Many words each under the word limit
+/// (`kiln_parser::shell::MAX_WORD_BYTES`) stop here.
+pub const METADATA_MAX: usize = kiln_store::registry::CONFIG_MAX as usize;
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -69,18 +86,17 @@ fn history(created: Option<String>, created_by: &str, empty: bool) -> History {
     serde_json::from_value(v).expect("history entries always deserialise")
 }
 
-fn set_env(config: &mut ImageConfig, k: &str, v: &str) {
-    let entry = format!("{k}={v}");
-    if let Some(e) = config
-        .config
-        .env
-        .iter_mut()
-        .find(|e| e.split_once('=').map(|(n, _)| n) == Some(k) || e.as_str() == k)
-    {
-        *e = entry;
-    } else {
-        config.config.env.push(entry);
-    }
+/// The name of a `K=V` (or bare `K`) environment entry.
+fn env_name(e: &str) -> &str {
+    e.split_once('=').map_or(e, |(n, _)| n)
+}
+
+/// Where each variable of `env` is (its last entry, the one that counts).
+fn index_env(env: &[String]) -> HashMap<String, usize> {
+    env.iter()
+        .enumerate()
+        .map(|(i, e)| (env_name(e).to_string(), i))
+        .collect()
 }
 
 fn env_lookup<'a>(config: &'a ImageConfig, k: &str) -> Option<&'a str> {
@@ -95,7 +111,45 @@ fn default_shell() -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into()]
 }
 
+/// The variables a word of this stage sees, looked up where they live
+/// instead of copied into a map for every word: an ARG in scope with a
+/// value wins, else the image's ENV (see [`StageState::expand_env`]).
+pub struct ScopeEnv<'a>(&'a StageState);
+
+impl kiln_parser::shell::Env for ScopeEnv<'_> {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        if let Some(Some(v)) = self.0.args.get(name) {
+            return Some(v);
+        }
+        let e = self.0.config.config.env.get(*self.0.env_index.get(name)?)?;
+        Some(e.split_once('=').map_or("", |(_, v)| v))
+    }
+}
+
 impl StageState {
+    /// Sets `k=v` in the config's environment, in place if it is there.
+    fn set_env(&mut self, k: &str, v: &str) {
+        let entry = format!("{k}={v}");
+        let env = &mut self.config.config.env;
+        match self.env_index.get(k) {
+            Some(&i) if i < env.len() => env[i] = entry,
+            _ => {
+                self.env_index.insert(k.to_string(), env.len());
+                env.push(entry);
+            }
+        }
+    }
+
+    /// Takes `config` as the stage's config (a cached step's result).
+    fn replace_config(&mut self, config: ImageConfig) {
+        self.env_index = index_env(&config.config.env);
+        self.config = config;
+    }
+
+    pub fn scope_env(&self) -> ScopeEnv<'_> {
+        ScopeEnv(self)
+    }
+
     /// Variables for word expansion: the image's ENV, then the ARGs in
     /// scope. Whichever was declared last wins: an ENV removes the ARG of
     /// the same name from scope, and an ARG declared after an ENV shadows
@@ -154,10 +208,9 @@ impl Builder {
     }
 
     fn expand(&self, st: &StageState, word: &str, line: usize) -> Result<String> {
-        let env = st.expand_env();
         self.lexer()
-            .process_word(word, &env)
-            .map_err(|e| self.located(line, &format!("failed to expand {word:?}: {e}")))
+            .process_word(word, &st.scope_env())
+            .map_err(|e| self.located(line, &e.to_string()))
     }
 
     /// An error that shows where in the Dockerfile it happened, BuildKit's way.
@@ -223,14 +276,26 @@ impl Builder {
             all_cached: true,
             hits: Vec::new(),
             place: format!("{}#{}", self.dockerfile_path, label),
+            pending: Vec::new(),
+            meta_bytes: 0,
+            env_index: HashMap::new(),
         };
+        st.env_index = index_env(&st.config.config.env);
         if let Base::Image(name) = &ps.base {
             // The base is a step of its own for the cache's story: a new
             // digest under the same name is what `--explain` reports.
             let manifest = base_manifest.clone().unwrap_or_default();
             let inputs = json!({ "image": name, "id": manifest });
             let source = format!("{}:{}", self.opts.dockerfile_name, ps.stage.span.line);
-            self.record_meta(&mut st, &format!("FROM {name}"), &source, "", inputs, false)?;
+            let result = json!({ "config": st.config, "layers": st.layers });
+            self.record_meta(
+                &mut st,
+                &format!("FROM {name}"),
+                &source,
+                "",
+                inputs,
+                result,
+            )?;
         }
         // The image's ONBUILD triggers run first, and are not inherited.
         let triggers = std::mem::take(&mut st.config.config.on_build);
@@ -245,10 +310,18 @@ impl Builder {
                 self.exec(&mut st, &ins, &format!("[{label} ONBUILD]"))?;
             }
         }
-        for (n, ins) in ps.stage.instructions.iter().enumerate() {
-            let pos = format!("[{label} {}/{total}]", n + 2);
-            self.exec(&mut st, ins, &pos)?;
-        }
+        let ran = ps
+            .stage
+            .instructions
+            .iter()
+            .enumerate()
+            .try_for_each(|(n, ins)| {
+                let pos = format!("[{label} {}/{total}]", n + 2);
+                self.exec(&mut st, ins, &pos)
+            });
+        // The steps that ran before a failure keep their records.
+        self.flush_records(&mut st)?;
+        ran?;
         if !st.hits.is_empty() {
             self.store.cache_touch(&st.hits)?;
         }
@@ -260,9 +333,10 @@ impl Builder {
     }
 
     /// Metadata instructions: a new config, a history entry, a new key.
-    fn meta(&self, st: &mut StageState, ins: &Instruction) -> Result<()> {
+    /// `change` is what the instruction did (e.g. `{"labels": {"a": "1"}}`).
+    fn meta(&self, st: &mut StageState, ins: &Instruction, change: Value) -> Result<()> {
         self.push_meta_history(st, ins);
-        self.meta_key(st, ins)
+        self.meta_key(st, ins, change)
     }
 
     fn push_meta_history(&self, st: &mut StageState, ins: &Instruction) {
@@ -276,23 +350,31 @@ impl Builder {
             .push(history(created, &ins.original, true));
     }
 
-    fn meta_key(&self, st: &mut StageState, ins: &Instruction) -> Result<()> {
-        let cfg = serde_json::to_value(&st.config.config).unwrap_or(Value::Null);
+    /// The key of a metadata step chains its parent's key with the change
+    /// alone: the parent's key already stands for the whole config before
+    /// it, so the step costs the size of its change, not of the config.
+    fn meta_key(&self, st: &mut StageState, ins: &Instruction, change: Value) -> Result<()> {
+        let size = key::canonical(&change).len();
+        st.meta_bytes = st.meta_bytes.saturating_add(size);
+        if st.meta_bytes > METADATA_MAX {
+            return Err(self.located(
+                ins.span.line,
+                &format!(
+                    "the stage's metadata grows past {METADATA_MAX} bytes with this \
+                     instruction ({size} bytes), the largest image config kiln accepts"
+                ),
+            ));
+        }
         let source = format!("{}:{}", self.opts.dockerfile_name, ins.span.line);
         let parent = st.key.clone();
-        self.record_meta(
-            st,
-            &ins.original,
-            &source,
-            &parent,
-            json!({ "config": cfg }),
-            true,
-        )
+        self.record_meta(st, &ins.original, &source, &parent, change, Value::Null)
     }
 
     /// A step with no layer (metadata, ARG, FROM): its key chains on, and a
     /// record keeps its inputs so a later miss can be explained. Written
-    /// once: a rebuild that hits it writes nothing.
+    /// once: a rebuild that hits it writes nothing. An empty `parent` is
+    /// the FROM of an image, whose key is the base's own; only that record
+    /// keeps a `result` (the base's config and layers, for `--cache-to`).
     fn record_meta(
         &self,
         st: &mut StageState,
@@ -300,29 +382,29 @@ impl Builder {
         source: &str,
         parent: &str,
         inputs: Value,
-        chain: bool,
+        result: Value,
     ) -> Result<()> {
-        let k = if chain {
-            key::step_key(parent, description, &inputs)
-        } else {
+        let k = if parent.is_empty() {
             st.key.clone()
+        } else {
+            key::step_key(parent, description, &inputs)
         };
-        let hit = self.store.cache_get(&k)?.is_some();
+        let hit = self.store.cache_has(&k)?;
         if !hit {
             let now = chrono::Utc::now().timestamp();
-            self.store.cache_put(&CacheRecord {
+            st.pending.push(CacheRecord {
                 key: k.clone(),
                 parent: (!parent.is_empty()).then(|| parent.to_string()),
                 description: description.to_string(),
                 source: source.to_string(),
                 stage: st.place.clone(),
                 inputs: inputs.clone(),
-                result: json!({ "config": st.config, "layers": st.layers }),
+                result,
                 layer: None,
                 created: now,
                 last_used: now,
                 hits: 0,
-            })?;
+            });
         } else {
             st.hits.push(k.clone());
         }
@@ -344,13 +426,22 @@ impl Builder {
         Ok(())
     }
 
+    /// Writes the records of the metadata steps since the last write.
+    fn flush_records(&self, st: &mut StageState) -> Result<()> {
+        if !st.pending.is_empty() {
+            self.store.cache_put_many(&st.pending)?;
+            st.pending.clear();
+        }
+        Ok(())
+    }
+
     fn exec(&self, st: &mut StageState, ins: &Instruction, pos: &str) -> Result<()> {
         let line = ins.span.line;
         match &ins.kind {
             InstructionKind::Env(kvs) => {
                 // Every pair sees the environment from before the
                 // instruction, as in BuildKit.
-                let env = st.expand_env();
+                let env = st.scope_env();
                 let lx = self.lexer();
                 let mut pairs = Vec::new();
                 for kv in kvs {
@@ -365,11 +456,12 @@ impl Builder {
                         .map_err(|e| self.located(line, &e.to_string()))?;
                     pairs.push((k, v));
                 }
+                let change: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 for (k, v) in pairs {
                     st.args.remove(&k);
-                    set_env(&mut st.config, &k, &v);
+                    st.set_env(&k, &v);
                 }
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "env": change }))?;
             }
             InstructionKind::Arg(decls) => {
                 for d in decls {
@@ -380,7 +472,11 @@ impl Builder {
                             .insert(d.name.clone());
                         Some(v.clone())
                     } else if let Some(def) = &d.default {
-                        Some(self.expand(st, def, line)?)
+                        let v = self
+                            .lexer()
+                            .process_word(def, &st.scope_env())
+                            .map_err(|e| self.located(line, &format!("ARG {}: {e}", d.name)))?;
+                        Some(v)
                     } else if let Some(Some(g)) = self.plan.global_args.get(&d.name) {
                         Some(g.clone())
                     } else {
@@ -390,31 +486,29 @@ impl Builder {
                 }
                 // ARGs do not change the config, but they do change the
                 // environment of every later RUN: that is in RUN's key.
-                // BuildKit records them in the history.
-                let args = json!(st.args);
-                self.push_meta_history(st, ins);
-                let source = format!("{}:{}", self.opts.dockerfile_name, ins.span.line);
-                let parent = st.key.clone();
-                self.record_meta(
-                    st,
-                    &ins.original,
-                    &source,
-                    &parent,
-                    json!({ "args": args }),
-                    true,
-                )?;
+                // BuildKit records them in the history. The key takes the
+                // ARGs this line declares; the chain carries earlier ones.
+                let args: BTreeMap<&str, &Option<String>> = decls
+                    .iter()
+                    .map(|d| (d.name.as_str(), &st.args[&d.name]))
+                    .collect();
+                let change = json!({ "args": args });
+                self.meta(st, ins, change)?;
             }
             InstructionKind::Label(kvs) => {
+                let mut labels = BTreeMap::new();
                 for kv in kvs {
                     let k = self.expand(st, &kv.key, line)?;
                     let v = self.expand(st, &kv.value, line)?;
-                    st.config.config.labels.insert(k, v);
+                    labels.insert(k, v);
                 }
-                self.meta(st, ins)?;
+                let change = json!({ "labels": labels });
+                st.config.config.labels.extend(labels);
+                self.meta(st, ins, change)?;
             }
             InstructionKind::Maintainer(m) => {
                 st.config.author = Some(m.clone());
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "maintainer": m }))?;
             }
             InstructionKind::User(u) => {
                 let u = self.expand(st, u, line)?;
@@ -422,11 +516,12 @@ impl Builder {
                 // later RUN or `kiln run` resolves it.
                 kiln_runner::user::check_spec(&u)
                     .map_err(|e| self.located(line, &e.to_string()))?;
-                st.config.config.user = Some(u);
-                self.meta(st, ins)?;
+                st.config.config.user = Some(u.clone());
+                self.meta(st, ins, json!({ "user": u }))?;
             }
             InstructionKind::Expose(ports) => {
-                let env = st.expand_env();
+                let env = st.scope_env();
+                let mut added = Vec::new();
                 for p in ports {
                     let words = self
                         .lexer()
@@ -447,15 +542,16 @@ impl Builder {
                                 ),
                             ));
                         }
-                        st.config
-                            .config
-                            .exposed_ports
-                            .insert(format!("{port}/{proto}"), json!({}));
+                        added.push(format!("{port}/{proto}"));
                     }
                 }
-                self.meta(st, ins)?;
+                for p in &added {
+                    st.config.config.exposed_ports.insert(p.clone(), json!({}));
+                }
+                self.meta(st, ins, json!({ "ports": added }))?;
             }
             InstructionKind::Volume(vols) => {
+                let mut added = Vec::new();
                 for v in vols {
                     let v = self.expand(st, v, line)?;
                     if v.is_empty() {
@@ -463,30 +559,33 @@ impl Builder {
                             self.located(line, "VOLUME specified can not be an empty string")
                         );
                     }
-                    st.config.config.volumes.insert(v, json!({}));
+                    st.config.config.volumes.insert(v.clone(), json!({}));
+                    added.push(v);
                 }
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "volumes": added }))?;
             }
             InstructionKind::StopSignal(s) => {
                 let s = self.expand(st, s, line)?;
-                st.config.config.stop_signal = Some(s);
-                self.meta(st, ins)?;
+                st.config.config.stop_signal = Some(s.clone());
+                self.meta(st, ins, json!({ "stopsignal": s }))?;
             }
             InstructionKind::Shell(sh) => {
                 st.config.config.shell = Some(sh.clone());
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "shell": sh }))?;
             }
             InstructionKind::Cmd(c) => {
-                st.config.config.cmd = Some(st.argv(c));
+                let argv = st.argv(c);
+                st.config.config.cmd = Some(argv.clone());
                 st.cmd_set = true;
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "cmd": argv }))?;
             }
             InstructionKind::Entrypoint(c) => {
-                st.config.config.entrypoint = Some(st.argv(c));
+                let argv = st.argv(c);
+                st.config.config.entrypoint = Some(argv.clone());
                 if !st.cmd_set {
                     st.config.config.cmd = None;
                 }
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "entrypoint": argv }))?;
             }
             InstructionKind::Healthcheck(h) => {
                 let v = match h {
@@ -528,16 +627,16 @@ impl Builder {
                     }
                 };
                 st.config.config.healthcheck = Some(
-                    serde_json::from_value(v)
+                    serde_json::from_value(v.clone())
                         .map_err(|e| self.located(line, &format!("HEALTHCHECK: {e}")))?,
                 );
-                self.meta(st, ins)?;
+                self.meta(st, ins, json!({ "healthcheck": v }))?;
             }
             InstructionKind::Onbuild(t) => {
                 // Stored for images built FROM this one; BuildKit writes
                 // no history entry for it.
                 st.config.config.on_build.push(t.clone());
-                self.meta_key(st, ins)?;
+                self.meta_key(st, ins, json!({ "onbuild": t }))?;
             }
             InstructionKind::Workdir(w) => {
                 let w = self.expand(st, w, line)?;
@@ -551,7 +650,7 @@ impl Builder {
                 // existing one leaves an empty diff, so no layer.
                 let view = self.view(&st.layers)?;
                 if view.stat(&abs)?.is_some() {
-                    self.meta(st, ins)?;
+                    self.meta(st, ins, json!({ "workdir": abs }))?;
                 } else {
                     let owner = match &st.config.config.user {
                         Some(u) if !u.is_empty() => Some(
@@ -629,6 +728,7 @@ impl Builder {
         inputs: Value,
         exec: impl FnOnce(&Builder, &mut StageState, StepId) -> Result<Option<LayerInfo>>,
     ) -> Result<()> {
+        self.flush_records(st)?;
         let step = ins.original.clone();
         let k = key::step_key(&st.key, &step, &inputs);
         let mut trace = super::explain::StepTrace {
@@ -646,7 +746,7 @@ impl Builder {
         if !self.opts.no_cache {
             if let Some(rec) = self.store.cache_get(&k)? {
                 if let Some((config, layers)) = self.restore(&rec) {
-                    st.config = config;
+                    st.replace_config(config);
                     st.layers = layers;
                     st.key = k.clone();
                     st.last_created = st
