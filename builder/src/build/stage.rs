@@ -925,6 +925,7 @@ impl Builder {
             Some(kiln_parser::NetworkMode::None) => NetworkMode::None,
             Some(kiln_parser::NetworkMode::Host) => NetworkMode::Host,
             _ => match self.opts.network {
+                NetworkArg::Default => NetworkMode::Private,
                 NetworkArg::Host => NetworkMode::Host,
                 NetworkArg::None => NetworkMode::None,
             },
@@ -1288,7 +1289,8 @@ impl Builder {
         let net_name = match network {
             NetworkMode::Host => "host",
             NetworkMode::None => "none",
-            NetworkMode::Private => "private",
+            // BuildKit keys the mode too (ExecOp.Network).
+            NetworkMode::Private => "default",
         };
         let inputs = json!({
             "argv": argv,

@@ -150,14 +150,14 @@ fn start(cfg: &RunnerConfig, stack: Stack) -> Result<Running, String> {
     let thread = std::thread::Builder::new()
         .name("kiln-net".into())
         .spawn(move || {
-            let (mut child, sock) =
-                match spawn_helper(&cfg, "netns", &[&job], Stdio::default(), None) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
+            let (mut child, sock) = match spawn_helper(&cfg, "netns", &[&job], quiet_stdio(), None)
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
             let ready = match MsgReader::new(&sock).next() {
                 Ok(Some(Msg::Ready)) => Ok(child.id()),
                 Ok(Some(Msg::Error { message, .. })) => Err(message),
@@ -193,11 +193,33 @@ fn start(cfg: &RunnerConfig, stack: Stack) -> Result<Running, String> {
     }
 }
 
+/// /dev/null for the netns helper's output: it reports on fd 3, and must
+/// not hold the caller's stdout/stderr open for the whole build.
+fn quiet_stdio() -> Stdio {
+    let null = || {
+        std::fs::File::options()
+            .write(true)
+            .open("/dev/null")
+            .ok()
+            .map(Into::into)
+    };
+    Stdio {
+        stdin: None,
+        stdout: null(),
+        stderr: null(),
+    }
+}
+
 /// The netns helper (N): `args[0]` is the JSON [`NetJob`].
 pub(crate) fn netns_main(args: &[std::ffi::OsString]) -> i32 {
     // SAFETY: fd 3 is the socket to the caller, set up by spawn_helper.
     let report = unsafe { BorrowedFd::borrow_raw(REPORT_FD) };
     let _ = rustix::io::fcntl_setfd(report, rustix::io::FdFlags::CLOEXEC);
+    // Whatever the caller leaked to us (a pipe made without O_CLOEXEC by
+    // another thread while we were spawned) must not stay open for the
+    // whole build: a reader would never see its EOF.
+    // SAFETY: nothing in this fresh process owns fds above the report fd.
+    unsafe { libc::syscall(libc::SYS_close_range, REPORT_FD as u32 + 1, u32::MAX, 0) };
     let fail = |message: String| {
         send(
             report,
