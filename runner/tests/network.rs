@@ -360,3 +360,81 @@ fn no_stack_installed_is_a_clear_error() {
     assert!(e.contains("passt") && e.contains("--network host"), "{e}");
     assert!(e.contains("/nonexistent-kiln-test"), "{e}");
 }
+
+/// Detached (the monitor runs the container): a published port still
+/// reaches a server bound to the container's 127.0.0.1, outbound works, and
+/// the stack goes with the container.
+#[test]
+fn a_detached_private_container_serves_its_port_and_reaches_out() {
+    let _g = lock();
+    if !ready("a_detached_private_container_serves_its_port_and_reaches_out") {
+        return;
+    }
+    let host = TestHost::start("outbound from detached\n");
+    let t = tempfile::tempdir().unwrap();
+    let c = kiln_runner::Containers::open(cfg(), &t.path().join("containers")).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let opts = kiln_runner::RunOptions {
+        name: Some("web".into()),
+        image: "busybox:test".into(),
+        ports: vec![kiln_runner::parse_port_spec(&format!("127.0.0.1:{port}:8080")).unwrap()],
+        ..Default::default()
+    };
+    let id = c
+        .run_detached(
+            private(&format!(
+                "mkdir -p /www && {} > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www",
+                host.fetch()
+            )),
+            opts,
+        )
+        .unwrap();
+    let start = Instant::now();
+    let body = loop {
+        let got = (|| -> std::io::Result<String> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match got {
+            Ok(b) if b.contains("outbound from detached") => break b,
+            _ if start.elapsed() > Duration::from_secs(20) => panic!("never served: {got:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(body.starts_with("HTTP/1."), "{body}");
+    let pid = match c.inspect(&id).unwrap().status {
+        kiln_runner::ContainerStatus::Running { pid } => pid as u32,
+        s => panic!("not running: {s:?}"),
+    };
+    // The stack is a sibling of the container's PID 1, under its helper.
+    let helper: u32 = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stack: Vec<u32> = children(helper).into_iter().filter(|p| *p != pid).collect();
+    assert_eq!(stack.len(), 1, "{stack:?}");
+    c.remove(&id, true).unwrap();
+    let start = Instant::now();
+    while alive(stack[0]) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "stack outlived the container"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
