@@ -175,7 +175,12 @@ pub enum Progress {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetworkArg {
+    /// Own network namespace with outbound access (pasta or slirp4netns);
+    /// the host's loopback is not reachable. BuildKit's default.
+    Default,
+    /// The host's network: every service on its loopback is reachable.
     Host,
+    /// Only `lo`.
     None,
 }
 
@@ -206,8 +211,9 @@ pub struct BuildArgs {
     /// When to pull base images: `missing` (those not in the local store), `always` (every base, to get the tag's latest), `never`.
     #[arg(long, value_enum, default_value = "missing")]
     pub pull: PullPolicy,
-    /// Network mode for RUN instructions.
-    #[arg(long, value_enum, default_value = "host")]
+    /// Network mode for RUN instructions (`default`: own namespace with
+    /// outbound access, the host's loopback unreachable).
+    #[arg(long, value_enum, default_value = "default")]
     pub network: NetworkArg,
     /// Type of progress output.
     #[arg(long, value_enum, default_value = "auto")]
@@ -327,6 +333,8 @@ pub struct LoadArgs {
 pub enum RunNetwork {
     Host,
     None,
+    /// Own namespace with outbound access; published ports proxied in.
+    #[value(alias = "default")]
     Private,
 }
 
@@ -365,7 +373,8 @@ pub struct RunArgs {
     /// Overwrite the image's ENTRYPOINT.
     #[arg(long)]
     pub entrypoint: Option<String>,
-    /// Network mode (`private`: own namespace, reachable only through published ports).
+    /// Network mode (`private`: own namespace with outbound access, the host's
+    /// loopback unreachable, published ports proxied in).
     #[arg(long, value_enum, default_value = "private")]
     pub network: RunNetwork,
     /// Container host name.

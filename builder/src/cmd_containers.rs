@@ -171,7 +171,13 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         user,
         hostname: args.hostname.clone(),
         network: match args.network {
-            RunNetwork::Host => NetworkMode::Host,
+            RunNetwork::Host => {
+                eprintln!(
+                    "note: --network host: the container shares the host's network: it reaches \
+                     every service on the host's loopback (127.0.0.1, ::1) and binds host ports directly"
+                );
+                NetworkMode::Host
+            }
             RunNetwork::None => NetworkMode::None,
             RunNetwork::Private => NetworkMode::Private,
         },

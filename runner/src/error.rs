@@ -51,6 +51,14 @@ pub enum RunError {
     /// The helper process died or spoke nonsense.
     #[error("runner helper: {0}")]
     Helper(String),
+    /// A private network needs pasta or slirp4netns and neither is installed.
+    #[error(
+        "the private network needs a user-mode network stack, but neither pasta nor slirp4netns \
+         is in PATH ({searched}): install Debian's passt package (apt-get install passt) or \
+         slirp4netns, or use --network host (the host's network, its loopback services \
+         included) or --network none (no network)"
+    )]
+    NoNetworkStack { searched: String },
     #[error("corrupt container state in {path}: {reason}")]
     State { path: PathBuf, reason: String },
 }

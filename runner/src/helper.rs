@@ -26,6 +26,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::error::RunError;
 use crate::mounts::{self, Layout};
+use crate::net::NetPlan;
 use crate::proto::{send, Job, Msg, MsgReader};
 use crate::user::resolve_user;
 use crate::{ContainerSpec, NetworkMode, RunnerConfig, Stdio, DEFAULT_PATH};
@@ -52,6 +53,7 @@ pub(crate) fn init_hook() {
         Some("container") => container_main(),
         Some("init") => init_main(&rest),
         Some("monitor") => crate::state::monitor_main(&rest),
+        Some("netns") => crate::net::netns_main(&rest),
         _ => {
             eprintln!("kiln-runner: unknown helper role {role:?}");
             125
@@ -283,6 +285,7 @@ pub(crate) fn run_foreground(
         tty,
         supervisor: std::process::id() as i32,
         legacy_overlay: legacy_overlay_requested(),
+        net: net_plan(cfg, spec)?,
     };
     let (console, relay) = if tty {
         let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
@@ -315,6 +318,27 @@ pub(crate) fn run_foreground(
             "helper exited without reporting the container's status ({status})"
         ))),
     }
+}
+
+/// How a foreground container gets its private network: the config's
+/// shared one, or a stack of its own.
+fn net_plan(cfg: &RunnerConfig, spec: &ContainerSpec) -> Result<NetPlan, RunError> {
+    if spec.network != NetworkMode::Private {
+        return Ok(NetPlan::default());
+    }
+    Ok(match &cfg.shared_net {
+        Some(shared) => {
+            let (join, stack) = shared.join(cfg)?;
+            NetPlan {
+                stack: Some(stack),
+                join: Some(join),
+            }
+        }
+        None => NetPlan {
+            stack: Some(crate::net::find_stack()?),
+            join: None,
+        },
+    })
 }
 
 fn talk(
@@ -458,13 +482,14 @@ pub(crate) fn container_parent(job: &Job) -> i32 {
 fn start_container(job: &Job) -> Result<i32, String> {
     let layout = mounts::prepare_host(job)?;
     let exe = readonly_self()?;
-    let mut flags = rustix::thread::UnshareFlags::NEWNS
+    // First, while still in the host's mount and PID namespaces: a stack
+    // started here must not become the container's PID 1. It stops when
+    // this function returns (or dies with this process).
+    let _stack = crate::net::enter(job)?;
+    let flags = rustix::thread::UnshareFlags::NEWNS
         | rustix::thread::UnshareFlags::NEWUTS
         | rustix::thread::UnshareFlags::NEWIPC
         | rustix::thread::UnshareFlags::NEWPID;
-    if job.spec.network != NetworkMode::Host {
-        flags |= rustix::thread::UnshareFlags::NEWNET;
-    }
     // SAFETY: this process is single-threaded (a fresh exec or a fork of one).
     unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(|e| format!("unshare: {e}"))?;
     // Nothing mounted from here on may propagate back to the host.
@@ -476,9 +501,6 @@ fn start_container(job: &Job) -> Result<i32, String> {
     .map_err(|e| format!("making / rslave: {e}"))?;
     mounts::mount_scratch_tmpfs(&layout)?;
     mounts::prepare(job, &layout)?;
-    if job.spec.network != NetworkMode::Host {
-        mounts::loopback_up()?;
-    }
     // All signals blocked: H and the container's init take them with
     // sigwait(), which for PID 1 is what makes them deliverable at all.
     let all = SigSet::all();

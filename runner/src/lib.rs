@@ -31,6 +31,7 @@ mod error;
 mod helper;
 mod mounts;
 mod names;
+pub mod net;
 pub mod ports;
 mod proto;
 mod ps;
@@ -45,6 +46,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use error::RunError;
+pub use net::{find_stack, SharedNet, Stack, StackKind};
 pub use ports::{parse_port_spec, PortMapping, Protocol};
 pub use ps::{format_ps_table, human_duration};
 pub use state::{parse_signal, ContainerInfo, ContainerStatus, Containers, RunOptions};
@@ -66,6 +68,10 @@ pub struct RunnerConfig {
     /// files, mount stubs, the upper dir when none is given). Default: the
     /// system temp dir.
     pub scratch_root: PathBuf,
+    /// Containers with [`NetworkMode::Private`] run through this config join
+    /// this one network (started on first use, stopped when the last clone
+    /// is dropped) instead of getting a stack each: a build's RUN steps.
+    pub shared_net: Option<SharedNet>,
 }
 
 impl Default for RunnerConfig {
@@ -75,6 +81,7 @@ impl Default for RunnerConfig {
             // binary this process runs, even if the file was replaced since.
             helper_exe: PathBuf::from("/proc/self/exe"),
             scratch_root: std::env::temp_dir(),
+            shared_net: None,
         }
     }
 }
@@ -82,12 +89,15 @@ impl Default for RunnerConfig {
 /// Network namespace of the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum NetworkMode {
-    /// Share the host's network namespace.
+    /// Share the host's network namespace: every service on the host's
+    /// loopback is reachable, and the host's ports are the container's.
     Host,
-    /// Own namespace with only `lo` (up).
-    None,
-    /// Own namespace with `lo` up, reachable only through published ports.
+    /// Own namespace with only `lo` (up); published ports are proxied in.
     #[default]
+    None,
+    /// Own namespace with `lo` and outbound TCP/UDP through a user-mode
+    /// stack (pasta or slirp4netns, see [`net`]); the host's loopback and
+    /// 169.254.0.0/16 are not reachable. Published ports are proxied in.
     Private,
 }
 

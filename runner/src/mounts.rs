@@ -124,18 +124,23 @@ fn hosts_file(hostname: &str) -> String {
 
 /// The host's resolv.conf; for a container with its own network, nameservers
 /// on the host's loopback are useless and dropped (Docker's rule), with
-/// Google DNS as the fallback.
-pub(crate) fn resolv_conf(host: &str, network: NetworkMode) -> String {
+/// Google DNS as the fallback. `forwarder`: the network stack's own DNS
+/// forwarder, which replaces every nameserver (slirp4netns).
+pub(crate) fn resolv_conf(host: &str, network: NetworkMode, forwarder: Option<&str>) -> String {
     if network == NetworkMode::Host {
         return host.to_string();
     }
     let mut out = String::new();
     let mut servers = 0;
+    if let Some(f) = forwarder {
+        out.push_str(&format!("nameserver {f}\n"));
+        servers += 1;
+    }
     for line in host.lines() {
         let mut f = line.split_whitespace();
         if f.next() == Some("nameserver") {
             let ip = f.next().unwrap_or("");
-            if ip.starts_with("127.") || ip == "::1" {
+            if forwarder.is_some() || ip.starts_with("127.") || ip == "::1" {
                 continue;
             }
             servers += 1;
@@ -228,6 +233,7 @@ pub(crate) fn prepare(job: &Job, layout: &Layout) -> Result<(), String> {
             resolv_conf(
                 &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
                 job.spec.network,
+                job.net.stack.as_ref().and_then(|s| s.kind.dns()),
             ),
         ),
     ];
@@ -1130,6 +1136,7 @@ mod tests {
             tty: false,
             supervisor: 1,
             legacy_overlay: false,
+            net: Default::default(),
         };
         let l = prepare_host(&job).unwrap();
         prepare(&job, &l).unwrap();
@@ -1155,12 +1162,19 @@ mod tests {
     #[test]
     fn resolv_conf_drops_loopback_servers_unless_host() {
         let host = "search example.org\nnameserver 127.0.0.53\noptions edns0\n";
-        let r = resolv_conf(host, NetworkMode::Private);
+        let r = resolv_conf(host, NetworkMode::Private, None);
         assert!(!r.contains("127.0.0.53"));
         assert!(r.contains("nameserver 8.8.8.8"));
         assert!(r.contains("search example.org"));
-        assert_eq!(resolv_conf(host, NetworkMode::Host), host);
-        let r = resolv_conf("nameserver 10.0.0.2\n", NetworkMode::None);
+        assert_eq!(resolv_conf(host, NetworkMode::Host, None), host);
+        let r = resolv_conf("nameserver 10.0.0.2\n", NetworkMode::None, None);
         assert_eq!(r, "nameserver 10.0.0.2\n");
+    }
+
+    #[test]
+    fn resolv_conf_points_at_the_stack_forwarder_when_it_has_one() {
+        let host = "search example.org\nnameserver 10.0.0.2\nnameserver 127.0.0.53\n";
+        let r = resolv_conf(host, NetworkMode::Private, Some("10.0.2.3"));
+        assert_eq!(r, "nameserver 10.0.2.3\nsearch example.org\n");
     }
 }

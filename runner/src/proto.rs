@@ -26,6 +26,10 @@ pub(crate) struct Job {
     /// caller from `KILN_RUNNER_LEGACY_OVERLAY=1`; for tests and debugging).
     #[serde(default)]
     pub legacy_overlay: bool,
+    /// With [`crate::NetworkMode::Private`]: the stack to start, or the
+    /// shared namespace to join.
+    #[serde(default)]
+    pub net: crate::net::NetPlan,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

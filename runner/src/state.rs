@@ -89,6 +89,10 @@ struct Config {
     opts: RunOptions,
     spec: ContainerSpec,
     detached: bool,
+    /// The user-mode stack of a private network, found by the caller (the
+    /// monitor has no PATH).
+    #[serde(default)]
+    stack: Option<crate::net::Stack>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +292,10 @@ impl Containers {
         if let Some(sig) = &opts.stop_signal {
             parse_signal(sig)?;
         }
+        let stack = match spec.network {
+            crate::NetworkMode::Private => Some(crate::net::find_stack()?),
+            _ => None,
+        };
         if let Some(n) = &opts.name {
             if !names::valid_name(n) {
                 return Err(RunError::InvalidName(n.clone()));
@@ -338,6 +346,7 @@ impl Containers {
             opts: opts.clone(),
             spec: spec.clone(),
             detached,
+            stack,
         };
         let bytes = serde_json::to_vec_pretty(&cfg).map_err(|e| RunError::Helper(e.to_string()))?;
         write_atomic(&dir.join("config.json"), &bytes)?;
@@ -864,6 +873,10 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
         tty: false,
         supervisor: std::process::id() as i32,
         legacy_overlay: helper::legacy_overlay_requested(),
+        net: crate::net::NetPlan {
+            stack: cfg.stack.clone(),
+            join: None,
+        },
     };
     // SAFETY: still single-threaded: no thread is started before this fork.
     let h = match unsafe { nix::unistd::fork() } {
@@ -1072,6 +1085,7 @@ mod tests {
                 opts: RunOptions::default(),
                 spec: ContainerSpec::default(),
                 detached: true,
+                stack: None,
             };
             fs::write(d.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
         }

@@ -112,6 +112,10 @@ fn parse_secret(spec: &str) -> Result<(String, Secret)> {
     Ok((id, secret))
 }
 
+/// What `--network host` exposes, said once per build.
+pub const HOST_NETWORK_NOTE: &str = "note: --network host: RUN steps share the host's network: \
+     every service on the host's loopback (127.0.0.1, ::1) and every host port is reachable";
+
 pub fn cmd_build(
     store: Store,
     args: cli::BuildArgs,
@@ -220,6 +224,9 @@ pub fn cmd_build(
             }
         }
     };
+    if args.network == cli::NetworkArg::Host {
+        eprintln!("{}", HOST_NETWORK_NOTE);
+    }
     let progress = Progress::new(mode);
 
     // Parse.
@@ -307,6 +314,9 @@ pub fn cmd_build(
         escape,
         runner: kiln_runner::RunnerConfig {
             scratch_root: store.root().join("tmp"),
+            // One namespace and stack for every RUN of the build, started
+            // by the first RUN that needs it, stopped with the builder.
+            shared_net: Some(kiln_runner::SharedNet::new()),
             ..Default::default()
         },
         dockerfile_path,

@@ -1034,6 +1034,7 @@ impl Builder {
             Some(kiln_parser::NetworkMode::None) => NetworkMode::None,
             Some(kiln_parser::NetworkMode::Host) => NetworkMode::Host,
             _ => match self.opts.network {
+                NetworkArg::Default => NetworkMode::Private,
                 NetworkArg::Host => NetworkMode::Host,
                 NetworkArg::None => NetworkMode::None,
             },
@@ -1393,7 +1394,8 @@ impl Builder {
         let net_name = match network {
             NetworkMode::Host => "host",
             NetworkMode::None => "none",
-            NetworkMode::Private => "private",
+            // BuildKit keys the mode too (ExecOp.Network).
+            NetworkMode::Private => "default",
         };
         let inputs = json!({
             "argv": argv,

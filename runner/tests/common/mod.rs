@@ -109,6 +109,7 @@ pub fn cfg() -> RunnerConfig {
     RunnerConfig {
         helper_exe: PathBuf::from(env!("CARGO_BIN_EXE_kiln-runner-testbin")),
         scratch_root: std::env::temp_dir(),
+        shared_net: None,
     }
 }
 
