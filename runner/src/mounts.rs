@@ -565,15 +565,19 @@ pub(crate) fn clone_bind_source(source: &Path) -> Result<OwnedFd, String> {
             what()
         ));
     }
+    clone_tree(&fd).map_err(|e| err(what(), e))
+}
+
+/// A detached recursive copy of the mount tree at `fd`.
+fn clone_tree(fd: &OwnedFd) -> rustix::io::Result<OwnedFd> {
     open_tree(
-        &fd,
+        fd,
         "",
         OpenTreeFlags::OPEN_TREE_CLONE
             | OpenTreeFlags::OPEN_TREE_CLOEXEC
             | OpenTreeFlags::AT_RECURSIVE
             | OpenTreeFlags::AT_EMPTY_PATH,
     )
-    .map_err(|e| err(what(), e))
 }
 
 /// Mount the overlay so that every mount target exists in it. Targets the
@@ -879,15 +883,7 @@ fn mask_paths(root: BorrowedFd<'_>, dev: &OwnedFd) -> Result<(), String> {
             Ok(fd) => fd,
             Err(_) => continue,
         };
-        let mnt = open_tree(
-            &fd,
-            "",
-            OpenTreeFlags::OPEN_TREE_CLONE
-                | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                | OpenTreeFlags::AT_RECURSIVE
-                | OpenTreeFlags::AT_EMPTY_PATH,
-        )
-        .map_err(|e| err(p, e))?;
+        let mnt = clone_tree(&fd).map_err(|e| err(p, e))?;
         mount_setattr(
             mnt.as_fd(),
             "",
