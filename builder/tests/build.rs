@@ -10,28 +10,15 @@ use std::path::Path;
 use common::{require, step_outcomes, write_tree, Kiln};
 
 fn setup() -> Option<Kiln> {
-    if !require(common::is_root(), "kiln build runs containers: needs root") {
-        return None;
-    }
-    let k = Kiln::new();
-    if !k.with_busybox() {
-        return None;
-    }
-    Some(k)
+    common::root_with_busybox("kiln build runs containers: needs root")
 }
 
 fn build(k: &Kiln, dir: &Path, extra: &[&str]) -> common::Run {
-    let mut args = vec!["build", "--progress=plain"];
-    args.extend_from_slice(extra);
-    args.push(dir.to_str().unwrap());
-    k.run(&args)
+    k.build_dir(dir, extra)
 }
 
 fn export(k: &Kiln, dir: &Path, out: &Path, extra: &[&str]) -> common::Run {
-    let spec = format!("type=local,dest={}", out.display());
-    let mut args = vec!["--output", spec.as_str()];
-    args.extend_from_slice(extra);
-    build(k, dir, &args)
+    k.export_dir(dir, out, extra)
 }
 
 #[test]

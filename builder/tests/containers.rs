@@ -7,14 +7,7 @@ mod common;
 use common::{require, Kiln};
 
 fn setup() -> Option<Kiln> {
-    if !require(common::is_root(), "containers need root") {
-        return None;
-    }
-    let k = Kiln::new();
-    if !k.with_busybox() {
-        return None;
-    }
-    Some(k)
+    common::root_with_busybox("containers need root")
 }
 
 #[test]

@@ -7,17 +7,10 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{require, write_tree, Kiln};
+use common::{write_tree, Kiln};
 
 fn setup() -> Option<Kiln> {
-    if !require(common::is_root(), "kiln build runs containers: needs root") {
-        return None;
-    }
-    let k = Kiln::new();
-    if !k.with_busybox() {
-        return None;
-    }
-    Some(k)
+    common::root_with_busybox("kiln build runs containers: needs root")
 }
 
 fn explain(k: &Kiln, dir: &Path, extra: &[&str]) -> String {

@@ -5,19 +5,12 @@
 
 mod common;
 
-use common::{require, write_tree, Kiln};
+use common::{write_tree, Kiln};
 
 const RANGE: &str = "uids and gids must be in range 0-2147483647";
 
 fn setup() -> Option<Kiln> {
-    if !require(common::is_root(), "builds and containers need root") {
-        return None;
-    }
-    let k = Kiln::new();
-    if !k.with_busybox() {
-        return None;
-    }
-    Some(k)
+    common::root_with_busybox("builds and containers need root")
 }
 
 fn build(k: &Kiln, dockerfile: &str) -> common::Run {

@@ -4,20 +4,13 @@
 
 mod common;
 
-use common::{require, write_tree, Kiln};
+use common::{write_tree, Kiln};
 
 const UPPER: &str = "\"UPPER/x\" is not a valid repository/tag: invalid reference format: \
                      repository name (UPPER/x) must be lowercase";
 
 fn setup() -> Option<Kiln> {
-    if !require(common::is_root(), "builds need root") {
-        return None;
-    }
-    let k = Kiln::new();
-    if !k.with_busybox() {
-        return None;
-    }
-    Some(k)
+    common::root_with_busybox("builds need root")
 }
 
 fn images(k: &Kiln) -> String {

@@ -154,6 +154,38 @@ impl Kiln {
     pub fn with_python(&self) -> bool {
         self.with_base("python-3.11-slim", "python:3.11-slim")
     }
+
+    /// `kiln build --progress=plain EXTRA... DIR`.
+    #[allow(dead_code)]
+    pub fn build_dir(&self, dir: &Path, extra: &[&str]) -> Run {
+        let mut args = vec!["build", "--progress=plain"];
+        args.extend_from_slice(extra);
+        args.push(dir.to_str().expect("utf-8 path"));
+        self.run(&args)
+    }
+
+    /// The same build exported with `--output type=local,dest=OUT`.
+    #[allow(dead_code)]
+    pub fn export_dir(&self, dir: &Path, out: &Path, extra: &[&str]) -> Run {
+        let spec = format!("type=local,dest={}", out.display());
+        let mut args = vec!["--output", spec.as_str()];
+        args.extend_from_slice(extra);
+        self.build_dir(dir, &args)
+    }
+}
+
+/// A kiln whose tests run containers: root and the busybox base, or `None`
+/// after [`require`] said why (a failure under `CI=1`).
+#[allow(dead_code)]
+pub fn root_with_busybox(why: &str) -> Option<Kiln> {
+    if !require(is_root(), why) {
+        return None;
+    }
+    let k = Kiln::new();
+    if !k.with_busybox() {
+        return None;
+    }
+    Some(k)
 }
 
 /// Writes files (path, content) under `dir`.
