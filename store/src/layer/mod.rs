@@ -7,6 +7,7 @@
 
 mod apply;
 mod entries;
+mod scan;
 mod tarfmt;
 mod validate;
 mod write;
@@ -18,6 +19,7 @@ use crate::digest::Digest;
 pub use apply::apply_layer;
 pub(crate) use apply::clean_path as clean_path_pub;
 pub(crate) use apply::remove_all_at;
+pub use scan::FileView;
 pub use validate::validate_layer;
 pub use write::write_layer;
 
