@@ -54,6 +54,8 @@ pub enum Command {
     Inspect { images: Vec<String> },
     /// Show the history of an image.
     History(HistoryArgs),
+    /// List the packages in an image as an SPDX 2.3 SBOM (read from its layers; nothing runs).
+    Sbom(SbomArgs),
     /// Save images to a docker-archive or OCI layout tarball.
     Save(SaveArgs),
     /// Load images from a docker-archive or OCI layout tarball.
@@ -303,6 +305,23 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub no_trunc: bool,
     pub image: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SbomArgs {
+    /// Document format: the SPDX document, or the in-toto statement around it (what BuildKit attaches with --sbom).
+    #[arg(long, value_enum, default_value = "spdx-json")]
+    pub format: SbomFormat,
+    /// Write to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SbomFormat {
+    SpdxJson,
+    InToto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -137,7 +137,7 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn no_such_image(name: &str) -> anyhow::Error {
+pub(crate) fn no_such_image(name: &str) -> anyhow::Error {
     Failure::new(1, format!("Error: No such image: {name}")).into()
 }
 

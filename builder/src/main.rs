@@ -3,6 +3,7 @@
 
 mod build;
 mod cli;
+mod cmd_attest;
 mod cmd_containers;
 mod cmd_images;
 mod cmd_registry;
@@ -93,6 +94,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd_images::inspect(&open_store(&cli.root, &cli.limits)?, &images)
         }
         Command::History(args) => cmd_images::history(&open_store(&cli.root, &cli.limits)?, &args),
+        Command::Sbom(args) => cmd_attest::sbom(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Save(args) => cmd_images::save(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Load(args) => cmd_images::load(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Import { file, reference } => {
