@@ -14,6 +14,7 @@
 pub mod intoto;
 pub mod license;
 pub mod packages;
+pub mod provenance;
 pub mod purl;
 pub mod spdx;
 
