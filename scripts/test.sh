@@ -10,6 +10,9 @@ export KILN_FIXTURES_CACHE=${KILN_FIXTURES_CACHE:-/var/cache/kiln-fixtures}
 
 echo "== fixtures (offline base images, Flask wheels; cached)" >&2
 fixtures/bases/make-bases.sh >/dev/null
+# busybox for arm64 and QEMU registered for it (binfmt_misc, F flag): the
+# emulation tests run arm64 programs here.
+fixtures/bases/make-bases.sh busybox-arm64 >/dev/null
 fixtures/flask/fetch-wheels.sh >/dev/null
 
 echo "== Docker engines for the differential test against BuildKit 0.8 and 0.13" >&2

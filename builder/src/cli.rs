@@ -61,7 +61,7 @@ pub enum Command {
     /// Load images from a docker-archive or OCI layout tarball.
     Load(LoadArgs),
     /// Import a root filesystem tarball as a one-layer image.
-    Import { file: PathBuf, reference: String },
+    Import(ImportArgs),
     /// Run a command in a new container.
     Run(RunArgs),
     /// List containers.
@@ -305,6 +305,15 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub no_trunc: bool,
     pub image: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The platform the tarball's programs are for (os/arch[/variant]; default: this machine's).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    pub file: PathBuf,
+    pub reference: String,
 }
 
 #[derive(Debug, Args)]

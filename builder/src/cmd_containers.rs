@@ -28,6 +28,35 @@ fn run_failure(msg: impl Into<String>) -> anyhow::Error {
     Failure::new(125, msg).into()
 }
 
+/// An image for another architecture runs under emulation when a handler
+/// is registered (and docker's warning says so); otherwise the user is
+/// told how to register one before anything starts.
+fn check_platform(cfg: &kiln_store::ImageConfig) -> Result<()> {
+    use kiln_runner::platform::{check, host_arch, Execution};
+    let os = if cfg.os.is_empty() {
+        "linux"
+    } else {
+        cfg.os.as_str()
+    };
+    let arch = if cfg.architecture.is_empty() {
+        host_arch()
+    } else {
+        cfg.architecture.as_str()
+    };
+    match check(os, arch, cfg.variant.as_deref()) {
+        Ok(Execution::Native) => Ok(()),
+        Ok(Execution::Emulated { handler, .. }) => {
+            eprintln!(
+                "WARNING: The requested image's platform ({os}/{arch}) does not match the detected \
+                 host platform (linux/{}): running it under emulation ({handler})",
+                host_arch()
+            );
+            Ok(())
+        }
+        Err(e) => Err(run_failure(format!("kiln: {e}"))),
+    }
+}
+
 /// 126/127 when the command cannot be executed (not found, not
 /// executable), else 125: docker's codes, which scripts rely on.
 fn runner_failure(e: kiln_runner::RunError) -> anyhow::Error {
@@ -89,6 +118,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
             .map_err(|e| run_failure(format!("kiln: {e:#}")))?
         }
     };
+    check_platform(&img.config)?;
     let cfg = &img.config.config;
     // ENTRYPOINT/CMD, docker's rules: --entrypoint resets the image's CMD;
     // arguments after the image replace CMD.

@@ -359,11 +359,25 @@ pub fn load(store: &Store, args: &LoadArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn import(store: &Store, file: &Path, reference: &str) -> Result<ExitCode> {
+pub fn import(store: &Store, args: &crate::cli::ImportArgs) -> Result<ExitCode> {
+    let (file, reference) = (&args.file, args.reference.as_str());
     kiln_store::reference::parse(reference)
         .map_err(|e| anyhow!("{reference:?} is not a valid repository/tag: {e}"))?;
+    let config = match &args.platform {
+        Some(p) => {
+            let p =
+                kiln_store::registry::Platform::parse(p).map_err(|e| anyhow!("--platform: {e}"))?;
+            Some(kiln_store::ImageConfig {
+                architecture: p.architecture,
+                os: p.os,
+                variant: p.variant,
+                ..Default::default()
+            })
+        }
+        None => None,
+    };
     let mut f = std::fs::File::open(file).map_err(|e| anyhow!("open {}: {e}", file.display()))?;
-    let img = store.import_rootfs_tar(&mut f, reference, None)?;
+    let img = store.import_rootfs_tar(&mut f, reference, config)?;
     println!("{}", img.config_digest);
     Ok(ExitCode::SUCCESS)
 }

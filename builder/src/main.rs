@@ -97,9 +97,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sbom(args) => cmd_attest::sbom(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Save(args) => cmd_images::save(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Load(args) => cmd_images::load(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Import { file, reference } => {
-            cmd_images::import(&open_store(&cli.root, &cli.limits)?, &file, &reference)
-        }
+        Command::Import(args) => cmd_images::import(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Run(args) => {
             cmd_containers::run(&open_store(&cli.root, &cli.limits)?, &access, args)
         }

@@ -32,6 +32,7 @@ mod helper;
 mod mounts;
 mod names;
 pub mod net;
+pub mod platform;
 pub mod ports;
 mod proto;
 mod ps;
