@@ -10,6 +10,8 @@ use rusqlite::{params, OptionalExtension, StatementStatus, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
+use crate::cachemount::CacheMounts;
+use crate::records::BuildRecords;
 use crate::store::{now_ms, now_secs, LayerInfo, Store};
 
 /// A build cache record.
@@ -100,6 +102,24 @@ const COLUMNS: &str =
 /// explaining a step needs.
 const COLUMNS_NO_RESULT: &str =
     "key, parent, description, source, stage, inputs, 'null', layer, created, last_used, hits";
+
+/// The build cache view (`store.cache()`): cache records (the key of a
+/// step to its result), cache mounts and build records.
+pub struct BuildCache<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> BuildCache<'a> {
+    /// `RUN --mount=type=cache` directories.
+    pub fn mounts(&self) -> CacheMounts<'a> {
+        CacheMounts { store: self.store }
+    }
+
+    /// What each image's last build reported.
+    pub fn build_records(&self) -> BuildRecords<'a> {
+        BuildRecords { store: self.store }
+    }
+}
 
 impl Store {
     /// Runs `sql` for at most one row and counts what it cost.

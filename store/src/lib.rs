@@ -12,6 +12,8 @@
 
 mod archive;
 mod cache;
+mod cachemount;
+mod content;
 mod db;
 pub mod digest;
 mod error;
@@ -19,18 +21,24 @@ mod gc;
 pub mod image;
 pub mod layer;
 mod owner;
+mod records;
 pub mod reference;
 pub mod registry;
 mod statcache;
 mod store;
 
-pub use cache::{CacheCounter, CacheNear, CacheRecord, CacheStats, NearestQuery};
+pub use cache::{BuildCache, CacheCounter, CacheNear, CacheRecord, CacheStats, NearestQuery};
+pub use cachemount::{
+    CacheMount, CacheMountInfo, CacheMountPruned, CacheMounts, CacheSeed, CacheSharing,
+};
+pub use content::{oci_layout_blob, oci_layout_blobs, Content};
 pub use db::SCHEMA_VERSION;
 pub use digest::{sha256_digest, Digest, DigestError};
 pub use error::StoreError;
 pub use gc::{DiskUsage, FsckReport, Lease, PruneOptions, PruneReport};
 pub use image::{ContainerConfig, HealthConfig, History, ImageConfig, RootFs};
 pub use layer::{Compression, LayerDigests, LayerError, LayerOptions, Limits, WhiteoutMode};
+pub use records::BuildRecords;
 pub use reference::{Reference, ReferenceError};
 pub use registry::{Client as RegistryClient, Platform, RegistryConfig, RegistryError};
 pub use statcache::{StatEntry, StatRow};

@@ -229,6 +229,41 @@ impl Store {
         &self.shared.root
     }
 
+    /// Blobs by digest.
+    pub fn content(&self) -> crate::content::Content<'_> {
+        crate::content::Content { store: self }
+    }
+
+    /// The build cache: records, cache mounts, build records.
+    pub fn cache(&self) -> crate::cache::BuildCache<'_> {
+        crate::cache::BuildCache { store: self }
+    }
+
+    /// The store's scratch directory, on the store's filesystem (so what is
+    /// made there renames into the store): for a runner's own temporary
+    /// trees. What this process leaves there is swept once it is gone only
+    /// when named by [`Store::tempdir`].
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.shared.root.join("tmp")
+    }
+
+    /// A fresh temporary directory in [`Store::scratch_dir`], removed on
+    /// drop; named after this process, so that the next open of the store
+    /// sweeps it if the process dies first. `kind` says what it is for
+    /// (`add`, `secret`...).
+    pub fn tempdir(&self, kind: &str) -> Result<tempfile::TempDir> {
+        let dir = self.scratch_dir();
+        tempfile::Builder::new()
+            .prefix(&format!("{}.", self.shared.owner.temp_name(kind)))
+            .tempdir_in(&dir)
+            .map_err(|e| StoreError::io(&dir, e))
+    }
+
+    /// Where the runner keeps its containers' state.
+    pub fn containers_dir(&self) -> PathBuf {
+        self.shared.root.join("containers")
+    }
+
     /// The bounds every layer is unpacked (and `load` validates) within.
     /// By default [`Limits::for_free_space`] of the store's filesystem.
     pub fn layer_limits(&self) -> Limits {

@@ -912,9 +912,7 @@ impl Builder {
                     || super::git::parse(s).is_some()
             }) {
             Some(
-                tempfile::Builder::new()
-                    .prefix("kiln-add-")
-                    .tempdir_in(self.store.root().join("tmp"))?,
+                self.store.tempdir("add")?,
             )
         } else {
             None
@@ -1050,7 +1048,7 @@ impl Builder {
         let mut keep: Vec<tempfile::TempDir> = Vec::new();
         let mut relays: Vec<super::ssh::AgentRelay> = Vec::new();
         let mut ssh_auth_sock: Option<String> = None;
-        let mut locks: Vec<nix::fcntl::Flock<std::fs::File>> = Vec::new();
+        let mut locks: Vec<kiln_store::CacheMount> = Vec::new();
         let env_map = st.expand_env();
         let lx = self.lexer();
         let exp = |s: &str| -> Result<String> {
@@ -1156,65 +1154,27 @@ impl Builder {
                         None => cid.clone(),
                         Some((_, _, base_id, src)) => format!("{cid}\0{base_id}\0{src}"),
                     };
-                    let dir = self
-                        .store
-                        .root()
-                        .join("cachemounts")
-                        .join(&blake3::hash(name.as_bytes()).to_hex().as_str()[..32]);
-                    match &seed {
-                        Some((view, comps, _, _)) if !dir.exists() => {
-                            // Filled beside and renamed: a concurrent build
-                            // sees a whole seed or none.
-                            std::fs::create_dir_all(self.store.root().join("cachemounts"))?;
-                            let tmp = tempfile::Builder::new()
-                                .prefix("kiln-cache-seed-")
-                                .tempdir_in(self.store.root().join("tmp"))?;
-                            materialize(view, comps, tmp.path())?;
-                            let filled = tmp.keep();
-                            if std::fs::rename(&filled, &dir).is_err() {
-                                // Another build seeded it first.
-                                let _ = std::fs::remove_dir_all(&filled);
-                            }
+                    let share = match sharing {
+                        Sharing::Shared => kiln_store::CacheSharing::Shared,
+                        Sharing::Locked => kiln_store::CacheSharing::Locked,
+                        Sharing::Private => kiln_store::CacheSharing::Private,
+                    };
+                    let mut fill = seed.as_ref().map(|(view, comps, _, _)| {
+                        move |dir: &std::path::Path| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+                            Ok(materialize(view, comps, dir)?)
                         }
-                        _ => std::fs::create_dir_all(&dir)?,
-                    }
-                    std::fs::write(dir.with_extension("id"), &cid)?;
+                    });
+                    let held = self.store.cache().mounts().acquire(
+                        &name,
+                        &cid,
+                        share,
+                        fill.as_mut().map(|f| f as kiln_store::CacheSeed<'_>),
+                    )?;
                     if let Some((_, _, base_id, src)) = &seed {
                         mount_inputs.push(json!({"type": "cache-seed", "target": target, "from": base_id, "source": src}));
                     }
-                    let host = match sharing {
-                        Sharing::Shared => dir.clone(),
-                        Sharing::Locked | Sharing::Private => {
-                            let lf = std::fs::OpenOptions::new()
-                                .create(true)
-                                .truncate(false)
-                                .write(true)
-                                .open(dir.with_extension("lock"))?;
-                            use nix::fcntl::{Flock, FlockArg};
-                            let locked =
-                                if *sharing == Sharing::Locked {
-                                    Some(Flock::lock(lf, FlockArg::LockExclusive).map_err(
-                                        |(_, e)| anyhow!("locking cache mount {cid}: {e}"),
-                                    )?)
-                                } else {
-                                    Flock::lock(lf, FlockArg::LockExclusiveNonblock).ok()
-                                };
-                            match locked {
-                                Some(l) => {
-                                    locks.push(l);
-                                    dir.clone()
-                                }
-                                None => {
-                                    let tmp = tempfile::Builder::new()
-                                        .prefix("kiln-cache-")
-                                        .tempdir_in(self.store.root().join("tmp"))?;
-                                    let p = tmp.path().to_path_buf();
-                                    keep.push(tmp);
-                                    p
-                                }
-                            }
-                        }
-                    };
+                    let host = held.path().to_path_buf();
+                    locks.push(held);
                     {
                         use std::os::unix::fs::PermissionsExt;
                         let meta = std::fs::metadata(&host)?;
@@ -1270,9 +1230,7 @@ impl Builder {
                         }
                         continue;
                     };
-                    let tmp = tempfile::Builder::new()
-                        .prefix("kiln-secret-")
-                        .tempdir_in(self.store.root().join("tmp"))?;
+                    let tmp = self.store.tempdir("secret")?;
                     let file = tmp.path().join("secret");
                     let data = match secret {
                         Secret::File(p) => std::fs::read(p).with_context(|| {
@@ -1336,9 +1294,7 @@ impl Builder {
                         .clone()
                         .map(|t| abs_target(&t))
                         .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", relays.len()));
-                    let tmp = tempfile::Builder::new()
-                        .prefix("kiln-ssh-")
-                        .tempdir_in(self.store.root().join("tmp"))?;
+                    let tmp = self.store.tempdir("ssh")?;
                     let sock = tmp.path().join("agent.sock");
                     relays.push(super::ssh::AgentRelay::start(
                         agent,
@@ -1362,9 +1318,7 @@ impl Builder {
             }
         }
         if let Some((target, content)) = &script_file {
-            let tmp = tempfile::Builder::new()
-                .prefix("kiln-heredoc-")
-                .tempdir_in(self.store.root().join("tmp"))?;
+            let tmp = self.store.tempdir("heredoc")?;
             let file = tmp.path().join("script");
             std::fs::write(&file, content)?;
             {
@@ -1538,9 +1492,7 @@ impl Builder {
         scratch: &mut Vec<tempfile::TempDir>,
     ) -> Result<PathBuf> {
         let tmp = || {
-            tempfile::Builder::new()
-                .prefix("kiln-bind-")
-                .tempdir_in(self.store.root().join("tmp"))
+            self.store.tempdir("bind")
         };
         match prep {
             BindPrep::Context(rel) => {
