@@ -428,8 +428,7 @@ mod tests {
 
     #[test]
     fn whiteouts_and_opaque_dirs_hide_lower_layers() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: whiteout test needs root (mknod of a 0/0 char device)");
+        if !kiln_testkit::require_root("mknod of a 0/0 char device") {
             return;
         }
         let base = tempfile::tempdir().unwrap();
