@@ -31,14 +31,12 @@ fn pip_install_layer_then_flask_on_a_published_port() {
         return;
     }
     let Some(python) = python_root() else {
-        kiln_testkit::skip("no python base (run fixtures/bases/make-bases.sh python)",
-        );
+        kiln_testkit::skip("no python base (run fixtures/bases/make-bases.sh python)");
         return;
     };
     let flask = wheels();
     if !flask.join("wheels").is_dir() {
-        kiln_testkit::skip("fixtures/flask/wheels missing (fixtures/flask/fetch-wheels.sh)",
-        );
+        kiln_testkit::skip("fixtures/flask/wheels missing (fixtures/flask/fetch-wheels.sh)");
         return;
     }
     let t = tempfile::tempdir().unwrap();

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use rusqlite::{params, OptionalExtension, StatementStatus, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StoreError};
 use crate::cachemount::CacheMounts;
+use crate::error::{Result, StoreError};
 use crate::records::BuildRecords;
 use crate::store::{now_ms, now_secs, LayerInfo, Store};
 

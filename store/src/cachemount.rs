@@ -110,9 +110,8 @@ impl CacheMounts<'_> {
         match seed {
             Some(fill) if !dir.exists() => {
                 let tmp = self.store.tempdir("cache-seed")?;
-                fill(tmp.path()).map_err(|e| {
-                    StoreError::Invalid(format!("seeding cache mount {id}: {e}"))
-                })?;
+                fill(tmp.path())
+                    .map_err(|e| StoreError::Invalid(format!("seeding cache mount {id}: {e}")))?;
                 let filled = tmp.keep();
                 if fs::rename(&filled, &dir).is_err() {
                     // Another build seeded it first.

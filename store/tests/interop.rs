@@ -115,8 +115,7 @@ fn oci_layout_is_accepted_by_skopeo() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !has_skopeo {
-        kiln_testkit::skip("skopeo is not installed (apt-get install skopeo)",
-        );
+        kiln_testkit::skip("skopeo is not installed (apt-get install skopeo)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

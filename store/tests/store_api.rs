@@ -914,15 +914,19 @@ fn a_seeded_cache_mount_is_filled_once_and_a_failed_seed_names_the_mount() {
     };
     for _ in 0..2 {
         let m = mounts
-            .acquire("go\0base\0/src", "go", CacheSharing::Shared, Some(&mut fill))
+            .acquire(
+                "go\0base\0/src",
+                "go",
+                CacheSharing::Shared,
+                Some(&mut fill),
+            )
             .unwrap();
         assert_eq!(fs::read(m.path().join("seed")).unwrap(), b"from a stage");
     }
     assert_eq!(calls, 1);
-    let mut broken =
-        |_: &std::path::Path| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            Err("the stage has no /src".into())
-        };
+    let mut broken = |_: &std::path::Path| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Err("the stage has no /src".into())
+    };
     let err = mounts
         .acquire("other", "pip", CacheSharing::Shared, Some(&mut broken))
         .unwrap_err()

@@ -911,9 +911,7 @@ impl Builder {
                     || s.starts_with("https://")
                     || super::git::parse(s).is_some()
             }) {
-            Some(
-                self.store.tempdir("add")?,
-            )
+            Some(self.store.tempdir("add")?)
         } else {
             None
         };
@@ -1491,9 +1489,7 @@ impl Builder {
         rw: bool,
         scratch: &mut Vec<tempfile::TempDir>,
     ) -> Result<PathBuf> {
-        let tmp = || {
-            self.store.tempdir("bind")
-        };
+        let tmp = || self.store.tempdir("bind");
         match prep {
             BindPrep::Context(rel) => {
                 let real = self.ctx.root.join(&rel);

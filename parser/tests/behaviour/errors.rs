@@ -111,6 +111,10 @@ fn the_line_limit_is_exact_and_counts_comments_and_heredocs() {
         format!("FROM a\r\nRUN {}\r\n", at(65_535 - 4)),
     ] {
         let err = kiln_parser::parse(&long).unwrap_err();
-        assert!(err.message.contains("max allowed size of 65535"), "{}", err.message);
+        assert!(
+            err.message.contains("max allowed size of 65535"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -81,8 +81,8 @@ impl Drop for RegistryGuard {
     fn drop(&mut self) {
         // The registry runs in its own session, started by the script: it
         // is not our child, so there is nothing to wait for.
-        unsafe {
-            libc::kill(self.pid, libc::SIGTERM);
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
     }
 }
