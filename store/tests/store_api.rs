@@ -958,3 +958,30 @@ fn build_records_round_trip_and_blobs_export_into_a_layout() {
         .unwrap_err();
     assert!(matches!(err, StoreError::BlobNotFound(_)), "{err}");
 }
+
+#[test]
+fn the_views_reach_the_same_store() {
+    let (_d, s) = store();
+    let p = s.snapshots().create().unwrap();
+    fs::write(p.upper().join("f"), b"view").unwrap();
+    let layer = s.snapshots().commit(p, &LayerOptions::default()).unwrap();
+    assert!(s.content().has(&layer.digest));
+    assert_eq!(
+        s.snapshots().layer_by_diff_id(&layer.diff_id).unwrap(),
+        Some(layer.clone())
+    );
+    let snap = s.snapshots().ensure(&layer).unwrap();
+    assert_eq!(fs::read(snap.join("f")).unwrap(), b"view");
+    assert_eq!(s.snapshots().path(&layer.diff_id).unwrap(), Some(snap));
+    let img = s
+        .images()
+        .write(&ImageConfig::default(), std::slice::from_ref(&layer))
+        .unwrap();
+    s.images().tag("views:1", &img.manifest_digest).unwrap();
+    let found = s.images().resolve("views:1").unwrap().unwrap();
+    assert_eq!(found.config_digest, img.config_digest);
+    assert_eq!(s.images().list().unwrap().len(), 1);
+    assert!(s.images().untag("views:1").unwrap());
+    assert_eq!(s.cache().list().unwrap(), vec![]);
+    assert_eq!(s.cache().get("nothing").unwrap(), None);
+}
