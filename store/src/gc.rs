@@ -280,26 +280,18 @@ pub(crate) fn backup_corrupt_db(root: &Path) -> Result<PathBuf> {
     Ok(backup)
 }
 
+/// Bytes on disk under `p` (not following symlinks; a hard-linked file
+/// counted once).
 pub(crate) fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
     let mut seen = HashSet::new();
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(m) = e.path().symlink_metadata() else {
-                continue;
-            };
-            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-                continue;
-            }
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total
+    walkdir::WalkDir::new(p)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_dir() || m.nlink() == 1 || seen.insert((m.dev(), m.ino())))
+        .map(|m| m.blocks() * 512)
+        .sum()
 }
 
 fn hash_file(p: &Path) -> io::Result<(Digest, u64)> {

@@ -1600,18 +1600,15 @@ fn has_excluded(path: &std::path::Path, kept: usize) -> Result<bool> {
     if !meta.is_dir() {
         return Ok(false);
     }
-    let mut count = 1;
-    let mut todo = vec![path.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            count += 1;
-            if count > kept {
-                return Ok(true);
-            }
-            if e.file_type()?.is_dir() {
-                todo.push(e.path());
-            }
+    // The directory itself counts (1), as it does in `kept`.
+    for (i, e) in walkdir::WalkDir::new(path)
+        .min_depth(1)
+        .into_iter()
+        .enumerate()
+    {
+        e?;
+        if i + 2 > kept {
+            return Ok(true);
         }
     }
     Ok(false)
