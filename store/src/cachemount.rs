@@ -120,9 +120,14 @@ impl CacheMounts<'_> {
             }
             _ => fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?,
         }
-        // The last use, which prune compares with the live leases.
+        // The last use, which prune compares with the live leases: set from
+        // the clock leases read, not left to the filesystem's coarser one
+        // (which can lag it by a tick and date a use before its lease).
         let id_file = dir.with_extension("id");
-        fs::write(&id_file, id).map_err(|e| StoreError::io(&id_file, e))?;
+        fs::write(&id_file, id)
+            .and_then(|()| File::options().write(true).open(&id_file))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(|e| StoreError::io(&id_file, e))?;
         if sharing == CacheSharing::Shared {
             return Ok(CacheMount {
                 path: dir,
