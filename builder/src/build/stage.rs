@@ -1415,7 +1415,7 @@ impl Builder {
     /// Runs a RUN container, streaming its output to the progress display
     /// and keeping the last lines for an error message.
     fn run_container(&self, spec: &ContainerSpec, id: StepId) -> Result<(i32, Vec<String>)> {
-        let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().map_err(|e| anyhow!("pipe: {e}"))?;
+        let (r, w): (OwnedFd, OwnedFd) = rustix::pipe::pipe().map_err(|e| anyhow!("pipe: {e}"))?;
         let w2 = w.try_clone()?;
         let tail = std::thread::scope(|s| -> Result<(i32, Vec<String>)> {
             let reader = s.spawn(move || {

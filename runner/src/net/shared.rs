@@ -237,9 +237,7 @@ pub(crate) fn netns_main(args: &[std::ffi::OsString]) -> i32 {
         Some(Ok(j)) => j,
         _ => return fail("network helper: bad job".into()),
     };
-    let _ = rustix::process::set_parent_process_death_signal(Some(
-        rustix::process::Signal::KILL,
-    ));
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     if rustix::process::getppid().map(|p| p.as_raw_pid()) != Some(job.supervisor) {
         return fail("the runner's caller went away".into());
     }
