@@ -304,11 +304,22 @@ fn lookup_id(view: &RootView, file: &str, name: &str) -> Result<Option<u32>> {
         return Ok(None);
     };
     let text = String::from_utf8_lossy(&bytes);
-    Ok(if file == "/etc/group" {
-        user::group_gid(&text, name)?
+    let found = if file == "/etc/group" {
+        user::group_gid(&text, name)
     } else {
-        user::passwd_uid(&text, name)?
-    })
+        user::passwd_uid(&text, name)
+    };
+    match found {
+        Ok(id) => Ok(id),
+        // `--chown` names the field `id` whichever file it came from.
+        Err(user::UserError::BadEntry {
+            file, line, value, ..
+        }) => bail!(
+            "{file} line {line}: id {value:?} of {name:?} is not a valid id: \
+             uids and gids must be in range 0-{MAX_ID}"
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
