@@ -42,9 +42,11 @@ fn run_once(root: &Path, args: &[&str]) -> (f64, f64, bool) {
         .spawn()
         .expect("spawn kiln");
     let mut status = 0;
-    // SAFETY: wait4 on our own child writes only into `status` and `ru`.
+    // SAFETY: rusage is plain integers: all-zero is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = child.id() as libc::pid_t;
+    // SAFETY: wait4 on our own child writes only into `status` and `ru`,
+    // both live and writable for the call.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     assert_eq!(r, pid, "wait4");
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;

@@ -15,9 +15,9 @@ use crate::error::Failure;
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub(crate) fn containers(store: &Store) -> Result<Containers> {
-    let dir = store.root().join("containers");
+    let dir = store.containers_dir();
     let cfg = RunnerConfig {
-        scratch_root: store.root().join("tmp"),
+        scratch_root: store.scratch_dir(),
         ..Default::default()
     };
     Ok(Containers::open(cfg, &dir)?)

@@ -145,7 +145,7 @@ pub(crate) fn no_such_image(name: &str) -> anyhow::Error {
 /// such an image (a running container's even with -f), since its snapshots
 /// are the container's lower dirs.
 fn containers_using(store: &Store, image: &kiln_store::ImageRecord) -> Result<Vec<(String, bool)>> {
-    if !store.root().join("containers").is_dir() {
+    if !store.containers_dir().is_dir() {
         return Ok(vec![]);
     }
     let list = crate::cmd_containers::containers(store)?.list(true)?;
@@ -521,43 +521,6 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok((n * mult) as u64)
 }
 
-fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    let mut todo = vec![p.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => todo.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
-/// Cache mounts (`RUN --mount=type=cache`): (id, dir, size).
-fn cache_mounts(store: &Store) -> Vec<(String, std::path::PathBuf, u64)> {
-    let dir = store.root().join("cachemounts");
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if !p.is_dir() {
-            continue;
-        }
-        let id = std::fs::read_to_string(p.with_extension("id")).unwrap_or_else(|_| "?".into());
-        out.push((id, p.clone(), dir_size(&p)));
-    }
-    out.sort();
-    out
-}
-
 pub fn cache_du(store: &Store) -> Result<ExitCode> {
     let df = store.df()?;
     let recs = store.cache_list()?;
@@ -584,8 +547,8 @@ pub fn cache_du(store: &Store) -> Result<ExitCode> {
             }
         }
     }
-    let mounts = cache_mounts(store);
-    let mounts_size: u64 = mounts.iter().map(|m| m.2).sum();
+    let mounts = store.cache().mounts().list()?;
+    let mounts_size: u64 = mounts.iter().map(|m| m.size).sum();
     let rows = vec![
         vec![
             "KIND".to_string(),
@@ -624,8 +587,8 @@ pub fn cache_du(store: &Store) -> Result<ExitCode> {
         ],
     ];
     print!("{}", table(&rows));
-    for (id, _, size) in &mounts {
-        println!("  cache mount {id}: {}", human_size(*size));
+    for m in &mounts {
+        println!("  cache mount {}: {}", m.id, human_size(m.size));
     }
     println!(
         "`kiln cache prune` frees layers no tagged image uses ({}), least recently used first; --all also empties the cache mounts.",
@@ -666,22 +629,13 @@ pub fn cache_prune(
     let report = store.prune(&opts)?;
     print!("{report}");
     if all {
-        for (id, dir, size) in cache_mounts(store) {
-            // A cache mount a running build holds is locked: leave it.
-            let lock = dir.with_extension("lock");
-            let busy = std::fs::File::open(&lock)
-                .ok()
-                .map(|f| {
-                    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
-                })
-                .unwrap_or(false);
-            if busy {
-                println!("cache mount {id}: in use, kept");
-                continue;
+        // A cache mount a running build holds is kept.
+        for m in store.cache().mounts().prune()? {
+            if m.removed {
+                println!("cache mount {}: removed ({})", m.id, human_size(m.size));
+            } else {
+                println!("cache mount {}: in use, kept", m.id);
             }
-            std::fs::remove_dir_all(&dir)?;
-            let _ = std::fs::remove_file(dir.with_extension("id"));
-            println!("cache mount {id}: removed ({})", human_size(size));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -13,7 +13,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use kiln_runner::user::{parse_id_field, range_subject, IdField, MAX_ID};
+use kiln_runner::user::{self, parse_id_field, range_subject, IdField, MAX_ID};
 
 const MAX_SYMLINK_HOPS: usize = 40;
 
@@ -295,28 +295,30 @@ fn out_of_range(spec: &str, id: &str) -> String {
     )
 }
 
-/// The third field (uid or gid) of the first line of `file` naming `name`;
-/// an entry whose id is not a number in range is an error naming the line.
+/// The id of the first entry of the image's `file` (`/etc/passwd` or
+/// `/etc/group`) naming `name`, read by the runner's parser (the one USER
+/// uses); an entry whose id is not a number in range is an error naming the
+/// line.
 fn lookup_id(view: &RootView, file: &str, name: &str) -> Result<Option<u32>> {
     let Some(bytes) = view.read_file(file)? else {
         return Ok(None);
     };
     let text = String::from_utf8_lossy(&bytes);
-    let found = text
-        .lines()
-        .enumerate()
-        .find(|(_, l)| !l.starts_with('#') && l.split(':').next() == Some(name));
-    let Some((n, line)) = found else {
-        return Ok(None);
+    let found = if file == "/etc/group" {
+        user::group_gid(&text, name)
+    } else {
+        user::passwd_uid(&text, name)
     };
-    let raw = line.split(':').nth(2).unwrap_or("");
-    match parse_id_field(raw.trim()) {
-        IdField::Id(id) => Ok(Some(id)),
-        _ => bail!(
-            "{file} line {}: id {raw:?} of {name:?} is not a valid id: \
-             uids and gids must be in range 0-{MAX_ID}",
-            n + 1
+    match found {
+        Ok(id) => Ok(id),
+        // `--chown` names the field `id` whichever file it came from.
+        Err(user::UserError::BadEntry {
+            file, line, value, ..
+        }) => bail!(
+            "{file} line {line}: id {value:?} of {name:?} is not a valid id: \
+             uids and gids must be in range 0-{MAX_ID}"
         ),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -428,8 +430,7 @@ mod tests {
 
     #[test]
     fn whiteouts_and_opaque_dirs_hide_lower_layers() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: whiteout test needs root (mknod of a 0/0 char device)");
+        if !kiln_testkit::require_root("mknod of a 0/0 char device") {
             return;
         }
         let base = tempfile::tempdir().unwrap();

@@ -515,3 +515,60 @@ fn outputs_iidfile_labels_and_a_dockerfile_from_stdin() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("sha256:"));
 }
+
+#[test]
+fn cache_prune_all_keeps_the_cache_mount_of_a_running_build() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,id=busy,target=/c echo kept > /c/mark && sleep 4\n",
+        )],
+    );
+    let mut running = k
+        .cmd()
+        .args(["build", "--progress=plain", ctx.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The mount exists (and is listed) once the build has taken it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !k
+        .run(&["cache", "du"])
+        .ok()
+        .stdout()
+        .contains("cache mount busy")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never took its cache mount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pruned = k.run(&["cache", "prune", "--all"]).ok().stdout();
+    assert!(
+        pruned.contains("cache mount busy: in use, kept"),
+        "{pruned}"
+    );
+    assert!(running.wait().unwrap().success());
+    // What the build wrote is still there for the next one.
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,id=busy,target=/c cp /c/mark /mark\n",
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    export(&k, ctx.path(), out.path(), &[]).ok();
+    assert_eq!(
+        fs::read_to_string(out.path().join("mark")).unwrap(),
+        "kept\n"
+    );
+    // With no build running, --all empties it.
+    let pruned = k.run(&["cache", "prune", "--all"]).ok().stdout();
+    assert!(pruned.contains("cache mount busy: removed"), "{pruned}");
+}

@@ -139,12 +139,11 @@ fn a_changed_label_or_env_is_named_with_both_values() {
 
 /// The largest resident set of any child this test binary has waited for.
 fn children_max_rss_kib() -> i64 {
-    // SAFETY: getrusage only writes the struct it is given.
+    // SAFETY: rusage is plain integers: all-zero is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    assert_eq!(
-        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) },
-        0
-    );
+    // SAFETY: getrusage only writes the struct it is given, live here.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    assert_eq!(rc, 0);
     ru.ru_maxrss
 }
 

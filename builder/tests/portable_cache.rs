@@ -148,7 +148,7 @@ fn a_tampered_cache_is_rebuilt_not_trusted() {
     let to = format!("type=local,dest={},mode=max", cache.display());
     a.run(&["build", "-q", "--cache-to", &to, c]).ok();
     // Flip a byte in every layer blob (the small documents stay intact).
-    for e in fs::read_dir(cache.join("blobs/sha256")).unwrap() {
+    for e in fs::read_dir(kiln_store::oci_layout_blobs(&cache)).unwrap() {
         let p = e.unwrap().path();
         let mut bytes = fs::read(&p).unwrap();
         if bytes.first() == Some(&b'{') {

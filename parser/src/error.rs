@@ -58,13 +58,13 @@ impl ParseError {
         let width = last.to_string().len();
         for n in first..=last {
             let Some(text) = lines.get(n - 1) else { break };
-            let text = text.trim_end_matches('\r');
+            let text = shown(text.trim_end_matches('\r'));
             out.push_str(&format!("  {n:>width$} | {text}\n"));
             if n == first {
                 out.push_str(&format!(
                     "  {:>width$} | {}\n",
                     "",
-                    caret_line(text, self.span.column)
+                    caret_line(&text, self.span.column)
                 ));
             }
         }
@@ -72,6 +72,17 @@ impl ParseError {
             out.push_str(&format!("  hint: {h}\n"));
         }
         out
+    }
+}
+
+/// The most of one source line an error shows: a longer line (a generated
+/// `LABEL`, a line over BuildKit's limit) is cut so the error stays one screen.
+const SHOWN_CHARS: usize = 200;
+
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]).into(),
+        None => text.into(),
     }
 }
 

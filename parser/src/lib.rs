@@ -36,6 +36,8 @@
 //!   on bind/cache/tmpfs mounts, `from`/`source` on ssh mounts, `size` on
 //!   non-tmpfs and `env` on non-secret mounts, instead of ignoring them.
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod instructions;
 mod line_parsers;
@@ -55,7 +57,7 @@ pub use instructions::{
     NetworkMode, Run, Stage, Stages,
 };
 pub use mount::{parse_mount, parse_mount_with, Mount, MountError, Sharing};
-pub use parser::parse;
+pub use parser::{parse, MAX_LINE_BYTES};
 pub use quote::go_quote;
 pub use text::decode;
 

@@ -248,12 +248,39 @@ fn node_from_line(line: &str, escape: char, nested: bool) -> Result<Node, LineEr
     })
 }
 
+/// The longest physical line BuildKit reads, in bytes without its `\n`: its
+/// line scanner holds at most 64 KiB, terminator included.
+pub const MAX_LINE_BYTES: usize = 65_535;
+
+/// BuildKit refuses a file with a longer line before it parses anything
+/// (heredoc bodies and comments count: they are lines of the file too).
+fn check_line_lengths(src: &str) -> Result<(), ParseError> {
+    for (n, line) in src.split('\n').enumerate() {
+        if line.len() > MAX_LINE_BYTES {
+            return Err(ParseError::new(
+                format!(
+                    "dockerfile line greater than max allowed size of {MAX_LINE_BYTES} (this line has {} bytes)",
+                    line.len()
+                ),
+                Span {
+                    line: n + 1,
+                    column: 1,
+                    end_line: n + 1,
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Parses a Dockerfile.
 ///
 /// Errors: invalid or repeated directives, unknown instructions (with a
 /// suggestion), malformed ENV/LABEL, JSON arrays of non-strings,
-/// unterminated heredocs, a file without instructions.
+/// unterminated heredocs, a file without instructions, a line over
+/// [`MAX_LINE_BYTES`].
 pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
+    check_line_lengths(src)?;
     let src = src.strip_prefix('\u{feff}').unwrap_or(src);
     let lines: Vec<&str> = src.split_inclusive('\n').collect();
     let mut dp = DirectiveParser {

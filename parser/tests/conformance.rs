@@ -7,16 +7,16 @@ use std::path::PathBuf;
 
 use kiln_parser::shell::Lexer;
 
-fn conformance_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/conformance/buildkit"
-    ))
+/// BuildKit's vectors, when present (under CI they must be).
+fn conformance_dir() -> Option<PathBuf> {
+    kiln_testkit::require_conformance().map(|d| d.join("buildkit"))
 }
 
 #[test]
 fn parser_testfiles_match_result_byte_for_byte() {
-    let dir = conformance_dir().join("parser/testfiles");
+    let Some(dir) = conformance_dir().map(|d| d.join("parser/testfiles")) else {
+        return;
+    };
     let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("conformance data missing at {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -53,7 +53,9 @@ fn parser_testfiles_match_result_byte_for_byte() {
 
 #[test]
 fn env_var_test_vectors() {
-    let path = conformance_dir().join("shell/envVarTest");
+    let Some(path) = conformance_dir().map(|d| d.join("shell/envVarTest")) else {
+        return;
+    };
     let text = fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("conformance data missing at {}: {e}", path.display()));
     let env: BTreeMap<String, String> = [

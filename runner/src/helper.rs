@@ -451,8 +451,8 @@ fn container_main() -> i32 {
 pub(crate) fn container_parent(job: &Job) -> i32 {
     // If whoever waits for us dies (the caller of run(), or the monitor), the
     // container goes too: no container outlives its supervisor unseen.
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if nix::unistd::getppid().as_raw() != job.supervisor {
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    if rustix::process::getppid().map(|p| p.as_raw_pid()) != Some(job.supervisor) {
         send(
             report(),
             &Msg::Error {
@@ -510,7 +510,9 @@ fn start_container(job: &Job) -> Result<i32, String> {
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             // PID 1 dies with H, which dies with its supervisor.
-            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            let _ = rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ));
             let code = container_init(job, &exe);
             std::process::exit(code);
         }
@@ -559,7 +561,7 @@ fn supervise(child: Pid, reap_all: bool) -> i32 {
 /// the whole binary per process. PID 1 is also non-dumpable, so its own
 /// `/proc/1/{exe,mem,fd}` cannot be opened from the container at all.
 fn container_init(job: &Job, exe: &OwnedFd) -> i32 {
-    let _ = nix::sys::prctl::set_dumpable(false);
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let message = match reexec_readonly(job, exe) {
         Ok(never) => match never {},
         Err(m) => m,
@@ -631,7 +633,7 @@ fn readonly_self() -> Result<OwnedFd, String> {
 /// PID 1, second stage (after the read-only re-exec): `args[0]` is the fd
 /// of the job.
 fn init_main(args: &[OsString]) -> i32 {
-    let _ = nix::sys::prctl::set_dumpable(false);
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let _ = rustix::thread::set_name(c"kiln-init");
     let job: Result<Job, String> = (|| {
         let fd: RawFd = args
@@ -831,7 +833,7 @@ fn exec_process(p: &Process) -> (String, i32) {
     if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None) {
         return fail(format!("sigprocmask: {e}"));
     }
-    if let Err(e) = nix::unistd::setsid() {
+    if let Err(e) = rustix::process::setsid() {
         return fail(format!("setsid: {e}"));
     }
     // While CAP_SYS_ADMIN is still held: no no_new_privs needed, so setuid
@@ -870,7 +872,7 @@ fn exec_process(p: &Process) -> (String, i32) {
             }
         }
     }
-    if let Err(e) = nix::sys::prctl::set_keepcaps(true) {
+    if let Err(e) = rustix::thread::set_keep_capabilities(true) {
         return fail(format!("PR_SET_KEEPCAPS: {e}"));
     }
     let groups: Vec<nix::unistd::Gid> = p
@@ -889,7 +891,7 @@ fn exec_process(p: &Process) -> (String, i32) {
     if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
         return fail(format!("setresuid {}: {e}", p.uid));
     }
-    let _ = nix::sys::prctl::set_keepcaps(false);
+    let _ = rustix::thread::set_keep_capabilities(false);
     for (set, caps_) in [
         (caps::CapSet::Effective, keep.clone()),
         (caps::CapSet::Permitted, keep.clone()),

@@ -469,8 +469,7 @@ mod tests {
     /// The proxy against a server in our own network namespace (setns into
     /// the namespace we are already in needs CAP_SYS_ADMIN: root only).
     fn own_netns() -> Option<OwnedFd> {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("\n!!! SKIPPED proxy test: needs root for setns !!!\n");
+        if !kiln_testkit::require_root("setns into its own network namespace") {
             return None;
         }
         Some(std::fs::File::open("/proc/self/ns/net").unwrap().into())
@@ -523,10 +522,11 @@ mod tests {
     #[test]
     fn tcp_proxy_falls_back_to_the_ipv6_loopback() {
         let Some(ns) = own_netns() else { return };
-        let Ok(upstream) = TcpListener::bind("[::1]:0") else {
-            eprintln!("\n!!! SKIPPED: no IPv6 loopback !!!\n");
+        let bound = TcpListener::bind("[::1]:0");
+        if !kiln_testkit::require(bound.is_ok(), "no IPv6 loopback") {
             return;
-        };
+        }
+        let upstream = bound.expect("checked");
         let cport = upstream.local_addr().unwrap().port();
         std::thread::spawn(move || {
             if let Ok((mut s, _)) = upstream.accept() {

@@ -177,20 +177,56 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
 pub fn parse_signal(s: &str) -> Result<i32, RunError> {
     let bad = || RunError::BadSignal(s.to_string());
     if let Ok(n) = s.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n)
-            .map(|sig| sig as i32)
-            .map_err(|_| bad());
+        return SIGNALS
+            .iter()
+            .find(|(_, sig)| *sig == n)
+            .map(|(_, sig)| *sig)
+            .ok_or_else(bad);
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") {
-        up
-    } else {
-        format!("SIG{up}")
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .map(|sig| sig as i32)
-        .map_err(|_| bad())
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, sig)| *sig)
+        .ok_or_else(bad)
 }
+
+/// Linux's standard signals by name (without `SIG`), as `docker kill -s`
+/// and `STOPSIGNAL` name them.
+const SIGNALS: [(&str, i32); 31] = [
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("STKFLT", libc::SIGSTKFLT),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
 
 /// The containers under one state dir.
 #[derive(Debug)]
@@ -809,15 +845,16 @@ pub(crate) fn monitor_main(args: &[std::ffi::OsString]) -> i32 {
         }
     };
     // Detach: own session, and a grandchild so the caller can reap us now.
-    let _ = nix::unistd::setsid();
-    // SAFETY: single-threaded (fresh exec).
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
-        Ok(nix::unistd::ForkResult::Child) => {}
-        Err(e) => {
+    let _ = rustix::process::setsid();
+    // SAFETY: single-threaded (fresh exec), so the child may run Rust code.
+    match unsafe { libc::fork() } {
+        0 => {}
+        -1 => {
+            let e = std::io::Error::last_os_error();
             eprintln!("kiln-runner monitor: fork: {e}");
             return 125;
         }
+        _ => return 0,
     }
     match monitor(&dir) {
         Ok(()) => 0,
@@ -879,8 +916,8 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
         },
     };
     // SAFETY: still single-threaded: no thread is started before this fork.
-    let h = match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
+    let h = match unsafe { libc::fork() } {
+        0 => {
             let devnull = File::open("/dev/null");
             // SAFETY: plain dup2 onto the standard fds and the report fd.
             unsafe {
@@ -894,8 +931,11 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
             }
             std::process::exit(helper::container_parent(&job));
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => child,
-        Err(e) => return Err(RunError::Helper(format!("fork: {e}"))),
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            return Err(RunError::Helper(format!("fork: {e}")));
+        }
+        child => rustix::process::Pid::from_raw(child),
     };
     drop(out_w);
     drop(err_w);
@@ -958,7 +998,7 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
             Ok(None) | Err(_) => break,
         }
     }
-    let status = nix::sys::wait::waitpid(h, None);
+    let status = rustix::process::waitpid(h, rustix::process::WaitOptions::empty());
     for w in writers {
         let _ = w.join();
     }
@@ -976,7 +1016,7 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
         return Ok(());
     }
     let code = code.unwrap_or(match status {
-        Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+        Ok(Some((_, st))) => st.exit_status().unwrap_or(255),
         _ => 255,
     });
     if cfg.opts.auto_remove {
@@ -1032,6 +1072,10 @@ mod tests {
         assert_eq!(parse_signal("SIGQUIT").unwrap(), libc::SIGQUIT);
         assert!(parse_signal("SIGNOPE").is_err());
         assert!(parse_signal("99").is_err());
+        assert!(parse_signal("0").is_err());
+        assert_eq!(parse_signal("sigwinch").unwrap(), libc::SIGWINCH);
+        assert_eq!(parse_signal("31").unwrap(), libc::SIGSYS);
+        assert!(parse_signal("SIG").is_err());
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //! raw mode and copies both ways.
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 
 /// In the container (after pivot_root): a new pty; returns the slave for the
 /// process and sends the master over `console`.
@@ -22,13 +26,15 @@ pub(crate) fn make_console(console: BorrowedFd<'_>, uid: u32) -> Result<OwnedFd,
         .map_err(|e| format!("opening the pty peer: {e}"))?;
     rustix::fs::fchown(&slave, Some(rustix::fs::Uid::from_raw(uid)), None)
         .map_err(|e| format!("chown of the pty: {e}"))?;
-    let fds = [master.as_raw_fd()];
-    sendmsg::<()>(
-        console.as_raw_fd(),
+    let fds = [master.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    sendmsg(
+        console,
         &[IoSlice::new(b"m")],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
+        &mut control,
+        SendFlags::empty(),
     )
     .map_err(|e| format!("sending the pty master: {e}"))?;
     Ok(slave)
@@ -37,27 +43,15 @@ pub(crate) fn make_console(console: BorrowedFd<'_>, uid: u32) -> Result<OwnedFd,
 fn recv_master(sock: &UnixStream) -> Option<OwnedFd> {
     let mut buf = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!(std::os::fd::RawFd);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .ok()?;
-    for c in msg.cmsgs().ok()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            let mut it = fds.into_iter();
-            // SAFETY: the kernel just installed these fds for us.
-            let first = it.next().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-            for extra in it {
-                // SAFETY: as above; not ours to keep.
-                drop(unsafe { OwnedFd::from_raw_fd(extra) });
-            }
-            return first;
-        }
-    }
-    None
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC).ok()?;
+    // The first fd passed is the master; any other is dropped (closed).
+    let mut drain = control.drain();
+    drain.find_map(|m| match m {
+        RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+        _ => None,
+    })
 }
 
 /// Restores the caller's terminal when dropped.

@@ -183,6 +183,28 @@ fn parse_group(text: &str) -> Vec<GroupEntry<'_>> {
         .collect()
 }
 
+/// The uid of the first entry of `passwd` (a passwd file's text) named
+/// `name`, None when no entry names it; an entry whose uid is not a number
+/// in range is an error naming its line. For `--chown`, which needs only
+/// the number.
+pub fn passwd_uid(passwd: &str, name: &str) -> Result<Option<u32>, UserError> {
+    parse_passwd(passwd)
+        .iter()
+        .find(|e| e.name == name)
+        .map(PasswdEntry::uid)
+        .transpose()
+}
+
+/// The gid of the first entry of `group` (a group file's text) named
+/// `name`, as [`passwd_uid`] reads passwd.
+pub fn group_gid(group: &str, name: &str) -> Result<Option<u32>, UserError> {
+    parse_group(group)
+        .iter()
+        .find(|e| e.name == name)
+        .map(GroupEntry::gid)
+        .transpose()
+}
+
 /// Resolve `spec` ("name", "uid", "name:group", "uid:gid", or None for root)
 /// against the contents of the container's passwd and group files (None when
 /// the file does not exist). Mirrors moby's `GetExecUser`.
@@ -275,6 +297,26 @@ mod tests {
         nohome:x:1001:1001::::\n\
         broken line\n";
     const GR: &str = "root:x:0:\nwheel:x:10:app,daemon\napp:x:1000:\nstaff:x:50: app \n";
+
+    #[test]
+    fn ids_by_name_for_chown() {
+        assert_eq!(passwd_uid(PW, "app"), Ok(Some(1000)));
+        assert_eq!(passwd_uid(PW, "ghost"), Ok(None));
+        assert_eq!(passwd_uid(PW, "broken line"), Ok(None));
+        assert_eq!(group_gid(GR, "wheel"), Ok(Some(10)));
+        assert_eq!(group_gid(GR, "app"), Ok(Some(1000)));
+        assert_eq!(group_gid(GR, "ghost"), Ok(None));
+        let bad = passwd_uid("x:1\nweb:x:4294967296:1::/:\n", "web").unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            format!("/etc/passwd line 2: uid \"4294967296\" of \"web\" is not a valid id: uids and gids must be in range 0-{MAX_ID}")
+        );
+        let bad = group_gid("# c\nweb:x:-5:\n", "web").unwrap_err();
+        assert!(
+            bad.to_string().starts_with("/etc/group line 2: gid \"-5\""),
+            "{bad}"
+        );
+    }
 
     #[test]
     fn root_by_default() {

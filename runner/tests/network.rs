@@ -23,22 +23,11 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// Root, busybox, and a stack; under CI=1 a missing one fails the test.
 fn ready(test: &str) -> bool {
-    if !can_run(test) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: prerequisites missing under CI"
-        );
-        return false;
-    }
-    if kiln_runner::find_stack().is_err() && Command::new("ip").arg("-V").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: no pasta/ip under CI"
-        );
-        eprintln!("\n!!! SKIPPED {test}: no pasta/slirp4netns or iproute2 !!!\n");
-        return false;
-    }
-    true
+    can_run(test)
+        && kiln_testkit::require(
+            kiln_runner::find_stack().is_ok() || Command::new("ip").arg("-V").output().is_ok(),
+            "no pasta/slirp4netns or iproute2",
+        )
 }
 
 fn ip(args: &[&str]) {
@@ -314,12 +303,10 @@ fn slirp4netns_is_the_fallback() {
     if !ready("slirp4netns_is_the_fallback") {
         return;
     }
-    if !std::path::Path::new("/usr/bin/slirp4netns").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "slirp4netns missing under CI"
-        );
-        eprintln!("\n!!! SKIPPED slirp4netns_is_the_fallback: not installed !!!\n");
+    if !kiln_testkit::require(
+        std::path::Path::new("/usr/bin/slirp4netns").exists(),
+        "slirp4netns is not installed",
+    ) {
         return;
     }
     let host = TestHost::start("via slirp\n");

@@ -30,20 +30,13 @@ fn pip_install_layer_then_flask_on_a_published_port() {
     if !can_run("pip_install_layer_then_flask_on_a_published_port") {
         return;
     }
-    const TEST: &str = "pip_install_layer_then_flask_on_a_published_port";
     let Some(python) = python_root() else {
-        skip(
-            TEST,
-            "no python base (run fixtures/bases/make-bases.sh python)",
-        );
+        kiln_testkit::skip("no python base (run fixtures/bases/make-bases.sh python)");
         return;
     };
     let flask = wheels();
     if !flask.join("wheels").is_dir() {
-        skip(
-            TEST,
-            "fixtures/flask/wheels missing (fixtures/flask/fetch-wheels.sh)",
-        );
+        kiln_testkit::skip("fixtures/flask/wheels missing (fixtures/flask/fetch-wheels.sh)");
         return;
     }
     let t = tempfile::tempdir().unwrap();

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use rusqlite::{params, OptionalExtension, StatementStatus, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
+use crate::cachemount::CacheMounts;
 use crate::error::{Result, StoreError};
+use crate::records::BuildRecords;
 use crate::store::{now_ms, now_secs, LayerInfo, Store};
 
 /// A build cache record.
@@ -101,7 +103,69 @@ const COLUMNS: &str =
 const COLUMNS_NO_RESULT: &str =
     "key, parent, description, source, stage, inputs, 'null', layer, created, last_used, hits";
 
+/// The build cache view (`store.cache()`): cache records (the key of a
+/// step to its result), cache mounts and build records.
+pub struct BuildCache<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> BuildCache<'a> {
+    pub fn get(&self, key: &str) -> Result<Option<CacheRecord>> {
+        self.store.cache_get(key)
+    }
+
+    pub fn has(&self, key: &str) -> Result<bool> {
+        self.store.cache_has(key)
+    }
+
+    /// The record most like `q` (for `--explain`: why a step missed).
+    pub fn nearest(&self, q: &NearestQuery) -> Result<Option<CacheRecord>> {
+        self.store.cache_nearest(q)
+    }
+
+    pub fn by_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<CacheRecord>> {
+        self.store.cache_by_prefix(prefix, limit)
+    }
+
+    pub fn put(&self, rec: &CacheRecord) -> Result<()> {
+        self.store.cache_put(rec)
+    }
+
+    pub fn put_many(&self, recs: &[CacheRecord]) -> Result<()> {
+        self.store.cache_put_many(recs)
+    }
+
+    /// Marks records used now (LRU for prune).
+    pub fn touch(&self, keys: &[String]) -> Result<()> {
+        self.store.cache_touch(keys)
+    }
+
+    pub fn list(&self) -> Result<Vec<CacheRecord>> {
+        self.store.cache_list()
+    }
+
+    /// What the cache functions have read since the store was opened.
+    pub fn stats(&self) -> CacheStats {
+        self.store.cache_stats()
+    }
+
+    /// `RUN --mount=type=cache` directories.
+    pub fn mounts(&self) -> CacheMounts<'a> {
+        CacheMounts { store: self.store }
+    }
+
+    /// What each image's last build reported.
+    pub fn build_records(&self) -> BuildRecords<'a> {
+        BuildRecords { store: self.store }
+    }
+}
+
 impl Store {
+    /// The build cache: records, cache mounts, build records.
+    pub fn cache(&self) -> BuildCache<'_> {
+        BuildCache { store: self }
+    }
+
     /// Runs `sql` for at most one row and counts what it cost.
     fn read_one<T>(
         &self,

@@ -280,26 +280,18 @@ pub(crate) fn backup_corrupt_db(root: &Path) -> Result<PathBuf> {
     Ok(backup)
 }
 
-fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
+/// Bytes on disk under `p` (not following symlinks; a hard-linked file
+/// counted once).
+pub(crate) fn dir_size(p: &Path) -> u64 {
     let mut seen = HashSet::new();
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(m) = e.path().symlink_metadata() else {
-                continue;
-            };
-            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-                continue;
-            }
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total
+    walkdir::WalkDir::new(p)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_dir() || m.nlink() == 1 || seen.insert((m.dev(), m.ino())))
+        .map(|m| m.blocks() * 512)
+        .sum()
 }
 
 fn hash_file(p: &Path) -> io::Result<(Digest, u64)> {
@@ -361,7 +353,37 @@ fn reachable(tx: &rusqlite::Connection) -> Result<Reach> {
     Ok(r)
 }
 
+/// When the oldest live lease began (`i64::MAX` without one); leases of
+/// dead processes are deleted on the way.
+fn live_lease_start(tx: &rusqlite::Connection, tmp: &Path) -> Result<i64> {
+    let leases: Vec<(String, String, i64)> = tx
+        .prepare_cached("SELECT id, owner, created_ms FROM leases")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut live = Liveness::default();
+    let mut oldest = i64::MAX;
+    for (id, owner, created) in leases {
+        if live.alive(tmp, &owner) {
+            oldest = oldest.min(created);
+        } else {
+            tx.prepare_cached("DELETE FROM leases WHERE id = ?1")?
+                .execute([id])?;
+        }
+    }
+    Ok(oldest)
+}
+
 impl Store {
+    /// When the oldest live lease began (unix ms; `i64::MAX` when no build
+    /// holds one): what was used since then is a running build's.
+    pub(crate) fn oldest_live_lease(&self) -> Result<i64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let oldest = live_lease_start(&tx, &self.shared.root.join("tmp"))?;
+        tx.commit()?;
+        Ok(oldest)
+    }
+
     /// Takes a lease for a build (see [`Lease`]).
     pub fn lease(&self) -> Result<Lease> {
         let id = self.shared.owner.temp_name("lease");
@@ -456,24 +478,7 @@ impl Store {
         {
             let mut conn = self.conn();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Leases.
-            let leases: Vec<(String, String, i64)> = tx
-                .prepare_cached("SELECT id, owner, created_ms FROM leases")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?;
-            let mut live = Liveness::default();
-            let tmp = root.join("tmp");
-            let mut oldest = i64::MAX;
-            for (id, owner, created) in leases {
-                if live.alive(&tmp, &owner) {
-                    oldest = oldest.min(created);
-                } else {
-                    tx.prepare_cached("DELETE FROM leases WHERE id = ?1")?
-                        .execute([id])?;
-                }
-            }
-            drop(live);
-            protect = oldest;
+            protect = live_lease_start(&tx, &root.join("tmp"))?;
             // Cache records, least recently used first.
             let recs: Vec<(String, i64, i64, i64)> = tx
                 .prepare_cached("SELECT c.key, c.last_used, c.used_ms, coalesce(l.size, 0) FROM cache c LEFT JOIN layers l ON l.digest = c.layer_digest ORDER BY c.last_used, c.key")?

@@ -28,7 +28,7 @@ fn docker(args: &[&str]) -> String {
 #[test]
 fn docker_load_accepts_kiln_save_and_kiln_loads_docker_save() {
     if !docker_available() {
-        common::skip("docker interop", "no Docker engine answers `docker info` (install docker.io and start `dockerd --bridge=none --iptables=false`)");
+        kiln_testkit::skip("no Docker engine answers `docker info` (install docker.io and start `dockerd --bridge=none --iptables=false`)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -115,10 +115,7 @@ fn oci_layout_is_accepted_by_skopeo() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !has_skopeo {
-        common::skip(
-            "skopeo interop",
-            "skopeo is not installed (apt-get install skopeo)",
-        );
+        kiln_testkit::skip("skopeo is not installed (apt-get install skopeo)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

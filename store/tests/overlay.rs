@@ -75,10 +75,7 @@ fn snapshots_stack_as_overlay_lower_dirs() {
             &format!("{}:{}", lower2.display(), lower1.display()),
             &merged,
         ) {
-            common::skip(
-                "overlay stacking",
-                "mount -t overlay failed (no overlayfs or no CAP_SYS_ADMIN here)",
-            );
+            kiln_testkit::skip("mount -t overlay failed (no overlayfs or no CAP_SYS_ADMIN here)");
             return;
         }
         let seen = (

@@ -162,6 +162,13 @@ fn child_process_entry() {
             std::mem::forget(lease);
             std::process::exit(0);
         }
+        "scratch-leak" => {
+            // A build's temporary directory, left behind by a crash.
+            let tmp = s.tempdir("secret").unwrap();
+            fs::write(tmp.path().join("secret"), b"s3cr3t").unwrap();
+            fs::write(root.join("leaked"), tmp.keep().to_str().unwrap()).unwrap();
+            std::process::exit(0);
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -285,4 +292,24 @@ fn a_live_lease_pins_new_content_and_a_dead_one_does_not() {
         "a dead process's lease still pins content"
     );
     assert!(s.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn a_dead_builds_scratch_dirs_are_swept_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    drop(Store::open(&root).unwrap());
+    assert!(spawn(&format!("scratch-leak:{}", root.display()))
+        .wait()
+        .unwrap()
+        .success());
+    let leaked = PathBuf::from(fs::read_to_string(root.join("leaked")).unwrap());
+    assert!(leaked.starts_with(root.join("tmp")), "{}", leaked.display());
+    assert!(leaked.join("secret").exists());
+    let s = Store::open(&root).unwrap();
+    assert!(!leaked.exists(), "a dead process's scratch dir outlived it");
+    // This process's own are its to remove: the sweep leaves them.
+    let mine = s.tempdir("add").unwrap();
+    drop(Store::open(&root).unwrap());
+    assert!(mine.path().is_dir());
 }

@@ -851,3 +851,137 @@ fn empty_database_of_a_new_root_is_not_damage() {
     let s = Store::open(&root).unwrap();
     assert!(s.recovered_from().is_none());
 }
+
+#[test]
+fn cache_mounts_are_kept_while_a_build_holds_them() {
+    let (_d, s) = store();
+    let mounts = s.cache().mounts();
+    let a = mounts
+        .acquire("npm", "npm", CacheSharing::Shared, None)
+        .unwrap();
+    fs::write(a.path().join("f"), vec![7u8; 10_000]).unwrap();
+    // The same key is the same directory, for every build.
+    let again = mounts
+        .acquire("npm", "npm", CacheSharing::Shared, None)
+        .unwrap();
+    assert_eq!(again.path(), a.path());
+    assert!(again.path().join("f").exists());
+    let listed = mounts.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, "npm");
+    assert!(listed[0].size >= 10_000, "{listed:?}");
+    drop((a, again));
+
+    // A shared mount used during a live lease (a running build) stays;
+    // once no build holds a lease, it goes.
+    let lease = s.lease().unwrap();
+    let held = mounts
+        .acquire("npm", "npm", CacheSharing::Shared, None)
+        .unwrap();
+    let kept = mounts.prune().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert!(!kept[0].removed, "pruned a cache mount a build is using");
+    assert!(held.path().join("f").exists());
+    drop((held, lease));
+    let gone = mounts.prune().unwrap();
+    assert!(gone[0].removed && gone[0].size >= 10_000, "{gone:?}");
+    assert!(mounts.list().unwrap().is_empty());
+
+    // A locked mount is kept while locked, even without a lease.
+    let locked = mounts
+        .acquire("apt", "apt", CacheSharing::Locked, None)
+        .unwrap();
+    assert!(!mounts.prune().unwrap()[0].removed);
+    // A private user that finds it busy gets a directory of its own.
+    let private = mounts
+        .acquire("apt", "apt", CacheSharing::Private, None)
+        .unwrap();
+    assert_ne!(private.path(), locked.path());
+    assert!(private.path().starts_with(s.scratch_dir()));
+    drop((private, locked));
+    assert!(mounts.prune().unwrap()[0].removed);
+}
+
+#[test]
+fn a_seeded_cache_mount_is_filled_once_and_a_failed_seed_names_the_mount() {
+    let (_d, s) = store();
+    let mounts = s.cache().mounts();
+    let mut calls = 0;
+    let mut fill = |dir: &std::path::Path| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        calls += 1;
+        fs::write(dir.join("seed"), b"from a stage")?;
+        Ok(())
+    };
+    for _ in 0..2 {
+        let m = mounts
+            .acquire(
+                "go\0base\0/src",
+                "go",
+                CacheSharing::Shared,
+                Some(&mut fill),
+            )
+            .unwrap();
+        assert_eq!(fs::read(m.path().join("seed")).unwrap(), b"from a stage");
+    }
+    assert_eq!(calls, 1);
+    let mut broken = |_: &std::path::Path| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Err("the stage has no /src".into())
+    };
+    let err = mounts
+        .acquire("other", "pip", CacheSharing::Shared, Some(&mut broken))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "seeding cache mount pip: the stage has no /src");
+    assert!(mounts.list().unwrap().iter().all(|m| m.id != "pip"));
+}
+
+#[test]
+fn build_records_round_trip_and_blobs_export_into_a_layout() {
+    let (_d, s) = store();
+    let image = sha256_digest(b"config");
+    let records = s.cache().build_records();
+    assert_eq!(records.get(&image).unwrap(), None);
+    records.put(&image, br#"{"steps":1}"#).unwrap();
+    records.put(&image, br#"{"steps":2}"#).unwrap();
+    assert_eq!(records.get(&image).unwrap().unwrap(), br#"{"steps":2}"#);
+
+    let d = s.content().write_bytes(b"a layer").unwrap();
+    let layout = tempfile::tempdir().unwrap();
+    fs::create_dir_all(oci_layout_blobs(layout.path())).unwrap();
+    let dest = oci_layout_blob(layout.path(), &d);
+    s.content().export_to(&d, &dest).unwrap();
+    assert_eq!(fs::read(&dest).unwrap(), b"a layer");
+    let missing = sha256_digest(b"never stored");
+    let err = s
+        .content()
+        .export_to(&missing, &oci_layout_blob(layout.path(), &missing))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::BlobNotFound(_)), "{err}");
+}
+
+#[test]
+fn the_views_reach_the_same_store() {
+    let (_d, s) = store();
+    let p = s.snapshots().create().unwrap();
+    fs::write(p.upper().join("f"), b"view").unwrap();
+    let layer = s.snapshots().commit(p, &LayerOptions::default()).unwrap();
+    assert!(s.content().has(&layer.digest));
+    assert_eq!(
+        s.snapshots().layer_by_diff_id(&layer.diff_id).unwrap(),
+        Some(layer.clone())
+    );
+    let snap = s.snapshots().ensure(&layer).unwrap();
+    assert_eq!(fs::read(snap.join("f")).unwrap(), b"view");
+    assert_eq!(s.snapshots().path(&layer.diff_id).unwrap(), Some(snap));
+    let img = s
+        .images()
+        .write(&ImageConfig::default(), std::slice::from_ref(&layer))
+        .unwrap();
+    s.images().tag("views:1", &img.manifest_digest).unwrap();
+    let found = s.images().resolve("views:1").unwrap().unwrap();
+    assert_eq!(found.config_digest, img.config_digest);
+    assert_eq!(s.images().list().unwrap().len(), 1);
+    assert!(s.images().untag("views:1").unwrap());
+    assert_eq!(s.cache().list().unwrap(), vec![]);
+    assert_eq!(s.cache().get("nothing").unwrap(), None);
+}

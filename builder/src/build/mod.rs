@@ -313,7 +313,7 @@ pub fn cmd_build(
         plan,
         escape,
         runner: kiln_runner::RunnerConfig {
-            scratch_root: store.root().join("tmp"),
+            scratch_root: store.scratch_dir(),
             // One namespace and stack for every RUN of the build, started
             // by the first RUN that needs it, stopped with the builder.
             shared_net: Some(kiln_runner::SharedNet::new()),
@@ -488,30 +488,22 @@ pub fn render_report(r: &Report) -> String {
     s
 }
 
-fn report_path(store: &Store, image: &kiln_store::Digest) -> PathBuf {
-    store
-        .root()
-        .join("builds")
-        .join(format!("{}.json", image.hex()))
-}
-
-/// Kept under `<root>/builds/`, one file per image (the last build that
-/// produced it), written atomically.
+/// Kept by the store's build records, one per image (the last build that
+/// produced it).
 fn save_report(store: &Store, image: &kiln_store::Digest, r: &Report) -> Result<()> {
-    let dir = store.root().join("builds");
-    std::fs::create_dir_all(&dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-    serde_json::to_writer(&mut tmp, r)?;
-    tmp.persist(report_path(store, image))
-        .map_err(|e| anyhow!("saving the build report: {e}"))?;
+    let json = serde_json::to_vec(r)?;
+    store
+        .cache()
+        .build_records()
+        .put(image, &json)
+        .context("saving the build report")?;
     Ok(())
 }
 
 pub fn load_report(store: &Store, image: &kiln_store::Digest) -> Result<Option<Report>> {
-    match std::fs::read(report_path(store, image)) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
+    match store.cache().build_records().get(image)? {
+        Some(b) => Ok(Some(serde_json::from_slice(&b)?)),
+        None => Ok(None),
     }
 }
 
@@ -576,9 +568,7 @@ fn export_output(
             flatten_into(store, layers, dir)
         }
         Output::Tar(file) => {
-            let tmp = tempfile::Builder::new()
-                .prefix("kiln-output-")
-                .tempdir_in(store.root().join("tmp"))?;
+            let tmp = store.tempdir("output")?;
             flatten_into(store, layers, tmp.path())?;
             let mut f = std::fs::File::create(file)?;
             let opts = kiln_store::LayerOptions {

@@ -150,7 +150,7 @@ fn layers_of(r: &CacheRecord) -> Vec<LayerInfo> {
 
 fn write_blob(dir: &Path, bytes: &[u8]) -> Result<(Digest, u64)> {
     let d = kiln_store::sha256_digest(bytes);
-    fs::write(dir.join("blobs/sha256").join(d.hex()), bytes)?;
+    fs::write(kiln_store::oci_layout_blob(dir, &d), bytes)?;
     Ok((d, bytes.len() as u64))
 }
 
@@ -265,16 +265,11 @@ fn write_layout(store: &Store, a: &Artifact, dest: &Path) -> Result<()> {
         .tempdir_in(parent)
         .with_context(|| format!("--cache-to: cannot write beside {}", dest.display()))?;
     let t = tmp.path();
-    fs::create_dir_all(t.join("blobs/sha256"))?;
+    fs::create_dir_all(kiln_store::oci_layout_blobs(t))?;
     fs::write(t.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     for l in &a.layers {
-        let dst = t.join("blobs/sha256").join(l.digest.hex());
-        let src = store.root().join("blobs/sha256").join(l.digest.hex());
-        if fs::hard_link(&src, &dst).is_err() {
-            let mut from = store.open_blob(&l.digest)?;
-            let mut to_f = fs::File::create(&dst)?;
-            std::io::copy(&mut from, &mut to_f)?;
-        }
+        let dst = kiln_store::oci_layout_blob(t, &l.digest);
+        store.content().export_to(&l.digest, &dst)?;
     }
     write_blob(t, &a.config)?;
     let (md, ms) = write_blob(t, &a.manifest)?;
@@ -306,7 +301,7 @@ fn read_verified(dir: &Path, d: &Digest, size: u64) -> Result<Vec<u8>> {
     if size > MAX_DOC {
         bail!("{d} is {size} bytes, over the {MAX_DOC}-byte limit");
     }
-    let p = dir.join("blobs/sha256").join(d.hex());
+    let p = kiln_store::oci_layout_blob(dir, d);
     let mut f = fs::File::open(&p).with_context(|| format!("{d} is missing"))?;
     let mut bytes = Vec::new();
     f.by_ref().take(size + 1).read_to_end(&mut bytes)?;
@@ -401,7 +396,7 @@ impl Source<'_> {
     fn layer(&self, store: &Store, d: &Digest, size: u64) -> Result<()> {
         match self {
             Source::Dir(src) => {
-                let p = src.join("blobs/sha256").join(d.hex());
+                let p = kiln_store::oci_layout_blob(src, d);
                 let mut f = fs::File::open(&p).with_context(|| format!("{d} is missing"))?;
                 store.write_blob(&mut f, Some(d), Some(size))?;
             }

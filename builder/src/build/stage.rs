@@ -911,11 +911,7 @@ impl Builder {
                     || s.starts_with("https://")
                     || super::git::parse(s).is_some()
             }) {
-            Some(
-                tempfile::Builder::new()
-                    .prefix("kiln-add-")
-                    .tempdir_in(self.store.root().join("tmp"))?,
-            )
+            Some(self.store.tempdir("add")?)
         } else {
             None
         };
@@ -1050,7 +1046,7 @@ impl Builder {
         let mut keep: Vec<tempfile::TempDir> = Vec::new();
         let mut relays: Vec<super::ssh::AgentRelay> = Vec::new();
         let mut ssh_auth_sock: Option<String> = None;
-        let mut locks: Vec<nix::fcntl::Flock<std::fs::File>> = Vec::new();
+        let mut locks: Vec<kiln_store::CacheMount> = Vec::new();
         let env_map = st.expand_env();
         let lx = self.lexer();
         let exp = |s: &str| -> Result<String> {
@@ -1156,65 +1152,27 @@ impl Builder {
                         None => cid.clone(),
                         Some((_, _, base_id, src)) => format!("{cid}\0{base_id}\0{src}"),
                     };
-                    let dir = self
-                        .store
-                        .root()
-                        .join("cachemounts")
-                        .join(&blake3::hash(name.as_bytes()).to_hex().as_str()[..32]);
-                    match &seed {
-                        Some((view, comps, _, _)) if !dir.exists() => {
-                            // Filled beside and renamed: a concurrent build
-                            // sees a whole seed or none.
-                            std::fs::create_dir_all(self.store.root().join("cachemounts"))?;
-                            let tmp = tempfile::Builder::new()
-                                .prefix("kiln-cache-seed-")
-                                .tempdir_in(self.store.root().join("tmp"))?;
-                            materialize(view, comps, tmp.path())?;
-                            let filled = tmp.keep();
-                            if std::fs::rename(&filled, &dir).is_err() {
-                                // Another build seeded it first.
-                                let _ = std::fs::remove_dir_all(&filled);
-                            }
+                    let share = match sharing {
+                        Sharing::Shared => kiln_store::CacheSharing::Shared,
+                        Sharing::Locked => kiln_store::CacheSharing::Locked,
+                        Sharing::Private => kiln_store::CacheSharing::Private,
+                    };
+                    let mut fill = seed.as_ref().map(|(view, comps, _, _)| {
+                        move |dir: &std::path::Path| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+                            Ok(materialize(view, comps, dir)?)
                         }
-                        _ => std::fs::create_dir_all(&dir)?,
-                    }
-                    std::fs::write(dir.with_extension("id"), &cid)?;
+                    });
+                    let held = self.store.cache().mounts().acquire(
+                        &name,
+                        &cid,
+                        share,
+                        fill.as_mut().map(|f| f as kiln_store::CacheSeed<'_>),
+                    )?;
                     if let Some((_, _, base_id, src)) = &seed {
                         mount_inputs.push(json!({"type": "cache-seed", "target": target, "from": base_id, "source": src}));
                     }
-                    let host = match sharing {
-                        Sharing::Shared => dir.clone(),
-                        Sharing::Locked | Sharing::Private => {
-                            let lf = std::fs::OpenOptions::new()
-                                .create(true)
-                                .truncate(false)
-                                .write(true)
-                                .open(dir.with_extension("lock"))?;
-                            use nix::fcntl::{Flock, FlockArg};
-                            let locked =
-                                if *sharing == Sharing::Locked {
-                                    Some(Flock::lock(lf, FlockArg::LockExclusive).map_err(
-                                        |(_, e)| anyhow!("locking cache mount {cid}: {e}"),
-                                    )?)
-                                } else {
-                                    Flock::lock(lf, FlockArg::LockExclusiveNonblock).ok()
-                                };
-                            match locked {
-                                Some(l) => {
-                                    locks.push(l);
-                                    dir.clone()
-                                }
-                                None => {
-                                    let tmp = tempfile::Builder::new()
-                                        .prefix("kiln-cache-")
-                                        .tempdir_in(self.store.root().join("tmp"))?;
-                                    let p = tmp.path().to_path_buf();
-                                    keep.push(tmp);
-                                    p
-                                }
-                            }
-                        }
-                    };
+                    let host = held.path().to_path_buf();
+                    locks.push(held);
                     {
                         use std::os::unix::fs::PermissionsExt;
                         let meta = std::fs::metadata(&host)?;
@@ -1270,9 +1228,7 @@ impl Builder {
                         }
                         continue;
                     };
-                    let tmp = tempfile::Builder::new()
-                        .prefix("kiln-secret-")
-                        .tempdir_in(self.store.root().join("tmp"))?;
+                    let tmp = self.store.tempdir("secret")?;
                     let file = tmp.path().join("secret");
                     let data = match secret {
                         Secret::File(p) => std::fs::read(p).with_context(|| {
@@ -1336,9 +1292,7 @@ impl Builder {
                         .clone()
                         .map(|t| abs_target(&t))
                         .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", relays.len()));
-                    let tmp = tempfile::Builder::new()
-                        .prefix("kiln-ssh-")
-                        .tempdir_in(self.store.root().join("tmp"))?;
+                    let tmp = self.store.tempdir("ssh")?;
                     let sock = tmp.path().join("agent.sock");
                     relays.push(super::ssh::AgentRelay::start(
                         agent,
@@ -1362,9 +1316,7 @@ impl Builder {
             }
         }
         if let Some((target, content)) = &script_file {
-            let tmp = tempfile::Builder::new()
-                .prefix("kiln-heredoc-")
-                .tempdir_in(self.store.root().join("tmp"))?;
+            let tmp = self.store.tempdir("heredoc")?;
             let file = tmp.path().join("script");
             std::fs::write(&file, content)?;
             {
@@ -1463,7 +1415,7 @@ impl Builder {
     /// Runs a RUN container, streaming its output to the progress display
     /// and keeping the last lines for an error message.
     fn run_container(&self, spec: &ContainerSpec, id: StepId) -> Result<(i32, Vec<String>)> {
-        let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().map_err(|e| anyhow!("pipe: {e}"))?;
+        let (r, w): (OwnedFd, OwnedFd) = rustix::pipe::pipe().map_err(|e| anyhow!("pipe: {e}"))?;
         let w2 = w.try_clone()?;
         let tail = std::thread::scope(|s| -> Result<(i32, Vec<String>)> {
             let reader = s.spawn(move || {
@@ -1537,11 +1489,7 @@ impl Builder {
         rw: bool,
         scratch: &mut Vec<tempfile::TempDir>,
     ) -> Result<PathBuf> {
-        let tmp = || {
-            tempfile::Builder::new()
-                .prefix("kiln-bind-")
-                .tempdir_in(self.store.root().join("tmp"))
-        };
+        let tmp = || self.store.tempdir("bind");
         match prep {
             BindPrep::Context(rel) => {
                 let real = self.ctx.root.join(&rel);
@@ -1652,18 +1600,15 @@ fn has_excluded(path: &std::path::Path, kept: usize) -> Result<bool> {
     if !meta.is_dir() {
         return Ok(false);
     }
-    let mut count = 1;
-    let mut todo = vec![path.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            count += 1;
-            if count > kept {
-                return Ok(true);
-            }
-            if e.file_type()?.is_dir() {
-                todo.push(e.path());
-            }
+    // The directory itself counts (1), as it does in `kept`.
+    for (i, e) in walkdir::WalkDir::new(path)
+        .min_depth(1)
+        .into_iter()
+        .enumerate()
+    {
+        e?;
+        if i + 2 > kept {
+            return Ok(true);
         }
     }
     Ok(false)

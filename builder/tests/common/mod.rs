@@ -22,29 +22,10 @@ pub fn fixtures_cache() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/kiln-fixtures"))
 }
 
-/// Whether a requirement of a test is met. When it is not: in CI (where
-/// everything must run) the test fails; elsewhere it says loudly why it
-/// skipped.
-pub fn require(ok: bool, why: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("required for this test, and CI must run it: {why}");
-    }
-    eprintln!("SKIPPED: {why}");
-    false
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
+/// Whether a requirement of a test is met: when it is not, the test says
+/// why it skipped, or under CI fails (see kiln-testkit).
+#[allow(unused_imports)]
+pub use kiln_testkit::{is_root, require};
 
 /// A kiln root in a temp dir, removed at the end of the test.
 pub struct Kiln {

@@ -76,3 +76,45 @@ fn errors_never_panic_on_odd_positions() {
         "{r}"
     );
 }
+
+#[test]
+fn a_line_over_buildkits_limit_is_refused_naming_the_line() {
+    // BuildKit's own case: a LABEL value of 64 KiB on the third line.
+    let label = "a".repeat(65_536);
+    let src = format!("\n\t\tFROM image\n\t\tLABEL test={label}\n");
+    let err = kiln_parser::parse(&src).unwrap_err();
+    assert!(
+        err.message
+            .starts_with("dockerfile line greater than max allowed size of 65535"),
+        "{}",
+        err.message
+    );
+    assert_eq!(err.span.line, 3);
+    let shown = err.render(&src, "Dockerfile");
+    assert!(shown.len() < 1_000, "one screen, not the line: {shown}");
+    assert!(shown.starts_with("Dockerfile:3:1: dockerfile line greater"));
+}
+
+#[test]
+fn the_line_limit_is_exact_and_counts_comments_and_heredocs() {
+    let at = |n: usize| "b".repeat(n);
+    // 65,535 bytes before the newline is the longest line BuildKit reads.
+    let ok = format!("FROM a\nRUN {}\n", at(65_535 - 4));
+    assert!(kiln_parser::parse(&ok).is_ok());
+    let ok_crlf_last = format!("FROM a\r\nRUN {}", at(65_535 - 4));
+    assert!(kiln_parser::parse(&ok_crlf_last).is_ok());
+    for long in [
+        format!("FROM a\nRUN {}\n", at(65_536 - 4)),
+        format!("FROM a\n# {}\n", at(65_536 - 2)),
+        format!("FROM a\nRUN <<EOF\n{}\nEOF\n", at(65_536)),
+        // CR counts: it is part of the line to BuildKit's scanner.
+        format!("FROM a\r\nRUN {}\r\n", at(65_535 - 4)),
+    ] {
+        let err = kiln_parser::parse(&long).unwrap_err();
+        assert!(
+            err.message.contains("max allowed size of 65535"),
+            "{}",
+            err.message
+        );
+    }
+}

@@ -17,7 +17,6 @@ use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 
-use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::{find_stack, Stack};
@@ -238,8 +237,8 @@ pub(crate) fn netns_main(args: &[std::ffi::OsString]) -> i32 {
         Some(Ok(j)) => j,
         _ => return fail("network helper: bad job".into()),
     };
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if nix::unistd::getppid().as_raw() != job.supervisor {
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    if rustix::process::getppid().map(|p| p.as_raw_pid()) != Some(job.supervisor) {
         return fail("the runner's caller went away".into());
     }
     let stack = match super::stack::own_namespace_with(&job.stack, &job.scratch) {

@@ -12,36 +12,14 @@ use kiln_runner::{ContainerSpec, RootFs, RunError, RunnerConfig, Stdio};
 
 pub const BUSYBOX: &str = "/bin/busybox";
 
-/// True when the tests can make containers; otherwise prints loudly why not.
-pub fn can_run(test: &str) -> bool {
-    let why = if !rustix::process::geteuid().is_root() {
-        Some("not running as root".to_string())
-    } else if !std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.contains("overlay"))
-        .unwrap_or(false)
-    {
-        Some("overlayfs is not available".to_string())
-    } else if !Path::new(BUSYBOX).exists() {
-        Some(format!(
-            "{BUSYBOX} missing (apt-get install busybox-static)"
-        ))
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(w) => skip(test, &w),
-    }
-}
-
-/// A test that cannot run here says why; under `CI=1` (where every
-/// prerequisite is installed by the test command) that is a failure.
-pub fn skip(test: &str, why: &str) -> bool {
-    if std::env::var_os("CI").is_some_and(|v| v == "1") {
-        panic!("{test} cannot run under CI=1: {why}");
-    }
-    eprintln!("\n!!! SKIPPED {test}: {why} !!!\n");
-    false
+/// True when the tests can make containers; otherwise says why (and fails
+/// the test under CI).
+pub fn can_run(_test: &str) -> bool {
+    kiln_testkit::require_containers()
+        && kiln_testkit::require(
+            Path::new(BUSYBOX).exists(),
+            &format!("{BUSYBOX} missing (apt-get install busybox-static)"),
+        )
 }
 
 fn make_busybox_root(root: &Path) {

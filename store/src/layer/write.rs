@@ -464,10 +464,14 @@ fn read_xattrs(p: &Path) -> Result<Xattrs, LayerError> {
                 _ => return Err(err(e)),
             }
         }
-        if val.is_empty()
+        // An empty value: whether the attribute still exists (a size
+        // query, length 0 with a null buffer).
+        // SAFETY: both pointers are to live NUL-terminated CStrings; a null
+        // buffer with size 0 asks only for the size and writes nothing.
+        let gone = val.is_empty()
             && unsafe { libc::lgetxattr(cpath.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) }
-                < 0
-        {
+                < 0;
+        if gone {
             continue;
         }
         out.push((name.to_vec(), val));

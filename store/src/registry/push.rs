@@ -10,12 +10,13 @@ use serde_json::Value;
 
 use super::http::{Body, Req, Scope};
 use super::{display_ref, name_of, parallel, repo_of, Client, Event, Progress, RegistryError};
+use crate::content::Ingest;
 use crate::digest::{sha256_digest, Digest, HashingReader, HashingWriter};
 use crate::error::StoreError;
 use crate::image::{self, canonical_json, Descriptor, Manifest};
 use crate::layer::{self, Compression as Codec};
 use crate::reference::Reference;
-use crate::store::{ImageRecord, Ingest, LayerInfo, Store};
+use crate::store::{ImageRecord, LayerInfo, Store};
 
 /// Layer compression of a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -7,28 +7,14 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
-pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
+#[allow(unused_imports)]
+pub use kiln_testkit::is_root;
 
-/// A test that cannot run here says why; under `CI=1` (where the test
-/// command installs every prerequisite) that is a failure, not a skip.
-pub fn skip(test: &str, why: &str) {
-    if std::env::var_os("CI").is_some_and(|v| v == "1") {
-        panic!("{test} cannot run under CI=1: {why}");
-    }
-    eprintln!("SKIPPED {test}: {why}");
-}
-
-/// Skips a test loudly when not root (CI runs as root, so it runs there).
+/// Skips a test loudly when not root (under CI, fails it: CI runs as root).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !common::is_root() {
-            common::skip(
-                module_path!(),
-                "needs root (mknod, chown, trusted.* xattrs)",
-            );
+        if !kiln_testkit::require_root("mknod, chown, trusted.* xattrs") {
             return;
         }
     };
