@@ -102,6 +102,25 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX cache_by_parent ON cache(parent, created);
     CREATE INDEX cache_by_place ON cache(stage, source, description, created);
     "#,
+    // 4: image indexes (multi-platform images, attestations): a tag may
+    // name an index; its entries are image manifests (rows of `images`)
+    // or attestation manifests about one of them (`subject`).
+    r#"
+    CREATE TABLE indexes (
+        digest TEXT PRIMARY KEY,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE index_entries (
+        index_digest TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        manifest_digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        platform TEXT NOT NULL,
+        subject TEXT,
+        PRIMARY KEY (index_digest, position)
+    ) WITHOUT ROWID;
+    CREATE INDEX index_entries_by_manifest ON index_entries(manifest_digest);
+    "#,
 ];
 
 /// The schema version this build of kiln writes.

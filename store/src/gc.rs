@@ -315,7 +315,7 @@ struct Reach {
     image_blobs: HashSet<String>,
 }
 
-fn reachable(tx: &rusqlite::Connection) -> Result<Reach> {
+fn reachable(tx: &rusqlite::Connection, store: &Store) -> Result<Reach> {
     let mut r = Reach {
         blobs: HashSet::new(),
         diffs: HashSet::new(),
@@ -341,6 +341,30 @@ fn reachable(tx: &rusqlite::Connection) -> Result<Reach> {
             r.image_blobs.insert(l.digest.to_string());
             r.blobs.insert(l.digest.to_string());
             r.diffs.insert(l.diff_id.to_string());
+        }
+    }
+    // Indexes: the index blob, and attestation manifests with their config
+    // and statements (image entries are rows of `images`, reached above).
+    let mut stmt = tx.prepare_cached("SELECT digest FROM indexes")?;
+    let indexes: Vec<String> = stmt
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for d in indexes {
+        r.blobs.insert(d.clone());
+        r.image_blobs.insert(d);
+    }
+    let mut stmt =
+        tx.prepare_cached("SELECT manifest_digest FROM index_entries WHERE subject IS NOT NULL")?;
+    let attestations: Vec<String> = stmt
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for m in attestations {
+        let m: Digest = m.parse()?;
+        // A missing or unreadable manifest keeps only itself (fsck says so).
+        let bytes = fs::read(store.blob_path(&m)).unwrap_or_default();
+        for b in crate::indexes::attestation_blobs(&bytes, &m) {
+            r.blobs.insert(b.clone());
+            r.image_blobs.insert(b);
         }
     }
     let mut stmt = tx.prepare_cached("SELECT layer FROM cache WHERE layer IS NOT NULL")?;
@@ -505,8 +529,21 @@ impl Store {
                 }
             }
             if opts.dangling_images || opts.all {
+                // An untagged index goes first; its images are then dangling
+                // unless another index or a tag holds them.
+                let indexes: Vec<String> = tx
+                    .prepare_cached("SELECT digest FROM indexes WHERE created_ms < ?1 AND digest NOT IN (SELECT manifest_digest FROM refs)")?
+                    .query_map([protect], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for d in indexes {
+                    tx.prepare_cached("DELETE FROM index_entries WHERE index_digest = ?1")?
+                        .execute([&d])?;
+                    tx.prepare_cached("DELETE FROM indexes WHERE digest = ?1")?
+                        .execute([&d])?;
+                    report.images.push(d);
+                }
                 let dangling: Vec<(String, String)> = tx
-                    .prepare_cached("SELECT manifest_digest, config_digest FROM images WHERE created_ms < ?1 AND manifest_digest NOT IN (SELECT manifest_digest FROM refs)")?
+                    .prepare_cached("SELECT manifest_digest, config_digest FROM images WHERE created_ms < ?1 AND manifest_digest NOT IN (SELECT manifest_digest FROM refs) AND manifest_digest NOT IN (SELECT manifest_digest FROM index_entries)")?
                     .query_map([protect], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?;
                 for (m, c) in dangling {
@@ -516,7 +553,7 @@ impl Store {
                 }
             }
             // Mark.
-            let mut reach = reachable(&tx)?;
+            let mut reach = reachable(&tx, self)?;
             // Sweep layer rows, then keep what the remaining ones hold.
             let layers: Vec<(String, String, i64)> = tx
                 .prepare_cached("SELECT digest, diff_id, created_ms FROM layers")?
@@ -643,7 +680,7 @@ impl Store {
                 conn.query_row("SELECT count(*) FROM images", [], |r| r.get::<_, i64>(0))? as u64;
             du.cache_records =
                 conn.query_row("SELECT count(*) FROM cache", [], |r| r.get::<_, i64>(0))? as u64;
-            let reach = reachable(&conn)?;
+            let reach = reachable(&conn, self)?;
             let blobs: Vec<(String, i64)> = conn
                 .prepare("SELECT digest, size FROM blobs")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -810,7 +847,7 @@ impl Store {
             }
         }
         let refs: Vec<(String, String)> = conn
-            .prepare("SELECT name, manifest_digest FROM refs WHERE manifest_digest NOT IN (SELECT manifest_digest FROM images)")?
+            .prepare("SELECT name, manifest_digest FROM refs WHERE manifest_digest NOT IN (SELECT manifest_digest FROM images) AND manifest_digest NOT IN (SELECT digest FROM indexes)")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         for (name, m) in refs {
@@ -819,6 +856,46 @@ impl Store {
             if repair {
                 conn.execute("DELETE FROM refs WHERE name = ?1", [&name])?;
                 rep.repaired.push(format!("removed dangling tag {name}"));
+            }
+        }
+        // Indexes: the index blob, attestation manifests, and each image
+        // entry's record.
+        let entries: Vec<(String, String, Option<String>)> = conn
+            .prepare("SELECT e.index_digest, e.manifest_digest, e.subject FROM index_entries e")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let indexes: Vec<String> = conn
+            .prepare("SELECT digest FROM indexes")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for idx in &indexes {
+            let mut lost: Vec<String> = Vec::new();
+            if missing(idx) {
+                lost.push(idx.clone());
+            }
+            for (_, m, subject) in entries.iter().filter(|(i, _, _)| i == idx) {
+                let gone = match subject {
+                    Some(_) => missing(m),
+                    None => !conn
+                        .prepare_cached("SELECT 1 FROM images WHERE manifest_digest = ?1")?
+                        .exists([m])?,
+                };
+                if gone {
+                    lost.push(m.clone());
+                }
+            }
+            if !lost.is_empty() {
+                rep.problems.push(format!(
+                    "image index {idx} lacks manifests: {}",
+                    lost.join(", ")
+                ));
+                if repair {
+                    conn.execute("DELETE FROM refs WHERE manifest_digest = ?1", [idx])?;
+                    conn.execute("DELETE FROM index_entries WHERE index_digest = ?1", [idx])?;
+                    conn.execute("DELETE FROM indexes WHERE digest = ?1", [idx])?;
+                    rep.repaired
+                        .push(format!("removed broken image index {idx} and its tags"));
+                }
             }
         }
         // Layers and cache records.

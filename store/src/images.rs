@@ -2,7 +2,7 @@
 //! implementation behind [`Store::images`](crate::Store::images). The OCI
 //! documents themselves are [`crate::image`]'s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
@@ -136,7 +136,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists: Option<String> = tx
-            .prepare_cached("SELECT manifest_digest FROM images WHERE manifest_digest = ?1")?
+            .prepare_cached("SELECT manifest_digest FROM images WHERE manifest_digest = ?1 UNION SELECT digest FROM indexes WHERE digest = ?1")?
             .query_row([manifest.as_str()], |r| r.get(0))
             .optional()?;
         if exists.is_none() {
@@ -161,16 +161,39 @@ impl Store {
     /// Resolves `name:tag`, `name` (= `:latest`), `name@digest`, a full or
     /// short image ID (config digest, with or without `sha256:`), or a
     /// manifest digest.
+    /// A name that names an image index resolves to its image for the
+    /// host's platform (or its only image).
     pub fn resolve_image(&self, reference_or_id: &str) -> Result<Option<ImageRecord>> {
-        match self.resolve_manifest(reference_or_id)? {
-            Some(m) => self.image_by_manifest(&m),
-            None => Ok(None),
+        let Some(m) = self.resolve_manifest(reference_or_id)? else {
+            return Ok(None);
+        };
+        let Some(idx) = self.index(&m)? else {
+            return self.image_by_manifest(&m);
+        };
+        let host = format!("linux/{}", image::host_architecture());
+        match idx.image_for(&host) {
+            Some(d) => self.image_by_manifest(d),
+            None => {
+                let have: Vec<&str> = idx.images().map(|(_, p)| p).collect();
+                Err(StoreError::Invalid(format!(
+                    "{reference_or_id} has no image for {host} (it has {})",
+                    have.join(", ")
+                )))
+            }
         }
     }
 
     pub(crate) fn resolve_manifest(&self, s: &str) -> Result<Option<Digest>> {
         let conn = self.conn();
+        let is_index = |d: &Digest| -> Result<bool> {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM indexes WHERE digest = ?1")?
+                .exists([d.as_str()])?)
+        };
         if let Ok(d) = s.parse::<Digest>() {
+            if is_index(&d)? {
+                return Ok(Some(d));
+            }
             let m: Option<String> = conn
                 .prepare_cached("SELECT manifest_digest FROM images WHERE manifest_digest = ?1 OR config_digest = ?1 ORDER BY (manifest_digest = ?1) DESC, created_ms DESC LIMIT 1")?
                 .query_row([d.as_str()], |r| r.get(0))
@@ -180,6 +203,9 @@ impl Store {
         let parsed = reference::parse(s);
         if let Ok(r) = &parsed {
             if let Some(d) = r.digest() {
+                if is_index(d)? {
+                    return Ok(Some(d.clone()));
+                }
                 let m: Option<String> = conn
                     .prepare_cached(
                         "SELECT manifest_digest FROM images WHERE manifest_digest = ?1",
@@ -260,7 +286,9 @@ impl Store {
         }))
     }
 
-    /// All images with their references, newest first.
+    /// All images with their references, newest first. An image index is
+    /// one line (its host-platform image's ID, with its platforms); its
+    /// images are not listed on their own.
     pub fn list_images(&self) -> Result<Vec<ImageSummary>> {
         let conn = self.conn();
         let mut refs: HashMap<String, Vec<String>> = HashMap::new();
@@ -274,27 +302,68 @@ impl Store {
                 refs.entry(m).or_default().push(name);
             }
         }
-        let mut stmt = conn.prepare_cached("SELECT manifest_digest, config_digest, created, size FROM images ORDER BY created_ms DESC, manifest_digest")?;
+        let members: HashSet<String> = conn
+            .prepare_cached("SELECT manifest_digest FROM index_entries")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut stmt = conn.prepare_cached("SELECT manifest_digest, config_digest, created, size, created_ms FROM images ORDER BY created_ms DESC, manifest_digest")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
             ))
         })?;
-        let mut out = Vec::new();
+        let mut images: HashMap<String, (String, Option<String>, i64)> = HashMap::new();
+        let mut out: Vec<(i64, ImageSummary)> = Vec::new();
         for row in rows {
-            let (m, c, created, size) = row?;
-            out.push(ImageSummary {
-                references: refs.remove(&m).unwrap_or_default(),
-                manifest_digest: m.parse()?,
-                config_digest: c.parse()?,
-                created,
-                size: size as u64,
-            });
+            let (m, c, created, size, created_ms) = row?;
+            images.insert(m.clone(), (c.clone(), created.clone(), size));
+            if members.contains(&m) {
+                continue;
+            }
+            out.push((
+                created_ms,
+                ImageSummary {
+                    references: refs.remove(&m).unwrap_or_default(),
+                    manifest_digest: m.parse()?,
+                    config_digest: c.parse()?,
+                    created,
+                    size: size as u64,
+                    platforms: Vec::new(),
+                },
+            ));
         }
-        Ok(out)
+        let host = format!("linux/{}", image::host_architecture());
+        for (digest, created_ms, platforms) in index_platforms(&conn)? {
+            let chosen = platforms
+                .iter()
+                .find(|(_, p)| p.starts_with(&host))
+                .or(platforms.first());
+            let Some((m, _)) = chosen else { continue };
+            let Some((c, created, size)) = images.get(m) else {
+                continue;
+            };
+            out.push((
+                created_ms,
+                ImageSummary {
+                    references: refs.remove(&digest).unwrap_or_default(),
+                    manifest_digest: digest.parse()?,
+                    config_digest: c.parse()?,
+                    created: created.clone(),
+                    size: *size as u64,
+                    platforms: platforms.into_iter().map(|(_, p)| p).collect(),
+                },
+            ));
+        }
+        // Stable: newest first, then by digest.
+        out.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(a.1.manifest_digest.cmp(&b.1.manifest_digest))
+        });
+        Ok(out.into_iter().map(|(_, s)| s).collect())
     }
 
     /// `docker rmi`: untags, and deletes the image when no tag is left.
@@ -308,6 +377,9 @@ impl Store {
             .ok()
             .filter(|r| r.digest().is_none())
             .map(|r| r.familiar());
+        if self.index(&manifest)?.is_some() {
+            return self.remove_index(&manifest, by_tag, force);
+        }
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let names: Vec<String> = tx
@@ -343,6 +415,61 @@ impl Store {
         tx.prepare_cached("DELETE FROM images WHERE manifest_digest = ?1")?
             .execute([manifest.as_str()])?;
         lines.push(format!("Deleted: {config}"));
+        tx.commit()?;
+        Ok(lines)
+    }
+
+    /// `rmi` of an index: as for an image, and its images go with it unless
+    /// another index holds them or a tag names them.
+    fn remove_index(
+        &self,
+        index: &Digest,
+        by_tag: Option<String>,
+        force: bool,
+    ) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let names: Vec<String> = tx
+            .prepare_cached("SELECT name FROM refs WHERE manifest_digest = ?1 ORDER BY name")?
+            .query_map([index.as_str()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut lines = Vec::new();
+        let untag_only = by_tag.as_ref().is_some_and(|t| names.contains(t)) && names.len() > 1;
+        if names.len() > 1 && by_tag.is_none() && !force {
+            return Err(StoreError::Conflict(format!(
+                "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                &index.hex()[..12]
+            )));
+        }
+        for n in names
+            .iter()
+            .filter(|n| !untag_only || Some(*n) == by_tag.as_ref())
+        {
+            tx.prepare_cached("DELETE FROM refs WHERE name = ?1")?
+                .execute([n])?;
+            lines.push(format!("Untagged: {n}"));
+        }
+        if untag_only {
+            tx.commit()?;
+            return Ok(lines);
+        }
+        let members: Vec<String> = tx
+            .prepare_cached("SELECT manifest_digest FROM index_entries WHERE index_digest = ?1 AND subject IS NULL")?
+            .query_map([index.as_str()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        tx.prepare_cached("DELETE FROM index_entries WHERE index_digest = ?1")?
+            .execute([index.as_str()])?;
+        tx.prepare_cached("DELETE FROM indexes WHERE digest = ?1")?
+            .execute([index.as_str()])?;
+        for m in members {
+            tx.prepare_cached(
+                "DELETE FROM images WHERE manifest_digest = ?1
+                 AND manifest_digest NOT IN (SELECT manifest_digest FROM index_entries)
+                 AND manifest_digest NOT IN (SELECT manifest_digest FROM refs)",
+            )?
+            .execute([&m])?;
+        }
+        lines.push(format!("Deleted: {index}"));
         tx.commit()?;
         Ok(lines)
     }
@@ -384,4 +511,31 @@ impl Store {
         }
         Ok(rec)
     }
+}
+
+/// Each index with its creation time and its images' (manifest, platform).
+#[allow(clippy::type_complexity)]
+fn index_platforms(
+    conn: &rusqlite::Connection,
+) -> Result<Vec<(String, i64, Vec<(String, String)>)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.digest, i.created_ms, e.manifest_digest, e.platform FROM indexes i JOIN index_entries e ON e.index_digest = i.digest WHERE e.subject IS NULL ORDER BY i.digest, e.position",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out: Vec<(String, i64, Vec<(String, String)>)> = Vec::new();
+    for row in rows {
+        let (d, created, m, p) = row?;
+        match out.last_mut() {
+            Some(last) if last.0 == d => last.2.push((m, p)),
+            _ => out.push((d, created, vec![(m, p)])),
+        }
+    }
+    Ok(out)
 }

@@ -49,6 +49,10 @@ pub struct ImageSummary {
     pub created: Option<String>,
     /// Sum of the layers' uncompressed sizes where known, else blob sizes.
     pub size: u64,
+    /// For an image index: the platforms of its images (`linux/amd64`,
+    /// `linux/arm64/v8`); empty for a single image.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
 }
 
 /// Output formats of [`Store::save`].
