@@ -51,7 +51,12 @@ pub enum Command {
     /// Create a tag TARGET that refers to SOURCE.
     Tag { source: String, target: String },
     /// Show the configuration and manifest of images as JSON.
-    Inspect { images: Vec<String> },
+    Inspect {
+        /// Show the attestations (SBOM, provenance) attached to each image instead: their in-toto statements.
+        #[arg(long)]
+        attestations: bool,
+        images: Vec<String>,
+    },
     /// Show the history of an image.
     History(HistoryArgs),
     /// List the packages in an image as an SPDX 2.3 SBOM (read from its layers; nothing runs).
@@ -247,6 +252,15 @@ pub struct BuildArgs {
     /// Layer compression for --push.
     #[arg(long, value_enum, default_value = "gzip")]
     pub compression: PushCompression,
+    /// Attach an SBOM attestation (SPDX 2.3 of the image's packages): `--sbom=true`.
+    #[arg(long, value_name = "true|false")]
+    pub sbom: Option<String>,
+    /// Attach SLSA provenance v1: `--provenance=true`, `=mode=min|max[,builder-id=URL]`.
+    #[arg(long, value_name = "OPTS")]
+    pub provenance: Option<String>,
+    /// Attestations, buildx's long form: `type=sbom`, `type=provenance[,mode=min|max]` (repeatable).
+    #[arg(long = "attest", value_name = "type=...")]
+    pub attest: Vec<String>,
     /// After the build, explain every step that was not a cache hit.
     #[arg(long)]
     pub explain: bool,

@@ -22,21 +22,7 @@ pub fn sbom(store: &Store, args: &SbomArgs) -> Result<ExitCode> {
     let img = store
         .resolve_image(&args.image)?
         .ok_or_else(|| no_such_image(&args.image))?;
-    let view = image_files(store, &img)?;
-    for s in view.skipped() {
-        eprintln!(
-            "kiln: warning: /{s} is over {} MiB and was not read; its packages are not listed",
-            MAX_DB_FILE >> 20
-        );
-    }
-    let packages = kiln_attest::find_packages(view.files());
-    let created = created_time(&img);
-    let info = DocumentInfo {
-        name: &args.image,
-        created: &created,
-        tool: concat!("kiln-", env!("CARGO_PKG_VERSION")),
-    };
-    let doc = spdx::document(&info, &packages);
+    let (doc, count) = sbom_document(store, &img, &args.image)?;
     let json = match args.format {
         SbomFormat::SpdxJson => serde_json::to_vec_pretty(&doc)?,
         SbomFormat::InToto => {
@@ -53,8 +39,31 @@ pub fn sbom(store: &Store, args: &SbomArgs) -> Result<ExitCode> {
             out.write_all(b"\n")?;
         }
     }
-    eprintln!("{} packages in {}", packages.len(), args.image);
+    eprintln!("{count} packages in {}", args.image);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The SPDX document of an image (and how many packages it lists).
+pub fn sbom_document(
+    store: &Store,
+    img: &ImageRecord,
+    name: &str,
+) -> Result<(spdx::Document, usize)> {
+    let view = image_files(store, img)?;
+    for s in view.skipped() {
+        eprintln!(
+            "kiln: warning: /{s} is over {} MiB and was not read; its packages are not listed",
+            MAX_DB_FILE >> 20
+        );
+    }
+    let packages = kiln_attest::find_packages(view.files());
+    let created = created_time(img);
+    let info = DocumentInfo {
+        name,
+        created: &created,
+        tool: concat!("kiln-", env!("CARGO_PKG_VERSION")),
+    };
+    Ok((spdx::document(&info, &packages), packages.len()))
 }
 
 /// The package-database files the image's layers leave, bottom layer first.
@@ -82,13 +91,19 @@ fn created_time(img: &ImageRecord) -> String {
             return t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         }
     }
+    // SPDX wants whole seconds in UTC (`2024-01-01T00:00:00Z`).
     img.config
         .created
-        .clone()
+        .as_deref()
+        .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
-fn image_subject(name: &str, img: &ImageRecord) -> Subject {
+pub fn image_subject(name: &str, img: &ImageRecord) -> Subject {
     let platform = match &img.config.variant {
         Some(v) => format!("{}/{}/{}", img.config.os, img.config.architecture, v),
         None => format!("{}/{}", img.config.os, img.config.architecture),
@@ -101,4 +116,27 @@ fn image_subject(name: &str, img: &ImageRecord) -> Subject {
         Err(_) => (name.to_string(), None),
     };
     Subject::image(&repo, tag.as_deref(), &platform, img.manifest_digest.hex())
+}
+
+/// `kiln inspect --attestations IMAGE...`: the in-toto statements attached
+/// to each image, as one JSON array per image (`[]` when it has none).
+pub fn inspect_attestations(store: &Store, names: &[String]) -> Result<ExitCode> {
+    let mut out = Vec::new();
+    for n in names {
+        if store.resolve_image(n)?.is_none() {
+            return Err(no_such_image(n));
+        }
+        let statements: Vec<serde_json::Value> = store
+            .attestations(n)?
+            .iter()
+            .map(|s| {
+                serde_json::from_slice(&s.bytes).with_context(|| {
+                    format!("an attestation of {n} ({}) is not JSON", s.predicate_type)
+                })
+            })
+            .collect::<Result<_>>()?;
+        out.push(serde_json::json!({"Name": n, "Attestations": statements}));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -210,7 +210,12 @@ pub fn tag(store: &Store, source: &str, target: &str) -> Result<ExitCode> {
             format!("Error parsing reference: {target:?} is not a valid repository/tag: {e}"),
         )
     })?;
-    store.tag(target, &img.manifest_digest)?;
+    // A name for an index (several platforms, attestations) tags the index.
+    let named = match store.resolve_index(source)? {
+        Some(idx) => idx.digest,
+        None => img.manifest_digest,
+    };
+    store.tag(target, &named)?;
     Ok(ExitCode::SUCCESS)
 }
 

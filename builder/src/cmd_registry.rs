@@ -141,11 +141,18 @@ fn platform_str(p: &Platform) -> String {
     }
 }
 
+/// What a push sends: one image, or an index (several platforms,
+/// attestations) with everything it holds.
+pub enum Pushable<'a> {
+    Image(&'a ImageRecord),
+    Index(&'a kiln_store::IndexRecord),
+}
+
 /// Pushes a local image under `target` and prints docker's summary line.
 pub fn push_image(
     store: &Store,
     access: &Access,
-    image: &ImageRecord,
+    what: Pushable,
     target: &str,
     opts: &PushOptions,
     quiet: bool,
@@ -167,7 +174,10 @@ pub fn push_image(
         );
     }
     let events = reporter(quiet);
-    let report = client.push(store, image, &r, opts, &events)?;
+    let report = match what {
+        Pushable::Image(image) => client.push(store, image, &r, opts, &events)?,
+        Pushable::Index(idx) => client.push_index(store, idx, &r, opts, &events)?,
+    };
     if !quiet {
         let mut counts = [0usize; 3];
         for (_, b) in &report.blobs {
@@ -192,6 +202,7 @@ pub fn push_image(
 }
 
 pub fn cmd_push(store: &Store, access: &Access, args: &PushArgs) -> Result<ExitCode> {
+    let index = store.resolve_index(&args.reference)?;
     let Some(img) = store.resolve_image(&args.reference)? else {
         return Err(Failure::new(
             1,
@@ -214,7 +225,11 @@ pub fn cmd_push(store: &Store, access: &Access, args: &PushArgs) -> Result<ExitC
         compression: compression(args.compression),
         chunk_size,
     };
-    let report = push_image(store, access, &img, &args.reference, &opts, args.quiet)?;
+    let what = match &index {
+        Some(idx) => Pushable::Index(idx),
+        None => Pushable::Image(&img),
+    };
+    let report = push_image(store, access, what, &args.reference, &opts, args.quiet)?;
     println!("{}", report.manifest_digest);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! `kiln`: the command line. Parses flags (cli.rs), opens the store, and
 //! hands each verb to the module that implements it.
 
+mod attach;
 mod build;
 mod cli;
 mod cmd_attest;
@@ -90,7 +91,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tag { source, target } => {
             cmd_images::tag(&open_store(&cli.root, &cli.limits)?, &source, &target)
         }
-        Command::Inspect { images } => {
+        Command::Inspect {
+            attestations: true,
+            images,
+        } => cmd_attest::inspect_attestations(&open_store(&cli.root, &cli.limits)?, &images),
+        Command::Inspect { images, .. } => {
             cmd_images::inspect(&open_store(&cli.root, &cli.limits)?, &images)
         }
         Command::History(args) => cmd_images::history(&open_store(&cli.root, &cli.limits)?, &args),

@@ -248,6 +248,17 @@ impl Reference {
     pub fn digest(&self) -> Option<&Digest> {
         self.digest.as_ref()
     }
+
+    /// The same repository with neither tag nor digest: what a manifest
+    /// pushed by its digest is addressed as.
+    pub fn repository_only(&self) -> Reference {
+        Reference {
+            domain: self.domain.clone(),
+            path: self.path.clone(),
+            tag: None,
+            digest: None,
+        }
+    }
 }
 
 impl fmt::Display for Reference {

@@ -78,6 +78,9 @@ pub struct Builder {
     pub access: crate::cmd_registry::Access,
     /// One pull per base name per build, however many stages name it.
     pulls: Mutex<HashMap<String, PullCell>>,
+    /// Base images the build used: (name, manifest digest, platform), for
+    /// provenance.
+    pub bases: Mutex<Vec<(String, kiln_store::Digest, String)>>,
 }
 
 type PullCell = Arc<std::sync::OnceLock<std::result::Result<kiln_store::ImageRecord, String>>>;
@@ -201,6 +204,12 @@ pub fn cmd_build(
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>>>()?;
+    let attest = crate::attach::AttestRequest::parse(
+        args.sbom.as_deref(),
+        args.provenance.as_deref(),
+        &args.attest,
+    )?;
+    let started_on = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(
             v.parse::<i64>()
@@ -324,6 +333,7 @@ pub fn cmd_build(
         trace: Mutex::new(Vec::new()),
         access,
         pulls: Mutex::new(HashMap::new()),
+        bases: Mutex::new(Vec::new()),
     };
 
     let result = builder.run_all();
@@ -365,10 +375,24 @@ pub fn cmd_build(
         .or(config.created.clone());
     let id = builder.progress.start("exporting to image");
     let image = builder.store.write_image(&config, &result.layers)?;
+    let index = if attest.any() {
+        let name = args.tags.first().map(String::as_str).unwrap_or("");
+        let input = provenance_input(&builder, &args, started_on)?;
+        Some(crate::attach::attach(
+            &builder.store,
+            &image,
+            name,
+            &attest,
+            &input,
+        )?)
+    } else {
+        None
+    };
+    let named = index.as_ref().map_or(&image.manifest_digest, |i| &i.digest);
     for t in &args.tags {
         builder
             .store
-            .tag(t, &image.manifest_digest)
+            .tag(t, named)
             .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))?;
         builder.progress.info(&format!("naming to {t}"));
     }
@@ -387,10 +411,14 @@ pub fn cmd_build(
         for t in &args.tags {
             let id = builder.progress.start(&format!("pushing {t}"));
             let started = std::time::Instant::now();
+            let what = match &index {
+                Some(i) => crate::cmd_registry::Pushable::Index(i),
+                None => crate::cmd_registry::Pushable::Image(&image),
+            };
             match crate::cmd_registry::push_image(
                 &builder.store,
                 &builder.access,
-                &image,
+                what,
                 t,
                 &opts,
                 true,
@@ -799,6 +827,17 @@ impl Builder {
                 let img = self.resolve_image(name)?;
                 // Keyed on the image ID (its config digest): the same image
                 // loaded from another archive format keeps its ID.
+                {
+                    let mut bases = self.bases.lock().expect("bases");
+                    let entry = (
+                        name.clone(),
+                        img.manifest_digest.clone(),
+                        kiln_store::indexes::platform_of(&img.config),
+                    );
+                    if !bases.contains(&entry) {
+                        bases.push(entry);
+                    }
+                }
                 let k = key::hash_str(&format!("image {}", img.config_digest));
                 Ok((
                     img.config,
@@ -809,6 +848,52 @@ impl Builder {
             }
         }
     }
+}
+
+/// What the build knew, for `--provenance`: arguments as given (secret
+/// values never), base images by digest, and the steps with their cache
+/// keys (not their inputs, which can hold build-arg values).
+fn provenance_input(
+    b: &Builder,
+    args: &cli::BuildArgs,
+    started_on: String,
+) -> Result<crate::attach::ProvenanceInput> {
+    let steps = b
+        .trace
+        .lock()
+        .expect("trace")
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "stage": t.stage,
+                "step": t.description,
+                "source": t.source,
+                "key": t.key,
+                "parent": t.parent,
+                "cached": t.hit,
+            })
+        })
+        .collect();
+    let mut secrets: Vec<String> = b.opts.secrets.keys().cloned().collect();
+    secrets.sort();
+    let mut ssh: Vec<String> = b.opts.ssh.keys().cloned().collect();
+    ssh.sort();
+    let invocation_id =
+        kiln_store::sha256_digest(format!("{started_on} {}", std::process::id()).as_bytes());
+    Ok(crate::attach::ProvenanceInput {
+        builder_id: crate::attach::builder_id(args.provenance.as_deref()),
+        dockerfile_path: b.opts.dockerfile_name.clone(),
+        build_args: b.opts.build_args.clone(),
+        labels: b.opts.labels.clone(),
+        target: args.target.clone(),
+        secrets,
+        ssh,
+        bases: b.bases.lock().expect("bases").clone(),
+        steps,
+        started_on,
+        finished_on: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        invocation_id: invocation_id.hex()[..25].to_string(),
+    })
 }
 
 /// `kiln cache why IMAGE|KEY`: the explanation kept from the build that

@@ -19,6 +19,7 @@
 mod error;
 mod http;
 mod push;
+mod push_index;
 
 pub mod credentials;
 
@@ -909,6 +910,19 @@ impl Client {
         events: &(dyn Fn(Event) + Sync),
     ) -> Result<PushReport, RegistryError> {
         push::push(self, store, image, target, opts, events)
+    }
+
+    /// Pushes a store image index to `target`: its images by digest, its
+    /// attestations (about the pushed manifests), then the index at the tag.
+    pub fn push_index(
+        &self,
+        store: &Store,
+        index: &crate::indexes::IndexRecord,
+        target: &Reference,
+        opts: &PushOptions,
+        events: &(dyn Fn(Event) + Sync),
+    ) -> Result<PushReport, RegistryError> {
+        push_index::push_index(self, store, index, target, opts, events)
     }
 
     /// Uploads a blob to `repo` unless it is there already (or can be
