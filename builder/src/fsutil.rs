@@ -398,11 +398,6 @@ pub fn restore_dir_mtimes(fixups: &[(PathBuf, i64)]) -> Result<()> {
     Ok(())
 }
 
-/// Whether `dir` (an upper dir) holds nothing at all.
-pub fn dir_is_empty(dir: &Path) -> Result<bool> {
-    Ok(fs::read_dir(dir)?.next().is_none())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -646,12 +646,14 @@ impl Builder {
                     fsutil::clean_abs(&format!("{}/{}", st.workdir(), w))
                 };
                 st.config.config.working_dir = Some(abs.clone());
-                // BuildKit creates the directory (owned by the USER); an
-                // existing one leaves an empty diff, so no layer.
+                // BuildKit makes the directory (owned by the USER) in a
+                // layer of its own, an empty one when it exists; only `/`
+                // gets no mkdir and so no layer.
                 let view = self.view(&st.layers)?;
-                if view.stat(&abs)?.is_some() {
+                if abs == "/" {
                     self.meta(st, ins, json!({ "workdir": abs }))?;
                 } else {
+                    let exists = view.stat(&abs)?.is_some();
                     let owner = match &st.config.config.user {
                         Some(u) if !u.is_empty() => Some(
                             fsutil::resolve_user(&view, u)
@@ -663,8 +665,10 @@ impl Builder {
                         json!({ "mkdir": abs, "owner": owner.map(|(u, g)| format!("{u}:{g}")) });
                     self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
                         let pending = b.store.new_snapshot()?;
-                        let (comps, _) = view.resolve(&abs, true)?;
-                        fsutil::ensure_dirs(pending.upper(), &view, &comps, owner)?;
+                        if !exists {
+                            let (comps, _) = view.resolve(&abs, true)?;
+                            fsutil::ensure_dirs(pending.upper(), &view, &comps, owner)?;
+                        }
                         Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
                     })?;
                 }
@@ -953,9 +957,6 @@ impl Builder {
         self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
             let pending = b.store.new_snapshot()?;
             copy::execute(&plan, pending.upper(), &view, &b.store.layer_limits())?;
-            if fsutil::dir_is_empty(pending.upper())? {
-                return Ok(None);
-            }
             Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
         })
     }
@@ -1448,9 +1449,6 @@ impl Builder {
                     }
                 }
                 return Err(b.located(line, msg.trim_end()));
-            }
-            if fsutil::dir_is_empty(pending.upper())? {
-                return Ok(None);
             }
             Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
         });
