@@ -372,9 +372,19 @@ pub fn ensure_dirs(
             }
             Err(_) => {}
         }
+        let below = view.lookup_raw(&comps[..=i]).filter(|f| f.meta.is_dir());
+        // A directory the layers below have is only brought up to hold
+        // children (overlayfs' copy-up): its parent is not modified by that.
+        let parent_mtime = match (&below, p.parent()) {
+            (Some(_), Some(parent)) if i > 0 => Some(mtime_ns(&fs::symlink_metadata(parent)?)),
+            _ => None,
+        };
         fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
-        match view.lookup_raw(&comps[..=i]) {
-            Some(f) if f.meta.is_dir() => {
+        if let (Some(t), Some(parent)) = (parent_mtime, p.parent()) {
+            set_mtime(parent, t)?;
+        }
+        match below {
+            Some(f) => {
                 fs::set_permissions(&p, fs::Permissions::from_mode(f.meta.mode() & 0o7777))?;
                 lchown(&p, f.meta.uid(), f.meta.gid())?;
                 set_mtime(&p, mtime_ns(&f.meta))?;

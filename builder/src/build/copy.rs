@@ -703,7 +703,7 @@ pub fn execute(
         if let ItemSource::Archive(path) = &item.src {
             comps.extend(fsutil::clean_components(name));
             let dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
-            extract_archive(path, &dir, limits)?;
+            extract_keeping_dest(path, &dir, limits)?;
             continue;
         }
         let parent_dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
@@ -713,9 +713,11 @@ pub fn execute(
         }
         let path = parent_dir.join(name);
         let (uid, gid) = owner.unwrap_or((item.uid, item.gid));
-        // --chmod applies to files; directories keep their source's mode
-        // (BuildKit of Docker 20.10, our reference, does the same).
+        // --chmod applies to files; directories inside the copied one keep
+        // their source's mode, and the top one is made 0755, as BuildKit
+        // makes a destination directory.
         let mode = match item.src {
+            ItemSource::Dir if item.rel.is_empty() => 0o755,
             ItemSource::Dir => item.mode,
             _ => plan.chmod.unwrap_or(item.mode),
         };
@@ -724,9 +726,11 @@ pub fn execute(
                 if item.rel.is_empty() && view.stat(dest)?.is_some_and(|f| f.meta.is_dir()) =>
             {
                 // Copying a directory's contents into one the image already
-                // has: that directory keeps its own metadata.
+                // has: that directory keeps its mode and owner, and takes the
+                // source directory's mtime (BuildKit 0.13).
                 comps.extend(fsutil::clean_components(name));
-                fsutil::ensure_dirs(upper, view, &comps, None)?;
+                let dir = fsutil::ensure_dirs(upper, view, &comps, None)?;
+                dir_fixups.push((dir, item.mtime_ns));
             }
             ItemSource::Dir => {
                 match fs::symlink_metadata(&path) {
@@ -785,6 +789,25 @@ fn remove_any(path: &Path) -> Result<()> {
         Ok(_) => fs::remove_file(path)?,
         Err(_) => {}
     }
+    Ok(())
+}
+
+/// Extracts into `dir` as BuildKit does: an entry for the archive's root
+/// (`./`) does not change the destination directory's mode or owner, and
+/// the destination's mtime is that of a directory just written into.
+fn extract_keeping_dest(path: &Path, dir: &Path, limits: &kiln_store::layer::Limits) -> Result<()> {
+    let before = fs::symlink_metadata(dir)?;
+    extract_archive(path, dir, limits)?;
+    fsutil::lchown(dir, before.uid(), before.gid())?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(before.mode() & 0o7777))?;
+    let wrote = fs::read_dir(dir)?.next().is_some();
+    let mtime = if wrote {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        now.as_nanos() as i64
+    } else {
+        fsutil::mtime_ns(&before)
+    };
+    fsutil::set_mtime(dir, mtime)?;
     Ok(())
 }
 

@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 /// Bumped whenever what a step's result means changes, so old records of
 /// an incompatible kiln are never hit. v2: every RUN, COPY, ADD and
 /// WORKDIR makes a layer, an empty one included (v1 dropped empty diffs, so
-/// its records hold other layer lists and histories).
-const KEY_VERSION: &str = "kiln-cache-v2";
+/// its records hold other layer lists and histories). v3: directory modes
+/// and mtimes of COPY and ADD as BuildKit 0.13 makes them.
+const KEY_VERSION: &str = "kiln-cache-v3";
 
 pub fn hash_str(s: &str) -> String {
     blake3::hash(format!("{KEY_VERSION}\0{s}").as_bytes())
