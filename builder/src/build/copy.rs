@@ -79,8 +79,17 @@ pub fn has_wildcard(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// Go's `filepath.Match`, which BuildKit uses for COPY sources: `*` never
+/// crosses a `/`, and `**` is no more than `*` (the glob crate would make
+/// it cross directories).
 fn glob_match(pattern: &str, path: &str) -> bool {
-    match glob::Pattern::new(pattern) {
+    let mut go = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        if !(c == '*' && go.ends_with('*')) {
+            go.push(c);
+        }
+    }
+    match glob::Pattern::new(&go) {
         Ok(p) => p.matches_with(
             path,
             glob::MatchOptions {
@@ -224,11 +233,23 @@ fn resolve_in_context(ctx: &BuildContext, rel: &str) -> Result<String> {
 pub struct Selected {
     pub path: String,
     pub is_dir: bool,
+    /// The name the source was given by (a symlink's own name: BuildKit
+    /// copies the target's content under it).
+    pub name: String,
+}
+
+fn last_component(p: &str) -> String {
+    p.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Expands the sources against the context.
 pub fn select_in_context(ctx: &BuildContext, sources: &[String]) -> Result<Vec<Selected>> {
     let mut out = Vec::new();
+    let mut unmatched = None;
     for s in sources {
         let rel = context_rel(s)?;
         if has_wildcard(&rel) {
@@ -237,25 +258,43 @@ pub fn select_in_context(ctx: &BuildContext, sources: &[String]) -> Result<Vec<S
                 if !k.is_empty() && glob_match(&rel, k) {
                     let real = resolve_in_context(ctx, k)?;
                     let is_dir = ctx.get(&real).map(|e| e.kind == Kind::Dir).unwrap_or(false);
-                    out.push(Selected { path: real, is_dir });
+                    let name = last_component(k);
+                    out.push(Selected {
+                        path: real,
+                        is_dir,
+                        name,
+                    });
                     any = true;
                 }
             }
             if !any {
-                bail!("lstat {s}: no source files were specified (the pattern matched nothing in the build context)");
+                unmatched.get_or_insert(s);
             }
         } else {
             let real = resolve_in_context(ctx, &rel)?;
             let is_dir = ctx.get(&real).map(|e| e.kind == Kind::Dir).unwrap_or(false);
-            out.push(Selected { path: real, is_dir });
+            let name = last_component(&rel);
+            out.push(Selected {
+                path: real,
+                is_dir,
+                name,
+            });
         }
     }
-    Ok(out)
+    // As in BuildKit, a wildcard may match nothing when another source of
+    // the same COPY gives something.
+    match unmatched {
+        Some(s) if out.is_empty() => bail!(
+            "lstat {s}: no source files were specified (the pattern matched nothing in the build context)"
+        ),
+        _ => Ok(out),
+    }
 }
 
 /// Expands the sources against another stage's or image's filesystem.
 pub fn select_in_view(view: &RootView, sources: &[String]) -> Result<Vec<Selected>> {
     let mut out = Vec::new();
+    let mut unmatched = None;
     for s in sources {
         let abs = fsutil::clean_abs(s);
         if has_wildcard(&abs) {
@@ -271,16 +310,19 @@ pub fn select_in_view(view: &RootView, sources: &[String]) -> Result<Vec<Selecte
             let mut any = false;
             for (name, real) in view.read_dir(&comps)? {
                 if glob_match(pat, &name) {
-                    let m = fs::symlink_metadata(&real)?;
-                    out.push(Selected {
-                        path: format!("/{}/{}", comps.join("/"), name).replace("//", "/"),
-                        is_dir: m.is_dir(),
-                    });
+                    let path = format!("/{}/{}", comps.join("/"), name).replace("//", "/");
+                    // A matched symlink is followed inside the image, as a
+                    // named one is: a link to a directory copies its contents.
+                    let is_dir = match view.resolve(&path, true)?.1 {
+                        Some(f) => f.meta.is_dir(),
+                        None => fs::symlink_metadata(&real)?.is_dir(),
+                    };
+                    out.push(Selected { path, is_dir, name });
                     any = true;
                 }
             }
             if !any {
-                bail!("\"{s}\": no source files matched");
+                unmatched.get_or_insert(s);
             }
         } else {
             let (comps, found) = view.resolve(&abs, true)?;
@@ -290,16 +332,20 @@ pub fn select_in_view(view: &RootView, sources: &[String]) -> Result<Vec<Selecte
             out.push(Selected {
                 path: format!("/{}", comps.join("/")),
                 is_dir: f.meta.is_dir(),
+                name: last_component(&abs),
             });
         }
     }
-    Ok(out)
+    match unmatched {
+        Some(s) if out.is_empty() => bail!("\"{s}\": no source files matched"),
+        _ => Ok(out),
+    }
 }
 
 /// Where each selected source lands, relative to "/": BuildKit's rules.
 fn dest_for(sel: &Selected, req: &CopyRequest, dest_is_dir: bool) -> String {
     let dest = fsutil::clean_abs(&req.dest);
-    let base = sel.path.rsplit('/').next().unwrap_or("").to_string();
+    let base = sel.name.clone();
     if req.parents {
         let parent = sel.path.trim_start_matches('/');
         let parent = parent.rsplit_once('/').map(|(p, _)| p).unwrap_or("");

@@ -864,7 +864,11 @@ impl Builder {
         for h in c.heredocs {
             let content = h.effective_content();
             let body = if h.expand {
-                lx.process_word(&content, &env)
+                // BuildKit expands a heredoc's variables and escapes but
+                // keeps its quotes as written.
+                self.lexer()
+                    .skip_process_quotes(true)
+                    .process_word(&content, &env)
                     .map_err(|e| self.located(line, &e.to_string()))?
             } else {
                 content
