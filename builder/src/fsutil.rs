@@ -257,33 +257,35 @@ impl RootView {
 }
 
 /// Resolves a `--chown`/`USER` spec to numeric ids by reading the image's
-/// own /etc/passwd and /etc/group (never the host's). IDs follow runc's
-/// range (0 to 2^31-1), in the spec and in the entries it selects.
+/// own /etc/passwd and /etc/group (never the host's), as BuildKit's file
+/// operations do: a user named alone gets its primary gid from passwd, a
+/// number alone is both ids, and a group name /etc/group does not know
+/// leaves that gid (BuildKit does not fail there). An unknown user name is
+/// an error (BuildKit silently uses root: see fixtures/cases/README.md).
+/// IDs follow runc's range (0 to 2^31-1), in the spec and in the entries it
+/// selects.
 pub fn resolve_user(view: &RootView, spec: &str) -> Result<(u32, u32)> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let uid = match parse_id_field(user) {
-        IdField::Id(n) => n,
+    let (uid, primary) = match parse_id_field(user) {
+        IdField::Id(n) => (n, n),
         IdField::OutOfRange => bail!("{}", out_of_range(spec, user)),
         IdField::Name(name) => {
-            let Some(id) = lookup_id(view, "/etc/passwd", name)? else {
+            let Some(ids) = lookup_ids(view, "/etc/passwd", name, 2)? else {
                 bail!("unable to find user {name}: no matching entries in passwd file");
             };
-            id
+            (ids[0], ids[1])
         }
     };
     let gid = match group.map(parse_id_field) {
-        None => uid,
+        None => primary,
         Some(IdField::Id(n)) => n,
         Some(IdField::OutOfRange) => bail!("{}", out_of_range(spec, group.unwrap_or(""))),
-        Some(IdField::Name(name)) => {
-            let Some(id) = lookup_id(view, "/etc/group", name)? else {
-                bail!("unable to find group {name}: no matching entries in group file");
-            };
-            id
-        }
+        Some(IdField::Name(name)) => lookup_ids(view, "/etc/group", name, 1)?
+            .map(|ids| ids[0])
+            .unwrap_or(primary),
     };
     Ok((uid, gid))
 }
@@ -295,9 +297,10 @@ fn out_of_range(spec: &str, id: &str) -> String {
     )
 }
 
-/// The third field (uid or gid) of the first line of `file` naming `name`;
-/// an entry whose id is not a number in range is an error naming the line.
-fn lookup_id(view: &RootView, file: &str, name: &str) -> Result<Option<u32>> {
+/// The `count` ids from the third field on (uid and gid in passwd, gid in
+/// group) of the first line of `file` naming `name`; an entry whose ids are
+/// not numbers in range is an error naming the line.
+fn lookup_ids(view: &RootView, file: &str, name: &str, count: usize) -> Result<Option<Vec<u32>>> {
     let Some(bytes) = view.read_file(file)? else {
         return Ok(None);
     };
@@ -309,15 +312,23 @@ fn lookup_id(view: &RootView, file: &str, name: &str) -> Result<Option<u32>> {
     let Some((n, line)) = found else {
         return Ok(None);
     };
-    let raw = line.split(':').nth(2).unwrap_or("");
-    match parse_id_field(raw.trim()) {
-        IdField::Id(id) => Ok(Some(id)),
-        _ => bail!(
-            "{file} line {}: id {raw:?} of {name:?} is not a valid id: \
-             uids and gids must be in range 0-{MAX_ID}",
-            n + 1
-        ),
+    let mut ids = Vec::with_capacity(count);
+    for raw in line
+        .split(':')
+        .skip(2)
+        .chain(std::iter::repeat(""))
+        .take(count)
+    {
+        match parse_id_field(raw.trim()) {
+            IdField::Id(id) => ids.push(id),
+            _ => bail!(
+                "{file} line {}: id {raw:?} of {name:?} is not a valid id: \
+                 uids and gids must be in range 0-{MAX_ID}",
+                n + 1
+            ),
+        }
     }
+    Ok(Some(ids))
 }
 
 pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
@@ -458,15 +469,28 @@ mod tests {
         fs::create_dir_all(base.path().join("etc")).unwrap();
         fs::write(
             base.path().join("etc/passwd"),
-            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n\
+             svc:x:1500:2000::/:/bin/sh\nweb:x:1600:1600::/:/bin/sh\n",
         )
         .unwrap();
-        fs::write(base.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        fs::write(
+            base.path().join("etc/group"),
+            "root:x:0:\nstaff:x:50:\nweb:x:1700:\n",
+        )
+        .unwrap();
         let v = RootView::new(vec![base.path().into()]);
         assert_eq!(resolve_user(&v, "app").unwrap(), (1000, 1000));
         assert_eq!(resolve_user(&v, "app:staff").unwrap(), (1000, 50));
         assert_eq!(resolve_user(&v, "7:8").unwrap(), (7, 8));
         assert!(resolve_user(&v, "nobody-here").is_err());
+        // BuildKit 0.13 (copy-owners-more): the primary gid, not the uid.
+        assert_eq!(resolve_user(&v, "svc").unwrap(), (1500, 2000));
+        assert_eq!(resolve_user(&v, "1500").unwrap(), (1500, 1500));
+        // A group named like a user is looked up in /etc/group.
+        assert_eq!(resolve_user(&v, "web:web").unwrap(), (1600, 1700));
+        // A group /etc/group does not have leaves the user's gid.
+        assert_eq!(resolve_user(&v, "svc:svc").unwrap(), (1500, 2000));
+        assert_eq!(resolve_user(&v, "1600:nogroup").unwrap(), (1600, 1600));
     }
 
     #[test]

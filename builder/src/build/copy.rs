@@ -726,7 +726,12 @@ pub fn execute(
     limits: &kiln_store::layer::Limits,
 ) -> Result<()> {
     let mut dir_fixups: Vec<(PathBuf, i64)> = Vec::new();
+    let mut links = HardLinks::default();
     for (dest, item) in &plan.items {
+        if item.rel.is_empty() {
+            // Each source is its own copy: links between two sources are not kept.
+            links = HardLinks::default();
+        }
         // Resolve the parent inside the image (symlinks such as /bin ->
         // usr/bin are followed as the container would see them).
         let (parent, name) = match dest.rsplit_once('/') {
@@ -759,12 +764,11 @@ pub fn execute(
         }
         let path = parent_dir.join(name);
         let (uid, gid) = owner.unwrap_or((item.uid, item.gid));
-        // --chmod applies to files; directories inside the copied one keep
-        // their source's mode, and the top one is made 0755, as BuildKit
-        // makes a destination directory.
+        // The top directory of a copy is made 0755, as BuildKit makes a
+        // destination directory; --chmod applies to everything below it,
+        // directories too (BuildKit 0.13).
         let mode = match item.src {
             ItemSource::Dir if item.rel.is_empty() => 0o755,
-            ItemSource::Dir => item.mode,
             _ => plan.chmod.unwrap_or(item.mode),
         };
         match &item.src {
@@ -798,6 +802,12 @@ pub fn execute(
             }
             ItemSource::File(src) => {
                 remove_any(&path)?;
+                if let Some(first) = links.earlier_copy(src, &path)? {
+                    fs::hard_link(&first, &path).with_context(|| {
+                        format!("linking {} to {}", path.display(), first.display())
+                    })?;
+                    continue;
+                }
                 let mut from = open_source(src)?;
                 let mut to = fs::File::create(&path)
                     .with_context(|| format!("creating {}", path.display()))?;
@@ -827,6 +837,29 @@ pub fn execute(
     }
     fsutil::restore_dir_mtimes(&dir_fixups)?;
     Ok(())
+}
+
+/// Hard links inside one copied source stay hard links, as BuildKit keeps
+/// them: the first copy of an inode is remembered, later names link to it.
+#[derive(Default)]
+struct HardLinks {
+    seen: std::collections::HashMap<(u64, u64), PathBuf>,
+}
+
+impl HardLinks {
+    fn earlier_copy(&mut self, src: &Path, dest: &Path) -> Result<Option<PathBuf>> {
+        let m = fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
+        if m.nlink() < 2 {
+            return Ok(None);
+        }
+        match self.seen.entry((m.dev(), m.ino())) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(Some(e.get().clone())),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(dest.to_path_buf());
+                Ok(None)
+            }
+        }
+    }
 }
 
 fn remove_any(path: &Path) -> Result<()> {

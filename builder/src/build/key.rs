@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 /// an incompatible kiln are never hit. v2: every RUN, COPY, ADD and
 /// WORKDIR makes a layer, an empty one included (v1 dropped empty diffs, so
 /// its records hold other layer lists and histories). v3: directory modes
-/// and mtimes of COPY and ADD as BuildKit 0.13 makes them.
-const KEY_VERSION: &str = "kiln-cache-v3";
+/// and mtimes of COPY and ADD as BuildKit 0.13 makes them. v4: --chmod on
+/// copied directories, hard links kept.
+const KEY_VERSION: &str = "kiln-cache-v4";
 
 pub fn hash_str(s: &str) -> String {
     blake3::hash(format!("{KEY_VERSION}\0{s}").as_bytes())
