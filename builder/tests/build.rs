@@ -528,3 +528,25 @@ fn outputs_iidfile_labels_and_a_dockerfile_from_stdin() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("sha256:"));
 }
+
+/// BuildKit 0.13 leaves `ENTRYPOINT []` and `CMD []` out of the config (as
+/// if never set), which image_tree.py's normalised config.json cannot show
+/// (it reads an empty list as null): checked on kiln's own config here.
+#[test]
+fn empty_entrypoint_and_cmd_lists_leave_the_keys_out() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox\nENTRYPOINT [\"/bin/sh\"]\nCMD [\"-c\", \"true\"]\nENTRYPOINT []\nCMD []\n",
+        )],
+    );
+    build(&k, ctx.path(), &["-t", "empty-lists:1"]).ok();
+    let out = k.run(&["inspect", "empty-lists:1"]).ok().stdout();
+    let v: serde_json::Value = serde_json::from_str(&out).expect("inspect prints JSON");
+    let cfg = &v[0]["Config"];
+    assert!(cfg.get("Entrypoint").is_none_or(|e| e.is_null()), "{cfg}");
+    assert!(cfg.get("Cmd").is_none_or(|e| e.is_null()), "{cfg}");
+}

@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 /// WORKDIR makes a layer, an empty one included (v1 dropped empty diffs, so
 /// its records hold other layer lists and histories). v3: directory modes
 /// and mtimes of COPY and ADD as BuildKit 0.13 makes them. v4: --chmod on
-/// copied directories, hard links kept.
-const KEY_VERSION: &str = "kiln-cache-v4";
+/// copied directories, hard links kept. v5: config values (empty CMD and
+/// ENTRYPOINT lists, EXPOSE ranges, WORKDIR as written).
+const KEY_VERSION: &str = "kiln-cache-v5";
 
 pub fn hash_str(s: &str) -> String {
     blake3::hash(format!("{KEY_VERSION}\0{s}").as_bytes())

@@ -528,21 +528,9 @@ impl Builder {
                         .process_words(p, &env)
                         .map_err(|e| self.located(line, &e.to_string()))?;
                     for w in words {
-                        let (port, proto) = match w.split_once('/') {
-                            Some((p, proto)) => (p.to_string(), proto.to_ascii_lowercase()),
-                            None => (w.clone(), "tcp".to_string()),
-                        };
-                        let ok = port.split('-').all(|n| n.parse::<u16>().is_ok())
-                            && matches!(proto.as_str(), "tcp" | "udp" | "sctp");
-                        if !ok {
-                            return Err(self.located(
-                                line,
-                                &format!(
-                                    "invalid port {w:?} in EXPOSE (expected PORT[/tcp|udp|sctp])"
-                                ),
-                            ));
-                        }
-                        added.push(format!("{port}/{proto}"));
+                        let keys = super::config_rules::expose_keys(&w)
+                            .map_err(|e| self.located(line, &e))?;
+                        added.extend(keys);
                     }
                 }
                 for p in &added {
@@ -575,13 +563,13 @@ impl Builder {
             }
             InstructionKind::Cmd(c) => {
                 let argv = st.argv(c);
-                st.config.config.cmd = Some(argv.clone());
+                st.config.config.cmd = super::config_rules::argv_value(argv.clone());
                 st.cmd_set = true;
                 self.meta(st, ins, json!({ "cmd": argv }))?;
             }
             InstructionKind::Entrypoint(c) => {
                 let argv = st.argv(c);
-                st.config.config.entrypoint = Some(argv.clone());
+                st.config.config.entrypoint = super::config_rules::argv_value(argv.clone());
                 if !st.cmd_set {
                     st.config.config.cmd = None;
                 }
@@ -645,7 +633,8 @@ impl Builder {
                 } else {
                     fsutil::clean_abs(&format!("{}/{}", st.workdir(), w))
                 };
-                st.config.config.working_dir = Some(abs.clone());
+                st.config.config.working_dir =
+                    Some(super::config_rules::working_dir_value(&w, &abs));
                 // BuildKit makes the directory (owned by the USER) in a
                 // layer of its own, an empty one when it exists; only `/`
                 // gets no mkdir and so no layer.
