@@ -1146,9 +1146,16 @@ impl Builder {
                             Some((view, comps, base_id, src))
                         }
                     };
-                    let name = match &seed {
-                        None => cid.clone(),
-                        Some((_, _, base_id, src)) => format!("{cid}\0{base_id}\0{src}"),
+                    // uid/gid/mode make the base BuildKit starts the cache
+                    // from (a directory made so): another base, another cache.
+                    let made = (uid.is_some() || gid.is_some() || mode.is_some()).then(|| {
+                        let (u, g, m) = (uid.unwrap_or(0), gid.unwrap_or(0), mode.unwrap_or(0o755));
+                        format!("mkdir {u}:{g} {m:o}")
+                    });
+                    let name = match (&seed, &made) {
+                        (None, None) => cid.clone(),
+                        (None, Some(made)) => format!("{cid}\0{made}"),
+                        (Some((_, _, base_id, src)), _) => format!("{cid}\0{base_id}\0{src}"),
                     };
                     let dir = self
                         .store
@@ -1220,9 +1227,12 @@ impl Builder {
                         }
                         fsutil::lchown(&host, uid.unwrap_or(0), gid.unwrap_or(0))?;
                     }
-                    mount_inputs.push(
-                        json!({"type": "cache", "target": target, "id": cid, "ro": readonly}),
-                    );
+                    let mut input =
+                        json!({"type": "cache", "target": target, "id": cid, "ro": readonly});
+                    if let Some(made) = made {
+                        input["base"] = json!(made);
+                    }
+                    mount_inputs.push(input);
                     mounts.push(MountSpec {
                         target,
                         kind: MountKind::Bind {
