@@ -410,6 +410,81 @@ pub fn ensure_dirs(
     Ok(p)
 }
 
+/// Copies the tree at `comps` in `view` into `dest`, an existing directory
+/// that stands for its root (a file is copied into `dest` under its name),
+/// keeping every entry's mode, owner and mtime, the root's included: what a
+/// bind mount of that tree shows (BuildKit mounts the stage's snapshot).
+pub fn materialize(view: &RootView, comps: &[String], dest: &Path) -> Result<()> {
+    let Some(found) = view.resolve(&format!("/{}", comps.join("/")), true)?.1 else {
+        return Ok(());
+    };
+    if !found.meta.is_dir() {
+        let name = comps.last().cloned().unwrap_or_else(|| "file".into());
+        let d = dest.join(name);
+        fs::copy(&found.real, &d)?;
+        keep_metadata(&found.meta, &d)?;
+        return Ok(());
+    }
+    fn rec(
+        view: &RootView,
+        comps: &mut Vec<String>,
+        dest: &Path,
+        dirs: &mut Vec<(PathBuf, i64)>,
+    ) -> Result<()> {
+        for (name, real) in view.read_dir(comps)? {
+            let m = fs::symlink_metadata(&real)?;
+            let d = dest.join(&name);
+            if m.is_dir() {
+                fs::create_dir(&d)?;
+                keep_metadata(&m, &d)?;
+                dirs.push((d.clone(), mtime_ns(&m)));
+                comps.push(name);
+                rec(view, comps, &d, dirs)?;
+                comps.pop();
+            } else if m.file_type().is_symlink() {
+                std::os::unix::fs::symlink(fs::read_link(&real)?, &d)?;
+                keep_metadata(&m, &d)?;
+            } else if m.is_file() {
+                fs::copy(&real, &d)?;
+                keep_metadata(&m, &d)?;
+            }
+        }
+        Ok(())
+    }
+    keep_metadata(&found.meta, dest)?;
+    let mut dirs = vec![(dest.to_path_buf(), mtime_ns(&found.meta))];
+    rec(view, &mut comps.to_vec(), dest, &mut dirs)?;
+    // Writing a child re-stamps its directory: the mtimes go back last.
+    restore_dir_mtimes(&dirs)
+}
+
+fn keep_metadata(m: &fs::Metadata, path: &Path) -> Result<()> {
+    lchown(path, m.uid(), m.gid())?;
+    if !m.file_type().is_symlink() {
+        fs::set_permissions(path, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    }
+    set_mtime(path, mtime_ns(m))?;
+    Ok(())
+}
+
+/// The mount points a container runtime makes for /dev, /proc and /sys
+/// stay in a RUN's layer where the image has none (a FROM scratch stage),
+/// as under BuildKit 0.13 (runc makes them; BuildKit removes only its own
+/// mount stubs). kiln's runner mounts them over a stub layer instead, so
+/// they are added here, 0755 root-owned.
+pub fn keep_runtime_mount_points(upper: &Path, below: &RootView) -> Result<()> {
+    for name in ["dev", "proc", "sys"] {
+        let p = upper.join(name);
+        if below.lookup_raw(&[name.to_string()]).is_some() || fs::symlink_metadata(&p).is_ok() {
+            continue;
+        }
+        fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+        lchown(&p, 0, 0)?;
+    }
+    Ok(())
+}
+
 /// Copies the metadata-bearing parts of a directory's stored mtimes back
 /// after its children were written (writing a child bumps the parent).
 pub fn restore_dir_mtimes(fixups: &[(PathBuf, i64)]) -> Result<()> {

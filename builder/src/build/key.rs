@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 /// its records hold other layer lists and histories). v3: directory modes
 /// and mtimes of COPY and ADD as BuildKit 0.13 makes them. v4: --chmod on
 /// copied directories, hard links kept. v5: config values (empty CMD and
-/// ENTRYPOINT lists, EXPOSE ranges, WORKDIR as written).
-const KEY_VERSION: &str = "kiln-cache-v5";
+/// ENTRYPOINT lists, EXPOSE ranges, WORKDIR as written). v6: bind mounts
+/// from a stage keep metadata; RUN keeps /dev /proc /sys from scratch.
+const KEY_VERSION: &str = "kiln-cache-v6";
 
 pub fn hash_str(s: &str) -> String {
     blake3::hash(format!("{KEY_VERSION}\0{s}").as_bytes())

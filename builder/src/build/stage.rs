@@ -1420,6 +1420,7 @@ impl Builder {
                 }
             }
             let lowers = b.snapshots(&layers)?;
+            let below = RootView::new(lowers.clone());
             let pending = b.store.new_snapshot()?;
             let spec = ContainerSpec {
                 rootfs: RootFs {
@@ -1453,6 +1454,7 @@ impl Builder {
                 }
                 return Err(b.located(line, msg.trim_end()));
             }
+            fsutil::keep_runtime_mount_points(pending.upper(), &below)?;
             Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
         });
         drop(relays);
@@ -1689,30 +1691,6 @@ struct CopyArgs<'a> {
 /// Copies the tree at `comps` of a view into `dest` (for bind mounts from
 /// another stage).
 fn materialize(view: &RootView, comps: &[String], dest: &std::path::Path) -> Result<()> {
-    let found = view.resolve(&format!("/{}", comps.join("/")), true)?.1;
-    let Some(found) = found else { return Ok(()) };
-    if !found.meta.is_dir() {
-        let name = comps.last().cloned().unwrap_or_else(|| "file".into());
-        std::fs::copy(&found.real, dest.join(name))?;
-        return Ok(());
-    }
-    let mut comps = comps.to_vec();
-    fn rec(view: &RootView, comps: &mut Vec<String>, dest: &std::path::Path) -> Result<()> {
-        for (name, real) in view.read_dir(comps)? {
-            let m = std::fs::symlink_metadata(&real)?;
-            let d = dest.join(&name);
-            if m.is_dir() {
-                std::fs::create_dir(&d)?;
-                comps.push(name);
-                rec(view, comps, &d)?;
-                comps.pop();
-            } else if m.file_type().is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(&real)?, &d)?;
-            } else if m.is_file() {
-                std::fs::copy(&real, &d)?;
-            }
-        }
-        Ok(())
-    }
-    rec(view, &mut comps, dest)
+    // Modes, owners and mtimes kept, as a bind mount of the tree shows them.
+    fsutil::materialize(view, comps, dest)
 }
