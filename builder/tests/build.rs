@@ -550,3 +550,33 @@ fn empty_entrypoint_and_cmd_lists_leave_the_keys_out() {
     assert!(cfg.get("Entrypoint").is_none_or(|e| e.is_null()), "{cfg}");
     assert!(cfg.get("Cmd").is_none_or(|e| e.is_null()), "{cfg}");
 }
+
+/// Hard links inside one copied source stay hard links (BuildKit 0.13; the
+/// fixture cases cover links made in a stage, since git keeps none in a
+/// context). Two sources naming one inode give two files.
+#[test]
+fn hard_links_in_the_context_stay_hard_links() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[
+            ("d/a", "one\n"),
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY d /x/\nCOPY d/a d/b /two/\n\
+                 RUN stat -c '%h' /x/a /x/b /x/sub/c /two/a /two/b > /links.txt\n",
+            ),
+        ],
+    );
+    fs::create_dir(ctx.path().join("d/sub")).unwrap();
+    fs::hard_link(ctx.path().join("d/a"), ctx.path().join("d/b")).unwrap();
+    fs::hard_link(ctx.path().join("d/a"), ctx.path().join("d/sub/c")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    export(&k, ctx.path(), out.path(), &[]).ok();
+    let links = fs::read_to_string(out.path().join("links.txt")).unwrap();
+    assert_eq!(
+        links, "3\n3\n3\n1\n1\n",
+        "link counts of /x/a /x/b /x/sub/c /two/a /two/b"
+    );
+}

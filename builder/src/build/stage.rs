@@ -643,8 +643,9 @@ impl Builder {
                     self.meta(st, ins, json!({ "workdir": abs }))?;
                 } else {
                     let exists = view.stat(&abs)?.is_some();
+                    // An existing directory is left as it is: no owner to find.
                     let owner = match &st.config.config.user {
-                        Some(u) if !u.is_empty() => Some(
+                        Some(u) if !u.is_empty() && !exists => Some(
                             fsutil::resolve_user(&view, u)
                                 .map_err(|e| self.located(line, &format!("{e:#}")))?,
                         ),
