@@ -383,7 +383,13 @@ pub fn ensure_dirs(
             }
             Err(_) => {}
         }
-        let below = view.lookup_raw(&comps[..=i]).filter(|f| f.meta.is_dir());
+        let below = match view.lookup_raw(&comps[..=i]) {
+            Some(f) if !f.meta.is_dir() => bail!(
+                "cannot make directory /{}: the image has a file there (not a directory)",
+                comps[..=i].join("/")
+            ),
+            found => found,
+        };
         // A directory the layers below have is only brought up to hold
         // children (overlayfs' copy-up): its parent is not modified by that.
         let parent_mtime = match (&below, p.parent()) {

@@ -642,7 +642,7 @@ impl Builder {
                 if abs == "/" {
                     self.meta(st, ins, json!({ "workdir": abs }))?;
                 } else {
-                    let exists = view.stat(&abs)?.is_some();
+                    let exists = view.stat(&abs)?.is_some_and(|f| f.meta.is_dir());
                     // An existing directory is left as it is: no owner to find.
                     let owner = match &st.config.config.user {
                         Some(u) if !u.is_empty() && !exists => Some(
