@@ -298,28 +298,22 @@ pub fn select_in_view(view: &RootView, sources: &[String]) -> Result<Vec<Selecte
     for s in sources {
         let abs = fsutil::clean_abs(s);
         if has_wildcard(&abs) {
-            let (parent, pat) = abs.rsplit_once('/').unwrap_or(("", abs.as_str()));
-            if has_wildcard(parent) {
-                bail!("COPY --from: wildcards are supported in the last path component only ({s})");
-            }
-            let (comps, found) =
-                view.resolve(if parent.is_empty() { "/" } else { parent }, true)?;
-            if found.is_none() {
-                bail!("\"{s}\": not found");
-            }
+            // Any component may be a pattern, as in BuildKit: expanded one
+            // component at a time, in name order.
             let mut any = false;
-            for (name, real) in view.read_dir(&comps)? {
-                if glob_match(pat, &name) {
-                    let path = format!("/{}/{}", comps.join("/"), name).replace("//", "/");
-                    // A matched symlink is followed inside the image, as a
-                    // named one is: a link to a directory copies its contents.
-                    let is_dir = match view.resolve(&path, true)?.1 {
-                        Some(f) => f.meta.is_dir(),
-                        None => fs::symlink_metadata(&real)?.is_dir(),
-                    };
-                    out.push(Selected { path, is_dir, name });
-                    any = true;
-                }
+            for path in expand_in_view(view, &abs)? {
+                let Some(f) = view.resolve(&path, true)?.1 else {
+                    continue;
+                };
+                // A matched symlink is followed inside the image, as a
+                // named one is: a link to a directory copies its contents.
+                let name = last_component(&path);
+                out.push(Selected {
+                    is_dir: f.meta.is_dir(),
+                    path,
+                    name,
+                });
+                any = true;
             }
             if !any {
                 unmatched.get_or_insert(s);
@@ -340,6 +334,31 @@ pub fn select_in_view(view: &RootView, sources: &[String]) -> Result<Vec<Selecte
         Some(s) if out.is_empty() => bail!("\"{s}\": no source files matched"),
         _ => Ok(out),
     }
+}
+
+/// The paths of `view` that the absolute pattern `abs` names.
+fn expand_in_view(view: &RootView, abs: &str) -> Result<Vec<String>> {
+    let mut found = vec![String::new()];
+    for comp in abs.split('/').filter(|c| !c.is_empty()) {
+        let mut next = Vec::new();
+        for dir in &found {
+            if !has_wildcard(comp) {
+                next.push(format!("{dir}/{comp}"));
+                continue;
+            }
+            let (comps, f) = view.resolve(if dir.is_empty() { "/" } else { dir }, true)?;
+            if !f.is_some_and(|f| f.meta.is_dir()) {
+                continue;
+            }
+            for (name, _) in view.read_dir(&comps)? {
+                if glob_match(comp, &name) {
+                    next.push(format!("{dir}/{name}"));
+                }
+            }
+        }
+        found = next;
+    }
+    Ok(found)
 }
 
 /// Where each selected source lands, relative to "/": BuildKit's rules.
