@@ -384,7 +384,8 @@ pub fn ensure_dirs(
             Err(_) => {}
         }
         let below = match view.lookup_raw(&comps[..=i]) {
-            Some(f) if !f.meta.is_dir() => bail!(
+            // (A dangling symlink is replaced, as before.)
+            Some(f) if !f.meta.is_dir() && !f.meta.file_type().is_symlink() => bail!(
                 "cannot make directory /{}: the image has a file there (not a directory)",
                 comps[..=i].join("/")
             ),

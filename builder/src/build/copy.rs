@@ -796,10 +796,19 @@ pub fn execute(
             {
                 // Copying a directory's contents into one the image already
                 // has: that directory keeps its mode and owner, and takes the
-                // source directory's mtime (BuildKit 0.13).
-                comps.extend(fsutil::clean_components(name));
+                // source directory's mtime (BuildKit 0.13). A symlink to it
+                // is followed, as BuildKit writes through it.
+                let (comps, _) = view.resolve(dest, true)?;
                 let dir = fsutil::ensure_dirs(upper, view, &comps, None)?;
                 dir_fixups.push((dir, item.mtime_ns));
+            }
+            ItemSource::Dir
+                if item.rel.is_empty()
+                    && view
+                        .stat(dest)?
+                        .is_some_and(|f| !f.meta.is_dir() && !f.meta.file_type().is_symlink()) =>
+            {
+                bail!("cannot copy a directory to {dest}: the image has a file there (not a directory)");
             }
             ItemSource::Dir => {
                 match fs::symlink_metadata(&path) {
