@@ -37,6 +37,12 @@ pub enum ItemSource {
     Archive(PathBuf),
     /// ADD of a git repository: fetched only when the copy runs.
     Git(Box<GitItem>),
+    /// A fifo or device node of another stage or image (`rdev` for a
+    /// device), made again at the destination as BuildKit does.
+    Node {
+        format: u32,
+        rdev: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -492,7 +498,18 @@ fn items_from_view(
                 ItemSource::Link(fs::read_link(real)?.to_string_lossy().into_owned()),
             )
         } else {
-            return Ok(());
+            use std::os::unix::fs::FileTypeExt;
+            if !(ft.is_fifo() || ft.is_char_device() || ft.is_block_device()) {
+                return Ok(()); // sockets are not copied
+            }
+            let format = m.mode() & libc::S_IFMT;
+            (
+                Kind::Other,
+                ItemSource::Node {
+                    format,
+                    rdev: m.rdev(),
+                },
+            )
         };
         let dest = if rel.is_empty() {
             target.to_string()
@@ -858,6 +875,16 @@ pub fn execute(
                 remove_any(&path)?;
                 std::os::unix::fs::symlink(target, &path)?;
                 fsutil::lchown(&path, uid, gid)?;
+                fsutil::set_mtime(&path, item.mtime_ns)?;
+            }
+            ItemSource::Node { format, rdev } => {
+                remove_any(&path)?;
+                use nix::sys::stat::{mknod, Mode, SFlag};
+                let kind = SFlag::from_bits_truncate(*format);
+                mknod(&path, kind, Mode::from_bits_truncate(mode), *rdev)
+                    .with_context(|| format!("making {}", path.display()))?;
+                fsutil::lchown(&path, uid, gid)?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
                 fsutil::set_mtime(&path, item.mtime_ns)?;
             }
             ItemSource::Archive(_) | ItemSource::Git(_) => unreachable!("handled above"),

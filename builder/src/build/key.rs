@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 /// ENTRYPOINT lists, EXPOSE ranges, WORKDIR as written). v6: bind mounts
 /// from a stage keep metadata; RUN keeps /dev /proc /sys from scratch.
 /// v7: a file where COPY or WORKDIR needs a directory fails the step. v8:
-/// COPY of a directory writes through a symlink at its destination.
-const KEY_VERSION: &str = "kiln-cache-v8";
+/// COPY of a directory writes through a symlink at its destination. v9:
+/// fifos and device nodes of a stage are copied.
+const KEY_VERSION: &str = "kiln-cache-v9";
 
 pub fn hash_str(s: &str) -> String {
     blake3::hash(format!("{KEY_VERSION}\0{s}").as_bytes())
