@@ -198,6 +198,7 @@ impl BuildContext {
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let mut entries = vec![(String::new(), entry_of(&meta, || root.clone())?)];
         walk_dir(&root, "", ignore, &AtomicUsize::new(0), &mut entries)?;
+        add_kept_parents(&root, &mut entries)?;
         // Byte order, the order of the stat cache's rows (and of BTreeMap).
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut ctx = BuildContext {
@@ -545,6 +546,30 @@ const PARALLEL_AFTER: usize = 20_000;
 
 /// Appends the entries below `rel` to `out` (unsorted); `seen` counts the
 /// entries found so far by the whole walk.
+/// A directory `.dockerignore` excludes still comes with what an exception
+/// keeps inside it, with its own metadata, as in BuildKit (`*` then
+/// `!dir/file` gives `dir` and `dir/file`).
+fn add_kept_parents(root: &Path, entries: &mut Vec<(String, Entry)>) -> Result<()> {
+    let have: std::collections::HashSet<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
+    let mut missing = std::collections::BTreeSet::new();
+    for (p, _) in entries.iter() {
+        let mut cur = p.as_str();
+        while let Some((parent, _)) = cur.rsplit_once('/') {
+            if have.contains(parent) || !missing.insert(parent.to_string()) {
+                break;
+            }
+            cur = parent;
+        }
+    }
+    for p in missing {
+        let path = root.join(&p);
+        let meta =
+            fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        entries.push((p, entry_of(&meta, || path.clone())?));
+    }
+    Ok(())
+}
+
 fn walk_dir(
     root: &Path,
     rel: &str,
@@ -619,6 +644,24 @@ mod tests {
 
     fn matcher(p: &[&str]) -> PatternMatcher {
         PatternMatcher::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn an_exception_inside_an_excluded_directory_brings_the_directory() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("other/deep")).unwrap();
+        fs::write(d.path().join("other/deep/o.txt"), "o").unwrap();
+        fs::write(d.path().join("other/drop.txt"), "x").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(d.path().join("other"), fs::Permissions::from_mode(0o700)).unwrap();
+        let ctx =
+            BuildContext::scan(d.path(), &matcher(&["*", "!other/deep/o.txt"]), None).unwrap();
+        let dir = ctx.get("other").expect("the excluded parent comes along");
+        assert_eq!(dir.kind, Kind::Dir);
+        assert_eq!(dir.mode & 0o7777, 0o700, "with its own mode");
+        assert!(ctx.get("other/deep").is_some());
+        assert!(ctx.get("other/deep/o.txt").is_some());
+        assert!(ctx.get("other/drop.txt").is_none());
     }
 
     #[test]

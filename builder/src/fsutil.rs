@@ -257,33 +257,35 @@ impl RootView {
 }
 
 /// Resolves a `--chown`/`USER` spec to numeric ids by reading the image's
-/// own /etc/passwd and /etc/group (never the host's). IDs follow runc's
-/// range (0 to 2^31-1), in the spec and in the entries it selects.
+/// own /etc/passwd and /etc/group (never the host's), as BuildKit's file
+/// operations do: a user named alone gets its primary gid from passwd, a
+/// number alone is both ids, and a group name /etc/group does not know
+/// leaves that gid (BuildKit does not fail there). An unknown user name is
+/// an error (BuildKit silently uses root: see fixtures/cases/README.md).
+/// IDs follow runc's range (0 to 2^31-1), in the spec and in the entries it
+/// selects.
 pub fn resolve_user(view: &RootView, spec: &str) -> Result<(u32, u32)> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let uid = match parse_id_field(user) {
-        IdField::Id(n) => n,
+    let (uid, primary) = match parse_id_field(user) {
+        IdField::Id(n) => (n, n),
         IdField::OutOfRange => bail!("{}", out_of_range(spec, user)),
         IdField::Name(name) => {
-            let Some(id) = lookup_id(view, "/etc/passwd", name)? else {
+            let Some(ids) = lookup_ids(view, "/etc/passwd", name, 2)? else {
                 bail!("unable to find user {name}: no matching entries in passwd file");
             };
-            id
+            (ids[0], ids[1])
         }
     };
     let gid = match group.map(parse_id_field) {
-        None => uid,
+        None => primary,
         Some(IdField::Id(n)) => n,
         Some(IdField::OutOfRange) => bail!("{}", out_of_range(spec, group.unwrap_or(""))),
-        Some(IdField::Name(name)) => {
-            let Some(id) = lookup_id(view, "/etc/group", name)? else {
-                bail!("unable to find group {name}: no matching entries in group file");
-            };
-            id
-        }
+        Some(IdField::Name(name)) => lookup_ids(view, "/etc/group", name, 1)?
+            .map(|ids| ids[0])
+            .unwrap_or(primary),
     };
     Ok((uid, gid))
 }
@@ -295,22 +297,22 @@ fn out_of_range(spec: &str, id: &str) -> String {
     )
 }
 
-/// The id of the first entry of the image's `file` (`/etc/passwd` or
-/// `/etc/group`) naming `name`, read by the runner's parser (the one USER
-/// uses); an entry whose id is not a number in range is an error naming the
-/// line.
-fn lookup_id(view: &RootView, file: &str, name: &str) -> Result<Option<u32>> {
+/// The uid and primary gid (`/etc/passwd`) or the gid (`/etc/group`) of
+/// the first entry of the image's `file` naming `name`, read by the
+/// runner's parser (the one USER uses); an entry whose id is not a number
+/// in range is an error naming the line.
+fn lookup_ids(view: &RootView, file: &str, name: &str, count: usize) -> Result<Option<Vec<u32>>> {
     let Some(bytes) = view.read_file(file)? else {
         return Ok(None);
     };
     let text = String::from_utf8_lossy(&bytes);
-    let found = if file == "/etc/group" {
-        user::group_gid(&text, name)
-    } else {
-        user::passwd_uid(&text, name)
+    let found = match (file, count) {
+        ("/etc/group", _) => user::group_gid(&text, name).map(|g| g.map(|g| vec![g])),
+        (_, 1) => user::passwd_uid(&text, name).map(|u| u.map(|u| vec![u])),
+        _ => user::passwd_ids(&text, name).map(|ids| ids.map(|(u, g)| vec![u, g])),
     };
     match found {
-        Ok(id) => Ok(id),
+        Ok(ids) => Ok(ids),
         // `--chown` names the field `id` whichever file it came from.
         Err(user::UserError::BadEntry {
             file, line, value, ..
@@ -374,9 +376,26 @@ pub fn ensure_dirs(
             }
             Err(_) => {}
         }
+        let below = match view.lookup_raw(&comps[..=i]) {
+            // (A dangling symlink is replaced, as before.)
+            Some(f) if !f.meta.is_dir() && !f.meta.file_type().is_symlink() => bail!(
+                "cannot make directory /{}: the image has a file there (not a directory)",
+                comps[..=i].join("/")
+            ),
+            found => found,
+        };
+        // A directory the layers below have is only brought up to hold
+        // children (overlayfs' copy-up): its parent is not modified by that.
+        let parent_mtime = match (&below, p.parent()) {
+            (Some(_), Some(parent)) if i > 0 => Some(mtime_ns(&fs::symlink_metadata(parent)?)),
+            _ => None,
+        };
         fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
-        match view.lookup_raw(&comps[..=i]) {
-            Some(f) if f.meta.is_dir() => {
+        if let (Some(t), Some(parent)) = (parent_mtime, p.parent()) {
+            set_mtime(parent, t)?;
+        }
+        match below {
+            Some(f) => {
                 fs::set_permissions(&p, fs::Permissions::from_mode(f.meta.mode() & 0o7777))?;
                 lchown(&p, f.meta.uid(), f.meta.gid())?;
                 set_mtime(&p, mtime_ns(&f.meta))?;
@@ -391,6 +410,81 @@ pub fn ensure_dirs(
     Ok(p)
 }
 
+/// Copies the tree at `comps` in `view` into `dest`, an existing directory
+/// that stands for its root (a file is copied into `dest` under its name),
+/// keeping every entry's mode, owner and mtime, the root's included: what a
+/// bind mount of that tree shows (BuildKit mounts the stage's snapshot).
+pub fn materialize(view: &RootView, comps: &[String], dest: &Path) -> Result<()> {
+    let Some(found) = view.resolve(&format!("/{}", comps.join("/")), true)?.1 else {
+        return Ok(());
+    };
+    if !found.meta.is_dir() {
+        let name = comps.last().cloned().unwrap_or_else(|| "file".into());
+        let d = dest.join(name);
+        fs::copy(&found.real, &d)?;
+        keep_metadata(&found.meta, &d)?;
+        return Ok(());
+    }
+    fn rec(
+        view: &RootView,
+        comps: &mut Vec<String>,
+        dest: &Path,
+        dirs: &mut Vec<(PathBuf, i64)>,
+    ) -> Result<()> {
+        for (name, real) in view.read_dir(comps)? {
+            let m = fs::symlink_metadata(&real)?;
+            let d = dest.join(&name);
+            if m.is_dir() {
+                fs::create_dir(&d)?;
+                keep_metadata(&m, &d)?;
+                dirs.push((d.clone(), mtime_ns(&m)));
+                comps.push(name);
+                rec(view, comps, &d, dirs)?;
+                comps.pop();
+            } else if m.file_type().is_symlink() {
+                std::os::unix::fs::symlink(fs::read_link(&real)?, &d)?;
+                keep_metadata(&m, &d)?;
+            } else if m.is_file() {
+                fs::copy(&real, &d)?;
+                keep_metadata(&m, &d)?;
+            }
+        }
+        Ok(())
+    }
+    keep_metadata(&found.meta, dest)?;
+    let mut dirs = vec![(dest.to_path_buf(), mtime_ns(&found.meta))];
+    rec(view, &mut comps.to_vec(), dest, &mut dirs)?;
+    // Writing a child re-stamps its directory: the mtimes go back last.
+    restore_dir_mtimes(&dirs)
+}
+
+fn keep_metadata(m: &fs::Metadata, path: &Path) -> Result<()> {
+    lchown(path, m.uid(), m.gid())?;
+    if !m.file_type().is_symlink() {
+        fs::set_permissions(path, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    }
+    set_mtime(path, mtime_ns(m))?;
+    Ok(())
+}
+
+/// The mount points a container runtime makes for /dev, /proc and /sys
+/// stay in a RUN's layer where the image has none (a FROM scratch stage),
+/// as under BuildKit 0.13 (runc makes them; BuildKit removes only its own
+/// mount stubs). kiln's runner mounts them over a stub layer instead, so
+/// they are added here, 0755 root-owned.
+pub fn keep_runtime_mount_points(upper: &Path, below: &RootView) -> Result<()> {
+    for name in ["dev", "proc", "sys"] {
+        let p = upper.join(name);
+        if below.lookup_raw(&[name.to_string()]).is_some() || fs::symlink_metadata(&p).is_ok() {
+            continue;
+        }
+        fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+        lchown(&p, 0, 0)?;
+    }
+    Ok(())
+}
+
 /// Copies the metadata-bearing parts of a directory's stored mtimes back
 /// after its children were written (writing a child bumps the parent).
 pub fn restore_dir_mtimes(fixups: &[(PathBuf, i64)]) -> Result<()> {
@@ -398,11 +492,6 @@ pub fn restore_dir_mtimes(fixups: &[(PathBuf, i64)]) -> Result<()> {
         set_mtime(p, *t)?;
     }
     Ok(())
-}
-
-/// Whether `dir` (an upper dir) holds nothing at all.
-pub fn dir_is_empty(dir: &Path) -> Result<bool> {
-    Ok(fs::read_dir(dir)?.next().is_none())
 }
 
 #[cfg(test)]
@@ -454,15 +543,28 @@ mod tests {
         fs::create_dir_all(base.path().join("etc")).unwrap();
         fs::write(
             base.path().join("etc/passwd"),
-            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n\
+             svc:x:1500:2000::/:/bin/sh\nweb:x:1600:1600::/:/bin/sh\n",
         )
         .unwrap();
-        fs::write(base.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        fs::write(
+            base.path().join("etc/group"),
+            "root:x:0:\nstaff:x:50:\nweb:x:1700:\n",
+        )
+        .unwrap();
         let v = RootView::new(vec![base.path().into()]);
         assert_eq!(resolve_user(&v, "app").unwrap(), (1000, 1000));
         assert_eq!(resolve_user(&v, "app:staff").unwrap(), (1000, 50));
         assert_eq!(resolve_user(&v, "7:8").unwrap(), (7, 8));
         assert!(resolve_user(&v, "nobody-here").is_err());
+        // BuildKit 0.13 (copy-owners-more): the primary gid, not the uid.
+        assert_eq!(resolve_user(&v, "svc").unwrap(), (1500, 2000));
+        assert_eq!(resolve_user(&v, "1500").unwrap(), (1500, 1500));
+        // A group named like a user is looked up in /etc/group.
+        assert_eq!(resolve_user(&v, "web:web").unwrap(), (1600, 1700));
+        // A group /etc/group does not have leaves the user's gid.
+        assert_eq!(resolve_user(&v, "svc:svc").unwrap(), (1500, 2000));
+        assert_eq!(resolve_user(&v, "1600:nogroup").unwrap(), (1600, 1600));
     }
 
     #[test]

@@ -29,6 +29,38 @@ fn http_get(port: u16) -> Option<String> {
     Some(body)
 }
 
+/// The normalised config (fixtures/tools/image_tree.py) of a kiln image,
+/// without the created_by strings, whose wording is the tool's own.
+fn image_config(k: &Kiln, tag: &str) -> serde_json::Value {
+    let archive = k.root.path().join("flask-image.tar");
+    k.run(&["save", "-o", archive.to_str().unwrap(), tag]).ok();
+    let out = std::process::Command::new("python3")
+        .arg(common::repo_root().join("fixtures/tools/image_tree.py"))
+        .arg(&archive)
+        .args(["--tree", "/dev/null", "--config", "-"])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&archive);
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config json");
+    v.as_object_mut().unwrap().remove("history_created_by");
+    v
+}
+
+/// What BuildKit 0.13 built from the example (record-buildkit.sh --engine
+/// 0.13): among others a layer for `WORKDIR /app` of the existing /app.
+fn recorded_config() -> serde_json::Value {
+    let path = common::repo_root().join("fixtures/flask/expected-0.13/config.json");
+    let text = std::fs::read_to_string(&path).expect("fixtures/flask/expected-0.13/config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("config json");
+    v.as_object_mut().unwrap().remove("history_created_by");
+    v
+}
+
 #[test]
 fn flask_example_end_to_end() {
     if !require(common::is_root(), "kiln build/run need root") {
@@ -70,6 +102,12 @@ fn flask_example_end_to_end() {
             .any(|l| l.starts_with("flask_app") && l.contains("0.1")),
         "{images}\n{}",
         r.stderr()
+    );
+
+    assert_eq!(
+        image_config(&k, "flask_app:0.1"),
+        recorded_config(),
+        "the image config differs from BuildKit 0.13's (fixtures/flask/expected-0.13/config.json)"
     );
 
     // The wheels were bind-mounted, never copied: nothing of them in the image.

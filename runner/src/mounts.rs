@@ -412,6 +412,7 @@ fn mount_overlay(job: &Job, layout: &Layout, over: bool) -> Result<OwnedFd, Stri
     }
     lowers.extend(job.spec.rootfs.lowers.iter().map(PathBuf::as_path));
     lowers.push(&layout.stub);
+    drop_repeated_lowers(&mut lowers);
     if job.legacy_overlay {
         return mount_overlay_legacy(job, layout, &lowers);
     }
@@ -488,6 +489,15 @@ fn mount_overlay(job: &Job, layout: &Layout, over: bool) -> Result<OwnedFd, Stri
         )
     })?;
     Ok(mnt)
+}
+
+/// overlayfs refuses a lower dir named twice ("overlapping layers",
+/// ELOOP), and an image may hold one layer twice (two steps that each left
+/// an empty diff, or wrote the same bytes). Only the top-most copy shows in
+/// the merged tree, so the lower copies are dropped.
+fn drop_repeated_lowers(lowers: &mut Vec<&Path>) {
+    let mut seen = std::collections::HashSet::new();
+    lowers.retain(|p| seen.insert(*p));
 }
 
 /// mount(2) for kernels without `fsopen` or `lowerdir+`. Every dir is named
@@ -1023,6 +1033,14 @@ pub(crate) fn loopback_up() -> Result<(), String> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_layer_named_twice_is_mounted_once_at_its_top_most_place() {
+        let (a, b, c) = (Path::new("/s/a"), Path::new("/s/b"), Path::new("/s/c"));
+        let mut lowers = vec![a, b, a, c, b, a];
+        drop_repeated_lowers(&mut lowers);
+        assert_eq!(lowers, vec![a, b, c]);
+    }
 
     #[test]
     fn clean_target_rules() {

@@ -195,6 +195,16 @@ pub fn passwd_uid(passwd: &str, name: &str) -> Result<Option<u32>, UserError> {
         .transpose()
 }
 
+/// The uid and primary gid of the first entry of `passwd` named `name`,
+/// as [`passwd_uid`] reads it (`--chown=USER` takes USER's primary group).
+pub fn passwd_ids(passwd: &str, name: &str) -> Result<Option<(u32, u32)>, UserError> {
+    parse_passwd(passwd)
+        .iter()
+        .find(|e| e.name == name)
+        .map(|e| Ok((e.uid()?, e.gid()?)))
+        .transpose()
+}
+
 /// The gid of the first entry of `group` (a group file's text) named
 /// `name`, as [`passwd_uid`] reads passwd.
 pub fn group_gid(group: &str, name: &str) -> Result<Option<u32>, UserError> {

@@ -37,6 +37,12 @@ pub enum ItemSource {
     Archive(PathBuf),
     /// ADD of a git repository: fetched only when the copy runs.
     Git(Box<GitItem>),
+    /// A fifo or device node of another stage or image (`rdev` for a
+    /// device), made again at the destination as BuildKit does.
+    Node {
+        format: u32,
+        rdev: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -79,8 +85,17 @@ pub fn has_wildcard(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// Go's `filepath.Match`, which BuildKit uses for COPY sources: `*` never
+/// crosses a `/`, and `**` is no more than `*` (the glob crate would make
+/// it cross directories).
 fn glob_match(pattern: &str, path: &str) -> bool {
-    match glob::Pattern::new(pattern) {
+    let mut go = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        if !(c == '*' && go.ends_with('*')) {
+            go.push(c);
+        }
+    }
+    match glob::Pattern::new(&go) {
         Ok(p) => p.matches_with(
             path,
             glob::MatchOptions {
@@ -224,11 +239,23 @@ fn resolve_in_context(ctx: &BuildContext, rel: &str) -> Result<String> {
 pub struct Selected {
     pub path: String,
     pub is_dir: bool,
+    /// The name the source was given by (a symlink's own name: BuildKit
+    /// copies the target's content under it).
+    pub name: String,
+}
+
+fn last_component(p: &str) -> String {
+    p.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Expands the sources against the context.
 pub fn select_in_context(ctx: &BuildContext, sources: &[String]) -> Result<Vec<Selected>> {
     let mut out = Vec::new();
+    let mut unmatched = None;
     for s in sources {
         let rel = context_rel(s)?;
         if has_wildcard(&rel) {
@@ -237,50 +264,65 @@ pub fn select_in_context(ctx: &BuildContext, sources: &[String]) -> Result<Vec<S
                 if !k.is_empty() && glob_match(&rel, k) {
                     let real = resolve_in_context(ctx, k)?;
                     let is_dir = ctx.get(&real).map(|e| e.kind == Kind::Dir).unwrap_or(false);
-                    out.push(Selected { path: real, is_dir });
-                    any = true;
-                }
-            }
-            if !any {
-                bail!("lstat {s}: no source files were specified (the pattern matched nothing in the build context)");
-            }
-        } else {
-            let real = resolve_in_context(ctx, &rel)?;
-            let is_dir = ctx.get(&real).map(|e| e.kind == Kind::Dir).unwrap_or(false);
-            out.push(Selected { path: real, is_dir });
-        }
-    }
-    Ok(out)
-}
-
-/// Expands the sources against another stage's or image's filesystem.
-pub fn select_in_view(view: &RootView, sources: &[String]) -> Result<Vec<Selected>> {
-    let mut out = Vec::new();
-    for s in sources {
-        let abs = fsutil::clean_abs(s);
-        if has_wildcard(&abs) {
-            let (parent, pat) = abs.rsplit_once('/').unwrap_or(("", abs.as_str()));
-            if has_wildcard(parent) {
-                bail!("COPY --from: wildcards are supported in the last path component only ({s})");
-            }
-            let (comps, found) =
-                view.resolve(if parent.is_empty() { "/" } else { parent }, true)?;
-            if found.is_none() {
-                bail!("\"{s}\": not found");
-            }
-            let mut any = false;
-            for (name, real) in view.read_dir(&comps)? {
-                if glob_match(pat, &name) {
-                    let m = fs::symlink_metadata(&real)?;
+                    let name = last_component(k);
                     out.push(Selected {
-                        path: format!("/{}/{}", comps.join("/"), name).replace("//", "/"),
-                        is_dir: m.is_dir(),
+                        path: real,
+                        is_dir,
+                        name,
                     });
                     any = true;
                 }
             }
             if !any {
-                bail!("\"{s}\": no source files matched");
+                unmatched.get_or_insert(s);
+            }
+        } else {
+            let real = resolve_in_context(ctx, &rel)?;
+            let is_dir = ctx.get(&real).map(|e| e.kind == Kind::Dir).unwrap_or(false);
+            let name = last_component(&rel);
+            out.push(Selected {
+                path: real,
+                is_dir,
+                name,
+            });
+        }
+    }
+    // As in BuildKit, a wildcard may match nothing when another source of
+    // the same COPY gives something.
+    match unmatched {
+        Some(s) if out.is_empty() => bail!(
+            "lstat {s}: no source files were specified (the pattern matched nothing in the build context)"
+        ),
+        _ => Ok(out),
+    }
+}
+
+/// Expands the sources against another stage's or image's filesystem.
+pub fn select_in_view(view: &RootView, sources: &[String]) -> Result<Vec<Selected>> {
+    let mut out = Vec::new();
+    let mut unmatched = None;
+    for s in sources {
+        let abs = fsutil::clean_abs(s);
+        if has_wildcard(&abs) {
+            // Any component may be a pattern, as in BuildKit: expanded one
+            // component at a time, in name order.
+            let mut any = false;
+            for path in expand_in_view(view, &abs)? {
+                let Some(f) = view.resolve(&path, true)?.1 else {
+                    continue;
+                };
+                // A matched symlink is followed inside the image, as a
+                // named one is: a link to a directory copies its contents.
+                let name = last_component(&path);
+                out.push(Selected {
+                    is_dir: f.meta.is_dir(),
+                    path,
+                    name,
+                });
+                any = true;
+            }
+            if !any {
+                unmatched.get_or_insert(s);
             }
         } else {
             let (comps, found) = view.resolve(&abs, true)?;
@@ -290,16 +332,45 @@ pub fn select_in_view(view: &RootView, sources: &[String]) -> Result<Vec<Selecte
             out.push(Selected {
                 path: format!("/{}", comps.join("/")),
                 is_dir: f.meta.is_dir(),
+                name: last_component(&abs),
             });
         }
     }
-    Ok(out)
+    match unmatched {
+        Some(s) if out.is_empty() => bail!("\"{s}\": no source files matched"),
+        _ => Ok(out),
+    }
+}
+
+/// The paths of `view` that the absolute pattern `abs` names.
+fn expand_in_view(view: &RootView, abs: &str) -> Result<Vec<String>> {
+    let mut found = vec![String::new()];
+    for comp in abs.split('/').filter(|c| !c.is_empty()) {
+        let mut next = Vec::new();
+        for dir in &found {
+            if !has_wildcard(comp) {
+                next.push(format!("{dir}/{comp}"));
+                continue;
+            }
+            let (comps, f) = view.resolve(if dir.is_empty() { "/" } else { dir }, true)?;
+            if !f.is_some_and(|f| f.meta.is_dir()) {
+                continue;
+            }
+            for (name, _) in view.read_dir(&comps)? {
+                if glob_match(comp, &name) {
+                    next.push(format!("{dir}/{name}"));
+                }
+            }
+        }
+        found = next;
+    }
+    Ok(found)
 }
 
 /// Where each selected source lands, relative to "/": BuildKit's rules.
 fn dest_for(sel: &Selected, req: &CopyRequest, dest_is_dir: bool) -> String {
     let dest = fsutil::clean_abs(&req.dest);
-    let base = sel.path.rsplit('/').next().unwrap_or("").to_string();
+    let base = sel.name.clone();
     if req.parents {
         let parent = sel.path.trim_start_matches('/');
         let parent = parent.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
@@ -427,7 +498,18 @@ fn items_from_view(
                 ItemSource::Link(fs::read_link(real)?.to_string_lossy().into_owned()),
             )
         } else {
-            return Ok(());
+            use std::os::unix::fs::FileTypeExt;
+            if !(ft.is_fifo() || ft.is_char_device() || ft.is_block_device()) {
+                return Ok(()); // sockets are not copied
+            }
+            let format = m.mode() & libc::S_IFMT;
+            (
+                Kind::Other,
+                ItemSource::Node {
+                    format,
+                    rdev: m.rdev(),
+                },
+            )
         };
         let dest = if rel.is_empty() {
             target.to_string()
@@ -680,7 +762,12 @@ pub fn execute(
     limits: &kiln_store::layer::Limits,
 ) -> Result<()> {
     let mut dir_fixups: Vec<(PathBuf, i64)> = Vec::new();
+    let mut links = HardLinks::default();
     for (dest, item) in &plan.items {
+        if item.rel.is_empty() {
+            // Each source is its own copy: links between two sources are not kept.
+            links = HardLinks::default();
+        }
         // Resolve the parent inside the image (symlinks such as /bin ->
         // usr/bin are followed as the container would see them).
         let (parent, name) = match dest.rsplit_once('/') {
@@ -703,7 +790,7 @@ pub fn execute(
         if let ItemSource::Archive(path) = &item.src {
             comps.extend(fsutil::clean_components(name));
             let dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
-            extract_archive(path, &dir, limits)?;
+            extract_keeping_dest(path, &dir, limits)?;
             continue;
         }
         let parent_dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
@@ -713,10 +800,11 @@ pub fn execute(
         }
         let path = parent_dir.join(name);
         let (uid, gid) = owner.unwrap_or((item.uid, item.gid));
-        // --chmod applies to files; directories keep their source's mode
-        // (BuildKit of Docker 20.10, our reference, does the same).
+        // The top directory of a copy is made 0755, as BuildKit makes a
+        // destination directory; --chmod applies to everything below it,
+        // directories too (BuildKit 0.13).
         let mode = match item.src {
-            ItemSource::Dir => item.mode,
+            ItemSource::Dir if item.rel.is_empty() => 0o755,
             _ => plan.chmod.unwrap_or(item.mode),
         };
         match &item.src {
@@ -724,9 +812,20 @@ pub fn execute(
                 if item.rel.is_empty() && view.stat(dest)?.is_some_and(|f| f.meta.is_dir()) =>
             {
                 // Copying a directory's contents into one the image already
-                // has: that directory keeps its own metadata.
-                comps.extend(fsutil::clean_components(name));
-                fsutil::ensure_dirs(upper, view, &comps, None)?;
+                // has: that directory keeps its mode and owner, and takes the
+                // source directory's mtime (BuildKit 0.13). A symlink to it
+                // is followed, as BuildKit writes through it.
+                let (comps, _) = view.resolve(dest, true)?;
+                let dir = fsutil::ensure_dirs(upper, view, &comps, None)?;
+                dir_fixups.push((dir, item.mtime_ns));
+            }
+            ItemSource::Dir
+                if item.rel.is_empty()
+                    && view
+                        .stat(dest)?
+                        .is_some_and(|f| !f.meta.is_dir() && !f.meta.file_type().is_symlink()) =>
+            {
+                bail!("cannot copy a directory to {dest}: the image has a file there (not a directory)");
             }
             ItemSource::Dir => {
                 match fs::symlink_metadata(&path) {
@@ -748,6 +847,12 @@ pub fn execute(
             }
             ItemSource::File(src) => {
                 remove_any(&path)?;
+                if let Some(first) = links.earlier_copy(src, &path)? {
+                    fs::hard_link(&first, &path).with_context(|| {
+                        format!("linking {} to {}", path.display(), first.display())
+                    })?;
+                    continue;
+                }
                 let mut from = open_source(src)?;
                 let mut to = fs::File::create(&path)
                     .with_context(|| format!("creating {}", path.display()))?;
@@ -772,11 +877,49 @@ pub fn execute(
                 fsutil::lchown(&path, uid, gid)?;
                 fsutil::set_mtime(&path, item.mtime_ns)?;
             }
+            ItemSource::Node { format, rdev } => {
+                remove_any(&path)?;
+                use rustix::fs::{mknodat, FileType, Mode, CWD};
+                mknodat(
+                    CWD,
+                    &path,
+                    FileType::from_raw_mode(*format as _),
+                    Mode::from_raw_mode(mode as _),
+                    *rdev as _,
+                )
+                .with_context(|| format!("making {}", path.display()))?;
+                fsutil::lchown(&path, uid, gid)?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+                fsutil::set_mtime(&path, item.mtime_ns)?;
+            }
             ItemSource::Archive(_) | ItemSource::Git(_) => unreachable!("handled above"),
         }
     }
     fsutil::restore_dir_mtimes(&dir_fixups)?;
     Ok(())
+}
+
+/// Hard links inside one copied source stay hard links, as BuildKit keeps
+/// them: the first copy of an inode is remembered, later names link to it.
+#[derive(Default)]
+struct HardLinks {
+    seen: std::collections::HashMap<(u64, u64), PathBuf>,
+}
+
+impl HardLinks {
+    fn earlier_copy(&mut self, src: &Path, dest: &Path) -> Result<Option<PathBuf>> {
+        let m = fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
+        if m.nlink() < 2 {
+            return Ok(None);
+        }
+        match self.seen.entry((m.dev(), m.ino())) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(Some(e.get().clone())),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(dest.to_path_buf());
+                Ok(None)
+            }
+        }
+    }
 }
 
 fn remove_any(path: &Path) -> Result<()> {
@@ -785,6 +928,25 @@ fn remove_any(path: &Path) -> Result<()> {
         Ok(_) => fs::remove_file(path)?,
         Err(_) => {}
     }
+    Ok(())
+}
+
+/// Extracts into `dir` as BuildKit does: an entry for the archive's root
+/// (`./`) does not change the destination directory's mode or owner, and
+/// the destination's mtime is that of a directory just written into.
+fn extract_keeping_dest(path: &Path, dir: &Path, limits: &kiln_store::layer::Limits) -> Result<()> {
+    let before = fs::symlink_metadata(dir)?;
+    extract_archive(path, dir, limits)?;
+    fsutil::lchown(dir, before.uid(), before.gid())?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(before.mode() & 0o7777))?;
+    let wrote = fs::read_dir(dir)?.next().is_some();
+    let mtime = if wrote {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        now.as_nanos() as i64
+    } else {
+        fsutil::mtime_ns(&before)
+    };
+    fsutil::set_mtime(dir, mtime)?;
     Ok(())
 }
 

@@ -6,8 +6,17 @@ use kiln_store::ImageConfig;
 use serde_json::{json, Value};
 
 /// Bumped whenever what a step's result means changes, so old records of
-/// an incompatible kiln are never hit.
-const KEY_VERSION: &str = "kiln-cache-v1";
+/// an incompatible kiln are never hit. v2: every RUN, COPY, ADD and
+/// WORKDIR makes a layer, an empty one included (v1 dropped empty diffs, so
+/// its records hold other layer lists and histories). v3: directory modes
+/// and mtimes of COPY and ADD as BuildKit 0.13 makes them. v4: --chmod on
+/// copied directories, hard links kept. v5: config values (empty CMD and
+/// ENTRYPOINT lists, EXPOSE ranges, WORKDIR as written). v6: bind mounts
+/// from a stage keep metadata; RUN keeps /dev /proc /sys from scratch.
+/// v7: a file where COPY or WORKDIR needs a directory fails the step. v8:
+/// COPY of a directory writes through a symlink at its destination. v9:
+/// fifos and device nodes of a stage are copied.
+const KEY_VERSION: &str = "kiln-cache-v9";
 
 pub fn hash_str(s: &str) -> String {
     blake3::hash(format!("{KEY_VERSION}\0{s}").as_bytes())

@@ -1,6 +1,7 @@
 //! `kiln build`: Dockerfile -> plan -> stages run concurrently over the
 //! content-addressed cache -> an image in the store, tagged.
 
+mod config_rules;
 mod copy;
 pub mod explain;
 mod git;

@@ -528,21 +528,9 @@ impl Builder {
                         .process_words(p, &env)
                         .map_err(|e| self.located(line, &e.to_string()))?;
                     for w in words {
-                        let (port, proto) = match w.split_once('/') {
-                            Some((p, proto)) => (p.to_string(), proto.to_ascii_lowercase()),
-                            None => (w.clone(), "tcp".to_string()),
-                        };
-                        let ok = port.split('-').all(|n| n.parse::<u16>().is_ok())
-                            && matches!(proto.as_str(), "tcp" | "udp" | "sctp");
-                        if !ok {
-                            return Err(self.located(
-                                line,
-                                &format!(
-                                    "invalid port {w:?} in EXPOSE (expected PORT[/tcp|udp|sctp])"
-                                ),
-                            ));
-                        }
-                        added.push(format!("{port}/{proto}"));
+                        let keys = super::config_rules::expose_keys(&w)
+                            .map_err(|e| self.located(line, &e))?;
+                        added.extend(keys);
                     }
                 }
                 for p in &added {
@@ -575,13 +563,13 @@ impl Builder {
             }
             InstructionKind::Cmd(c) => {
                 let argv = st.argv(c);
-                st.config.config.cmd = Some(argv.clone());
+                st.config.config.cmd = super::config_rules::argv_value(argv.clone());
                 st.cmd_set = true;
                 self.meta(st, ins, json!({ "cmd": argv }))?;
             }
             InstructionKind::Entrypoint(c) => {
                 let argv = st.argv(c);
-                st.config.config.entrypoint = Some(argv.clone());
+                st.config.config.entrypoint = super::config_rules::argv_value(argv.clone());
                 if !st.cmd_set {
                     st.config.config.cmd = None;
                 }
@@ -645,15 +633,19 @@ impl Builder {
                 } else {
                     fsutil::clean_abs(&format!("{}/{}", st.workdir(), w))
                 };
-                st.config.config.working_dir = Some(abs.clone());
-                // BuildKit creates the directory (owned by the USER); an
-                // existing one leaves an empty diff, so no layer.
+                st.config.config.working_dir =
+                    Some(super::config_rules::working_dir_value(&w, &abs));
+                // BuildKit makes the directory (owned by the USER) in a
+                // layer of its own, an empty one when it exists; only `/`
+                // gets no mkdir and so no layer.
                 let view = self.view(&st.layers)?;
-                if view.stat(&abs)?.is_some() {
+                if abs == "/" {
                     self.meta(st, ins, json!({ "workdir": abs }))?;
                 } else {
+                    let exists = view.stat(&abs)?.is_some_and(|f| f.meta.is_dir());
+                    // An existing directory is left as it is: no owner to find.
                     let owner = match &st.config.config.user {
-                        Some(u) if !u.is_empty() => Some(
+                        Some(u) if !u.is_empty() && !exists => Some(
                             fsutil::resolve_user(&view, u)
                                 .map_err(|e| self.located(line, &format!("{e:#}")))?,
                         ),
@@ -663,8 +655,10 @@ impl Builder {
                         json!({ "mkdir": abs, "owner": owner.map(|(u, g)| format!("{u}:{g}")) });
                     self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
                         let pending = b.store.new_snapshot()?;
-                        let (comps, _) = view.resolve(&abs, true)?;
-                        fsutil::ensure_dirs(pending.upper(), &view, &comps, owner)?;
+                        if !exists {
+                            let (comps, _) = view.resolve(&abs, true)?;
+                            fsutil::ensure_dirs(pending.upper(), &view, &comps, owner)?;
+                        }
                         Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
                     })?;
                 }
@@ -860,7 +854,11 @@ impl Builder {
         for h in c.heredocs {
             let content = h.effective_content();
             let body = if h.expand {
-                lx.process_word(&content, &env)
+                // BuildKit expands a heredoc's variables and escapes but
+                // keeps its quotes as written.
+                self.lexer()
+                    .skip_process_quotes(true)
+                    .process_word(&content, &env)
                     .map_err(|e| self.located(line, &e.to_string()))?
             } else {
                 content
@@ -949,9 +947,6 @@ impl Builder {
         self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
             let pending = b.store.new_snapshot()?;
             copy::execute(&plan, pending.upper(), &view, &b.store.layer_limits())?;
-            if fsutil::dir_is_empty(pending.upper())? {
-                return Ok(None);
-            }
             Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
         })
     }
@@ -1148,9 +1143,16 @@ impl Builder {
                             Some((view, comps, base_id, src))
                         }
                     };
-                    let name = match &seed {
-                        None => cid.clone(),
-                        Some((_, _, base_id, src)) => format!("{cid}\0{base_id}\0{src}"),
+                    // uid/gid/mode make the base BuildKit starts the cache
+                    // from (a directory made so): another base, another cache.
+                    let made = (uid.is_some() || gid.is_some() || mode.is_some()).then(|| {
+                        let (u, g, m) = (uid.unwrap_or(0), gid.unwrap_or(0), mode.unwrap_or(0o755));
+                        format!("mkdir {u}:{g} {m:o}")
+                    });
+                    let name = match (&seed, &made) {
+                        (None, None) => cid.clone(),
+                        (None, Some(made)) => format!("{cid}\0{made}"),
+                        (Some((_, _, base_id, src)), _) => format!("{cid}\0{base_id}\0{src}"),
                     };
                     let share = match sharing {
                         Sharing::Shared => kiln_store::CacheSharing::Shared,
@@ -1184,9 +1186,12 @@ impl Builder {
                         }
                         fsutil::lchown(&host, uid.unwrap_or(0), gid.unwrap_or(0))?;
                     }
-                    mount_inputs.push(
-                        json!({"type": "cache", "target": target, "id": cid, "ro": readonly}),
-                    );
+                    let mut input =
+                        json!({"type": "cache", "target": target, "id": cid, "ro": readonly});
+                    if let Some(made) = made {
+                        input["base"] = json!(made);
+                    }
+                    mount_inputs.push(input);
                     mounts.push(MountSpec {
                         target,
                         kind: MountKind::Bind {
@@ -1368,6 +1373,7 @@ impl Builder {
                 }
             }
             let lowers = b.snapshots(&layers)?;
+            let below = RootView::new(lowers.clone());
             let pending = b.store.new_snapshot()?;
             let spec = ContainerSpec {
                 rootfs: RootFs {
@@ -1401,9 +1407,7 @@ impl Builder {
                 }
                 return Err(b.located(line, msg.trim_end()));
             }
-            if fsutil::dir_is_empty(pending.upper())? {
-                return Ok(None);
-            }
+            fsutil::keep_runtime_mount_points(pending.upper(), &below)?;
             Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
         });
         drop(relays);
@@ -1633,30 +1637,6 @@ struct CopyArgs<'a> {
 /// Copies the tree at `comps` of a view into `dest` (for bind mounts from
 /// another stage).
 fn materialize(view: &RootView, comps: &[String], dest: &std::path::Path) -> Result<()> {
-    let found = view.resolve(&format!("/{}", comps.join("/")), true)?.1;
-    let Some(found) = found else { return Ok(()) };
-    if !found.meta.is_dir() {
-        let name = comps.last().cloned().unwrap_or_else(|| "file".into());
-        std::fs::copy(&found.real, dest.join(name))?;
-        return Ok(());
-    }
-    let mut comps = comps.to_vec();
-    fn rec(view: &RootView, comps: &mut Vec<String>, dest: &std::path::Path) -> Result<()> {
-        for (name, real) in view.read_dir(comps)? {
-            let m = std::fs::symlink_metadata(&real)?;
-            let d = dest.join(&name);
-            if m.is_dir() {
-                std::fs::create_dir(&d)?;
-                comps.push(name);
-                rec(view, comps, &d)?;
-                comps.pop();
-            } else if m.file_type().is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(&real)?, &d)?;
-            } else if m.is_file() {
-                std::fs::copy(&real, &d)?;
-            }
-        }
-        Ok(())
-    }
-    rec(view, &mut comps, dest)
+    // Modes, owners and mtimes kept, as a bind mount of the tree shows them.
+    fsutil::materialize(view, comps, dest)
 }
