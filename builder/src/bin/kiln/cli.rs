@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use kiln_builder::engine::{NetworkArg, PullPolicy};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kiln",
@@ -171,24 +173,6 @@ pub enum Progress {
     Auto,
     Plain,
     Tty,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NetworkArg {
-    /// Own network namespace with outbound access (pasta or slirp4netns);
-    /// the host's loopback is not reachable. BuildKit's default.
-    Default,
-    /// The host's network: every service on its loopback is reachable.
-    Host,
-    /// Only `lo`.
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PullPolicy {
-    Never,
-    Missing,
-    Always,
 }
 
 #[derive(Debug, Args)]
