@@ -1,17 +1,22 @@
 //! `kiln build`: Dockerfile -> plan -> stages run concurrently over the
 //! content-addressed cache -> an image in the store, tagged.
 
+mod cached;
 mod copy;
+mod copy_op;
 pub mod explain;
 mod git;
 mod key;
+mod meta;
 pub mod options;
 pub mod output;
 pub mod plan;
 pub mod portable;
 pub mod report;
+mod run_op;
 pub mod ssh;
 mod stage;
+mod state;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};

@@ -1,0 +1,751 @@
+//! RUN: argv, environment and mounts prepared, keyed, and run in a
+//! container over the stage's layers.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context as _, Result};
+use kiln_parser::{Command, Instruction, Mount, Sharing};
+use kiln_runner::{ContainerSpec, MountKind, MountSpec, NetworkMode, RootFs, Stdio};
+use serde_json::json;
+
+use super::plan::PROXY_ARGS;
+use super::state::{env_lookup, StageState, DEFAULT_PATH};
+use super::{Builder, NetworkArg, Secret};
+use crate::fsutil::{self, RootView};
+use crate::progress::StepId;
+
+impl Builder {
+    pub(super) fn exec_run(
+        &self,
+        st: &mut StageState,
+        ins: &Instruction,
+        r: &kiln_parser::Run,
+        pos: &str,
+    ) -> Result<()> {
+        let line = ins.span.line;
+        // argv. `RUN <<EOF` alone makes the heredoc the script: run by the
+        // shell, or, with a shebang, as a file mounted at /dev/pipes/EOF
+        // (BuildKit's place for it, on the /dev tmpfs: never in a layer).
+        let mut script_file: Option<(String, String)> = None;
+        let argv: Vec<String> = match &r.command {
+            Command::Exec(v) => v.clone(),
+            Command::Shell(s) => {
+                let only_heredoc = r.heredocs.len() == 1
+                    && s.trim()
+                        .trim_start_matches("<<")
+                        .trim_start_matches('-')
+                        .trim_matches(|c| c == '"' || c == '\'')
+                        == r.heredocs[0].name;
+                if only_heredoc {
+                    let content = r.heredocs[0].effective_content();
+                    if content.starts_with("#!") {
+                        let target = format!("/dev/pipes/{}", r.heredocs[0].name);
+                        script_file = Some((target.clone(), content));
+                        vec![target]
+                    } else {
+                        let mut v = st.shell();
+                        v.push(content);
+                        v
+                    }
+                } else if r.heredocs.is_empty() {
+                    st.argv(&r.command)
+                } else {
+                    // Heredocs are handed to the shell, which expands them
+                    // (or not, for quoted delimiters) itself.
+                    let mut script = s.clone();
+                    script.push('\n');
+                    for h in &r.heredocs {
+                        script.push_str(&h.content);
+                        if !h.content.ends_with('\n') && !h.content.is_empty() {
+                            script.push('\n');
+                        }
+                        script.push_str(&h.name);
+                        script.push('\n');
+                    }
+                    let mut v = st.shell();
+                    v.push(script);
+                    v
+                }
+            }
+        };
+        // env: image ENV, then ARGs in scope that ENV does not set.
+        let mut env: Vec<String> = st.config.config.env.clone();
+        if env_lookup(&st.config, "PATH").is_none() {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        for (k, v) in &st.args {
+            if let Some(v) = v {
+                env.retain(|e| e.split_once('=').map(|(n, _)| n) != Some(k.as_str()));
+                env.push(format!("{k}={v}"));
+            }
+        }
+        let key_env = env.clone();
+        for p in PROXY_ARGS {
+            if let Some(v) = self.opts.build_args.get(*p) {
+                env.push(format!("{p}={v}"));
+            }
+        }
+        let network = match r.network {
+            Some(kiln_parser::NetworkMode::None) => NetworkMode::None,
+            Some(kiln_parser::NetworkMode::Host) => NetworkMode::Host,
+            _ => match self.opts.network {
+                NetworkArg::Default => NetworkMode::Private,
+                NetworkArg::Host => NetworkMode::Host,
+                NetworkArg::None => NetworkMode::None,
+            },
+        };
+        let workdir = st.workdir();
+        let user = st.config.config.user.clone().filter(|u| !u.is_empty());
+
+        // mounts
+        let mut mounts = Vec::new();
+        let mut mount_inputs = Vec::new();
+        let mut binds: Vec<(usize, BindPrep, bool)> = Vec::new();
+        let mut secret_env: Vec<(String, PathBuf)> = Vec::new();
+        let mut keep: Vec<tempfile::TempDir> = Vec::new();
+        let mut relays: Vec<super::ssh::AgentRelay> = Vec::new();
+        let mut ssh_auth_sock: Option<String> = None;
+        let mut locks: Vec<nix::fcntl::Flock<std::fs::File>> = Vec::new();
+        let env_map = st.expand_env();
+        let lx = self.lexer();
+        let exp = |s: &str| -> Result<String> {
+            lx.process_word(s, &env_map)
+                .map_err(|e| self.located(line, &e.to_string()))
+        };
+        let abs_target = |t: &str| -> String {
+            if t.starts_with('/') {
+                fsutil::clean_abs(t)
+            } else {
+                fsutil::clean_abs(&format!("{workdir}/{t}"))
+            }
+        };
+        for m in &r.mounts {
+            match m {
+                Mount::Bind {
+                    target,
+                    source,
+                    from,
+                    readwrite,
+                } => {
+                    let target = abs_target(&exp(target)?);
+                    let source = exp(source.as_deref().unwrap_or("."))?;
+                    // What the mount shows is prepared only if the step
+                    // runs (a cache hit needs just the inputs).
+                    let (prep, id) = match from {
+                        None => {
+                            let rel = self.bind_source_in_context(&source, line)?;
+                            let listing = self.ctx.describe_subtree(&rel)?;
+                            let digest = blake3::hash(serde_json::to_string(&listing)?.as_bytes())
+                                .to_hex()
+                                .to_string();
+                            (
+                                BindPrep::Context(rel.clone()),
+                                json!({"context": rel, "content": digest}),
+                            )
+                        }
+                        Some(f) => {
+                            let (view, id) = self.resolve_source(st, f, line)?;
+                            let (comps, found) = view.resolve(&source, true)?;
+                            if found.is_none() {
+                                return Err(self.located(
+                                    line,
+                                    &format!("RUN --mount from={f}: {source:?} not found"),
+                                ));
+                            }
+                            (
+                                BindPrep::View(view, comps),
+                                json!({"from": id, "source": source}),
+                            )
+                        }
+                    };
+                    mount_inputs.push(
+                        json!({"type": "bind", "target": target, "source": id, "rw": readwrite}),
+                    );
+                    binds.push((mounts.len(), prep, *readwrite));
+                    mounts.push(MountSpec {
+                        target,
+                        kind: MountKind::Bind {
+                            source: PathBuf::new(),
+                            readonly: !readwrite,
+                        },
+                    });
+                }
+                Mount::Cache {
+                    target,
+                    id,
+                    sharing,
+                    mode,
+                    uid,
+                    gid,
+                    readonly,
+                    from,
+                    source,
+                } => {
+                    let target = abs_target(&exp(target)?);
+                    let cid = id.clone().unwrap_or_else(|| target.clone());
+                    // from= seeds the cache with a stage's or image's files
+                    // the first time; as in BuildKit, the cache belongs to
+                    // (id, base): another base starts another cache.
+                    let seed = match (from, source) {
+                        (None, None) => None,
+                        (None, Some(_)) => {
+                            return Err(self.located(
+                                line,
+                                "RUN --mount=type=cache: source= needs from= (the stage or image it is a path of)",
+                            ))
+                        }
+                        (Some(f), src) => {
+                            let src = exp(src.as_deref().unwrap_or("/"))?;
+                            let (view, base_id) = self.resolve_source(st, f, line)?;
+                            let (comps, found) = view.resolve(&src, true)?;
+                            if !found.is_some_and(|f| f.meta.is_dir()) {
+                                return Err(self.located(
+                                    line,
+                                    &format!("RUN --mount=type=cache from={f}: {src:?} is not a directory there"),
+                                ));
+                            }
+                            Some((view, comps, base_id, src))
+                        }
+                    };
+                    let name = match &seed {
+                        None => cid.clone(),
+                        Some((_, _, base_id, src)) => format!("{cid}\0{base_id}\0{src}"),
+                    };
+                    let dir = self
+                        .store
+                        .root()
+                        .join("cachemounts")
+                        .join(&blake3::hash(name.as_bytes()).to_hex().as_str()[..32]);
+                    match &seed {
+                        Some((view, comps, _, _)) if !dir.exists() => {
+                            // Filled beside and renamed: a concurrent build
+                            // sees a whole seed or none.
+                            std::fs::create_dir_all(self.store.root().join("cachemounts"))?;
+                            let tmp = tempfile::Builder::new()
+                                .prefix("kiln-cache-seed-")
+                                .tempdir_in(self.store.root().join("tmp"))?;
+                            materialize(view, comps, tmp.path())?;
+                            let filled = tmp.keep();
+                            if std::fs::rename(&filled, &dir).is_err() {
+                                // Another build seeded it first.
+                                let _ = std::fs::remove_dir_all(&filled);
+                            }
+                        }
+                        _ => std::fs::create_dir_all(&dir)?,
+                    }
+                    std::fs::write(dir.with_extension("id"), &cid)?;
+                    if let Some((_, _, base_id, src)) = &seed {
+                        mount_inputs.push(json!({"type": "cache-seed", "target": target, "from": base_id, "source": src}));
+                    }
+                    let host = match sharing {
+                        Sharing::Shared => dir.clone(),
+                        Sharing::Locked | Sharing::Private => {
+                            let lf = std::fs::OpenOptions::new()
+                                .create(true)
+                                .truncate(false)
+                                .write(true)
+                                .open(dir.with_extension("lock"))?;
+                            use nix::fcntl::{Flock, FlockArg};
+                            let locked =
+                                if *sharing == Sharing::Locked {
+                                    Some(Flock::lock(lf, FlockArg::LockExclusive).map_err(
+                                        |(_, e)| anyhow!("locking cache mount {cid}: {e}"),
+                                    )?)
+                                } else {
+                                    Flock::lock(lf, FlockArg::LockExclusiveNonblock).ok()
+                                };
+                            match locked {
+                                Some(l) => {
+                                    locks.push(l);
+                                    dir.clone()
+                                }
+                                None => {
+                                    let tmp = tempfile::Builder::new()
+                                        .prefix("kiln-cache-")
+                                        .tempdir_in(self.store.root().join("tmp"))?;
+                                    let p = tmp.path().to_path_buf();
+                                    keep.push(tmp);
+                                    p
+                                }
+                            }
+                        }
+                    };
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        let meta = std::fs::metadata(&host)?;
+                        if meta.permissions().mode() & 0o7777 != mode.unwrap_or(0o755) {
+                            std::fs::set_permissions(
+                                &host,
+                                std::fs::Permissions::from_mode(mode.unwrap_or(0o755)),
+                            )?;
+                        }
+                        fsutil::lchown(&host, uid.unwrap_or(0), gid.unwrap_or(0))?;
+                    }
+                    mount_inputs.push(
+                        json!({"type": "cache", "target": target, "id": cid, "ro": readonly}),
+                    );
+                    mounts.push(MountSpec {
+                        target,
+                        kind: MountKind::Bind {
+                            source: host,
+                            readonly: *readonly,
+                        },
+                    });
+                }
+                Mount::Tmpfs { target, size } => {
+                    let target = abs_target(&exp(target)?);
+                    mount_inputs.push(json!({"type": "tmpfs", "target": target, "size": size}));
+                    mounts.push(MountSpec {
+                        target,
+                        kind: MountKind::Tmpfs { size: *size },
+                    });
+                }
+                Mount::Secret {
+                    id,
+                    target,
+                    env: as_env,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let sid = id
+                        .clone()
+                        .or_else(|| {
+                            target
+                                .as_ref()
+                                .and_then(|t| t.rsplit('/').next().map(String::from))
+                        })
+                        .ok_or_else(|| {
+                            self.located(line, "RUN --mount=type=secret needs id= or target=")
+                        })?;
+                    let Some(secret) = self.opts.secrets.get(&sid) else {
+                        if *required {
+                            return Err(self.located(line, &format!("secret {sid} not found: pass it with --secret id={sid},src=FILE")));
+                        }
+                        continue;
+                    };
+                    let tmp = tempfile::Builder::new()
+                        .prefix("kiln-secret-")
+                        .tempdir_in(self.store.root().join("tmp"))?;
+                    let file = tmp.path().join("secret");
+                    let data = match secret {
+                        Secret::File(p) => std::fs::read(p).with_context(|| {
+                            format!("reading secret {sid} from {}", p.display())
+                        })?,
+                        Secret::Env(v) => std::env::var(v)
+                            .map_err(|_| {
+                                anyhow!("secret {sid}: environment variable {v} is not set")
+                            })?
+                            .into_bytes(),
+                    };
+                    std::fs::write(&file, &data)?;
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(
+                            &file,
+                            std::fs::Permissions::from_mode(mode.unwrap_or(0o400)),
+                        )?;
+                        fsutil::lchown(&file, uid.unwrap_or(0), gid.unwrap_or(0))?;
+                    }
+                    // Secrets never reach the cache key: only where they go.
+                    if let Some(e) = as_env {
+                        secret_env.push((e.clone(), file.clone()));
+                        mount_inputs.push(json!({"type": "secret", "id": sid, "env": e}));
+                        if target.is_none() {
+                            keep.push(tmp);
+                            continue;
+                        }
+                    }
+                    let t = target
+                        .clone()
+                        .map(|t| abs_target(&t))
+                        .unwrap_or_else(|| format!("/run/secrets/{sid}"));
+                    mount_inputs.push(json!({"type": "secret", "id": sid, "target": t}));
+                    mounts.push(MountSpec {
+                        target: t,
+                        kind: MountKind::Bind {
+                            source: file,
+                            readonly: true,
+                        },
+                    });
+                    keep.push(tmp);
+                }
+                Mount::Ssh {
+                    id,
+                    target,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let sid = id.clone().unwrap_or_else(|| "default".to_string());
+                    let Some(agent) = self.opts.ssh.get(&sid) else {
+                        if *required {
+                            return Err(self.located(line, &format!("no SSH agent for id {sid}: pass --ssh {sid}[=SOCKET] (without a socket: $SSH_AUTH_SOCK)")));
+                        }
+                        continue;
+                    };
+                    // BuildKit's default place, numbered per step.
+                    let t = target
+                        .clone()
+                        .map(|t| abs_target(&t))
+                        .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", relays.len()));
+                    let tmp = tempfile::Builder::new()
+                        .prefix("kiln-ssh-")
+                        .tempdir_in(self.store.root().join("tmp"))?;
+                    let sock = tmp.path().join("agent.sock");
+                    relays.push(super::ssh::AgentRelay::start(
+                        agent,
+                        &sock,
+                        mode.unwrap_or(0o600),
+                        uid.unwrap_or(0),
+                        gid.unwrap_or(0),
+                    )?);
+                    ssh_auth_sock.get_or_insert_with(|| t.clone());
+                    // Which agent, not what it holds, is an input.
+                    mount_inputs.push(json!({"type": "ssh", "id": sid, "target": t}));
+                    mounts.push(MountSpec {
+                        target: t,
+                        kind: MountKind::Bind {
+                            source: sock,
+                            readonly: false,
+                        },
+                    });
+                    keep.push(tmp);
+                }
+            }
+        }
+        if let Some((target, content)) = &script_file {
+            let tmp = tempfile::Builder::new()
+                .prefix("kiln-heredoc-")
+                .tempdir_in(self.store.root().join("tmp"))?;
+            let file = tmp.path().join("script");
+            std::fs::write(&file, content)?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
+            }
+            mount_inputs.push(json!({"type": "heredoc", "target": target, "content": content}));
+            mounts.push(MountSpec {
+                target: target.clone(),
+                kind: MountKind::Bind {
+                    source: file,
+                    readonly: true,
+                },
+            });
+            keep.push(tmp);
+        }
+        // Secrets exposed as env vars are read at run time, never keyed.
+        for (name, file) in &secret_env {
+            let v = std::fs::read_to_string(file)?;
+            env.push(format!("{name}={v}"));
+        }
+        if let Some(t) = &ssh_auth_sock {
+            if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                env.push(format!("SSH_AUTH_SOCK={t}"));
+            }
+        }
+        let net_name = match network {
+            NetworkMode::Host => "host",
+            NetworkMode::None => "none",
+            // BuildKit keys the mode too (ExecOp.Network).
+            NetworkMode::Private => "default",
+        };
+        let inputs = json!({
+            "argv": argv,
+            "env": key_env,
+            "user": user,
+            "workdir": workdir,
+            "network": net_name,
+            "mounts": mount_inputs,
+        });
+        let layers = st.layers.clone();
+        let res = self.cached_step(st, ins, pos, inputs, |b, _st, id| {
+            let mut mounts = mounts;
+            let mut scratch = Vec::new();
+            for (i, prep, rw) in binds {
+                let host = b.prepare_bind(prep, rw, &mut scratch)?;
+                if let MountKind::Bind { source, .. } = &mut mounts[i].kind {
+                    *source = host;
+                }
+            }
+            let lowers = b.snapshots(&layers)?;
+            let pending = b.store.new_snapshot()?;
+            let spec = ContainerSpec {
+                rootfs: RootFs {
+                    lowers,
+                    upper: Some((pending.upper().to_path_buf(), pending.work().to_path_buf())),
+                },
+                args: argv.clone(),
+                env,
+                cwd: workdir.clone(),
+                user,
+                hostname: Some("kiln".into()),
+                network,
+                mounts,
+                readonly_rootfs: false,
+                // RUN gets the default filter, as under BuildKit.
+                seccomp_unconfined: false,
+            };
+            let (code, tail) = b.run_container(&spec, id)?;
+            if code != 0 {
+                let mut msg = format!(
+                    "process {:?} did not complete successfully: exit code: {code}",
+                    argv.join(" ")
+                );
+                if !tail.is_empty() {
+                    msg.push_str("\nlast lines of its output:\n");
+                    for l in &tail {
+                        msg.push_str("  ");
+                        msg.push_str(l);
+                        msg.push('\n');
+                    }
+                }
+                return Err(b.located(line, msg.trim_end()));
+            }
+            if fsutil::dir_is_empty(pending.upper())? {
+                return Ok(None);
+            }
+            Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
+        });
+        drop(relays);
+        drop(keep);
+        drop(locks);
+        res
+    }
+
+    /// Runs a RUN container, streaming its output to the progress display
+    /// and keeping the last lines for an error message.
+    fn run_container(&self, spec: &ContainerSpec, id: StepId) -> Result<(i32, Vec<String>)> {
+        let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().map_err(|e| anyhow!("pipe: {e}"))?;
+        let w2 = w.try_clone()?;
+        let tail = std::thread::scope(|s| -> Result<(i32, Vec<String>)> {
+            let reader = s.spawn(move || {
+                let mut tail: std::collections::VecDeque<String> = Default::default();
+                let f = std::fs::File::from(r);
+                for line in BufReader::new(f).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    self.progress.log(id, &text);
+                    if tail.len() == 20 {
+                        tail.pop_front();
+                    }
+                    tail.push_back(text);
+                }
+                tail.into_iter().collect::<Vec<_>>()
+            });
+            let code = kiln_runner::run(
+                &self.runner,
+                spec,
+                Stdio {
+                    stdin: None,
+                    stdout: Some(w),
+                    stderr: Some(w2),
+                },
+            );
+            let tail = reader.join().unwrap_or_default();
+            let code = code.map_err(|e| anyhow!("{e}"))?;
+            Ok((code, tail))
+        })?;
+        Ok(tail)
+    }
+}
+
+/// What a `RUN --mount=type=bind` shows, prepared when the step runs.
+enum BindPrep {
+    /// A path of the build context (relative).
+    Context(String),
+    /// A path of another stage's or image's filesystem.
+    View(RootView, Vec<String>),
+}
+
+impl Builder {
+    /// A bind mount's `source=` resolved in the scanned context, as
+    /// BuildKit resolves it in the context it was sent: symlinks followed
+    /// but kept inside the context's root, so what is mounted is an entry
+    /// of the `.dockerignore`-filtered context (a directory or a file,
+    /// never a symlink), never a path of the host.
+    fn bind_source_in_context(&self, source: &str, line: usize) -> Result<String> {
+        let shown = fsutil::clean_abs(source);
+        match self.ctx.resolve(source, true) {
+            Ok(Some(rel)) => Ok(rel),
+            Ok(None) => Err(self.located(
+                line,
+                &format!(
+                    "RUN --mount=type=bind: {shown:?}: not found in the build context \
+                     (symlinks resolve inside the context; is the file excluded by .dockerignore?)"
+                ),
+            )),
+            Err(e) => Err(self.located(line, &format!("RUN --mount=type=bind: {e}"))),
+        }
+    }
+
+    /// The host path to bind for a mount: the context path itself when
+    /// `.dockerignore` excludes nothing below it, else a copy (hard links
+    /// where possible) of just what the context holds, so an ignored file
+    /// is never visible to RUN; another stage's files are materialised; a
+    /// read-write mount gets a scratch copy whose writes are dropped.
+    fn prepare_bind(
+        &self,
+        prep: BindPrep,
+        rw: bool,
+        scratch: &mut Vec<tempfile::TempDir>,
+    ) -> Result<PathBuf> {
+        let tmp = || {
+            tempfile::Builder::new()
+                .prefix("kiln-bind-")
+                .tempdir_in(self.store.root().join("tmp"))
+        };
+        match prep {
+            BindPrep::Context(rel) => {
+                let real = self.ctx.root.join(&rel);
+                self.still_scanned(&rel, &real)?;
+                let entries = self.ctx.subtree(&rel);
+                if !rw && !has_excluded(&real, entries.len())? {
+                    return Ok(real);
+                }
+                let t = tmp()?;
+                let is_dir = self
+                    .ctx
+                    .get(&rel)
+                    .map(|e| e.kind == crate::context::Kind::Dir);
+                let dest_root = if is_dir == Some(true) {
+                    t.path().to_path_buf()
+                } else {
+                    t.path().join("file")
+                };
+                for (k, e) in entries {
+                    let sub = if *k == rel {
+                        String::new()
+                    } else if rel.is_empty() {
+                        k.clone()
+                    } else {
+                        k[rel.len() + 1..].to_string()
+                    };
+                    let dst = if sub.is_empty() {
+                        dest_root.clone()
+                    } else {
+                        dest_root.join(&sub)
+                    };
+                    let src = self.ctx.root.join(k);
+                    match e.kind {
+                        crate::context::Kind::Dir => {
+                            std::fs::create_dir_all(&dst)?;
+                        }
+                        crate::context::Kind::Symlink => {
+                            std::os::unix::fs::symlink(
+                                e.link_target.clone().unwrap_or_default(),
+                                &dst,
+                            )?;
+                        }
+                        crate::context::Kind::File => {
+                            // A hard link shares the inode: fine for a
+                            // read-only mount; a read-write one gets bytes.
+                            if rw || std::fs::hard_link(&src, &dst).is_err() {
+                                std::fs::copy(&src, &dst)?;
+                            }
+                        }
+                        crate::context::Kind::Other => {}
+                    }
+                }
+                scratch.push(t);
+                Ok(dest_root)
+            }
+            BindPrep::View(view, comps) => {
+                let t = tmp()?;
+                materialize(&view, &comps, t.path())?;
+                let p = if view
+                    .stat(&format!("/{}", comps.join("/")))?
+                    .is_some_and(|f| f.meta.is_dir())
+                {
+                    t.path().to_path_buf()
+                } else {
+                    t.path()
+                        .join(comps.last().cloned().unwrap_or_else(|| "file".into()))
+                };
+                scratch.push(t);
+                // Already a private copy: writes to it are dropped with it.
+                Ok(p)
+            }
+        }
+    }
+
+    /// `rel` (resolved, symlink-free in the scan) is still the entry the
+    /// scan saw: a path swapped for a symlink since would be followed on
+    /// the host when mounted.
+    fn still_scanned(&self, rel: &str, real: &std::path::Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let e = self.ctx.get(rel);
+        let same = std::fs::symlink_metadata(real)
+            .ok()
+            .zip(e)
+            .is_some_and(|(m, e)| {
+                !m.file_type().is_symlink() && m.dev() == e.dev && m.ino() == e.ino
+            });
+        if !same {
+            anyhow::bail!(
+                "build context path \"/{rel}\" changed while the build ran ({}); build again",
+                real.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether the real tree at `path` holds more entries than the context
+/// kept of it (then `.dockerignore` excluded something below it).
+fn has_excluded(path: &std::path::Path, kept: usize) -> Result<bool> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(false);
+    }
+    let mut count = 1;
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            count += 1;
+            if count > kept {
+                return Ok(true);
+            }
+            if e.file_type()?.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Copies the tree at `comps` of a view into `dest` (for bind mounts from
+/// another stage).
+fn materialize(view: &RootView, comps: &[String], dest: &std::path::Path) -> Result<()> {
+    let found = view.resolve(&format!("/{}", comps.join("/")), true)?.1;
+    let Some(found) = found else { return Ok(()) };
+    if !found.meta.is_dir() {
+        let name = comps.last().cloned().unwrap_or_else(|| "file".into());
+        std::fs::copy(&found.real, dest.join(name))?;
+        return Ok(());
+    }
+    let mut comps = comps.to_vec();
+    fn rec(view: &RootView, comps: &mut Vec<String>, dest: &std::path::Path) -> Result<()> {
+        for (name, real) in view.read_dir(comps)? {
+            let m = std::fs::symlink_metadata(&real)?;
+            let d = dest.join(&name);
+            if m.is_dir() {
+                std::fs::create_dir(&d)?;
+                comps.push(name);
+                rec(view, comps, &d)?;
+                comps.pop();
+            } else if m.file_type().is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(&real)?, &d)?;
+            } else if m.is_file() {
+                std::fs::copy(&real, &d)?;
+            }
+        }
+        Ok(())
+    }
+    rec(view, &mut comps, dest)
+}
