@@ -6,8 +6,9 @@ use std::time::Instant;
 use anyhow::Result;
 use kiln_parser::Instruction;
 use kiln_store::{CacheRecord, ImageConfig, LayerInfo};
-use serde_json::{json, Value};
+use serde_json::json;
 
+use super::inputs::StepInputs;
 use super::key;
 use super::state::{epoch_rfc3339, history, now_rfc3339, StageState};
 use super::Builder;
@@ -30,9 +31,10 @@ impl Builder {
         st: &mut StageState,
         ins: &Instruction,
         pos: &str,
-        inputs: Value,
+        inputs: StepInputs,
         exec: impl FnOnce(&Builder, &mut StageState, StepId) -> Result<Option<LayerInfo>>,
     ) -> Result<()> {
+        let inputs = inputs.to_value();
         self.flush_records(st)?;
         let step = ins.original.clone();
         let k = key::step_key(&st.key, &step, &inputs);

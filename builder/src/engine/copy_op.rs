@@ -6,6 +6,7 @@ use kiln_parser::Instruction;
 use serde_json::{json, Value};
 
 use super::copy::{self, CopyRequest, Source};
+use super::inputs::{FileInputs, FromRef, StepInputs};
 use super::plan::{resolve_from, Base};
 use super::state::StageState;
 use super::Builder;
@@ -17,7 +18,7 @@ impl Builder {
         st: &StageState,
         from: &str,
         line: usize,
-    ) -> Result<(RootView, Value)> {
+    ) -> Result<(RootView, FromRef)> {
         let from = self.expand(st, from, line)?;
         let base = resolve_from(&from, &self.plan.stages, self.plan.stages.len());
         let layers = match base {
@@ -32,7 +33,7 @@ impl Builder {
             }
         };
         let ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
-        Ok((self.view(&layers)?, json!({ "from": from, "layers": ids })))
+        Ok((self.view(&layers)?, FromRef { from, layers: ids }))
     }
 
     pub(super) fn exec_copy(
@@ -131,6 +132,7 @@ impl Builder {
         let (inputs, plan) = match c.from {
             Some(from) => {
                 let (src_view, id) = self.resolve_source(st, from, line)?;
+                let id = serde_json::to_value(&id)?;
                 let (inputs, plan) = copy::plan_copy(Source::View(&src_view), id, &req, &view)
                     .map_err(|e| self.located(line, &format!("{e:#}")))?;
                 (inputs, plan)
@@ -138,8 +140,13 @@ impl Builder {
             None => copy::plan_copy(Source::Context(&self.ctx), json!("context"), &req, &view)
                 .map_err(|e| self.located(line, &format!("{e:#}")))?,
         };
-        let mut inputs = inputs;
-        inputs["link"] = json!(c.link);
+        let Value::Object(plan_inputs) = inputs else {
+            unreachable!("copy::plan_copy describes a step as a JSON object")
+        };
+        let inputs = StepInputs::File(FileInputs {
+            plan: plan_inputs,
+            link: c.link,
+        });
         self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
             let pending = b.store.new_snapshot()?;
             copy::execute(&plan, pending.upper(), &view, &b.store.layer_limits())?;

@@ -7,6 +7,7 @@ use kiln_parser::Instruction;
 use kiln_store::CacheRecord;
 use serde_json::Value;
 
+use super::inputs::{MetaChange, StepInputs};
 use super::key;
 use super::state::{epoch_rfc3339, history, StageState, METADATA_MAX};
 use super::Builder;
@@ -14,7 +15,12 @@ use super::Builder;
 impl Builder {
     /// Metadata instructions: a new config, a history entry, a new key.
     /// `change` is what the instruction did (e.g. `{"labels": {"a": "1"}}`).
-    pub(super) fn meta(&self, st: &mut StageState, ins: &Instruction, change: Value) -> Result<()> {
+    pub(super) fn meta(
+        &self,
+        st: &mut StageState,
+        ins: &Instruction,
+        change: MetaChange,
+    ) -> Result<()> {
         self.push_meta_history(st, ins);
         self.meta_key(st, ins, change)
     }
@@ -37,9 +43,10 @@ impl Builder {
         &self,
         st: &mut StageState,
         ins: &Instruction,
-        change: Value,
+        change: MetaChange,
     ) -> Result<()> {
-        let size = key::canonical(&change).len();
+        let change = StepInputs::Meta(change);
+        let size = key::canonical(&change.to_value()).len();
         st.meta_bytes = st.meta_bytes.saturating_add(size);
         if st.meta_bytes > METADATA_MAX {
             return Err(self.located(
@@ -66,9 +73,10 @@ impl Builder {
         description: &str,
         source: &str,
         parent: &str,
-        inputs: Value,
+        inputs: StepInputs,
         result: Value,
     ) -> Result<()> {
+        let inputs = inputs.to_value();
         let k = if parent.is_empty() {
             st.key.clone()
         } else {

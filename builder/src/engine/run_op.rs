@@ -5,10 +5,10 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
+use super::inputs::{BindSource, ExecInputs, MountInput, StepInputs};
 use anyhow::{anyhow, Context as _, Result};
 use kiln_parser::{Command, Instruction, Mount, Sharing};
 use kiln_runner::{ContainerSpec, MountKind, MountSpec, NetworkMode, RootFs, Stdio};
-use serde_json::json;
 
 use super::plan::PROXY_ARGS;
 use super::state::{env_lookup, StageState, DEFAULT_PATH};
@@ -142,7 +142,10 @@ impl Builder {
                                 .to_string();
                             (
                                 BindPrep::Context(rel.clone()),
-                                json!({"context": rel, "content": digest}),
+                                BindSource::Context {
+                                    context: rel.clone(),
+                                    content: digest,
+                                },
                             )
                         }
                         Some(f) => {
@@ -156,13 +159,18 @@ impl Builder {
                             }
                             (
                                 BindPrep::View(view, comps),
-                                json!({"from": id, "source": source}),
+                                BindSource::From {
+                                    from: id,
+                                    source: source.clone(),
+                                },
                             )
                         }
                     };
-                    mount_inputs.push(
-                        json!({"type": "bind", "target": target, "source": id, "rw": readwrite}),
-                    );
+                    mount_inputs.push(MountInput::Bind {
+                        target: target.clone(),
+                        source: id,
+                        rw: *readwrite,
+                    });
                     binds.push((mounts.len(), prep, *readwrite));
                     mounts.push(MountSpec {
                         target,
@@ -211,7 +219,9 @@ impl Builder {
                     };
                     let name = match &seed {
                         None => cid.clone(),
-                        Some((_, _, base_id, src)) => format!("{cid}\0{base_id}\0{src}"),
+                        Some((_, _, base_id, src)) => {
+                            format!("{cid}\0{}\0{src}", serde_json::to_value(base_id)?)
+                        }
                     };
                     let dir = self
                         .store
@@ -237,7 +247,11 @@ impl Builder {
                     }
                     std::fs::write(dir.with_extension("id"), &cid)?;
                     if let Some((_, _, base_id, src)) = &seed {
-                        mount_inputs.push(json!({"type": "cache-seed", "target": target, "from": base_id, "source": src}));
+                        mount_inputs.push(MountInput::CacheSeed {
+                            target: target.clone(),
+                            from: base_id.clone(),
+                            source: src.clone(),
+                        });
                     }
                     let host = match sharing {
                         Sharing::Shared => dir.clone(),
@@ -283,9 +297,11 @@ impl Builder {
                         }
                         fsutil::lchown(&host, uid.unwrap_or(0), gid.unwrap_or(0))?;
                     }
-                    mount_inputs.push(
-                        json!({"type": "cache", "target": target, "id": cid, "ro": readonly}),
-                    );
+                    mount_inputs.push(MountInput::Cache {
+                        target: target.clone(),
+                        id: cid.clone(),
+                        ro: *readonly,
+                    });
                     mounts.push(MountSpec {
                         target,
                         kind: MountKind::Bind {
@@ -296,7 +312,10 @@ impl Builder {
                 }
                 Mount::Tmpfs { target, size } => {
                     let target = abs_target(&exp(target)?);
-                    mount_inputs.push(json!({"type": "tmpfs", "target": target, "size": size}));
+                    mount_inputs.push(MountInput::Tmpfs {
+                        target: target.clone(),
+                        size: *size,
+                    });
                     mounts.push(MountSpec {
                         target,
                         kind: MountKind::Tmpfs { size: *size },
@@ -353,7 +372,11 @@ impl Builder {
                     // Secrets never reach the cache key: only where they go.
                     if let Some(e) = as_env {
                         secret_env.push((e.clone(), file.clone()));
-                        mount_inputs.push(json!({"type": "secret", "id": sid, "env": e}));
+                        mount_inputs.push(MountInput::Secret {
+                            id: sid.clone(),
+                            env: Some(e.clone()),
+                            target: None,
+                        });
                         if target.is_none() {
                             keep.push(tmp);
                             continue;
@@ -363,7 +386,11 @@ impl Builder {
                         .clone()
                         .map(|t| abs_target(&t))
                         .unwrap_or_else(|| format!("/run/secrets/{sid}"));
-                    mount_inputs.push(json!({"type": "secret", "id": sid, "target": t}));
+                    mount_inputs.push(MountInput::Secret {
+                        id: sid.clone(),
+                        env: None,
+                        target: Some(t.clone()),
+                    });
                     mounts.push(MountSpec {
                         target: t,
                         kind: MountKind::Bind {
@@ -406,7 +433,10 @@ impl Builder {
                     )?);
                     ssh_auth_sock.get_or_insert_with(|| t.clone());
                     // Which agent, not what it holds, is an input.
-                    mount_inputs.push(json!({"type": "ssh", "id": sid, "target": t}));
+                    mount_inputs.push(MountInput::Ssh {
+                        id: sid.clone(),
+                        target: t.clone(),
+                    });
                     mounts.push(MountSpec {
                         target: t,
                         kind: MountKind::Bind {
@@ -428,7 +458,10 @@ impl Builder {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
             }
-            mount_inputs.push(json!({"type": "heredoc", "target": target, "content": content}));
+            mount_inputs.push(MountInput::Heredoc {
+                target: target.clone(),
+                content: content.clone(),
+            });
             mounts.push(MountSpec {
                 target: target.clone(),
                 kind: MountKind::Bind {
@@ -454,13 +487,13 @@ impl Builder {
             // BuildKit keys the mode too (ExecOp.Network).
             NetworkMode::Private => "default",
         };
-        let inputs = json!({
-            "argv": argv,
-            "env": key_env,
-            "user": user,
-            "workdir": workdir,
-            "network": net_name,
-            "mounts": mount_inputs,
+        let inputs = StepInputs::Exec(ExecInputs {
+            argv: argv.clone(),
+            env: key_env,
+            user: user.clone(),
+            workdir: workdir.clone(),
+            network: net_name.to_string(),
+            mounts: mount_inputs,
         });
         let layers = st.layers.clone();
         let res = self.cached_step(st, ins, pos, inputs, |b, _st, id| {

@@ -13,6 +13,7 @@ use kiln_store::LayerInfo;
 use serde_json::json;
 
 use super::copy_op::CopyArgs;
+use super::inputs::{MetaChange, MkdirInputs, SourceInputs, StepInputs};
 use super::plan::{platform_args, Base};
 use super::state::{index_env, StageState};
 use super::{Builder, StageResult};
@@ -102,7 +103,10 @@ impl Builder {
             // The base is a step of its own for the cache's story: a new
             // digest under the same name is what `--explain` reports.
             let manifest = base_manifest.clone().unwrap_or_default();
-            let inputs = json!({ "image": name, "id": manifest });
+            let inputs = StepInputs::Source(SourceInputs {
+                image: name.clone(),
+                id: manifest,
+            });
             let source = format!("{}:{}", self.opts.dockerfile_name, ps.stage.span.line);
             let result = json!({ "config": st.config, "layers": st.layers });
             self.record_meta(
@@ -175,7 +179,7 @@ impl Builder {
                     st.args.remove(&k);
                     st.set_env(&k, &v);
                 }
-                self.meta(st, ins, json!({ "env": change }))?;
+                self.meta(st, ins, MetaChange::Env(change))?;
             }
             InstructionKind::Arg(decls) => {
                 for d in decls {
@@ -202,12 +206,11 @@ impl Builder {
                 // environment of every later RUN: that is in RUN's key.
                 // BuildKit records them in the history. The key takes the
                 // ARGs this line declares; the chain carries earlier ones.
-                let args: BTreeMap<&str, &Option<String>> = decls
+                let args = decls
                     .iter()
-                    .map(|d| (d.name.as_str(), &st.args[&d.name]))
+                    .map(|d| (d.name.clone(), st.args[&d.name].clone()))
                     .collect();
-                let change = json!({ "args": args });
-                self.meta(st, ins, change)?;
+                self.meta(st, ins, MetaChange::Args(args))?;
             }
             InstructionKind::Label(kvs) => {
                 let mut labels = BTreeMap::new();
@@ -216,13 +219,12 @@ impl Builder {
                     let v = self.expand(st, &kv.value, line)?;
                     labels.insert(k, v);
                 }
-                let change = json!({ "labels": labels });
-                st.config.config.labels.extend(labels);
-                self.meta(st, ins, change)?;
+                st.config.config.labels.extend(labels.clone());
+                self.meta(st, ins, MetaChange::Labels(labels))?;
             }
             InstructionKind::Maintainer(m) => {
                 st.config.author = Some(m.clone());
-                self.meta(st, ins, json!({ "maintainer": m }))?;
+                self.meta(st, ins, MetaChange::Maintainer(m.clone()))?;
             }
             InstructionKind::User(u) => {
                 let u = self.expand(st, u, line)?;
@@ -231,7 +233,7 @@ impl Builder {
                 kiln_runner::user::check_spec(&u)
                     .map_err(|e| self.located(line, &e.to_string()))?;
                 st.config.config.user = Some(u.clone());
-                self.meta(st, ins, json!({ "user": u }))?;
+                self.meta(st, ins, MetaChange::User(u))?;
             }
             InstructionKind::Expose(ports) => {
                 let env = st.scope_env();
@@ -262,7 +264,7 @@ impl Builder {
                 for p in &added {
                     st.config.config.exposed_ports.insert(p.clone(), json!({}));
                 }
-                self.meta(st, ins, json!({ "ports": added }))?;
+                self.meta(st, ins, MetaChange::Ports(added))?;
             }
             InstructionKind::Volume(vols) => {
                 let mut added = Vec::new();
@@ -276,22 +278,22 @@ impl Builder {
                     st.config.config.volumes.insert(v.clone(), json!({}));
                     added.push(v);
                 }
-                self.meta(st, ins, json!({ "volumes": added }))?;
+                self.meta(st, ins, MetaChange::Volumes(added))?;
             }
             InstructionKind::StopSignal(s) => {
                 let s = self.expand(st, s, line)?;
                 st.config.config.stop_signal = Some(s.clone());
-                self.meta(st, ins, json!({ "stopsignal": s }))?;
+                self.meta(st, ins, MetaChange::Stopsignal(s))?;
             }
             InstructionKind::Shell(sh) => {
                 st.config.config.shell = Some(sh.clone());
-                self.meta(st, ins, json!({ "shell": sh }))?;
+                self.meta(st, ins, MetaChange::Shell(sh.clone()))?;
             }
             InstructionKind::Cmd(c) => {
                 let argv = st.argv(c);
                 st.config.config.cmd = Some(argv.clone());
                 st.cmd_set = true;
-                self.meta(st, ins, json!({ "cmd": argv }))?;
+                self.meta(st, ins, MetaChange::Cmd(argv))?;
             }
             InstructionKind::Entrypoint(c) => {
                 let argv = st.argv(c);
@@ -299,7 +301,7 @@ impl Builder {
                 if !st.cmd_set {
                     st.config.config.cmd = None;
                 }
-                self.meta(st, ins, json!({ "entrypoint": argv }))?;
+                self.meta(st, ins, MetaChange::Entrypoint(argv))?;
             }
             InstructionKind::Healthcheck(h) => {
                 let v = match h {
@@ -344,13 +346,13 @@ impl Builder {
                     serde_json::from_value(v.clone())
                         .map_err(|e| self.located(line, &format!("HEALTHCHECK: {e}")))?,
                 );
-                self.meta(st, ins, json!({ "healthcheck": v }))?;
+                self.meta(st, ins, MetaChange::Healthcheck(v))?;
             }
             InstructionKind::Onbuild(t) => {
                 // Stored for images built FROM this one; BuildKit writes
                 // no history entry for it.
                 st.config.config.on_build.push(t.clone());
-                self.meta_key(st, ins, json!({ "onbuild": t }))?;
+                self.meta_key(st, ins, MetaChange::Onbuild(t.clone()))?;
             }
             InstructionKind::Workdir(w) => {
                 let w = self.expand(st, w, line)?;
@@ -364,7 +366,7 @@ impl Builder {
                 // existing one leaves an empty diff, so no layer.
                 let view = self.view(&st.layers)?;
                 if view.stat(&abs)?.is_some() {
-                    self.meta(st, ins, json!({ "workdir": abs }))?;
+                    self.meta(st, ins, MetaChange::Workdir(abs))?;
                 } else {
                     let owner = match &st.config.config.user {
                         Some(u) if !u.is_empty() => Some(
@@ -373,8 +375,10 @@ impl Builder {
                         ),
                         _ => None,
                     };
-                    let inputs =
-                        json!({ "mkdir": abs, "owner": owner.map(|(u, g)| format!("{u}:{g}")) });
+                    let inputs = StepInputs::Mkdir(MkdirInputs {
+                        mkdir: abs.clone(),
+                        owner: owner.map(|(u, g)| format!("{u}:{g}")),
+                    });
                     self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
                         let pending = b.store.new_snapshot()?;
                         let (comps, _) = view.resolve(&abs, true)?;
