@@ -4,6 +4,7 @@
 mod cached;
 mod copy;
 mod copy_op;
+pub mod executor;
 pub mod explain;
 mod git;
 pub mod inputs;
@@ -50,7 +51,8 @@ pub struct Builder {
     pub progress: Progress,
     pub plan: Plan,
     pub escape: char,
-    pub runner: kiln_runner::RunnerConfig,
+    /// Runs the processes of RUN steps.
+    pub executor: Arc<dyn executor::Executor>,
     /// Absolute path of the Dockerfile ("-" for stdin), for cache records.
     pub dockerfile_path: String,
     slots: Vec<Slot>,
@@ -80,11 +82,9 @@ impl Builder {
         dockerfile_path: String,
         access: crate::registry::Access,
     ) -> Builder {
-        let runner = kiln_runner::RunnerConfig {
-            scratch_root: store.root().join("tmp"),
-            shared_net: Some(kiln_runner::SharedNet::new()),
-            ..Default::default()
-        };
+        let executor = Arc::new(executor::namespaces::NamespaceExecutor::new(
+            store.root().join("tmp"),
+        ));
         Builder {
             slots: (0..plan.stages.len())
                 .map(|_| (Mutex::new(None), Condvar::new()))
@@ -95,7 +95,7 @@ impl Builder {
             progress,
             plan,
             escape,
-            runner,
+            executor,
             dockerfile_path,
             used_args: Mutex::new(Default::default()),
             trace: Mutex::new(Vec::new()),

@@ -1,14 +1,12 @@
 //! RUN: argv, environment and mounts prepared, keyed, and run in a
 //! container over the stage's layers.
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
+use super::executor::{ExecSpec, Mount as MountSpec, MountKind, Network as NetworkMode};
 use super::inputs::{BindSource, ExecInputs, MountInput, StepInputs};
 use anyhow::{anyhow, Context as _, Result};
 use kiln_parser::{Command, Instruction, Mount, Sharing};
-use kiln_runner::{ContainerSpec, MountKind, MountSpec, NetworkMode, RootFs, Stdio};
 
 use super::plan::PROXY_ARGS;
 use super::state::{env_lookup, StageState, DEFAULT_PATH};
@@ -481,12 +479,7 @@ impl Builder {
                 env.push(format!("SSH_AUTH_SOCK={t}"));
             }
         }
-        let net_name = match network {
-            NetworkMode::Host => "host",
-            NetworkMode::None => "none",
-            // BuildKit keys the mode too (ExecOp.Network).
-            NetworkMode::Private => "default",
-        };
+        let net_name = network.key_name();
         let inputs = StepInputs::Exec(ExecInputs {
             argv: argv.clone(),
             env: key_env,
@@ -507,21 +500,17 @@ impl Builder {
             }
             let lowers = b.snapshots(&layers)?;
             let pending = b.store.new_snapshot()?;
-            let spec = ContainerSpec {
-                rootfs: RootFs {
-                    lowers,
-                    upper: Some((pending.upper().to_path_buf(), pending.work().to_path_buf())),
-                },
+            let spec = ExecSpec {
+                lowers,
+                upper: pending.upper().to_path_buf(),
+                work: pending.work().to_path_buf(),
                 args: argv.clone(),
                 env,
                 cwd: workdir.clone(),
                 user,
-                hostname: Some("kiln".into()),
+                hostname: "kiln".into(),
                 network,
                 mounts,
-                readonly_rootfs: false,
-                // RUN gets the default filter, as under BuildKit.
-                seccomp_unconfined: false,
             };
             let (code, tail) = b.run_container(&spec, id)?;
             if code != 0 {
@@ -550,40 +539,21 @@ impl Builder {
         res
     }
 
-    /// Runs a RUN container, streaming its output to the progress display
-    /// and keeping the last lines for an error message.
-    fn run_container(&self, spec: &ContainerSpec, id: StepId) -> Result<(i32, Vec<String>)> {
-        let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().map_err(|e| anyhow!("pipe: {e}"))?;
-        let w2 = w.try_clone()?;
-        let tail = std::thread::scope(|s| -> Result<(i32, Vec<String>)> {
-            let reader = s.spawn(move || {
-                let mut tail: std::collections::VecDeque<String> = Default::default();
-                let f = std::fs::File::from(r);
-                for line in BufReader::new(f).split(b'\n') {
-                    let Ok(line) = line else { break };
-                    let text = String::from_utf8_lossy(&line).into_owned();
-                    self.progress.log(id, &text);
-                    if tail.len() == 20 {
-                        tail.pop_front();
-                    }
-                    tail.push_back(text);
-                }
-                tail.into_iter().collect::<Vec<_>>()
-            });
-            let code = kiln_runner::run(
-                &self.runner,
-                spec,
-                Stdio {
-                    stdin: None,
-                    stdout: Some(w),
-                    stderr: Some(w2),
-                },
-            );
-            let tail = reader.join().unwrap_or_default();
-            let code = code.map_err(|e| anyhow!("{e}"))?;
-            Ok((code, tail))
+    /// Runs a RUN step's process through the build's executor, streaming
+    /// its output to the progress display and keeping the last lines for
+    /// an error message.
+    fn run_container(&self, spec: &ExecSpec, id: StepId) -> Result<(i32, Vec<String>)> {
+        let tail = std::sync::Mutex::new(std::collections::VecDeque::new());
+        let status = self.executor.run(spec, &|line: &str| {
+            self.progress.log(id, line);
+            let mut t = tail.lock().expect("output tail");
+            if t.len() == 20 {
+                t.pop_front();
+            }
+            t.push_back(line.to_string());
         })?;
-        Ok(tail)
+        let tail = tail.into_inner().expect("output tail");
+        Ok((status.code, tail.into_iter().collect()))
     }
 }
 
