@@ -16,14 +16,15 @@ pub mod plan;
 pub mod portable;
 pub mod report;
 mod run_op;
+pub mod scheduler;
 pub mod ssh;
 mod stage;
 mod state;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use kiln_store::{ImageConfig, LayerInfo, Store};
 
 use crate::context::BuildContext;
@@ -42,8 +43,6 @@ pub struct StageResult {
     pub key: String,
 }
 
-type Slot = (Mutex<Option<Result<Arc<StageResult>, String>>>, Condvar);
-
 pub struct Builder {
     pub store: Arc<Store>,
     pub opts: Options,
@@ -55,7 +54,8 @@ pub struct Builder {
     pub executor: Arc<dyn executor::Executor>,
     /// Absolute path of the Dockerfile ("-" for stdin), for cache records.
     pub dockerfile_path: String,
-    slots: Vec<Slot>,
+    /// Each stage's result once it has finished.
+    outcomes: scheduler::Outcomes<StageResult>,
     /// Build args some ARG consumed (for the unused-arg warning).
     pub used_args: Mutex<std::collections::BTreeSet<String>>,
     /// Every step as the cache saw it, in order per stage, for `--explain`.
@@ -86,9 +86,7 @@ impl Builder {
             store.root().join("tmp"),
         ));
         Builder {
-            slots: (0..plan.stages.len())
-                .map(|_| (Mutex::new(None), Condvar::new()))
-                .collect(),
+            outcomes: scheduler::Outcomes::new(plan.stages.len()),
             store,
             opts,
             ctx,
@@ -164,49 +162,45 @@ impl Builder {
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
-    /// Runs every needed stage, each in its own thread as soon as the
-    /// stages it reads from are done; returns the target's result.
+    /// Runs every needed stage on at most `--max-parallelism` workers, each
+    /// as soon as the stages it reads from are done; returns the target's
+    /// result. A failure keeps its cause chain (see [`scheduler::NodeError`]).
     pub fn run_all(&self) -> Result<Arc<StageResult>> {
-        let order = self.plan.order.clone();
-        std::thread::scope(|scope| {
-            for &i in &order {
-                scope.spawn(move || {
-                    let r = self.run_stage_after_deps(i);
-                    let (lock, cv) = &self.slots[i];
-                    *lock.lock().expect("stage slot") =
-                        Some(r.map(Arc::new).map_err(|e| format!("{e:#}")));
-                    cv.notify_all();
-                });
-            }
+        let deps: Vec<_> = self.plan.stages.iter().map(|s| s.deps.clone()).collect();
+        let names: Vec<String> = self.plan.stages.iter().map(|s| s.label()).collect();
+        let graph = scheduler::Graph {
+            nodes: &self.plan.order,
+            deps: &deps,
+            names: &names,
+        };
+        scheduler::run(&graph, self.opts.max_parallelism, &self.outcomes, |i| {
+            self.run_stage(i)
         });
-        self.wait_stage(self.plan.target)
-            .map_err(|e| anyhow::Error::new(Failure::new(1, e)))
-    }
-
-    fn wait_stage(&self, i: usize) -> std::result::Result<Arc<StageResult>, String> {
-        let (lock, cv) = &self.slots[i];
-        let mut g = lock.lock().expect("stage slot");
-        loop {
-            if let Some(r) = g.as_ref() {
-                return r.clone();
+        match self.outcomes.get(self.plan.target) {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => {
+                // What was always shown: the failing stage's own error.
+                let shown = e.message();
+                Err(Failure::caused_by(1, shown, scheduler::SharedError(e)).into())
             }
-            g = cv.wait(g).expect("stage slot");
+            None => unreachable!("the scheduler gives every node an outcome"),
         }
     }
 
-    /// The finished result of a stage this one depends on.
+    /// The finished result of a stage this one reads from. The planner
+    /// made it a dependency, so it has finished; a stage named only at run
+    /// time (a `--from` in a variable of the stage) is refused if it has
+    /// not, rather than waited for while holding a worker.
     pub fn stage_result(&self, i: usize) -> Result<Arc<StageResult>> {
-        self.wait_stage(i).map_err(|e| anyhow!("{e}"))
-    }
-
-    fn run_stage_after_deps(&self, i: usize) -> Result<StageResult> {
-        for &d in &self.plan.stages[i].deps {
-            if let Err(e) = self.wait_stage(d) {
-                // The dependency's own error is reported by its thread.
-                bail!("{e}");
-            }
+        match self.outcomes.get(i) {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => Err(scheduler::SharedError(e).into()),
+            None => bail!(
+                "stage {} is read here but was not known to be needed when the build was planned \
+                 (is its name in a variable set inside the stage?): name the stage directly",
+                self.plan.stages[i].label()
+            ),
         }
-        self.run_stage(i)
     }
 
     /// Resolves a base image: the local store first (unless

@@ -44,6 +44,8 @@ pub struct Options {
     pub ssh: HashMap<String, PathBuf>,
     pub labels: BTreeMap<String, String>,
     pub source_date_epoch: Option<i64>,
+    /// How many stages may run at once (at least 1).
+    pub max_parallelism: usize,
 }
 
 pub fn parse_kv(s: &str, what: &str) -> Result<(String, String)> {
@@ -51,4 +53,9 @@ pub fn parse_kv(s: &str, what: &str) -> Result<(String, String)> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => bail!("invalid {what} {s:?}: expected KEY=VALUE"),
     }
+}
+
+/// The default `--max-parallelism`: the machine's cores.
+pub fn default_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

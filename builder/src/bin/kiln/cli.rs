@@ -232,6 +232,9 @@ pub struct BuildArgs {
     /// After the build, explain every step that was not a cache hit.
     #[arg(long)]
     pub explain: bool,
+    /// How many stages may run at once (default: the number of cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallelism: Option<u32>,
     /// Suppress the build output and print the image ID on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use kiln_builder::context::BuildContext;
-use kiln_builder::engine::options::parse_kv;
+use kiln_builder::engine::options::{default_parallelism, parse_kv};
 use kiln_builder::engine::output::{export_output, parse_output};
 use kiln_builder::engine::report::{load_report, render_report, save_report};
 use kiln_builder::engine::{explain, plan, portable, ssh, BuildArgs, Builder, Options, Secret};
@@ -236,6 +236,9 @@ pub fn cmd_build(
             ssh,
             labels,
             source_date_epoch,
+            max_parallelism: args
+                .max_parallelism
+                .map_or_else(default_parallelism, |n| n as usize),
         },
         ctx,
         progress,
