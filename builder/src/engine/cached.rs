@@ -80,7 +80,7 @@ impl Builder {
                 if e.downcast_ref::<Failure>().is_some() {
                     return Err(e);
                 }
-                return Err(self.located(ins.span.line, &format!("{e:#}")));
+                return Err(self.located_cause(ins.span.line, e));
             }
         };
         let created = self

@@ -20,6 +20,8 @@ pub mod scheduler;
 pub mod ssh;
 mod stage;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

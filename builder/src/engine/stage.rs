@@ -33,6 +33,21 @@ impl Builder {
 
     /// An error that shows where in the Dockerfile it happened, BuildKit's way.
     pub fn located(&self, line: usize, msg: &str) -> anyhow::Error {
+        anyhow::Error::new(Failure::new(1, self.located_text(line, msg)))
+    }
+
+    /// [`Builder::located`] for an error whose cause chain is kept (the
+    /// message shows it on one line; the chain stays inspectable).
+    pub fn located_cause(&self, line: usize, err: anyhow::Error) -> anyhow::Error {
+        let text = self.located_text(line, &format!("{err:#}"));
+        let cause: Box<dyn std::error::Error + Send + Sync> = err.into();
+        anyhow::Error::new(Failure {
+            cause: Some(cause),
+            ..Failure::new(1, text)
+        })
+    }
+
+    fn located_text(&self, line: usize, msg: &str) -> String {
         let src = &self.opts.dockerfile_src;
         let lines: Vec<&str> = src.lines().collect();
         let mut out = String::new();
@@ -49,7 +64,7 @@ impl Builder {
         }
         out.push_str("--------------------\n");
         out.push_str(&format!("ERROR: {msg}"));
-        anyhow::Error::new(Failure::new(1, out))
+        out
     }
 
     pub(super) fn snapshots(&self, layers: &[LayerInfo]) -> Result<Vec<PathBuf>> {
