@@ -23,68 +23,8 @@ impl Builder {
         pos: &str,
     ) -> Result<()> {
         let line = ins.span.line;
-        // argv. `RUN <<EOF` alone makes the heredoc the script: run by the
-        // shell, or, with a shebang, as a file mounted at /dev/pipes/EOF
-        // (BuildKit's place for it, on the /dev tmpfs: never in a layer).
-        let mut script_file: Option<(String, String)> = None;
-        let argv: Vec<String> = match &r.command {
-            Command::Exec(v) => v.clone(),
-            Command::Shell(s) => {
-                let only_heredoc = r.heredocs.len() == 1
-                    && s.trim()
-                        .trim_start_matches("<<")
-                        .trim_start_matches('-')
-                        .trim_matches(|c| c == '"' || c == '\'')
-                        == r.heredocs[0].name;
-                if only_heredoc {
-                    let content = r.heredocs[0].effective_content();
-                    if content.starts_with("#!") {
-                        let target = format!("/dev/pipes/{}", r.heredocs[0].name);
-                        script_file = Some((target.clone(), content));
-                        vec![target]
-                    } else {
-                        let mut v = st.shell();
-                        v.push(content);
-                        v
-                    }
-                } else if r.heredocs.is_empty() {
-                    st.argv(&r.command)
-                } else {
-                    // Heredocs are handed to the shell, which expands them
-                    // (or not, for quoted delimiters) itself.
-                    let mut script = s.clone();
-                    script.push('\n');
-                    for h in &r.heredocs {
-                        script.push_str(&h.content);
-                        if !h.content.ends_with('\n') && !h.content.is_empty() {
-                            script.push('\n');
-                        }
-                        script.push_str(&h.name);
-                        script.push('\n');
-                    }
-                    let mut v = st.shell();
-                    v.push(script);
-                    v
-                }
-            }
-        };
-        // env: image ENV, then ARGs in scope that ENV does not set.
-        let mut env: Vec<String> = st.config.config.env.clone();
-        if env_lookup(&st.config, "PATH").is_none() {
-            env.push(format!("PATH={DEFAULT_PATH}"));
-        }
-        for (k, v) in &st.args {
-            if let Some(v) = v {
-                env.retain(|e| e.split_once('=').map(|(n, _)| n) != Some(k.as_str()));
-                env.push(format!("{k}={v}"));
-            }
-        }
-        let key_env = env.clone();
-        for p in PROXY_ARGS {
-            if let Some(v) = self.opts.build_args.get(*p) {
-                env.push(format!("{p}={v}"));
-            }
-        }
+        let (argv, script_file) = run_argv(st, r);
+        let (mut env, key_env) = self.run_env(st);
         let network = match r.network {
             Some(kiln_parser::NetworkMode::None) => NetworkMode::None,
             Some(kiln_parser::NetworkMode::Host) => NetworkMode::Host,
@@ -98,14 +38,6 @@ impl Builder {
         let user = st.config.config.user.clone().filter(|u| !u.is_empty());
 
         // mounts
-        let mut mounts = Vec::new();
-        let mut mount_inputs = Vec::new();
-        let mut binds: Vec<(usize, BindPrep, bool)> = Vec::new();
-        let mut secret_env: Vec<(String, PathBuf)> = Vec::new();
-        let mut keep: Vec<tempfile::TempDir> = Vec::new();
-        let mut relays: Vec<super::ssh::AgentRelay> = Vec::new();
-        let mut ssh_auth_sock: Option<String> = None;
-        let mut locks: Vec<nix::fcntl::Flock<std::fs::File>> = Vec::new();
         let env_map = st.expand_env();
         let lx = self.lexer();
         let exp = |s: &str| -> Result<String> {
@@ -119,356 +51,36 @@ impl Builder {
                 fsutil::clean_abs(&format!("{workdir}/{t}"))
             }
         };
+        let cx = MountCx {
+            st,
+            line,
+            exp: Box::new(exp),
+            abs_target: Box::new(abs_target),
+        };
+        let mut out = Prepared::default();
         for m in &r.mounts {
             match m {
-                Mount::Bind {
-                    target,
-                    source,
-                    from,
-                    readwrite,
-                } => {
-                    let target = abs_target(&exp(target)?);
-                    let source = exp(source.as_deref().unwrap_or("."))?;
-                    // What the mount shows is prepared only if the step
-                    // runs (a cache hit needs just the inputs).
-                    let (prep, id) = match from {
-                        None => {
-                            let rel = self.bind_source_in_context(&source, line)?;
-                            let listing = self.ctx.describe_subtree(&rel)?;
-                            let digest = blake3::hash(serde_json::to_string(&listing)?.as_bytes())
-                                .to_hex()
-                                .to_string();
-                            (
-                                BindPrep::Context(rel.clone()),
-                                BindSource::Context {
-                                    context: rel.clone(),
-                                    content: digest,
-                                },
-                            )
-                        }
-                        Some(f) => {
-                            let (view, id) = self.resolve_source(st, f, line)?;
-                            let (comps, found) = view.resolve(&source, true)?;
-                            if found.is_none() {
-                                return Err(self.located(
-                                    line,
-                                    &format!("RUN --mount from={f}: {source:?} not found"),
-                                ));
-                            }
-                            (
-                                BindPrep::View(view, comps),
-                                BindSource::From {
-                                    from: id,
-                                    source: source.clone(),
-                                },
-                            )
-                        }
-                    };
-                    mount_inputs.push(MountInput::Bind {
-                        target: target.clone(),
-                        source: id,
-                        rw: *readwrite,
-                    });
-                    binds.push((mounts.len(), prep, *readwrite));
-                    mounts.push(MountSpec {
-                        target,
-                        kind: MountKind::Bind {
-                            source: PathBuf::new(),
-                            readonly: !readwrite,
-                        },
-                    });
-                }
-                Mount::Cache {
-                    target,
-                    id,
-                    sharing,
-                    mode,
-                    uid,
-                    gid,
-                    readonly,
-                    from,
-                    source,
-                } => {
-                    let target = abs_target(&exp(target)?);
-                    let cid = id.clone().unwrap_or_else(|| target.clone());
-                    // from= seeds the cache with a stage's or image's files
-                    // the first time; as in BuildKit, the cache belongs to
-                    // (id, base): another base starts another cache.
-                    let seed = match (from, source) {
-                        (None, None) => None,
-                        (None, Some(_)) => {
-                            return Err(self.located(
-                                line,
-                                "RUN --mount=type=cache: source= needs from= (the stage or image it is a path of)",
-                            ))
-                        }
-                        (Some(f), src) => {
-                            let src = exp(src.as_deref().unwrap_or("/"))?;
-                            let (view, base_id) = self.resolve_source(st, f, line)?;
-                            let (comps, found) = view.resolve(&src, true)?;
-                            if !found.is_some_and(|f| f.meta.is_dir()) {
-                                return Err(self.located(
-                                    line,
-                                    &format!("RUN --mount=type=cache from={f}: {src:?} is not a directory there"),
-                                ));
-                            }
-                            Some((view, comps, base_id, src))
-                        }
-                    };
-                    let name = match &seed {
-                        None => cid.clone(),
-                        Some((_, _, base_id, src)) => {
-                            format!("{cid}\0{}\0{src}", serde_json::to_value(base_id)?)
-                        }
-                    };
-                    let dir = self
-                        .store
-                        .root()
-                        .join("cachemounts")
-                        .join(&blake3::hash(name.as_bytes()).to_hex().as_str()[..32]);
-                    match &seed {
-                        Some((view, comps, _, _)) if !dir.exists() => {
-                            // Filled beside and renamed: a concurrent build
-                            // sees a whole seed or none.
-                            std::fs::create_dir_all(self.store.root().join("cachemounts"))?;
-                            let tmp = tempfile::Builder::new()
-                                .prefix("kiln-cache-seed-")
-                                .tempdir_in(self.store.root().join("tmp"))?;
-                            materialize(view, comps, tmp.path())?;
-                            let filled = tmp.keep();
-                            if std::fs::rename(&filled, &dir).is_err() {
-                                // Another build seeded it first.
-                                let _ = std::fs::remove_dir_all(&filled);
-                            }
-                        }
-                        _ => std::fs::create_dir_all(&dir)?,
-                    }
-                    std::fs::write(dir.with_extension("id"), &cid)?;
-                    if let Some((_, _, base_id, src)) = &seed {
-                        mount_inputs.push(MountInput::CacheSeed {
-                            target: target.clone(),
-                            from: base_id.clone(),
-                            source: src.clone(),
-                        });
-                    }
-                    let host = match sharing {
-                        Sharing::Shared => dir.clone(),
-                        Sharing::Locked | Sharing::Private => {
-                            let lf = std::fs::OpenOptions::new()
-                                .create(true)
-                                .truncate(false)
-                                .write(true)
-                                .open(dir.with_extension("lock"))?;
-                            use nix::fcntl::{Flock, FlockArg};
-                            let locked =
-                                if *sharing == Sharing::Locked {
-                                    Some(Flock::lock(lf, FlockArg::LockExclusive).map_err(
-                                        |(_, e)| anyhow!("locking cache mount {cid}: {e}"),
-                                    )?)
-                                } else {
-                                    Flock::lock(lf, FlockArg::LockExclusiveNonblock).ok()
-                                };
-                            match locked {
-                                Some(l) => {
-                                    locks.push(l);
-                                    dir.clone()
-                                }
-                                None => {
-                                    let tmp = tempfile::Builder::new()
-                                        .prefix("kiln-cache-")
-                                        .tempdir_in(self.store.root().join("tmp"))?;
-                                    let p = tmp.path().to_path_buf();
-                                    keep.push(tmp);
-                                    p
-                                }
-                            }
-                        }
-                    };
-                    {
-                        use std::os::unix::fs::PermissionsExt;
-                        let meta = std::fs::metadata(&host)?;
-                        if meta.permissions().mode() & 0o7777 != mode.unwrap_or(0o755) {
-                            std::fs::set_permissions(
-                                &host,
-                                std::fs::Permissions::from_mode(mode.unwrap_or(0o755)),
-                            )?;
-                        }
-                        fsutil::lchown(&host, uid.unwrap_or(0), gid.unwrap_or(0))?;
-                    }
-                    mount_inputs.push(MountInput::Cache {
-                        target: target.clone(),
-                        id: cid.clone(),
-                        ro: *readonly,
-                    });
-                    mounts.push(MountSpec {
-                        target,
-                        kind: MountKind::Bind {
-                            source: host,
-                            readonly: *readonly,
-                        },
-                    });
-                }
-                Mount::Tmpfs { target, size } => {
-                    let target = abs_target(&exp(target)?);
-                    mount_inputs.push(MountInput::Tmpfs {
-                        target: target.clone(),
-                        size: *size,
-                    });
-                    mounts.push(MountSpec {
-                        target,
-                        kind: MountKind::Tmpfs { size: *size },
-                    });
-                }
-                Mount::Secret {
-                    id,
-                    target,
-                    env: as_env,
-                    required,
-                    mode,
-                    uid,
-                    gid,
-                } => {
-                    let sid = id
-                        .clone()
-                        .or_else(|| {
-                            target
-                                .as_ref()
-                                .and_then(|t| t.rsplit('/').next().map(String::from))
-                        })
-                        .ok_or_else(|| {
-                            self.located(line, "RUN --mount=type=secret needs id= or target=")
-                        })?;
-                    let Some(secret) = self.opts.secrets.get(&sid) else {
-                        if *required {
-                            return Err(self.located(line, &format!("secret {sid} not found: pass it with --secret id={sid},src=FILE")));
-                        }
-                        continue;
-                    };
-                    let tmp = tempfile::Builder::new()
-                        .prefix("kiln-secret-")
-                        .tempdir_in(self.store.root().join("tmp"))?;
-                    let file = tmp.path().join("secret");
-                    let data = match secret {
-                        Secret::File(p) => std::fs::read(p).with_context(|| {
-                            format!("reading secret {sid} from {}", p.display())
-                        })?,
-                        Secret::Env(v) => std::env::var(v)
-                            .map_err(|_| {
-                                anyhow!("secret {sid}: environment variable {v} is not set")
-                            })?
-                            .into_bytes(),
-                    };
-                    std::fs::write(&file, &data)?;
-                    {
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::set_permissions(
-                            &file,
-                            std::fs::Permissions::from_mode(mode.unwrap_or(0o400)),
-                        )?;
-                        fsutil::lchown(&file, uid.unwrap_or(0), gid.unwrap_or(0))?;
-                    }
-                    // Secrets never reach the cache key: only where they go.
-                    if let Some(e) = as_env {
-                        secret_env.push((e.clone(), file.clone()));
-                        mount_inputs.push(MountInput::Secret {
-                            id: sid.clone(),
-                            env: Some(e.clone()),
-                            target: None,
-                        });
-                        if target.is_none() {
-                            keep.push(tmp);
-                            continue;
-                        }
-                    }
-                    let t = target
-                        .clone()
-                        .map(|t| abs_target(&t))
-                        .unwrap_or_else(|| format!("/run/secrets/{sid}"));
-                    mount_inputs.push(MountInput::Secret {
-                        id: sid.clone(),
-                        env: None,
-                        target: Some(t.clone()),
-                    });
-                    mounts.push(MountSpec {
-                        target: t,
-                        kind: MountKind::Bind {
-                            source: file,
-                            readonly: true,
-                        },
-                    });
-                    keep.push(tmp);
-                }
-                Mount::Ssh {
-                    id,
-                    target,
-                    required,
-                    mode,
-                    uid,
-                    gid,
-                } => {
-                    let sid = id.clone().unwrap_or_else(|| "default".to_string());
-                    let Some(agent) = self.opts.ssh.get(&sid) else {
-                        if *required {
-                            return Err(self.located(line, &format!("no SSH agent for id {sid}: pass --ssh {sid}[=SOCKET] (without a socket: $SSH_AUTH_SOCK)")));
-                        }
-                        continue;
-                    };
-                    // BuildKit's default place, numbered per step.
-                    let t = target
-                        .clone()
-                        .map(|t| abs_target(&t))
-                        .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", relays.len()));
-                    let tmp = tempfile::Builder::new()
-                        .prefix("kiln-ssh-")
-                        .tempdir_in(self.store.root().join("tmp"))?;
-                    let sock = tmp.path().join("agent.sock");
-                    relays.push(super::ssh::AgentRelay::start(
-                        agent,
-                        &sock,
-                        mode.unwrap_or(0o600),
-                        uid.unwrap_or(0),
-                        gid.unwrap_or(0),
-                    )?);
-                    ssh_auth_sock.get_or_insert_with(|| t.clone());
-                    // Which agent, not what it holds, is an input.
-                    mount_inputs.push(MountInput::Ssh {
-                        id: sid.clone(),
-                        target: t.clone(),
-                    });
-                    mounts.push(MountSpec {
-                        target: t,
-                        kind: MountKind::Bind {
-                            source: sock,
-                            readonly: false,
-                        },
-                    });
-                    keep.push(tmp);
-                }
+                Mount::Bind { .. } => self.mount_bind(&cx, &mut out, m)?,
+                Mount::Cache { .. } => self.mount_cache(&cx, &mut out, m)?,
+                Mount::Tmpfs { .. } => self.mount_tmpfs(&cx, &mut out, m)?,
+                Mount::Secret { .. } => self.mount_secret(&cx, &mut out, m)?,
+                Mount::Ssh { .. } => self.mount_ssh(&cx, &mut out, m)?,
             }
         }
         if let Some((target, content)) = &script_file {
-            let tmp = tempfile::Builder::new()
-                .prefix("kiln-heredoc-")
-                .tempdir_in(self.store.root().join("tmp"))?;
-            let file = tmp.path().join("script");
-            std::fs::write(&file, content)?;
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
-            }
-            mount_inputs.push(MountInput::Heredoc {
-                target: target.clone(),
-                content: content.clone(),
-            });
-            mounts.push(MountSpec {
-                target: target.clone(),
-                kind: MountKind::Bind {
-                    source: file,
-                    readonly: true,
-                },
-            });
-            keep.push(tmp);
+            self.mount_script(&mut out, target, content)?;
         }
+        drop(cx);
+        let Prepared {
+            mounts,
+            mount_inputs,
+            binds,
+            secret_env,
+            keep,
+            relays,
+            ssh_auth_sock,
+            locks,
+        } = out;
         // Secrets exposed as env vars are read at run time, never keyed.
         for (name, file) in &secret_env {
             let v = std::fs::read_to_string(file)?;
@@ -489,54 +101,531 @@ impl Builder {
             mounts: mount_inputs,
         });
         let layers = st.layers.clone();
+        let step = RunStep {
+            argv,
+            env,
+            workdir,
+            user,
+            network,
+            mounts,
+            binds,
+            line,
+        };
         let res = self.cached_step(st, ins, pos, inputs, |b, _st, id| {
-            let mut mounts = mounts;
-            let mut scratch = Vec::new();
-            for (i, prep, rw) in binds {
-                let host = b.prepare_bind(prep, rw, &mut scratch)?;
-                if let MountKind::Bind { source, .. } = &mut mounts[i].kind {
-                    *source = host;
-                }
-            }
-            let lowers = b.snapshots(&layers)?;
-            let pending = b.store.new_snapshot()?;
-            let spec = ExecSpec {
-                lowers,
-                upper: pending.upper().to_path_buf(),
-                work: pending.work().to_path_buf(),
-                args: argv.clone(),
-                env,
-                cwd: workdir.clone(),
-                user,
-                hostname: "kiln".into(),
-                network,
-                mounts,
-            };
-            let (code, tail) = b.run_container(&spec, id)?;
-            if code != 0 {
-                let mut msg = format!(
-                    "process {:?} did not complete successfully: exit code: {code}",
-                    argv.join(" ")
-                );
-                if !tail.is_empty() {
-                    msg.push_str("\nlast lines of its output:\n");
-                    for l in &tail {
-                        msg.push_str("  ");
-                        msg.push_str(l);
-                        msg.push('\n');
-                    }
-                }
-                return Err(b.located(line, msg.trim_end()));
-            }
-            if fsutil::dir_is_empty(pending.upper())? {
-                return Ok(None);
-            }
-            Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
+            b.run_step(step, &layers, id)
         });
         drop(relays);
         drop(keep);
         drop(locks);
         res
+    }
+
+    /// A RUN's environment: the image's ENV, then the ARGs in scope that
+    /// ENV does not set (what the key takes), then the proxy args (not keyed).
+    fn run_env(&self, st: &StageState) -> (Vec<String>, Vec<String>) {
+        let mut env: Vec<String> = st.config.config.env.clone();
+        if env_lookup(&st.config, "PATH").is_none() {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        for (k, v) in &st.args {
+            if let Some(v) = v {
+                env.retain(|e| e.split_once('=').map(|(n, _)| n) != Some(k.as_str()));
+                env.push(format!("{k}={v}"));
+            }
+        }
+        let key_env = env.clone();
+        for p in PROXY_ARGS {
+            if let Some(v) = self.opts.build_args.get(*p) {
+                env.push(format!("{p}={v}"));
+            }
+        }
+        (env, key_env)
+    }
+
+    /// Runs a RUN step that missed the cache: bind sources prepared, the
+    /// process run over the stage's layers, its upper dir committed.
+    fn run_step(
+        &self,
+        spec: RunStep,
+        layers: &[kiln_store::LayerInfo],
+        id: StepId,
+    ) -> Result<Option<kiln_store::LayerInfo>> {
+        let b = self;
+        let RunStep {
+            argv,
+            env,
+            workdir,
+            user,
+            network,
+            mut mounts,
+            binds,
+            line,
+        } = spec;
+        let mut scratch = Vec::new();
+        for (i, prep, rw) in binds {
+            let host = b.prepare_bind(prep, rw, &mut scratch)?;
+            if let MountKind::Bind { source, .. } = &mut mounts[i].kind {
+                *source = host;
+            }
+        }
+        let lowers = b.snapshots(layers)?;
+        let pending = b.store.new_snapshot()?;
+        let spec = ExecSpec {
+            lowers,
+            upper: pending.upper().to_path_buf(),
+            work: pending.work().to_path_buf(),
+            args: argv.clone(),
+            env,
+            cwd: workdir.clone(),
+            user,
+            hostname: "kiln".into(),
+            network,
+            mounts,
+        };
+        let (code, tail) = b.run_container(&spec, id)?;
+        if code != 0 {
+            let mut msg = format!(
+                "process {:?} did not complete successfully: exit code: {code}",
+                argv.join(" ")
+            );
+            if !tail.is_empty() {
+                msg.push_str("\nlast lines of its output:\n");
+                for l in &tail {
+                    msg.push_str("  ");
+                    msg.push_str(l);
+                    msg.push('\n');
+                }
+            }
+            return Err(b.located(line, msg.trim_end()));
+        }
+        if fsutil::dir_is_empty(pending.upper())? {
+            return Ok(None);
+        }
+        Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
+    }
+
+    /// `RUN --mount=type=bind`.
+    fn mount_bind(&self, cx: &MountCx, out: &mut Prepared, m: &Mount) -> Result<()> {
+        let Mount::Bind {
+            target,
+            source,
+            from,
+            readwrite,
+        } = m
+        else {
+            unreachable!("mount_bind is given bind mounts")
+        };
+        let Prepared {
+            mounts,
+            mount_inputs,
+            binds,
+            ..
+        } = out;
+        let (st, line, exp, abs_target) = (cx.st, cx.line, &cx.exp, &cx.abs_target);
+        let target = abs_target(&exp(target)?);
+        let source = exp(source.as_deref().unwrap_or("."))?;
+        // What the mount shows is prepared only if the step
+        // runs (a cache hit needs just the inputs).
+        let (prep, id) = match from {
+            None => {
+                let rel = self.bind_source_in_context(&source, line)?;
+                let listing = self.ctx.describe_subtree(&rel)?;
+                let digest = blake3::hash(serde_json::to_string(&listing)?.as_bytes())
+                    .to_hex()
+                    .to_string();
+                (
+                    BindPrep::Context(rel.clone()),
+                    BindSource::Context {
+                        context: rel.clone(),
+                        content: digest,
+                    },
+                )
+            }
+            Some(f) => {
+                let (view, id) = self.resolve_source(st, f, line)?;
+                let (comps, found) = view.resolve(&source, true)?;
+                if found.is_none() {
+                    return Err(
+                        self.located(line, &format!("RUN --mount from={f}: {source:?} not found"))
+                    );
+                }
+                (
+                    BindPrep::View(view, comps),
+                    BindSource::From {
+                        from: id,
+                        source: source.clone(),
+                    },
+                )
+            }
+        };
+        mount_inputs.push(MountInput::Bind {
+            target: target.clone(),
+            source: id,
+            rw: *readwrite,
+        });
+        binds.push((mounts.len(), prep, *readwrite));
+        mounts.push(MountSpec {
+            target,
+            kind: MountKind::Bind {
+                source: PathBuf::new(),
+                readonly: !readwrite,
+            },
+        });
+        Ok(())
+    }
+
+    /// `RUN --mount=type=cache`.
+    fn mount_cache(&self, cx: &MountCx, out: &mut Prepared, m: &Mount) -> Result<()> {
+        let Mount::Cache {
+            target,
+            id,
+            sharing,
+            mode,
+            uid,
+            gid,
+            readonly,
+            from,
+            source,
+        } = m
+        else {
+            unreachable!("mount_cache is given cache mounts")
+        };
+        let Prepared {
+            mounts,
+            mount_inputs,
+            locks,
+            keep,
+            ..
+        } = out;
+        let (st, line, exp, abs_target) = (cx.st, cx.line, &cx.exp, &cx.abs_target);
+        let target = abs_target(&exp(target)?);
+        let cid = id.clone().unwrap_or_else(|| target.clone());
+        // from= seeds the cache with a stage's or image's files
+        // the first time; as in BuildKit, the cache belongs to
+        // (id, base): another base starts another cache.
+        let seed = match (from, source) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(self.located(
+                line,
+                "RUN --mount=type=cache: source= needs from= (the stage or image it is a path of)",
+            )),
+            (Some(f), src) => {
+                let src = exp(src.as_deref().unwrap_or("/"))?;
+                let (view, base_id) = self.resolve_source(st, f, line)?;
+                let (comps, found) = view.resolve(&src, true)?;
+                if !found.is_some_and(|f| f.meta.is_dir()) {
+                    return Err(self.located(
+                        line,
+                        &format!(
+                            "RUN --mount=type=cache from={f}: {src:?} is not a directory there"
+                        ),
+                    ));
+                }
+                Some((view, comps, base_id, src))
+            }
+        };
+        let name = match &seed {
+            None => cid.clone(),
+            Some((_, _, base_id, src)) => {
+                format!("{cid}\0{}\0{src}", serde_json::to_value(base_id)?)
+            }
+        };
+        let dir = self
+            .store
+            .root()
+            .join("cachemounts")
+            .join(&blake3::hash(name.as_bytes()).to_hex().as_str()[..32]);
+        match &seed {
+            Some((view, comps, _, _)) if !dir.exists() => {
+                // Filled beside and renamed: a concurrent build
+                // sees a whole seed or none.
+                std::fs::create_dir_all(self.store.root().join("cachemounts"))?;
+                let tmp = tempfile::Builder::new()
+                    .prefix("kiln-cache-seed-")
+                    .tempdir_in(self.store.root().join("tmp"))?;
+                materialize(view, comps, tmp.path())?;
+                let filled = tmp.keep();
+                if std::fs::rename(&filled, &dir).is_err() {
+                    // Another build seeded it first.
+                    let _ = std::fs::remove_dir_all(&filled);
+                }
+            }
+            _ => std::fs::create_dir_all(&dir)?,
+        }
+        std::fs::write(dir.with_extension("id"), &cid)?;
+        if let Some((_, _, base_id, src)) = &seed {
+            mount_inputs.push(MountInput::CacheSeed {
+                target: target.clone(),
+                from: base_id.clone(),
+                source: src.clone(),
+            });
+        }
+        let host = match sharing {
+            Sharing::Shared => dir.clone(),
+            Sharing::Locked | Sharing::Private => {
+                let lf = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.with_extension("lock"))?;
+                use nix::fcntl::{Flock, FlockArg};
+                let locked = if *sharing == Sharing::Locked {
+                    Some(
+                        Flock::lock(lf, FlockArg::LockExclusive)
+                            .map_err(|(_, e)| anyhow!("locking cache mount {cid}: {e}"))?,
+                    )
+                } else {
+                    Flock::lock(lf, FlockArg::LockExclusiveNonblock).ok()
+                };
+                match locked {
+                    Some(l) => {
+                        locks.push(l);
+                        dir.clone()
+                    }
+                    None => {
+                        let tmp = tempfile::Builder::new()
+                            .prefix("kiln-cache-")
+                            .tempdir_in(self.store.root().join("tmp"))?;
+                        let p = tmp.path().to_path_buf();
+                        keep.push(tmp);
+                        p
+                    }
+                }
+            }
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(&host)?;
+            if meta.permissions().mode() & 0o7777 != mode.unwrap_or(0o755) {
+                std::fs::set_permissions(
+                    &host,
+                    std::fs::Permissions::from_mode(mode.unwrap_or(0o755)),
+                )?;
+            }
+            fsutil::lchown(&host, uid.unwrap_or(0), gid.unwrap_or(0))?;
+        }
+        mount_inputs.push(MountInput::Cache {
+            target: target.clone(),
+            id: cid.clone(),
+            ro: *readonly,
+        });
+        mounts.push(MountSpec {
+            target,
+            kind: MountKind::Bind {
+                source: host,
+                readonly: *readonly,
+            },
+        });
+        Ok(())
+    }
+
+    /// `RUN --mount=type=tmpfs`.
+    fn mount_tmpfs(&self, cx: &MountCx, out: &mut Prepared, m: &Mount) -> Result<()> {
+        let Mount::Tmpfs { target, size } = m else {
+            unreachable!("mount_tmpfs is given tmpfs mounts")
+        };
+        let Prepared {
+            mounts,
+            mount_inputs,
+            ..
+        } = out;
+        let (exp, abs_target) = (&cx.exp, &cx.abs_target);
+        let target = abs_target(&exp(target)?);
+        mount_inputs.push(MountInput::Tmpfs {
+            target: target.clone(),
+            size: *size,
+        });
+        mounts.push(MountSpec {
+            target,
+            kind: MountKind::Tmpfs { size: *size },
+        });
+        Ok(())
+    }
+
+    /// `RUN --mount=type=secret`.
+    fn mount_secret(&self, cx: &MountCx, out: &mut Prepared, m: &Mount) -> Result<()> {
+        let Mount::Secret {
+            id,
+            target,
+            env: as_env,
+            required,
+            mode,
+            uid,
+            gid,
+        } = m
+        else {
+            unreachable!("mount_secret is given secret mounts")
+        };
+        let Prepared {
+            mounts,
+            mount_inputs,
+            secret_env,
+            keep,
+            ..
+        } = out;
+        let (line, abs_target) = (cx.line, &cx.abs_target);
+        let sid = id
+            .clone()
+            .or_else(|| {
+                target
+                    .as_ref()
+                    .and_then(|t| t.rsplit('/').next().map(String::from))
+            })
+            .ok_or_else(|| self.located(line, "RUN --mount=type=secret needs id= or target="))?;
+        let Some(secret) = self.opts.secrets.get(&sid) else {
+            if *required {
+                return Err(self.located(
+                    line,
+                    &format!("secret {sid} not found: pass it with --secret id={sid},src=FILE"),
+                ));
+            }
+            return Ok(());
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix("kiln-secret-")
+            .tempdir_in(self.store.root().join("tmp"))?;
+        let file = tmp.path().join("secret");
+        let data = match secret {
+            Secret::File(p) => std::fs::read(p)
+                .with_context(|| format!("reading secret {sid} from {}", p.display()))?,
+            Secret::Env(v) => std::env::var(v)
+                .map_err(|_| anyhow!("secret {sid}: environment variable {v} is not set"))?
+                .into_bytes(),
+        };
+        std::fs::write(&file, &data)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                &file,
+                std::fs::Permissions::from_mode(mode.unwrap_or(0o400)),
+            )?;
+            fsutil::lchown(&file, uid.unwrap_or(0), gid.unwrap_or(0))?;
+        }
+        // Secrets never reach the cache key: only where they go.
+        if let Some(e) = as_env {
+            secret_env.push((e.clone(), file.clone()));
+            mount_inputs.push(MountInput::Secret {
+                id: sid.clone(),
+                env: Some(e.clone()),
+                target: None,
+            });
+            if target.is_none() {
+                keep.push(tmp);
+                return Ok(());
+            }
+        }
+        let t = target
+            .clone()
+            .map(|t| abs_target(&t))
+            .unwrap_or_else(|| format!("/run/secrets/{sid}"));
+        mount_inputs.push(MountInput::Secret {
+            id: sid.clone(),
+            env: None,
+            target: Some(t.clone()),
+        });
+        mounts.push(MountSpec {
+            target: t,
+            kind: MountKind::Bind {
+                source: file,
+                readonly: true,
+            },
+        });
+        keep.push(tmp);
+        Ok(())
+    }
+
+    /// `RUN --mount=type=ssh`.
+    fn mount_ssh(&self, cx: &MountCx, out: &mut Prepared, m: &Mount) -> Result<()> {
+        let Mount::Ssh {
+            id,
+            target,
+            required,
+            mode,
+            uid,
+            gid,
+        } = m
+        else {
+            unreachable!("mount_ssh is given ssh mounts")
+        };
+        let Prepared {
+            mounts,
+            mount_inputs,
+            relays,
+            ssh_auth_sock,
+            keep,
+            ..
+        } = out;
+        let (line, abs_target) = (cx.line, &cx.abs_target);
+        let sid = id.clone().unwrap_or_else(|| "default".to_string());
+        let Some(agent) = self.opts.ssh.get(&sid) else {
+            if *required {
+                return Err(self.located(line, &format!("no SSH agent for id {sid}: pass --ssh {sid}[=SOCKET] (without a socket: $SSH_AUTH_SOCK)")));
+            }
+            return Ok(());
+        };
+        // BuildKit's default place, numbered per step.
+        let t = target
+            .clone()
+            .map(|t| abs_target(&t))
+            .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", relays.len()));
+        let tmp = tempfile::Builder::new()
+            .prefix("kiln-ssh-")
+            .tempdir_in(self.store.root().join("tmp"))?;
+        let sock = tmp.path().join("agent.sock");
+        relays.push(super::ssh::AgentRelay::start(
+            agent,
+            &sock,
+            mode.unwrap_or(0o600),
+            uid.unwrap_or(0),
+            gid.unwrap_or(0),
+        )?);
+        ssh_auth_sock.get_or_insert_with(|| t.clone());
+        // Which agent, not what it holds, is an input.
+        mount_inputs.push(MountInput::Ssh {
+            id: sid.clone(),
+            target: t.clone(),
+        });
+        mounts.push(MountSpec {
+            target: t,
+            kind: MountKind::Bind {
+                source: sock,
+                readonly: false,
+            },
+        });
+        keep.push(tmp);
+        Ok(())
+    }
+
+    /// The script of `RUN <<EOF` with a shebang, as a file at `target`.
+    fn mount_script(&self, out: &mut Prepared, target: &str, content: &str) -> Result<()> {
+        let Prepared {
+            mounts,
+            mount_inputs,
+            keep,
+            ..
+        } = out;
+        let tmp = tempfile::Builder::new()
+            .prefix("kiln-heredoc-")
+            .tempdir_in(self.store.root().join("tmp"))?;
+        let file = tmp.path().join("script");
+        std::fs::write(&file, content)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
+        }
+        mount_inputs.push(MountInput::Heredoc {
+            target: target.to_string(),
+            content: content.to_string(),
+        });
+        mounts.push(MountSpec {
+            target: target.to_string(),
+            kind: MountKind::Bind {
+                source: file,
+                readonly: true,
+            },
+        });
+        keep.push(tmp);
+        Ok(())
     }
 
     /// Runs a RUN step's process through the build's executor, streaming
@@ -555,6 +644,98 @@ impl Builder {
         let tail = tail.into_inner().expect("output tail");
         Ok((status.code, tail.into_iter().collect()))
     }
+}
+
+/// A RUN step ready to run, should it miss the cache.
+struct RunStep {
+    argv: Vec<String>,
+    env: Vec<String>,
+    workdir: String,
+    user: Option<String>,
+    network: NetworkMode,
+    mounts: Vec<MountSpec>,
+    binds: Vec<(usize, BindPrep, bool)>,
+    line: usize,
+}
+
+/// The argv of a RUN, and the script file a shebang heredoc becomes
+/// (target, content).
+fn run_argv(st: &StageState, r: &kiln_parser::Run) -> (Vec<String>, Option<(String, String)>) {
+    // argv. `RUN <<EOF` alone makes the heredoc the script: run by the
+    // shell, or, with a shebang, as a file mounted at /dev/pipes/EOF
+    // (BuildKit's place for it, on the /dev tmpfs: never in a layer).
+    let mut script_file: Option<(String, String)> = None;
+    let argv: Vec<String> = match &r.command {
+        Command::Exec(v) => v.clone(),
+        Command::Shell(s) => {
+            let only_heredoc = r.heredocs.len() == 1
+                && s.trim()
+                    .trim_start_matches("<<")
+                    .trim_start_matches('-')
+                    .trim_matches(|c| c == '"' || c == '\'')
+                    == r.heredocs[0].name;
+            if only_heredoc {
+                let content = r.heredocs[0].effective_content();
+                if content.starts_with("#!") {
+                    let target = format!("/dev/pipes/{}", r.heredocs[0].name);
+                    script_file = Some((target.clone(), content));
+                    vec![target]
+                } else {
+                    let mut v = st.shell();
+                    v.push(content);
+                    v
+                }
+            } else if r.heredocs.is_empty() {
+                st.argv(&r.command)
+            } else {
+                // Heredocs are handed to the shell, which expands them
+                // (or not, for quoted delimiters) itself.
+                let mut script = s.clone();
+                script.push('\n');
+                for h in &r.heredocs {
+                    script.push_str(&h.content);
+                    if !h.content.ends_with('\n') && !h.content.is_empty() {
+                        script.push('\n');
+                    }
+                    script.push_str(&h.name);
+                    script.push('\n');
+                }
+                let mut v = st.shell();
+                v.push(script);
+                v
+            }
+        }
+    };
+    (argv, script_file)
+}
+
+/// What the mounts of a RUN step came to: the mounts, their cache
+/// inputs, and what must live until the step has run.
+#[derive(Default)]
+struct Prepared {
+    mounts: Vec<MountSpec>,
+    mount_inputs: Vec<MountInput>,
+    /// Bind mounts whose source is prepared only if the step runs.
+    binds: Vec<(usize, BindPrep, bool)>,
+    /// Secrets exposed as environment variables: name and file.
+    secret_env: Vec<(String, PathBuf)>,
+    keep: Vec<tempfile::TempDir>,
+    relays: Vec<super::ssh::AgentRelay>,
+    ssh_auth_sock: Option<String>,
+    locks: Vec<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// Word expansion in a stage's scope, located at the step's line.
+type ExpandFn<'a> = Box<dyn Fn(&str) -> Result<String> + 'a>;
+
+/// What a mount's words are read with.
+struct MountCx<'a> {
+    st: &'a StageState,
+    line: usize,
+    /// Word expansion in the stage's scope.
+    exp: ExpandFn<'a>,
+    /// A target made absolute against the WORKDIR.
+    abs_target: Box<dyn Fn(&str) -> String + 'a>,
 }
 
 /// What a `RUN --mount=type=bind` shows, prepared when the step runs.
