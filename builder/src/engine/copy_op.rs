@@ -173,3 +173,41 @@ pub(super) struct CopyArgs<'a> {
     pub(super) checksum: Option<&'a str>,
     pub(super) keep_git_dir: bool,
 }
+
+impl<'a> CopyArgs<'a> {
+    pub(super) fn copy(c: &'a kiln_parser::Copy) -> CopyArgs<'a> {
+        CopyArgs {
+            add: false,
+            sources: &c.sources,
+            dest: &c.dest,
+            heredocs: &c.heredocs,
+            from: c.from.as_deref(),
+            chown: c.chown.as_deref(),
+            chmod: c.chmod.as_deref(),
+            exclude: &c.exclude,
+            parents: c.parents,
+            unpack: false,
+            link: c.link,
+            checksum: None,
+            keep_git_dir: false,
+        }
+    }
+
+    pub(super) fn add(c: &'a kiln_parser::Add) -> CopyArgs<'a> {
+        CopyArgs {
+            add: true,
+            sources: &c.sources,
+            dest: &c.dest,
+            heredocs: &c.heredocs,
+            from: None,
+            chown: c.chown.as_deref(),
+            chmod: c.chmod.as_deref(),
+            exclude: &c.exclude,
+            parents: false,
+            unpack: c.unpack.unwrap_or(true),
+            link: c.link,
+            checksum: c.checksum.as_deref(),
+            keep_git_dir: c.keep_git_dir,
+        }
+    }
+}

@@ -8,13 +8,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use kiln_parser::shell::Lexer;
-use kiln_parser::{Command, Healthcheck, Instruction, InstructionKind};
+use kiln_parser::{Instruction, InstructionKind};
 use kiln_store::LayerInfo;
 use serde_json::json;
 
 use super::copy_op::CopyArgs;
 use super::inputs::{MetaChange, MkdirInputs, SourceInputs, StepInputs};
-use super::plan::{platform_args, Base};
+use super::plan::Base;
 use super::state::{index_env, StageState};
 use super::{Builder, StageResult};
 use crate::error::Failure;
@@ -169,277 +169,64 @@ impl Builder {
     }
 
     pub(super) fn exec(&self, st: &mut StageState, ins: &Instruction, pos: &str) -> Result<()> {
-        let line = ins.span.line;
         match &ins.kind {
-            InstructionKind::Env(kvs) => {
-                // Every pair sees the environment from before the
-                // instruction, as in BuildKit.
-                let env = st.scope_env();
-                let lx = self.lexer();
-                let mut pairs = Vec::new();
-                for kv in kvs {
-                    let k = lx
-                        .process_word(&kv.key, &env)
-                        .map_err(|e| self.located(line, &e.to_string()))?;
-                    if k.is_empty() {
-                        return Err(self.located(line, "ENV names can not be blank"));
-                    }
-                    let v = lx
-                        .process_word(&kv.value, &env)
-                        .map_err(|e| self.located(line, &e.to_string()))?;
-                    pairs.push((k, v));
-                }
-                let change: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                for (k, v) in pairs {
-                    st.args.remove(&k);
-                    st.set_env(&k, &v);
-                }
-                self.meta(st, ins, MetaChange::Env(change))?;
-            }
-            InstructionKind::Arg(decls) => {
-                for d in decls {
-                    let value = if let Some(v) = self.opts.build_args.get(&d.name) {
-                        self.used_args
-                            .lock()
-                            .expect("used args")
-                            .insert(d.name.clone());
-                        Some(v.clone())
-                    } else if let Some(def) = &d.default {
-                        let v = self
-                            .lexer()
-                            .process_word(def, &st.scope_env())
-                            .map_err(|e| self.located(line, &format!("ARG {}: {e}", d.name)))?;
-                        Some(v)
-                    } else if let Some(Some(g)) = self.plan.global_args.get(&d.name) {
-                        Some(g.clone())
-                    } else {
-                        platform_args().get(&d.name).cloned()
-                    };
-                    st.args.insert(d.name.clone(), value);
-                }
-                // ARGs do not change the config, but they do change the
-                // environment of every later RUN: that is in RUN's key.
-                // BuildKit records them in the history. The key takes the
-                // ARGs this line declares; the chain carries earlier ones.
-                let args = decls
-                    .iter()
-                    .map(|d| (d.name.clone(), st.args[&d.name].clone()))
-                    .collect();
-                self.meta(st, ins, MetaChange::Args(args))?;
-            }
-            InstructionKind::Label(kvs) => {
-                let mut labels = BTreeMap::new();
-                for kv in kvs {
-                    let k = self.expand(st, &kv.key, line)?;
-                    let v = self.expand(st, &kv.value, line)?;
-                    labels.insert(k, v);
-                }
-                st.config.config.labels.extend(labels.clone());
-                self.meta(st, ins, MetaChange::Labels(labels))?;
-            }
-            InstructionKind::Maintainer(m) => {
-                st.config.author = Some(m.clone());
-                self.meta(st, ins, MetaChange::Maintainer(m.clone()))?;
-            }
-            InstructionKind::User(u) => {
-                let u = self.expand(st, u, line)?;
-                // Refused here, where the line is known, rather than when a
-                // later RUN or `kiln run` resolves it.
-                kiln_runner::user::check_spec(&u)
-                    .map_err(|e| self.located(line, &e.to_string()))?;
-                st.config.config.user = Some(u.clone());
-                self.meta(st, ins, MetaChange::User(u))?;
-            }
-            InstructionKind::Expose(ports) => {
-                let env = st.scope_env();
-                let mut added = Vec::new();
-                for p in ports {
-                    let words = self
-                        .lexer()
-                        .process_words(p, &env)
-                        .map_err(|e| self.located(line, &e.to_string()))?;
-                    for w in words {
-                        let (port, proto) = match w.split_once('/') {
-                            Some((p, proto)) => (p.to_string(), proto.to_ascii_lowercase()),
-                            None => (w.clone(), "tcp".to_string()),
-                        };
-                        let ok = port.split('-').all(|n| n.parse::<u16>().is_ok())
-                            && matches!(proto.as_str(), "tcp" | "udp" | "sctp");
-                        if !ok {
-                            return Err(self.located(
-                                line,
-                                &format!(
-                                    "invalid port {w:?} in EXPOSE (expected PORT[/tcp|udp|sctp])"
-                                ),
-                            ));
-                        }
-                        added.push(format!("{port}/{proto}"));
-                    }
-                }
-                for p in &added {
-                    st.config.config.exposed_ports.insert(p.clone(), json!({}));
-                }
-                self.meta(st, ins, MetaChange::Ports(added))?;
-            }
-            InstructionKind::Volume(vols) => {
-                let mut added = Vec::new();
-                for v in vols {
-                    let v = self.expand(st, v, line)?;
-                    if v.is_empty() {
-                        return Err(
-                            self.located(line, "VOLUME specified can not be an empty string")
-                        );
-                    }
-                    st.config.config.volumes.insert(v.clone(), json!({}));
-                    added.push(v);
-                }
-                self.meta(st, ins, MetaChange::Volumes(added))?;
-            }
-            InstructionKind::StopSignal(s) => {
-                let s = self.expand(st, s, line)?;
-                st.config.config.stop_signal = Some(s.clone());
-                self.meta(st, ins, MetaChange::Stopsignal(s))?;
-            }
-            InstructionKind::Shell(sh) => {
-                st.config.config.shell = Some(sh.clone());
-                self.meta(st, ins, MetaChange::Shell(sh.clone()))?;
-            }
-            InstructionKind::Cmd(c) => {
-                let argv = st.argv(c);
-                st.config.config.cmd = Some(argv.clone());
-                st.cmd_set = true;
-                self.meta(st, ins, MetaChange::Cmd(argv))?;
-            }
-            InstructionKind::Entrypoint(c) => {
-                let argv = st.argv(c);
-                st.config.config.entrypoint = Some(argv.clone());
-                if !st.cmd_set {
-                    st.config.config.cmd = None;
-                }
-                self.meta(st, ins, MetaChange::Entrypoint(argv))?;
-            }
-            InstructionKind::Healthcheck(h) => {
-                let v = match h {
-                    Healthcheck::None => json!({"Test": ["NONE"]}),
-                    Healthcheck::Check {
-                        test,
-                        interval,
-                        timeout,
-                        start_period,
-                        start_interval,
-                        retries,
-                    } => {
-                        let test = match test {
-                            Command::Exec(v) => {
-                                let mut t = vec!["CMD".to_string()];
-                                t.extend(v.iter().cloned());
-                                t
-                            }
-                            Command::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
-                        };
-                        let mut v = json!({ "Test": test });
-                        let ns = |d: &std::time::Duration| d.as_nanos() as u64;
-                        if let Some(d) = interval {
-                            v["Interval"] = json!(ns(d));
-                        }
-                        if let Some(d) = timeout {
-                            v["Timeout"] = json!(ns(d));
-                        }
-                        if let Some(d) = start_period {
-                            v["StartPeriod"] = json!(ns(d));
-                        }
-                        if let Some(d) = start_interval {
-                            v["StartInterval"] = json!(ns(d));
-                        }
-                        if let Some(r) = retries {
-                            v["Retries"] = json!(r);
-                        }
-                        v
-                    }
-                };
-                st.config.config.healthcheck = Some(
-                    serde_json::from_value(v.clone())
-                        .map_err(|e| self.located(line, &format!("HEALTHCHECK: {e}")))?,
-                );
-                self.meta(st, ins, MetaChange::Healthcheck(v))?;
-            }
+            InstructionKind::Run(r) => self.exec_run(st, ins, r, pos),
+            InstructionKind::Copy(c) => self.exec_copy(st, ins, pos, CopyArgs::copy(c)),
+            InstructionKind::Add(a) => self.exec_copy(st, ins, pos, CopyArgs::add(a)),
+            InstructionKind::Workdir(w) => self.exec_workdir(st, ins, w, pos),
             InstructionKind::Onbuild(t) => {
                 // Stored for images built FROM this one; BuildKit writes
                 // no history entry for it.
                 st.config.config.on_build.push(t.clone());
-                self.meta_key(st, ins, MetaChange::Onbuild(t.clone()))?;
+                self.meta_key(st, ins, MetaChange::Onbuild(t.clone()))
             }
-            InstructionKind::Workdir(w) => {
-                let w = self.expand(st, w, line)?;
-                let abs = if w.starts_with('/') {
-                    fsutil::clean_abs(&w)
-                } else {
-                    fsutil::clean_abs(&format!("{}/{}", st.workdir(), w))
-                };
-                st.config.config.working_dir = Some(abs.clone());
-                // BuildKit creates the directory (owned by the USER); an
-                // existing one leaves an empty diff, so no layer.
-                let view = self.view(&st.layers)?;
-                if view.stat(&abs)?.is_some() {
-                    self.meta(st, ins, MetaChange::Workdir(abs))?;
-                } else {
-                    let owner = match &st.config.config.user {
-                        Some(u) if !u.is_empty() => Some(
-                            fsutil::resolve_user(&view, u)
-                                .map_err(|e| self.located(line, &format!("{e:#}")))?,
-                        ),
-                        _ => None,
-                    };
-                    let inputs = StepInputs::Mkdir(MkdirInputs {
-                        mkdir: abs.clone(),
-                        owner: owner.map(|(u, g)| format!("{u}:{g}")),
-                    });
-                    self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
-                        let pending = b.store.new_snapshot()?;
-                        let (comps, _) = view.resolve(&abs, true)?;
-                        fsutil::ensure_dirs(pending.upper(), &view, &comps, owner)?;
-                        Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
-                    })?;
-                }
-            }
-            InstructionKind::Run(r) => self.exec_run(st, ins, r, pos)?,
-            InstructionKind::Copy(c) => {
-                let req = CopyArgs {
-                    add: false,
-                    sources: &c.sources,
-                    dest: &c.dest,
-                    heredocs: &c.heredocs,
-                    from: c.from.as_deref(),
-                    chown: c.chown.as_deref(),
-                    chmod: c.chmod.as_deref(),
-                    exclude: &c.exclude,
-                    parents: c.parents,
-                    unpack: false,
-                    link: c.link,
-                    checksum: None,
-                    keep_git_dir: false,
-                };
-                self.exec_copy(st, ins, pos, req)?;
-            }
-            InstructionKind::Add(a) => {
-                let req = CopyArgs {
-                    add: true,
-                    sources: &a.sources,
-                    dest: &a.dest,
-                    heredocs: &a.heredocs,
-                    from: None,
-                    chown: a.chown.as_deref(),
-                    chmod: a.chmod.as_deref(),
-                    exclude: &a.exclude,
-                    parents: false,
-                    unpack: a.unpack.unwrap_or(true),
-                    link: a.link,
-                    checksum: a.checksum.as_deref(),
-                    keep_git_dir: a.keep_git_dir,
-                };
-                self.exec_copy(st, ins, pos, req)?;
+            _ => {
+                let change = self.apply_meta(st, ins)?;
+                self.meta(st, ins, change)
             }
         }
-        Ok(())
+    }
+
+    /// WORKDIR: a metadata step when the directory exists, else a cached
+    /// step that creates it (owned by the USER), as BuildKit does.
+    fn exec_workdir(
+        &self,
+        st: &mut StageState,
+        ins: &Instruction,
+        w: &str,
+        pos: &str,
+    ) -> Result<()> {
+        let line = ins.span.line;
+        let w = self.expand(st, w, line)?;
+        let abs = if w.starts_with('/') {
+            fsutil::clean_abs(&w)
+        } else {
+            fsutil::clean_abs(&format!("{}/{}", st.workdir(), w))
+        };
+        st.config.config.working_dir = Some(abs.clone());
+        // BuildKit creates the directory (owned by the USER); an
+        // existing one leaves an empty diff, so no layer.
+        let view = self.view(&st.layers)?;
+        if view.stat(&abs)?.is_some() {
+            self.meta(st, ins, MetaChange::Workdir(abs))
+        } else {
+            let owner = match &st.config.config.user {
+                Some(u) if !u.is_empty() => Some(
+                    fsutil::resolve_user(&view, u)
+                        .map_err(|e| self.located(line, &format!("{e:#}")))?,
+                ),
+                _ => None,
+            };
+            let inputs = StepInputs::Mkdir(MkdirInputs {
+                mkdir: abs.clone(),
+                owner: owner.map(|(u, g)| format!("{u}:{g}")),
+            });
+            self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
+                let pending = b.store.new_snapshot()?;
+                let (comps, _) = view.resolve(&abs, true)?;
+                fsutil::ensure_dirs(pending.upper(), &view, &comps, owner)?;
+                Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
+            })
+        }
     }
 }
