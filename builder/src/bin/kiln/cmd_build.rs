@@ -13,7 +13,9 @@ use kiln_builder::context::BuildContext;
 use kiln_builder::engine::options::{default_parallelism, parse_kv};
 use kiln_builder::engine::output::{export_output, parse_output};
 use kiln_builder::engine::report::{load_report, render_report, save_report};
-use kiln_builder::engine::{explain, plan, portable, ssh, BuildArgs, Builder, Options, Secret};
+use kiln_builder::engine::{
+    explain, plan, portable, ssh, BuildArgs, Builder, Options, Secret, StageResult,
+};
 use kiln_builder::error::{utf8_text, Failure};
 use kiln_builder::progress::{Mode, Progress};
 use kiln_parser::dockerignore::{self, PatternMatcher};
@@ -53,8 +55,77 @@ pub fn cmd_build(
     args: cli::BuildArgs,
     access: kiln_builder::registry::Access,
 ) -> Result<ExitCode> {
-    // Dockerfile and context.
-    let (context_dir, dockerfile_name, src, dockerfile_path) = if args.context == "-" {
+    let (context_dir, dockerfile_name, src, dockerfile_path) = read_dockerfile(&args)?;
+    let flags = Flags::parse(&args)?;
+    let progress = progress_for(&args);
+    let (plan, escape) = plan_build(&src, &dockerfile_name, &flags.build_args, &args, &progress)?;
+    // Context: one scan, .dockerignore applied.
+    let store = Arc::new(store);
+    let _lease = store.lease()?;
+    let ctx = scan_context(&store, context_dir.as_deref(), &args, &progress)?;
+    import_caches(&store, &flags.cache_from, &access, &progress);
+    let builder = Builder::new(
+        store.clone(),
+        Options {
+            dockerfile_name,
+            dockerfile_src: src,
+            build_args: flags.build_args,
+            no_cache: args.no_cache,
+            pull: args.pull,
+            network: args.network,
+            secrets: flags.secrets,
+            ssh: flags.ssh,
+            labels: flags.labels,
+            source_date_epoch: flags.source_date_epoch,
+            max_parallelism: args
+                .max_parallelism
+                .map_or_else(default_parallelism, |n| n as usize),
+        },
+        ctx,
+        progress,
+        plan,
+        escape,
+        dockerfile_path,
+        access,
+    );
+    let result = builder.run_all();
+    builder.ctx.save_stat_cache(&builder.store)?;
+    let result = result?;
+    warn_unused_args(&builder);
+    let image = write_image(&builder, &result, &args, &flags.outputs)?;
+    if args.push {
+        push_tags(&builder, &image, &args)?;
+    }
+    if let Some(f) = &args.iidfile {
+        std::fs::write(f, image.config_digest.to_string())
+            .with_context(|| format!("writing --iidfile {}", f.display()))?;
+    }
+    let took = builder.progress.elapsed();
+    if args.quiet {
+        println!("{}", image.config_digest);
+    } else {
+        builder.progress.info(&format!(
+            "built {} in {:.3}s{}",
+            image.config_digest.short(),
+            took.as_secs_f64(),
+            if args.tags.is_empty() {
+                String::new()
+            } else {
+                format!(" as {}", args.tags.join(", "))
+            }
+        ));
+    }
+    if let Some(to) = &flags.cache_to {
+        export_cache(&builder, &result, to)?;
+    }
+    finish_report(&builder, &image, args.explain)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Dockerfile's name (in messages), text and absolute path (in cache
+/// records), and the context directory (None: `-`, no context).
+fn read_dockerfile(args: &cli::BuildArgs) -> Result<(Option<PathBuf>, String, String, String)> {
+    Ok(if args.context == "-" {
         let mut b = Vec::new();
         std::io::stdin().read_to_end(&mut b)?;
         (None, "-".to_string(), utf8_text(b, "-")?, "-".to_string())
@@ -87,60 +158,91 @@ pub fn cmd_build(
         };
         let src = utf8_text(bytes, &name)?;
         (Some(dir), name, src, abs)
-    };
+    })
+}
 
-    if args.push && args.tags.is_empty() {
-        return Err(
-            Failure::new(1, "kiln: --push needs at least one -t NAME:TAG to push to").into(),
-        );
-    }
-    let mut build_args = BuildArgs::new();
-    for a in &args.build_args {
-        match a.split_once('=') {
-            Some((k, v)) => {
-                build_args.insert(k.to_string(), v.to_string());
-            }
-            None => {
-                if let Ok(v) = std::env::var(a) {
-                    build_args.insert(a.clone(), v);
+/// The build's flags, parsed and checked before anything runs.
+struct Flags {
+    build_args: BuildArgs,
+    labels: BTreeMap<String, String>,
+    secrets: HashMap<String, Secret>,
+    ssh: HashMap<String, PathBuf>,
+    cache_to: Option<portable::CacheTo>,
+    cache_from: Vec<portable::Location>,
+    outputs: Vec<kiln_builder::engine::output::Output>,
+    source_date_epoch: Option<i64>,
+}
+
+impl Flags {
+    fn parse(args: &cli::BuildArgs) -> Result<Flags> {
+        if args.push && args.tags.is_empty() {
+            return Err(
+                Failure::new(1, "kiln: --push needs at least one -t NAME:TAG to push to").into(),
+            );
+        }
+        let mut build_args = BuildArgs::new();
+        for a in &args.build_args {
+            match a.split_once('=') {
+                Some((k, v)) => {
+                    build_args.insert(k.to_string(), v.to_string());
+                }
+                None => {
+                    if let Ok(v) = std::env::var(a) {
+                        build_args.insert(a.clone(), v);
+                    }
                 }
             }
         }
-    }
-    let mut labels = BTreeMap::new();
-    for l in &args.labels {
-        let (k, v) = parse_kv(l, "--label")?;
-        labels.insert(k, v);
-    }
-    let mut secrets = HashMap::new();
-    for s in &args.secrets {
-        let (id, secret) = parse_secret(s)?;
-        secrets.insert(id, secret);
-    }
-    let ssh = ssh::parse_ssh_flags(&args.ssh)?;
-    let cache_to = args
-        .cache_to
-        .as_deref()
-        .map(portable::parse_cache_to)
-        .transpose()?;
-    let cache_from = args
-        .cache_from
-        .iter()
-        .map(|s| portable::parse_cache_from(s))
-        .collect::<Result<Vec<_>>>()?;
-    let outputs = args
-        .outputs
-        .iter()
-        .map(|o| parse_output(o))
-        .collect::<Result<Vec<_>>>()?;
-    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Some(
-            v.parse::<i64>()
-                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        ),
-        _ => None,
-    };
+        let mut labels = BTreeMap::new();
+        for l in &args.labels {
+            let (k, v) = parse_kv(l, "--label")?;
+            labels.insert(k, v);
+        }
+        let mut secrets = HashMap::new();
+        for s in &args.secrets {
+            let (id, secret) = parse_secret(s)?;
+            secrets.insert(id, secret);
+        }
+        let ssh = ssh::parse_ssh_flags(&args.ssh)?;
+        let cache_to = args
+            .cache_to
+            .as_deref()
+            .map(portable::parse_cache_to)
+            .transpose()?;
+        let cache_from = args
+            .cache_from
+            .iter()
+            .map(|s| portable::parse_cache_from(s))
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = args
+            .outputs
+            .iter()
+            .map(|o| parse_output(o))
+            .collect::<Result<Vec<_>>>()?;
+        let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) if !v.is_empty() => Some(
+                v.parse::<i64>()
+                    .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+            ),
+            _ => None,
+        };
 
+        Ok(Flags {
+            build_args,
+            labels,
+            secrets,
+            ssh,
+            cache_to,
+            cache_from,
+            outputs,
+            source_date_epoch,
+        })
+    }
+}
+
+/// The progress display `--progress` and `-q` ask for (and the note that
+/// `--network host` gets).
+fn progress_for(args: &cli::BuildArgs) -> Progress {
     let mode = if args.quiet {
         Mode::Quiet
     } else {
@@ -159,11 +261,19 @@ pub fn cmd_build(
     if args.network == cli::NetworkArg::Host {
         eprintln!("{}", HOST_NETWORK_NOTE);
     }
-    let progress = Progress::new(mode);
+    Progress::new(mode)
+}
 
-    // Parse.
+/// The Dockerfile parsed, its warnings shown, and the stages planned.
+fn plan_build(
+    src: &str,
+    dockerfile_name: &str,
+    build_args: &BuildArgs,
+    args: &cli::BuildArgs,
+    progress: &Progress,
+) -> Result<(plan::Plan, char)> {
     let df =
-        kiln_parser::parse(&src).map_err(|e| Failure::new(1, e.render(&src, &dockerfile_name)))?;
+        kiln_parser::parse(src).map_err(|e| Failure::new(1, e.render(src, dockerfile_name)))?;
     for w in &df.warnings {
         progress.warn(&format!(
             "{}:{}: {}",
@@ -172,13 +282,18 @@ pub fn cmd_build(
     }
     let escape = df.directives.escape;
     let stages = kiln_parser::parse_stages(&df)
-        .map_err(|e| Failure::new(1, e.render(&src, &dockerfile_name)))?;
-    let plan = plan::plan(stages, escape, &build_args, args.target.as_deref())?;
+        .map_err(|e| Failure::new(1, e.render(src, dockerfile_name)))?;
+    let plan = plan::plan(stages, escape, build_args, args.target.as_deref())?;
+    Ok((plan, escape))
+}
 
-    // Context: one scan, .dockerignore applied.
-    let store = Arc::new(store);
-    let _lease = store.lease()?;
-    let ctx = match &context_dir {
+fn scan_context(
+    store: &Arc<Store>,
+    context_dir: Option<&Path>,
+    args: &cli::BuildArgs,
+    progress: &Progress,
+) -> Result<BuildContext> {
+    Ok(match context_dir {
         None => BuildContext::empty(),
         Some(dir) => {
             let id = progress.start("[internal] load build context");
@@ -186,15 +301,22 @@ pub fn cmd_build(
             let patterns = read_dockerignore(dir, args.file.as_deref())?;
             let matcher = PatternMatcher::new(&patterns)
                 .map_err(|e| anyhow!("invalid .dockerignore: {e}"))?;
-            let ctx = BuildContext::scan(dir, &matcher, Some(&store))?;
+            let ctx = BuildContext::scan(dir, &matcher, Some(store))?;
             progress.done(id, started.elapsed());
             ctx
         }
-    };
+    })
+}
 
-    // A cache to start from: verified on import; what fails verification
-    // (or a missing cache) is a warning, and those steps simply run.
-    for src in &cache_from {
+/// A cache to start from: verified on import; what fails verification
+/// (or a missing cache) is a warning, and those steps simply run.
+fn import_caches(
+    store: &Arc<Store>,
+    cache_from: &[portable::Location],
+    access: &kiln_builder::registry::Access,
+    progress: &Progress,
+) {
+    for src in cache_from {
         if let portable::Location::Local(dir) = src {
             if !dir.exists() {
                 progress.warn(&format!(
@@ -205,7 +327,7 @@ pub fn cmd_build(
         }
         let id = progress.start(&format!("importing cache from {src}"));
         let started = std::time::Instant::now();
-        match portable::import(&store, src, &access) {
+        match portable::import(store, src, access) {
             Ok(imp) => {
                 for w in &imp.warnings {
                     progress.warn(&format!("--cache-from {src}: {w}"));
@@ -222,37 +344,10 @@ pub fn cmd_build(
             }
         }
     }
+}
 
-    let builder = Builder::new(
-        store.clone(),
-        Options {
-            dockerfile_name,
-            dockerfile_src: src,
-            build_args,
-            no_cache: args.no_cache,
-            pull: args.pull,
-            network: args.network,
-            secrets,
-            ssh,
-            labels,
-            source_date_epoch,
-            max_parallelism: args
-                .max_parallelism
-                .map_or_else(default_parallelism, |n| n as usize),
-        },
-        ctx,
-        progress,
-        plan,
-        escape,
-        dockerfile_path,
-        access,
-    );
-
-    let result = builder.run_all();
-    builder.ctx.save_stat_cache(&builder.store)?;
-    let result = result?;
-
-    // Unused --build-arg: BuildKit warns, it does not fail.
+/// Unused --build-arg: BuildKit warns, it does not fail.
+fn warn_unused_args(builder: &Builder) {
     {
         let used = builder.used_args.lock().expect("used args");
         let unused: Vec<&String> = builder
@@ -272,8 +367,15 @@ pub fn cmd_build(
             ));
         }
     }
+}
 
-    // The image.
+/// The image written, tagged and exported to every `--output`.
+fn write_image(
+    builder: &Builder,
+    result: &StageResult,
+    args: &cli::BuildArgs,
+    outputs: &[kiln_builder::engine::output::Output],
+) -> Result<kiln_store::ImageRecord> {
     let mut config = result.config.clone();
     for (k, v) in &builder.opts.labels {
         config.config.labels.insert(k.clone(), v.clone());
@@ -298,81 +400,76 @@ pub fn cmd_build(
         .progress
         .info(&format!("writing image {} done", image.config_digest));
     builder.progress.done(id, Duration::ZERO);
-    for out in &outputs {
+    for out in outputs {
         export_output(&builder.store, &image, &result.layers, out, &args.tags)?;
     }
-    if args.push {
-        let opts = kiln_store::registry::PushOptions {
-            compression: crate::cmd_registry::compression(args.compression),
-            ..Default::default()
-        };
-        for t in &args.tags {
-            let id = builder.progress.start(&format!("pushing {t}"));
-            let started = std::time::Instant::now();
-            match kiln_builder::registry::push_image(
-                &builder.store,
-                &builder.access,
-                &image,
-                t,
-                &opts,
-                true,
-            ) {
-                Ok(r) => {
-                    builder.progress.log(
-                        id,
-                        &format!(
-                            "{t}: digest: {} size: {}",
-                            r.manifest_digest, r.manifest_size
-                        ),
-                    );
-                    builder.progress.done(id, started.elapsed());
-                }
-                Err(e) => {
-                    builder.progress.error(id, &format!("{e:#}"));
-                    return Err(e.context(format!("pushing {t}")));
-                }
+    Ok(image)
+}
+
+fn push_tags(
+    builder: &Builder,
+    image: &kiln_store::ImageRecord,
+    args: &cli::BuildArgs,
+) -> Result<()> {
+    let opts = kiln_store::registry::PushOptions {
+        compression: crate::cmd_registry::compression(args.compression),
+        ..Default::default()
+    };
+    for t in &args.tags {
+        let id = builder.progress.start(&format!("pushing {t}"));
+        let started = std::time::Instant::now();
+        match kiln_builder::registry::push_image(
+            &builder.store,
+            &builder.access,
+            image,
+            t,
+            &opts,
+            true,
+        ) {
+            Ok(r) => {
+                builder.progress.log(
+                    id,
+                    &format!(
+                        "{t}: digest: {} size: {}",
+                        r.manifest_digest, r.manifest_size
+                    ),
+                );
+                builder.progress.done(id, started.elapsed());
+            }
+            Err(e) => {
+                builder.progress.error(id, &format!("{e:#}"));
+                return Err(e.context(format!("pushing {t}")));
             }
         }
     }
-    if let Some(f) = &args.iidfile {
-        std::fs::write(f, image.config_digest.to_string())
-            .with_context(|| format!("writing --iidfile {}", f.display()))?;
-    }
-    let took = builder.progress.elapsed();
-    if args.quiet {
-        println!("{}", image.config_digest);
+    Ok(())
+}
+
+/// `--cache-to`: every step's record (mode=max) or the target's chain.
+fn export_cache(builder: &Builder, result: &StageResult, to: &portable::CacheTo) -> Result<()> {
+    let trace = builder.trace.lock().expect("trace").clone();
+    let keys: Vec<String> = if to.max {
+        trace.iter().map(|t| t.key.clone()).collect()
     } else {
-        builder.progress.info(&format!(
-            "built {} in {:.3}s{}",
-            image.config_digest.short(),
-            took.as_secs_f64(),
-            if args.tags.is_empty() {
-                String::new()
-            } else {
-                format!(" as {}", args.tags.join(", "))
-            }
-        ));
-    }
-    if let Some(to) = &cache_to {
-        let trace = builder.trace.lock().expect("trace").clone();
-        let keys: Vec<String> = if to.max {
-            trace.iter().map(|t| t.key.clone()).collect()
-        } else {
-            // The target's own chain, from its last step back to its base.
-            let mut keys = Vec::new();
-            let mut cur = Some(result.key.clone());
-            while let Some(k) = cur.filter(|k| !k.is_empty()) {
-                cur = trace.iter().find(|t| t.key == k).map(|t| t.parent.clone());
-                keys.push(k);
-            }
-            keys
-        };
-        let n = portable::export(&builder.store, &keys, to, &builder.access)
-            .with_context(|| format!("--cache-to {}", to.dest))?;
-        builder
-            .progress
-            .info(&format!("exported {n} cache records to {}", to.dest));
-    }
+        // The target's own chain, from its last step back to its base.
+        let mut keys = Vec::new();
+        let mut cur = Some(result.key.clone());
+        while let Some(k) = cur.filter(|k| !k.is_empty()) {
+            cur = trace.iter().find(|t| t.key == k).map(|t| t.parent.clone());
+            keys.push(k);
+        }
+        keys
+    };
+    let n = portable::export(&builder.store, &keys, to, &builder.access)
+        .with_context(|| format!("--cache-to {}", to.dest))?;
+    builder
+        .progress
+        .info(&format!("exported {n} cache records to {}", to.dest));
+    Ok(())
+}
+
+/// The explanation kept for `kiln cache why`, and shown with `--explain`.
+fn finish_report(builder: &Builder, image: &kiln_store::ImageRecord, explain: bool) -> Result<()> {
     let report = builder.explain()?;
     if !report.missed.is_empty() {
         // This build wrote records and layers: checkpoint now, while the
@@ -384,10 +481,10 @@ pub fn cmd_build(
         }
     }
     save_report(&builder.store, &image.config_digest, &report)?;
-    if args.explain {
+    if explain {
         eprint!("{}", render_report(&report));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `.dockerignore` rules: `<Dockerfile>.dockerignore` next to the
