@@ -85,20 +85,23 @@ impl Builder {
 
     pub fn run_stage(&self, i: usize) -> Result<StageResult> {
         let ps = &self.plan.stages[i];
-        let total = ps.stage.instructions.len() + 1;
         let label = ps.label();
-        let base_name = match &ps.base {
-            Base::Scratch => "scratch".to_string(),
-            Base::Stage(j) => self.plan.stages[*j].label(),
-            Base::Image(n) => n.clone(),
+        let steps = StepNumbers::new(ps, self.plan.stages.len());
+        // BuildKit shows FROM only for an image (a source of its own).
+        let from = match &ps.base {
+            Base::Image(n) => Some(self.progress.start(&format!(
+                "{} FROM {}",
+                steps.label(1),
+                kiln_store::reference::parse(n).map_or_else(|_| n.clone(), |r| r.full())
+            ))),
+            _ => None,
         };
-        let id = self
-            .progress
-            .start(&format!("[{label} 1/{total}] FROM {base_name}"));
         let (config, layers, base_key, base_manifest) = self
             .base_of(&ps.base)
             .map_err(|e| self.located(ps.stage.span.line, &format!("{e:#}")))?;
-        self.progress.done(id, std::time::Duration::ZERO);
+        if let Some(id) = from {
+            self.progress.done(id, std::time::Duration::ZERO);
+        }
         let mut st = StageState {
             last_created: config.created.clone(),
             config,
@@ -146,15 +149,13 @@ impl Builder {
                 self.exec(&mut st, &ins, &format!("[{label} ONBUILD]"))?;
             }
         }
-        let ran = ps
-            .stage
-            .instructions
-            .iter()
-            .enumerate()
-            .try_for_each(|(n, ins)| {
-                let pos = format!("[{label} {}/{total}]", n + 2);
-                self.exec(&mut st, ins, &pos)
-            });
+        let mut n = steps.first;
+        let ran = ps.stage.instructions.iter().try_for_each(|ins| {
+            if is_filesystem_step(&ins.kind) {
+                n += 1;
+            }
+            self.exec(&mut st, ins, &steps.label(n))
+        });
         // The steps that ran before a failure keep their records.
         self.flush_records(&mut st)?;
         ran?;
@@ -208,7 +209,21 @@ impl Builder {
         // existing one leaves an empty diff, so no layer.
         let view = self.view(&st.layers)?;
         if view.stat(&abs)?.is_some() {
-            self.meta(st, ins, MetaChange::Workdir(abs))
+            // No layer, but a step of its own in BuildKit's progress.
+            let id = self.progress.start(&format!("{pos} {}", ins.original));
+            self.meta(st, ins, MetaChange::Workdir(abs))?;
+            let hit = self
+                .trace
+                .lock()
+                .expect("trace")
+                .last()
+                .is_some_and(|t| t.hit);
+            if hit && !self.opts.no_cache {
+                self.progress.cached(id);
+            } else {
+                self.progress.done(id, std::time::Duration::ZERO);
+            }
+            Ok(())
         } else {
             let owner = match &st.config.config.user {
                 Some(u) if !u.is_empty() => Some(
@@ -228,5 +243,108 @@ impl Builder {
                 Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
             })
         }
+    }
+}
+
+/// Whether BuildKit counts an instruction in a stage's `[n/N]`: the steps
+/// that are filesystem operations (FROM of an image is counted apart).
+fn is_filesystem_step(kind: &InstructionKind) -> bool {
+    matches!(
+        kind,
+        InstructionKind::Run(_)
+            | InstructionKind::Copy(_)
+            | InstructionKind::Add(_)
+            | InstructionKind::Workdir(_)
+    )
+}
+
+/// How progress lines number a stage's steps, as BuildKit does: `[2/4]`,
+/// `[build 2/4]` when the Dockerfile has several stages, the number
+/// padded to the width of the total (`[ 1/11]`).
+struct StepNumbers {
+    prefix: String,
+    total: usize,
+    /// The number before the first instruction's: 1 after FROM an image.
+    first: usize,
+}
+
+impl StepNumbers {
+    fn new(ps: &super::plan::PlannedStage, stages: usize) -> StepNumbers {
+        let first = usize::from(matches!(ps.base, Base::Image(_)));
+        let steps = ps
+            .stage
+            .instructions
+            .iter()
+            .filter(|i| is_filesystem_step(&i.kind))
+            .count();
+        StepNumbers {
+            prefix: if stages > 1 {
+                format!("{} ", ps.label())
+            } else {
+                String::new()
+            },
+            total: first + steps,
+            first,
+        }
+    }
+
+    fn label(&self, n: usize) -> String {
+        let width = self.total.to_string().len();
+        format!("[{}{n:>width$}/{}]", self.prefix, self.total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `[n/N]` of each numbered line of each stage: FROM of an image,
+    /// then every filesystem step, as a build shows them.
+    fn numbers(df: &str) -> Vec<Vec<String>> {
+        let parsed = kiln_parser::parse(df).unwrap();
+        let stages = kiln_parser::parse_stages(&parsed).unwrap();
+        let plan = super::super::plan::plan(stages, '\\', &Default::default(), None).unwrap();
+        plan.stages
+            .iter()
+            .map(|ps| {
+                let steps = StepNumbers::new(ps, plan.stages.len());
+                let mut n = steps.first;
+                let mut out: Vec<String> = (n == 1).then(|| steps.label(1)).into_iter().collect();
+                for ins in &ps.stage.instructions {
+                    if is_filesystem_step(&ins.kind) {
+                        n += 1;
+                        out.push(steps.label(n));
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    // What BuildKit 0.13 (Docker 26.1) printed for the same Dockerfiles.
+    #[test]
+    fn steps_are_numbered_as_buildkit_numbers_them() {
+        let one =
+            "FROM scratch\nCOPY f /f\nENV A=1\nWORKDIR /w\nLABEL x=1\nCOPY g /g\nWORKDIR /w\n";
+        assert_eq!(numbers(one), [["[1/4]", "[2/4]", "[3/4]", "[4/4]"]]);
+        let named_alone = "FROM scratch AS only\nCOPY f /f\n";
+        assert_eq!(numbers(named_alone), [["[1/1]"]]);
+        let two = "FROM scratch AS build\nCOPY f /f\nENV A=1\nFROM scratch\n\
+                   COPY --from=build /f /f2\nCOPY g /g\nONBUILD RUN x\n";
+        assert_eq!(
+            numbers(two),
+            [vec!["[build 1/1]"], vec!["[stage-1 1/2]", "[stage-1 2/2]"]]
+        );
+        let from_stage = "FROM scratch AS a\nCOPY f /f\nFROM a\nCOPY g /g\nWORKDIR /x\n";
+        assert_eq!(numbers(from_stage)[1], ["[stage-1 1/2]", "[stage-1 2/2]"]);
+        let mut eleven = "FROM busybox\n".to_string();
+        for i in 1..=10 {
+            eleven.push_str(&format!("COPY f /f{i}\n"));
+        }
+        let n = &numbers(&eleven)[0];
+        assert_eq!(
+            (n[0].as_str(), n[5].as_str(), n[10].as_str()),
+            ("[ 1/11]", "[ 6/11]", "[11/11]")
+        );
     }
 }
