@@ -8,12 +8,11 @@ use kiln_parser::Instruction;
 use kiln_store::{CacheRecord, ImageConfig, LayerInfo};
 use serde_json::json;
 
-use super::inputs::StepInputs;
 use super::key;
+use super::op::Op;
 use super::state::{epoch_rfc3339, history, now_rfc3339, StageState};
 use super::Builder;
 use crate::error::Failure;
-use crate::progress::StepId;
 
 impl Builder {
     pub fn layer_options(&self) -> kiln_store::LayerOptions {
@@ -23,18 +22,17 @@ impl Builder {
         }
     }
 
-    /// The cached-step protocol: key from parent + step + inputs; on a hit
-    /// take the recorded result; on a miss run `exec`, add the layer and
-    /// history entry, and record the result with its inputs.
+    /// The cached-step protocol: key from parent + step + the op's inputs;
+    /// on a hit take the recorded result; on a miss run the op, add the
+    /// layer and history entry, and record the result with its inputs.
     pub(super) fn cached_step(
         &self,
         st: &mut StageState,
         ins: &Instruction,
         pos: &str,
-        inputs: StepInputs,
-        exec: impl FnOnce(&Builder, &mut StageState, StepId) -> Result<Option<LayerInfo>>,
+        op: impl Op,
     ) -> Result<()> {
-        let inputs = inputs.to_value();
+        let inputs = op.cache_map().to_value();
         self.flush_records(st)?;
         let step = ins.original.clone();
         let k = key::step_key(&st.key, &step, &inputs);
@@ -73,7 +71,7 @@ impl Builder {
         trace.hit = false;
         self.trace.lock().expect("trace").push(trace);
         let t0 = Instant::now();
-        let layer = match exec(self, st, id) {
+        let layer = match op.exec(self, id) {
             Ok(l) => l,
             Err(e) => {
                 self.progress.error(id, step_error_line(&format!("{e:#}")));

@@ -6,7 +6,8 @@ use kiln_parser::Instruction;
 use serde_json::{json, Value};
 
 use super::copy::{self, CopyRequest, Source};
-use super::inputs::{FileInputs, FromRef, StepInputs};
+use super::inputs::{FileInputs, FromRef};
+use super::op::FileOp;
 use super::plan::{resolve_from, Base};
 use super::state::StageState;
 use super::Builder;
@@ -143,18 +144,15 @@ impl Builder {
         let Value::Object(plan_inputs) = inputs else {
             unreachable!("copy::plan_copy describes a step as a JSON object")
         };
-        let inputs = StepInputs::File(FileInputs {
-            plan: plan_inputs,
-            link: c.link,
-        });
-        self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
-            let pending = b.store.new_snapshot()?;
-            copy::execute(&plan, pending.upper(), &view, &b.store.layer_limits())?;
-            if fsutil::dir_is_empty(pending.upper())? {
-                return Ok(None);
-            }
-            Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
-        })
+        let op = FileOp {
+            inputs: FileInputs {
+                plan: plan_inputs,
+                link: c.link,
+            },
+            plan,
+            view,
+        };
+        self.cached_step(st, ins, pos, op)
     }
 }
 

@@ -10,6 +10,7 @@ mod git;
 pub mod inputs;
 pub mod key;
 mod meta;
+mod op;
 pub mod options;
 pub mod output;
 pub mod plan;

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use super::executor::{ExecSpec, Mount as MountSpec, MountKind, Network as NetworkMode};
-use super::inputs::{BindSource, ExecInputs, MountInput, StepInputs};
+use super::inputs::{BindSource, ExecInputs, MountInput};
+use super::op::ExecOp;
 use anyhow::{anyhow, Context as _, Result};
 use kiln_parser::{Command, Instruction, Mount, Sharing};
 
@@ -52,6 +53,7 @@ impl Builder {
             }
         };
         let cx = MountCx {
+            b: self,
             st,
             line,
             exp: Box::new(exp),
@@ -60,11 +62,11 @@ impl Builder {
         let mut out = Prepared::default();
         for m in &r.mounts {
             match m {
-                Mount::Bind { .. } => self.mount_bind(&cx, &mut out, m)?,
-                Mount::Cache { .. } => self.mount_cache(&cx, &mut out, m)?,
-                Mount::Tmpfs { .. } => self.mount_tmpfs(&cx, &mut out, m)?,
-                Mount::Secret { .. } => self.mount_secret(&cx, &mut out, m)?,
-                Mount::Ssh { .. } => self.mount_ssh(&cx, &mut out, m)?,
+                Mount::Bind { .. } => cx.bind(&mut out, m)?,
+                Mount::Cache { .. } => cx.cache(&mut out, m)?,
+                Mount::Tmpfs { .. } => cx.tmpfs(&mut out, m)?,
+                Mount::Secret { .. } => cx.secret(&mut out, m)?,
+                Mount::Ssh { .. } => cx.ssh(&mut out, m)?,
             }
         }
         if let Some((target, content)) = &script_file {
@@ -92,14 +94,14 @@ impl Builder {
             }
         }
         let net_name = network.key_name();
-        let inputs = StepInputs::Exec(ExecInputs {
+        let inputs = ExecInputs {
             argv: argv.clone(),
             env: key_env,
             user: user.clone(),
             workdir: workdir.clone(),
             network: net_name.to_string(),
             mounts: mount_inputs,
-        });
+        };
         let layers = st.layers.clone();
         let step = RunStep {
             argv,
@@ -111,9 +113,12 @@ impl Builder {
             binds,
             line,
         };
-        let res = self.cached_step(st, ins, pos, inputs, |b, _st, id| {
-            b.run_step(step, &layers, id)
-        });
+        let op = ExecOp {
+            inputs,
+            step,
+            layers,
+        };
+        let res = self.cached_step(st, ins, pos, op);
         drop(relays);
         drop(keep);
         drop(locks);
@@ -144,7 +149,7 @@ impl Builder {
 
     /// Runs a RUN step that missed the cache: bind sources prepared, the
     /// process run over the stage's layers, its upper dir committed.
-    fn run_step(
+    pub(super) fn run_step(
         &self,
         spec: RunStep,
         layers: &[kiln_store::LayerInfo],
@@ -204,398 +209,6 @@ impl Builder {
         Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
     }
 
-    /// `RUN --mount=type=bind`.
-    fn mount_bind(&self, cx: &MountCx, out: &mut Prepared, m: &Mount) -> Result<()> {
-        let Mount::Bind {
-            target,
-            source,
-            from,
-            readwrite,
-        } = m
-        else {
-            unreachable!("mount_bind is given bind mounts")
-        };
-        let Prepared {
-            mounts,
-            mount_inputs,
-            binds,
-            ..
-        } = out;
-        let (st, line, exp, abs_target) = (cx.st, cx.line, &cx.exp, &cx.abs_target);
-        let target = abs_target(&exp(target)?);
-        let source = exp(source.as_deref().unwrap_or("."))?;
-        // What the mount shows is prepared only if the step
-        // runs (a cache hit needs just the inputs).
-        let (prep, id) = match from {
-            None => {
-                let rel = self.bind_source_in_context(&source, line)?;
-                let listing = self.ctx.describe_subtree(&rel)?;
-                let digest = blake3::hash(serde_json::to_string(&listing)?.as_bytes())
-                    .to_hex()
-                    .to_string();
-                (
-                    BindPrep::Context(rel.clone()),
-                    BindSource::Context {
-                        context: rel.clone(),
-                        content: digest,
-                    },
-                )
-            }
-            Some(f) => {
-                let (view, id) = self.resolve_source(st, f, line)?;
-                let (comps, found) = view.resolve(&source, true)?;
-                if found.is_none() {
-                    return Err(
-                        self.located(line, &format!("RUN --mount from={f}: {source:?} not found"))
-                    );
-                }
-                (
-                    BindPrep::View(view, comps),
-                    BindSource::From {
-                        from: id,
-                        source: source.clone(),
-                    },
-                )
-            }
-        };
-        mount_inputs.push(MountInput::Bind {
-            target: target.clone(),
-            source: id,
-            rw: *readwrite,
-        });
-        binds.push((mounts.len(), prep, *readwrite));
-        mounts.push(MountSpec {
-            target,
-            kind: MountKind::Bind {
-                source: PathBuf::new(),
-                readonly: !readwrite,
-            },
-        });
-        Ok(())
-    }
-
-    /// `RUN --mount=type=cache`.
-    fn mount_cache(&self, cx: &MountCx, out: &mut Prepared, m: &Mount) -> Result<()> {
-        let Mount::Cache {
-            target,
-            id,
-            sharing,
-            mode,
-            uid,
-            gid,
-            readonly,
-            from,
-            source,
-        } = m
-        else {
-            unreachable!("mount_cache is given cache mounts")
-        };
-        let Prepared {
-            mounts,
-            mount_inputs,
-            locks,
-            keep,
-            ..
-        } = out;
-        let (st, line, exp, abs_target) = (cx.st, cx.line, &cx.exp, &cx.abs_target);
-        let target = abs_target(&exp(target)?);
-        let cid = id.clone().unwrap_or_else(|| target.clone());
-        // from= seeds the cache with a stage's or image's files
-        // the first time; as in BuildKit, the cache belongs to
-        // (id, base): another base starts another cache.
-        let seed = match (from, source) {
-            (None, None) => None,
-            (None, Some(_)) => return Err(self.located(
-                line,
-                "RUN --mount=type=cache: source= needs from= (the stage or image it is a path of)",
-            )),
-            (Some(f), src) => {
-                let src = exp(src.as_deref().unwrap_or("/"))?;
-                let (view, base_id) = self.resolve_source(st, f, line)?;
-                let (comps, found) = view.resolve(&src, true)?;
-                if !found.is_some_and(|f| f.meta.is_dir()) {
-                    return Err(self.located(
-                        line,
-                        &format!(
-                            "RUN --mount=type=cache from={f}: {src:?} is not a directory there"
-                        ),
-                    ));
-                }
-                Some((view, comps, base_id, src))
-            }
-        };
-        let name = match &seed {
-            None => cid.clone(),
-            Some((_, _, base_id, src)) => {
-                format!("{cid}\0{}\0{src}", serde_json::to_value(base_id)?)
-            }
-        };
-        let dir = self
-            .store
-            .root()
-            .join("cachemounts")
-            .join(&blake3::hash(name.as_bytes()).to_hex().as_str()[..32]);
-        match &seed {
-            Some((view, comps, _, _)) if !dir.exists() => {
-                // Filled beside and renamed: a concurrent build
-                // sees a whole seed or none.
-                std::fs::create_dir_all(self.store.root().join("cachemounts"))?;
-                let tmp = tempfile::Builder::new()
-                    .prefix("kiln-cache-seed-")
-                    .tempdir_in(self.store.root().join("tmp"))?;
-                materialize(view, comps, tmp.path())?;
-                let filled = tmp.keep();
-                if std::fs::rename(&filled, &dir).is_err() {
-                    // Another build seeded it first.
-                    let _ = std::fs::remove_dir_all(&filled);
-                }
-            }
-            _ => std::fs::create_dir_all(&dir)?,
-        }
-        std::fs::write(dir.with_extension("id"), &cid)?;
-        if let Some((_, _, base_id, src)) = &seed {
-            mount_inputs.push(MountInput::CacheSeed {
-                target: target.clone(),
-                from: base_id.clone(),
-                source: src.clone(),
-            });
-        }
-        let host = match sharing {
-            Sharing::Shared => dir.clone(),
-            Sharing::Locked | Sharing::Private => {
-                let lf = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(dir.with_extension("lock"))?;
-                use nix::fcntl::{Flock, FlockArg};
-                let locked = if *sharing == Sharing::Locked {
-                    Some(
-                        Flock::lock(lf, FlockArg::LockExclusive)
-                            .map_err(|(_, e)| anyhow!("locking cache mount {cid}: {e}"))?,
-                    )
-                } else {
-                    Flock::lock(lf, FlockArg::LockExclusiveNonblock).ok()
-                };
-                match locked {
-                    Some(l) => {
-                        locks.push(l);
-                        dir.clone()
-                    }
-                    None => {
-                        let tmp = tempfile::Builder::new()
-                            .prefix("kiln-cache-")
-                            .tempdir_in(self.store.root().join("tmp"))?;
-                        let p = tmp.path().to_path_buf();
-                        keep.push(tmp);
-                        p
-                    }
-                }
-            }
-        };
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let meta = std::fs::metadata(&host)?;
-            if meta.permissions().mode() & 0o7777 != mode.unwrap_or(0o755) {
-                std::fs::set_permissions(
-                    &host,
-                    std::fs::Permissions::from_mode(mode.unwrap_or(0o755)),
-                )?;
-            }
-            fsutil::lchown(&host, uid.unwrap_or(0), gid.unwrap_or(0))?;
-        }
-        mount_inputs.push(MountInput::Cache {
-            target: target.clone(),
-            id: cid.clone(),
-            ro: *readonly,
-        });
-        mounts.push(MountSpec {
-            target,
-            kind: MountKind::Bind {
-                source: host,
-                readonly: *readonly,
-            },
-        });
-        Ok(())
-    }
-
-    /// `RUN --mount=type=tmpfs`.
-    fn mount_tmpfs(&self, cx: &MountCx, out: &mut Prepared, m: &Mount) -> Result<()> {
-        let Mount::Tmpfs { target, size } = m else {
-            unreachable!("mount_tmpfs is given tmpfs mounts")
-        };
-        let Prepared {
-            mounts,
-            mount_inputs,
-            ..
-        } = out;
-        let (exp, abs_target) = (&cx.exp, &cx.abs_target);
-        let target = abs_target(&exp(target)?);
-        mount_inputs.push(MountInput::Tmpfs {
-            target: target.clone(),
-            size: *size,
-        });
-        mounts.push(MountSpec {
-            target,
-            kind: MountKind::Tmpfs { size: *size },
-        });
-        Ok(())
-    }
-
-    /// `RUN --mount=type=secret`.
-    fn mount_secret(&self, cx: &MountCx, out: &mut Prepared, m: &Mount) -> Result<()> {
-        let Mount::Secret {
-            id,
-            target,
-            env: as_env,
-            required,
-            mode,
-            uid,
-            gid,
-        } = m
-        else {
-            unreachable!("mount_secret is given secret mounts")
-        };
-        let Prepared {
-            mounts,
-            mount_inputs,
-            secret_env,
-            keep,
-            ..
-        } = out;
-        let (line, abs_target) = (cx.line, &cx.abs_target);
-        let sid = id
-            .clone()
-            .or_else(|| {
-                target
-                    .as_ref()
-                    .and_then(|t| t.rsplit('/').next().map(String::from))
-            })
-            .ok_or_else(|| self.located(line, "RUN --mount=type=secret needs id= or target="))?;
-        let Some(secret) = self.opts.secrets.get(&sid) else {
-            if *required {
-                return Err(self.located(
-                    line,
-                    &format!("secret {sid} not found: pass it with --secret id={sid},src=FILE"),
-                ));
-            }
-            return Ok(());
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix("kiln-secret-")
-            .tempdir_in(self.store.root().join("tmp"))?;
-        let file = tmp.path().join("secret");
-        let data = match secret {
-            Secret::File(p) => std::fs::read(p)
-                .with_context(|| format!("reading secret {sid} from {}", p.display()))?,
-            Secret::Env(v) => std::env::var(v)
-                .map_err(|_| anyhow!("secret {sid}: environment variable {v} is not set"))?
-                .into_bytes(),
-        };
-        std::fs::write(&file, &data)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(
-                &file,
-                std::fs::Permissions::from_mode(mode.unwrap_or(0o400)),
-            )?;
-            fsutil::lchown(&file, uid.unwrap_or(0), gid.unwrap_or(0))?;
-        }
-        // Secrets never reach the cache key: only where they go.
-        if let Some(e) = as_env {
-            secret_env.push((e.clone(), file.clone()));
-            mount_inputs.push(MountInput::Secret {
-                id: sid.clone(),
-                env: Some(e.clone()),
-                target: None,
-            });
-            if target.is_none() {
-                keep.push(tmp);
-                return Ok(());
-            }
-        }
-        let t = target
-            .clone()
-            .map(|t| abs_target(&t))
-            .unwrap_or_else(|| format!("/run/secrets/{sid}"));
-        mount_inputs.push(MountInput::Secret {
-            id: sid.clone(),
-            env: None,
-            target: Some(t.clone()),
-        });
-        mounts.push(MountSpec {
-            target: t,
-            kind: MountKind::Bind {
-                source: file,
-                readonly: true,
-            },
-        });
-        keep.push(tmp);
-        Ok(())
-    }
-
-    /// `RUN --mount=type=ssh`.
-    fn mount_ssh(&self, cx: &MountCx, out: &mut Prepared, m: &Mount) -> Result<()> {
-        let Mount::Ssh {
-            id,
-            target,
-            required,
-            mode,
-            uid,
-            gid,
-        } = m
-        else {
-            unreachable!("mount_ssh is given ssh mounts")
-        };
-        let Prepared {
-            mounts,
-            mount_inputs,
-            relays,
-            ssh_auth_sock,
-            keep,
-            ..
-        } = out;
-        let (line, abs_target) = (cx.line, &cx.abs_target);
-        let sid = id.clone().unwrap_or_else(|| "default".to_string());
-        let Some(agent) = self.opts.ssh.get(&sid) else {
-            if *required {
-                return Err(self.located(line, &format!("no SSH agent for id {sid}: pass --ssh {sid}[=SOCKET] (without a socket: $SSH_AUTH_SOCK)")));
-            }
-            return Ok(());
-        };
-        // BuildKit's default place, numbered per step.
-        let t = target
-            .clone()
-            .map(|t| abs_target(&t))
-            .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", relays.len()));
-        let tmp = tempfile::Builder::new()
-            .prefix("kiln-ssh-")
-            .tempdir_in(self.store.root().join("tmp"))?;
-        let sock = tmp.path().join("agent.sock");
-        relays.push(super::ssh::AgentRelay::start(
-            agent,
-            &sock,
-            mode.unwrap_or(0o600),
-            uid.unwrap_or(0),
-            gid.unwrap_or(0),
-        )?);
-        ssh_auth_sock.get_or_insert_with(|| t.clone());
-        // Which agent, not what it holds, is an input.
-        mount_inputs.push(MountInput::Ssh {
-            id: sid.clone(),
-            target: t.clone(),
-        });
-        mounts.push(MountSpec {
-            target: t,
-            kind: MountKind::Bind {
-                source: sock,
-                readonly: false,
-            },
-        });
-        keep.push(tmp);
-        Ok(())
-    }
-
     /// The script of `RUN <<EOF` with a shebang, as a file at `target`.
     fn mount_script(&self, out: &mut Prepared, target: &str, content: &str) -> Result<()> {
         let Prepared {
@@ -647,7 +260,7 @@ impl Builder {
 }
 
 /// A RUN step ready to run, should it miss the cache.
-struct RunStep {
+pub(super) struct RunStep {
     argv: Vec<String>,
     env: Vec<String>,
     workdir: String,
@@ -728,14 +341,415 @@ struct Prepared {
 /// Word expansion in a stage's scope, located at the step's line.
 type ExpandFn<'a> = Box<dyn Fn(&str) -> Result<String> + 'a>;
 
-/// What a mount's words are read with.
+/// What a mount's words are read with, and the build it is for.
 struct MountCx<'a> {
+    b: &'a Builder,
     st: &'a StageState,
     line: usize,
     /// Word expansion in the stage's scope.
     exp: ExpandFn<'a>,
     /// A target made absolute against the WORKDIR.
     abs_target: Box<dyn Fn(&str) -> String + 'a>,
+}
+
+/// One function per mount kind: each adds the mount, its cache input, and
+/// what must live until the step ran.
+impl MountCx<'_> {
+    /// `RUN --mount=type=bind`.
+    fn bind(&self, out: &mut Prepared, m: &Mount) -> Result<()> {
+        let b = self.b;
+        let Mount::Bind {
+            target,
+            source,
+            from,
+            readwrite,
+        } = m
+        else {
+            unreachable!("MountCx::bind is given bind mounts")
+        };
+        let Prepared {
+            mounts,
+            mount_inputs,
+            binds,
+            ..
+        } = out;
+        let (st, line, exp, abs_target) = (self.st, self.line, &self.exp, &self.abs_target);
+        let target = abs_target(&exp(target)?);
+        let source = exp(source.as_deref().unwrap_or("."))?;
+        // What the mount shows is prepared only if the step
+        // runs (a cache hit needs just the inputs).
+        let (prep, id) = match from {
+            None => {
+                let rel = b.bind_source_in_context(&source, line)?;
+                let listing = b.ctx.describe_subtree(&rel)?;
+                let digest = blake3::hash(serde_json::to_string(&listing)?.as_bytes())
+                    .to_hex()
+                    .to_string();
+                (
+                    BindPrep::Context(rel.clone()),
+                    BindSource::Context {
+                        context: rel.clone(),
+                        content: digest,
+                    },
+                )
+            }
+            Some(f) => {
+                let (view, id) = b.resolve_source(st, f, line)?;
+                let (comps, found) = view.resolve(&source, true)?;
+                if found.is_none() {
+                    return Err(
+                        b.located(line, &format!("RUN --mount from={f}: {source:?} not found"))
+                    );
+                }
+                (
+                    BindPrep::View(view, comps),
+                    BindSource::From {
+                        from: id,
+                        source: source.clone(),
+                    },
+                )
+            }
+        };
+        mount_inputs.push(MountInput::Bind {
+            target: target.clone(),
+            source: id,
+            rw: *readwrite,
+        });
+        binds.push((mounts.len(), prep, *readwrite));
+        mounts.push(MountSpec {
+            target,
+            kind: MountKind::Bind {
+                source: PathBuf::new(),
+                readonly: !readwrite,
+            },
+        });
+        Ok(())
+    }
+
+    /// `RUN --mount=type=cache`.
+    fn cache(&self, out: &mut Prepared, m: &Mount) -> Result<()> {
+        let b = self.b;
+        let Mount::Cache {
+            target,
+            id,
+            sharing,
+            mode,
+            uid,
+            gid,
+            readonly,
+            from,
+            source,
+        } = m
+        else {
+            unreachable!("MountCx::cache is given cache mounts")
+        };
+        let Prepared {
+            mounts,
+            mount_inputs,
+            locks,
+            keep,
+            ..
+        } = out;
+        let (st, line, exp, abs_target) = (self.st, self.line, &self.exp, &self.abs_target);
+        let target = abs_target(&exp(target)?);
+        let cid = id.clone().unwrap_or_else(|| target.clone());
+        // from= seeds the cache with a stage's or image's files
+        // the first time; as in BuildKit, the cache belongs to
+        // (id, base): another base starts another cache.
+        let seed = match (from, source) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(b.located(
+                line,
+                "RUN --mount=type=cache: source= needs from= (the stage or image it is a path of)",
+            )),
+            (Some(f), src) => {
+                let src = exp(src.as_deref().unwrap_or("/"))?;
+                let (view, base_id) = b.resolve_source(st, f, line)?;
+                let (comps, found) = view.resolve(&src, true)?;
+                if !found.is_some_and(|f| f.meta.is_dir()) {
+                    return Err(b.located(
+                        line,
+                        &format!(
+                            "RUN --mount=type=cache from={f}: {src:?} is not a directory there"
+                        ),
+                    ));
+                }
+                Some((view, comps, base_id, src))
+            }
+        };
+        let name = match &seed {
+            None => cid.clone(),
+            Some((_, _, base_id, src)) => {
+                format!("{cid}\0{}\0{src}", serde_json::to_value(base_id)?)
+            }
+        };
+        let dir = b
+            .store
+            .root()
+            .join("cachemounts")
+            .join(&blake3::hash(name.as_bytes()).to_hex().as_str()[..32]);
+        match &seed {
+            Some((view, comps, _, _)) if !dir.exists() => {
+                // Filled beside and renamed: a concurrent build
+                // sees a whole seed or none.
+                std::fs::create_dir_all(b.store.root().join("cachemounts"))?;
+                let tmp = tempfile::Builder::new()
+                    .prefix("kiln-cache-seed-")
+                    .tempdir_in(b.store.root().join("tmp"))?;
+                materialize(view, comps, tmp.path())?;
+                let filled = tmp.keep();
+                if std::fs::rename(&filled, &dir).is_err() {
+                    // Another build seeded it first.
+                    let _ = std::fs::remove_dir_all(&filled);
+                }
+            }
+            _ => std::fs::create_dir_all(&dir)?,
+        }
+        std::fs::write(dir.with_extension("id"), &cid)?;
+        if let Some((_, _, base_id, src)) = &seed {
+            mount_inputs.push(MountInput::CacheSeed {
+                target: target.clone(),
+                from: base_id.clone(),
+                source: src.clone(),
+            });
+        }
+        let host = match sharing {
+            Sharing::Shared => dir.clone(),
+            Sharing::Locked | Sharing::Private => {
+                let lf = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.with_extension("lock"))?;
+                use nix::fcntl::{Flock, FlockArg};
+                let locked = if *sharing == Sharing::Locked {
+                    Some(
+                        Flock::lock(lf, FlockArg::LockExclusive)
+                            .map_err(|(_, e)| anyhow!("locking cache mount {cid}: {e}"))?,
+                    )
+                } else {
+                    Flock::lock(lf, FlockArg::LockExclusiveNonblock).ok()
+                };
+                match locked {
+                    Some(l) => {
+                        locks.push(l);
+                        dir.clone()
+                    }
+                    None => {
+                        let tmp = tempfile::Builder::new()
+                            .prefix("kiln-cache-")
+                            .tempdir_in(b.store.root().join("tmp"))?;
+                        let p = tmp.path().to_path_buf();
+                        keep.push(tmp);
+                        p
+                    }
+                }
+            }
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(&host)?;
+            if meta.permissions().mode() & 0o7777 != mode.unwrap_or(0o755) {
+                std::fs::set_permissions(
+                    &host,
+                    std::fs::Permissions::from_mode(mode.unwrap_or(0o755)),
+                )?;
+            }
+            fsutil::lchown(&host, uid.unwrap_or(0), gid.unwrap_or(0))?;
+        }
+        mount_inputs.push(MountInput::Cache {
+            target: target.clone(),
+            id: cid.clone(),
+            ro: *readonly,
+        });
+        mounts.push(MountSpec {
+            target,
+            kind: MountKind::Bind {
+                source: host,
+                readonly: *readonly,
+            },
+        });
+        Ok(())
+    }
+
+    /// `RUN --mount=type=tmpfs`.
+    fn tmpfs(&self, out: &mut Prepared, m: &Mount) -> Result<()> {
+        let Mount::Tmpfs { target, size } = m else {
+            unreachable!("MountCx::tmpfs is given tmpfs mounts")
+        };
+        let Prepared {
+            mounts,
+            mount_inputs,
+            ..
+        } = out;
+        let (exp, abs_target) = (&self.exp, &self.abs_target);
+        let target = abs_target(&exp(target)?);
+        mount_inputs.push(MountInput::Tmpfs {
+            target: target.clone(),
+            size: *size,
+        });
+        mounts.push(MountSpec {
+            target,
+            kind: MountKind::Tmpfs { size: *size },
+        });
+        Ok(())
+    }
+
+    /// `RUN --mount=type=secret`.
+    fn secret(&self, out: &mut Prepared, m: &Mount) -> Result<()> {
+        let b = self.b;
+        let Mount::Secret {
+            id,
+            target,
+            env: as_env,
+            required,
+            mode,
+            uid,
+            gid,
+        } = m
+        else {
+            unreachable!("MountCx::secret is given secret mounts")
+        };
+        let Prepared {
+            mounts,
+            mount_inputs,
+            secret_env,
+            keep,
+            ..
+        } = out;
+        let (line, abs_target) = (self.line, &self.abs_target);
+        let sid = id
+            .clone()
+            .or_else(|| {
+                target
+                    .as_ref()
+                    .and_then(|t| t.rsplit('/').next().map(String::from))
+            })
+            .ok_or_else(|| b.located(line, "RUN --mount=type=secret needs id= or target="))?;
+        let Some(secret) = b.opts.secrets.get(&sid) else {
+            if *required {
+                return Err(b.located(
+                    line,
+                    &format!("secret {sid} not found: pass it with --secret id={sid},src=FILE"),
+                ));
+            }
+            return Ok(());
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix("kiln-secret-")
+            .tempdir_in(b.store.root().join("tmp"))?;
+        let file = tmp.path().join("secret");
+        let data = match secret {
+            Secret::File(p) => std::fs::read(p)
+                .with_context(|| format!("reading secret {sid} from {}", p.display()))?,
+            Secret::Env(v) => std::env::var(v)
+                .map_err(|_| anyhow!("secret {sid}: environment variable {v} is not set"))?
+                .into_bytes(),
+        };
+        std::fs::write(&file, &data)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                &file,
+                std::fs::Permissions::from_mode(mode.unwrap_or(0o400)),
+            )?;
+            fsutil::lchown(&file, uid.unwrap_or(0), gid.unwrap_or(0))?;
+        }
+        // Secrets never reach the cache key: only where they go.
+        if let Some(e) = as_env {
+            secret_env.push((e.clone(), file.clone()));
+            mount_inputs.push(MountInput::Secret {
+                id: sid.clone(),
+                env: Some(e.clone()),
+                target: None,
+            });
+            if target.is_none() {
+                keep.push(tmp);
+                return Ok(());
+            }
+        }
+        let t = target
+            .clone()
+            .map(|t| abs_target(&t))
+            .unwrap_or_else(|| format!("/run/secrets/{sid}"));
+        mount_inputs.push(MountInput::Secret {
+            id: sid.clone(),
+            env: None,
+            target: Some(t.clone()),
+        });
+        mounts.push(MountSpec {
+            target: t,
+            kind: MountKind::Bind {
+                source: file,
+                readonly: true,
+            },
+        });
+        keep.push(tmp);
+        Ok(())
+    }
+
+    /// `RUN --mount=type=ssh`.
+    fn ssh(&self, out: &mut Prepared, m: &Mount) -> Result<()> {
+        let b = self.b;
+        let Mount::Ssh {
+            id,
+            target,
+            required,
+            mode,
+            uid,
+            gid,
+        } = m
+        else {
+            unreachable!("MountCx::ssh is given ssh mounts")
+        };
+        let Prepared {
+            mounts,
+            mount_inputs,
+            relays,
+            ssh_auth_sock,
+            keep,
+            ..
+        } = out;
+        let (line, abs_target) = (self.line, &self.abs_target);
+        let sid = id.clone().unwrap_or_else(|| "default".to_string());
+        let Some(agent) = b.opts.ssh.get(&sid) else {
+            if *required {
+                return Err(b.located(line, &format!("no SSH agent for id {sid}: pass --ssh {sid}[=SOCKET] (without a socket: $SSH_AUTH_SOCK)")));
+            }
+            return Ok(());
+        };
+        // BuildKit's default place, numbered per step.
+        let t = target
+            .clone()
+            .map(|t| abs_target(&t))
+            .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", relays.len()));
+        let tmp = tempfile::Builder::new()
+            .prefix("kiln-ssh-")
+            .tempdir_in(b.store.root().join("tmp"))?;
+        let sock = tmp.path().join("agent.sock");
+        relays.push(super::ssh::AgentRelay::start(
+            agent,
+            &sock,
+            mode.unwrap_or(0o600),
+            uid.unwrap_or(0),
+            gid.unwrap_or(0),
+        )?);
+        ssh_auth_sock.get_or_insert_with(|| t.clone());
+        // Which agent, not what it holds, is an input.
+        mount_inputs.push(MountInput::Ssh {
+            id: sid.clone(),
+            target: t.clone(),
+        });
+        mounts.push(MountSpec {
+            target: t,
+            kind: MountKind::Bind {
+                source: sock,
+                readonly: false,
+            },
+        });
+        keep.push(tmp);
+        Ok(())
+    }
 }
 
 /// What a `RUN --mount=type=bind` shows, prepared when the step runs.

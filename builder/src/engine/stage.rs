@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::copy_op::CopyArgs;
 use super::inputs::{MetaChange, MkdirInputs, SourceInputs, StepInputs};
+use super::op::MkdirOp;
 use super::plan::Base;
 use super::state::{index_env, StageState};
 use super::{Builder, StageResult};
@@ -232,16 +233,15 @@ impl Builder {
                 ),
                 _ => None,
             };
-            let inputs = StepInputs::Mkdir(MkdirInputs {
-                mkdir: abs.clone(),
-                owner: owner.map(|(u, g)| format!("{u}:{g}")),
-            });
-            self.cached_step(st, ins, pos, inputs, |b, _st, _id| {
-                let pending = b.store.new_snapshot()?;
-                let (comps, _) = view.resolve(&abs, true)?;
-                fsutil::ensure_dirs(pending.upper(), &view, &comps, owner)?;
-                Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
-            })
+            let op = MkdirOp {
+                inputs: MkdirInputs {
+                    mkdir: abs,
+                    owner: owner.map(|(u, g)| format!("{u}:{g}")),
+                },
+                view,
+                owner,
+            };
+            self.cached_step(st, ins, pos, op)
         }
     }
 }
