@@ -7,7 +7,11 @@ use std::fmt;
 #[derive(Debug)]
 pub struct Failure {
     pub code: u8,
+    /// What the user is shown, complete: the causes are in it already.
     pub message: String,
+    /// The typed error the message was made from, for callers of the
+    /// library that look into the cause chain.
+    pub cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl Failure {
@@ -15,6 +19,19 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// A failure shown as `message` whose cause chain starts at `cause`.
+    pub fn caused_by(
+        code: u8,
+        message: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Failure {
+        Failure {
+            cause: Some(Box::new(cause)),
+            ..Failure::new(code, message)
         }
     }
 }
@@ -25,7 +42,13 @@ impl fmt::Display for Failure {
     }
 }
 
-impl std::error::Error for Failure {}
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<anyhow::Error> for Failure {
     fn from(err: anyhow::Error) -> Failure {

@@ -1,6 +1,8 @@
 //! Build progress. `plain` writes one line per event (for CI logs, in
 //! BuildKit's `#N` style); `tty` draws live spinners with indicatif; quiet
-//! writes nothing. Steps of parallel stages interleave safely.
+//! writes nothing. Steps of parallel stages interleave safely. On a tty,
+//! every line is cut to the terminal's width rather than wrapped (a wrapped
+//! line breaks the redrawing of the live ones).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,7 +54,7 @@ impl Progress {
             }
             Mode::Tty => {
                 if let Some(m) = &self.multi {
-                    let _ = m.println(text);
+                    let _ = m.println(fit(text, term_width()));
                 }
             }
         }
@@ -76,10 +78,14 @@ impl Progress {
                 if let Some(m) = &self.multi {
                     let b = m.add(ProgressBar::new_spinner());
                     b.set_style(
-                        ProgressStyle::with_template("{spinner} {prefix} {msg} {elapsed}")
+                        // wide_msg: the output line takes what is left of
+                        // the width, cut, never wrapped.
+                        ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed}")
                             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
-                    b.set_prefix(label.to_string());
+                    // Room for the spinner, the elapsed time and some output.
+                    let room = term_width().saturating_sub(16).max(20);
+                    b.set_prefix(fit(label, room).into_owned());
                     b.enable_steady_tick(Duration::from_millis(100));
                     if let Ok(mut bars) = self.bars.lock() {
                         bars.push((id.0, b));
@@ -152,5 +158,35 @@ impl Progress {
 
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
+    }
+}
+
+/// The terminal's width in columns (80 when stderr is not a terminal).
+fn term_width() -> usize {
+    console::Term::stderr()
+        .size_checked()
+        .map_or(80, |(_, cols)| usize::from(cols).max(1))
+}
+
+/// `text` cut to `width` columns (by display width, so wide characters
+/// count double), its end marked with `…`.
+fn fit(text: &str, width: usize) -> std::borrow::Cow<'_, str> {
+    console::truncate_str(text, width, "…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_cut_to_the_width_not_wrapped() {
+        assert_eq!(fit("#4 [1/4] COPY f /f", 80), "#4 [1/4] COPY f /f");
+        let long = format!("#5 [2/4] RUN {}", "x".repeat(200));
+        let cut = fit(&long, 40);
+        assert_eq!(console::measure_text_width(&cut), 40);
+        assert!(cut.starts_with("#5 [2/4] RUN xxx") && cut.ends_with('…'));
+        // Wide characters are two columns each; a cut never splits one.
+        let wide = fit("RUN echo 日本語日本語日本語", 15);
+        assert!(console::measure_text_width(&wide) <= 15, "{wide}");
     }
 }

@@ -144,6 +144,52 @@ fn independent_stages_run_at_the_same_time() {
 }
 
 #[test]
+fn max_parallelism_one_runs_independent_stages_one_after_the_other() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    // Two stages like those above, which overlap by default (their RUNs
+    // differ, so neither is a cache hit of the other): with one worker,
+    // one ends before the other starts.
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox AS a\nRUN echo a && cut -d' ' -f1 /proc/uptime > /start && sleep 1 && cut -d' ' -f1 /proc/uptime > /end\n\
+             FROM busybox AS b\nRUN echo b && cut -d' ' -f1 /proc/uptime > /start && sleep 1 && cut -d' ' -f1 /proc/uptime > /end\n\
+             FROM busybox\nCOPY --from=a /start /a.start\nCOPY --from=a /end /a.end\n\
+             COPY --from=b /start /b.start\nCOPY --from=b /end /b.end\n",
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    export(
+        &k,
+        ctx.path(),
+        out.path(),
+        &["--max-parallelism", "1", "--no-cache"],
+    )
+    .ok();
+    let read = |n: &str| -> f64 {
+        fs::read_to_string(out.path().join(n))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (a0, a1, b0, b1) = (
+        read("a.start"),
+        read("a.end"),
+        read("b.start"),
+        read("b.end"),
+    );
+    assert!(
+        a1 <= b0 || b1 <= a0,
+        "stages a [{a0},{a1}] and b [{b0},{b1}] overlapped with one worker"
+    );
+    let r = build(&k, ctx.path(), &["--max-parallelism", "0"]).fails();
+    assert!(r.stderr().contains("--max-parallelism"), "{}", r.stderr());
+}
+
+#[test]
 fn target_builds_only_what_it_needs() {
     let Some(k) = setup() else { return };
     let ctx = tempfile::tempdir().unwrap();

@@ -188,9 +188,41 @@ pub fn plan(
         });
     }
 
-    // A --from naming a stage defined *later* is an error in BuildKit; we
-    // detected earlier-stage names only, so check the later ones now.
-    for s in &stages {
+    check_from_order(&stages)?;
+    let target = target_index(&stages, target)?;
+
+    // Dependencies first, only what the target needs.
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    fn visit(
+        i: usize,
+        stages: &[PlannedStage],
+        seen: &mut BTreeSet<usize>,
+        order: &mut Vec<usize>,
+    ) {
+        if !seen.insert(i) {
+            return;
+        }
+        for &d in &stages[i].deps {
+            visit(d, stages, seen, order);
+        }
+        order.push(i);
+    }
+    visit(target, &stages, &mut seen, &mut order);
+
+    Ok(Plan {
+        stages,
+        target,
+        order,
+        global_args,
+    })
+}
+
+/// A --from naming a stage defined *later* is an error in BuildKit; the
+/// planner resolved earlier-stage names only, so the later ones are
+/// checked here.
+fn check_from_order(stages: &[PlannedStage]) -> Result<()> {
+    for s in stages {
         for ins in &s.stage.instructions {
             if let InstructionKind::Copy(c) = &ins.kind {
                 if let Some(f) = &c.from {
@@ -222,8 +254,12 @@ pub fn plan(
             }
         }
     }
+    Ok(())
+}
 
-    let target = match target {
+/// The stage `--target` names (the last one without it).
+fn target_index(stages: &[PlannedStage], target: Option<&str>) -> Result<usize> {
+    Ok(match target {
         None => stages.len() - 1,
         Some(t) => {
             let lower = t.to_ascii_lowercase();
@@ -245,31 +281,5 @@ pub fn plan(
                 }
             }
         }
-    };
-
-    // Dependencies first, only what the target needs.
-    let mut order = Vec::new();
-    let mut seen = BTreeSet::new();
-    fn visit(
-        i: usize,
-        stages: &[PlannedStage],
-        seen: &mut BTreeSet<usize>,
-        order: &mut Vec<usize>,
-    ) {
-        if !seen.insert(i) {
-            return;
-        }
-        for &d in &stages[i].deps {
-            visit(d, stages, seen, order);
-        }
-        order.push(i);
-    }
-    visit(target, &stages, &mut seen, &mut order);
-
-    Ok(Plan {
-        stages,
-        target,
-        order,
-        global_args,
     })
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use kiln_builder::engine::{NetworkArg, PullPolicy};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kiln",
@@ -180,24 +182,6 @@ pub enum Progress {
     Tty,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NetworkArg {
-    /// Own network namespace with outbound access (pasta or slirp4netns);
-    /// the host's loopback is not reachable. BuildKit's default.
-    Default,
-    /// The host's network: every service on its loopback is reachable.
-    Host,
-    /// Only `lo`.
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PullPolicy {
-    Never,
-    Missing,
-    Always,
-}
-
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     /// Name and optionally a tag in the name:tag format (repeatable).
@@ -264,6 +248,9 @@ pub struct BuildArgs {
     /// After the build, explain every step that was not a cache hit.
     #[arg(long)]
     pub explain: bool,
+    /// How many stages may run at once (default: the number of cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallelism: Option<u32>,
     /// Suppress the build output and print the image ID on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,

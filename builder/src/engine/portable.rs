@@ -222,7 +222,7 @@ pub fn export(
     store: &Store,
     keys: &[String],
     to: &CacheTo,
-    access: &crate::cmd_registry::Access,
+    access: &crate::registry::Access,
 ) -> Result<usize> {
     let a = artifact(store, keys)?;
     match &to.dest {
@@ -236,7 +236,7 @@ fn push_artifact(
     store: &Store,
     a: &Artifact,
     target: &str,
-    access: &crate::cmd_registry::Access,
+    access: &crate::registry::Access,
 ) -> Result<()> {
     let r = kiln_store::reference::parse(target)?;
     let client = access.client()?;
@@ -412,11 +412,7 @@ impl Source<'_> {
 /// only after their digest checked out; a record is imported only if every
 /// layer it names is stored. What cannot be trusted is reported and left
 /// out: the build then runs those steps.
-pub fn import(
-    store: &Store,
-    src: &Location,
-    access: &crate::cmd_registry::Access,
-) -> Result<Imported> {
+pub fn import(store: &Store, src: &Location, access: &crate::registry::Access) -> Result<Imported> {
     let source = match src {
         Location::Local(dir) => Source::Dir(dir),
         Location::Registry(r) => Source::Registry {

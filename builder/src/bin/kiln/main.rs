@@ -1,17 +1,13 @@
-//! `kiln`: the command line. Parses flags (cli.rs), opens the store, and
+//! `kiln`: the command line, a thin binary over the `kiln_builder` library. Parses flags (cli.rs), opens the store, and
 //! hands each verb to the module that implements it.
 
 mod attach;
-mod build;
 mod cli;
 mod cmd_attest;
+mod cmd_build;
 mod cmd_containers;
 mod cmd_images;
 mod cmd_registry;
-mod context;
-mod error;
-mod fsutil;
-mod progress;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -19,7 +15,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{CacheCommand, Cli, Command, ParseFormat, SystemCommand};
-use crate::error::Failure;
+use kiln_builder::error::{self, Failure};
 
 fn main() -> ExitCode {
     // Must come first: a re-executed runner helper never returns from here.
@@ -68,13 +64,13 @@ fn open_store(
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let access = cmd_registry::Access::new(&cli.registry);
+    let access = cmd_registry::access(&cli.registry);
     match cli.command {
         Command::Parse(args) => cmd_parse(args),
         Command::Build(args) => {
             let store = open_store(&cli.root, &cli.limits)?;
             let counter = store.cache_counter();
-            let r = build::cmd_build(store, args, access);
+            let r = cmd_build::cmd_build(store, args, access);
             // What the build read of the cache, for tests and benchmarks
             // that hold a build to its own steps' records.
             if std::env::var_os("KILN_CACHE_STATS").is_some() {
@@ -116,7 +112,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             CacheCommand::Du => cmd_images::cache_du(&open_store(&cli.root, &cli.limits)?),
             CacheCommand::Why { target } => {
-                build::cache_why(&open_store(&cli.root, &cli.limits)?, &target)
+                cmd_build::cache_why(&open_store(&cli.root, &cli.limits)?, &target)
             }
             CacheCommand::Prune {
                 all,

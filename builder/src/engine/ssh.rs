@@ -145,7 +145,12 @@ mod tests {
             }
         });
         let relay_path = dir.path().join("relay.sock");
-        let relay = AgentRelay::start(&agent_path, &relay_path, 0o600, 0, 0).unwrap();
+        // Owned by whoever runs the test: no root needed.
+        let (uid, gid) = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
+        let relay = AgentRelay::start(&agent_path, &relay_path, 0o600, uid, gid).unwrap();
         let mode = std::fs::metadata(&relay_path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         for _ in 0..3 {

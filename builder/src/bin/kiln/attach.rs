@@ -213,6 +213,52 @@ fn base_purl(name: &str, platform: &str) -> String {
     )
 }
 
+/// What the build knew, for `--provenance`: arguments as given (secret
+/// values never), base images by digest, and the steps with their cache
+/// keys (not their inputs, which can hold build-arg values).
+pub fn provenance_input(
+    b: &kiln_builder::engine::Builder,
+    args: &crate::cli::BuildArgs,
+    started_on: String,
+) -> ProvenanceInput {
+    let steps = b
+        .trace
+        .lock()
+        .expect("trace")
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "stage": t.stage,
+                "step": t.description,
+                "source": t.source,
+                "key": t.key,
+                "parent": t.parent,
+                "cached": t.hit,
+            })
+        })
+        .collect();
+    let mut secrets: Vec<String> = b.opts.secrets.keys().cloned().collect();
+    secrets.sort();
+    let mut ssh: Vec<String> = b.opts.ssh.keys().cloned().collect();
+    ssh.sort();
+    let invocation_id =
+        kiln_store::sha256_digest(format!("{started_on} {}", std::process::id()).as_bytes());
+    ProvenanceInput {
+        builder_id: builder_id(args.provenance.as_deref()),
+        dockerfile_path: b.opts.dockerfile_name.clone(),
+        build_args: b.opts.build_args.clone(),
+        labels: b.opts.labels.clone(),
+        target: args.target.clone(),
+        secrets,
+        ssh,
+        bases: b.bases.lock().expect("bases").clone(),
+        steps,
+        started_on,
+        finished_on: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        invocation_id: invocation_id.hex()[..25].to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,606 @@
+//! `kiln build` and `kiln cache why`: flags -> engine options, the build,
+//! then what is done with its image (tags, outputs, push, cache export).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use kiln_builder::context::BuildContext;
+use kiln_builder::engine::options::{default_parallelism, parse_kv};
+use kiln_builder::engine::output::{export_output, parse_output};
+use kiln_builder::engine::report::{load_report, render_report, save_report};
+use kiln_builder::engine::{
+    explain, plan, portable, ssh, BuildArgs, Builder, Options, Secret, StageResult,
+};
+use kiln_builder::error::{utf8_text, Failure};
+use kiln_builder::progress::{Mode, Progress};
+use kiln_parser::dockerignore::{self, PatternMatcher};
+use kiln_store::Store;
+
+use crate::cli;
+
+fn parse_secret(spec: &str) -> Result<(String, Secret)> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    for part in spec.split(',') {
+        let (k, v) = parse_kv(part, "--secret field")?;
+        match k.as_str() {
+            "id" => id = Some(v),
+            "src" | "source" => src = Some(v),
+            "env" => env = Some(v),
+            "type" => {}
+            other => bail!("--secret: unknown field {other:?} (expected id, src, env)"),
+        }
+    }
+    let id = id.ok_or_else(|| anyhow!("--secret {spec:?}: id= is required"))?;
+    let secret = match (src, env) {
+        (Some(p), _) => Secret::File(PathBuf::from(p)),
+        (None, Some(e)) => Secret::Env(e),
+        (None, None) => Secret::Env(id.clone()),
+    };
+    Ok((id, secret))
+}
+
+/// What `--network host` exposes, said once per build.
+pub const HOST_NETWORK_NOTE: &str = "note: --network host: RUN steps share the host's network: \
+     every service on the host's loopback (127.0.0.1, ::1) and every host port is reachable";
+
+pub fn cmd_build(
+    store: Store,
+    args: cli::BuildArgs,
+    access: kiln_builder::registry::Access,
+) -> Result<ExitCode> {
+    let (context_dir, dockerfile_name, src, dockerfile_path) = read_dockerfile(&args)?;
+    let flags = Flags::parse(&args)?;
+    let attest = crate::attach::AttestRequest::parse(
+        args.sbom.as_deref(),
+        args.provenance.as_deref(),
+        &args.attest,
+    )?;
+    let started_on = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let progress = progress_for(&args);
+    let (plan, escape) = plan_build(&src, &dockerfile_name, &flags.build_args, &args, &progress)?;
+    // Context: one scan, .dockerignore applied.
+    let store = Arc::new(store);
+    let _lease = store.lease()?;
+    let ctx = scan_context(&store, context_dir.as_deref(), &args, &progress)?;
+    import_caches(&store, &flags.cache_from, &access, &progress);
+    let builder = Builder::new(
+        store.clone(),
+        Options {
+            dockerfile_name,
+            dockerfile_src: src,
+            build_args: flags.build_args,
+            no_cache: args.no_cache,
+            pull: args.pull,
+            network: args.network,
+            secrets: flags.secrets,
+            ssh: flags.ssh,
+            labels: flags.labels,
+            source_date_epoch: flags.source_date_epoch,
+            max_parallelism: args
+                .max_parallelism
+                .map_or_else(default_parallelism, |n| n as usize),
+        },
+        ctx,
+        progress,
+        plan,
+        escape,
+        dockerfile_path,
+        access,
+    );
+    let result = builder.run_all();
+    builder.ctx.save_stat_cache(&builder.store)?;
+    let result = result?;
+    warn_unused_args(&builder);
+    let (image, index) = write_image(
+        &builder,
+        &result,
+        &args,
+        &flags.outputs,
+        &attest,
+        started_on,
+    )?;
+    if args.push {
+        let what = match &index {
+            Some(i) => kiln_builder::registry::Pushable::Index(i),
+            None => kiln_builder::registry::Pushable::Image(&image),
+        };
+        push_tags(&builder, what, &args)?;
+    }
+    if let Some(f) = &args.iidfile {
+        std::fs::write(f, image.config_digest.to_string())
+            .with_context(|| format!("writing --iidfile {}", f.display()))?;
+    }
+    let took = builder.progress.elapsed();
+    if args.quiet {
+        println!("{}", image.config_digest);
+    } else {
+        builder.progress.info(&format!(
+            "built {} in {:.3}s{}",
+            image.config_digest.short(),
+            took.as_secs_f64(),
+            if args.tags.is_empty() {
+                String::new()
+            } else {
+                format!(" as {}", args.tags.join(", "))
+            }
+        ));
+    }
+    if let Some(to) = &flags.cache_to {
+        export_cache(&builder, &result, to)?;
+    }
+    finish_report(&builder, &image, args.explain)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Dockerfile's name (in messages), text and absolute path (in cache
+/// records), and the context directory (None: `-`, no context).
+fn read_dockerfile(args: &cli::BuildArgs) -> Result<(Option<PathBuf>, String, String, String)> {
+    Ok(if args.context == "-" {
+        let mut b = Vec::new();
+        std::io::stdin().read_to_end(&mut b)?;
+        (None, "-".to_string(), utf8_text(b, "-")?, "-".to_string())
+    } else {
+        let dir = PathBuf::from(&args.context);
+        if !dir.is_dir() {
+            bail!(
+                "unable to prepare context: path {:?} not found",
+                args.context
+            );
+        }
+        let (name, path) = match args.file.as_deref() {
+            Some("-") => ("-".to_string(), None),
+            Some(f) => (f.to_string(), Some(PathBuf::from(f))),
+            None => ("Dockerfile".to_string(), Some(dir.join("Dockerfile"))),
+        };
+        let abs = path
+            .as_ref()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".to_string());
+        let bytes = match path {
+            None => {
+                let mut b = Vec::new();
+                std::io::stdin().read_to_end(&mut b)?;
+                b
+            }
+            Some(p) => std::fs::read(&p)
+                .map_err(|e| anyhow!("failed to read dockerfile: open {}: {e}", p.display()))?,
+        };
+        let src = utf8_text(bytes, &name)?;
+        (Some(dir), name, src, abs)
+    })
+}
+
+/// The build's flags, parsed and checked before anything runs.
+struct Flags {
+    build_args: BuildArgs,
+    labels: BTreeMap<String, String>,
+    secrets: HashMap<String, Secret>,
+    ssh: HashMap<String, PathBuf>,
+    cache_to: Option<portable::CacheTo>,
+    cache_from: Vec<portable::Location>,
+    outputs: Vec<kiln_builder::engine::output::Output>,
+    source_date_epoch: Option<i64>,
+}
+
+impl Flags {
+    fn parse(args: &cli::BuildArgs) -> Result<Flags> {
+        if args.push && args.tags.is_empty() {
+            return Err(
+                Failure::new(1, "kiln: --push needs at least one -t NAME:TAG to push to").into(),
+            );
+        }
+        let mut build_args = BuildArgs::new();
+        for a in &args.build_args {
+            match a.split_once('=') {
+                Some((k, v)) => {
+                    build_args.insert(k.to_string(), v.to_string());
+                }
+                None => {
+                    if let Ok(v) = std::env::var(a) {
+                        build_args.insert(a.clone(), v);
+                    }
+                }
+            }
+        }
+        let mut labels = BTreeMap::new();
+        for l in &args.labels {
+            let (k, v) = parse_kv(l, "--label")?;
+            labels.insert(k, v);
+        }
+        let mut secrets = HashMap::new();
+        for s in &args.secrets {
+            let (id, secret) = parse_secret(s)?;
+            secrets.insert(id, secret);
+        }
+        let ssh = ssh::parse_ssh_flags(&args.ssh)?;
+        let cache_to = args
+            .cache_to
+            .as_deref()
+            .map(portable::parse_cache_to)
+            .transpose()?;
+        let cache_from = args
+            .cache_from
+            .iter()
+            .map(|s| portable::parse_cache_from(s))
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = args
+            .outputs
+            .iter()
+            .map(|o| parse_output(o))
+            .collect::<Result<Vec<_>>>()?;
+        let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) if !v.is_empty() => Some(
+                v.parse::<i64>()
+                    .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+            ),
+            _ => None,
+        };
+
+        Ok(Flags {
+            build_args,
+            labels,
+            secrets,
+            ssh,
+            cache_to,
+            cache_from,
+            outputs,
+            source_date_epoch,
+        })
+    }
+}
+
+/// The progress display `--progress` and `-q` ask for (and the note that
+/// `--network host` gets).
+fn progress_for(args: &cli::BuildArgs) -> Progress {
+    let mode = if args.quiet {
+        Mode::Quiet
+    } else {
+        match args.progress {
+            cli::Progress::Plain => Mode::Plain,
+            cli::Progress::Tty => Mode::Tty,
+            cli::Progress::Auto => {
+                if std::io::stderr().is_terminal() {
+                    Mode::Tty
+                } else {
+                    Mode::Plain
+                }
+            }
+        }
+    };
+    if args.network == cli::NetworkArg::Host {
+        eprintln!("{}", HOST_NETWORK_NOTE);
+    }
+    Progress::new(mode)
+}
+
+/// The Dockerfile parsed, its warnings shown, and the stages planned.
+fn plan_build(
+    src: &str,
+    dockerfile_name: &str,
+    build_args: &BuildArgs,
+    args: &cli::BuildArgs,
+    progress: &Progress,
+) -> Result<(plan::Plan, char)> {
+    let df =
+        kiln_parser::parse(src).map_err(|e| Failure::new(1, e.render(src, dockerfile_name)))?;
+    for w in &df.warnings {
+        progress.warn(&format!(
+            "{}:{}: {}",
+            dockerfile_name, w.span.line, w.message
+        ));
+    }
+    let escape = df.directives.escape;
+    let stages = kiln_parser::parse_stages(&df)
+        .map_err(|e| Failure::new(1, e.render(src, dockerfile_name)))?;
+    let plan = plan::plan(stages, escape, build_args, args.target.as_deref())?;
+    Ok((plan, escape))
+}
+
+fn scan_context(
+    store: &Arc<Store>,
+    context_dir: Option<&Path>,
+    args: &cli::BuildArgs,
+    progress: &Progress,
+) -> Result<BuildContext> {
+    Ok(match context_dir {
+        None => BuildContext::empty(),
+        Some(dir) => {
+            let id = progress.start("[internal] load build context");
+            let started = std::time::Instant::now();
+            let patterns = read_dockerignore(dir, args.file.as_deref())?;
+            let matcher = PatternMatcher::new(&patterns)
+                .map_err(|e| anyhow!("invalid .dockerignore: {e}"))?;
+            let ctx = BuildContext::scan(dir, &matcher, Some(store))?;
+            progress.done(id, started.elapsed());
+            ctx
+        }
+    })
+}
+
+/// A cache to start from: verified on import; what fails verification
+/// (or a missing cache) is a warning, and those steps simply run.
+fn import_caches(
+    store: &Arc<Store>,
+    cache_from: &[portable::Location],
+    access: &kiln_builder::registry::Access,
+    progress: &Progress,
+) {
+    for src in cache_from {
+        if let portable::Location::Local(dir) = src {
+            if !dir.exists() {
+                progress.warn(&format!(
+                    "--cache-from {src}: no such cache, building without it"
+                ));
+                continue;
+            }
+        }
+        let id = progress.start(&format!("importing cache from {src}"));
+        let started = std::time::Instant::now();
+        match portable::import(store, src, access) {
+            Ok(imp) => {
+                for w in &imp.warnings {
+                    progress.warn(&format!("--cache-from {src}: {w}"));
+                }
+                progress.info(&format!(
+                    "imported {} cache records from {src}",
+                    imp.records
+                ));
+                progress.done(id, started.elapsed());
+            }
+            Err(e) => {
+                progress.done(id, started.elapsed());
+                progress.warn(&format!("--cache-from {src}: {e:#}; building without it"))
+            }
+        }
+    }
+}
+
+/// Unused --build-arg: BuildKit warns, it does not fail.
+fn warn_unused_args(builder: &Builder) {
+    {
+        let used = builder.used_args.lock().expect("used args");
+        let unused: Vec<&String> = builder
+            .opts
+            .build_args
+            .keys()
+            .filter(|k| {
+                !used.contains(*k)
+                    && !plan::PROXY_ARGS.contains(&k.as_str())
+                    && !builder.plan.global_args.contains_key(*k)
+            })
+            .collect();
+        if !unused.is_empty() {
+            builder.progress.warn(&format!(
+                "one or more build-args {:?} were not consumed",
+                unused
+            ));
+        }
+    }
+}
+
+/// The image written (in an index with its attestations when asked for),
+/// tagged and exported to every `--output`.
+fn write_image(
+    builder: &Builder,
+    result: &StageResult,
+    args: &cli::BuildArgs,
+    outputs: &[kiln_builder::engine::output::Output],
+    attest: &crate::attach::AttestRequest,
+    started_on: String,
+) -> Result<(kiln_store::ImageRecord, Option<kiln_store::IndexRecord>)> {
+    let mut config = result.config.clone();
+    for (k, v) in &builder.opts.labels {
+        config.config.labels.insert(k.clone(), v.clone());
+    }
+    config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
+    config.created = config
+        .history
+        .iter()
+        .rev()
+        .find_map(|h| h.created.clone())
+        .or(config.created.clone());
+    let id = builder.progress.start("exporting to image");
+    let image = builder.store.write_image(&config, &result.layers)?;
+    let index = if attest.any() {
+        let name = args.tags.first().map(String::as_str).unwrap_or("");
+        let input = crate::attach::provenance_input(builder, args, started_on);
+        Some(crate::attach::attach(
+            &builder.store,
+            &image,
+            name,
+            attest,
+            &input,
+        )?)
+    } else {
+        None
+    };
+    let named = index.as_ref().map_or(&image.manifest_digest, |i| &i.digest);
+    for t in &args.tags {
+        builder
+            .store
+            .tag(t, named)
+            .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))?;
+        builder.progress.info(&format!("naming to {t}"));
+    }
+    builder
+        .progress
+        .info(&format!("writing image {} done", image.config_digest));
+    builder.progress.done(id, Duration::ZERO);
+    for out in outputs {
+        export_output(&builder.store, &image, &result.layers, out, &args.tags)?;
+    }
+    Ok((image, index))
+}
+
+fn push_tags(
+    builder: &Builder,
+    what: kiln_builder::registry::Pushable,
+    args: &cli::BuildArgs,
+) -> Result<()> {
+    let opts = kiln_store::registry::PushOptions {
+        compression: crate::cmd_registry::compression(args.compression),
+        ..Default::default()
+    };
+    for t in &args.tags {
+        let id = builder.progress.start(&format!("pushing {t}"));
+        let started = std::time::Instant::now();
+        match kiln_builder::registry::push_image(
+            &builder.store,
+            &builder.access,
+            what,
+            t,
+            &opts,
+            true,
+        ) {
+            Ok(r) => {
+                builder.progress.log(
+                    id,
+                    &format!(
+                        "{t}: digest: {} size: {}",
+                        r.manifest_digest, r.manifest_size
+                    ),
+                );
+                builder.progress.done(id, started.elapsed());
+            }
+            Err(e) => {
+                builder.progress.error(id, &format!("{e:#}"));
+                return Err(e.context(format!("pushing {t}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--cache-to`: every step's record (mode=max) or the target's chain.
+fn export_cache(builder: &Builder, result: &StageResult, to: &portable::CacheTo) -> Result<()> {
+    let trace = builder.trace.lock().expect("trace").clone();
+    let keys: Vec<String> = if to.max {
+        trace.iter().map(|t| t.key.clone()).collect()
+    } else {
+        // The target's own chain, from its last step back to its base.
+        let mut keys = Vec::new();
+        let mut cur = Some(result.key.clone());
+        while let Some(k) = cur.filter(|k| !k.is_empty()) {
+            cur = trace.iter().find(|t| t.key == k).map(|t| t.parent.clone());
+            keys.push(k);
+        }
+        keys
+    };
+    let n = portable::export(&builder.store, &keys, to, &builder.access)
+        .with_context(|| format!("--cache-to {}", to.dest))?;
+    builder
+        .progress
+        .info(&format!("exported {n} cache records to {}", to.dest));
+    Ok(())
+}
+
+/// The explanation kept for `kiln cache why`, and shown with `--explain`.
+fn finish_report(builder: &Builder, image: &kiln_store::ImageRecord, explain: bool) -> Result<()> {
+    let report = builder.explain()?;
+    if !report.missed.is_empty() {
+        // This build wrote records and layers: checkpoint now, while the
+        // build's own time dwarfs it, rather than in the next (cached) one.
+        if let Err(e) = builder.store.checkpoint() {
+            builder
+                .progress
+                .warn(&format!("checkpointing the metadata database: {e}"));
+        }
+    }
+    save_report(&builder.store, &image.config_digest, &report)?;
+    if explain {
+        eprint!("{}", render_report(&report));
+    }
+    Ok(())
+}
+
+/// `.dockerignore` rules: `<Dockerfile>.dockerignore` next to the
+/// Dockerfile wins over the context's `.dockerignore`, as in BuildKit.
+fn read_dockerignore(dir: &Path, dockerfile: Option<&str>) -> Result<Vec<String>> {
+    if let Some(f) = dockerfile.filter(|f| *f != "-") {
+        let specific = format!("{f}.dockerignore");
+        if let Ok(bytes) = std::fs::read(&specific) {
+            return Ok(dockerignore::parse(&utf8_text(bytes, &specific)?));
+        }
+    }
+    match std::fs::read(dir.join(".dockerignore")) {
+        Ok(bytes) => Ok(dockerignore::parse(&utf8_text(bytes, ".dockerignore")?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(anyhow!("reading .dockerignore: {e}")),
+    }
+}
+
+/// `kiln cache why IMAGE|KEY`: the explanation kept from the build that
+/// made an image, or, for a cache record, how it differs from the nearest
+/// earlier record at the same place in the same Dockerfile.
+pub fn cache_why(store: &Store, target: &str) -> Result<ExitCode> {
+    if let Some(img) = store.resolve_image(target)? {
+        return match load_report(store, &img.config_digest)? {
+            Some(r) => {
+                print!("{}", render_report(&r));
+                Ok(ExitCode::SUCCESS)
+            }
+            None => Err(Failure::new(
+                1,
+                format!(
+                    "kiln: no build report for {target} ({}): it was not built by kiln on this root",
+                    img.config_digest.short()
+                ),
+            )
+            .into()),
+        };
+    }
+    let prefix = target.trim_start_matches("blake3:");
+    if prefix.len() < 6 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Failure::new(
+            1,
+            format!("kiln: {target:?} is neither an image nor a cache key (give at least 6 hex digits of a key from `kiln cache ls`)"),
+        )
+        .into());
+    }
+    let found = store.cache_by_prefix(prefix, 2)?;
+    let rec = match found.as_slice() {
+        [] => {
+            return Err(Failure::new(1, format!("kiln: no cache record with key {prefix}")).into())
+        }
+        [one] => one,
+        many => {
+            return Err(Failure::new(
+                1,
+                format!(
+                    "kiln: key prefix {prefix} is ambiguous ({} or more records)",
+                    many.len()
+                ),
+            )
+            .into())
+        }
+    };
+    let trace = explain::StepTrace {
+        stage: rec.stage.clone(),
+        key: rec.key.clone(),
+        parent: rec.parent.clone().unwrap_or_default(),
+        description: rec.description.clone(),
+        source: rec.source.clone(),
+        inputs: rec.inputs.clone(),
+        hit: false,
+        args: vec![],
+        meta: rec.layer.is_none(),
+    };
+    let mut nearest = |q: kiln_store::NearestQuery| Ok(store.cache_nearest(&q)?);
+    let why = explain::explain_step(&trace, None, &mut nearest, Some(rec.created), false)?;
+    println!(
+        "{} ({}), key {}:\n  {}",
+        rec.description,
+        rec.source,
+        &rec.key[..12],
+        why
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,61 @@
+//! What one build is asked to do, as the engine sees it: the binary turns
+//! its flags into these.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+
+pub type BuildArgs = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    /// Own network namespace with outbound access (pasta or slirp4netns);
+    /// the host's loopback is not reachable. BuildKit's default.
+    Default,
+    /// The host's network: every service on its loopback is reachable.
+    Host,
+    /// Only `lo`.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicy {
+    Never,
+    Missing,
+    Always,
+}
+
+pub enum Secret {
+    File(PathBuf),
+    Env(String),
+}
+
+pub struct Options {
+    pub dockerfile_name: String,
+    pub dockerfile_src: String,
+    pub build_args: BuildArgs,
+    pub no_cache: bool,
+    pub pull: PullPolicy,
+    pub network: NetworkArg,
+    pub secrets: HashMap<String, Secret>,
+    /// `--ssh`: agent socket per ID.
+    pub ssh: HashMap<String, PathBuf>,
+    pub labels: BTreeMap<String, String>,
+    pub source_date_epoch: Option<i64>,
+    /// How many stages may run at once (at least 1).
+    pub max_parallelism: usize,
+}
+
+pub fn parse_kv(s: &str, what: &str) -> Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => bail!("invalid {what} {s:?}: expected KEY=VALUE"),
+    }
+}
+
+/// The default `--max-parallelism`: the machine's cores.
+pub fn default_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,105 @@
+//! `--output`: the built image as a directory, a tar of its tree, or an
+//! OCI / Docker archive.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use kiln_store::{LayerInfo, Store};
+
+use super::options::parse_kv;
+
+#[derive(Debug)]
+pub enum Output {
+    Local(PathBuf),
+    Tar(PathBuf),
+    Oci(PathBuf),
+    Docker(PathBuf),
+}
+
+pub fn parse_output(spec: &str) -> Result<Output> {
+    let mut ty = None;
+    let mut dest = None;
+    for part in spec.split(',') {
+        let (k, v) = parse_kv(part, "--output field")?;
+        match k.as_str() {
+            "type" => ty = Some(v),
+            "dest" => dest = Some(PathBuf::from(v)),
+            other => bail!("--output: unsupported field {other:?} (kiln knows type= and dest=)"),
+        }
+    }
+    let dest = dest.ok_or_else(|| anyhow!("--output {spec:?}: dest= is required"))?;
+    Ok(match ty.as_deref() {
+        Some("local") => Output::Local(dest),
+        Some("tar") => Output::Tar(dest),
+        Some("oci") => Output::Oci(dest),
+        Some("docker") => Output::Docker(dest),
+        other => bail!(
+            "--output type {:?} is not supported (local, tar, oci, docker)",
+            other.unwrap_or("")
+        ),
+    })
+}
+
+pub fn export_output(
+    store: &Store,
+    image: &kiln_store::ImageRecord,
+    layers: &[LayerInfo],
+    out: &Output,
+    tags: &[String],
+) -> Result<()> {
+    match out {
+        Output::Local(dir) => {
+            std::fs::create_dir_all(dir)?;
+            flatten_into(store, layers, dir)
+        }
+        Output::Tar(file) => {
+            let tmp = store.tempdir("output")?;
+            flatten_into(store, layers, tmp.path())?;
+            let mut f = std::fs::File::create(file)?;
+            let opts = kiln_store::LayerOptions {
+                compression: kiln_store::Compression::None,
+                ..Default::default()
+            };
+            kiln_store::layer::write_layer(tmp.path(), &opts, &mut f)?;
+            Ok(())
+        }
+        Output::Oci(file) | Output::Docker(file) => {
+            let format = if matches!(out, Output::Oci(_)) {
+                kiln_store::ArchiveFormat::Oci
+            } else {
+                kiln_store::ArchiveFormat::Docker
+            };
+            let refs: Vec<String> = if tags.is_empty() {
+                vec![image.config_digest.to_string()]
+            } else {
+                tags.to_vec()
+            };
+            let mut f = std::fs::File::create(file)?;
+            store.save(&refs, format, &mut f)?;
+            Ok(())
+        }
+    }
+}
+
+/// Applies the layers in order into `dir` (whiteouts delete).
+pub fn flatten_into(store: &Store, layers: &[LayerInfo], dir: &Path) -> Result<()> {
+    for l in layers {
+        let mut blob = store.open_blob(&l.digest)?;
+        let diff_id = kiln_store::layer::apply_layer(
+            &mut blob,
+            dir,
+            kiln_store::layer::WhiteoutMode::Apply,
+            &store.layer_limits(),
+        )
+        .with_context(|| format!("layer {} cannot be unpacked", l.digest))?;
+        if diff_id != l.diff_id {
+            bail!(
+                "layer {} unpacked to {} but the image says {}",
+                l.digest,
+                diff_id,
+                l.diff_id
+            );
+        }
+    }
+    Ok(())
+}
