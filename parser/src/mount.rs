@@ -223,6 +223,26 @@ fn parse_size(v: &str) -> Result<Option<u64>, MountError> {
 /// option (`mode`, `uid`, `gid`, `size`) that contains a variable is left
 /// `None`; use [`parse_mount_with`] with an expander to resolve it.
 pub fn parse_mount(spec: &str) -> Result<Mount, MountError> {
+    // As BuildKit's parse-time pass: `from` names a stage or image when the
+    // build is planned, so a variable there (anything after a `$` but a
+    // trailing one) cannot be resolved; BuildKit refuses it with this text.
+    if let Ok(fields) = read_csv_record(spec) {
+        for f in &fields {
+            if let Some((k, v)) = f.split_once('=') {
+                let dollar = v.find('$');
+                if k.eq_ignore_ascii_case("from") && dollar.is_some_and(|i| i + 1 != v.len()) {
+                    return Err(MountError {
+                        message: "'from' doesn't support variable expansion, define alias stage instead"
+                            .into(),
+                        hint: Some(
+                            "name the stage with an ARG-free alias: FROM ${IMG} AS base, then --mount=from=base"
+                                .into(),
+                        ),
+                    });
+                }
+            }
+        }
+    }
     parse_mount_with(spec, |v| Ok(v.to_string()))
 }
 

@@ -122,9 +122,26 @@ fn quoted_csv_values() {
 }
 
 #[test]
+fn a_trailing_dollar_in_from_is_a_name_not_a_variable() {
+    // BuildKit's rule: only a `$` with something after it is a variable.
+    match parse_mount("type=bind,from=odd$,target=/x").unwrap() {
+        Mount::Bind { from, .. } => assert_eq!(from.as_deref(), Some("odd$")),
+        m => panic!("{m:?}"),
+    }
+}
+
+#[test]
 fn errors() {
     let cases = [
         ("type=nfs,target=/x", "unsupported mount type \"nfs\""),
+        (
+            "type=bind,from=$STAGE,target=/x",
+            "'from' doesn't support variable expansion, define alias stage instead",
+        ),
+        (
+            "type=cache,from=${BASE}x,target=/x",
+            "'from' doesn't support variable expansion, define alias stage instead",
+        ),
         (
             "type=cache,target=/x,sharing=maybe",
             "unsupported sharing value \"maybe\"",
