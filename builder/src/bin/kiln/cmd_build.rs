@@ -236,13 +236,7 @@ impl Flags {
             .iter()
             .map(|o| parse_output(o))
             .collect::<Result<Vec<_>>>()?;
-        let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) if !v.is_empty() => Some(
-                v.parse::<i64>()
-                    .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-            ),
-            _ => None,
-        };
+        let source_date_epoch = source_date_epoch(&mut build_args)?;
 
         Ok(Flags {
             build_args,
@@ -255,6 +249,34 @@ impl Flags {
             source_date_epoch,
         })
     }
+}
+
+/// SOURCE_DATE_EPOCH as BuildKit (>= 0.11) and buildx read it: the build
+/// arg, else the environment, which then also becomes the build arg (buildx
+/// passes it on), so `ARG SOURCE_DATE_EPOCH` in a stage sees it. It dates
+/// the config and history and clamps the file times of new layers (what
+/// BuildKit 0.13 does with `rewrite-timestamp=true`).
+fn source_date_epoch(build_args: &mut BuildArgs) -> Result<Option<i64>> {
+    const NAME: &str = "SOURCE_DATE_EPOCH";
+    let (value, from) = match build_args.get(NAME) {
+        Some(v) => (v.clone(), "--build-arg SOURCE_DATE_EPOCH"),
+        None => match std::env::var(NAME) {
+            Ok(v) if !v.is_empty() => {
+                build_args.insert(NAME.to_string(), v.clone());
+                (v, "SOURCE_DATE_EPOCH in the environment")
+            }
+            _ => return Ok(None),
+        },
+    };
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(Some)
+        .ok_or_else(|| anyhow!("{from}={value:?} is not a number of seconds since 1970"))
 }
 
 /// The progress display `--progress` and `-q` ask for (and the note that
@@ -374,6 +396,8 @@ fn warn_unused_args(builder: &Builder) {
             .filter(|k| {
                 !used.contains(*k)
                     && !plan::PROXY_ARGS.contains(&k.as_str())
+                    // Consumed by the build itself, as BuildKit's frontend does.
+                    && k.as_str() != "SOURCE_DATE_EPOCH"
                     && !builder.plan.global_args.contains_key(*k)
             })
             .collect();
