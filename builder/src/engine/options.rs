@@ -44,6 +44,11 @@ pub struct Options {
     pub ssh: HashMap<String, PathBuf>,
     pub labels: BTreeMap<String, String>,
     pub source_date_epoch: Option<i64>,
+    /// `--reproducible`: RUN steps also see SOURCE_DATE_EPOCH (unless the
+    /// stage sets it), so that tools that honour it (Python's py_compile,
+    /// pip, dpkg, gzip -n ...) write the same bytes every time. BuildKit
+    /// passes it only to stages that declare `ARG SOURCE_DATE_EPOCH`.
+    pub epoch_in_run: bool,
     /// How many stages may run at once (at least 1).
     pub max_parallelism: usize,
 }

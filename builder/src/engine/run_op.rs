@@ -138,6 +138,13 @@ impl Builder {
                 env.push(format!("{k}={v}"));
             }
         }
+        if let (true, Some(t)) = (self.opts.epoch_in_run, self.opts.source_date_epoch) {
+            if env_lookup(&st.config, "SOURCE_DATE_EPOCH").is_none()
+                && !env.iter().any(|e| e.starts_with("SOURCE_DATE_EPOCH="))
+            {
+                env.push(format!("SOURCE_DATE_EPOCH={t}"));
+            }
+        }
         let key_env = env.clone();
         for p in PROXY_ARGS {
             if let Some(v) = self.opts.build_args.get(*p) {

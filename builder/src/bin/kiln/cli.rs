@@ -245,6 +245,12 @@ pub struct BuildArgs {
     /// Attestations, buildx's long form: `type=sbom`, `type=provenance[,mode=min|max]` (repeatable).
     #[arg(long = "attest", value_name = "type=...")]
     pub attest: Vec<String>,
+    /// Fix every timestamp: SOURCE_DATE_EPOCH as given, else the context's last git commit time, else 0.
+    #[arg(long)]
+    pub reproducible: bool,
+    /// Implies --reproducible; then build again in a fresh root without cache and fail, naming the first difference, unless the image is the same.
+    #[arg(long)]
+    pub check_reproducible: bool,
     /// After the build, explain every step that was not a cache hit.
     #[arg(long)]
     pub explain: bool,

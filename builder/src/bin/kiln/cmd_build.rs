@@ -64,6 +64,9 @@ pub fn cmd_build(
     )?;
     let started_on = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let progress = progress_for(&args);
+    if let Some(n) = &flags.epoch_note {
+        progress.info(n);
+    }
     let (plan, escape) = plan_build(&src, &dockerfile_name, &flags.build_args, &args, &progress)?;
     // Context: one scan, .dockerignore applied.
     let store = Arc::new(store);
@@ -83,6 +86,7 @@ pub fn cmd_build(
             ssh: flags.ssh,
             labels: flags.labels,
             source_date_epoch: flags.source_date_epoch,
+            epoch_in_run: args.reproducible || args.check_reproducible,
             max_parallelism: args
                 .max_parallelism
                 .map_or_else(default_parallelism, |n| n as usize),
@@ -106,6 +110,14 @@ pub fn cmd_build(
         &attest,
         started_on,
     )?;
+    if args.check_reproducible {
+        check_reproducible(
+            &builder,
+            &image,
+            &args,
+            flags.source_date_epoch.unwrap_or(0),
+        )?;
+    }
     if args.push {
         let what = match &index {
             Some(i) => kiln_builder::registry::Pushable::Index(i),
@@ -188,6 +200,8 @@ struct Flags {
     cache_from: Vec<portable::Location>,
     outputs: Vec<kiln_builder::engine::output::Output>,
     source_date_epoch: Option<i64>,
+    /// Where `--reproducible` took the epoch from, when it chose one.
+    epoch_note: Option<String>,
 }
 
 impl Flags {
@@ -236,7 +250,15 @@ impl Flags {
             .iter()
             .map(|o| parse_output(o))
             .collect::<Result<Vec<_>>>()?;
-        let source_date_epoch = source_date_epoch(&mut build_args)?;
+        let mut source_date_epoch = source_date_epoch(&mut build_args)?;
+        let mut epoch_note = None;
+        if (args.reproducible || args.check_reproducible) && source_date_epoch.is_none() {
+            let ctx = (args.context != "-").then(|| Path::new(&args.context));
+            let (t, why) = crate::reproduce::default_epoch(ctx);
+            build_args.insert("SOURCE_DATE_EPOCH".into(), t.to_string());
+            source_date_epoch = Some(t);
+            epoch_note = Some(format!("--reproducible: SOURCE_DATE_EPOCH={t}, from {why}"));
+        }
 
         Ok(Flags {
             build_args,
@@ -247,6 +269,7 @@ impl Flags {
             cache_from,
             outputs,
             source_date_epoch,
+            epoch_note,
         })
     }
 }
@@ -408,6 +431,30 @@ fn warn_unused_args(builder: &Builder) {
             ));
         }
     }
+}
+
+/// `--check-reproducible`: the second build, shown as a step of its own.
+fn check_reproducible(
+    builder: &Builder,
+    image: &kiln_store::ImageRecord,
+    args: &cli::BuildArgs,
+    epoch: i64,
+) -> Result<()> {
+    let bases = builder.bases.lock().expect("bases").clone();
+    let id = builder
+        .progress
+        .start("[check] building again in a fresh root, without cache");
+    let started = std::time::Instant::now();
+    if let Err(e) = crate::reproduce::check(&builder.store, image, &bases, args, epoch) {
+        builder.progress.error(id, "the check failed (below)");
+        return Err(Failure::new(1, format!("kiln: {e:#}")).into());
+    }
+    builder.progress.done(id, started.elapsed());
+    builder.progress.info(&format!(
+        "reproducible: the second build gave the same image {}",
+        image.config_digest
+    ));
+    Ok(())
 }
 
 /// The image written (in an index with its attestations when asked for),

@@ -8,6 +8,7 @@ mod cmd_build;
 mod cmd_containers;
 mod cmd_images;
 mod cmd_registry;
+mod reproduce;
 
 use std::io::Read;
 use std::process::ExitCode;
