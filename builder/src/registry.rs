@@ -104,8 +104,12 @@ pub fn pull_into(
         .map_err(|e| anyhow!("{name:?} is not a valid repository/tag: {e}"))?;
     let client = access.client()?;
     let img = client.pull(store, &r, platform, events)?;
+    // Attestations about the image (SBOM, provenance) come with it: the tag
+    // then names a local index of the image and them.
+    let index = client.pull_attestations(store, &r, &img)?;
+    let named = index.as_ref().map_or(&img.manifest_digest, |i| &i.digest);
     if let Some(tag) = r.tag() {
-        store.tag(&format!("{}:{tag}", r.repository()), &img.manifest_digest)?;
+        store.tag(&format!("{}:{tag}", r.repository()), named)?;
     }
     Ok(img)
 }

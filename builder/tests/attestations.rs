@@ -264,3 +264,47 @@ fn a_pushed_index_is_read_by_buildx_imagetools() {
         .unwrap();
     assert_eq!(att["annotations"]["vnd.docker.reference.digest"], image);
 }
+
+#[test]
+fn pulling_into_an_empty_root_keeps_the_attestations() {
+    let Some(k) = setup() else { return };
+    let Some(reg) = Registry::start(false) else {
+        return;
+    };
+    build(&k, &["--sbom=true", "--provenance=mode=max"]).ok();
+    let target = format!("{}/att:pulled", reg.addr);
+    k.run(&["tag", "att:1", &target]).ok();
+    k.run(&["push", &target]).ok();
+
+    let fresh = Kiln::new();
+    fresh.run(&["pull", &target]).ok();
+    let att = attestations(&fresh, &target);
+    let kinds: Vec<&str> = att
+        .iter()
+        .map(|s| s["predicateType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "https://spdx.dev/Document",
+            "https://slsa.dev/provenance/v1"
+        ]
+    );
+    // The statements name the manifest that was pulled.
+    let inspect: Value =
+        serde_json::from_str(&fresh.run(&["inspect", &target]).ok().stdout()).unwrap();
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            att[0]["subject"][0]["digest"]["sha256"].as_str().unwrap()
+        ),
+        inspect[0]["ManifestDigest"].as_str().unwrap()
+    );
+    let images = fresh.run(&["images"]).ok().stdout();
+    assert_eq!(
+        images.lines().count(),
+        2,
+        "one image line under the header: {images}"
+    );
+    assert!(!att.iter().any(|s| s.to_string().contains(SECRET)));
+}

@@ -912,6 +912,79 @@ impl Client {
         push::push(self, store, image, target, opts, events)
     }
 
+    /// After [`Client::pull`] of `r` gave `image`: when `r` names an index
+    /// holding attestation manifests about that image (BuildKit's SBOM and
+    /// provenance), fetches them (verified by digest, size-limited) and
+    /// records a local index of the image and them. `None` when there are
+    /// none.
+    pub fn pull_attestations(
+        &self,
+        store: &Store,
+        r: &Reference,
+        image: &ImageRecord,
+    ) -> Result<Option<crate::indexes::IndexRecord>, RegistryError> {
+        if r.digest() == Some(&image.manifest_digest) {
+            return Ok(None);
+        }
+        let _lease = store.lease()?;
+        let scope = Scope::pull(r.domain(), repo_of(r));
+        let what = display_ref(r);
+        let (bytes, media_type, _) = self.get_manifest_scoped(&scope, r, ACCEPT_ALL)?;
+        let Doc::Index(entries) = classify(&bytes, &media_type, &what)? else {
+            return Ok(None);
+        };
+        let subject = image.manifest_digest.to_string();
+        let mut found = Vec::new();
+        for e in entries.iter().filter(|e| {
+            e.annotations
+                .get("vnd.docker.reference.type")
+                .map(String::as_str)
+                == Some("attestation-manifest")
+                && e.annotations.get("vnd.docker.reference.digest") == Some(&subject)
+        }) {
+            if e.size > MANIFEST_MAX {
+                return Err(RegistryError::TooLarge {
+                    what: format!("attestation manifest {}@{}", name_of(r), e.digest),
+                    size: e.size,
+                    limit: MANIFEST_MAX,
+                });
+            }
+            // A manifest, so fetched from manifests/ (by digest, verified).
+            let by_digest = crate::reference::parse(&format!("{}@{}", name_of(r), e.digest))?;
+            let (m_bytes, _, got) =
+                self.get_manifest_scoped(&scope, &by_digest, &[image::MEDIA_TYPE_MANIFEST])?;
+            if got != e.digest {
+                return Err(RegistryError::DigestMismatch {
+                    what: format!("attestation manifest {}", e.digest),
+                    actual: got,
+                });
+            }
+            store.write_blob_bytes_typed(&m_bytes, image::MEDIA_TYPE_MANIFEST)?;
+            let m: Manifest =
+                serde_json::from_slice(&m_bytes).map_err(|err| RegistryError::Unsupported {
+                    reference: what.clone(),
+                    message: format!("attestation manifest {}: {err}", e.digest),
+                })?;
+            self.fetch_small(store, &scope, r, &m.config, CONFIG_MAX)?;
+            for l in &m.layers {
+                // Statements are JSON documents; an SBOM of a large image
+                // is a few MB.
+                self.fetch_small(store, &scope, r, l, 64 << 20)?;
+            }
+            found.push(crate::indexes::IndexEntry {
+                manifest: e.digest.clone(),
+                size: e.size,
+                kind: crate::indexes::EntryKind::Attestation {
+                    subject: image.manifest_digest.clone(),
+                },
+            });
+        }
+        if found.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(store.write_index(&[image], &found)?))
+    }
+
     /// Pushes a store image index to `target`: its images by digest, its
     /// attestations (about the pushed manifests), then the index at the tag.
     pub fn push_index(
