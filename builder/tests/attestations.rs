@@ -308,3 +308,48 @@ fn pulling_into_an_empty_root_keeps_the_attestations() {
     );
     assert!(!att.iter().any(|s| s.to_string().contains(SECRET)));
 }
+
+#[test]
+fn an_oci_archive_carries_the_index_and_loads_back_with_its_attestations() {
+    let Some(k) = setup() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.tar");
+    let spec = format!("type=oci,dest={}", out.display());
+    build(&k, &["--sbom=true", "--output", &spec]).ok();
+    let saved = dir.path().join("saved.tar");
+    k.run(&[
+        "save",
+        "--format",
+        "oci",
+        "-o",
+        saved.to_str().unwrap(),
+        "att:1",
+    ])
+    .ok();
+    for tar in [&out, &saved] {
+        let index = Command::new("tar")
+            .arg("-xOf")
+            .arg(tar)
+            .arg("index.json")
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&index.stdout).unwrap();
+        assert_eq!(
+            v["manifests"][0]["mediaType"], "application/vnd.oci.image.index.v1+json",
+            "{v}"
+        );
+        assert_eq!(
+            v["manifests"][0]["annotations"]["io.containerd.image.name"],
+            "docker.io/library/att:1"
+        );
+    }
+    let fresh = Kiln::new();
+    let loaded = fresh.run(&["load", "-i", saved.to_str().unwrap()]).ok();
+    assert!(
+        loaded.stdout().contains("Loaded image: att:1"),
+        "{}",
+        loaded.stdout()
+    );
+    assert_eq!(attestations(&fresh, "att:1").len(), 1);
+    fresh.run(&["system", "fsck"]).ok();
+}

@@ -27,6 +27,8 @@ struct Planned {
     config: ImageConfig,
     layers: Vec<LayerInfo>,
     name: Option<String>,
+    /// Attestation manifests about this image in the same index.
+    attestations: Vec<crate::indexes::IndexEntry>,
 }
 
 /// One entry of a docker-archive `manifest.json`.
@@ -234,6 +236,21 @@ impl Store {
             annotations: BTreeMap::new(),
         };
         for (rec, tag) in images {
+            // A name for an index (several platforms, attestations) exports
+            // the whole index, as BuildKit's OCI exporter writes it.
+            if let Some(idx) = tag
+                .as_deref()
+                .map(|t| self.resolve_index(t))
+                .transpose()?
+                .flatten()
+            {
+                let d = self.save_oci_index(b, &idx, &mut written)?;
+                index.manifests.push(Descriptor {
+                    annotations: name_annotations(tag.as_deref()),
+                    ..d
+                });
+                continue;
+            }
             let mut blobs = vec![rec.manifest_digest.clone(), rec.config_digest.clone()];
             blobs.extend(rec.layers.iter().map(|l| l.digest.clone()));
             for d in blobs {
@@ -255,16 +272,7 @@ impl Store {
                 .and_then(|v| v.get("mediaType")?.as_str().map(String::from))
                 .filter(|t| t == image::MEDIA_TYPE_DOCKER_MANIFEST)
                 .unwrap_or_else(|| image::MEDIA_TYPE_MANIFEST.to_string());
-            let mut annotations = BTreeMap::new();
-            if let Some(t) = tag {
-                if let Ok(r) = reference::parse(t) {
-                    annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), r.full());
-                    annotations.insert(
-                        ANNOTATION_REF_NAME.to_string(),
-                        r.tag().unwrap_or("latest").to_string(),
-                    );
-                }
-            }
+            let annotations = name_annotations(tag.as_deref());
             index.manifests.push(Descriptor {
                 media_type: manifest_type,
                 digest: rec.manifest_digest.clone(),
@@ -276,6 +284,53 @@ impl Store {
         let idx = canonical_json(&index)?;
         append(b, "index.json", idx.len() as u64, &mut &idx[..])?;
         Ok(())
+    }
+
+    /// Writes an index's blob and every blob its entries hold (images:
+    /// manifest, config, layers; attestations: manifest, config,
+    /// statements) once; returns the index's descriptor.
+    fn save_oci_index(
+        &self,
+        b: &mut tar::Builder<&mut dyn Write>,
+        idx: &crate::indexes::IndexRecord,
+        written: &mut HashMap<Digest, ()>,
+    ) -> Result<Descriptor> {
+        let mut blobs = vec![idx.digest.clone()];
+        for e in &idx.entries {
+            match &e.kind {
+                crate::indexes::EntryKind::Image { .. } => {
+                    let rec = self
+                        .image_by_manifest(&e.manifest)?
+                        .ok_or_else(|| StoreError::ImageNotFound(e.manifest.to_string()))?;
+                    blobs.push(rec.manifest_digest.clone());
+                    blobs.push(rec.config_digest.clone());
+                    blobs.extend(rec.layers.iter().map(|l| l.digest.clone()));
+                }
+                crate::indexes::EntryKind::Attestation { .. } => {
+                    let bytes = self.read_blob(&e.manifest)?;
+                    for d in crate::indexes::attestation_blobs(&bytes, &e.manifest) {
+                        blobs.push(d.parse()?);
+                    }
+                }
+            }
+        }
+        for d in blobs {
+            if written.insert(d.clone(), ()).is_none() {
+                let mut f = self.open_blob(&d)?;
+                let size = f
+                    .metadata()
+                    .map_err(|e| StoreError::io(self.blob_path(&d), e))?
+                    .len();
+                append(b, &format!("blobs/sha256/{}", d.hex()), size, &mut f)?;
+            }
+        }
+        Ok(Descriptor {
+            media_type: image::MEDIA_TYPE_INDEX.into(),
+            digest: idx.digest.clone(),
+            size: self.read_blob(&idx.digest)?.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        })
     }
 
     /// Loads a docker-archive or OCI-layout tar; returns the loaded
@@ -443,9 +498,16 @@ impl Store {
             let mut out = Vec::new();
             for p in planned {
                 let rec = self.record_image(&p.manifest, &p.config_digest, p.config, &p.layers)?;
+                // With its attestations the name goes to a local index of
+                // the image and them, as a pull makes it.
+                let named = if p.attestations.is_empty() {
+                    rec.manifest_digest.clone()
+                } else {
+                    self.write_index(&[&rec], &p.attestations)?.digest
+                };
                 match p.name {
                     Some(n) => {
-                        self.tag(&n, &rec.manifest_digest)?;
+                        self.tag(&n, &named)?;
                         out.push(n);
                     }
                     None => out.push(rec.config_digest.to_string()),
@@ -491,7 +553,17 @@ impl Store {
             let mt = desc.media_type.as_str();
             if mt == image::MEDIA_TYPE_INDEX || mt == image::MEDIA_TYPE_DOCKER_MANIFEST_LIST {
                 let nested: Index = serde_json::from_slice(&self.read_blob(&desc.digest)?)?;
+                let first = out.len();
                 self.load_index(&nested, out, depth + 1)?;
+                // The name is on the index's entry in index.json.
+                let name = name_of(desc);
+                for p in &mut out[first..] {
+                    if p.name.is_none() {
+                        p.name = name.clone();
+                    }
+                    p.attestations = attestations_about(&nested, &p.manifest);
+                    p.attestations.retain(|a| self.has_blob(&a.manifest));
+                }
                 continue;
             }
             if mt != image::MEDIA_TYPE_MANIFEST && mt != image::MEDIA_TYPE_DOCKER_MANIFEST {
@@ -524,26 +596,13 @@ impl Store {
                     return Err(StoreError::BlobNotFound(l.digest.clone()));
                 }
             }
-            let name = desc
-                .annotations
-                .get(ANNOTATION_CONTAINERD_NAME)
-                .cloned()
-                .or_else(|| {
-                    desc.annotations
-                        .get(ANNOTATION_REF_NAME)
-                        .filter(|n| n.contains('/') || n.contains(':'))
-                        .cloned()
-                });
-            let name = name
-                .and_then(|n| reference::parse(&n).ok())
-                .filter(|r| r.digest().is_none())
-                .map(|r| r.familiar());
             out.push(Planned {
                 manifest: desc.digest.clone(),
                 config_digest: m.config.digest.clone(),
                 config,
                 layers,
-                name,
+                name: name_of(desc),
+                attestations: Vec::new(),
             });
         }
         Ok(())
@@ -572,4 +631,61 @@ fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
+}
+
+/// The image name an index.json entry carries (containerd's name, else an
+/// OCI ref name that is a whole reference), familiar form.
+fn name_of(desc: &Descriptor) -> Option<String> {
+    desc.annotations
+        .get(ANNOTATION_CONTAINERD_NAME)
+        .cloned()
+        .or_else(|| {
+            desc.annotations
+                .get(ANNOTATION_REF_NAME)
+                .filter(|n| n.contains('/') || n.contains(':'))
+                .cloned()
+        })
+        .and_then(|n| reference::parse(&n).ok())
+        .filter(|r| r.digest().is_none())
+        .map(|r| r.familiar())
+}
+
+/// The attestation manifests of `index` about `manifest` (BuildKit's
+/// reference annotations).
+fn attestations_about(index: &Index, manifest: &Digest) -> Vec<crate::indexes::IndexEntry> {
+    index
+        .manifests
+        .iter()
+        .filter(|d| {
+            d.annotations
+                .get("vnd.docker.reference.type")
+                .map(String::as_str)
+                == Some("attestation-manifest")
+                && d.annotations
+                    .get("vnd.docker.reference.digest")
+                    .map(String::as_str)
+                    == Some(manifest.as_str())
+        })
+        .map(|d| crate::indexes::IndexEntry {
+            manifest: d.digest.clone(),
+            size: d.size,
+            kind: crate::indexes::EntryKind::Attestation {
+                subject: manifest.clone(),
+            },
+        })
+        .collect()
+}
+
+/// The name annotations of an index.json entry for `tag` (containerd's
+/// full name and OCI's ref name), as docker and BuildKit write them.
+fn name_annotations(tag: Option<&str>) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::new();
+    if let Some(r) = tag.and_then(|t| reference::parse(t).ok()) {
+        annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), r.full());
+        annotations.insert(
+            ANNOTATION_REF_NAME.to_string(),
+            r.tag().unwrap_or("latest").to_string(),
+        );
+    }
+    annotations
 }
