@@ -14,6 +14,8 @@ fn setup() -> Option<Kiln> {
 }
 
 const SECRET: &str = "s3cr3t-value-1234";
+/// What `--secret id=tok` holds: never in an attestation, layer or record.
+const SECRET_FILE: &str = "file-secret-5678-never-stored";
 
 /// Builds `att:1` from a Dockerfile with a package database, a secret
 /// and a secret-looking build arg, with the given attestation flags.
@@ -35,7 +37,7 @@ fn build(k: &Kiln, flags: &[&str]) -> common::Run {
     );
     let secrets = tempfile::tempdir().unwrap();
     let file = secrets.path().join("tok");
-    std::fs::write(&file, SECRET).unwrap();
+    std::fs::write(&file, SECRET_FILE).unwrap();
     let spec = format!("id=tok,src={}", file.display());
     let token = format!("NPM_TOKEN={SECRET}");
     let mut args = vec![
@@ -128,6 +130,19 @@ fn sbom_and_max_provenance_are_attached_without_secret_values() {
             .any(|s| s["step"].as_str().unwrap_or("").starts_with("RUN")),
         "{steps:?}"
     );
+
+    // The --secret value is nowhere in the store: no blob (layers,
+    // configs, statements), no record, no database page.
+    for entry in walkdir::WalkDir::new(k.root.path()).into_iter().flatten() {
+        if entry.file_type().is_file() {
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            assert!(
+                !bytes.windows(SECRET_FILE.len()).any(|w| w == SECRET_FILE.as_bytes()),
+                "the secret is in {}",
+                entry.path().display()
+            );
+        }
+    }
 
     // One line in images; the image runs; rmi removes it whole.
     let images = k.run(&["images", "--format", "json"]).ok().stdout();
