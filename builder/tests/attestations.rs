@@ -137,7 +137,9 @@ fn sbom_and_max_provenance_are_attached_without_secret_values() {
         if entry.file_type().is_file() {
             let bytes = std::fs::read(entry.path()).unwrap_or_default();
             assert!(
-                !bytes.windows(SECRET_FILE.len()).any(|w| w == SECRET_FILE.as_bytes()),
+                !bytes
+                    .windows(SECRET_FILE.len())
+                    .any(|w| w == SECRET_FILE.as_bytes()),
                 "the secret is in {}",
                 entry.path().display()
             );

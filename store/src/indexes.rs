@@ -276,6 +276,52 @@ impl Store {
         }
     }
 
+    /// The newest statement of `predicate_type` that any index in the
+    /// store attaches to the image with this manifest (a cached rebuild
+    /// reuses its SBOM from here rather than reading the layers again).
+    pub fn latest_attestation_about(
+        &self,
+        manifest: &Digest,
+        predicate_type: &str,
+    ) -> Result<Option<Statement>> {
+        let atts: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.manifest_digest FROM index_entries e JOIN indexes i ON i.digest = e.index_digest
+                 WHERE e.subject = ?1 ORDER BY i.created_ms DESC",
+            )?;
+            let rows = stmt.query_map([manifest.as_str()], |r| r.get(0))?;
+            rows.collect::<std::result::Result<_, _>>()?
+        };
+        for a in atts {
+            let found = self
+                .statements_of(&a.parse()?)?
+                .into_iter()
+                .find(|s| s.predicate_type == predicate_type);
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    fn statements_of(&self, attestation: &Digest) -> Result<Vec<Statement>> {
+        let m: Manifest = serde_json::from_slice(&self.read_blob(attestation)?)?;
+        m.layers
+            .into_iter()
+            .map(|l| {
+                Ok(Statement {
+                    predicate_type: l
+                        .annotations
+                        .get(ANNOTATION_PREDICATE_TYPE)
+                        .cloned()
+                        .unwrap_or_default(),
+                    bytes: self.read_blob(&l.digest)?,
+                })
+            })
+            .collect()
+    }
+
     /// The statements attached to the image `reference` names, with their
     /// predicate types; empty when it has none.
     pub fn attestations(&self, reference: &str) -> Result<Vec<Statement>> {
@@ -284,19 +330,8 @@ impl Store {
         };
         let mut out = Vec::new();
         for e in &idx.entries {
-            if !matches!(e.kind, EntryKind::Attestation { .. }) {
-                continue;
-            }
-            let m: Manifest = serde_json::from_slice(&self.read_blob(&e.manifest)?)?;
-            for l in m.layers {
-                out.push(Statement {
-                    predicate_type: l
-                        .annotations
-                        .get(ANNOTATION_PREDICATE_TYPE)
-                        .cloned()
-                        .unwrap_or_default(),
-                    bytes: self.read_blob(&l.digest)?,
-                });
+            if matches!(e.kind, EntryKind::Attestation { .. }) {
+                out.extend(self.statements_of(&e.manifest)?);
             }
         }
         Ok(out)

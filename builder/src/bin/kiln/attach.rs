@@ -142,12 +142,26 @@ pub fn attach(
     let subject = crate::cmd_attest::image_subject(name, image);
     let mut statements = Vec::new();
     if req.sbom {
-        let (doc, _) = crate::cmd_attest::sbom_document(store, image, name)?;
-        let st = InToto::new(PREDICATE_SPDX, vec![subject.clone()], doc);
-        statements.push(Statement {
-            predicate_type: PREDICATE_SPDX.into(),
-            bytes: serde_json::to_vec(&st)?,
-        });
+        // The same image (a cached rebuild) has the same SBOM: reuse it
+        // when a statement for this subject is in the store already.
+        let subject_json = serde_json::to_value(vec![subject.clone()])?;
+        let earlier = store
+            .latest_attestation_about(&image.manifest_digest, PREDICATE_SPDX)?
+            .filter(|s| {
+                serde_json::from_slice::<serde_json::Value>(&s.bytes)
+                    .is_ok_and(|v| v["subject"] == subject_json)
+            });
+        match earlier {
+            Some(s) => statements.push(s),
+            None => {
+                let (doc, _) = crate::cmd_attest::sbom_document(store, image, name)?;
+                let st = InToto::new(PREDICATE_SPDX, vec![subject.clone()], doc);
+                statements.push(Statement {
+                    predicate_type: PREDICATE_SPDX.into(),
+                    bytes: serde_json::to_vec(&st)?,
+                });
+            }
+        }
     }
     if let Some(mode) = req.provenance {
         let pred = provenance::predicate(&facts(mode, prov));
