@@ -253,16 +253,7 @@ impl Store {
             }
             let mut blobs = vec![rec.manifest_digest.clone(), rec.config_digest.clone()];
             blobs.extend(rec.layers.iter().map(|l| l.digest.clone()));
-            for d in blobs {
-                if written.insert(d.clone(), ()).is_none() {
-                    let mut f = self.open_blob(&d)?;
-                    let size = f
-                        .metadata()
-                        .map_err(|e| StoreError::io(self.blob_path(&d), e))?
-                        .len();
-                    append(b, &format!("blobs/sha256/{}", d.hex()), size, &mut f)?;
-                }
-            }
+            self.append_blobs(b, blobs, &mut written)?;
             // A pulled image keeps its registry's manifest bytes, which may
             // be Docker schema2: the descriptor says what the blob is.
             let manifest_bytes = self.read_blob(&rec.manifest_digest)?;
@@ -283,6 +274,26 @@ impl Store {
         }
         let idx = canonical_json(&index)?;
         append(b, "index.json", idx.len() as u64, &mut &idx[..])?;
+        Ok(())
+    }
+
+    /// Appends each blob under `blobs/sha256/` of an OCI layout, once.
+    fn append_blobs(
+        &self,
+        b: &mut tar::Builder<&mut dyn Write>,
+        blobs: Vec<Digest>,
+        written: &mut HashMap<Digest, ()>,
+    ) -> Result<()> {
+        for d in blobs {
+            if written.insert(d.clone(), ()).is_none() {
+                let mut f = self.open_blob(&d)?;
+                let size = f
+                    .metadata()
+                    .map_err(|e| StoreError::io(self.blob_path(&d), e))?
+                    .len();
+                append(b, &format!("blobs/sha256/{}", d.hex()), size, &mut f)?;
+            }
+        }
         Ok(())
     }
 
@@ -314,16 +325,7 @@ impl Store {
                 }
             }
         }
-        for d in blobs {
-            if written.insert(d.clone(), ()).is_none() {
-                let mut f = self.open_blob(&d)?;
-                let size = f
-                    .metadata()
-                    .map_err(|e| StoreError::io(self.blob_path(&d), e))?
-                    .len();
-                append(b, &format!("blobs/sha256/{}", d.hex()), size, &mut f)?;
-            }
-        }
+        self.append_blobs(b, blobs, written)?;
         Ok(Descriptor {
             media_type: image::MEDIA_TYPE_INDEX.into(),
             digest: idx.digest.clone(),

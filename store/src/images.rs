@@ -324,16 +324,10 @@ impl Store {
             if members.contains(&m) {
                 continue;
             }
+            let references = refs.remove(&m).unwrap_or_default();
             out.push((
                 created_ms,
-                ImageSummary {
-                    references: refs.remove(&m).unwrap_or_default(),
-                    manifest_digest: m.parse()?,
-                    config_digest: c.parse()?,
-                    created,
-                    size: size as u64,
-                    platforms: Vec::new(),
-                },
+                summary(references, &m, &c, created, size, Vec::new())?,
             ));
         }
         let host = format!("linux/{}", image::host_architecture());
@@ -346,16 +340,11 @@ impl Store {
             let Some((c, created, size)) = images.get(m) else {
                 continue;
             };
+            let references = refs.remove(&digest).unwrap_or_default();
+            let platforms = platforms.into_iter().map(|(_, p)| p).collect();
             out.push((
                 created_ms,
-                ImageSummary {
-                    references: refs.remove(&digest).unwrap_or_default(),
-                    manifest_digest: digest.parse()?,
-                    config_digest: c.parse()?,
-                    created: created.clone(),
-                    size: *size as u64,
-                    platforms: platforms.into_iter().map(|(_, p)| p).collect(),
-                },
+                summary(references, &digest, c, created.clone(), *size, platforms)?,
             ));
         }
         // Stable: newest first, then by digest.
@@ -538,4 +527,23 @@ fn index_platforms(
         }
     }
     Ok(out)
+}
+
+/// One line of `kiln images`.
+fn summary(
+    references: Vec<String>,
+    manifest: &str,
+    config: &str,
+    created: Option<String>,
+    size: i64,
+    platforms: Vec<String>,
+) -> Result<ImageSummary> {
+    Ok(ImageSummary {
+        references,
+        manifest_digest: manifest.parse()?,
+        config_digest: config.parse()?,
+        created,
+        size: size as u64,
+        platforms,
+    })
 }
