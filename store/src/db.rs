@@ -121,6 +121,17 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX index_entries_by_manifest ON index_entries(manifest_digest);
     "#,
+    // 5: what a layer holds at the paths a reader chose (the SBOM's
+    // package databases), kept per layer: a layer never changes, so a
+    // cold build reads only its new layers for its SBOM.
+    r#"
+    CREATE TABLE layer_scans (
+        digest TEXT NOT NULL,
+        selector TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (digest, selector)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build of kiln writes.

@@ -561,6 +561,8 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             for (digest, diff_id, created) in layers {
                 if !reach.blobs.contains(&digest) && created < protect {
+                    tx.prepare_cached("DELETE FROM layer_scans WHERE digest = ?1")?
+                        .execute([&digest])?;
                     tx.prepare_cached("DELETE FROM layers WHERE digest = ?1")?
                         .execute([digest])?;
                     report.layers += 1;

@@ -42,6 +42,7 @@ mod owner;
 mod records;
 pub mod reference;
 pub mod registry;
+mod scans;
 mod snapshots;
 mod statcache;
 mod store;

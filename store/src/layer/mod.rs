@@ -21,6 +21,7 @@ pub use apply::apply_layer;
 pub(crate) use apply::clean_path as clean_path_pub;
 pub(crate) use apply::remove_all_at;
 pub use scan::FileView;
+pub(crate) use scan::LayerScan;
 pub use summary::{summarize_layer, EntrySummary};
 pub use validate::validate_layer;
 pub use write::write_layer;

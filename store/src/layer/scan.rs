@@ -42,17 +42,30 @@ impl FileView {
         limits: &Limits,
         want: &dyn Fn(&str) -> bool,
     ) -> Result<(), LayerError> {
+        let l = self.scan(r, limits, want)?;
+        self.merge(l);
+        Ok(())
+    }
+
+    /// What one layer sets, hides and skips at the chosen paths, to be
+    /// merged (and kept: a layer's scan never changes).
+    pub(crate) fn scan(
+        &self,
+        r: &mut dyn Read,
+        limits: &Limits,
+        want: &dyn Fn(&str) -> bool,
+    ) -> Result<LayerScan, LayerError> {
         let mut sink = Scan {
             want,
             max: self.max_file_bytes,
             layer: LayerScan::default(),
         };
         drive(r, limits, &mut sink)?;
-        self.merge(sink.layer);
-        Ok(())
+        Ok(sink.layer)
     }
 
-    fn merge(&mut self, l: LayerScan) {
+    /// Puts one layer's scan on top of the view.
+    pub(crate) fn merge(&mut self, l: LayerScan) {
         // A layer's whiteouts and opaque markers hide the layers below it,
         // never its own entries: remove first, then add.
         for dir in &l.opaque {
@@ -89,10 +102,13 @@ impl FileView {
     }
 }
 
-#[derive(Default)]
-struct LayerScan {
+/// One layer's part of a [`FileView`]; kept by the store per layer and
+/// selector (`Store::layer_files`).
+#[derive(Default, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LayerScan {
     /// Chosen paths this layer sets: `Some(content)` for a regular file,
     /// `None` for anything else (a directory, a link) that replaces it.
+    #[serde(with = "contents")]
     files: Vec<(String, Option<Vec<u8>>)>,
     /// Paths hidden by a `.wh.NAME` whiteout.
     removed: Vec<String>,
@@ -100,6 +116,37 @@ struct LayerScan {
     opaque: Vec<String>,
     /// Chosen regular files over the size limit.
     skipped: Vec<String>,
+}
+
+/// File contents as base64 in the kept JSON (they are mostly text, but
+/// need not be).
+mod contents {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    type Files = Vec<(String, Option<Vec<u8>>)>;
+
+    pub fn serialize<S: Serializer>(f: &Files, s: S) -> Result<S::Ok, S::Error> {
+        let v: Vec<(&String, Option<String>)> = f
+            .iter()
+            .map(|(p, c)| (p, c.as_ref().map(|c| STANDARD.encode(c))))
+            .collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Files, D::Error> {
+        let v: Vec<(String, Option<String>)> = Vec::deserialize(d)?;
+        v.into_iter()
+            .map(|(p, c)| {
+                let c = c
+                    .map(|c| STANDARD.decode(c))
+                    .transpose()
+                    .map_err(serde::de::Error::custom)?;
+                Ok((p, c))
+            })
+            .collect()
+    }
 }
 
 struct Scan<'a> {

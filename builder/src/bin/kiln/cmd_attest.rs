@@ -66,19 +66,21 @@ pub fn sbom_document(
     Ok((spdx::document(&info, &packages), packages.len()))
 }
 
-/// The package-database files the image's layers leave, bottom layer first.
+/// The package-database files the image's layers leave, bottom layer first
+/// (each layer's part kept by the store: a base's layers are read once).
 fn image_files(store: &Store, img: &ImageRecord) -> Result<FileView> {
-    let mut view = FileView::new(MAX_DB_FILE);
-    let limits = store.layer_limits();
-    for l in &img.layers {
-        let mut blob = store
-            .open_blob(&l.digest)
-            .with_context(|| format!("layer {} of the image", l.digest))?;
-        view.apply(&mut blob, &limits, &kiln_attest::wanted)
-            .with_context(|| format!("cannot read layer {}", l.digest))?;
-    }
-    Ok(view)
+    store
+        .layer_files(
+            &img.layers,
+            SBOM_SELECTOR,
+            &kiln_attest::wanted,
+            MAX_DB_FILE,
+        )
+        .context("reading the image's package databases")
 }
+
+/// Names what [`kiln_attest::wanted`] picks; bump it when that changes.
+const SBOM_SELECTOR: &str = "kiln-sbom-v1";
 
 /// SOURCE_DATE_EPOCH when set, else the image's own creation time: the same
 /// image gives the same document.
