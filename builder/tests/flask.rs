@@ -110,6 +110,41 @@ fn flask_example_end_to_end() {
         "the image config differs from BuildKit 0.13's (fixtures/flask/expected-0.13/config.json)"
     );
 
+    // Its SBOM lists what pip installed, with versions, and the base's
+    // Debian packages.
+    let sbom: serde_json::Value =
+        serde_json::from_str(&k.run(&["sbom", "flask_app:0.1"]).ok().stdout()).unwrap();
+    let purls: Vec<String> = sbom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            p["externalRefs"][0]["referenceLocator"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    for name in [
+        "flask",
+        "werkzeug",
+        "jinja2",
+        "click",
+        "itsdangerous",
+        "markupsafe",
+        "blinker",
+    ] {
+        assert!(
+            purls
+                .iter()
+                .any(|p| p.starts_with(&format!("pkg:pypi/{name}@"))),
+            "{name} missing from the SBOM: {purls:?}"
+        );
+    }
+    assert!(
+        purls.iter().any(|p| p.starts_with("pkg:deb/debian/libc6@")),
+        "{purls:?}"
+    );
+
     // The wheels were bind-mounted, never copied: nothing of them in the image.
     let out = tempfile::tempdir().unwrap();
     let spec = format!("type=local,dest={}", out.path().display());
