@@ -370,3 +370,35 @@ fn an_oci_archive_carries_the_index_and_loads_back_with_its_attestations() {
     assert_eq!(attestations(&fresh, "att:1").len(), 1);
     fresh.run(&["system", "fsck"]).ok();
 }
+
+#[test]
+fn provenance_names_add_urls_by_the_digest_of_what_was_fetched() {
+    let Some(k) = setup() else { return };
+    let port = common::serve("payload from the web\n");
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nADD http://127.0.0.1:{port}/f.txt /f.txt\n"),
+        )],
+    );
+    k.build_dir(
+        ctx.path(),
+        &["-t", "addp:1", "--network", "host", "--provenance=true"],
+    )
+    .ok();
+    let att = attestations(&k, "addp:1");
+    let deps = att[0]["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/f.txt");
+    let dep = deps
+        .iter()
+        .find(|d| d["uri"] == url.as_str())
+        .expect("the ADD URL is a material");
+    assert_eq!(
+        dep["digest"]["sha256"],
+        "8be666cf0bd0f97a98446b929b5383db0106f6ec8120b44fbc1c4cf7637d658a"
+    );
+}

@@ -125,6 +125,8 @@ pub struct ProvenanceInput {
     pub ssh: Vec<String>,
     /// Base images: (name as written, manifest digest, platform).
     pub bases: Vec<(String, kiln_store::Digest, String)>,
+    /// ADD's URLs (sha256 of the content) and git repositories (the commit).
+    pub materials: Vec<Dependency>,
     pub steps: Vec<serde_json::Value>,
     pub started_on: String,
     pub finished_on: String,
@@ -206,12 +208,45 @@ fn facts(mode: Mode, p: &ProvenanceInput) -> BuildFacts {
                 uri: base_purl(name, platform),
                 digest: [("sha256".to_string(), digest.hex().to_string())].into(),
             })
+            .chain(p.materials.iter().cloned())
             .collect(),
         invocation_id: p.invocation_id.clone(),
         started_on: p.started_on.clone(),
         finished_on: p.finished_on.clone(),
         steps: p.steps.clone(),
         dependencies_complete: true,
+    }
+}
+
+/// The remote sources an ADD step's cache inputs name: `URL -> dest` with
+/// the content's `sha256:...`, and `git URL -> dest` with its commit.
+fn remote_sources(inputs: &serde_json::Value, out: &mut Vec<Dependency>) {
+    let Some(map) = inputs.as_object() else {
+        return;
+    };
+    for (k, v) in map {
+        let Some((src, _)) = k.split_once(" -> ") else {
+            remote_sources(v, out);
+            continue;
+        };
+        let dep = if let Some(url) = src.strip_prefix("git ") {
+            v["commit"].as_str().map(|c| Dependency {
+                uri: format!("{url}#{c}"),
+                digest: [("sha1".to_string(), c.to_string())].into(),
+            })
+        } else if src.starts_with("http://") || src.starts_with("https://") {
+            v.as_str()
+                .and_then(|d| d.strip_prefix("sha256:"))
+                .map(|h| Dependency {
+                    uri: src.to_string(),
+                    digest: [("sha256".to_string(), h.to_string())].into(),
+                })
+        } else {
+            None
+        };
+        if let Some(d) = dep.filter(|d| !out.contains(d)) {
+            out.push(d);
+        }
     }
 }
 
@@ -251,6 +286,10 @@ pub fn provenance_input(
             })
         })
         .collect();
+    let mut materials = Vec::new();
+    for t in b.trace.lock().expect("trace").iter() {
+        remote_sources(&t.inputs, &mut materials);
+    }
     let mut secrets: Vec<String> = b.opts.secrets.keys().cloned().collect();
     secrets.sort();
     let mut ssh: Vec<String> = b.opts.ssh.keys().cloned().collect();
@@ -266,6 +305,7 @@ pub fn provenance_input(
         secrets,
         ssh,
         bases: b.bases.lock().expect("bases").clone(),
+        materials,
         steps,
         started_on,
         finished_on: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -317,6 +357,26 @@ mod tests {
             builder_id(Some("mode=max,builder-id=https://ci/run/1")),
             "https://ci/run/1"
         );
+    }
+
+    #[test]
+    fn add_urls_and_git_commits_are_materials_with_their_digests() {
+        let inputs = serde_json::json!({
+            "https://example.org/a.tgz -> /a.tgz": "sha256:ab12",
+            "git https://example.org/r.git -> /src": {"commit": "c0ffee", "subdir": null},
+            "app.py -> /app/app.py": {"hash": "x"},
+            "link": false,
+        });
+        let mut out = Vec::new();
+        remote_sources(&inputs, &mut out);
+        remote_sources(&inputs, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out
+            .iter()
+            .any(|d| d.uri == "https://example.org/a.tgz" && d.digest["sha256"] == "ab12"));
+        assert!(out
+            .iter()
+            .any(|d| d.uri == "https://example.org/r.git#c0ffee" && d.digest["sha1"] == "c0ffee"));
     }
 
     #[test]
