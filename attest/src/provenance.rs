@@ -67,6 +67,9 @@ pub struct BuildFacts {
     pub steps: Vec<serde_json::Value>,
     /// Whether every dependency was recorded with a digest.
     pub dependencies_complete: bool,
+    /// The local context's version control state, as buildx records it:
+    /// (`source`: the remote's URL, `revision`: the commit).
+    pub vcs: Option<(String, String)>,
 }
 
 #[derive(Serialize)]
@@ -163,6 +166,8 @@ struct Metadata {
     buildkit_completeness: Completeness,
     #[serde(rename = "buildkit_hermetic")]
     buildkit_hermetic: bool,
+    #[serde(rename = "buildkit_metadata", skip_serializing_if = "Option::is_none")]
+    buildkit_metadata: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -271,6 +276,9 @@ pub fn predicate(facts: &BuildFacts) -> Predicate {
                     resolved_dependencies: facts.dependencies_complete,
                 },
                 buildkit_hermetic: false,
+                buildkit_metadata: facts.vcs.as_ref().map(|(source, revision)| {
+                    serde_json::json!({"vcs": {"source": source, "revision": revision}})
+                }),
             },
         },
     }
@@ -315,6 +323,7 @@ mod tests {
             finished_on: "2024-01-01T00:00:01Z".into(),
             steps: vec![serde_json::json!({"step": "RUN true"})],
             dependencies_complete: true,
+            vcs: Some(("https://example.org/app.git".into(), "c0ffee".into())),
         }
     }
 

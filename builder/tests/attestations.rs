@@ -402,3 +402,45 @@ fn provenance_names_add_urls_by_the_digest_of_what_was_fetched() {
         "8be666cf0bd0f97a98446b929b5383db0106f6ec8120b44fbc1c4cf7637d658a"
     );
 }
+
+#[test]
+fn provenance_records_the_contexts_git_commit_without_credentials() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[("Dockerfile", "FROM busybox\nCOPY Dockerfile /\n")],
+    );
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(ctx.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "Dockerfile"]);
+    git(&["commit", "-q", "-m", "x"]);
+    git(&[
+        "remote",
+        "add",
+        "origin",
+        "https://ci:t0ken@git.example/app.git",
+    ]);
+    let head = git(&["rev-parse", "HEAD"]);
+    k.build_dir(ctx.path(), &["-t", "vcs:1", "--provenance=true"])
+        .ok();
+    let att = attestations(&k, "vcs:1");
+    let vcs = &att[0]["predicate"]["runDetails"]["metadata"]["buildkit_metadata"]["vcs"];
+    assert_eq!(vcs["revision"], head.as_str());
+    assert_eq!(vcs["source"], "https://git.example/app.git");
+    assert!(!att[0].to_string().contains("t0ken"));
+}

@@ -127,6 +127,8 @@ pub struct ProvenanceInput {
     pub bases: Vec<(String, kiln_store::Digest, String)>,
     /// ADD's URLs (sha256 of the content) and git repositories (the commit).
     pub materials: Vec<Dependency>,
+    /// The context's git remote and commit, when it is a git work tree.
+    pub vcs: Option<(String, String)>,
     pub steps: Vec<serde_json::Value>,
     pub started_on: String,
     pub finished_on: String,
@@ -215,6 +217,40 @@ fn facts(mode: Mode, p: &ProvenanceInput) -> BuildFacts {
         finished_on: p.finished_on.clone(),
         steps: p.steps.clone(),
         dependencies_complete: true,
+        vcs: p.vcs.clone(),
+    }
+}
+
+/// The context's git state as buildx records it: the `origin` remote's
+/// URL (or the work tree's path) and the commit HEAD names; None outside a
+/// work tree. Credentials in the URL are dropped.
+fn context_vcs(dir: &std::path::Path) -> Option<(String, String)> {
+    let git = |args: &[&str]| -> Option<String> {
+        let o = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .ok()?;
+        let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        (o.status.success() && !s.is_empty()).then_some(s)
+    };
+    let revision = git(&["rev-parse", "HEAD"])?;
+    let source = git(&["remote", "get-url", "origin"])
+        .map(|u| strip_credentials(&u))
+        .or_else(|| git(&["rev-parse", "--show-toplevel"]))?;
+    Some((source, revision))
+}
+
+/// `https://user:token@host/repo` -> `https://host/repo`.
+fn strip_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((creds, host)) if !creds.contains('/') => format!("{scheme}://{host}"),
+            _ => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -306,6 +342,9 @@ pub fn provenance_input(
         ssh,
         bases: b.bases.lock().expect("bases").clone(),
         materials,
+        vcs: (args.context != "-")
+            .then(|| context_vcs(std::path::Path::new(&args.context)))
+            .flatten(),
         steps,
         started_on,
         finished_on: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -377,6 +416,22 @@ mod tests {
         assert!(out
             .iter()
             .any(|d| d.uri == "https://example.org/r.git#c0ffee" && d.digest["sha1"] == "c0ffee"));
+    }
+
+    #[test]
+    fn credentials_never_reach_the_provenance() {
+        assert_eq!(
+            strip_credentials("https://ci:tok3n@git.example/app.git"),
+            "https://git.example/app.git"
+        );
+        assert_eq!(
+            strip_credentials("git@git.example:app.git"),
+            "git@git.example:app.git"
+        );
+        assert_eq!(
+            strip_credentials("https://git.example/a@b"),
+            "https://git.example/a@b"
+        );
     }
 
     #[test]
