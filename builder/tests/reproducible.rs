@@ -108,3 +108,24 @@ fn the_flask_example_is_reproducible_with_reproducible() {
         r.stderr()
     );
 }
+
+#[test]
+fn images_read_by_copy_from_and_mount_from_come_to_the_second_build() {
+    let Some(k) = setup() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY --from=busybox:latest /bin/busybox /bin/busybox\n\
+             FROM busybox\nRUN --mount=from=busybox,target=/b cp /b/etc/passwd /p\n",
+        )],
+    );
+    let r = k.build_dir(ctx.path(), &["--check-reproducible"]).ok();
+    assert!(
+        r.stderr()
+            .contains("reproducible: the second build gave the same image"),
+        "{}",
+        r.stderr()
+    );
+}

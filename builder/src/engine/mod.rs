@@ -68,8 +68,8 @@ pub struct Builder {
     pub access: crate::registry::Access,
     /// One pull per base name per build, however many stages name it.
     pulls: Mutex<HashMap<String, PullCell>>,
-    /// Base images the build used: (name, manifest digest, platform), for
-    /// provenance.
+    /// Images the build read (FROM, COPY --from, RUN --mount from=): (name,
+    /// manifest digest, platform), for provenance and --check-reproducible.
     pub bases: Mutex<Vec<(String, kiln_store::Digest, String)>>,
 }
 
@@ -215,6 +215,22 @@ impl Builder {
     /// `--pull=always`), then its registry (unless `--pull=never`). Each
     /// name is pulled at most once per build.
     pub fn resolve_image(&self, name: &str) -> Result<kiln_store::ImageRecord> {
+        let img = self.resolve_image_uncounted(name)?;
+        // Every image the build read (FROM, COPY --from, RUN --mount
+        // from=): provenance lists them, a reproducibility check needs them.
+        let mut bases = self.bases.lock().expect("bases");
+        let entry = (
+            name.to_string(),
+            img.manifest_digest.clone(),
+            kiln_store::indexes::platform_of(&img.config),
+        );
+        if !bases.contains(&entry) {
+            bases.push(entry);
+        }
+        Ok(img)
+    }
+
+    fn resolve_image_uncounted(&self, name: &str) -> Result<kiln_store::ImageRecord> {
         if self.opts.pull != PullPolicy::Always {
             if let Some(img) = self.store.resolve_image(name)? {
                 return Ok(img);
@@ -283,17 +299,6 @@ impl Builder {
             }
             Base::Image(name) => {
                 let img = self.resolve_image(name)?;
-                {
-                    let mut bases = self.bases.lock().expect("bases");
-                    let entry = (
-                        name.clone(),
-                        img.manifest_digest.clone(),
-                        kiln_store::indexes::platform_of(&img.config),
-                    );
-                    if !bases.contains(&entry) {
-                        bases.push(entry);
-                    }
-                }
                 // Keyed on the image ID (its config digest): the same image
                 // loaded from another archive format keeps its ID.
                 let k = key::hash_str(&format!("image {}", img.config_digest));
