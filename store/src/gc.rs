@@ -112,26 +112,6 @@ pub struct DiskUsage {
     pub reclaimable: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct FsckReport {
-    pub blobs_checked: u64,
-    /// Inconsistencies found (each one line).
-    pub problems: Vec<String>,
-    /// What `--repair` did about them.
-    pub repaired: Vec<String>,
-    /// Leftovers of dead processes swept (at open and during fsck); these
-    /// are normal after a crash and not problems.
-    pub swept: Vec<String>,
-    /// Where a corrupt database was moved before it was rebuilt.
-    pub recovered_from: Option<PathBuf>,
-}
-
-impl FsckReport {
-    pub fn is_clean(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
 fn human(n: u64) -> String {
     // Docker's units: decimal, three significant digits.
     let units = ["B", "kB", "MB", "GB", "TB"];
@@ -211,44 +191,6 @@ impl std::fmt::Display for DiskUsage {
     }
 }
 
-impl std::fmt::Display for FsckReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(b) = &self.recovered_from {
-            writeln!(
-                f,
-                "database was corrupt: moved to {} and rebuilt from the blobs",
-                b.display()
-            )?;
-        }
-        writeln!(f, "checked {} blobs", self.blobs_checked)?;
-        for s in &self.swept {
-            writeln!(f, "swept leftover: {s}")?;
-        }
-        for p in &self.problems {
-            writeln!(f, "problem: {p}")?;
-        }
-        for r in &self.repaired {
-            writeln!(f, "repaired: {r}")?;
-        }
-        if self.problems.is_empty() {
-            writeln!(f, "no problems found")
-        } else if self.repaired.is_empty() {
-            writeln!(
-                f,
-                "{} problems found (run with --repair to fix)",
-                self.problems.len()
-            )
-        } else {
-            writeln!(
-                f,
-                "{} problems found, {} repaired",
-                self.problems.len(),
-                self.repaired.len()
-            )
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SweepReport {
     pub swept: Vec<String>,
@@ -294,7 +236,7 @@ pub(crate) fn dir_size(p: &Path) -> u64 {
         .sum()
 }
 
-fn hash_file(p: &Path) -> io::Result<(Digest, u64)> {
+pub(crate) fn hash_file(p: &Path) -> io::Result<(Digest, u64)> {
     let mut f = fs::File::open(p)?;
     let mut h = Hasher::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -495,109 +437,19 @@ impl Store {
     pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
         let mut report = PruneReport::default();
         let root = self.shared.root.clone();
-        let mut doomed_blobs: Vec<String> = Vec::new();
         let mut doomed_snaps: Vec<PathBuf> = Vec::new();
-        let mut doomed_snap_ids: Vec<i64> = Vec::new();
-        let protect;
-        {
+        // The rows go in one transaction; the files after its commit (the
+        // connection is released first: the file phases take it again).
+        let (protect, mut doomed_blobs) = {
             let mut conn = self.conn();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            protect = live_lease_start(&tx, &root.join("tmp"))?;
-            // Cache records, least recently used first.
-            let recs: Vec<(String, i64, i64, i64)> = tx
-                .prepare_cached("SELECT c.key, c.last_used, c.used_ms, coalesce(l.size, 0) FROM cache c LEFT JOIN layers l ON l.digest = c.layer_digest ORDER BY c.last_used, c.key")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<Result<_, _>>()?;
-            let mut total: u64 = recs.iter().map(|r| r.3 as u64).sum();
-            let now = now_secs();
-            for (key, last_used, used_ms, size) in recs {
-                if used_ms >= protect {
-                    continue;
-                }
-                let doomed = opts.cache_all
-                    || opts.all
-                    || opts
-                        .cache_unused_for
-                        .map(|d| last_used < now - d.as_secs() as i64)
-                        .unwrap_or(false)
-                    || opts.keep_storage.map(|k| total > k).unwrap_or(false);
-                if doomed {
-                    tx.prepare_cached("DELETE FROM cache WHERE key = ?1")?
-                        .execute([key])?;
-                    total = total.saturating_sub(size as u64);
-                    report.cache_records += 1;
-                }
-            }
+            let protect = live_lease_start(&tx, &root.join("tmp"))?;
+            prune_cache_records(&tx, opts, protect, &mut report)?;
             if opts.dangling_images || opts.all {
-                // An untagged index goes first; its images are then dangling
-                // unless another index or a tag holds them.
-                let indexes: Vec<String> = tx
-                    .prepare_cached("SELECT digest FROM indexes WHERE created_ms < ?1 AND digest NOT IN (SELECT manifest_digest FROM refs)")?
-                    .query_map([protect], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                for d in indexes {
-                    tx.prepare_cached("DELETE FROM index_entries WHERE index_digest = ?1")?
-                        .execute([&d])?;
-                    tx.prepare_cached("DELETE FROM indexes WHERE digest = ?1")?
-                        .execute([&d])?;
-                    report.images.push(d);
-                }
-                let dangling: Vec<(String, String)> = tx
-                    .prepare_cached("SELECT manifest_digest, config_digest FROM images WHERE created_ms < ?1 AND manifest_digest NOT IN (SELECT manifest_digest FROM refs) AND manifest_digest NOT IN (SELECT manifest_digest FROM index_entries)")?
-                    .query_map([protect], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                for (m, c) in dangling {
-                    tx.prepare_cached("DELETE FROM images WHERE manifest_digest = ?1")?
-                        .execute([m])?;
-                    report.images.push(c);
-                }
+                prune_dangling_images(&tx, protect, &mut report)?;
             }
-            // Mark.
-            let mut reach = reachable(&tx, self)?;
-            // Sweep layer rows, then keep what the remaining ones hold.
-            let layers: Vec<(String, String, i64)> = tx
-                .prepare_cached("SELECT digest, diff_id, created_ms FROM layers")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?;
-            for (digest, diff_id, created) in layers {
-                if !reach.blobs.contains(&digest) && created < protect {
-                    tx.prepare_cached("DELETE FROM layer_scans WHERE digest = ?1")?
-                        .execute([&digest])?;
-                    tx.prepare_cached("DELETE FROM layers WHERE digest = ?1")?
-                        .execute([digest])?;
-                    report.layers += 1;
-                } else {
-                    reach.blobs.insert(digest);
-                    reach.diffs.insert(diff_id);
-                }
-            }
-            let snaps: Vec<(i64, String, i64)> = tx
-                .prepare_cached("SELECT id, diff_id, used_ms FROM snapshots")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?;
-            for (id, diff_id, used) in snaps {
-                if !reach.diffs.contains(&diff_id) && used < protect {
-                    tx.prepare_cached("DELETE FROM snapshots WHERE id = ?1")?
-                        .execute([id])?;
-                    // The directory goes only after the commit: killed
-                    // before it, the row is back and so is the directory;
-                    // killed after, the sweep removes an unrecorded
-                    // directory. (Ids are AUTOINCREMENT: never reused.)
-                    doomed_snap_ids.push(id);
-                    report.snapshots += 1;
-                }
-            }
-            let blobs: Vec<(String, i64)> = tx
-                .prepare_cached("SELECT digest, used_ms FROM blobs")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            for (digest, used) in blobs {
-                if !reach.blobs.contains(&digest) && used < protect {
-                    tx.prepare_cached("DELETE FROM blobs WHERE digest = ?1")?
-                        .execute([&digest])?;
-                    doomed_blobs.push(digest);
-                }
-            }
+            let (doomed_blobs, doomed_snap_ids) =
+                prune_unreachable_rows(&tx, self, protect, &mut report)?;
             // Where registries hold a blob is a hint for pushes (mounts);
             // it goes with the blob.
             tx.execute(
@@ -614,10 +466,21 @@ impl Store {
                     Err(e) => return Err(StoreError::io(&from, e)),
                 }
             }
+            (protect, doomed_blobs)
+        };
+        self.unrecorded_blob_files(protect, &mut doomed_blobs)?;
+        self.remove_blob_files(doomed_blobs, &mut report)?;
+        for d in doomed_snaps {
+            report.reclaimed_bytes += dir_size(&d);
+            remove_tree(&d).map_err(|e| StoreError::io(&d, e))?;
         }
-        // Files on disk that no row knows (a writer died between its rename
-        // and its commit), old enough not to be a live lease's.
-        let blob_dir = root.join("blobs/sha256");
+        Ok(report)
+    }
+
+    /// Blob files on disk that no row knows (a writer died between its
+    /// rename and its commit), old enough not to be a live lease's.
+    fn unrecorded_blob_files(&self, protect: i64, doomed_blobs: &mut Vec<String>) -> Result<()> {
+        let blob_dir = self.shared.root.join("blobs/sha256");
         for e in fs::read_dir(&blob_dir)
             .map_err(|e| StoreError::io(&blob_dir, e))?
             .flatten()
@@ -639,8 +502,12 @@ impl Store {
                 }
             }
         }
-        // Delete blob files one short transaction each: a writer that
-        // re-created the blob meanwhile has re-inserted its row.
+        Ok(())
+    }
+
+    /// Deletes blob files one short transaction each: a writer that
+    /// re-created the blob meanwhile has re-inserted its row.
+    fn remove_blob_files(&self, doomed_blobs: Vec<String>, report: &mut PruneReport) -> Result<()> {
         for digest in doomed_blobs {
             let d: Digest = digest.parse()?;
             let p = self.blob_path(&d);
@@ -665,11 +532,7 @@ impl Store {
             }
             tx.commit()?;
         }
-        for d in doomed_snaps {
-            report.reclaimed_bytes += dir_size(&d);
-            remove_tree(&d).map_err(|e| StoreError::io(&d, e))?;
-        }
-        Ok(report)
+        Ok(())
     }
 
     /// Space used, by category.
@@ -711,238 +574,6 @@ impl Store {
         }
         du.containers_size = dir_size(&root.join("containers"));
         Ok(du)
-    }
-
-    /// Rehashes every blob and checks every reference; with `repair`, fixes
-    /// what it can (drops corrupt blobs and whatever points at missing
-    /// content, records unrecorded blobs, removes unrecorded snapshots).
-    pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
-        let mut rep = FsckReport {
-            swept: self.open_report.swept.clone(),
-            recovered_from: self.open_report.recovered_from.clone(),
-            ..Default::default()
-        };
-        // The database itself first: a damaged one is moved aside and
-        // rebuilt from the blobs (with --repair).
-        let damage = match crate::db::integrity(&self.conn()) {
-            Ok(d) => d,
-            Err(e) if crate::db::is_corruption(&e) => Some(e.to_string()),
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(d) = damage {
-            rep.problems
-                .push(format!("metadata database is corrupt: {d}"));
-            if !repair {
-                return Ok(rep);
-            }
-            let backup = self.recover_db()?;
-            rep.repaired.push(format!("moved the corrupt database to {} and rebuilt it from the blobs (tags and build cache are lost)", backup.display()));
-            rep.recovered_from = Some(backup);
-        }
-        rep.swept.extend(self.sweep()?.swept);
-        let root = self.shared.root.clone();
-        let blob_dir = root.join("blobs/sha256");
-        // Blob files.
-        let mut on_disk = HashSet::new();
-        for e in fs::read_dir(&blob_dir)
-            .map_err(|e| StoreError::io(&blob_dir, e))?
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Ok(d) = Digest::from_hex(&name) else {
-                rep.problems.push(format!("stray file blobs/sha256/{name}"));
-                if repair {
-                    remove_tree(&e.path()).map_err(|err| StoreError::io(e.path(), err))?;
-                    rep.repaired.push(format!("removed blobs/sha256/{name}"));
-                }
-                continue;
-            };
-            rep.blobs_checked += 1;
-            let (actual, size) =
-                hash_file(&e.path()).map_err(|err| StoreError::io(e.path(), err))?;
-            if actual != d {
-                rep.problems
-                    .push(format!("blob {d} is corrupt (content hashes to {actual})"));
-                if repair {
-                    fs::remove_file(e.path()).map_err(|err| StoreError::io(e.path(), err))?;
-                    self.conn()
-                        .execute("DELETE FROM blobs WHERE digest = ?1", [d.as_str()])?;
-                    rep.repaired.push(format!("removed corrupt blob {d}"));
-                }
-                continue;
-            }
-            on_disk.insert(d.to_string());
-            let known = self
-                .conn()
-                .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
-                .query_row([d.as_str()], |r| r.get::<_, i64>(0))
-                .optional()?;
-            match known {
-                Some(s) if s as u64 == size => {}
-                Some(s) => {
-                    rep.problems
-                        .push(format!("blob {d} recorded with size {s}, is {size}"));
-                    if repair {
-                        self.conn().execute(
-                            "UPDATE blobs SET size = ?2 WHERE digest = ?1",
-                            params![d.as_str(), size as i64],
-                        )?;
-                        rep.repaired.push(format!("recorded size of {d}"));
-                    }
-                }
-                None => {
-                    // Not a problem for the user (prune reclaims it), but
-                    // the row should exist for a committed blob.
-                    if repair {
-                        let now = now_ms();
-                        self.conn().execute(
-                            "INSERT OR IGNORE INTO blobs (digest, size, media_type, created_ms, used_ms) VALUES (?1, ?2, NULL, ?3, ?3)",
-                            params![d.as_str(), size as i64, now],
-                        )?;
-                    }
-                }
-            }
-        }
-        let conn = self.conn();
-        let missing = |d: &str| !on_disk.contains(d);
-        // Blob rows without files.
-        let rows: Vec<String> = conn
-            .prepare("SELECT digest FROM blobs")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for d in rows.iter().filter(|d| missing(d)) {
-            rep.problems
-                .push(format!("blob {d} is recorded but missing"));
-            if repair {
-                conn.execute("DELETE FROM blobs WHERE digest = ?1", [d])?;
-                rep.repaired.push(format!("forgot missing blob {d}"));
-            }
-        }
-        // Images.
-        let images: Vec<(String, String, String)> = conn
-            .prepare("SELECT manifest_digest, config_digest, layers FROM images")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
-        for (m, c, layers) in images {
-            let layers: Vec<LayerInfo> = serde_json::from_str(&layers)?;
-            let mut lost: Vec<String> = [m.clone(), c.clone()]
-                .into_iter()
-                .filter(|d| missing(d))
-                .collect();
-            lost.extend(
-                layers
-                    .iter()
-                    .map(|l| l.digest.to_string())
-                    .filter(|d| missing(d)),
-            );
-            if !lost.is_empty() {
-                rep.problems.push(format!(
-                    "image {c} (manifest {m}) lacks blobs: {}",
-                    lost.join(", ")
-                ));
-                if repair {
-                    conn.execute("DELETE FROM refs WHERE manifest_digest = ?1", [&m])?;
-                    conn.execute("DELETE FROM images WHERE manifest_digest = ?1", [&m])?;
-                    rep.repaired
-                        .push(format!("removed broken image {c} and its tags"));
-                }
-            }
-        }
-        let refs: Vec<(String, String)> = conn
-            .prepare("SELECT name, manifest_digest FROM refs WHERE manifest_digest NOT IN (SELECT manifest_digest FROM images) AND manifest_digest NOT IN (SELECT digest FROM indexes)")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        for (name, m) in refs {
-            rep.problems
-                .push(format!("tag {name} points at missing image {m}"));
-            if repair {
-                conn.execute("DELETE FROM refs WHERE name = ?1", [&name])?;
-                rep.repaired.push(format!("removed dangling tag {name}"));
-            }
-        }
-        // Indexes: the index blob, attestation manifests, and each image
-        // entry's record.
-        let entries: Vec<(String, String, Option<String>)> = conn
-            .prepare("SELECT e.index_digest, e.manifest_digest, e.subject FROM index_entries e")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
-        let indexes: Vec<String> = conn
-            .prepare("SELECT digest FROM indexes")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for idx in &indexes {
-            let mut lost: Vec<String> = Vec::new();
-            if missing(idx) {
-                lost.push(idx.clone());
-            }
-            for (_, m, subject) in entries.iter().filter(|(i, _, _)| i == idx) {
-                let gone = match subject {
-                    Some(_) => missing(m),
-                    None => !conn
-                        .prepare_cached("SELECT 1 FROM images WHERE manifest_digest = ?1")?
-                        .exists([m])?,
-                };
-                if gone {
-                    lost.push(m.clone());
-                }
-            }
-            if !lost.is_empty() {
-                rep.problems.push(format!(
-                    "image index {idx} lacks manifests: {}",
-                    lost.join(", ")
-                ));
-                if repair {
-                    conn.execute("DELETE FROM refs WHERE manifest_digest = ?1", [idx])?;
-                    conn.execute("DELETE FROM index_entries WHERE index_digest = ?1", [idx])?;
-                    conn.execute("DELETE FROM indexes WHERE digest = ?1", [idx])?;
-                    rep.repaired
-                        .push(format!("removed broken image index {idx} and its tags"));
-                }
-            }
-        }
-        // Layers and cache records.
-        let layers: Vec<String> = conn
-            .prepare("SELECT digest FROM layers")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for d in layers.iter().filter(|d| missing(d)) {
-            rep.problems
-                .push(format!("layer {d} is recorded but its blob is missing"));
-            if repair {
-                conn.execute("DELETE FROM layers WHERE digest = ?1", [d])?;
-                rep.repaired.push(format!("forgot layer {d}"));
-            }
-        }
-        let cache: Vec<(String, String)> = conn
-            .prepare("SELECT key, layer_digest FROM cache WHERE layer_digest IS NOT NULL")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        for (key, d) in cache.iter().filter(|(_, d)| missing(d)) {
-            rep.problems
-                .push(format!("cache record {key} holds missing layer {d}"));
-            if repair {
-                conn.execute("DELETE FROM cache WHERE key = ?1", [key])?;
-                rep.repaired.push(format!("removed cache record {key}"));
-            }
-        }
-        // Snapshots.
-        let snaps: Vec<(i64, String)> = conn
-            .prepare("SELECT id, diff_id FROM snapshots")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        for (id, diff) in snaps {
-            if !self.snapshot_dir(id).is_dir() {
-                rep.problems.push(format!(
-                    "snapshot {id} ({diff}) is recorded but its directory is missing"
-                ));
-                if repair {
-                    conn.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
-                    rep.repaired.push(format!("forgot snapshot {id}"));
-                }
-            }
-        }
-        // Anything else in ingest/ or tmp/ belongs to a live process.
-        Ok(rep)
     }
 
     /// Replaces a corrupt database under a live store: closes it, moves it
@@ -1024,6 +655,132 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Drops the cache records `opts` asks for, least recently used first;
+/// never one used after `protect` (a live build's lease).
+fn prune_cache_records(
+    tx: &rusqlite::Transaction,
+    opts: &PruneOptions,
+    protect: i64,
+    report: &mut PruneReport,
+) -> Result<()> {
+    let recs: Vec<(String, i64, i64, i64)> = tx
+        .prepare_cached("SELECT c.key, c.last_used, c.used_ms, coalesce(l.size, 0) FROM cache c LEFT JOIN layers l ON l.digest = c.layer_digest ORDER BY c.last_used, c.key")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut total: u64 = recs.iter().map(|r| r.3 as u64).sum();
+    let now = now_secs();
+    for (key, last_used, used_ms, size) in recs {
+        if used_ms >= protect {
+            continue;
+        }
+        let doomed = opts.cache_all
+            || opts.all
+            || opts
+                .cache_unused_for
+                .map(|d| last_used < now - d.as_secs() as i64)
+                .unwrap_or(false)
+            || opts.keep_storage.map(|k| total > k).unwrap_or(false);
+        if doomed {
+            tx.prepare_cached("DELETE FROM cache WHERE key = ?1")?
+                .execute([key])?;
+            total = total.saturating_sub(size as u64);
+            report.cache_records += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Untagged indexes, then images no tag or index holds.
+fn prune_dangling_images(
+    tx: &rusqlite::Transaction,
+    protect: i64,
+    report: &mut PruneReport,
+) -> Result<()> {
+    // An untagged index goes first; its images are then dangling
+    // unless another index or a tag holds them.
+    let indexes: Vec<String> = tx
+        .prepare_cached("SELECT digest FROM indexes WHERE created_ms < ?1 AND digest NOT IN (SELECT manifest_digest FROM refs)")?
+        .query_map([protect], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for d in indexes {
+        tx.prepare_cached("DELETE FROM index_entries WHERE index_digest = ?1")?
+            .execute([&d])?;
+        tx.prepare_cached("DELETE FROM indexes WHERE digest = ?1")?
+            .execute([&d])?;
+        report.images.push(d);
+    }
+    let dangling: Vec<(String, String)> = tx
+        .prepare_cached("SELECT manifest_digest, config_digest FROM images WHERE created_ms < ?1 AND manifest_digest NOT IN (SELECT manifest_digest FROM refs) AND manifest_digest NOT IN (SELECT manifest_digest FROM index_entries)")?
+        .query_map([protect], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (m, c) in dangling {
+        tx.prepare_cached("DELETE FROM images WHERE manifest_digest = ?1")?
+            .execute([m])?;
+        report.images.push(c);
+    }
+    Ok(())
+}
+
+/// Mark, then sweep the rows of layers, snapshots and blobs nothing
+/// reaches; returns the blobs and snapshot ids whose files must go after
+/// the commit.
+fn prune_unreachable_rows(
+    tx: &rusqlite::Transaction,
+    store: &Store,
+    protect: i64,
+    report: &mut PruneReport,
+) -> Result<(Vec<String>, Vec<i64>)> {
+    let mut doomed_blobs = Vec::new();
+    let mut doomed_snap_ids = Vec::new();
+    // Mark.
+    let mut reach = reachable(tx, store)?;
+    // Sweep layer rows, then keep what the remaining ones hold.
+    let layers: Vec<(String, String, i64)> = tx
+        .prepare_cached("SELECT digest, diff_id, created_ms FROM layers")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (digest, diff_id, created) in layers {
+        if !reach.blobs.contains(&digest) && created < protect {
+            tx.prepare_cached("DELETE FROM layer_scans WHERE digest = ?1")?
+                .execute([&digest])?;
+            tx.prepare_cached("DELETE FROM layers WHERE digest = ?1")?
+                .execute([digest])?;
+            report.layers += 1;
+        } else {
+            reach.blobs.insert(digest);
+            reach.diffs.insert(diff_id);
+        }
+    }
+    let snaps: Vec<(i64, String, i64)> = tx
+        .prepare_cached("SELECT id, diff_id, used_ms FROM snapshots")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, diff_id, used) in snaps {
+        if !reach.diffs.contains(&diff_id) && used < protect {
+            tx.prepare_cached("DELETE FROM snapshots WHERE id = ?1")?
+                .execute([id])?;
+            // The directory goes only after the commit: killed
+            // before it, the row is back and so is the directory;
+            // killed after, the sweep removes an unrecorded
+            // directory. (Ids are AUTOINCREMENT: never reused.)
+            doomed_snap_ids.push(id);
+            report.snapshots += 1;
+        }
+    }
+    let blobs: Vec<(String, i64)> = tx
+        .prepare_cached("SELECT digest, used_ms FROM blobs")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (digest, used) in blobs {
+        if !reach.blobs.contains(&digest) && used < protect {
+            tx.prepare_cached("DELETE FROM blobs WHERE digest = ?1")?
+                .execute([&digest])?;
+            doomed_blobs.push(digest);
+        }
+    }
+    Ok((doomed_blobs, doomed_snap_ids))
 }
 
 fn owner_of_lock(id: &str) -> Option<&str> {
