@@ -71,6 +71,30 @@ fn append_dir(b: &mut tar::Builder<&mut dyn Write>, path: &str) -> Result<()> {
         .map_err(|e| StoreError::io(path, e))
 }
 
+/// What an archive's entries left behind, by path in the archive.
+struct ArchiveFiles {
+    /// Metadata files, in memory.
+    small: HashMap<String, Vec<u8>>,
+    /// Everything written to the blob store.
+    blobs: HashMap<String, (Digest, u64)>,
+    /// Symlinks and hard links, cleaned, to their target path.
+    links: HashMap<String, String>,
+}
+
+impl ArchiveFiles {
+    /// The blob at `p`, through up to 16 links.
+    fn resolve(&self, p: &str) -> Option<(Digest, u64)> {
+        let mut p = p.trim_start_matches("./").to_string();
+        for _ in 0..16 {
+            if let Some(b) = self.blobs.get(&p) {
+                return Some(b.clone());
+            }
+            p = self.links.get(&p)?.clone();
+        }
+        None
+    }
+}
+
 impl Store {
     /// Writes the images named by `references` (tags or IDs) to `out`.
     pub fn save(
@@ -339,6 +363,21 @@ impl Store {
     /// references (familiar form), or image IDs for untagged images.
     pub fn load(&self, r: &mut dyn Read) -> Result<Vec<String>> {
         let _lease = self.lease()?;
+        let files = self.read_archive(r)?;
+        if let Some(m) = files.small.get("manifest.json") {
+            return self.load_docker(&files, m);
+        }
+        if let Some(idx) = files.small.get("index.json") {
+            return self.load_oci(idx);
+        }
+        Err(StoreError::InvalidArchive(
+            "neither manifest.json nor index.json found".into(),
+        ))
+    }
+
+    /// Reads the archive's entries: small metadata files into memory,
+    /// everything else into the blob store, links remembered by path.
+    fn read_archive(&self, r: &mut dyn Read) -> Result<ArchiveFiles> {
         let mut small: HashMap<String, Vec<u8>> = HashMap::new();
         let mut blobs: HashMap<String, (Digest, u64)> = HashMap::new();
         let mut links: HashMap<String, String> = HashMap::new();
@@ -410,116 +449,114 @@ impl Store {
                 _ => {}
             }
         }
-        let resolve = |p: &str| -> Option<(Digest, u64)> {
-            let mut p = p.trim_start_matches("./").to_string();
-            for _ in 0..16 {
-                if let Some(b) = blobs.get(&p) {
-                    return Some(b.clone());
+        Ok(ArchiveFiles {
+            small,
+            blobs,
+            links,
+        })
+    }
+
+    /// A `docker save` archive: `manifest.json` names each image's config
+    /// and layers by path.
+    fn load_docker(&self, files: &ArchiveFiles, m: &[u8]) -> Result<Vec<String>> {
+        let entries: Vec<DockerManifestEntry> = serde_json::from_slice(m)?;
+        let mut planned = Vec::new();
+        for ent in entries {
+            let cfg_path = ent.config.trim_start_matches("./");
+            let cfg_bytes = match files.small.get(cfg_path) {
+                Some(b) => b.clone(),
+                None => {
+                    let (d, _) = files.resolve(cfg_path).ok_or_else(|| {
+                        StoreError::InvalidArchive(format!("config {cfg_path} missing"))
+                    })?;
+                    self.read_blob(&d)?
                 }
-                p = links.get(&p)?.clone();
+            };
+            let config: ImageConfig = serde_json::from_slice(&cfg_bytes)?;
+            if config.rootfs.diff_ids.len() != ent.layers.len() {
+                return Err(StoreError::InvalidArchive(format!(
+                    "{cfg_path}: {} diff_ids for {} layers",
+                    config.rootfs.diff_ids.len(),
+                    ent.layers.len()
+                )));
             }
-            None
-        };
-        if let Some(m) = small.get("manifest.json") {
-            let entries: Vec<DockerManifestEntry> = serde_json::from_slice(m)?;
-            let mut planned = Vec::new();
-            for ent in entries {
-                let cfg_path = ent.config.trim_start_matches("./");
-                let cfg_bytes = match small.get(cfg_path) {
-                    Some(b) => b.clone(),
-                    None => {
-                        let (d, _) = resolve(cfg_path).ok_or_else(|| {
-                            StoreError::InvalidArchive(format!("config {cfg_path} missing"))
-                        })?;
-                        self.read_blob(&d)?
-                    }
-                };
-                let config: ImageConfig = serde_json::from_slice(&cfg_bytes)?;
-                if config.rootfs.diff_ids.len() != ent.layers.len() {
-                    return Err(StoreError::InvalidArchive(format!(
-                        "{cfg_path}: {} diff_ids for {} layers",
-                        config.rootfs.diff_ids.len(),
-                        ent.layers.len()
-                    )));
-                }
-                let mut layers = Vec::new();
-                for (p, diff) in ent.layers.iter().zip(&config.rootfs.diff_ids) {
-                    let (d, size) = resolve(p)
-                        .ok_or_else(|| StoreError::InvalidArchive(format!("layer {p} missing")))?;
-                    let comp = self.blob_compression(&d)?;
-                    if comp == Compression::None && d != *diff {
-                        return Err(StoreError::DiffIdMismatch {
-                            digest: d.clone(),
-                            expected: diff.clone(),
-                            actual: d,
-                        });
-                    }
-                    layers.push(LayerInfo {
-                        digest: d,
-                        diff_id: diff.clone(),
-                        size,
-                        media_type: comp.media_type().into(),
+            let mut layers = Vec::new();
+            for (p, diff) in ent.layers.iter().zip(&config.rootfs.diff_ids) {
+                let (d, size) = files
+                    .resolve(p)
+                    .ok_or_else(|| StoreError::InvalidArchive(format!("layer {p} missing")))?;
+                let comp = self.blob_compression(&d)?;
+                if comp == Compression::None && d != *diff {
+                    return Err(StoreError::DiffIdMismatch {
+                        digest: d.clone(),
+                        expected: diff.clone(),
+                        actual: d,
                     });
                 }
-                let tags = ent
-                    .repo_tags
-                    .iter()
-                    .map(|t| {
-                        reference::parse(t).map(|r| r.familiar()).map_err(|e| {
-                            StoreError::InvalidArchive(format!("RepoTags entry {t:?}: {e}"))
-                        })
+                layers.push(LayerInfo {
+                    digest: d,
+                    diff_id: diff.clone(),
+                    size,
+                    media_type: comp.media_type().into(),
+                });
+            }
+            let tags = ent
+                .repo_tags
+                .iter()
+                .map(|t| {
+                    reference::parse(t).map(|r| r.familiar()).map_err(|e| {
+                        StoreError::InvalidArchive(format!("RepoTags entry {t:?}: {e}"))
                     })
-                    .collect::<Result<Vec<_>>>()?;
-                planned.push((cfg_bytes, config, layers, tags));
-            }
-            // Nothing is recorded until every layer of every image would
-            // unpack.
-            for (_, _, layers, _) in &planned {
-                self.validate_layers(layers)?;
-            }
-            let mut out = Vec::new();
-            for (cfg_bytes, config, layers, tags) in planned {
-                let rec = self.write_image_raw(&cfg_bytes, config, &layers)?;
-                if tags.is_empty() {
-                    out.push(rec.config_digest.to_string());
-                }
-                for t in tags {
-                    self.tag(&t, &rec.manifest_digest)?;
-                    out.push(t);
-                }
-            }
-            return Ok(out);
+                })
+                .collect::<Result<Vec<_>>>()?;
+            planned.push((cfg_bytes, config, layers, tags));
         }
-        if let Some(idx) = small.get("index.json") {
-            let index: Index = serde_json::from_slice(idx)?;
-            let mut planned = Vec::new();
-            self.load_index(&index, &mut planned, 0)?;
-            for p in &planned {
-                self.validate_layers(&p.layers)?;
-            }
-            let mut out = Vec::new();
-            for p in planned {
-                let rec = self.record_image(&p.manifest, &p.config_digest, p.config, &p.layers)?;
-                // With its attestations the name goes to a local index of
-                // the image and them, as a pull makes it.
-                let named = if p.attestations.is_empty() {
-                    rec.manifest_digest.clone()
-                } else {
-                    self.write_index(&[&rec], &p.attestations)?.digest
-                };
-                match p.name {
-                    Some(n) => {
-                        self.tag(&n, &named)?;
-                        out.push(n);
-                    }
-                    None => out.push(rec.config_digest.to_string()),
-                }
-            }
-            return Ok(out);
+        // Nothing is recorded until every layer of every image would
+        // unpack.
+        for (_, _, layers, _) in &planned {
+            self.validate_layers(layers)?;
         }
-        Err(StoreError::InvalidArchive(
-            "neither manifest.json nor index.json found".into(),
-        ))
+        let mut out = Vec::new();
+        for (cfg_bytes, config, layers, tags) in planned {
+            let rec = self.write_image_raw(&cfg_bytes, config, &layers)?;
+            if tags.is_empty() {
+                out.push(rec.config_digest.to_string());
+            }
+            for t in tags {
+                self.tag(&t, &rec.manifest_digest)?;
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// An OCI layout: `index.json` and blobs by digest.
+    fn load_oci(&self, idx: &[u8]) -> Result<Vec<String>> {
+        let index: Index = serde_json::from_slice(idx)?;
+        let mut planned = Vec::new();
+        self.load_index(&index, &mut planned, 0)?;
+        for p in &planned {
+            self.validate_layers(&p.layers)?;
+        }
+        let mut out = Vec::new();
+        for p in planned {
+            let rec = self.record_image(&p.manifest, &p.config_digest, p.config, &p.layers)?;
+            // With its attestations the name goes to a local index of
+            // the image and them, as a pull makes it.
+            let named = if p.attestations.is_empty() {
+                rec.manifest_digest.clone()
+            } else {
+                self.write_index(&[&rec], &p.attestations)?.digest
+            };
+            match p.name {
+                Some(n) => {
+                    self.tag(&n, &named)?;
+                    out.push(n);
+                }
+                None => out.push(rec.config_digest.to_string()),
+            }
+        }
+        Ok(out)
     }
 
     /// Every layer streamed through the applier's checks without being
