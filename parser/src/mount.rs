@@ -256,200 +256,257 @@ pub fn parse_mount_with(
         message: format!("failed to parse csv mounts: {e}"),
         hint: Some("write --mount=type=cache,target=/path (comma-separated key=value, double quotes around values with commas)".into()),
     })?;
-
-    let mut typ = "bind".to_string();
-    let (mut from, mut source, mut target) = (None, None, None);
-    let (mut readonly, mut ro_auto) = (false, true);
-    let (mut id, mut sharing, mut required) = (None, None, false);
-    let (mut mode, mut uid, mut gid, mut size, mut env) = (None, None, None, None, None);
-
+    let mut f = Fields::default();
     for field in fields {
-        let (key, value) = match field.split_once('=') {
-            Some((k, v)) => (k.to_ascii_lowercase(), Some(v)),
-            None => (field.to_ascii_lowercase(), None),
-        };
-        let Some(value) = value else {
-            match key.as_str() {
-                "readonly" | "ro" => {
-                    readonly = true;
-                    ro_auto = false;
-                    continue;
-                }
-                "readwrite" | "rw" => {
-                    readonly = false;
-                    ro_auto = false;
-                    continue;
-                }
-                "required" if typ == "secret" || typ == "ssh" => {
-                    required = true;
-                    continue;
-                }
-                "required" => {
-                    return Err(err(format!(
-                        "unexpected key '{key}' for mount type '{typ}'"
-                    )))
-                }
-                _ => {
-                    return Err(err(format!(
-                        "invalid field '{field}' must be a key=value pair"
-                    )))
-                }
-            }
-        };
-        let value = expand(value).map_err(err)?;
-        match key.as_str() {
-            "type" => {
-                let t = value.to_ascii_lowercase();
-                if !matches!(t.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
-                    return Err(MountError {
-                        message: format!(
-                            "unsupported mount type {}",
-                            crate::quote::go_quote(&value)
-                        ),
-                        hint: suggest(&t, &["bind", "cache", "tmpfs", "secret", "ssh"])
-                            .map(|s| format!("did you mean {s}?")),
-                    });
-                }
-                typ = t;
-            }
-            "from" => from = Some(value),
-            "source" | "src" => source = Some(value),
-            "target" | "dst" | "destination" => target = Some(value),
+        match field.split_once('=') {
+            Some((k, v)) => f.set(&k.to_ascii_lowercase(), expand(v).map_err(err)?, &field)?,
+            None => f.flag(&field.to_ascii_lowercase(), &field)?,
+        }
+    }
+    f.check()?;
+    f.into_mount()
+}
+
+/// The fields of one `--mount`, as they are read (in order: a later
+/// `type=` changes what an earlier `required` means, as in BuildKit).
+struct Fields {
+    typ: String,
+    from: Option<String>,
+    source: Option<String>,
+    target: Option<String>,
+    readonly: bool,
+    /// No `ro`/`rw` given: the type's default applies.
+    ro_auto: bool,
+    id: Option<String>,
+    sharing: Option<Sharing>,
+    required: bool,
+    mode: Option<Option<u32>>,
+    uid: Option<Option<u32>>,
+    gid: Option<Option<u32>>,
+    size: Option<Option<u64>>,
+    env: Option<String>,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Fields {
+            typ: "bind".to_string(),
+            from: None,
+            source: None,
+            target: None,
+            readonly: false,
+            ro_auto: true,
+            id: None,
+            sharing: None,
+            required: false,
+            mode: None,
+            uid: None,
+            gid: None,
+            size: None,
+            env: None,
+        }
+    }
+}
+
+impl Fields {
+    /// A key without `=value`.
+    fn flag(&mut self, key: &str, field: &str) -> Result<(), MountError> {
+        match key {
             "readonly" | "ro" => {
-                readonly = parse_bool(&key, &value)?;
-                ro_auto = false;
+                self.readonly = true;
+                self.ro_auto = false;
             }
             "readwrite" | "rw" => {
-                readonly = !parse_bool(&key, &value)?;
-                ro_auto = false;
+                self.readonly = false;
+                self.ro_auto = false;
+            }
+            "required" if self.typ == "secret" || self.typ == "ssh" => self.required = true,
+            "required" => {
+                return Err(err(format!(
+                    "unexpected key '{key}' for mount type '{}'",
+                    self.typ
+                )))
+            }
+            _ => {
+                return Err(err(format!(
+                    "invalid field '{field}' must be a key=value pair"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// `key=value`, the value already expanded.
+    fn set(&mut self, key: &str, value: String, field: &str) -> Result<(), MountError> {
+        match key {
+            "type" => self.typ = mount_type(&value)?,
+            "from" => self.from = Some(value),
+            "source" | "src" => self.source = Some(value),
+            "target" | "dst" | "destination" => self.target = Some(value),
+            "readonly" | "ro" => {
+                self.readonly = parse_bool(key, &value)?;
+                self.ro_auto = false;
+            }
+            "readwrite" | "rw" => {
+                self.readonly = !parse_bool(key, &value)?;
+                self.ro_auto = false;
             }
             "required" => {
-                if typ != "secret" && typ != "ssh" {
+                if self.typ != "secret" && self.typ != "ssh" {
                     return Err(err(format!(
-                        "unexpected key '{key}' for mount type '{typ}'"
+                        "unexpected key '{key}' for mount type '{}'",
+                        self.typ
                     )));
                 }
-                required = parse_bool(&key, &value)?;
+                self.required = parse_bool(key, &value)?;
             }
-            "id" => id = Some(value),
-            "sharing" => {
-                sharing = Some(match value.to_ascii_lowercase().as_str() {
-                    "shared" => Sharing::Shared,
-                    "private" => Sharing::Private,
-                    "locked" => Sharing::Locked,
-                    _ => {
-                        return Err(MountError {
-                            message: format!(
-                                "unsupported sharing value {}",
-                                crate::quote::go_quote(&value)
-                            ),
-                            hint: Some("use sharing=shared, private or locked".into()),
-                        })
-                    }
-                })
-            }
-            "mode" => mode = Some(parse_u32("mode", &value, 8)?),
-            "uid" => uid = Some(parse_id("uid", &value)?),
-            "gid" => gid = Some(parse_id("gid", &value)?),
-            "size" => size = Some(parse_size(&value)?),
-            "env" => env = Some(value),
+            "id" => self.id = Some(value),
+            "sharing" => self.sharing = Some(sharing(&value)?),
+            "mode" => self.mode = Some(parse_u32("mode", &value, 8)?),
+            "uid" => self.uid = Some(parse_id("uid", &value)?),
+            "gid" => self.gid = Some(parse_id("gid", &value)?),
+            "size" => self.size = Some(parse_size(&value)?),
+            "env" => self.env = Some(value),
             _ => {
                 return Err(MountError {
                     message: format!("unexpected key '{key}' in '{field}'"),
-                    hint: suggest(&key, &KEYS).map(|s| format!("did you mean {s}?")),
+                    hint: suggest(key, &KEYS).map(|s| format!("did you mean {s}?")),
                 })
             }
         }
+        Ok(())
     }
 
-    let file_info_allowed = matches!(typ.as_str(), "secret" | "ssh" | "cache");
-    for (name, set) in [
-        ("mode", mode.is_some()),
-        ("uid", uid.is_some()),
-        ("gid", gid.is_some()),
-    ] {
-        if set && !file_info_allowed {
-            return Err(err(format!("{name} not allowed for \"{typ}\" type mounts")));
+    /// Fields the type does not take; the type's read-only default.
+    fn check(&mut self) -> Result<(), MountError> {
+        let typ = self.typ.as_str();
+        let file_info_allowed = matches!(typ, "secret" | "ssh" | "cache");
+        for (name, set) in [
+            ("mode", self.mode.is_some()),
+            ("uid", self.uid.is_some()),
+            ("gid", self.gid.is_some()),
+        ] {
+            if set && !file_info_allowed {
+                return Err(err(format!("{name} not allowed for \"{typ}\" type mounts")));
+            }
         }
+        if self.size.is_some() && typ != "tmpfs" {
+            return Err(err(format!("size not allowed for \"{typ}\" type mounts")));
+        }
+        if self.env.is_some() && typ != "secret" {
+            return Err(err(format!("env not allowed for \"{typ}\" type mounts")));
+        }
+        if self.ro_auto {
+            self.readonly = !(typ == "cache" || typ == "tmpfs");
+        }
+        if self.sharing.is_some() && typ != "cache" {
+            return Err(err(format!("invalid cache sharing set for {typ} mount")));
+        }
+        Ok(())
     }
-    if size.is_some() && typ != "tmpfs" {
-        return Err(err(format!("size not allowed for \"{typ}\" type mounts")));
+
+    fn target(&mut self) -> Result<String, MountError> {
+        let typ = &self.typ;
+        self.target
+            .take()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| MountError {
+                message: format!("mount target is required for {typ} mounts"),
+                hint: Some(format!("add target=/path: --mount=type={typ},target=/path")),
+            })
     }
-    if env.is_some() && typ != "secret" {
-        return Err(err(format!("env not allowed for \"{typ}\" type mounts")));
-    }
-    if ro_auto {
-        readonly = !(typ == "cache" || typ == "tmpfs");
-    }
-    if sharing.is_some() && typ != "cache" {
-        return Err(err(format!("invalid cache sharing set for {typ} mount")));
-    }
-    let need_target = |t: Option<String>| {
-        t.filter(|t| !t.is_empty()).ok_or_else(|| MountError {
-            message: format!("mount target is required for {typ} mounts"),
-            hint: Some(format!("add target=/path: --mount=type={typ},target=/path")),
+
+    fn into_mount(mut self) -> Result<Mount, MountError> {
+        let (mode, uid, gid) = (self.mode.flatten(), self.uid.flatten(), self.gid.flatten());
+        Ok(match self.typ.as_str() {
+            "bind" => Mount::Bind {
+                target: self.target()?,
+                source: self.source,
+                from: self.from,
+                readwrite: !self.readonly,
+            },
+            "cache" => Mount::Cache {
+                target: self.target()?,
+                id: self.id,
+                sharing: self.sharing.unwrap_or(Sharing::Shared),
+                from: self.from,
+                source: self.source,
+                mode,
+                uid,
+                gid,
+                readonly: self.readonly,
+            },
+            "tmpfs" => Mount::Tmpfs {
+                target: self.target()?,
+                size: self.size.flatten(),
+            },
+            "secret" => {
+                if self.from.is_some() {
+                    return Err(err("secret mount should not have a from"));
+                }
+                if self.source.is_none() && self.target.is_none() && self.id.is_none() {
+                    return Err(MountError {
+                        message: "invalid secret mount. one of source, target required".into(),
+                        hint: Some(
+                            "--mount=type=secret,id=mysecret[,target=/path][,env=VAR]".into(),
+                        ),
+                    });
+                }
+                if self.source.is_some() && self.id.is_some() {
+                    return Err(err("both source and id can't be set"));
+                }
+                Mount::Secret {
+                    id: self.id.or(self.source),
+                    target: self.target,
+                    env: self.env,
+                    required: self.required,
+                    mode,
+                    uid,
+                    gid,
+                }
+            }
+            _ => {
+                if self.from.is_some() || self.source.is_some() {
+                    return Err(err("ssh mount should not have a from or source"));
+                }
+                Mount::Ssh {
+                    id: self.id,
+                    target: self.target,
+                    required: self.required,
+                    mode,
+                    uid,
+                    gid,
+                }
+            }
         })
-    };
-    let flat = |o: Option<Option<u32>>| o.flatten();
-    Ok(match typ.as_str() {
-        "bind" => Mount::Bind {
-            target: need_target(target)?,
-            source,
-            from,
-            readwrite: !readonly,
-        },
-        "cache" => Mount::Cache {
-            target: need_target(target)?,
-            id,
-            sharing: sharing.unwrap_or(Sharing::Shared),
-            from,
-            source,
-            mode: flat(mode),
-            uid: flat(uid),
-            gid: flat(gid),
-            readonly,
-        },
-        "tmpfs" => Mount::Tmpfs {
-            target: need_target(target)?,
-            size: size.flatten(),
-        },
-        "secret" => {
-            if from.is_some() {
-                return Err(err("secret mount should not have a from"));
-            }
-            if source.is_none() && target.is_none() && id.is_none() {
-                return Err(MountError {
-                    message: "invalid secret mount. one of source, target required".into(),
-                    hint: Some("--mount=type=secret,id=mysecret[,target=/path][,env=VAR]".into()),
-                });
-            }
-            if source.is_some() && id.is_some() {
-                return Err(err("both source and id can't be set"));
-            }
-            Mount::Secret {
-                id: id.or(source),
-                target,
-                env,
-                required,
-                mode: flat(mode),
-                uid: flat(uid),
-                gid: flat(gid),
-            }
-        }
-        _ => {
-            if from.is_some() || source.is_some() {
-                return Err(err("ssh mount should not have a from or source"));
-            }
-            Mount::Ssh {
-                id,
-                target,
-                required,
-                mode: flat(mode),
-                uid: flat(uid),
-                gid: flat(gid),
-            }
-        }
-    })
+    }
+}
+
+fn mount_type(value: &str) -> Result<String, MountError> {
+    let t = value.to_ascii_lowercase();
+    if !matches!(t.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
+        return Err(MountError {
+            message: format!("unsupported mount type {}", crate::quote::go_quote(value)),
+            hint: suggest(&t, &["bind", "cache", "tmpfs", "secret", "ssh"])
+                .map(|s| format!("did you mean {s}?")),
+        });
+    }
+    Ok(t)
+}
+
+fn sharing(value: &str) -> Result<Sharing, MountError> {
+    match value.to_ascii_lowercase().as_str() {
+        "shared" => Ok(Sharing::Shared),
+        "private" => Ok(Sharing::Private),
+        "locked" => Ok(Sharing::Locked),
+        _ => Err(MountError {
+            message: format!(
+                "unsupported sharing value {}",
+                crate::quote::go_quote(value)
+            ),
+            hint: Some("use sharing=shared, private or locked".into()),
+        }),
+    }
 }
 
 #[cfg(test)]
