@@ -574,6 +574,56 @@ pub fn plan_copy(
                 .map_err(|e| anyhow!("invalid --exclude pattern: {e}"))?,
         )
     };
+    let (file_sources, urls, gits) = split_sources(req)?;
+    let selected = match &source {
+        Source::Context(ctx) => select_in_context(ctx, &file_sources)?,
+        Source::View(v) => select_in_view(v, &file_sources)?,
+    };
+    let count = selected.len() + req.heredoc_bodies.len() + urls.len() + gits.len();
+    let dest_is_dir = dest_is_dir(req, dest_view, count)?;
+    let mut p = Planned {
+        req,
+        dest_is_dir,
+        items: Vec::new(),
+        described: BTreeMap::new(),
+    };
+    for sel in &selected {
+        p.selected(&source, sel, exclude.as_ref())?;
+    }
+    for (i, url) in urls.iter().enumerate() {
+        p.url(i, url)?;
+    }
+    for (i, g) in gits.into_iter().enumerate() {
+        p.git(i, g)?;
+    }
+    for (name, body) in &req.heredoc_bodies {
+        p.heredoc(name, body);
+    }
+    let inputs = json!({
+        "source": source_id,
+        "files": p.described,
+        "dest": fsutil::clean_abs(&req.dest),
+        "chown": req.chown.map(|(u, g)| format!("{u}:{g}")),
+        "chmod": req.chmod.map(|m| format!("{m:o}")),
+        "exclude": req.exclude,
+        "parents": req.parents,
+        "unpack": req.add && req.unpack,
+    });
+    Ok((
+        inputs,
+        CopyPlan {
+            items: p.items,
+            chown: req.chown,
+            chmod: req.chmod,
+        },
+    ))
+}
+
+/// Local sources, http(s) URLs and git repositories (the last two ADD
+/// only).
+fn split_sources(
+    req: &CopyRequest,
+) -> Result<(Vec<String>, Vec<String>, Vec<super::git::GitSource>)> {
     let mut file_sources = Vec::new();
     let mut urls = Vec::new();
     let mut gits = Vec::new();
@@ -595,11 +645,13 @@ pub fn plan_copy(
     if req.checksum.is_some() && (!file_sources.is_empty() || urls.len() != 1) {
         bail!("ADD --checksum applies to exactly one http(s) source");
     }
-    let selected = match &source {
-        Source::Context(ctx) => select_in_context(ctx, &file_sources)?,
-        Source::View(v) => select_in_view(v, &file_sources)?,
-    };
-    let count = selected.len() + req.heredoc_bodies.len() + urls.len() + gits.len();
+    Ok((file_sources, urls, gits))
+}
+
+/// Whether the destination is a directory: it says so (`/` at the end),
+/// it is one, or there are several sources (which needs one of the first
+/// two, as in BuildKit).
+fn dest_is_dir(req: &CopyRequest, dest_view: &RootView, count: usize) -> Result<bool> {
     let dest_exists_dir = dest_view
         .stat(&req.dest)
         .ok()
@@ -613,77 +665,106 @@ pub fn plan_copy(
             if req.add { "ADD" } else { "COPY" }
         );
     }
-    let dest_is_dir = req.dest_is_dir_hint || dest_exists_dir || multi;
+    Ok(req.dest_is_dir_hint || dest_exists_dir || multi)
+}
 
-    let mut items = Vec::new();
-    let mut described = BTreeMap::new();
-    for sel in &selected {
-        let target = dest_for(sel, req, dest_is_dir);
-        match &source {
+/// The items of a COPY/ADD as they are planned, and what each source
+/// contributes to the step's cache inputs.
+struct Planned<'a> {
+    req: &'a CopyRequest,
+    dest_is_dir: bool,
+    items: Vec<(String, Item)>,
+    described: BTreeMap<String, Value>,
+}
+
+impl Planned<'_> {
+    /// Where a single file called `name` goes.
+    fn named_target(&self, name: &str) -> String {
+        let dest = fsutil::clean_abs(&self.req.dest);
+        if self.dest_is_dir {
+            format!("{}/{}", dest.trim_end_matches('/'), name)
+        } else {
+            dest
+        }
+    }
+
+    fn push(&mut self, target: String, mode: u32, mtime_ns: i64, src: ItemSource) {
+        self.items.push((
+            target,
+            Item {
+                rel: String::new(),
+                mode,
+                uid: 0,
+                gid: 0,
+                mtime_ns,
+                src,
+            },
+        ));
+    }
+
+    fn selected(
+        &mut self,
+        source: &Source,
+        sel: &Selected,
+        exclude: Option<&PatternMatcher>,
+    ) -> Result<()> {
+        let req = self.req;
+        let target = dest_for(sel, req, self.dest_is_dir);
+        match source {
             Source::Context(ctx) => {
-                items.extend(items_from_context(
+                self.items.extend(items_from_context(
                     ctx,
                     sel,
                     &target,
-                    exclude.as_ref(),
+                    exclude,
                     req.add,
                     req.unpack,
                     &fsutil::clean_abs(&req.dest),
                 )?);
                 // The listing, or past MAX_LISTED entries its digest.
                 let summary =
-                    ctx.summarise_subtree(&sel.path, exclude.as_ref(), crate::context::MAX_LISTED)?;
-                described.insert(format!("{} -> {}", sel.path, target), summary);
+                    ctx.summarise_subtree(&sel.path, exclude, crate::context::MAX_LISTED)?;
+                self.described
+                    .insert(format!("{} -> {}", sel.path, target), summary);
             }
             Source::View(v) => {
-                items.extend(items_from_view(v, sel, &target, exclude.as_ref())?);
-                described.insert(format!("{} -> {}", sel.path, target), Value::Null);
+                self.items
+                    .extend(items_from_view(v, sel, &target, exclude)?);
+                self.described
+                    .insert(format!("{} -> {}", sel.path, target), Value::Null);
             }
         }
+        Ok(())
     }
-    for (i, url) in urls.iter().enumerate() {
-        // The content is part of the key: fetched now, as BuildKit does;
-        // with --checksum, a mismatch fails before anything is written.
-        let Some(base) = &req.download_dir else {
+
+    /// The content is part of the key: fetched now, as BuildKit does; with
+    /// --checksum, a mismatch fails before anything is written.
+    fn url(&mut self, i: usize, url: &str) -> Result<()> {
+        let Some(base) = &self.req.download_dir else {
             bail!("ADD {url}: no download directory");
         };
         let dir = base.join(i.to_string());
         fs::create_dir_all(&dir)?;
-        let f = fetch_url(url, &dir, req.checksum.as_deref())?;
-        let target = if dest_is_dir {
-            format!(
-                "{}/{}",
-                fsutil::clean_abs(&req.dest).trim_end_matches('/'),
-                f.name
-            )
-        } else {
-            fsutil::clean_abs(&req.dest)
-        };
-        described.insert(
+        let f = fetch_url(url, &dir, self.req.checksum.as_deref())?;
+        let target = self.named_target(&f.name);
+        self.described.insert(
             format!("{url} -> {target}"),
             Value::String(format!("sha256:{}", f.sha256)),
         );
-        items.push((
-            target,
-            Item {
-                rel: String::new(),
-                mode: 0o600,
-                uid: 0,
-                gid: 0,
-                mtime_ns: f.mtime_ns,
-                src: ItemSource::File(f.path),
-            },
-        ));
+        self.push(target, 0o600, f.mtime_ns, ItemSource::File(f.path));
+        Ok(())
     }
-    for (i, g) in gits.into_iter().enumerate() {
-        // The commit the reference names now is the key; the repository is
-        // fetched only if the step runs.
+
+    /// The commit the reference names now is the key; the repository is
+    /// fetched only if the step runs.
+    fn git(&mut self, i: usize, g: super::git::GitSource) -> Result<()> {
+        let req = self.req;
         let Some(base) = &req.download_dir else {
             bail!("ADD {}: no download directory", g.url);
         };
         let commit = g.resolve()?;
         let target = fsutil::clean_abs(&req.dest);
-        described.insert(
+        self.described.insert(
             format!("git {} -> {target}", g.url),
             json!({
                 "commit": commit,
@@ -691,67 +772,25 @@ pub fn plan_copy(
                 "keep-git-dir": req.keep_git_dir,
             }),
         );
-        items.push((
-            target,
-            Item {
-                rel: String::new(),
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime_ns: 0,
-                src: ItemSource::Git(Box::new(GitItem {
-                    source: g,
-                    commit,
-                    keep_git_dir: req.keep_git_dir,
-                    scratch: base.join(format!("git-{i}")),
-                })),
-            },
-        ));
-    }
-    for (name, body) in &req.heredoc_bodies {
-        let target = if dest_is_dir {
-            format!(
-                "{}/{}",
-                fsutil::clean_abs(&req.dest).trim_end_matches('/'),
-                name
-            )
-        } else {
-            fsutil::clean_abs(&req.dest)
+        let scratch = base.join(format!("git-{i}"));
+        let item = GitItem {
+            source: g,
+            commit,
+            keep_git_dir: req.keep_git_dir,
+            scratch,
         };
-        described.insert(
+        self.push(target, 0o755, 0, ItemSource::Git(Box::new(item)));
+        Ok(())
+    }
+
+    fn heredoc(&mut self, name: &str, body: &[u8]) {
+        let target = self.named_target(name);
+        self.described.insert(
             format!("<<{name} -> {target}"),
             Value::String(blake3::hash(body).to_hex().to_string()),
         );
-        items.push((
-            target,
-            Item {
-                rel: String::new(),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime_ns: 0,
-                src: ItemSource::Bytes(body.clone()),
-            },
-        ));
+        self.push(target, 0o644, 0, ItemSource::Bytes(body.to_vec()));
     }
-    let inputs = json!({
-        "source": source_id,
-        "files": described,
-        "dest": fsutil::clean_abs(&req.dest),
-        "chown": req.chown.map(|(u, g)| format!("{u}:{g}")),
-        "chmod": req.chmod.map(|m| format!("{m:o}")),
-        "exclude": req.exclude,
-        "parents": req.parents,
-        "unpack": req.add && req.unpack,
-    });
-    Ok((
-        inputs,
-        CopyPlan {
-            items,
-            chown: req.chown,
-            chmod: req.chmod,
-        },
-    ))
 }
 
 /// Writes the planned items into `upper`, the new snapshot of the step.
