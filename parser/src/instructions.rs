@@ -596,58 +596,8 @@ fn instruction(node: &Node) -> Result<InstructionKind, ParseError> {
     let no_flags = |node: &Node| parse_flags(node, &[]).map(|_| ());
     Ok(match node.keyword.as_str() {
         "run" => InstructionKind::Run(run(node)?),
-        "copy" => {
-            let f = parse_flags(
-                node,
-                &[
-                    ("from", FlagKind::Str),
-                    ("chown", FlagKind::Str),
-                    ("chmod", FlagKind::Str),
-                    ("link", FlagKind::Bool),
-                    ("parents", FlagKind::Bool),
-                    ("exclude", FlagKind::Strings),
-                ],
-            )?;
-            let sd = sources_and_dest(node)?;
-            InstructionKind::Copy(Copy {
-                sources: sd.sources,
-                dest: sd.dest,
-                heredocs: sd.heredocs,
-                from: f.string("from"),
-                chown: f.string("chown"),
-                chmod: f.string("chmod"),
-                link: f.bool("link").unwrap_or(false),
-                exclude: f.strings("exclude"),
-                parents: f.bool("parents").unwrap_or(false),
-            })
-        }
-        "add" => {
-            let f = parse_flags(
-                node,
-                &[
-                    ("chown", FlagKind::Str),
-                    ("chmod", FlagKind::Str),
-                    ("link", FlagKind::Bool),
-                    ("exclude", FlagKind::Strings),
-                    ("checksum", FlagKind::Str),
-                    ("keep-git-dir", FlagKind::Bool),
-                    ("unpack", FlagKind::Bool),
-                ],
-            )?;
-            let sd = sources_and_dest(node)?;
-            InstructionKind::Add(Add {
-                sources: sd.sources,
-                dest: sd.dest,
-                heredocs: sd.heredocs,
-                chown: f.string("chown"),
-                chmod: f.string("chmod"),
-                link: f.bool("link").unwrap_or(false),
-                exclude: f.strings("exclude"),
-                checksum: f.string("checksum"),
-                keep_git_dir: f.bool("keep-git-dir").unwrap_or(false),
-                unpack: f.bool("unpack"),
-            })
-        }
+        "copy" => InstructionKind::Copy(copy(node)?),
+        "add" => InstructionKind::Add(add(node)?),
         "env" => {
             no_flags(node)?;
             InstructionKind::Env(kvps(node)?)
@@ -659,25 +609,7 @@ fn instruction(node: &Node) -> Result<InstructionKind, ParseError> {
         "arg" => {
             no_flags(node)?;
             at_least_one(node)?;
-            let mut out = Vec::with_capacity(node.args.len());
-            for a in &node.args {
-                let decl = match a.split_once('=') {
-                    Some(("", _)) => {
-                        return Err(err(node, "ARG names can not be blank")
-                            .with_hint(Some("write ARG name[=default]".into())))
-                    }
-                    Some((n, v)) => ArgDecl {
-                        name: n.to_string(),
-                        default: Some(v.to_string()),
-                    },
-                    None => ArgDecl {
-                        name: a.clone(),
-                        default: None,
-                    },
-                };
-                out.push(decl);
-            }
-            InstructionKind::Arg(out)
+            InstructionKind::Arg(args(node)?)
         }
         "workdir" => {
             no_flags(node)?;
@@ -703,15 +635,7 @@ fn instruction(node: &Node) -> Result<InstructionKind, ParseError> {
         "volume" => {
             no_flags(node)?;
             at_least_one(node)?;
-            let mut out = Vec::with_capacity(node.args.len());
-            for v in &node.args {
-                let v = v.trim();
-                if v.is_empty() {
-                    return Err(err(node, "VOLUME specified can not be an empty string"));
-                }
-                out.push(v.to_string());
-            }
-            InstructionKind::Volume(out)
+            InstructionKind::Volume(volumes(node)?)
         }
         "cmd" => {
             no_flags(node)?;
@@ -733,35 +657,129 @@ fn instruction(node: &Node) -> Result<InstructionKind, ParseError> {
         "healthcheck" => InstructionKind::Healthcheck(healthcheck(node)?),
         "onbuild" => {
             no_flags(node)?;
-            let Some(inner) = &node.inner else {
-                return Err(err(node, "ONBUILD requires at least one argument"));
-            };
-            match inner.keyword.as_str() {
-                "onbuild" => {
-                    return Err(err(
-                        node,
-                        "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
-                    ))
-                }
-                "from" | "maintainer" => {
-                    return Err(err(
-                        node,
-                        format!(
-                            "{} isn't allowed as an ONBUILD trigger",
-                            inner.keyword.to_uppercase()
-                        ),
-                    ))
-                }
-                _ => {}
-            }
-            let text = node.original.trim_start();
-            let text = text.get(7..).unwrap_or("").trim_start();
-            InstructionKind::Onbuild(text.to_string())
+            InstructionKind::Onbuild(onbuild(node)?)
         }
         other => {
             return Err(err(node, format!("unknown instruction: {other}")));
         }
     })
+}
+
+fn copy(node: &Node) -> Result<Copy, ParseError> {
+    let f = parse_flags(
+        node,
+        &[
+            ("from", FlagKind::Str),
+            ("chown", FlagKind::Str),
+            ("chmod", FlagKind::Str),
+            ("link", FlagKind::Bool),
+            ("parents", FlagKind::Bool),
+            ("exclude", FlagKind::Strings),
+        ],
+    )?;
+    let sd = sources_and_dest(node)?;
+    Ok(Copy {
+        sources: sd.sources,
+        dest: sd.dest,
+        heredocs: sd.heredocs,
+        from: f.string("from"),
+        chown: f.string("chown"),
+        chmod: f.string("chmod"),
+        link: f.bool("link").unwrap_or(false),
+        exclude: f.strings("exclude"),
+        parents: f.bool("parents").unwrap_or(false),
+    })
+}
+
+fn add(node: &Node) -> Result<Add, ParseError> {
+    let f = parse_flags(
+        node,
+        &[
+            ("chown", FlagKind::Str),
+            ("chmod", FlagKind::Str),
+            ("link", FlagKind::Bool),
+            ("exclude", FlagKind::Strings),
+            ("checksum", FlagKind::Str),
+            ("keep-git-dir", FlagKind::Bool),
+            ("unpack", FlagKind::Bool),
+        ],
+    )?;
+    let sd = sources_and_dest(node)?;
+    Ok(Add {
+        sources: sd.sources,
+        dest: sd.dest,
+        heredocs: sd.heredocs,
+        chown: f.string("chown"),
+        chmod: f.string("chmod"),
+        link: f.bool("link").unwrap_or(false),
+        exclude: f.strings("exclude"),
+        checksum: f.string("checksum"),
+        keep_git_dir: f.bool("keep-git-dir").unwrap_or(false),
+        unpack: f.bool("unpack"),
+    })
+}
+
+/// `ARG name[=default] ...`.
+fn args(node: &Node) -> Result<Vec<ArgDecl>, ParseError> {
+    let mut out = Vec::with_capacity(node.args.len());
+    for a in &node.args {
+        let decl = match a.split_once('=') {
+            Some(("", _)) => {
+                return Err(err(node, "ARG names can not be blank")
+                    .with_hint(Some("write ARG name[=default]".into())))
+            }
+            Some((n, v)) => ArgDecl {
+                name: n.to_string(),
+                default: Some(v.to_string()),
+            },
+            None => ArgDecl {
+                name: a.clone(),
+                default: None,
+            },
+        };
+        out.push(decl);
+    }
+    Ok(out)
+}
+
+fn volumes(node: &Node) -> Result<Vec<String>, ParseError> {
+    let mut out = Vec::with_capacity(node.args.len());
+    for v in &node.args {
+        let v = v.trim();
+        if v.is_empty() {
+            return Err(err(node, "VOLUME specified can not be an empty string"));
+        }
+        out.push(v.to_string());
+    }
+    Ok(out)
+}
+
+/// The trigger's text, after the checks BuildKit makes.
+fn onbuild(node: &Node) -> Result<String, ParseError> {
+    let Some(inner) = &node.inner else {
+        return Err(err(node, "ONBUILD requires at least one argument"));
+    };
+    match inner.keyword.as_str() {
+        "onbuild" => {
+            return Err(err(
+                node,
+                "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+            ))
+        }
+        "from" | "maintainer" => {
+            return Err(err(
+                node,
+                format!(
+                    "{} isn't allowed as an ONBUILD trigger",
+                    inner.keyword.to_uppercase()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    let text = node.original.trim_start();
+    let text = text.get(7..).unwrap_or("").trim_start();
+    Ok(text.to_string())
 }
 
 fn valid_stage_name(name: &str) -> bool {
