@@ -305,23 +305,7 @@ pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
         let start_line = i;
         match dp.parse_line(token) {
             Err(msg) => return Err(ParseError::new(msg, escape_line(start_line))),
-            Ok(Some((name, value))) => match name.as_str() {
-                "escape" => {
-                    directives.escape = match value.as_str() {
-                        "\\" => '\\',
-                        "`" => '`',
-                        _ => {
-                            return Err(ParseError::new(
-                                format!("invalid escape token '{value}' does not match ` or \\"),
-                                escape_line(start_line),
-                            )
-                            .with_hint(Some("use `# escape=\\` or `# escape=``".into())))
-                        }
-                    }
-                }
-                "syntax" => directives.syntax = Some(value),
-                _ => directives.check = Some(value),
-            },
+            Ok(Some((name, value))) => set_directive(&mut directives, &name, value, start_line)?,
             Ok(None) => {}
         }
         let escape = directives.escape;
@@ -369,40 +353,9 @@ pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
 
         if can_contain_heredoc(&node) && buf.contains("<<") {
             let docs = heredocs_from_line(&buf).map_err(|m| ParseError::new(m, span))?;
-            for mut doc in docs {
-                let mut terminated = false;
-                while i < lines.len() {
-                    let line = lines[i];
-                    i += 1;
-                    let mut candidate = trim_newline(line);
-                    if doc.chomp {
-                        candidate = candidate.trim_start_matches('\t');
-                    }
-                    if candidate == doc.name {
-                        terminated = true;
-                        break;
-                    }
-                    doc.content.push_str(line);
-                }
-                if !terminated {
-                    let column = heredoc_column(lines[start_line - 1], &doc.name).unwrap_or(column);
-                    return Err(ParseError::new(
-                        format!(
-                            "unterminated heredoc {} started at line {}",
-                            doc.name, start_line
-                        ),
-                        Span {
-                            line: start_line,
-                            column,
-                            end_line: i,
-                        },
-                    )
-                    .with_hint(Some(format!(
-                        "end the heredoc with a line containing only {}",
-                        doc.name
-                    ))));
-                }
-                node.heredocs.push(doc);
+            for doc in docs {
+                node.heredocs
+                    .push(heredoc_body(&lines, &mut i, doc, start_line, column)?);
             }
             span.end_line = i;
             if let Some(inner) = node.inner.as_mut() {
@@ -411,22 +364,7 @@ pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
         }
         node.span = span;
         if let Some(inner) = node.inner.as_mut() {
-            let offset = buf.len() - buf.trim_start_matches(char::is_whitespace).len();
-            let kw_len = lp::keyword(&buf[offset..])
-                .map(|(_, k)| k.chars().count())
-                .unwrap_or(0);
-            let after = &buf[offset..];
-            let skip = after
-                .char_indices()
-                .skip(kw_len)
-                .find(|(_, c)| !c.is_whitespace())
-                .map(|(b, _)| after[..b].chars().count())
-                .unwrap_or(kw_len);
-            inner.span = Span {
-                line: span.line,
-                column: span.column + skip,
-                end_line: span.end_line,
-            };
+            inner.span = inner_span(&buf, span);
         }
         nodes.push(node);
     }
@@ -445,6 +383,95 @@ pub fn parse(src: &str) -> Result<Dockerfile, ParseError> {
         nodes,
         warnings,
     })
+}
+
+/// `# escape=` / `# syntax=` / `# check=`.
+fn set_directive(
+    directives: &mut Directives,
+    name: &str,
+    value: String,
+    line: usize,
+) -> Result<(), ParseError> {
+    match name {
+        "escape" => {
+            directives.escape = match value.as_str() {
+                "\\" => '\\',
+                "`" => '`',
+                _ => {
+                    return Err(ParseError::new(
+                        format!("invalid escape token '{value}' does not match ` or \\"),
+                        Span {
+                            line,
+                            column: 1,
+                            end_line: line,
+                        },
+                    )
+                    .with_hint(Some("use `# escape=\\` or `# escape=``".into())))
+                }
+            }
+        }
+        "syntax" => directives.syntax = Some(value),
+        _ => directives.check = Some(value),
+    }
+    Ok(())
+}
+
+/// Reads one heredoc's body from `lines[*i..]` up to its terminator.
+fn heredoc_body(
+    lines: &[&str],
+    i: &mut usize,
+    mut doc: Heredoc,
+    start_line: usize,
+    column: usize,
+) -> Result<Heredoc, ParseError> {
+    while *i < lines.len() {
+        let line = lines[*i];
+        *i += 1;
+        let mut candidate = trim_newline(line);
+        if doc.chomp {
+            candidate = candidate.trim_start_matches('\t');
+        }
+        if candidate == doc.name {
+            return Ok(doc);
+        }
+        doc.content.push_str(line);
+    }
+    let column = heredoc_column(lines[start_line - 1], &doc.name).unwrap_or(column);
+    Err(ParseError::new(
+        format!(
+            "unterminated heredoc {} started at line {}",
+            doc.name, start_line
+        ),
+        Span {
+            line: start_line,
+            column,
+            end_line: *i,
+        },
+    )
+    .with_hint(Some(format!(
+        "end the heredoc with a line containing only {}",
+        doc.name
+    ))))
+}
+
+/// Where an ONBUILD trigger starts: after the keyword and its blanks.
+fn inner_span(buf: &str, span: Span) -> Span {
+    let offset = buf.len() - buf.trim_start_matches(char::is_whitespace).len();
+    let kw_len = lp::keyword(&buf[offset..])
+        .map(|(_, k)| k.chars().count())
+        .unwrap_or(0);
+    let after = &buf[offset..];
+    let skip = after
+        .char_indices()
+        .skip(kw_len)
+        .find(|(_, c)| !c.is_whitespace())
+        .map(|(b, _)| after[..b].chars().count())
+        .unwrap_or(kw_len);
+    Span {
+        line: span.line,
+        column: span.column + skip,
+        end_line: span.end_line,
+    }
 }
 
 #[cfg(test)]
