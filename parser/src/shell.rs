@@ -499,147 +499,154 @@ impl ShellWord<'_> {
             Some(_) => {}
         }
         let name = self.process_name();
-        let Some(mut ch) = self.next() else {
+        let Some(ch) = self.next() else {
             return Err("syntax error: missing '}'".into());
         };
-        let mut chs = ch.to_string();
-        let mut null_is_unset = false;
         match ch {
             '}' => Ok(match self.get_env(&name) {
                 Some(v) => v,
                 None if self.lex.skip_unset_env => format!("${{{name}}}"),
                 None => String::new(),
             }),
-            ':' | '+' | '-' | '?' | '#' | '%' => {
-                if ch == ':' {
-                    null_is_unset = true;
-                    match self.next() {
-                        Some(c) => {
-                            ch = c;
-                            chs.push(c);
-                        }
-                        None => return Err("syntax error: missing '}'".into()),
-                    }
+            ':' | '+' | '-' | '?' | '#' | '%' => self.process_modifier(&name, ch),
+            '/' => self.process_substitution(&name),
+            _ => Err(format!("unsupported modifier ({ch}) in substitution")),
+        }
+    }
+
+    /// `${name:-word}` and the other modifiers, after the name; `ch` is the
+    /// first character after it.
+    fn process_modifier(&mut self, name: &str, mut ch: char) -> Res<String> {
+        let mut chs = ch.to_string();
+        let mut null_is_unset = false;
+        if ch == ':' {
+            null_is_unset = true;
+            match self.next() {
+                Some(c) => {
+                    ch = c;
+                    chs.push(c);
                 }
-                let raw = ch == '#' || ch == '%';
-                let word = match self.process_stop_on(Some('}'), raw) {
-                    Ok((w, _)) => w,
-                    Err(e) => {
-                        if self.peek().is_none() {
-                            return Err("syntax error: missing '}'".into());
-                        }
-                        return Err(e);
-                    }
-                };
-                let value = self.get_env(&name);
-                if self.lex.skip_unset_env && value.is_none() {
-                    return Ok(format!("${{{name}{chs}{word}}}"));
+                None => return Err("syntax error: missing '}'".into()),
+            }
+        }
+        let raw = ch == '#' || ch == '%';
+        let word = match self.process_stop_on(Some('}'), raw) {
+            Ok((w, _)) => w,
+            Err(e) => {
+                if self.peek().is_none() {
+                    return Err("syntax error: missing '}'".into());
                 }
-                let empty = value.as_deref().map_or(true, str::is_empty);
-                match ch {
-                    '-' => {
-                        if value.is_none() || (null_is_unset && empty) {
-                            Ok(word)
-                        } else {
-                            Ok(value.unwrap_or_default())
-                        }
-                    }
-                    '+' => {
-                        if value.is_none() || (null_is_unset && empty) {
-                            Ok(String::new())
-                        } else {
-                            Ok(word)
-                        }
-                    }
-                    '?' => match value {
-                        None => Err(format!(
-                            "{name}: {}",
-                            if word.is_empty() {
-                                "is not allowed to be unset"
-                            } else {
-                                &word
-                            }
-                        )),
-                        Some(v) if null_is_unset && v.is_empty() => Err(format!(
-                            "{name}: {}",
-                            if word.is_empty() {
-                                "is not allowed to be empty"
-                            } else {
-                                &word
-                            }
-                        )),
-                        Some(v) => Ok(v),
-                    },
-                    '#' | '%' => {
-                        let (pattern, greedy) = match word.strip_prefix(ch) {
-                            Some(rest) => (rest.to_string(), true),
-                            None => (word.clone(), false),
-                        };
-                        let value = value.unwrap_or_default();
-                        if ch == '%' {
-                            trim_suffix(&pattern, &value, greedy)
-                        } else {
-                            trim_prefix(&pattern, &value, greedy)
-                        }
-                    }
-                    _ => Err(format!("unsupported modifier ({chs}) in substitution")),
+                return Err(e);
+            }
+        };
+        let value = self.get_env(name);
+        if self.lex.skip_unset_env && value.is_none() {
+            return Ok(format!("${{{name}{chs}{word}}}"));
+        }
+        let empty = value.as_deref().map_or(true, str::is_empty);
+        match ch {
+            '-' => {
+                if value.is_none() || (null_is_unset && empty) {
+                    Ok(word)
+                } else {
+                    Ok(value.unwrap_or_default())
                 }
             }
-            '/' => {
-                let replace_all = self.peek() == Some('/');
-                if replace_all {
-                    self.pos += 1;
-                }
-                let pattern = match self.process_stop_on(Some('/'), true) {
-                    Ok((w, _)) => w,
-                    Err(e) => {
-                        if self.peek().is_none() {
-                            return Err("syntax error: missing '/' in ${}".into());
-                        }
-                        return Err(e);
-                    }
-                };
-                let replacement = match self.process_stop_on(Some('}'), true) {
-                    Ok((w, _)) => w,
-                    Err(e) => {
-                        if self.peek().is_none() {
-                            return Err("syntax error: missing '}'".into());
-                        }
-                        return Err(e);
-                    }
-                };
-                let value = match self.get_env(&name) {
-                    Some(v) => v,
-                    None if self.lex.skip_unset_env => {
-                        return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
-                    }
-                    // An unset variable is matched as the empty string.
-                    None => String::new(),
-                };
-                let re = shell_pattern_to_regex(&pattern, true, false)
-                    .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
-                if replace_all {
-                    // Every match may be replaced by a long word: count
-                    // before building what could be far past the limit.
-                    let n = re.find_iter(&value).take(self.lex.max_word + 1).count();
-                    self.bounded(
-                        value
-                            .len()
-                            .saturating_add(n.saturating_mul(replacement.len())),
-                    )?;
-                    Ok(re.replace_all(&value, replacement.as_str()).into_owned())
-                } else if let Some(m) = re.find(&value) {
-                    Ok(format!(
-                        "{}{}{}",
-                        &value[..m.start()],
-                        replacement,
-                        &value[m.end()..]
-                    ))
+            '+' => {
+                if value.is_none() || (null_is_unset && empty) {
+                    Ok(String::new())
                 } else {
-                    Ok(value)
+                    Ok(word)
+                }
+            }
+            '?' => match value {
+                None => Err(format!(
+                    "{name}: {}",
+                    if word.is_empty() {
+                        "is not allowed to be unset"
+                    } else {
+                        &word
+                    }
+                )),
+                Some(v) if null_is_unset && v.is_empty() => Err(format!(
+                    "{name}: {}",
+                    if word.is_empty() {
+                        "is not allowed to be empty"
+                    } else {
+                        &word
+                    }
+                )),
+                Some(v) => Ok(v),
+            },
+            '#' | '%' => {
+                let (pattern, greedy) = match word.strip_prefix(ch) {
+                    Some(rest) => (rest.to_string(), true),
+                    None => (word.clone(), false),
+                };
+                let value = value.unwrap_or_default();
+                if ch == '%' {
+                    trim_suffix(&pattern, &value, greedy)
+                } else {
+                    trim_prefix(&pattern, &value, greedy)
                 }
             }
             _ => Err(format!("unsupported modifier ({chs}) in substitution")),
+        }
+    }
+
+    /// `${name/pattern/replacement}` and `${name//pattern/replacement}`.
+    fn process_substitution(&mut self, name: &str) -> Res<String> {
+        let replace_all = self.peek() == Some('/');
+        if replace_all {
+            self.pos += 1;
+        }
+        let pattern = match self.process_stop_on(Some('/'), true) {
+            Ok((w, _)) => w,
+            Err(e) => {
+                if self.peek().is_none() {
+                    return Err("syntax error: missing '/' in ${}".into());
+                }
+                return Err(e);
+            }
+        };
+        let replacement = match self.process_stop_on(Some('}'), true) {
+            Ok((w, _)) => w,
+            Err(e) => {
+                if self.peek().is_none() {
+                    return Err("syntax error: missing '}'".into());
+                }
+                return Err(e);
+            }
+        };
+        let value = match self.get_env(name) {
+            Some(v) => v,
+            None if self.lex.skip_unset_env => {
+                return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
+            }
+            // An unset variable is matched as the empty string.
+            None => String::new(),
+        };
+        let re = shell_pattern_to_regex(&pattern, true, false)
+            .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
+        if replace_all {
+            // Every match may be replaced by a long word: count
+            // before building what could be far past the limit.
+            let n = re.find_iter(&value).take(self.lex.max_word + 1).count();
+            self.bounded(
+                value
+                    .len()
+                    .saturating_add(n.saturating_mul(replacement.len())),
+            )?;
+            Ok(re.replace_all(&value, replacement.as_str()).into_owned())
+        } else if let Some(m) = re.find(&value) {
+            Ok(format!(
+                "{}{}{}",
+                &value[..m.start()],
+                replacement,
+                &value[m.end()..]
+            ))
+        } else {
+            Ok(value)
         }
     }
 
