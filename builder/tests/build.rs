@@ -124,19 +124,7 @@ fn independent_stages_run_at_the_same_time() {
     );
     let out = tempfile::tempdir().unwrap();
     export(&k, ctx.path(), out.path(), &[]).ok();
-    let read = |n: &str| -> f64 {
-        fs::read_to_string(out.path().join(n))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (a0, a1, b0, b1) = (
-        read("a.start"),
-        read("a.end"),
-        read("b.start"),
-        read("b.end"),
-    );
+    let (a0, a1, b0, b1) = stage_windows(out.path());
     assert!(
         a0 < b1 && b0 < a1,
         "stages a [{a0},{a1}] and b [{b0},{b1}] did not overlap"
@@ -168,19 +156,7 @@ fn max_parallelism_one_runs_independent_stages_one_after_the_other() {
         &["--max-parallelism", "1", "--no-cache"],
     )
     .ok();
-    let read = |n: &str| -> f64 {
-        fs::read_to_string(out.path().join(n))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (a0, a1, b0, b1) = (
-        read("a.start"),
-        read("a.end"),
-        read("b.start"),
-        read("b.end"),
-    );
+    let (a0, a1, b0, b1) = stage_windows(out.path());
     assert!(
         a1 <= b0 || b1 <= a0,
         "stages a [{a0},{a1}] and b [{b0},{b1}] overlapped with one worker"
@@ -651,4 +627,22 @@ fn hard_links_in_the_context_stay_hard_links() {
         links, "3\n3\n3\n1\n1\n",
         "link counts of /x/a /x/b /x/sub/c /two/a /two/b"
     );
+}
+
+/// When stages a and b ran (their `/start` and `/end` uptimes, copied to
+/// a.start, a.end, b.start, b.end in an exported build).
+fn stage_windows(out: &std::path::Path) -> (f64, f64, f64, f64) {
+    let read = |n: &str| -> f64 {
+        fs::read_to_string(out.join(n))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (
+        read("a.start"),
+        read("a.end"),
+        read("b.start"),
+        read("b.end"),
+    )
 }
