@@ -22,6 +22,23 @@ fn main() -> ExitCode {
     // Must come first: a re-executed runner helper never returns from here.
     kiln_runner::init_hook();
     let cli = Cli::parse();
+    // Still single-threaded: as an ordinary user, become root of a user
+    // namespace of our own (container root = the user, 1..N = its
+    // subordinate range) before anything touches the store or a container.
+    if needs_user_namespace(&cli.command) {
+        match kiln_runner::userns::enter_rootless() {
+            Ok(Some(entered)) => {
+                for w in entered.warnings {
+                    eprintln!("kiln: warning: {w}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("kiln: {e}");
+                return ExitCode::from(125);
+            }
+        }
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -33,6 +50,15 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Every command that reads the store's snapshots or starts containers;
+/// not `parse`, `login` or `logout`, which touch neither.
+fn needs_user_namespace(c: &Command) -> bool {
+    !matches!(
+        c,
+        Command::Parse(_) | Command::Login(_) | Command::Logout(_)
+    )
 }
 
 fn open_store(
