@@ -928,7 +928,11 @@ fn exec_process(p: &Process) -> (String, i32) {
         .map(|g| nix::unistd::Gid::from_raw(*g))
         .collect();
     if let Err(e) = nix::unistd::setgroups(&groups) {
-        return fail(format!("setgroups: {e}"));
+        // A single-ID user namespace (rootless without a subordinate range)
+        // denies setgroups for good; the process keeps the groups it has.
+        if !(e == nix::errno::Errno::EPERM && crate::userns::setgroups_denied()) {
+            return fail(format!("setgroups: {e}"));
+        }
     }
     let gid = nix::unistd::Gid::from_raw(p.gid);
     let uid = nix::unistd::Uid::from_raw(p.uid);

@@ -91,6 +91,12 @@ pub fn gid_is_mapped(id: u32) -> bool {
     }
 }
 
+/// Whether this user namespace forbids `setgroups` (a single-ID map the
+/// process wrote itself).
+pub fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
 fn parse_map(text: &str) -> Vec<IdRange> {
     text.lines()
         .filter_map(|l| {

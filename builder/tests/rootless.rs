@@ -1,0 +1,382 @@
+//! Rootless kiln: `kiln build` run as an ordinary user (the fixture users
+//! of fixtures/rootless/make-users.sh, which scripts/test.sh runs), with
+//! its store in the user's $XDG_DATA_HOME and RUN steps in a user namespace
+//! mapping container root to the user and 1..65536 to its subordinate
+//! range. The tests run as root and start kiln as the user with setpriv,
+//! from a copy of the binary in a temp dir the user owns.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{is_root, kiln_bin, require, Kiln};
+
+/// A fixture user with a temp dir of its own (HOME, XDG_DATA_HOME, contexts)
+/// and a copy of the kiln binary it can execute.
+struct User {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    kiln: PathBuf,
+}
+
+fn id_of(name: &str, flag: &str) -> Option<u32> {
+    let out = Command::new("id").args([flag, name]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+impl User {
+    fn new(name: &'static str) -> Option<User> {
+        if !require(is_root(), "needs root (to run kiln as the fixture users)")
+            || !require(
+                id_of(name, "-u").is_some(),
+                &format!("user {name} missing: run fixtures/rootless/make-users.sh (scripts/test.sh does)"),
+            )
+        {
+            return None;
+        }
+        let base = std::env::var_os("KILN_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-rootless-")
+            .tempdir_in(base)
+            .expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let kiln = dir.path().join("kiln");
+        std::fs::copy(kiln_bin(), &kiln).expect("copy kiln");
+        std::fs::set_permissions(&kiln, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for d in ["home", "data"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let u = User { name, dir, kiln };
+        u.chown(&u.dir.path().join("home"));
+        u.chown(&u.dir.path().join("data"));
+        Some(u)
+    }
+
+    fn chown(&self, p: &Path) {
+        let st = Command::new("chown")
+            .args(["-R", &format!("{0}:{0}", self.name)])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown {}", p.display());
+    }
+
+    /// The store kiln uses for this user: $XDG_DATA_HOME/kiln.
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("data/kiln")
+    }
+
+    /// A build context owned by the user.
+    fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let d = self.dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, text) in files {
+            std::fs::write(d.join(f), text).unwrap();
+        }
+        self.chown(&d);
+        d
+    }
+
+    /// kiln as the user, with a clean environment.
+    fn cmd(&self, env: &[(&str, &str)]) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", self.name, "--regid", self.name, "--init-groups"])
+            .arg("env")
+            .arg("-i")
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .arg(format!("HOME={}", self.dir.path().join("home").display()))
+            .arg(format!(
+                "XDG_DATA_HOME={}",
+                self.dir.path().join("data").display()
+            ));
+        for (k, v) in env {
+            c.arg(format!("{k}={v}"));
+        }
+        c.arg(&self.kiln).current_dir(self.dir.path());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_env(&[], args)
+    }
+
+    fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        self.cmd(env).args(args).output().expect("spawn setpriv")
+    }
+
+    /// busybox:latest from a root store, through `kiln save` / `kiln load`,
+    /// so the user's base is the very image a root build uses.
+    fn load_busybox(&self, root: &Kiln) {
+        let tar = self.dir.path().join("busybox.tar");
+        ok(root
+            .run(&["save", "-o", tar.to_str().unwrap(), "busybox:latest"])
+            .out);
+        std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o644)).unwrap();
+        ok(self.run(&["load", "-i", tar.to_str().unwrap()]));
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[track_caller]
+fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "kiln failed ({}):\n{}",
+        o.status,
+        text(&o)
+    );
+    o
+}
+
+#[track_caller]
+fn fails(o: Output) -> Output {
+    assert!(
+        !o.status.success(),
+        "kiln should have failed:\n{}",
+        text(&o)
+    );
+    o
+}
+
+fn subordinate_start(name: &str, file: &str) -> u32 {
+    let t = std::fs::read_to_string(file).unwrap();
+    t.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f[0] == name).then(|| f[1].parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{name} has no range in {file}"))
+}
+
+/// A root store with busybox:latest.
+fn root_with_busybox() -> Option<Kiln> {
+    let k = Kiln::new();
+    k.with_busybox().then_some(k)
+}
+
+#[test]
+fn a_user_builds_with_run_steps_in_a_user_namespace_over_its_subordinate_range() {
+    let Some(u) = User::new("kiln-rl") else {
+        return;
+    };
+    let Some(root) = root_with_busybox() else {
+        return;
+    };
+    u.load_busybox(&root);
+    let ctx = u.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox:latest\n\
+             RUN cat /proc/self/uid_map /proc/self/gid_map && id -u\n\
+             RUN mkdir /d && touch /d/f && chown 1000:1000 /d/f && ls -ln /d\n",
+        )],
+    );
+    let out = ok(u.run(&[
+        "build",
+        "--progress=plain",
+        "-t",
+        "t:1",
+        ctx.to_str().unwrap(),
+    ]));
+    let log = text(&out);
+    let uid = id_of("kiln-rl", "-u").unwrap();
+    let gid = id_of("kiln-rl", "-g").unwrap();
+    let sub_u = subordinate_start("kiln-rl", "/etc/subuid");
+    let sub_g = subordinate_start("kiln-rl", "/etc/subgid");
+    let lines: Vec<Vec<String>> = log
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest))
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    let has = |want: [u32; 3]| {
+        let want: Vec<String> = want.iter().map(|n| n.to_string()).collect();
+        lines.iter().any(|l| l.ends_with(&want))
+    };
+    // Container root is the user; 1..65536 are its subordinate IDs.
+    assert!(has([0, uid, 1]) && has([1, sub_u, 65536]), "{log}");
+    assert!(has([0, gid, 1]) && has([1, sub_g, 65536]), "{log}");
+    assert!(log.contains("1000     1000"), "chown in RUN works:\n{log}");
+    assert!(!log.contains("warning"), "{log}");
+    // The store is the user's own, $XDG_DATA_HOME/kiln.
+    assert!(u.store().join("kiln.db").is_file(), "{log}");
+    let images = text(&ok(u.run(&["images"])));
+    assert!(
+        images.contains("t") && images.contains("busybox"),
+        "{images}"
+    );
+}
+
+/// Files RUN steps give to container users (1000, 65534) and to container
+/// root are recorded with container IDs: the rootless and the root build of
+/// one Dockerfile and context, with SOURCE_DATE_EPOCH, are the same image.
+#[test]
+fn a_rootless_build_gives_the_image_a_root_build_gives() {
+    let Some(u) = User::new("kiln-rl") else {
+        return;
+    };
+    let Some(root) = root_with_busybox() else {
+        return;
+    };
+    u.load_busybox(&root);
+    let dockerfile = "FROM busybox:latest\n\
+        RUN mkdir -p /d1 /d2 /opq && touch /d1/f /d2/g /opq/x\n\
+        RUN chown 1000:1000 /d1/f && chown -R 65534:65534 /d2 && rm /bin/vi \
+            && rm -rf /opq && mkdir /opq && touch /opq/y\n\
+        RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd \
+            && echo 'app:x:1000:' >> /etc/group && mkdir -p /home/app && chown app:app /home/app\n\
+        USER app\n\
+        RUN touch /home/app/mine && chmod 600 /home/app/mine\n\
+        USER root\n\
+        COPY --chown=65534:65534 data.txt /ctx/\n";
+    let files = [("Dockerfile", dockerfile), ("data.txt", "data\n")];
+    let ctx = u.context("ctx", &files);
+    let epoch = [("SOURCE_DATE_EPOCH", "1700000000")];
+    let iid = u.dir.path().join("home/iid");
+    ok(u.run_env(
+        &epoch,
+        &[
+            "build",
+            "-q",
+            "--iidfile",
+            iid.to_str().unwrap(),
+            "-t",
+            "same",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let rootless_id = std::fs::read_to_string(&iid).unwrap();
+
+    let root_ctx = tempfile::tempdir().unwrap();
+    for (f, t) in files {
+        std::fs::write(root_ctx.path().join(f), t).unwrap();
+    }
+    let out = root
+        .cmd()
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .args([
+            "build",
+            "-q",
+            "-t",
+            "same",
+            root_ctx.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let root_id = String::from_utf8_lossy(&ok(out).stdout).trim().to_string();
+    assert_eq!(
+        rootless_id.trim(),
+        root_id,
+        "rootless and root builds differ"
+    );
+
+    // And the owners in the layers are the container's, never host IDs.
+    let tar = u.dir.path().join("same.tar");
+    ok(root.run(&["save", "-o", tar.to_str().unwrap(), "same"]).out);
+    let owners = layer_owners(&tar);
+    for (path, want) in [
+        ("d1/f", (1000, 1000)),
+        ("d2/g", (65534, 65534)),
+        ("home/app/", (1000, 1000)),
+        ("home/app/mine", (1000, 1000)),
+        ("ctx/data.txt", (65534, 65534)),
+        ("opq/y", (0, 0)),
+    ] {
+        assert_eq!(owners.get(path), Some(&want), "{path}: {owners:?}");
+    }
+}
+
+/// Every entry's owner in the image's layers, by path (the last layer that
+/// has it wins).
+fn layer_owners(docker_archive: &Path) -> std::collections::HashMap<String, (u64, u64)> {
+    let mut owners = std::collections::HashMap::new();
+    let mut outer = tar::Archive::new(std::fs::File::open(docker_archive).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    outer.unpack(dir.path()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    for layer in manifest[0]["Layers"].as_array().unwrap() {
+        let f = std::fs::File::open(dir.path().join(layer.as_str().unwrap())).unwrap();
+        for e in tar::Archive::new(f).entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            let p = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            owners.insert(p, (h.uid().unwrap(), h.gid().unwrap()));
+        }
+    }
+    owners
+}
+
+#[test]
+fn a_user_without_a_range_is_warned_and_chown_in_run_fails() {
+    let Some(u) = User::new("kiln-rl-norange") else {
+        return;
+    };
+    let Some(root) = root_with_busybox() else {
+        return;
+    };
+    u.load_busybox(&root);
+    let ctx = u.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox:latest\nRUN touch /ok\nRUN touch /f && chown 1000 /f\n",
+        )],
+    );
+    let out = fails(u.run(&["build", "--progress=plain", ctx.to_str().unwrap()]));
+    let log = text(&out);
+    assert!(
+        log.contains("kiln: warning: user kiln-rl-norange has no subordinate uids in /etc/subuid")
+            && log.contains("chown to another user in a RUN step fails"),
+        "{log}"
+    );
+    assert!(log.contains("usermod --add-subuids"), "{log}");
+    // The first RUN step ran; the chown is the kernel's refusal.
+    assert!(
+        log.contains("RUN touch /ok") && log.contains("Invalid argument"),
+        "{log}"
+    );
+}
+
+#[test]
+fn two_users_have_stores_that_never_see_each_other() {
+    let Some(a) = User::new("kiln-rl") else {
+        return;
+    };
+    let Some(b) = User::new("kiln-rl2") else {
+        return;
+    };
+    let Some(root) = root_with_busybox() else {
+        return;
+    };
+    a.load_busybox(&root);
+    let ctx = a.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox:latest\nRUN touch /a\n")],
+    );
+    ok(a.run(&["build", "-q", "-t", "only-a", ctx.to_str().unwrap()]));
+    let listed = text(&ok(b.run(&["images"])));
+    assert!(
+        !listed.contains("only-a") && !listed.contains("busybox"),
+        "{listed}"
+    );
+    // b cannot open a's store at all.
+    let a_store = a.store();
+    let out = fails(b.run_env(&[("KILN_ROOT", a_store.to_str().unwrap())], &["images"]));
+    let log = text(&out);
+    assert!(
+        log.contains(&format!("cannot open kiln root {}", a_store.display())),
+        "{log}"
+    );
+}
