@@ -380,3 +380,63 @@ fn two_users_have_stores_that_never_see_each_other() {
         "{log}"
     );
 }
+
+/// The Flask example (python:3.11-slim base, pip install from wheels in a
+/// bind mount) built rootless with --reproducible is the root build's image.
+#[test]
+fn the_flask_example_built_rootless_is_the_root_builds_image() {
+    let Some(u) = User::new("kiln-rl") else {
+        return;
+    };
+    let flask = common::repo_root().join("fixtures/flask");
+    if !require(
+        flask.join("wheels").is_dir(),
+        "fixtures/flask/wheels missing (fixtures/flask/fetch-wheels.sh)",
+    ) {
+        return;
+    }
+    let root = Kiln::new();
+    if !root.with_python() {
+        return;
+    }
+    let tar = u.dir.path().join("python.tar");
+    ok(root
+        .run(&["save", "-o", tar.to_str().unwrap(), "python:3.11-slim"])
+        .out);
+    std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o644)).unwrap();
+    ok(u.run(&["load", "-i", tar.to_str().unwrap()]));
+    let ctx = u.dir.path().join("flask");
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(&flask)
+        .arg(&ctx)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    u.chown(&ctx);
+    let rootless = ok(u.run(&[
+        "build",
+        "-q",
+        "--reproducible",
+        "-t",
+        "flask_app:0.1",
+        ctx.to_str().unwrap(),
+    ]));
+    let root_build = root
+        .run(&[
+            "build",
+            "-q",
+            "--reproducible",
+            "-t",
+            "flask_app:0.1",
+            ctx.to_str().unwrap(),
+        ])
+        .ok();
+    let id = |o: &Output| String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(id(&rootless).starts_with("sha256:"), "{}", text(&rootless));
+    assert_eq!(
+        id(&rootless),
+        id(&root_build.out),
+        "rootless and root Flask images differ"
+    );
+}
