@@ -440,3 +440,89 @@ fn the_flask_example_built_rootless_is_the_root_builds_image() {
         "rootless and root Flask images differ"
     );
 }
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// `kiln run -d -p` as the user: the container's network namespace belongs
+/// to the user namespace, the host side of the proxy listens as the user;
+/// ps, logs, stop and rm see it; a port below 1024 is a clear error.
+#[test]
+fn a_user_runs_a_detached_container_with_a_published_port() {
+    let Some(u) = User::new("kiln-rl") else {
+        return;
+    };
+    let Some(root) = root_with_busybox() else {
+        return;
+    };
+    u.load_busybox(&root);
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:5000");
+    let out = ok(u.run(&[
+        "run",
+        "-d",
+        "-p",
+        &publish,
+        "busybox:latest",
+        "httpd",
+        "-f",
+        "-v",
+        "-p",
+        "5000",
+        "-h",
+        "/etc",
+    ]));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut body = None;
+    for _ in 0..50 {
+        body = http_get(port, "/passwd").filter(|b| b.contains("root:x:0:0"));
+        if body.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        body.is_some(),
+        "no answer on {port}: {}",
+        text(&u.run(&["logs", &id]))
+    );
+    let ps = text(&ok(u.run(&["ps"])));
+    assert!(
+        ps.contains(&id[..12]) && ps.contains(&format!("{port}->5000/tcp")),
+        "{ps}"
+    );
+    let logs = text(&ok(u.run(&["logs", &id])));
+    assert!(logs.contains("response:200"), "{logs}");
+    ok(u.run(&["stop", &id]));
+    ok(u.run(&["rm", &id]));
+    assert!(!text(&ok(u.run(&["ps", "-a"]))).contains(&id[..12]));
+
+    let low = fails(u.run(&[
+        "run",
+        "-d",
+        "-p",
+        "80:5000",
+        "busybox:latest",
+        "sleep",
+        "60",
+    ]));
+    let log = text(&low);
+    assert!(
+        log.contains("cannot publish 0.0.0.0:80: rootless kiln publishes ports as your user")
+            && log.contains("net.ipv4.ip_unprivileged_port_start"),
+        "{log}"
+    );
+}
