@@ -471,7 +471,8 @@ fn mount_overlay(job: &Job, layout: &Layout, over: bool) -> Result<OwnedFd, Stri
             set(k, v)?;
         }
     }
-    fsconfig_create(&fs).map_err(|e| err("creating the overlay", e))?;
+    fsconfig_create(&fs)
+        .map_err(|e| crate::rootless_fs::overlay_refused(err("creating the overlay", e)))?;
     drop(held);
     let attrs = if job.spec.readonly_rootfs {
         MountAttrFlags::MOUNT_ATTR_RDONLY
@@ -545,14 +546,14 @@ fn mount_overlay_legacy(job: &Job, layout: &Layout, lowers: &[&Path]) -> Result<
     } else {
         rustix::mount::MountFlags::empty()
     };
-    rustix::mount::mount("overlay", &layout.rootfs, "overlay", flags, data.as_c_str()).map_err(
-        |e| {
+    rustix::mount::mount("overlay", &layout.rootfs, "overlay", flags, data.as_c_str())
+        .map_err(|e| {
             err(
                 format!("mounting the overlay at {}", layout.rootfs.display()),
                 e,
             )
-        },
-    )?;
+        })
+        .map_err(crate::rootless_fs::overlay_refused)?;
     drop(held);
     rustix::fs::open(
         &layout.rootfs,
