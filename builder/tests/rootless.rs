@@ -526,3 +526,55 @@ fn a_user_runs_a_detached_container_with_a_published_port() {
         "{log}"
     );
 }
+
+/// Where user namespaces are refused (here: a namespace whose
+/// user.max_user_namespaces is 0, made with util-linux's unshare), building
+/// is one clear line naming the limit, and listing the store still works.
+#[test]
+fn a_refused_user_namespace_is_a_clear_error_and_listing_still_works() {
+    let Some(u) = User::new("kiln-rl") else {
+        return;
+    };
+    let shared = u.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let ctx = u.context("ctx", &[("Dockerfile", "FROM busybox:latest\nRUN true\n")]);
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces || exit 99; \
+         as1000() {{ setpriv --reuid 1000 --regid 1000 --clear-groups \
+            env HOME={s} XDG_DATA_HOME={s} {kiln} \"$@\"; }}; \
+         as1000 images && echo LISTED; as1000 build {ctx}; echo rc=$?",
+        s = shared.display(),
+        kiln = u.kiln.display(),
+        ctx = ctx.display()
+    );
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", u.name, "--regid", u.name, "--init-groups"])
+        .args(["env", "-i", "PATH=/usr/bin:/bin:/usr/sbin:/sbin"])
+        .args([
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--map-auto",
+            "sh",
+            "-c",
+            &script,
+        ]);
+    let out = c.output().unwrap();
+    let log = text(&out);
+    assert!(
+        !log.contains("exit 99") && out.status.code() != Some(99),
+        "cannot lower user.max_user_namespaces in a namespace here: {log}"
+    );
+    assert!(
+        log.contains("LISTED"),
+        "kiln images works without a namespace: {log}"
+    );
+    assert!(
+        log.contains(
+            "kiln: rootless kiln needs a user namespace, and creating one failed (No space left on device"
+        ) && log.contains("sysctl user.max_user_namespaces")
+            && log.contains("rc=125"),
+        "{log}"
+    );
+}

@@ -25,7 +25,8 @@ fn main() -> ExitCode {
     // Still single-threaded: as an ordinary user, become root of a user
     // namespace of our own (container root = the user, 1..N = its
     // subordinate range) before anything touches the store or a container.
-    if needs_user_namespace(&cli.command) {
+    let need = user_namespace_need(&cli.command);
+    if need != Need::No {
         match kiln_runner::userns::enter_rootless() {
             Ok(Some(entered)) => {
                 for w in entered.warnings {
@@ -33,6 +34,8 @@ fn main() -> ExitCode {
                 }
             }
             Ok(None) => {}
+            // Listing and reading the store's records works as the user.
+            Err(_) if need == Need::Optional => {}
             Err(e) => {
                 eprintln!("kiln: {e}");
                 return ExitCode::from(125);
@@ -52,13 +55,37 @@ fn main() -> ExitCode {
     }
 }
 
-/// Every command that reads the store's snapshots or starts containers;
-/// not `parse`, `login` or `logout`, which touch neither.
-fn needs_user_namespace(c: &Command) -> bool {
-    !matches!(
-        c,
-        Command::Parse(_) | Command::Login(_) | Command::Logout(_)
-    )
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// It unpacks layers, runs or removes containers or deletes snapshots,
+    /// whose files belong to container IDs: no namespace, no command.
+    Required,
+    /// It only reads records and blobs: without a namespace it still works.
+    Optional,
+    /// It touches neither the store nor a container.
+    No,
+}
+
+fn user_namespace_need(c: &Command) -> Need {
+    match c {
+        Command::Parse(_) | Command::Login(_) | Command::Logout(_) => Need::No,
+        Command::Images(_)
+        | Command::Tag { .. }
+        | Command::Inspect { .. }
+        | Command::History(_)
+        | Command::Sbom(_)
+        | Command::Save(_)
+        | Command::Ps(_)
+        | Command::Logs(_)
+        | Command::Push(_)
+        | Command::Cache {
+            command: CacheCommand::Ls { .. } | CacheCommand::Du | CacheCommand::Why { .. },
+        }
+        | Command::System {
+            command: SystemCommand::Df | SystemCommand::Fsck { repair: false },
+        } => Need::Optional,
+        _ => Need::Required,
+    }
 }
 
 fn open_store(
