@@ -178,9 +178,15 @@ fn a_user_builds_with_run_steps_in_a_user_namespace_over_its_subordinate_range()
         "ctx",
         &[(
             "Dockerfile",
-            "FROM busybox:latest\n\
+            "FROM busybox:latest AS build\n\
+             RUN --mount=type=cache,target=/cache,uid=1000 touch /cache/seen && ls -ln /cache\n\
+             RUN --network=host ls /sys/class/net > /host-net\n\
+             RUN --network=none ip -o link > /none-net\n\
+             FROM busybox:latest\n\
+             COPY --from=build /none-net /host-net /\n\
              RUN cat /proc/self/uid_map /proc/self/gid_map && id -u\n\
-             RUN mkdir /d && touch /d/f && chown 1000:1000 /d/f && ls -ln /d\n",
+             RUN mkdir /d && touch /d/f && chown 1000:1000 /d/f && ls -ln /d\n\
+             RUN echo none: $(wc -l < /none-net) host: $(wc -l < /host-net)\n",
         )],
     );
     let out = ok(u.run(&[
@@ -208,6 +214,23 @@ fn a_user_builds_with_run_steps_in_a_user_namespace_over_its_subordinate_range()
     assert!(has([0, uid, 1]) && has([1, sub_u, 65536]), "{log}");
     assert!(has([0, gid, 1]) && has([1, sub_g, 65536]), "{log}");
     assert!(log.contains("1000     1000"), "chown in RUN works:\n{log}");
+    // --network none has lo only; host sees the host's interfaces.
+    assert!(log.contains("none: 1 host: "), "{log}");
+    assert!(
+        !log.contains("host: 0") && !log.contains("host: 1\n"),
+        "{log}"
+    );
+    // Cached, then explained.
+    let again = text(&ok(u.run(&[
+        "build",
+        "--progress=plain",
+        "-t",
+        "t:1",
+        ctx.to_str().unwrap(),
+    ])));
+    assert!(again.contains("CACHED"), "{again}");
+    let why = text(&ok(u.run(&["cache", "why", "t:1"])));
+    assert!(why.contains("all 7 steps were cache hits"), "{why}");
     assert!(!log.contains("warning"), "{log}");
     // The store is the user's own, $XDG_DATA_HOME/kiln.
     assert!(u.store().join("kiln.db").is_file(), "{log}");
