@@ -601,3 +601,51 @@ fn a_refused_user_namespace_is_a_clear_error_and_listing_still_works() {
         "{log}"
     );
 }
+
+/// Push from one user's store to a local registry, pull into another
+/// user's: the layers carry container IDs, so the second user's container
+/// sees the owners the first user's RUN step gave.
+#[test]
+fn one_user_pushes_and_another_pulls_and_runs() {
+    let Some(a) = User::new("kiln-rl") else {
+        return;
+    };
+    let Some(b) = User::new("kiln-rl2") else {
+        return;
+    };
+    let Some(root) = root_with_busybox() else {
+        return;
+    };
+    let Some(reg) = common::Registry::start(false) else {
+        return;
+    };
+    a.load_busybox(&root);
+    let ctx = a.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox:latest\nRUN mkdir /d && touch /d/f && chown 1000:65534 /d/f\n",
+        )],
+    );
+    let name = format!("{}/rootless/owners:1", reg.addr);
+    ok(a.run(&["build", "-q", "-t", &name, ctx.to_str().unwrap()]));
+    ok(a.run(&["push", "-q", &name]));
+    ok(b.run(&["pull", "-q", &name]));
+    let out = ok(b.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &name,
+        "stat",
+        "-c",
+        "%u:%g",
+        "/d/f",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1000:65534",
+        "{}",
+        text(&out)
+    );
+}
