@@ -399,7 +399,8 @@ fn two_users_have_stores_that_never_see_each_other() {
     let out = fails(b.run_env(&[("KILN_ROOT", a_store.to_str().unwrap())], &["images"]));
     let log = text(&out);
     assert!(
-        log.contains(&format!("cannot open kiln root {}", a_store.display())),
+        log.contains(&format!("cannot open kiln root {}", a_store.display()))
+            && log.contains("it belongs to another user"),
         "{log}"
     );
 }

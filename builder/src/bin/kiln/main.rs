@@ -88,6 +88,24 @@ fn user_namespace_need(c: &Command) -> Need {
     }
 }
 
+/// Rootless, a root that belongs to another user shows as the kernel's
+/// overflow uid (nobody): say whose it is not.
+fn foreign_owner_hint(root: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let overflow = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(65534);
+    let nested = kiln_store::UserNs::current() != kiln_store::UserNs::Initial;
+    match std::fs::metadata(root) {
+        Ok(m) if nested && m.uid() == overflow => " (it belongs to another user: a rootless \
+                                                     kiln uses its own user's store, \
+                                                     $XDG_DATA_HOME/kiln by default)"
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
 fn open_store(
     cli_root: &Option<std::path::PathBuf>,
     limits: &cli::LayerLimitFlags,
@@ -95,8 +113,13 @@ fn open_store(
     let root = cli_root
         .clone()
         .unwrap_or_else(kiln_store::Store::default_root);
-    let store = kiln_store::Store::open(&root)
-        .map_err(|e| anyhow::anyhow!("cannot open kiln root {}: {e}", root.display()))?;
+    let store = kiln_store::Store::open(&root).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open kiln root {}: {e}{}",
+            root.display(),
+            foreign_owner_hint(&root)
+        )
+    })?;
     if let Some(b) = store.recovered_from() {
         eprintln!(
             "kiln: warning: the metadata database was damaged (empty, truncated or corrupt); \
