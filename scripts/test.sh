@@ -14,6 +14,9 @@ fixtures/bases/make-bases.sh >/dev/null
 # emulation tests run arm64 programs here.
 fixtures/bases/make-bases.sh busybox-arm64 >/dev/null
 fixtures/flask/fetch-wheels.sh >/dev/null
+# Ordinary users with (and one without) subordinate ID ranges, for the
+# rootless tests (builder/tests/rootless.rs).
+fixtures/rootless/make-users.sh
 
 echo "== Docker engines for the differential test against BuildKit 0.8 and 0.13" >&2
 fixtures/docker/start-dockerd.sh >/dev/null

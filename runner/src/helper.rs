@@ -481,7 +481,10 @@ pub(crate) fn container_parent(job: &Job) -> i32 {
 
 fn start_container(job: &Job) -> Result<i32, String> {
     let layout = mounts::prepare_host(job)?;
-    let exe = readonly_self()?;
+    // Root of a user namespace (rootless) may clone only mounts of a mount
+    // namespace that namespace owns: the clone waits for our own below.
+    let nested = crate::userns::current().is_nested();
+    let mut exe = if nested { None } else { Some(readonly_self()?) };
     // First, while still in the host's mount and PID namespaces: a stack
     // started here must not become the container's PID 1. It stops when
     // this function returns (or dies with this process).
@@ -499,6 +502,10 @@ fn start_container(job: &Job) -> Result<i32, String> {
             | rustix::mount::MountPropagationFlags::REC,
     )
     .map_err(|e| format!("making / rslave: {e}"))?;
+    if exe.is_none() {
+        exe = Some(readonly_self_by_path()?);
+    }
+    let exe = exe.expect("cloned above");
     mounts::mount_scratch_tmpfs(&layout)?;
     mounts::prepare(job, &layout)?;
     // All signals blocked: H and the container's init take them with
@@ -625,6 +632,46 @@ fn readonly_self() -> Result<OwnedFd, String> {
             | OpenTreeFlags::AT_EMPTY_PATH,
     )
     .map_err(|e| format!("cloning a mount of the helper binary: {e}"))?;
+    mounts::set_readonly(tree.as_fd())
+        .map_err(|e| format!("making the helper's mount read-only: {e}"))?;
+    Ok(tree)
+}
+
+/// [`readonly_self`] in a user namespace, after the mount namespace was
+/// unshared: `/proc/self/exe` names the binary on the mount of the host's
+/// namespace, which can no longer be cloned, so the binary is opened by its
+/// path in our copy of that mount, and must be the same file (device and
+/// inode) as the one running.
+fn readonly_self_by_path() -> Result<OwnedFd, String> {
+    use rustix::mount::{open_tree, OpenTreeFlags};
+    let path = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let running = rustix::fs::stat("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let exe = rustix::fs::open(
+        &path,
+        OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    let st = rustix::fs::fstat(&exe).map_err(|e| format!("{}: {e}", path.display()))?;
+    if (st.st_dev, st.st_ino) != (running.st_dev, running.st_ino) {
+        return Err(format!(
+            "{} was replaced while kiln runs; run the command again",
+            path.display()
+        ));
+    }
+    let tree = open_tree(
+        &exe,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )
+    .map_err(|e| {
+        format!(
+            "cloning a mount of the helper binary {}: {e}",
+            path.display()
+        )
+    })?;
     mounts::set_readonly(tree.as_fd())
         .map_err(|e| format!("making the helper's mount read-only: {e}"))?;
     Ok(tree)
@@ -881,7 +928,11 @@ fn exec_process(p: &Process) -> (String, i32) {
         .map(|g| nix::unistd::Gid::from_raw(*g))
         .collect();
     if let Err(e) = nix::unistd::setgroups(&groups) {
-        return fail(format!("setgroups: {e}"));
+        // A single-ID user namespace (rootless without a subordinate range)
+        // denies setgroups for good; the process keeps the groups it has.
+        if !(e == nix::errno::Errno::EPERM && crate::userns::setgroups_denied()) {
+            return fail(format!("setgroups: {e}"));
+        }
     }
     let gid = nix::unistd::Gid::from_raw(p.gid);
     let uid = nix::unistd::Uid::from_raw(p.uid);

@@ -36,10 +36,12 @@ pub mod platform;
 pub mod ports;
 mod proto;
 mod ps;
+mod rootless_fs;
 mod seccomp;
 mod state;
 mod tty;
 pub mod user;
+pub mod userns;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

@@ -462,11 +462,17 @@ fn mount_overlay(job: &Job, layout: &Layout, over: bool) -> Result<OwnedFd, Stri
     }
     set_dir("upperdir", &layout.upper)?;
     set_dir("workdir", &layout.work)?;
-    // The upper dir must stay a plain diff.
-    set("redirect_dir", "off")?;
-    set("metacopy", "off")?;
-    set("index", "off")?;
-    fsconfig_create(&fs).map_err(|e| err("creating the overlay", e))?;
+    // The upper dir must stay a plain diff (and, rootless, `userxattr`).
+    for (k, v) in crate::rootless_fs::overlay_options() {
+        if v.is_empty() {
+            rustix::mount::fsconfig_set_flag(&fs, *k)
+                .map_err(|e| err(format!("overlay option {k}"), e))?;
+        } else {
+            set(k, v)?;
+        }
+    }
+    fsconfig_create(&fs)
+        .map_err(|e| crate::rootless_fs::overlay_refused(err("creating the overlay", e)))?;
     drop(held);
     let attrs = if job.spec.readonly_rootfs {
         MountAttrFlags::MOUNT_ATTR_RDONLY
@@ -522,9 +528,10 @@ fn mount_overlay_legacy(job: &Job, layout: &Layout, lowers: &[&Path]) -> Result<
         .collect::<Result<Vec<_>, _>>()?
         .join(":");
     let data = format!(
-        "lowerdir={lower},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+        "lowerdir={lower},upperdir={},workdir={},{}",
         name(&layout.upper)?,
-        name(&layout.work)?
+        name(&layout.work)?,
+        crate::rootless_fs::overlay_options_legacy()
     );
     // The kernel copies at most one page of options.
     if data.len() >= 4096 {
@@ -539,14 +546,14 @@ fn mount_overlay_legacy(job: &Job, layout: &Layout, lowers: &[&Path]) -> Result<
     } else {
         rustix::mount::MountFlags::empty()
     };
-    rustix::mount::mount("overlay", &layout.rootfs, "overlay", flags, data.as_c_str()).map_err(
-        |e| {
+    rustix::mount::mount("overlay", &layout.rootfs, "overlay", flags, data.as_c_str())
+        .map_err(|e| {
             err(
                 format!("mounting the overlay at {}", layout.rootfs.display()),
                 e,
             )
-        },
-    )?;
+        })
+        .map_err(crate::rootless_fs::overlay_refused)?;
     drop(held);
     rustix::fs::open(
         &layout.rootfs,
@@ -736,20 +743,22 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
         MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_STRICTATIME,
     )?;
     populate_dev(&dev)?;
+    // gid 5 (tty) is not mapped in a single-ID user namespace.
+    let tty_gid: &[(&str, &str)] = if crate::userns::gid_is_mapped(5) {
+        &[("gid", "5")]
+    } else {
+        &[]
+    };
+    let pts_opts = [("ptmxmode", "0666"), ("mode", "0620")];
     let pts = new_fs(
         "devpts",
-        &[
-            ("newinstance", ""),
-            ("ptmxmode", "0666"),
-            ("mode", "0620"),
-            ("gid", "5"),
-        ],
+        &[&[("newinstance", "")][..], &pts_opts, tty_gid].concat(),
         MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )
     .or_else(|_| {
         new_fs(
             "devpts",
-            &[("ptmxmode", "0666"), ("mode", "0620"), ("gid", "5")],
+            &[&pts_opts[..], tty_gid].concat(),
             MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
         )
     })?;
@@ -764,11 +773,7 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
     mount_at(dev.as_fd(), "mqueue", false, &mq)?;
     mount_at(r, "dev", false, &dev)?;
 
-    let sys = new_fs(
-        "sysfs",
-        &[],
-        nosuid_nodev_noexec | MountAttrFlags::MOUNT_ATTR_RDONLY,
-    )?;
+    let sys = sys_mount(job, nosuid_nodev_noexec)?;
     mount_at(r, "sys", false, &sys)?;
 
     for name in ["hosts", "hostname", "resolv.conf"] {
@@ -844,6 +849,27 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
         .map_err(|e| err("detaching the old root", e))?;
     rustix::process::chdir("/").map_err(|e| err("chdir /", e))?;
     Ok(())
+}
+
+/// sysfs, read-only; rootless with the host's network, the host's /sys.
+fn sys_mount(job: &Job, nosuid_nodev_noexec: MountAttrFlags) -> Result<OwnedFd, String> {
+    if crate::rootless_fs::nested() && job.spec.network == NetworkMode::Host {
+        let sys = crate::rootless_fs::host_sys()?;
+        mount_setattr(
+            sys.as_fd(),
+            "",
+            libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE,
+            MountAttrFlags::MOUNT_ATTR_RDONLY.bits() as u64,
+        )
+        .map_err(|e| err("making the host's /sys read-only", e))?;
+        Ok(sys)
+    } else {
+        new_fs(
+            "sysfs",
+            &[],
+            nosuid_nodev_noexec | MountAttrFlags::MOUNT_ATTR_RDONLY,
+        )
+    }
 }
 
 /// Docker's default masked and read-only paths.
@@ -980,12 +1006,20 @@ fn populate_dev(dev: &OwnedFd) -> Result<(), String> {
         )
         .map_err(|e| err(format!("chmod /dev/{name}"), e))
     };
-    chr("null", 1, 3)?;
-    chr("zero", 1, 5)?;
-    chr("full", 1, 7)?;
-    chr("random", 1, 8)?;
-    chr("urandom", 1, 9)?;
-    chr("tty", 5, 0)?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        if crate::rootless_fs::nested() {
+            crate::rootless_fs::bind_host_device(dev, name)?;
+        } else {
+            chr(name, major, minor)?;
+        }
+    }
     for (name, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),

@@ -138,6 +138,14 @@ pub(crate) fn bind_all(ports: &[PortMapping]) -> Result<Vec<Bound>, RunError> {
                     ip: p.host_ip,
                     port: p.host_port,
                 }
+            } else if e.kind() == io::ErrorKind::PermissionDenied
+                && crate::userns::current().is_nested()
+            {
+                RunError::PortBind {
+                    ip: p.host_ip,
+                    port: p.host_port,
+                    reason: unprivileged_port_reason(p.host_port, p.container_port),
+                }
             } else {
                 RunError::PortBind {
                     ip: p.host_ip,
@@ -152,6 +160,22 @@ pub(crate) fn bind_all(ports: &[PortMapping]) -> Result<Vec<Bound>, RunError> {
         });
     }
     Ok(out)
+}
+
+/// Rootless kiln listens as the user: ports below the kernel's
+/// `net.ipv4.ip_unprivileged_port_start` are root's.
+fn unprivileged_port_reason(port: u16, container_port: u16) -> String {
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(1024);
+    format!(
+        "rootless kiln publishes ports as your user, and ports below {start} \
+         (sysctl net.ipv4.ip_unprivileged_port_start) are root's: publish a port of {start} \
+         or above (-p {}:{container_port}), or as root lower the limit (sysctl \
+         net.ipv4.ip_unprivileged_port_start={port})",
+        start.max(8080)
+    )
 }
 
 const PROXY_STACK: usize = 128 * 1024;
@@ -575,6 +599,14 @@ mod tests {
             assert_eq!(&buf[..n], want.as_bytes());
         }
         handle.shutdown();
+    }
+
+    #[test]
+    fn a_low_port_rootless_names_the_sysctl_and_a_port_that_works() {
+        let r = unprivileged_port_reason(80, 5000);
+        assert!(r.contains("net.ipv4.ip_unprivileged_port_start"), "{r}");
+        assert!(r.contains("(-p 8080:5000)") || r.contains(":5000)"), "{r}");
+        assert!(r.contains("ip_unprivileged_port_start=80)"), "{r}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ mod scans;
 mod snapshots;
 mod statcache;
 mod store;
+pub mod userns;
 
 pub use cache::{BuildCache, CacheCounter, CacheNear, CacheRecord, CacheStats, NearestQuery};
 pub use cachemount::{
@@ -68,3 +69,4 @@ pub use registry::{Client as RegistryClient, Platform, RegistryConfig, RegistryE
 pub use snapshots::{PendingSnapshot, Snapshots};
 pub use statcache::{StatEntry, StatRow};
 pub use store::{ArchiveFormat, ImageRecord, ImageSummary, LayerInfo, Store};
+pub use userns::UserNs;

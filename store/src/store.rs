@@ -248,12 +248,13 @@ impl Store {
     }
 
     /// `KILN_ROOT`, else `/var/lib/kiln` as root, else `$XDG_DATA_HOME/kiln`
-    /// (`~/.local/share/kiln`).
+    /// (`~/.local/share/kiln`), also for rootless kiln, which is root only
+    /// of a user namespace of its own.
     pub fn default_root() -> PathBuf {
         if let Some(r) = std::env::var_os("KILN_ROOT").filter(|v| !v.is_empty()) {
             return PathBuf::from(r);
         }
-        if rustix::process::geteuid().is_root() {
+        if crate::userns::UserNs::is_real_root() {
             return PathBuf::from("/var/lib/kiln");
         }
         if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {

@@ -22,6 +22,7 @@
 //!
 //! [`NetworkMode::Private`]: crate::NetworkMode::Private
 
+mod child_ns;
 mod route;
 mod shared;
 mod stack;

@@ -65,12 +65,25 @@ pub(crate) fn enter(job: &Job) -> Result<Option<StackProc>, String> {
 /// A fresh network namespace for the calling (single-threaded) process,
 /// with `lo` up, link-local prohibited, and `stack` attached.
 pub(crate) fn own_namespace_with(stack: &Stack, scratch: &Path) -> Result<StackProc, String> {
+    if crate::userns::current().is_nested() {
+        // Rootless: no way back into the host's namespace once we leave it.
+        super::child_ns::check_tun()?;
+        let ours = super::child_ns::make()?;
+        let proc = attach(stack, None, &ours, scratch)?;
+        rustix::thread::move_into_link_name_space(
+            ours.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|e| format!("joining the new network namespace: {e}"))?;
+        return Ok(proc);
+    }
     let host = File::open("/proc/self/ns/net").map_err(|e| format!("/proc/self/ns/net: {e}"))?;
     unshare_net()?;
     crate::mounts::loopback_up()?;
     route::prohibit_v4([169, 254, 0, 0], 16)
         .map_err(|e| format!("adding the route that refuses 169.254.0.0/16: {e}"))?;
-    attach(stack, &host.into(), scratch)
+    let ours = File::open("/proc/self/ns/net").map_err(|e| format!("/proc/self/ns/net: {e}"))?;
+    attach(stack, Some(&host.into()), &ours, scratch)
 }
 
 fn unshare_net() -> Result<(), String> {
@@ -84,8 +97,13 @@ fn unshare_net() -> Result<(), String> {
 /// inherited fd, named as `/proc/self/fd/N`. (Pasta drops its capabilities
 /// before opening the namespace, so `/proc/<our pid>/ns/net` would be
 /// refused to it: we hold more capabilities than it does.)
-fn attach(stack: &Stack, host: &OwnedFd, scratch: &Path) -> Result<StackProc, String> {
-    let ours = File::open("/proc/self/ns/net").map_err(|e| format!("/proc/self/ns/net: {e}"))?;
+/// With `host` None the stack starts in the caller's own namespace.
+fn attach(
+    stack: &Stack,
+    host: Option<&OwnedFd>,
+    ours: &File,
+    scratch: &Path,
+) -> Result<StackProc, String> {
     let ns_arg = format!("/proc/self/fd/{}", ours.as_raw_fd());
     let log_path = scratch.join(format!("{}.log", stack.kind.program()));
     let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
@@ -118,11 +136,11 @@ fn attach(stack: &Stack, host: &OwnedFd, scratch: &Path) -> Result<StackProc, St
         StackKind::Slirp4netns => ready_w.as_raw_fd(),
         StackKind::Pasta => -1,
     };
-    let (host_fd, ns_fd) = (host.as_raw_fd(), ours.as_raw_fd());
+    let (host_fd, ns_fd) = (host.map_or(-1, |h| h.as_raw_fd()), ours.as_raw_fd());
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setns(host_fd, libc::CLONE_NEWNET) != 0
+            if (host_fd >= 0 && libc::setns(host_fd, libc::CLONE_NEWNET) != 0)
                 || libc::fcntl(ns_fd, libc::F_SETFD, 0) != 0
                 || (w_fd >= 0 && libc::fcntl(w_fd, libc::F_SETFD, 0) != 0)
                 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0

@@ -50,10 +50,74 @@ pub fn apply_layer(
         created: HashSet::new(),
         dirs: Vec::new(),
         cache: None,
-        privileged: rustix::process::geteuid().is_root(),
+        owners: Owners::of_process(),
         entry_mtime: 0,
     };
     drive(r, limits, &mut ap)
+}
+
+/// What giving a file its owner can do in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owners {
+    /// Real root: any owner; a failure is an error.
+    Any,
+    /// Root of a user namespace (rootless kiln) mapping `mapped` IDs: an
+    /// owner outside the map is an error naming it.
+    Mapped(u64),
+    /// A single-ID user namespace (no subordinate range): every file stays
+    /// root's, as the warning at start said.
+    Single,
+    /// An ordinary process (the store's own unprivileged tests): files stay
+    /// the caller's.
+    Own,
+}
+
+impl Owners {
+    fn of_process() -> Owners {
+        match crate::userns::UserNs::current() {
+            _ if !rustix::process::geteuid().is_root() => Owners::Own,
+            crate::userns::UserNs::Initial => Owners::Any,
+            crate::userns::UserNs::Nested { mapped: 1 } => Owners::Single,
+            crate::userns::UserNs::Nested { mapped } => Owners::Mapped(mapped),
+        }
+    }
+
+    /// Whether a failed chown to `uid:gid` is fine here; otherwise the error.
+    fn chown_failed(self, e: Errno, path: &[u8], uid: u32, gid: u32) -> Result<(), LayerError> {
+        match (self, e) {
+            (Owners::Own, Errno::PERM) | (Owners::Single, Errno::INVAL) => Ok(()),
+            (Owners::Mapped(mapped), Errno::INVAL) => {
+                let (kind, id) = if u64::from(uid) >= mapped {
+                    ("uid", uid)
+                } else {
+                    ("gid", gid)
+                };
+                Err(LayerError::UnmappedOwner {
+                    path: String::from_utf8_lossy(path).into_owned(),
+                    kind,
+                    id,
+                    mapped,
+                })
+            }
+            _ => Err(LayerError::io(String::from_utf8_lossy(path), e)),
+        }
+    }
+
+    /// Whether a failed setxattr of `name` is fine here: an ordinary
+    /// process cannot set trusted.* or security.*, nor can root of a user
+    /// namespace set trusted.* (the kernel wants the machine's
+    /// CAP_SYS_ADMIN); such xattrs are left out of the snapshot.
+    fn xattr_failed(self, e: Errno, name: &[u8]) -> bool {
+        match self {
+            Owners::Any => false,
+            Owners::Own => matches!(e, Errno::PERM | Errno::NOTSUP),
+            Owners::Mapped(_) | Owners::Single => {
+                e == Errno::PERM && name.starts_with(b"trusted.")
+                    || e == Errno::NOTSUP
+                    || (self == Owners::Single && e == Errno::INVAL)
+            }
+        }
+    }
 }
 
 struct DeferredDir {
@@ -73,7 +137,7 @@ struct Applier {
     /// Last resolved parent directory (valid only while no entry removes or
     /// creates directories or symlinks).
     cache: Option<(Vec<u8>, OwnedFd)>,
-    privileged: bool,
+    owners: Owners,
     /// mtime of the entry being applied.
     entry_mtime: i64,
 }
@@ -306,23 +370,19 @@ impl Applier {
             match self.mode {
                 WhiteoutMode::Overlay => {
                     let pfd = self.parent(parent, true, &h.path)?;
-                    rustix::fs::fsetxattr(
-                        pfd.as_fd(),
-                        "trusted.overlay.opaque",
-                        b"y",
-                        XattrFlags::empty(),
-                    )
-                    .map_err(|e| {
-                        if e == Errno::PERM {
-                            LayerError::NotPermitted {
-                                op: "setting trusted.overlay.opaque",
-                                path: shown.clone(),
-                                cause: e.into(),
+                    let opaque = format!("{}opaque", crate::userns::UserNs::overlay_xattr_prefix());
+                    rustix::fs::fsetxattr(pfd.as_fd(), &opaque, b"y", XattrFlags::empty())
+                        .map_err(|e| {
+                            if e == Errno::PERM {
+                                LayerError::NotPermitted {
+                                    op: "setting overlay's opaque xattr",
+                                    path: shown.clone(),
+                                    cause: e.into(),
+                                }
+                            } else {
+                                LayerError::io(&shown, e)
                             }
-                        } else {
-                            LayerError::io(&shown, e)
-                        }
-                    })?;
+                        })?;
                 }
                 WhiteoutMode::Apply => {
                     let Ok(pfd) = self.parent(parent, false, &h.path) else {
@@ -480,11 +540,10 @@ impl Applier {
         uid: u64,
         gid: u64,
     ) -> Result<(), LayerError> {
-        let (uid, gid) = ids(path, uid, gid)?;
-        match rustix::fs::fchown(fd, Some(uid), Some(gid)) {
+        let (u, g) = ids(path, uid, gid)?;
+        match rustix::fs::fchown(fd, Some(u), Some(g)) {
             Ok(()) => Ok(()),
-            Err(Errno::PERM) if !self.privileged => Ok(()),
-            Err(e) => Err(LayerError::io(String::from_utf8_lossy(path), e)),
+            Err(e) => self.owners.chown_failed(e, path, u.as_raw(), g.as_raw()),
         }
     }
 
@@ -496,11 +555,10 @@ impl Applier {
         uid: u64,
         gid: u64,
     ) -> Result<(), LayerError> {
-        let (uid, gid) = ids(path, uid, gid)?;
-        match rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW) {
+        let (u, g) = ids(path, uid, gid)?;
+        match rustix::fs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(()) => Ok(()),
-            Err(Errno::PERM) if !self.privileged => Ok(()),
-            Err(e) => Err(LayerError::io(String::from_utf8_lossy(path), e)),
+            Err(e) => self.owners.chown_failed(e, path, u.as_raw(), g.as_raw()),
         }
     }
 
@@ -513,7 +571,7 @@ impl Applier {
         for (name, value) in applied_xattrs(path, xattrs)? {
             match rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty()) {
                 Ok(()) => {}
-                Err(Errno::PERM | Errno::NOTSUP) if !self.privileged => {}
+                Err(e) if self.owners.xattr_failed(e, name) => {}
                 Err(e) => {
                     return Err(LayerError::io(
                         format!(
@@ -616,7 +674,9 @@ pub(super) type Xattr = (Vec<u8>, Vec<u8>);
 
 /// The xattrs of an entry that are applied; an invalid one refuses the
 /// layer. Overlay's own xattrs from a layer could redirect or hide lower
-/// content once the snapshot is an overlay lower dir: never applied.
+/// content once the snapshot is an overlay lower dir: never applied, neither
+/// `trusted.overlay.*` nor the `user.overlay.*` of an overlay mounted in a
+/// user namespace (rootless kiln).
 pub(super) fn applied_xattrs<'a>(
     path: &[u8],
     xattrs: &'a [Xattr],
@@ -624,7 +684,7 @@ pub(super) fn applied_xattrs<'a>(
     let mut out = Vec::new();
     for x in xattrs {
         let (name, value) = x;
-        if name.starts_with(b"trusted.overlay.") {
+        if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
             continue;
         }
         let namespaced = [&b"user."[..], b"trusted.", b"security.", b"system."]

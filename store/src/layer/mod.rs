@@ -193,6 +193,18 @@ pub enum LayerError {
     OverlayFeature { path: String, xattr: String },
     #[error("file {0:?} changed size while it was being archived")]
     FileChanged(String),
+    #[error(
+        "{path:?} is owned by {kind} {id}, which this rootless kiln's user namespace does not \
+         map (it maps {mapped} IDs: container ID 0 is you, 1..{last} your subordinate range in \
+         /etc/sub{kind}); give the user a larger range (usermod --add-sub{kind}s)",
+        last = mapped.saturating_sub(1)
+    )]
+    UnmappedOwner {
+        path: String,
+        kind: &'static str,
+        id: u32,
+        mapped: u64,
+    },
     #[error("{op} on {path:?} needs privileges this process lacks: {cause}")]
     NotPermitted {
         op: &'static str,

@@ -18,16 +18,27 @@ const USTAR_NAME_MAX: usize = 100;
 const ZSTD_JOB_SIZE: u32 = 1 << 20;
 const OCTAL_ID_MAX: u64 = 0o7777777;
 const OCTAL_SIZE_MAX: u64 = 0o77777777777;
-const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+
+/// overlayfs' own xattrs in an upper dir: `trusted.overlay.*` as root,
+/// `user.overlay.*` from an overlay mounted in a user namespace
+/// (`userxattr`, rootless kiln).
+fn overlay_xattr(name: &[u8], key: &str) -> bool {
+    let prefix = crate::userns::UserNs::overlay_xattr_prefix().as_bytes();
+    name.strip_prefix(prefix) == Some(key.as_bytes())
+}
+
+fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(crate::userns::UserNs::overlay_xattr_prefix().as_bytes())
+}
 
 /// Encodes the tree under `dir` as a layer into `out` and returns its digests.
 ///
 /// Entries are emitted depth-first with each directory's children sorted by
 /// their (emitted) byte name, so the same tree gives the same bytes. Overlay
 /// whiteouts (char device 0/0) become `.wh.<name>` entries, an opaque
-/// directory (`trusted.overlay.opaque=y`) gets a `.wh..wh..opq` entry, other
-/// `trusted.overlay.*` xattrs are dropped. Owner names, atimes and ctimes are
+/// directory (`trusted.overlay.opaque=y`, `user.overlay.opaque=y` in a user
+/// namespace) gets a `.wh..wh..opq` entry, overlay's other xattrs are
+/// dropped. Owner names, atimes and ctimes are
 /// not recorded; mtimes are whole seconds, clamped to `source_date_epoch`.
 pub fn write_layer(
     dir: &Path,
@@ -157,9 +168,7 @@ fn write_tar(root: &Path, opts: &LayerOptions, w: &mut dyn Write) -> Result<(), 
         // means the upper dir does not hold the content the layer needs:
         // the overlay must be mounted with redirect_dir=off,metacopy=off.
         for (k, _) in &xattrs {
-            if k.as_slice() == b"trusted.overlay.redirect"
-                || k.as_slice() == b"trusted.overlay.metacopy"
-            {
+            if overlay_xattr(k, "redirect") || overlay_xattr(k, "metacopy") {
                 return Err(LayerError::OverlayFeature {
                     path: String::from_utf8_lossy(&rel).into_owned(),
                     xattr: String::from_utf8_lossy(k).into_owned(),
@@ -168,10 +177,10 @@ fn write_tar(root: &Path, opts: &LayerOptions, w: &mut dyn Write) -> Result<(), 
         }
         let opaque = xattrs
             .iter()
-            .any(|(k, v)| k.as_slice() == OPAQUE_XATTR && v.as_slice() == b"y");
+            .any(|(k, v)| overlay_xattr(k, "opaque") && v.as_slice() == b"y");
         let xattrs: Vec<_> = xattrs
             .into_iter()
-            .filter(|(k, _)| !k.starts_with(OVERLAY_XATTR_PREFIX))
+            .filter(|(k, _)| !is_overlay_xattr(k))
             .collect();
         if ft.is_dir() {
             let mut name = rel.clone();

@@ -22,6 +22,26 @@ fn main() -> ExitCode {
     // Must come first: a re-executed runner helper never returns from here.
     kiln_runner::init_hook();
     let cli = Cli::parse();
+    // Still single-threaded: as an ordinary user, become root of a user
+    // namespace of our own (container root = the user, 1..N = its
+    // subordinate range) before anything touches the store or a container.
+    let need = user_namespace_need(&cli.command);
+    if need != Need::No {
+        match kiln_runner::userns::enter_rootless() {
+            Ok(Some(entered)) => {
+                for w in entered.warnings {
+                    eprintln!("kiln: warning: {w}");
+                }
+            }
+            Ok(None) => {}
+            // Listing and reading the store's records works as the user.
+            Err(_) if need == Need::Optional => {}
+            Err(e) => {
+                eprintln!("kiln: {e}");
+                return ExitCode::from(125);
+            }
+        }
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -35,6 +55,57 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// It unpacks layers, runs or removes containers or deletes snapshots,
+    /// whose files belong to container IDs: no namespace, no command.
+    Required,
+    /// It only reads records and blobs: without a namespace it still works.
+    Optional,
+    /// It touches neither the store nor a container.
+    No,
+}
+
+fn user_namespace_need(c: &Command) -> Need {
+    match c {
+        Command::Parse(_) | Command::Login(_) | Command::Logout(_) => Need::No,
+        Command::Images(_)
+        | Command::Tag { .. }
+        | Command::Inspect { .. }
+        | Command::History(_)
+        | Command::Sbom(_)
+        | Command::Save(_)
+        | Command::Ps(_)
+        | Command::Logs(_)
+        | Command::Push(_)
+        | Command::Cache {
+            command: CacheCommand::Ls { .. } | CacheCommand::Du | CacheCommand::Why { .. },
+        }
+        | Command::System {
+            command: SystemCommand::Df | SystemCommand::Fsck { repair: false },
+        } => Need::Optional,
+        _ => Need::Required,
+    }
+}
+
+/// Rootless, a root that belongs to another user shows as the kernel's
+/// overflow uid (nobody): say whose it is not.
+fn foreign_owner_hint(root: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let overflow = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(65534);
+    let nested = kiln_store::UserNs::current() != kiln_store::UserNs::Initial;
+    match std::fs::metadata(root) {
+        Ok(m) if nested && m.uid() == overflow => " (it belongs to another user: a rootless \
+                                                     kiln uses its own user's store, \
+                                                     $XDG_DATA_HOME/kiln by default)"
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
 fn open_store(
     cli_root: &Option<std::path::PathBuf>,
     limits: &cli::LayerLimitFlags,
@@ -42,8 +113,13 @@ fn open_store(
     let root = cli_root
         .clone()
         .unwrap_or_else(kiln_store::Store::default_root);
-    let store = kiln_store::Store::open(&root)
-        .map_err(|e| anyhow::anyhow!("cannot open kiln root {}: {e}", root.display()))?;
+    let store = kiln_store::Store::open(&root).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open kiln root {}: {e}{}",
+            root.display(),
+            foreign_owner_hint(&root)
+        )
+    })?;
     if let Some(b) = store.recovered_from() {
         eprintln!(
             "kiln: warning: the metadata database was damaged (empty, truncated or corrupt); \

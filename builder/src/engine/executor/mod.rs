@@ -4,6 +4,13 @@
 //! the namespaces + overlayfs one of `kiln-runner` ([`namespaces`]); a
 //! rootless or emulated executor is another implementation, and the unit
 //! tests use a fake that needs no root.
+//!
+//! Rootless builds need no executor of their own: an ordinary user's kiln
+//! moves itself into a user namespace where it is root at the start of
+//! `main` (`kiln_runner::userns`), so [`namespaces::NamespaceExecutor`]
+//! runs there unchanged and the runner adapts what a user namespace does
+//! differently (overlay's `userxattr`, bound device nodes, the network
+//! namespace made in a child).
 
 pub mod namespaces;
 
