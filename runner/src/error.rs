@@ -59,6 +59,9 @@ pub enum RunError {
          included) or --network none (no network)"
     )]
     NoNetworkStack { searched: String },
+    /// A resource limit that is invalid or that this host cannot enforce.
+    #[error("{0}")]
+    Limits(String),
     #[error("corrupt container state in {path}: {reason}")]
     State { path: PathBuf, reason: String },
 }

@@ -245,6 +245,8 @@ pub(crate) struct Named<'a> {
     pub tty: bool,
     /// Relay the caller's stdin to the pty (and put the terminal in raw mode).
     pub interactive: bool,
+    /// cgroup dirs the container joins (its limits).
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// Foreground run; without `named`, the scratch dir is a temp dir removed
@@ -259,12 +261,13 @@ pub(crate) fn run_foreground(
 ) -> Result<i32, RunError> {
     validate(spec)?;
     let mut _guard = None;
-    let (scratch, hostname, tty, interactive) = match &named {
+    let (scratch, hostname, tty, interactive, cgroups) = match &named {
         Some(n) => (
             n.scratch.to_path_buf(),
             n.id[..12.min(n.id.len())].to_string(),
             n.tty,
             n.interactive,
+            n.cgroups.clone(),
         ),
         None => {
             sweep_stale_scratch(&cfg.scratch_root);
@@ -275,7 +278,7 @@ pub(crate) fn run_foreground(
             ));
             private_dir(&dir)?;
             _guard = Some(ScratchDir(dir.clone()));
-            (dir, "kiln".to_string(), false, false)
+            (dir, "kiln".to_string(), false, false, Vec::new())
         }
     };
     let job = Job {
@@ -286,6 +289,7 @@ pub(crate) fn run_foreground(
         supervisor: std::process::id() as i32,
         legacy_overlay: legacy_overlay_requested(),
         net: net_plan(cfg, spec)?,
+        cgroups,
     };
     let (console, relay) = if tty {
         let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
@@ -482,6 +486,8 @@ pub(crate) fn container_parent(job: &Job) -> i32 {
 fn start_container(job: &Job) -> Result<i32, String> {
     let layout = mounts::prepare_host(job)?;
     let exe = readonly_self()?;
+    // Opened in the host's mount namespace; written by PID 1 (below).
+    let cgroup_procs = crate::cgroups::join::open(&job.cgroups)?;
     // First, while still in the host's mount and PID namespaces: a stack
     // started here must not become the container's PID 1. It stops when
     // this function returns (or dies with this process).
@@ -513,6 +519,18 @@ fn start_container(job: &Job) -> Result<i32, String> {
             let _ = rustix::process::set_parent_process_death_signal(Some(
                 rustix::process::Signal::KILL,
             ));
+            // Before anything else runs: every process of the container
+            // is inside its limits, H is not.
+            if let Err(message) = crate::cgroups::join::enter(&cgroup_procs) {
+                send(
+                    report(),
+                    &Msg::Error {
+                        message,
+                        code: None,
+                    },
+                );
+                std::process::exit(125);
+            }
             let code = container_init(job, &exe);
             std::process::exit(code);
         }

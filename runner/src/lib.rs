@@ -27,6 +27,7 @@
 //! (BuildKit instead creates the stubs in the rootfs and deletes them after
 //! the run; the bottom lower avoids that cleanup and its races.)
 
+pub mod cgroups;
 mod error;
 mod helper;
 mod mounts;
