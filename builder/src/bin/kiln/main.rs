@@ -93,7 +93,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             images,
         } => cmd_attest::inspect_attestations(&open_store(&cli.root, &cli.limits)?, &images),
         Command::Inspect { images, .. } => {
-            cmd_images::inspect(&open_store(&cli.root, &cli.limits)?, &images)
+            cmd_containers::inspect(&open_store(&cli.root, &cli.limits)?, &images)
         }
         Command::History(args) => cmd_images::history(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Sbom(args) => cmd_attest::sbom(&open_store(&cli.root, &cli.limits)?, &args),
