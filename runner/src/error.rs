@@ -44,6 +44,9 @@ pub enum RunError {
         "cannot remove container {0}: container is running: stop the container before removing or force remove"
     )]
     ContainerRunning(String),
+    /// `exec` into a container that is not running (docker's words).
+    #[error("Container {0} is not running")]
+    NotRunning(String),
     #[error("invalid signal {0:?}")]
     BadSignal(String),
     #[error("invalid container spec: {0}")]

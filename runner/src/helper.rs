@@ -54,6 +54,7 @@ pub(crate) fn init_hook() {
         Some("init") => init_main(&rest),
         Some("monitor") => crate::state::monitor_main(&rest),
         Some("netns") => crate::net::netns_main(&rest),
+        Some("exec") => crate::exec::exec_main(),
         _ => {
             eprintln!("kiln-runner: unknown helper role {role:?}");
             125
@@ -390,13 +391,13 @@ fn talk(
 // ---------------------------------------------------------------------------
 // Inside the helper (single-threaded from here on).
 
-fn report() -> BorrowedFd<'static> {
+pub(crate) fn report() -> BorrowedFd<'static> {
     // SAFETY: fd 3 is set up by spawn_helper / the monitor and stays open for
     // the helper's lifetime.
     unsafe { BorrowedFd::borrow_raw(REPORT_FD) }
 }
 
-fn close_fds_from(first: u32) {
+pub(crate) fn close_fds_from(first: u32) {
     // SAFETY: close_range only closes fds; nothing else in this
     // single-threaded process owns fds above `first`.
     unsafe {
@@ -543,7 +544,7 @@ fn start_container(job: &Job) -> Result<i32, String> {
 /// Wait for `child`, forwarding every other signal to it. With `reap_all`
 /// (PID 1) every exited process is reaped. Returns the child's exit code,
 /// 128+signal when it was killed.
-fn supervise(child: Pid, reap_all: bool) -> i32 {
+pub(crate) fn supervise(child: Pid, reap_all: bool) -> i32 {
     let all = SigSet::all();
     loop {
         let sig = match all.wait() {
@@ -701,18 +702,18 @@ fn init_main(args: &[OsString]) -> i32 {
     }
 }
 
-struct Process {
-    argv: Vec<CString>,
-    env: Vec<CString>,
-    path: String,
-    cwd: String,
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
+pub(crate) struct Process {
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    pub path: String,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
     /// The pty slave, for stdin/stdout/stderr and as controlling terminal.
-    console: Option<OwnedFd>,
+    pub console: Option<OwnedFd>,
     /// The syscall filter, built before the fork.
-    seccomp: Option<Vec<libc::sock_filter>>,
+    pub seccomp: Option<Vec<libc::sock_filter>>,
 }
 
 fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32>)> {
@@ -839,7 +840,7 @@ const DEFAULT_CAPS: [caps::Capability; 14] = [
 
 /// In P: become the user's process. Returns only on failure, with the
 /// message and exit code Docker would give.
-fn exec_process(p: &Process) -> (String, i32) {
+pub(crate) fn exec_process(p: &Process) -> (String, i32) {
     let fail = |m: String| (m, 125);
     // Signals: default dispositions (Rust ignores SIGPIPE), nothing blocked.
     for sig in Signal::iterator() {
@@ -968,7 +969,7 @@ fn exec_error(name: &str, e: std::io::Error) -> (String, i32) {
 
 /// Later values of a variable replace earlier ones in place (Docker's
 /// `ReplaceOrAppendEnvValues`), so the process never sees a key twice.
-fn dedup_env(env: &[String]) -> Vec<String> {
+pub(crate) fn dedup_env(env: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(env.len());
     for e in env {
         let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);

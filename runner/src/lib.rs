@@ -29,6 +29,7 @@
 
 pub mod cgroups;
 mod error;
+mod exec;
 mod helper;
 mod mounts;
 mod names;
@@ -48,6 +49,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use error::RunError;
+pub use exec::ExecOptions;
 pub use net::{find_stack, SharedNet, Stack, StackKind};
 pub use ports::{parse_port_spec, PortMapping, Protocol};
 pub use ps::{format_ps_table, human_duration};

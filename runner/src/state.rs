@@ -153,7 +153,7 @@ impl State {
 }
 
 /// Start time (clock ticks since boot) of a process, from /proc/<pid>/stat.
-fn proc_start_time(pid: i32) -> Option<u64> {
+pub(crate) fn proc_start_time(pid: i32) -> Option<u64> {
     if pid <= 0 {
         return None;
     }
@@ -760,6 +760,20 @@ impl Containers {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(RunError::io(format!("removing {}", dir.display()), e)),
         }
+    }
+
+    /// Run another process in a running container (`docker exec`): its
+    /// exit code, or 0 once started with `detach`.
+    pub fn exec(&self, name: &str, opts: crate::ExecOptions) -> Result<i32, RunError> {
+        let id = self.resolve(name)?;
+        let c = self.config(&id)?;
+        let st = self.state(&id)?;
+        if st.phase != Phase::Running || !alive(st.pid, st.pid_start) {
+            return Err(RunError::NotRunning(name.to_string()));
+        }
+        let job =
+            crate::exec::ExecJob::new(&c.spec, (st.pid, st.pid_start), c.cgroups.dirs(), &opts)?;
+        crate::exec::start(&self.cfg, &job, opts.interactive)
     }
 
     /// Write the container's output (stdout and stderr, in order) to `out`.

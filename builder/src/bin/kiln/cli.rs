@@ -72,6 +72,8 @@ pub enum Command {
     Import(ImportArgs),
     /// Run a command in a new container.
     Run(RunArgs),
+    /// Run a command in a running container.
+    Exec(ExecArgs),
     /// List containers.
     Ps(PsArgs),
     /// Stop running containers.
@@ -441,6 +443,31 @@ pub struct RunArgs {
     pub pids_limit: Option<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Detached mode: run the command in the background (its output goes nowhere).
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// User name or UID, with optional group (default: the container's).
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Working directory inside the container (default: the container's).
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// Set environment variables.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    pub container: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
 

@@ -9,7 +9,7 @@ use anyhow::Result;
 use kiln_runner::{ContainerSpec, Containers, NetworkMode, RootFs, RunOptions, RunnerConfig};
 use kiln_store::Store;
 
-use crate::cli::{LogsArgs, PsArgs, RmArgs, RunArgs, RunNetwork, StopArgs};
+use crate::cli::{ExecArgs, LogsArgs, PsArgs, RmArgs, RunArgs, RunNetwork, StopArgs};
 use crate::error::Failure;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -387,6 +387,38 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
         "Ports": i.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "Cgroups": cgroups,
     })
+}
+
+/// `kiln exec`: docker's exit codes (the command's own; 126/127 when it
+/// cannot be run; 1 when the container is missing or not running).
+pub fn exec(store: &Store, args: ExecArgs) -> Result<ExitCode> {
+    if let Some(u) = &args.user {
+        kiln_runner::user::check_spec(u).map_err(|e| Failure::new(126, format!("kiln: {e}")))?;
+    }
+    if args.detach && args.tty {
+        return Err(run_failure(
+            "kiln: exec -d with -t is not built yet (a detached exec has no terminal to attach)",
+        ));
+    }
+    let opts = kiln_runner::ExecOptions {
+        args: args.command.clone(),
+        env: args.env.iter().map(|e| expand_env_arg(e)).collect(),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+        tty: args.tty,
+        interactive: args.interactive,
+        detach: args.detach,
+    };
+    let c = containers(store)?;
+    match c.exec(&args.container, opts) {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(
+            e @ (kiln_runner::RunError::NotRunning(_)
+            | kiln_runner::RunError::NoSuchContainer(_)
+            | kiln_runner::RunError::AmbiguousPrefix { .. }),
+        ) => Err(Failure::new(1, format!("Error response from kiln: {e}")).into()),
+        Err(e) => Err(runner_failure(e)),
+    }
 }
 
 pub fn ps(store: &Store, args: &PsArgs) -> Result<ExitCode> {

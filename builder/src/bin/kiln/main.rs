@@ -103,6 +103,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             cmd_containers::run(&open_store(&cli.root, &cli.limits)?, &access, args)
         }
+        Command::Exec(args) => cmd_containers::exec(&open_store(&cli.root, &cli.limits)?, args),
         Command::Ps(args) => cmd_containers::ps(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Stop(args) => cmd_containers::stop(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Rm(args) => cmd_containers::rm(&open_store(&cli.root, &cli.limits)?, &args),
