@@ -75,10 +75,11 @@ fn exec_joins_the_running_container() {
         .ok()
         .stdout();
     assert!(ps.contains("sleep 100"), "{ps}");
-    // Exit codes pass through; docker's 127 for a missing command.
+    // Exit codes pass through; docker exec's 126 for a command that
+    // cannot start, a missing one too (docker 20.10 here; run says 127).
     assert_eq!(k.run(&["exec", "web", "sh", "-c", "exit 7"]).code(), 7);
     let r = k.run(&["exec", "web", "no-such-command"]);
-    assert_eq!(r.code(), 127, "{}", r.stderr());
+    assert_eq!(r.code(), 126, "{}", r.stderr());
     assert!(
         r.stderr().contains("executable file not found"),
         "{}",
@@ -194,4 +195,15 @@ fn exec_into_a_stopped_or_missing_container_is_dockers_error() {
     );
     let r = k.run(&["exec", "done"]);
     assert_ne!(r.code(), 0, "a command is required");
+    // An unknown user is docker's message and 126.
+    start(&k, "up", &[]);
+    let r = k.run(&["exec", "-u", "nosuch", "up", "true"]);
+    assert_eq!(r.code(), 126);
+    assert!(
+        r.stderr()
+            .contains("unable to find user nosuch: no matching entries in passwd file"),
+        "{}",
+        r.stderr()
+    );
+    k.run(&["rm", "-f", "up"]).ok();
 }

@@ -162,8 +162,10 @@ pub(crate) fn start(cfg: &RunnerConfig, job: &ExecJob, interactive: bool) -> Res
                     break;
                 }
                 Ok(Some(Msg::Error { message, code })) => {
+                    // docker exec answers 126 for any command it cannot
+                    // start, a missing one included (run says 127).
                     result = Err(match code {
-                        Some(code) => RunError::Exec { message, code },
+                        Some(_) => RunError::Exec { message, code: 126 },
                         None => RunError::Setup(message),
                     });
                     break;

@@ -389,7 +389,7 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
     })
 }
 
-/// `kiln exec`: docker's exit codes (the command's own; 126/127 when it
+/// `kiln exec`: docker's exit codes (the command's own; 126 when it
 /// cannot be run; 1 when the container is missing or not running).
 pub fn exec(store: &Store, args: ExecArgs) -> Result<ExitCode> {
     if let Some(u) = &args.user {
