@@ -374,3 +374,47 @@ fn exec_in(job: &ExecJob) -> Result<i32, (String, Option<i32>)> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_job_takes_the_containers_settings_under_the_flags() {
+        let spec = ContainerSpec {
+            args: vec!["sleep".into()],
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            cwd: "/srv".into(),
+            user: Some("app".into()),
+            seccomp_unconfined: true,
+            ..Default::default()
+        };
+        let o = ExecOptions {
+            args: vec!["sh".into()],
+            env: vec!["A=2".into()],
+            ..Default::default()
+        };
+        let j = ExecJob::new(&spec, (42, 7), vec![], &o).unwrap();
+        assert_eq!(
+            j.env,
+            ["PATH=/bin", "A=1", "A=2"],
+            "later wins (dedup_env in E)"
+        );
+        assert_eq!(helper::dedup_env(&j.env), ["PATH=/bin", "A=2"]);
+        assert_eq!((j.cwd.as_str(), j.user.as_deref()), ("/srv", Some("app")));
+        assert!(j.seccomp_unconfined, "the container's filter setting");
+        let o = ExecOptions {
+            args: vec!["sh".into()],
+            user: Some("0".into()),
+            workdir: Some("tmp".into()),
+            ..Default::default()
+        };
+        let e = ExecJob::new(&spec, (42, 7), vec![], &o).unwrap_err();
+        assert!(
+            e.to_string().contains("needs to be an absolute path"),
+            "{e}"
+        );
+        let e = ExecJob::new(&spec, (42, 7), vec![], &ExecOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("no command"), "{e}");
+    }
+}
