@@ -44,6 +44,9 @@ pub enum RunError {
         "cannot remove container {0}: container is running: stop the container before removing or force remove"
     )]
     ContainerRunning(String),
+    /// `exec` into a container that is not running (docker's words).
+    #[error("Container {0} is not running")]
+    NotRunning(String),
     #[error("invalid signal {0:?}")]
     BadSignal(String),
     #[error("invalid container spec: {0}")]
@@ -59,6 +62,9 @@ pub enum RunError {
          included) or --network none (no network)"
     )]
     NoNetworkStack { searched: String },
+    /// A resource limit that is invalid or that this host cannot enforce.
+    #[error("{0}")]
+    Limits(String),
     #[error("corrupt container state in {path}: {reason}")]
     State { path: PathBuf, reason: String },
 }

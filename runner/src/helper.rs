@@ -54,6 +54,7 @@ pub(crate) fn init_hook() {
         Some("init") => init_main(&rest),
         Some("monitor") => crate::state::monitor_main(&rest),
         Some("netns") => crate::net::netns_main(&rest),
+        Some("exec") => crate::exec::exec_main(),
         _ => {
             eprintln!("kiln-runner: unknown helper role {role:?}");
             125
@@ -245,6 +246,8 @@ pub(crate) struct Named<'a> {
     pub tty: bool,
     /// Relay the caller's stdin to the pty (and put the terminal in raw mode).
     pub interactive: bool,
+    /// cgroup dirs the container joins (its limits).
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// Foreground run; without `named`, the scratch dir is a temp dir removed
@@ -259,12 +262,13 @@ pub(crate) fn run_foreground(
 ) -> Result<i32, RunError> {
     validate(spec)?;
     let mut _guard = None;
-    let (scratch, hostname, tty, interactive) = match &named {
+    let (scratch, hostname, tty, interactive, cgroups) = match &named {
         Some(n) => (
             n.scratch.to_path_buf(),
             n.id[..12.min(n.id.len())].to_string(),
             n.tty,
             n.interactive,
+            n.cgroups.clone(),
         ),
         None => {
             sweep_stale_scratch(&cfg.scratch_root);
@@ -275,7 +279,7 @@ pub(crate) fn run_foreground(
             ));
             private_dir(&dir)?;
             _guard = Some(ScratchDir(dir.clone()));
-            (dir, "kiln".to_string(), false, false)
+            (dir, "kiln".to_string(), false, false, Vec::new())
         }
     };
     let job = Job {
@@ -286,6 +290,7 @@ pub(crate) fn run_foreground(
         supervisor: std::process::id() as i32,
         legacy_overlay: legacy_overlay_requested(),
         net: net_plan(cfg, spec)?,
+        cgroups,
     };
     let (console, relay) = if tty {
         let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
@@ -386,13 +391,13 @@ fn talk(
 // ---------------------------------------------------------------------------
 // Inside the helper (single-threaded from here on).
 
-fn report() -> BorrowedFd<'static> {
+pub(crate) fn report() -> BorrowedFd<'static> {
     // SAFETY: fd 3 is set up by spawn_helper / the monitor and stays open for
     // the helper's lifetime.
     unsafe { BorrowedFd::borrow_raw(REPORT_FD) }
 }
 
-fn close_fds_from(first: u32) {
+pub(crate) fn close_fds_from(first: u32) {
     // SAFETY: close_range only closes fds; nothing else in this
     // single-threaded process owns fds above `first`.
     unsafe {
@@ -485,6 +490,8 @@ fn start_container(job: &Job) -> Result<i32, String> {
     // namespace that namespace owns: the clone waits for our own below.
     let nested = crate::userns::current().is_nested();
     let mut exe = if nested { None } else { Some(readonly_self()?) };
+    // Opened in the host's mount namespace; written by PID 1 (below).
+    let cgroup_procs = crate::cgroups::join::open(&job.cgroups)?;
     // First, while still in the host's mount and PID namespaces: a stack
     // started here must not become the container's PID 1. It stops when
     // this function returns (or dies with this process).
@@ -520,6 +527,18 @@ fn start_container(job: &Job) -> Result<i32, String> {
             let _ = rustix::process::set_parent_process_death_signal(Some(
                 rustix::process::Signal::KILL,
             ));
+            // Before anything else runs: every process of the container
+            // is inside its limits, H is not.
+            if let Err(message) = crate::cgroups::join::enter(&cgroup_procs) {
+                send(
+                    report(),
+                    &Msg::Error {
+                        message,
+                        code: None,
+                    },
+                );
+                std::process::exit(125);
+            }
             let code = container_init(job, &exe);
             std::process::exit(code);
         }
@@ -532,7 +551,7 @@ fn start_container(job: &Job) -> Result<i32, String> {
 /// Wait for `child`, forwarding every other signal to it. With `reap_all`
 /// (PID 1) every exited process is reaped. Returns the child's exit code,
 /// 128+signal when it was killed.
-fn supervise(child: Pid, reap_all: bool) -> i32 {
+pub(crate) fn supervise(child: Pid, reap_all: bool) -> i32 {
     let all = SigSet::all();
     loop {
         let sig = match all.wait() {
@@ -730,18 +749,18 @@ fn init_main(args: &[OsString]) -> i32 {
     }
 }
 
-struct Process {
-    argv: Vec<CString>,
-    env: Vec<CString>,
-    path: String,
-    cwd: String,
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
+pub(crate) struct Process {
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    pub path: String,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
     /// The pty slave, for stdin/stdout/stderr and as controlling terminal.
-    console: Option<OwnedFd>,
+    pub console: Option<OwnedFd>,
     /// The syscall filter, built before the fork.
-    seccomp: Option<Vec<libc::sock_filter>>,
+    pub seccomp: Option<Vec<libc::sock_filter>>,
 }
 
 fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32>)> {
@@ -868,7 +887,7 @@ const DEFAULT_CAPS: [caps::Capability; 14] = [
 
 /// In P: become the user's process. Returns only on failure, with the
 /// message and exit code Docker would give.
-fn exec_process(p: &Process) -> (String, i32) {
+pub(crate) fn exec_process(p: &Process) -> (String, i32) {
     let fail = |m: String| (m, 125);
     // Signals: default dispositions (Rust ignores SIGPIPE), nothing blocked.
     for sig in Signal::iterator() {
@@ -1001,7 +1020,7 @@ fn exec_error(name: &str, e: std::io::Error) -> (String, i32) {
 
 /// Later values of a variable replace earlier ones in place (Docker's
 /// `ReplaceOrAppendEnvValues`), so the process never sees a key twice.
-fn dedup_env(env: &[String]) -> Vec<String> {
+pub(crate) fn dedup_env(env: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(env.len());
     for e in env {
         let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);

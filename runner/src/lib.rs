@@ -27,7 +27,9 @@
 //! (BuildKit instead creates the stubs in the rootfs and deletes them after
 //! the run; the bottom lower avoids that cleanup and its races.)
 
+pub mod cgroups;
 mod error;
+mod exec;
 mod helper;
 mod mounts;
 mod names;
@@ -49,6 +51,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use error::RunError;
+pub use exec::ExecOptions;
 pub use net::{find_stack, SharedNet, Stack, StackKind};
 pub use ports::{parse_port_spec, PortMapping, Protocol};
 pub use ps::{format_ps_table, human_duration};

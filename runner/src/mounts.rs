@@ -1185,6 +1185,7 @@ mod tests {
             supervisor: 1,
             legacy_overlay: false,
             net: Default::default(),
+            cgroups: vec![],
         };
         let l = prepare_host(&job).unwrap();
         prepare(&job, &l).unwrap();

@@ -30,6 +30,9 @@ pub(crate) struct Job {
     /// shared namespace to join.
     #[serde(default)]
     pub net: crate::net::NetPlan,
+    /// cgroup dirs (one per hierarchy) the container's PID 1 joins.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -171,6 +171,11 @@ mod tests {
                 container_port: 5000,
                 protocol: Protocol::Tcp,
             }],
+            oom_killed: false,
+            resources: Default::default(),
+            cgroups: vec![],
+            spec: Default::default(),
+            auto_remove: false,
         }
     }
 

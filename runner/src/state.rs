@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cgroups::{self, Placed, Placement, Resources};
 use crate::error::RunError;
 use crate::helper::{self, random_hex, Event, REPORT_FD};
 use crate::names;
@@ -50,6 +51,10 @@ pub struct RunOptions {
     pub tty: bool,
     /// `-i`: keep stdin (foreground only; detached stdin is /dev/null).
     pub interactive: bool,
+    /// `--memory`, `--cpus`, ...: checked (dockerd's rules) and written
+    /// into the container's cgroups when it is created.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 /// What `ps` knows about a container.
@@ -79,6 +84,16 @@ pub struct ContainerInfo {
     pub started: i64,
     pub status: ContainerStatus,
     pub ports: Vec<PortMapping>,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    /// The limits as applied (docker's defaults filled in).
+    pub resources: Resources,
+    /// The cgroups the container got, one per hierarchy.
+    pub cgroups: Vec<Placed>,
+    /// What runs, as given to `run`.
+    pub spec: ContainerSpec,
+    /// `--rm`.
+    pub auto_remove: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +108,9 @@ struct Config {
     /// monitor has no PATH).
     #[serde(default)]
     stack: Option<crate::net::Stack>,
+    /// The cgroups made for `opts.resources` (removed with the container).
+    #[serde(default)]
+    cgroups: Placement,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +132,8 @@ struct State {
     started: i64,
     exit_code: Option<i32>,
     finished: i64,
+    #[serde(default)]
+    oom_killed: bool,
 }
 
 impl State {
@@ -127,12 +147,13 @@ impl State {
             started: 0,
             exit_code: None,
             finished: 0,
+            oom_killed: false,
         }
     }
 }
 
 /// Start time (clock ticks since boot) of a process, from /proc/<pid>/stat.
-fn proc_start_time(pid: i32) -> Option<u64> {
+pub(crate) fn proc_start_time(pid: i32) -> Option<u64> {
     if pid <= 0 {
         return None;
     }
@@ -337,6 +358,10 @@ impl Containers {
                 return Err(RunError::InvalidName(n.clone()));
             }
         }
+        let mut resources = opts.resources.clone();
+        for w in resources.check(host_cpus()).map_err(RunError::Limits)? {
+            eprintln!("WARNING: {w}");
+        }
         let _lock = self.lock()?;
         let mut taken = Vec::new();
         for id in self.ids()? {
@@ -375,18 +400,34 @@ impl Containers {
         helper::private_dir(&dir)?;
         fs::create_dir_all(dir.join("scratch"))
             .map_err(|e| RunError::io(format!("creating {}", dir.display()), e))?;
+        let placement = match make_cgroups(&id, &resources) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let mut opts = opts.clone();
+        opts.resources = resources;
         let cfg = Config {
             id,
             name,
             created: now(),
-            opts: opts.clone(),
+            opts,
             spec: spec.clone(),
             detached,
             stack,
+            cgroups: placement,
         };
-        let bytes = serde_json::to_vec_pretty(&cfg).map_err(|e| RunError::Helper(e.to_string()))?;
-        write_atomic(&dir.join("config.json"), &bytes)?;
-        save_state(&dir, &State::created())?;
+        let saved = serde_json::to_vec_pretty(&cfg)
+            .map_err(|e| RunError::Helper(e.to_string()))
+            .and_then(|bytes| write_atomic(&dir.join("config.json"), &bytes))
+            .and_then(|()| save_state(&dir, &State::created()));
+        if let Err(e) = saved {
+            drop_cgroups(&cfg.cgroups);
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         Ok(cfg)
     }
 
@@ -399,6 +440,7 @@ impl Containers {
         let dir = self.dir.join(&cfg.id);
         let result = self.start_monitor(&dir);
         if result.is_err() {
+            drop_cgroups(&cfg.cgroups);
             let _ = fs::remove_dir_all(&dir);
         }
         result.map(|()| cfg.id)
@@ -465,6 +507,7 @@ impl Containers {
         let bound = match ports::bind_all(&opts.ports) {
             Ok(b) => b,
             Err(e) => {
+                drop_cgroups(&cfg.cgroups);
                 let _ = fs::remove_dir_all(&dir);
                 return Err(e);
             }
@@ -497,6 +540,7 @@ impl Containers {
                 id: &cfg.id,
                 tty,
                 interactive: opts.interactive,
+                cgroups: cfg.cgroups.dirs(),
             }),
             &mut |ev| match ev {
                 Event::Started { helper, pid } => {
@@ -509,6 +553,7 @@ impl Containers {
                         started: now(),
                         exit_code: None,
                         finished: 0,
+                        oom_killed: false,
                     };
                     if let Err(e) = save_state(&dir, &st) {
                         state_err = Some(e);
@@ -531,6 +576,8 @@ impl Containers {
             Ok(c) => *c,
             Err(e) => e.exit_code().unwrap_or(125),
         };
+        let oom_killed = cgroups::oom_killed(&cgroups::HostFs, &cfg.cgroups);
+        drop_cgroups(&cfg.cgroups);
         if opts.auto_remove {
             let _ = fs::remove_dir_all(&dir);
         } else {
@@ -538,6 +585,7 @@ impl Containers {
             st.phase = Phase::Exited;
             st.exit_code = Some(code);
             st.finished = now();
+            st.oom_killed = oom_killed;
             save_state(&dir, &st)?;
         }
         if let Some(e) = state_err {
@@ -564,7 +612,8 @@ impl Containers {
             }
             Phase::Running => {
                 // The supervisor died without recording an exit (killed, or
-                // the machine rebooted).
+                // the machine rebooted); its cgroups are empty now.
+                drop_cgroups(&c.cgroups);
                 let finished = fs::metadata(self.dir.join(id).join("state.json"))
                     .ok()
                     .and_then(|m| m.modified().ok())
@@ -594,6 +643,11 @@ impl Containers {
             },
             status,
             ports: c.opts.ports,
+            oom_killed: st.oom_killed,
+            resources: c.opts.resources,
+            cgroups: c.cgroups.cgroups,
+            spec: c.spec,
+            auto_remove: c.opts.auto_remove,
         })
     }
 
@@ -697,12 +751,29 @@ impl Containers {
                 wait_pidfd(&s, Duration::from_secs(10));
             }
         }
+        if let Ok(c) = self.config(&id) {
+            cgroups::remove(&cgroups::HostFs, &c.cgroups).map_err(RunError::Limits)?;
+        }
         let dir = self.dir.join(&id);
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(RunError::io(format!("removing {}", dir.display()), e)),
         }
+    }
+
+    /// Run another process in a running container (`docker exec`): its
+    /// exit code, or 0 once started with `detach`.
+    pub fn exec(&self, name: &str, opts: crate::ExecOptions) -> Result<i32, RunError> {
+        let id = self.resolve(name)?;
+        let c = self.config(&id)?;
+        let st = self.state(&id)?;
+        if st.phase != Phase::Running || !alive(st.pid, st.pid_start) {
+            return Err(RunError::NotRunning(name.to_string()));
+        }
+        let job =
+            crate::exec::ExecJob::new(&c.spec, (st.pid, st.pid_start), c.cgroups.dirs(), &opts)?;
+        crate::exec::start(&self.cfg, &job, opts.interactive)
     }
 
     /// Write the container's output (stdout and stderr, in order) to `out`.
@@ -766,6 +837,37 @@ impl Containers {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The container's cgroups for its (checked) limits; none without limits.
+fn make_cgroups(id: &str, res: &Resources) -> Result<Placement, RunError> {
+    if res.is_empty() {
+        return Ok(Placement::default());
+    }
+    let fs = cgroups::HostFs;
+    let host = cgroups::detect(&fs).map_err(RunError::Limits)?;
+    let p = cgroups::create(&fs, &host, id, res).map_err(RunError::Limits)?;
+    for w in &p.warnings {
+        eprintln!("WARNING: {w}");
+    }
+    Ok(p)
+}
+
+/// Best effort: a cgroup that is still busy is retried by the next
+/// `ps`/`rm` (for a container whose supervisor died) or stays for `rm`.
+fn drop_cgroups(p: &Placement) {
+    let _ = cgroups::remove(&cgroups::HostFs, p);
+}
+
+/// CPUs this process may run on (Go's `runtime.NumCPU`, which dockerd's
+/// `--cpus` range check uses).
+fn host_cpus() -> usize {
+    rustix::thread::sched_getaffinity(None)
+        .map(|s| s.count() as usize)
+        .ok()
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
 }
 
 fn save_state(dir: &Path, st: &State) -> Result<(), RunError> {
@@ -914,6 +1016,7 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
             stack: cfg.stack.clone(),
             join: None,
         },
+        cgroups: cfg.cgroups.dirs(),
     };
     // SAFETY: still single-threaded: no thread is started before this fork.
     let h = match unsafe { libc::fork() } {
@@ -967,6 +1070,7 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
                     started: now(),
                     exit_code: None,
                     finished: 0,
+                    oom_killed: false,
                 };
                 save_state(dir, &st)?;
                 if let Some(b) = bound.take() {
@@ -1002,6 +1106,8 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
     for w in writers {
         let _ = w.join();
     }
+    let oom_killed = cgroups::oom_killed(&cgroups::HostFs, &cfg.cgroups);
+    drop_cgroups(&cfg.cgroups);
     if failed && caller_open {
         let message = fs::read_to_string(dir.join("error")).unwrap_or_default();
         let _ = fs::remove_dir_all(dir);
@@ -1027,6 +1133,7 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
     st.phase = Phase::Exited;
     st.exit_code = Some(code);
     st.finished = now();
+    st.oom_killed = oom_killed;
     save_state(dir, &st)
 }
 
@@ -1130,6 +1237,7 @@ mod tests {
                 spec: ContainerSpec::default(),
                 detached: true,
                 stack: None,
+                cgroups: Placement::default(),
             };
             fs::write(d.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
         }

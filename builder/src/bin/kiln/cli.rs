@@ -52,11 +52,12 @@ pub enum Command {
     Rmi(RmiArgs),
     /// Create a tag TARGET that refers to SOURCE.
     Tag { source: String, target: String },
-    /// Show the configuration and manifest of images as JSON.
+    /// Show containers (state, limits, cgroups) or images (configuration and manifest) as JSON.
     Inspect {
         /// Show the attestations (SBOM, provenance) attached to each image instead: their in-toto statements.
         #[arg(long)]
         attestations: bool,
+        /// Containers or images; a container's name wins, as with docker.
         images: Vec<String>,
     },
     /// Show the history of an image.
@@ -71,6 +72,8 @@ pub enum Command {
     Import(ImportArgs),
     /// Run a command in a new container.
     Run(RunArgs),
+    /// Run a command in a running container.
+    Exec(ExecArgs),
     /// List containers.
     Ps(PsArgs),
     /// Stop running containers.
@@ -418,8 +421,53 @@ pub struct RunArgs {
     /// `seccomp=unconfined`: run without the default syscall filter.
     #[arg(long = "security-opt", value_name = "OPT")]
     pub security_opt: Vec<String>,
+    /// Memory limit (e.g. 512m, 1g; at least 6m).
+    #[arg(short = 'm', long, value_name = "BYTES", allow_hyphen_values = true)]
+    pub memory: Option<String>,
+    /// Memory plus swap (default: twice --memory; -1: unlimited swap).
+    #[arg(long = "memory-swap", value_name = "BYTES", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// Number of CPUs (e.g. 1.5: a CFS quota of 150000 per 100000 µs).
+    #[arg(long, value_name = "DECIMAL", allow_hyphen_values = true)]
+    pub cpus: Option<String>,
+    /// CPU shares, the relative weight (default 1024).
+    #[arg(
+        short = 'c',
+        long = "cpu-shares",
+        value_name = "INT",
+        allow_hyphen_values = true
+    )]
+    pub cpu_shares: Option<String>,
+    /// Maximum number of processes (-1: unlimited).
+    #[arg(long = "pids-limit", value_name = "INT", allow_hyphen_values = true)]
+    pub pids_limit: Option<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Detached mode: run the command in the background (its output goes nowhere).
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// User name or UID, with optional group (default: the container's).
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Working directory inside the container (default: the container's).
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// Set environment variables.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    pub container: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
 

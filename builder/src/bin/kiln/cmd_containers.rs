@@ -1,6 +1,6 @@
 //! Container verbs: the CLI resolves an image to its snapshot dirs and
 //! config and hands the runner plain paths (the runner knows nothing of
-//! images): run, ps, stop, rm, logs.
+//! images): run, ps, stop, rm, logs, inspect.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use anyhow::Result;
 use kiln_runner::{ContainerSpec, Containers, NetworkMode, RootFs, RunOptions, RunnerConfig};
 use kiln_store::Store;
 
-use crate::cli::{LogsArgs, PsArgs, RmArgs, RunArgs, RunNetwork, StopArgs};
+use crate::cli::{ExecArgs, LogsArgs, PsArgs, RmArgs, RunArgs, RunNetwork, StopArgs};
 use crate::error::Failure;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -215,6 +215,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         readonly_rootfs: false,
         seccomp_unconfined,
     };
+    let resources = resources(&args)?;
     let opts = RunOptions {
         name: args.name.clone(),
         image: args.image.clone(),
@@ -234,6 +235,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         auto_remove: args.rm,
         tty: args.tty,
         interactive: args.interactive,
+        resources,
     };
     let c = containers(store)?;
     if args.detach {
@@ -243,6 +245,179 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
     } else {
         let code = c.run_foreground(spec, opts).map_err(runner_failure)?;
         Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    }
+}
+
+/// The limit flags in docker's syntax; a bad value is docker's
+/// `invalid argument` error (exit 125). Their meaning is checked by the
+/// runner when the container is created.
+fn resources(args: &RunArgs) -> Result<kiln_runner::cgroups::Resources> {
+    use kiln_runner::cgroups::{parse_cpus, parse_memory, parse_memory_swap};
+    fn flag<T>(
+        value: &Option<String>,
+        name: &str,
+        parse: impl Fn(&str) -> std::result::Result<T, String>,
+    ) -> Result<Option<T>> {
+        match value {
+            None => Ok(None),
+            Some(v) => parse(v).map(Some).map_err(|e| {
+                run_failure(format!(
+                    "kiln: invalid argument \"{v}\" for \"{name}\" flag: {e}"
+                ))
+            }),
+        }
+    }
+    let int = |v: &str| {
+        v.parse::<i64>()
+            .map_err(|_| format!("strconv.ParseInt: parsing \"{v}\": invalid syntax"))
+    };
+    let shares = flag(&args.cpu_shares, "-c, --cpu-shares", int)?;
+    if shares.is_some_and(|s| s < 0) {
+        return Err(run_failure(
+            "kiln: invalid --cpu-shares: the relative weight cannot be negative",
+        ));
+    }
+    Ok(kiln_runner::cgroups::Resources {
+        memory: flag(&args.memory, "-m, --memory", parse_memory)?,
+        memory_swap: flag(&args.memory_swap, "--memory-swap", parse_memory_swap)?,
+        nano_cpus: flag(&args.cpus, "--cpus", parse_cpus)?,
+        cpu_shares: shares.map(|s| s as u64),
+        pids_limit: flag(&args.pids_limit, "--pids-limit", int)?,
+    })
+}
+
+/// `kiln inspect NAME...`: a container (docker's order: containers
+/// first) or an image, each as docker's JSON object.
+pub fn inspect(store: &Store, names: &[String]) -> Result<ExitCode> {
+    let c = if store.containers_dir().is_dir() {
+        Some(containers(store)?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for n in names {
+        if let Some(info) = c.as_ref().and_then(|c| c.inspect(n).ok()) {
+            out.push(container_json(&info));
+        } else if let Some(v) = crate::cmd_images::inspect_image(store, n)? {
+            out.push(v);
+        } else {
+            missing.push(n.clone());
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if missing.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure::new(
+            1,
+            format!("Error: No such image or container: {}", missing.join(", ")),
+        )
+        .into())
+    }
+}
+
+fn rfc3339(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// docker's `ContainerJSON`, the fields kiln has, plus `Cgroups`: where
+/// the limits were put (one cgroup per hierarchy, v1 or v2).
+fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
+    use kiln_runner::ContainerStatus;
+    let (status, running, pid, code, finished) = match i.status {
+        ContainerStatus::Created => ("created", false, 0, 0, 0),
+        ContainerStatus::Running { pid } => ("running", true, pid, 0, 0),
+        ContainerStatus::Exited { code, finished } => ("exited", false, 0, code, finished),
+    };
+    let r = &i.resources;
+    let cgroups: Vec<serde_json::Value> = i
+        .cgroups
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "Version": match c.version {
+                    kiln_runner::cgroups::Version::V1 => "v1",
+                    kiln_runner::cgroups::Version::V2 => "v2",
+                },
+                "Controllers": c.controllers.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                "Path": c.dir,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "Id": i.id,
+        "Created": rfc3339(i.created),
+        "Path": i.spec.args.first(),
+        "Args": i.spec.args.get(1..).unwrap_or_default(),
+        "State": {
+            "Status": status,
+            "Running": running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": i.oom_killed,
+            "Dead": false,
+            "Pid": pid,
+            "ExitCode": code,
+            "StartedAt": rfc3339(i.started),
+            "FinishedAt": if finished > 0 { rfc3339(finished) } else { "0001-01-01T00:00:00Z".into() },
+        },
+        "Image": i.image,
+        "Name": format!("/{}", i.name),
+        "HostConfig": {
+            "AutoRemove": i.auto_remove,
+            "Memory": r.memory.unwrap_or(0),
+            "MemorySwap": r.effective_swap().unwrap_or(0),
+            "NanoCpus": r.nano_cpus.unwrap_or(0),
+            "CpuQuota": r.cpu_quota_us().unwrap_or(0),
+            "CpuPeriod": if r.nano_cpus.is_some() { kiln_runner::cgroups::limits::CPU_PERIOD_US } else { 0 },
+            "CpuShares": r.cpu_shares.unwrap_or(0),
+            "PidsLimit": r.pids_limit,
+        },
+        "Config": {
+            "Hostname": i.spec.hostname.clone().unwrap_or_else(|| i.id[..12.min(i.id.len())].to_string()),
+            "User": i.spec.user.clone().unwrap_or_default(),
+            "Env": i.spec.env,
+            "Cmd": i.spec.args,
+            "Image": i.image,
+            "WorkingDir": i.spec.cwd,
+        },
+        "Ports": i.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "Cgroups": cgroups,
+    })
+}
+
+/// `kiln exec`: docker's exit codes (the command's own; 126 when it
+/// cannot be run; 1 when the container is missing or not running).
+pub fn exec(store: &Store, args: ExecArgs) -> Result<ExitCode> {
+    if let Some(u) = &args.user {
+        kiln_runner::user::check_spec(u).map_err(|e| Failure::new(126, format!("kiln: {e}")))?;
+    }
+    if args.detach && args.tty {
+        return Err(run_failure(
+            "kiln: exec -d with -t is not built yet (a detached exec has no terminal to attach)",
+        ));
+    }
+    let opts = kiln_runner::ExecOptions {
+        args: args.command.clone(),
+        env: args.env.iter().map(|e| expand_env_arg(e)).collect(),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+        tty: args.tty,
+        interactive: args.interactive,
+        detach: args.detach,
+    };
+    let c = containers(store)?;
+    match c.exec(&args.container, opts) {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(
+            e @ (kiln_runner::RunError::NotRunning(_)
+            | kiln_runner::RunError::NoSuchContainer(_)
+            | kiln_runner::RunError::AmbiguousPrefix { .. }),
+        ) => Err(Failure::new(1, format!("Error response from kiln: {e}")).into()),
+        Err(e) => Err(runner_failure(e)),
     }
 }
 

@@ -219,43 +219,34 @@ pub fn tag(store: &Store, source: &str, target: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn inspect(store: &Store, names: &[String]) -> Result<ExitCode> {
-    let mut out = Vec::new();
-    let mut missing = Vec::new();
+/// `inspect`'s JSON for one image; None when `name` is no image.
+pub(crate) fn inspect_image(store: &Store, name: &str) -> Result<Option<serde_json::Value>> {
     let all = store.list_images()?;
-    for n in names {
-        match store.resolve_image(n)? {
-            Some(img) => {
-                let refs: Vec<String> = all
-                    .iter()
-                    .find(|s| s.manifest_digest == img.manifest_digest)
-                    .map(|s| s.references.clone())
-                    .unwrap_or_default();
-                let size: u64 = img.layers.iter().map(|l| l.size).sum();
-                out.push(json!({
-                    "Id": img.config_digest.to_string(),
-                    "RepoTags": refs,
-                    "ManifestDigest": img.manifest_digest.to_string(),
-                    "Created": img.config.created,
-                    "Author": img.config.author,
-                    "Architecture": img.config.architecture,
-                    "Os": img.config.os,
-                    "Config": img.config.config,
-                    "RootFS": img.config.rootfs,
-                    "History": img.config.history,
-                    "Layers": img.layers,
-                    "Size": size,
-                }));
-            }
-            None => missing.push(n.clone()),
+    Ok(match store.resolve_image(name)? {
+        Some(img) => {
+            let refs: Vec<String> = all
+                .iter()
+                .find(|s| s.manifest_digest == img.manifest_digest)
+                .map(|s| s.references.clone())
+                .unwrap_or_default();
+            let size: u64 = img.layers.iter().map(|l| l.size).sum();
+            Some(json!({
+                "Id": img.config_digest.to_string(),
+                "RepoTags": refs,
+                "ManifestDigest": img.manifest_digest.to_string(),
+                "Created": img.config.created,
+                "Author": img.config.author,
+                "Architecture": img.config.architecture,
+                "Os": img.config.os,
+                "Config": img.config.config,
+                "RootFS": img.config.rootfs,
+                "History": img.config.history,
+                "Layers": img.layers,
+                "Size": size,
+            }))
         }
-    }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    if missing.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err(Failure::new(1, format!("Error: No such image: {}", missing.join(", "))).into())
-    }
+        None => None,
+    })
 }
 
 pub fn history(store: &Store, args: &HistoryArgs) -> Result<ExitCode> {

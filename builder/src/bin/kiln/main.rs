@@ -169,7 +169,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             images,
         } => cmd_attest::inspect_attestations(&open_store(&cli.root, &cli.limits)?, &images),
         Command::Inspect { images, .. } => {
-            cmd_images::inspect(&open_store(&cli.root, &cli.limits)?, &images)
+            cmd_containers::inspect(&open_store(&cli.root, &cli.limits)?, &images)
         }
         Command::History(args) => cmd_images::history(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Sbom(args) => cmd_attest::sbom(&open_store(&cli.root, &cli.limits)?, &args),
@@ -179,6 +179,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             cmd_containers::run(&open_store(&cli.root, &cli.limits)?, &access, args)
         }
+        Command::Exec(args) => cmd_containers::exec(&open_store(&cli.root, &cli.limits)?, args),
         Command::Ps(args) => cmd_containers::ps(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Stop(args) => cmd_containers::stop(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Rm(args) => cmd_containers::rm(&open_store(&cli.root, &cli.limits)?, &args),
