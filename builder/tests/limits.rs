@@ -71,7 +71,8 @@ fn allocating_past_the_memory_limit_is_an_oom_kill() {
     let Some(k) = setup(&[Controller::Memory]) else {
         return;
     };
-    // dd's 64 MiB buffer is touched by the read from /dev/zero.
+    // dd's 96 MiB buffer is touched by the read from /dev/zero: past the
+    // 32m limit and past memory+swap (docker's default 64m) on a host with swap.
     let r = k.run(&[
         "run",
         "--name",
@@ -82,7 +83,7 @@ fn allocating_past_the_memory_limit_is_an_oom_kill() {
         "dd",
         "if=/dev/zero",
         "of=/dev/null",
-        "bs=64M",
+        "bs=96M",
         "count=1",
     ]);
     assert_eq!(r.code(), 137, "{}", r.stderr());
@@ -121,7 +122,7 @@ fn allocating_past_the_memory_limit_is_an_oom_kill() {
         "dd",
         "if=/dev/zero",
         "of=/dev/null",
-        "bs=64M",
+        "bs=96M",
         "count=1",
     ])
     .ok();
@@ -135,7 +136,7 @@ fn allocating_past_the_memory_limit_is_an_oom_kill() {
         "dd",
         "if=/dev/zero",
         "of=/dev/null",
-        "bs=64M",
+        "bs=96M",
         "count=1",
     ]);
     assert_eq!(r.code(), 0, "{}", r.stderr());

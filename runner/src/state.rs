@@ -1106,9 +1106,8 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
     for w in writers {
         let _ = w.join();
     }
-    let oom_killed = cgroups::oom_killed(&cgroups::HostFs, &cfg.cgroups);
-    drop_cgroups(&cfg.cgroups);
     if failed && caller_open {
+        drop_cgroups(&cfg.cgroups);
         let message = fs::read_to_string(dir.join("error")).unwrap_or_default();
         let _ = fs::remove_dir_all(dir);
         let exec_code = code.filter(|c| *c == 126 || *c == 127);
@@ -1125,6 +1124,14 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
         Ok(Some((_, st))) => st.exit_status().unwrap_or(255),
         _ => 255,
     });
+    record_exit(dir, &cfg, code)
+}
+
+/// After the container is gone: whether it was OOM-killed (read before
+/// its cgroups go), then the exit in state.json, or nothing with `--rm`.
+fn record_exit(dir: &Path, cfg: &Config, code: i32) -> Result<(), RunError> {
+    let oom_killed = cgroups::oom_killed(&cgroups::HostFs, &cfg.cgroups);
+    drop_cgroups(&cfg.cgroups);
     if cfg.opts.auto_remove {
         let _ = fs::remove_dir_all(dir);
         return Ok(());
