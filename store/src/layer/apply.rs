@@ -903,6 +903,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn owners_outside_a_namespaces_map_are_named() {
+        let e = Owners::Mapped(65537)
+            .chown_failed(Errno::INVAL, b"etc/x", 70000, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"etc/x\" is owned by uid 70000")
+                && e.contains("maps 65537 IDs")
+                && e.contains("1..65536")
+                && e.contains("/etc/subuid"),
+            "{e}"
+        );
+        let e = Owners::Mapped(65537)
+            .chown_failed(Errno::INVAL, b"f", 0, 70001)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gid 70001") && e.contains("/etc/subgid"), "{e}");
+        // A single-ID namespace keeps files root's; real root fails loudly.
+        assert!(Owners::Single
+            .chown_failed(Errno::INVAL, b"f", 42, 42)
+            .is_ok());
+        assert!(Owners::Any
+            .chown_failed(Errno::INVAL, b"f", 42, 42)
+            .is_err());
+        assert!(Owners::Own.chown_failed(Errno::PERM, b"f", 42, 42).is_ok());
+        assert!(Owners::Mapped(65537).xattr_failed(Errno::PERM, b"trusted.x"));
+        assert!(!Owners::Mapped(65537).xattr_failed(Errno::PERM, b"security.capability"));
+        assert!(!Owners::Any.xattr_failed(Errno::PERM, b"trusted.x"));
+    }
+
+    #[test]
+    fn user_overlay_xattrs_from_a_layer_are_never_applied() {
+        let x = vec![
+            (b"user.overlay.opaque".to_vec(), b"y".to_vec()),
+            (b"trusted.overlay.redirect".to_vec(), b"/x".to_vec()),
+            (b"user.mine".to_vec(), b"1".to_vec()),
+        ];
+        let kept = applied_xattrs(b"d", &x).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0, b"user.mine");
+    }
+
+    #[test]
     fn clean_path_cases() {
         let c = |s: &str| {
             clean_path(s.as_bytes())
