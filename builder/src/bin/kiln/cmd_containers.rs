@@ -99,9 +99,15 @@ fn set_env(env: &mut Vec<String>, entry: String) {
 }
 
 pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -> Result<ExitCode> {
-    let found = store
-        .resolve_image(&args.image)
-        .map_err(|e| run_failure(format!("kiln: {e}")))?;
+    // --platform (multi-platform builds): the index's image for it.
+    let platform = args
+        .platform
+        .as_deref()
+        .map(kiln_builder::engine::platform::Platform::parse)
+        .transpose()
+        .map_err(|e| run_failure(format!("kiln: --platform: {e:#}")))?;
+    let found = crate::cmd_images::resolve_for_platform(store, &args.image, platform.as_ref())
+        .map_err(|e| run_failure(format!("kiln: {e:#}")))?;
     let img = match found {
         Some(img) => img,
         None => {
@@ -112,7 +118,10 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
                 store,
                 access,
                 &args.image,
-                &kiln_store::registry::Platform::host(),
+                &platform.as_ref().map_or_else(
+                    kiln_store::registry::Platform::host,
+                    kiln_builder::engine::platform::Platform::to_registry,
+                ),
                 &events,
             )
             .map_err(|e| run_failure(format!("kiln: {e:#}")))?

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use kiln_store::Store;
 use serde_json::json;
 
@@ -219,12 +219,16 @@ pub fn tag(store: &Store, source: &str, target: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn inspect(store: &Store, names: &[String]) -> Result<ExitCode> {
+pub fn inspect(store: &Store, names: &[String], platform: Option<String>) -> Result<ExitCode> {
     let mut out = Vec::new();
     let mut missing = Vec::new();
     let all = store.list_images()?;
+    let platform = platform
+        .map(|p| kiln_builder::engine::platform::Platform::parse(&p))
+        .transpose()
+        .map_err(|e| anyhow!("--platform: {e}"))?;
     for n in names {
-        match store.resolve_image(n)? {
+        match resolve_for_platform(store, n, platform.as_ref())? {
             Some(img) => {
                 let refs: Vec<String> = all
                     .iter()
@@ -255,6 +259,26 @@ pub fn inspect(store: &Store, names: &[String]) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         Err(Failure::new(1, format!("Error: No such image: {}", missing.join(", "))).into())
+    }
+}
+
+/// The image `name` names, for `platform` when one is given: from an
+/// index, its image for that platform; a single image only if it is for it.
+pub fn resolve_for_platform(
+    store: &Store,
+    name: &str,
+    platform: Option<&kiln_builder::engine::platform::Platform>,
+) -> Result<Option<kiln_store::ImageRecord>> {
+    let Some(p) = platform else {
+        return Ok(store.resolve_image(name)?);
+    };
+    match store.resolve_image_for(name, &p.to_string())? {
+        Some(img) if p.matches_config(&img.config) => Ok(Some(img)),
+        Some(img) => bail!(
+            "{name} has no image for {p} (it is {})",
+            kiln_store::indexes::platform_of(&img.config)
+        ),
+        None => Ok(None),
     }
 }
 
