@@ -104,6 +104,7 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<ExitCode> {
                     "manifest": i.manifest_digest.to_string(),
                     "created": i.created,
                     "size": i.size,
+                    "platforms": i.platforms,
                 })
             })
             .collect();
@@ -117,6 +118,11 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<ExitCode> {
         "CREATED".into(),
         "SIZE".into(),
     ]];
+    // A multi-platform index is one line; its platforms get a column.
+    let multi = list.iter().any(|i| i.platforms.len() > 1);
+    if multi {
+        rows[0].push("PLATFORMS".into());
+    }
     for i in &list {
         let refs = if i.references.is_empty() {
             vec![("<none>".to_string(), "<none>".to_string())]
@@ -124,13 +130,17 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<ExitCode> {
             i.references.iter().map(|r| split_ref(r)).collect()
         };
         for (repo, tag) in refs {
-            rows.push(vec![
+            let mut row = vec![
                 repo,
                 tag,
                 i.config_digest.short().to_string(),
                 ago_rfc3339(i.created.as_deref()),
                 human_size(i.size),
-            ]);
+            ];
+            if multi {
+                row.push(i.platforms.join(","));
+            }
+            rows.push(row);
         }
     }
     print!("{}", table(&rows));
