@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixtures_cache, is_root, require, step_outcomes, write_tree, Kiln};
+use common::{fixtures_cache, is_root, require, step_outcomes, write_tree, Kiln, Registry};
 use serde_json::Value;
 
 const BOTH: &str = "linux/amd64,linux/arm64";
@@ -397,4 +397,40 @@ fn tar_output_has_a_directory_per_platform() {
         .build_dir(dir.path(), &["--platform", BOTH, "--output", &spec])
         .fails();
     assert!(r.stderr().contains("manifest lists"), "{}", r.stderr());
+}
+
+/// `kiln build --platform ... --push`: the index and both manifests go to
+/// the registry; an empty root pulls each platform back and runs it.
+#[test]
+fn the_index_is_pushed_and_each_platform_pulls_back() {
+    let Some((k, dir)) = setup() else { return };
+    let Some(reg) = Registry::start(false) else {
+        return;
+    };
+    let app = dir.path().join("push");
+    write_tree(
+        &app,
+        &[("Dockerfile", "FROM bb:multi\nRUN uname -m > /arch\n")],
+    );
+    let name = format!("{}/kiln/multi:1", reg.addr);
+    k.build_dir(&app, &["--platform", BOTH, "-t", &name, "--push"])
+        .ok();
+    for (p, arch) in [("linux/amd64", "x86_64"), ("linux/arm64", "aarch64")] {
+        let fresh = Kiln::new();
+        fresh.run(&["pull", "--platform", p, &name]).ok();
+        let r = fresh
+            .run(&[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--platform",
+                p,
+                &name,
+                "cat",
+                "/arch",
+            ])
+            .ok();
+        assert_eq!(r.stdout().trim(), arch, "{p}: {}", r.stderr());
+    }
 }
