@@ -214,6 +214,7 @@ ARG TARGETOS=mine
 COPY --from=cross /unset /set /
 COPY --from=shared /built-on /
 RUN echo "$G $TARGETPLATFORM v=$TARGETVARIANT os=$TARGETOS $(uname -m)" > /final
+RUN unshare -U true 2>/dev/null; echo $? > /unshare
 "#;
     write_tree(&app, &[("Dockerfile", df)]);
     let out = dir.path().join("out");
@@ -233,6 +234,9 @@ RUN echo "$G $TARGETPLATFORM v=$TARGETVARIANT os=$TARGETOS $(uname -m)" > /final
             read(&d.join("final")),
             format!("g-{arch} linux/{arch} v= os=mine {uname}")
         );
+        // The syscall filter holds under emulation too: qemu makes the
+        // host's calls, and CLONE_NEWUSER is refused.
+        assert_ne!(read(&d.join("unshare")), "0", "{dir}");
     }
     // The shared stage ran once; the one declaring TARGETARCH once per
     // target, on the build platform (BuildKit's `->arm64`).

@@ -322,9 +322,14 @@ impl Builder {
             Err(e) if self.opts.pull == PullPolicy::Always => {
                 bail!("failed to resolve source metadata for {name}: {e}")
             }
-            Err(e) => bail!(
-                "failed to resolve source metadata for {name}: not in the local store, and pulling it failed: {e}"
-            ),
+            Err(e) => match (local_other, want) {
+                (Some(have), Some(p)) => bail!(
+                    "failed to resolve source metadata for {name}: the local image is for {have}, not {p}, and pulling it for {p} failed: {e}"
+                ),
+                _ => bail!(
+                    "failed to resolve source metadata for {name}: not in the local store, and pulling it failed: {e}"
+                ),
+            },
         }
     }
 

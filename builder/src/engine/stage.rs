@@ -113,7 +113,13 @@ impl Builder {
             cmd_set: false,
             all_cached: true,
             hits: Vec::new(),
-            place: format!("{}#{}", self.dockerfile_path, label),
+            // A foreign platform's steps are explained against their own
+            // past, not against the host's at the same line.
+            place: if ps.platform == super::platform::Platform::host() {
+                format!("{}#{}", self.dockerfile_path, label)
+            } else {
+                format!("{}#{}@{}", self.dockerfile_path, label, ps.platform)
+            },
             pending: Vec::new(),
             meta_bytes: 0,
             env_index: HashMap::new(),
