@@ -183,7 +183,15 @@ impl Builder {
     pub fn run_all(&self) -> Result<Vec<Arc<StageResult>>> {
         self.preflight()?;
         let deps: Vec<_> = self.plan.stages.iter().map(|s| s.deps.clone()).collect();
-        let names: Vec<String> = self.plan.stages.iter().map(|s| s.label()).collect();
+        let names: Vec<String> = self
+            .plan
+            .stages
+            .iter()
+            .map(|s| match self.plan.multi_platform {
+                true => format!("{} ({})", s.label(), s.platform),
+                false => s.label(),
+            })
+            .collect();
         let graph = scheduler::Graph {
             nodes: &self.plan.order,
             deps: &deps,
