@@ -164,14 +164,27 @@ impl Store {
     /// A name that names an image index resolves to its image for the
     /// host's platform (or its only image).
     pub fn resolve_image(&self, reference_or_id: &str) -> Result<Option<ImageRecord>> {
+        let host = format!("linux/{}", image::host_architecture());
+        self.resolve_image_for(reference_or_id, &host)
+    }
+
+    /// [`Store::resolve_image`] for `platform` (`os/arch[/variant]`): a
+    /// name for an index gives its image for that platform (or its only
+    /// image); a name for one image gives that image, whatever its
+    /// platform (the caller compares).
+    pub fn resolve_image_for(
+        &self,
+        reference_or_id: &str,
+        platform: &str,
+    ) -> Result<Option<ImageRecord>> {
         let Some(m) = self.resolve_manifest(reference_or_id)? else {
             return Ok(None);
         };
         let Some(idx) = self.index(&m)? else {
             return self.image_by_manifest(&m);
         };
-        let host = format!("linux/{}", image::host_architecture());
-        match idx.image_for(&host) {
+        let host = platform;
+        match idx.image_for(host) {
             Some(d) => self.image_by_manifest(d),
             None => {
                 let have: Vec<&str> = idx.images().map(|(_, p)| p).collect();

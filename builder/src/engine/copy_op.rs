@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::copy::{self, CopyRequest, Source};
 use super::inputs::{FileInputs, FromRef};
 use super::op::FileOp;
-use super::plan::{resolve_from, Base};
+use super::plan::Base;
 use super::state::StageState;
 use super::Builder;
 use crate::fsutil::{self, RootView};
@@ -21,14 +21,17 @@ impl Builder {
         line: usize,
     ) -> Result<(RootView, FromRef)> {
         let from = self.expand(st, from, line)?;
-        let base = resolve_from(&from, &self.plan.stages, self.plan.stages.len());
+        let base = self
+            .plan
+            .resolve_in(st.node, &from)
+            .map_err(|e| self.located(line, &format!("{e:#}")))?;
         let layers = match base {
             Base::Stage(i) => self.stage_result(i)?.layers.clone(),
             Base::Scratch => vec![],
             // Resolved while the step's cache key is made, outside the
             // step's own error handling: located here, as FROM's base is.
             Base::Image(name) => {
-                self.resolve_image(&name)
+                self.resolve_image(&name, st.node)
                     .map_err(|e| self.located(line, &format!("{e:#}")))?
                     .layers
             }

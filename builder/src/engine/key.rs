@@ -15,8 +15,10 @@ use serde_json::{json, Value};
 /// from a stage keep metadata; RUN keeps /dev /proc /sys from scratch.
 /// v7: a file where COPY or WORKDIR needs a directory fails the step. v8:
 /// COPY of a directory writes through a symlink at its destination. v9:
-/// fifos and device nodes of a stage are copied.
-const KEY_VERSION: &str = "kiln-cache-v9";
+/// fifos and device nodes of a stage are copied. v10: the root of every
+/// chain names the stage's platform (multi-platform builds), so a stage
+/// built for linux/arm64 never hits one built for linux/amd64.
+const KEY_VERSION: &str = "kiln-cache-v10";
 
 pub fn hash_str(s: &str) -> String {
     blake3::hash(format!("{KEY_VERSION}\0{s}").as_bytes())
@@ -43,17 +45,10 @@ pub fn step_key(parent: &str, step: &str, inputs: &Value) -> String {
 }
 
 /// The config of `FROM scratch`: nothing but the platform.
-pub fn scratch_config() -> ImageConfig {
-    let (os, arch) = {
-        let p = super::plan::platform_args();
-        (
-            p.get("TARGETOS").cloned().unwrap_or_default(),
-            p.get("TARGETARCH").cloned().unwrap_or_default(),
-        )
-    };
-    serde_json::from_value(json!({
-        "architecture": arch,
-        "os": os,
+pub fn scratch_config(platform: &super::platform::Platform) -> ImageConfig {
+    let mut v = json!({
+        "architecture": platform.arch,
+        "os": platform.os,
         // What BuildKit gives an image built FROM scratch.
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
@@ -61,8 +56,11 @@ pub fn scratch_config() -> ImageConfig {
         },
         "rootfs": {"type": "layers", "diff_ids": []},
         "history": []
-    }))
-    .expect("a minimal image config always deserialises")
+    });
+    if let Some(var) = &platform.variant {
+        v["variant"] = json!(var);
+    }
+    serde_json::from_value(v).expect("a minimal image config always deserialises")
 }
 
 #[cfg(test)]
@@ -81,7 +79,7 @@ mod tests {
 
     #[test]
     fn scratch_config_is_empty() {
-        let c = scratch_config();
+        let c = scratch_config(&super::super::platform::Platform::host());
         assert!(c.rootfs.diff_ids.is_empty());
         assert_eq!(c.config.env.len(), 1, "only the default PATH");
         assert_eq!(c.config.working_dir.as_deref(), Some("/"));

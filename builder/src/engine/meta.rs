@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use super::inputs::{MetaChange, StepInputs};
 use super::key;
-use super::plan::platform_args;
 use super::state::{epoch_rfc3339, history, StageState, METADATA_MAX};
 use super::Builder;
 
@@ -257,10 +256,14 @@ impl Builder {
                     .process_word(def, &st.scope_env())
                     .map_err(|e| self.located(line, &format!("ARG {}: {e}", d.name)))?;
                 Some(v)
-            } else if let Some(Some(g)) = self.plan.global_args.get(&d.name) {
-                Some(g.clone())
             } else {
-                platform_args().get(&d.name).cloned()
+                // A global ARG (declared before the first FROM), else one
+                // of the automatic platform ARGs of the stage's target.
+                let t = &self.plan.targets[self.plan.stages[st.node].target];
+                match t.global_args.get(&d.name) {
+                    Some(Some(g)) => Some(g.clone()),
+                    _ => t.platform_args.get(&d.name).cloned(),
+                }
             };
             st.args.insert(d.name.clone(), value);
         }

@@ -15,7 +15,9 @@ mod op;
 pub mod options;
 pub mod output;
 pub mod plan;
+pub mod platform;
 pub mod portable;
+mod preflight;
 pub mod report;
 mod run_op;
 pub mod scheduler;
@@ -66,8 +68,9 @@ pub struct Builder {
     pub trace: Mutex<Vec<explain::StepTrace>>,
     /// Registries, for bases that are not local and for `--pull=always`.
     pub access: crate::registry::Access,
-    /// One pull per base name per build, however many stages name it.
-    pulls: Mutex<HashMap<String, PullCell>>,
+    /// One pull per base name and platform per build, however many
+    /// stages name it.
+    pulls: Mutex<HashMap<(String, Option<platform::Platform>), PullCell>>,
     /// Images the build read (FROM, COPY --from, RUN --mount from=): (name,
     /// manifest digest, platform), for provenance and --check-reproducible.
     pub bases: Mutex<Vec<(String, kiln_store::Digest, String)>>,
@@ -170,12 +173,25 @@ impl Builder {
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
-    /// Runs every needed stage on at most `--max-parallelism` workers, each
-    /// as soon as the stages it reads from are done; returns the target's
-    /// result. A failure keeps its cause chain (see [`scheduler::NodeError`]).
-    pub fn run_all(&self) -> Result<Arc<StageResult>> {
+    /// Runs every needed stage of every target platform on at most
+    /// `--max-parallelism` workers, each as soon as the stages it reads
+    /// from are done; returns each target's result, in the order of
+    /// `plan.targets`. Before any step runs, every base image is resolved
+    /// for its platform and every platform with RUN steps is checked to
+    /// run here. A failure keeps its cause chain (see
+    /// [`scheduler::NodeError`]).
+    pub fn run_all(&self) -> Result<Vec<Arc<StageResult>>> {
+        self.preflight()?;
         let deps: Vec<_> = self.plan.stages.iter().map(|s| s.deps.clone()).collect();
-        let names: Vec<String> = self.plan.stages.iter().map(|s| s.label()).collect();
+        let names: Vec<String> = self
+            .plan
+            .stages
+            .iter()
+            .map(|s| match self.plan.multi_platform {
+                true => format!("{} ({})", s.label(), s.platform),
+                false => s.label(),
+            })
+            .collect();
         let graph = scheduler::Graph {
             nodes: &self.plan.order,
             deps: &deps,
@@ -184,15 +200,19 @@ impl Builder {
         scheduler::run(&graph, self.opts.max_parallelism, &self.outcomes, |i| {
             self.run_stage(i)
         });
-        match self.outcomes.get(self.plan.target) {
-            Some(Ok(r)) => Ok(r),
-            Some(Err(e)) => {
-                // What was always shown: the failing stage's own error.
-                let shown = e.message();
-                Err(Failure::caused_by(1, shown, scheduler::SharedError(e)).into())
-            }
-            None => unreachable!("the scheduler gives every node an outcome"),
-        }
+        self.plan
+            .targets
+            .iter()
+            .map(|t| match self.outcomes.get(t.node) {
+                Some(Ok(r)) => Ok(r),
+                Some(Err(e)) => {
+                    // What was always shown: the failing stage's own error.
+                    let shown = e.message();
+                    Err(Failure::caused_by(1, shown, scheduler::SharedError(e)).into())
+                }
+                None => unreachable!("the scheduler gives every node an outcome"),
+            })
+            .collect()
     }
 
     /// The finished result of a stage this one reads from. The planner
@@ -211,11 +231,21 @@ impl Builder {
         }
     }
 
-    /// Resolves a base image: the local store first (unless
-    /// `--pull=always`), then its registry (unless `--pull=never`). Each
-    /// name is pulled at most once per build.
-    pub fn resolve_image(&self, name: &str) -> Result<kiln_store::ImageRecord> {
-        let img = self.resolve_image_uncounted(name)?;
+    /// The platform node `node` needs its images for: None when nothing
+    /// asked for one (the host's, or whatever the image is, as BuildKit's
+    /// implicit target takes it).
+    pub fn wanted_platform(&self, node: usize) -> Option<&platform::Platform> {
+        let ps = &self.plan.stages[node];
+        ps.pinned.then_some(&ps.platform)
+    }
+
+    /// Resolves an image node `node` reads: the local store first (unless
+    /// `--pull=always`), then its registry (unless `--pull=never`), for the
+    /// node's platform. Each name is pulled at most once per platform and
+    /// build.
+    pub fn resolve_image(&self, name: &str, node: usize) -> Result<kiln_store::ImageRecord> {
+        let want = self.wanted_platform(node).cloned();
+        let img = self.resolve_image_uncounted(name, want.as_ref())?;
         // Every image the build read (FROM, COPY --from, RUN --mount
         // from=): provenance lists them, a reproducibility check needs them.
         let mut bases = self.bases.lock().expect("bases");
@@ -230,26 +260,46 @@ impl Builder {
         Ok(img)
     }
 
-    fn resolve_image_uncounted(&self, name: &str) -> Result<kiln_store::ImageRecord> {
+    fn resolve_image_uncounted(
+        &self,
+        name: &str,
+        want: Option<&platform::Platform>,
+    ) -> Result<kiln_store::ImageRecord> {
+        let mut local_other = None;
         if self.opts.pull != PullPolicy::Always {
-            if let Some(img) = self.store.resolve_image(name)? {
-                return Ok(img);
+            let found = match want {
+                None => self.store.resolve_image(name)?,
+                Some(p) => self.store.resolve_image_for(name, &p.to_string())?,
+            };
+            match found {
+                Some(img) if want.is_none_or(|p| p.matches_config(&img.config)) => return Ok(img),
+                Some(img) => local_other = Some(kiln_store::indexes::platform_of(&img.config)),
+                None => {}
             }
             if self.opts.pull == PullPolicy::Never {
-                bail!(
-                    "failed to resolve source metadata for {name}: no such image in the local store (--pull=never was given)"
-                );
+                match (local_other, want) {
+                    (Some(have), Some(p)) => bail!(
+                        "failed to resolve source metadata for {name}: the local image is for {have}, not {p}, and --pull=never was given (import or pull it for {p}: kiln pull --platform {p} {name})"
+                    ),
+                    _ => bail!(
+                        "failed to resolve source metadata for {name}: no such image in the local store (--pull=never was given)"
+                    ),
+                }
             }
         }
         let cell = self
             .pulls
             .lock()
             .expect("pulls")
-            .entry(name.to_string())
+            .entry((name.to_string(), want.cloned()))
             .or_default()
             .clone();
         let pulled = cell.get_or_init(|| {
-            let id = self.progress.start(&format!("[internal] pull {name}"));
+            let what = match want {
+                Some(p) if self.plan.multi_platform => format!("{name} for {p}"),
+                _ => name.to_string(),
+            };
+            let id = self.progress.start(&format!("[internal] pull {what}"));
             let started = std::time::Instant::now();
             let events = |e: kiln_store::registry::Event| {
                 if let kiln_store::registry::Event::BlobDone { digest, outcome } = e {
@@ -261,7 +311,7 @@ impl Builder {
                 &self.store,
                 &self.access,
                 name,
-                &kiln_store::registry::Platform::host(),
+                &want.map_or_else(kiln_store::registry::Platform::host, |p| p.to_registry()),
                 &events,
             );
             match &r {
@@ -271,26 +321,39 @@ impl Builder {
             r.map_err(|e| format!("{e:#}"))
         });
         match pulled {
-            Ok(img) => Ok(img.clone()),
+            Ok(img) if want.is_none_or(|p| p.matches_config(&img.config)) => Ok(img.clone()),
+            Ok(img) => bail!(
+                "failed to resolve source metadata for {name}: it has no image for {} (the registry gave {})",
+                want.expect("a platform was wanted"),
+                kiln_store::indexes::platform_of(&img.config)
+            ),
             Err(e) if self.opts.pull == PullPolicy::Always => {
                 bail!("failed to resolve source metadata for {name}: {e}")
             }
-            Err(e) => bail!(
-                "failed to resolve source metadata for {name}: not in the local store, and pulling it failed: {e}"
-            ),
+            Err(e) => match (local_other, want) {
+                (Some(have), Some(p)) => bail!(
+                    "failed to resolve source metadata for {name}: the local image is for {have}, not {p}, and pulling it for {p} failed: {e}"
+                ),
+                _ => bail!(
+                    "failed to resolve source metadata for {name}: not in the local store, and pulling it failed: {e}"
+                ),
+            },
         }
     }
 
-    /// Where a stage's base comes from, with its config and layers.
+    /// Where node `node`'s base comes from, with its config and layers.
+    /// The root of every key chain names the node's platform.
     pub fn base_of(
         &self,
         base: &Base,
+        node: usize,
     ) -> Result<(ImageConfig, Vec<LayerInfo>, String, Option<String>)> {
+        let platform = &self.plan.stages[node].platform;
         match base {
             Base::Scratch => Ok((
-                key::scratch_config(),
+                key::scratch_config(platform),
                 vec![],
-                key::hash_str("scratch"),
+                key::hash_str(&format!("scratch {platform}")),
                 None,
             )),
             Base::Stage(i) => {
@@ -298,10 +361,10 @@ impl Builder {
                 Ok((r.config.clone(), r.layers.clone(), r.key.clone(), None))
             }
             Base::Image(name) => {
-                let img = self.resolve_image(name)?;
+                let img = self.resolve_image(name, node)?;
                 // Keyed on the image ID (its config digest): the same image
                 // loaded from another archive format keeps its ID.
-                let k = key::hash_str(&format!("image {}", img.config_digest));
+                let k = key::hash_str(&format!("image {} {platform}", img.config_digest));
                 Ok((
                     img.config,
                     img.layers,

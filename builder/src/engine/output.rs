@@ -103,3 +103,53 @@ pub fn flatten_into(store: &Store, layers: &[LayerInfo], dir: &Path) -> Result<(
     }
     Ok(())
 }
+
+/// `--output` of a multi-platform build, as BuildKit writes it: `local`
+/// and `tar` hold one directory per platform (`linux_amd64/`,
+/// `linux_arm64/`); `oci` is the index with every platform's image;
+/// `docker` cannot hold an index (BuildKit refuses it too).
+pub fn export_platforms(
+    store: &Store,
+    index: &kiln_store::IndexRecord,
+    per: &[(super::platform::Platform, Vec<LayerInfo>)],
+    out: &Output,
+    tags: &[String],
+) -> Result<()> {
+    let fill = |root: &Path| -> Result<()> {
+        for (p, layers) in per {
+            let dir = root.join(p.dir_name());
+            std::fs::create_dir_all(&dir)?;
+            flatten_into(store, layers, &dir).with_context(|| format!("{p}"))?;
+        }
+        Ok(())
+    };
+    match out {
+        Output::Local(dir) => fill(dir),
+        Output::Tar(file) => {
+            let tmp = store.tempdir("output")?;
+            fill(tmp.path())?;
+            let mut f = std::fs::File::create(file)?;
+            let opts = kiln_store::LayerOptions {
+                compression: kiln_store::Compression::None,
+                ..Default::default()
+            };
+            kiln_store::layer::write_layer(tmp.path(), &opts, &mut f)?;
+            Ok(())
+        }
+        Output::Oci(file) => {
+            if tags.is_empty() {
+                bail!(
+                    "--output type=oci of several platforms needs -t NAME:TAG: the layout names the index {} by it",
+                    index.digest
+                );
+            }
+            let mut f = std::fs::File::create(file)?;
+            store.save(tags, kiln_store::ArchiveFormat::Oci, &mut f)?;
+            Ok(())
+        }
+        Output::Docker(_) => bail!(
+            "--output type=docker: docker exporter does not currently support exporting manifest lists; \
+             build one platform, or use type=oci"
+        ),
+    }
+}

@@ -87,7 +87,7 @@ impl Builder {
     pub fn run_stage(&self, i: usize) -> Result<StageResult> {
         let ps = &self.plan.stages[i];
         let label = ps.label();
-        let steps = StepNumbers::new(ps, self.plan.stages.len());
+        let steps = StepNumbers::new(ps, self.plan.dockerfile_stages, self.platform_prefix(i));
         // BuildKit shows FROM only for an image (a source of its own).
         let from = match &ps.base {
             Base::Image(n) => Some(self.progress.start(&format!(
@@ -98,12 +98,13 @@ impl Builder {
             _ => None,
         };
         let (config, layers, base_key, base_manifest) = self
-            .base_of(&ps.base)
+            .base_of(&ps.base, i)
             .map_err(|e| self.located(ps.stage.span.line, &format!("{e:#}")))?;
         if let Some(id) = from {
             self.progress.done(id, std::time::Duration::ZERO);
         }
         let mut st = StageState {
+            node: i,
             last_created: config.created.clone(),
             config,
             layers,
@@ -112,7 +113,13 @@ impl Builder {
             cmd_set: false,
             all_cached: true,
             hits: Vec::new(),
-            place: format!("{}#{}", self.dockerfile_path, label),
+            // A foreign platform's steps are explained against their own
+            // past, not against the host's at the same line.
+            place: if ps.platform == super::platform::Platform::host() {
+                format!("{}#{}", self.dockerfile_path, label)
+            } else {
+                format!("{}#{}@{}", self.dockerfile_path, label, ps.platform)
+            },
             pending: Vec::new(),
             meta_bytes: 0,
             env_index: HashMap::new(),
@@ -167,6 +174,16 @@ impl Builder {
             config: st.config,
             layers: st.layers,
             key: st.key,
+        })
+    }
+
+    /// How progress lines of a multi-platform build name node `i`'s
+    /// platform (`linux/arm64`, `linux/amd64->arm64`); none otherwise.
+    fn platform_prefix(&self, i: usize) -> Option<String> {
+        let ps = &self.plan.stages[i];
+        self.plan.multi_platform.then(|| {
+            let t = &self.plan.targets[ps.target].platform;
+            super::platform::progress_prefix(&ps.platform, ps.reads_target.then_some(t))
         })
     }
 
@@ -274,7 +291,7 @@ struct StepNumbers {
 }
 
 impl StepNumbers {
-    fn new(ps: &super::plan::PlannedStage, stages: usize) -> StepNumbers {
+    fn new(ps: &super::plan::PlannedStage, stages: usize, platform: Option<String>) -> StepNumbers {
         let first = usize::from(matches!(ps.base, Base::Image(_)));
         let steps = ps
             .stage
@@ -282,12 +299,13 @@ impl StepNumbers {
             .iter()
             .filter(|i| is_filesystem_step(&i.kind))
             .count();
+        let mut prefix = platform.map(|p| p + " ").unwrap_or_default();
+        if stages > 1 {
+            prefix.push_str(&ps.label());
+            prefix.push(' ');
+        }
         StepNumbers {
-            prefix: if stages > 1 {
-                format!("{} ", ps.label())
-            } else {
-                String::new()
-            },
+            prefix,
             total: first + steps,
             first,
         }
@@ -312,7 +330,7 @@ mod tests {
         plan.stages
             .iter()
             .map(|ps| {
-                let steps = StepNumbers::new(ps, plan.stages.len());
+                let steps = StepNumbers::new(ps, plan.dockerfile_stages, None);
                 let mut n = steps.first;
                 let mut out: Vec<String> = (n == 1).then(|| steps.label(1)).into_iter().collect();
                 for ins in &ps.stage.instructions {

@@ -11,6 +11,8 @@ pub(super) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub struct StageState {
+    /// The plan node this stage is.
+    pub node: usize,
     pub config: ImageConfig,
     pub layers: Vec<LayerInfo>,
     pub key: String,

@@ -124,7 +124,7 @@ impl Kit {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let plan = plan::plan(stages, df.directives.escape, &build_args, r.target).unwrap();
-        let order = plan.order.clone();
+        let order: Vec<usize> = plan.order.iter().map(|&n| plan.stages[n].index).collect();
         let ctx =
             BuildContext::scan(self.ctx.path(), &PatternMatcher::new(&[]).unwrap(), None).unwrap();
         let opts = Options {
@@ -153,7 +153,7 @@ impl Kit {
         );
         let fake = Arc::new(FakeExecutor::default());
         b.executor = fake.clone();
-        let result = b.run_all();
+        let result = b.run_all().map(|mut v| v.remove(0));
         let trace = b.trace.lock().unwrap().clone();
         let ran = fake.ran.lock().unwrap().clone();
         Built {

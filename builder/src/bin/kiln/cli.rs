@@ -57,6 +57,9 @@ pub enum Command {
         /// Show the attestations (SBOM, provenance) attached to each image instead: their in-toto statements.
         #[arg(long)]
         attestations: bool,
+        /// The image of this platform (os/arch[/variant]) of a multi-platform index (default: the host's).
+        #[arg(long)]
+        platform: Option<String>,
         /// Containers or images; a container's name wins, as with docker.
         images: Vec<String>,
     },
@@ -199,6 +202,9 @@ pub struct BuildArgs {
     /// Build the stage with this name and what it needs, not the last one.
     #[arg(long)]
     pub target: Option<String>,
+    /// Platforms to build for (os/arch[/variant], comma-separated or repeated: linux/amd64,linux/arm64); foreign ones run under QEMU emulation. Several make one image index.
+    #[arg(long = "platform", value_name = "PLATFORMS")]
+    pub platforms: Vec<String>,
     /// Do not use the cache (results are still recorded).
     #[arg(long)]
     pub no_cache: bool,
@@ -384,6 +390,9 @@ pub struct RunArgs {
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
+    /// The image of this platform of a multi-platform index (os/arch[/variant]; default: the host's); a foreign one runs under QEMU emulation.
+    #[arg(long)]
+    pub platform: Option<String>,
     /// Keep stdin open.
     #[arg(short, long)]
     pub interactive: bool,

@@ -6,12 +6,12 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use kiln_builder::context::BuildContext;
 use kiln_builder::engine::options::{default_parallelism, parse_kv};
-use kiln_builder::engine::output::{export_output, parse_output};
+use kiln_builder::engine::output::parse_output;
+use kiln_builder::engine::platform::Platform;
 use kiln_builder::engine::report::{load_report, render_report, save_report};
 use kiln_builder::engine::{
     explain, plan, portable, ssh, BuildArgs, Builder, Options, Secret, StageResult,
@@ -67,7 +67,17 @@ pub fn cmd_build(
     if let Some(n) = &flags.epoch_note {
         progress.info(n);
     }
-    let (plan, escape) = plan_build(&src, &dockerfile_name, &flags.build_args, &args, &progress)?;
+    if flags.platforms.len() > 1 {
+        multi_platform_limits(&args, &attest)?;
+    }
+    let (plan, escape) = plan_build(
+        &src,
+        &dockerfile_name,
+        &flags.build_args,
+        &args,
+        &flags.platforms,
+        &progress,
+    )?;
     // Context: one scan, .dockerignore applied.
     let store = Arc::new(store);
     let _lease = store.lease()?;
@@ -98,13 +108,13 @@ pub fn cmd_build(
         dockerfile_path,
         access,
     );
-    let result = builder.run_all();
+    let results = builder.run_all();
     builder.ctx.save_stat_cache(&builder.store)?;
-    let result = result?;
+    let results = results?;
     warn_unused_args(&builder);
-    let (image, index) = write_image(
+    let built = crate::build_result::write_images(
         &builder,
-        &result,
+        &results,
         &args,
         &flags.outputs,
         &attest,
@@ -113,29 +123,29 @@ pub fn cmd_build(
     if args.check_reproducible {
         check_reproducible(
             &builder,
-            &image,
+            &built.images[0],
             &args,
             flags.source_date_epoch.unwrap_or(0),
         )?;
     }
     if args.push {
-        let what = match &index {
+        let what = match &built.index {
             Some(i) => kiln_builder::registry::Pushable::Index(i),
-            None => kiln_builder::registry::Pushable::Image(&image),
+            None => kiln_builder::registry::Pushable::Image(&built.images[0]),
         };
         push_tags(&builder, what, &args)?;
     }
     if let Some(f) = &args.iidfile {
-        std::fs::write(f, image.config_digest.to_string())
+        std::fs::write(f, built.id().to_string())
             .with_context(|| format!("writing --iidfile {}", f.display()))?;
     }
     let took = builder.progress.elapsed();
     if args.quiet {
-        println!("{}", image.config_digest);
+        println!("{}", built.id());
     } else {
         builder.progress.info(&format!(
             "built {} in {:.3}s{}",
-            image.config_digest.short(),
+            built.id().short(),
             took.as_secs_f64(),
             if args.tags.is_empty() {
                 String::new()
@@ -145,9 +155,9 @@ pub fn cmd_build(
         ));
     }
     if let Some(to) = &flags.cache_to {
-        export_cache(&builder, &result, to)?;
+        export_cache(&builder, &results, to)?;
     }
-    finish_report(&builder, &image, args.explain)?;
+    finish_report(&builder, &built.images, args.explain)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -199,6 +209,8 @@ struct Flags {
     cache_to: Option<portable::CacheTo>,
     cache_from: Vec<portable::Location>,
     outputs: Vec<kiln_builder::engine::output::Output>,
+    /// `--platform`: none for the host's, implicitly.
+    platforms: Vec<Platform>,
     source_date_epoch: Option<i64>,
     /// Where `--reproducible` took the epoch from, when it chose one.
     epoch_note: Option<String>,
@@ -250,6 +262,7 @@ impl Flags {
             .iter()
             .map(|o| parse_output(o))
             .collect::<Result<Vec<_>>>()?;
+        let platforms = Platform::parse_list(&args.platforms)?;
         let mut source_date_epoch = source_date_epoch(&mut build_args)?;
         let mut epoch_note = None;
         if (args.reproducible || args.check_reproducible) && source_date_epoch.is_none() {
@@ -268,10 +281,33 @@ impl Flags {
             cache_to,
             cache_from,
             outputs,
+            platforms,
             source_date_epoch,
             epoch_note,
         })
     }
+}
+
+/// What a build of several platforms does not do yet, said before it
+/// starts rather than half-way.
+fn multi_platform_limits(
+    args: &cli::BuildArgs,
+    attest: &crate::attach::AttestRequest,
+) -> Result<()> {
+    let refuse = |what: &str| -> Result<()> {
+        Err(Failure::new(
+            1,
+            format!("kiln: {what} with several --platform values is not built yet: build one platform at a time for it"),
+        )
+        .into())
+    };
+    if attest.any() {
+        return refuse("--sbom/--provenance/--attest");
+    }
+    if args.check_reproducible {
+        return refuse("--check-reproducible");
+    }
+    Ok(())
 }
 
 /// SOURCE_DATE_EPOCH as BuildKit (>= 0.11) and buildx read it: the build
@@ -332,6 +368,7 @@ fn plan_build(
     dockerfile_name: &str,
     build_args: &BuildArgs,
     args: &cli::BuildArgs,
+    platforms: &[Platform],
     progress: &Progress,
 ) -> Result<(plan::Plan, char)> {
     let df =
@@ -345,7 +382,13 @@ fn plan_build(
     let escape = df.directives.escape;
     let stages = kiln_parser::parse_stages(&df)
         .map_err(|e| Failure::new(1, e.render(src, dockerfile_name)))?;
-    let plan = plan::plan(stages, escape, build_args, args.target.as_deref())?;
+    let plan = plan::plan_platforms(
+        stages,
+        escape,
+        build_args,
+        args.target.as_deref(),
+        platforms,
+    )?;
     Ok((plan, escape))
 }
 
@@ -421,7 +464,7 @@ fn warn_unused_args(builder: &Builder) {
                     && !plan::PROXY_ARGS.contains(&k.as_str())
                     // Consumed by the build itself, as BuildKit's frontend does.
                     && k.as_str() != "SOURCE_DATE_EPOCH"
-                    && !builder.plan.global_args.contains_key(*k)
+                    && !builder.plan.global_arg_names().any(|g| g == *k)
             })
             .collect();
         if !unused.is_empty() {
@@ -455,60 +498,6 @@ fn check_reproducible(
         image.config_digest
     ));
     Ok(())
-}
-
-/// The image written (in an index with its attestations when asked for),
-/// tagged and exported to every `--output`.
-fn write_image(
-    builder: &Builder,
-    result: &StageResult,
-    args: &cli::BuildArgs,
-    outputs: &[kiln_builder::engine::output::Output],
-    attest: &crate::attach::AttestRequest,
-    started_on: String,
-) -> Result<(kiln_store::ImageRecord, Option<kiln_store::IndexRecord>)> {
-    let mut config = result.config.clone();
-    for (k, v) in &builder.opts.labels {
-        config.config.labels.insert(k.clone(), v.clone());
-    }
-    config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
-    config.created = config
-        .history
-        .iter()
-        .rev()
-        .find_map(|h| h.created.clone())
-        .or(config.created.clone());
-    let id = builder.progress.start("exporting to image");
-    let image = builder.store.write_image(&config, &result.layers)?;
-    let index = if attest.any() {
-        let name = args.tags.first().map(String::as_str).unwrap_or("");
-        let input = crate::attach::provenance_input(builder, args, started_on);
-        Some(crate::attach::attach(
-            &builder.store,
-            &image,
-            name,
-            attest,
-            &input,
-        )?)
-    } else {
-        None
-    };
-    let named = index.as_ref().map_or(&image.manifest_digest, |i| &i.digest);
-    for t in &args.tags {
-        builder
-            .store
-            .tag(t, named)
-            .map_err(|e| anyhow!("invalid tag {t:?}: {e}"))?;
-        builder.progress.info(&format!("naming to {t}"));
-    }
-    builder
-        .progress
-        .info(&format!("writing image {} done", image.config_digest));
-    builder.progress.done(id, Duration::ZERO);
-    for out in outputs {
-        export_output(&builder.store, &image, &result.layers, out, &args.tags)?;
-    }
-    Ok((image, index))
 }
 
 fn push_tags(
@@ -551,17 +540,23 @@ fn push_tags(
 }
 
 /// `--cache-to`: every step's record (mode=max) or the target's chain.
-fn export_cache(builder: &Builder, result: &StageResult, to: &portable::CacheTo) -> Result<()> {
+fn export_cache(
+    builder: &Builder,
+    results: &[Arc<StageResult>],
+    to: &portable::CacheTo,
+) -> Result<()> {
     let trace = builder.trace.lock().expect("trace").clone();
     let keys: Vec<String> = if to.max {
         trace.iter().map(|t| t.key.clone()).collect()
     } else {
-        // The target's own chain, from its last step back to its base.
+        // Each target's own chain, from its last step back to its base.
         let mut keys = Vec::new();
-        let mut cur = Some(result.key.clone());
-        while let Some(k) = cur.filter(|k| !k.is_empty()) {
-            cur = trace.iter().find(|t| t.key == k).map(|t| t.parent.clone());
-            keys.push(k);
+        for result in results {
+            let mut cur = Some(result.key.clone());
+            while let Some(k) = cur.filter(|k| !k.is_empty() && !keys.contains(k)) {
+                cur = trace.iter().find(|t| t.key == k).map(|t| t.parent.clone());
+                keys.push(k);
+            }
         }
         keys
     };
@@ -574,7 +569,11 @@ fn export_cache(builder: &Builder, result: &StageResult, to: &portable::CacheTo)
 }
 
 /// The explanation kept for `kiln cache why`, and shown with `--explain`.
-fn finish_report(builder: &Builder, image: &kiln_store::ImageRecord, explain: bool) -> Result<()> {
+fn finish_report(
+    builder: &Builder,
+    images: &[kiln_store::ImageRecord],
+    explain: bool,
+) -> Result<()> {
     let report = builder.explain()?;
     if !report.missed.is_empty() {
         // This build wrote records and layers: checkpoint now, while the
@@ -585,7 +584,9 @@ fn finish_report(builder: &Builder, image: &kiln_store::ImageRecord, explain: bo
                 .warn(&format!("checkpointing the metadata database: {e}"));
         }
     }
-    save_report(&builder.store, &image.config_digest, &report)?;
+    for image in images {
+        save_report(&builder.store, &image.config_digest, &report)?;
+    }
     if explain {
         eprint!("{}", render_report(&report));
     }

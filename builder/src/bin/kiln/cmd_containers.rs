@@ -99,9 +99,15 @@ fn set_env(env: &mut Vec<String>, entry: String) {
 }
 
 pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -> Result<ExitCode> {
-    let found = store
-        .resolve_image(&args.image)
-        .map_err(|e| run_failure(format!("kiln: {e}")))?;
+    // --platform (multi-platform builds): the index's image for it.
+    let platform = args
+        .platform
+        .as_deref()
+        .map(kiln_builder::engine::platform::Platform::parse)
+        .transpose()
+        .map_err(|e| run_failure(format!("kiln: --platform: {e:#}")))?;
+    let found = crate::cmd_images::resolve_for_platform(store, &args.image, platform.as_ref())
+        .map_err(|e| run_failure(format!("kiln: {e:#}")))?;
     let img = match found {
         Some(img) => img,
         None => {
@@ -112,7 +118,10 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
                 store,
                 access,
                 &args.image,
-                &kiln_store::registry::Platform::host(),
+                &platform.as_ref().map_or_else(
+                    kiln_store::registry::Platform::host,
+                    kiln_builder::engine::platform::Platform::to_registry,
+                ),
                 &events,
             )
             .map_err(|e| run_failure(format!("kiln: {e:#}")))?
@@ -288,7 +297,11 @@ fn resources(args: &RunArgs) -> Result<kiln_runner::cgroups::Resources> {
 
 /// `kiln inspect NAME...`: a container (docker's order: containers
 /// first) or an image, each as docker's JSON object.
-pub fn inspect(store: &Store, names: &[String]) -> Result<ExitCode> {
+pub fn inspect(store: &Store, names: &[String], platform: Option<String>) -> Result<ExitCode> {
+    let platform = platform
+        .map(|p| kiln_builder::engine::platform::Platform::parse(&p))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--platform: {e}"))?;
     let c = if store.containers_dir().is_dir() {
         Some(containers(store)?)
     } else {
@@ -299,7 +312,7 @@ pub fn inspect(store: &Store, names: &[String]) -> Result<ExitCode> {
     for n in names {
         if let Some(info) = c.as_ref().and_then(|c| c.inspect(n).ok()) {
             out.push(container_json(&info));
-        } else if let Some(v) = crate::cmd_images::inspect_image(store, n)? {
+        } else if let Some(v) = crate::cmd_images::inspect_image(store, n, platform.as_ref())? {
             out.push(v);
         } else {
             missing.push(n.clone());

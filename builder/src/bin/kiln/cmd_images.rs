@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use kiln_store::Store;
 use serde_json::json;
 
@@ -104,6 +104,7 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<ExitCode> {
                     "manifest": i.manifest_digest.to_string(),
                     "created": i.created,
                     "size": i.size,
+                    "platforms": i.platforms,
                 })
             })
             .collect();
@@ -117,6 +118,11 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<ExitCode> {
         "CREATED".into(),
         "SIZE".into(),
     ]];
+    // A multi-platform index is one line; its platforms get a column.
+    let multi = list.iter().any(|i| i.platforms.len() > 1);
+    if multi {
+        rows[0].push("PLATFORMS".into());
+    }
     for i in &list {
         let refs = if i.references.is_empty() {
             vec![("<none>".to_string(), "<none>".to_string())]
@@ -124,13 +130,17 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<ExitCode> {
             i.references.iter().map(|r| split_ref(r)).collect()
         };
         for (repo, tag) in refs {
-            rows.push(vec![
+            let mut row = vec![
                 repo,
                 tag,
                 i.config_digest.short().to_string(),
                 ago_rfc3339(i.created.as_deref()),
                 human_size(i.size),
-            ]);
+            ];
+            if multi {
+                row.push(i.platforms.join(","));
+            }
+            rows.push(row);
         }
     }
     print!("{}", table(&rows));
@@ -219,10 +229,15 @@ pub fn tag(store: &Store, source: &str, target: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `inspect`'s JSON for one image; None when `name` is no image.
-pub(crate) fn inspect_image(store: &Store, name: &str) -> Result<Option<serde_json::Value>> {
+/// `inspect`'s JSON for one image (of `platform`, from an index); None
+/// when `name` is no image.
+pub(crate) fn inspect_image(
+    store: &Store,
+    name: &str,
+    platform: Option<&kiln_builder::engine::platform::Platform>,
+) -> Result<Option<serde_json::Value>> {
     let all = store.list_images()?;
-    Ok(match store.resolve_image(name)? {
+    Ok(match resolve_for_platform(store, name, platform)? {
         Some(img) => {
             let refs: Vec<String> = all
                 .iter()
@@ -247,6 +262,26 @@ pub(crate) fn inspect_image(store: &Store, name: &str) -> Result<Option<serde_js
         }
         None => None,
     })
+}
+
+/// The image `name` names, for `platform` when one is given: from an
+/// index, its image for that platform; a single image only if it is for it.
+pub fn resolve_for_platform(
+    store: &Store,
+    name: &str,
+    platform: Option<&kiln_builder::engine::platform::Platform>,
+) -> Result<Option<kiln_store::ImageRecord>> {
+    let Some(p) = platform else {
+        return Ok(store.resolve_image(name)?);
+    };
+    match store.resolve_image_for(name, &p.to_string())? {
+        Some(img) if p.matches_config(&img.config) => Ok(Some(img)),
+        Some(img) => bail!(
+            "{name} has no image for {p} (it is {})",
+            kiln_store::indexes::platform_of(&img.config)
+        ),
+        None => Ok(None),
+    }
 }
 
 pub fn history(store: &Store, args: &HistoryArgs) -> Result<ExitCode> {

@@ -2,6 +2,7 @@
 //! hands each verb to the module that implements it.
 
 mod attach;
+mod build_result;
 mod cli;
 mod cmd_attest;
 mod cmd_build;
@@ -167,10 +168,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect {
             attestations: true,
             images,
+            ..
         } => cmd_attest::inspect_attestations(&open_store(&cli.root, &cli.limits)?, &images),
-        Command::Inspect { images, .. } => {
-            cmd_containers::inspect(&open_store(&cli.root, &cli.limits)?, &images)
-        }
+        Command::Inspect {
+            images, platform, ..
+        } => cmd_containers::inspect(&open_store(&cli.root, &cli.limits)?, &images, platform),
         Command::History(args) => cmd_images::history(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Sbom(args) => cmd_attest::sbom(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Save(args) => cmd_images::save(&open_store(&cli.root, &cli.limits)?, &args),
