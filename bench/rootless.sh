@@ -6,6 +6,7 @@
 #
 #   bench/rootless.sh                 # 10 runs of each
 #   ROOTLESS_RUNS=20 KILN=/path/to/kiln bench/rootless.sh
+#   ROOTLESS_FLASK=0 bench/rootless.sh   # without the Flask case (5 runs, ROOTLESS_FLASK_RUNS)
 #
 # Needs root (it runs kiln as the user with setpriv). KILN defaults to the
 # release build under target/ (see bench/lib.sh).
@@ -52,3 +53,21 @@ log "5 RUN steps over busybox, --no-cache: rootless ($USER_NAME) vs root, $RUNS 
 farm-bench -n "$RUNS" --timeout 600 \
     --vs "env KILN_ROOT=$work/root $work/kiln build -q --no-cache $work/ctx" \
     -- "${as_user[@]}" "$work/kiln" build -q --no-cache "$work/ctx"
+
+# The Flask example cold (--no-cache, base present): pip dominates.
+if [ "${ROOTLESS_FLASK:-1}" = 1 ]; then
+    "$REPO/fixtures/bases/make-bases.sh" python >/dev/null
+    "$REPO/fixtures/flask/fetch-wheels.sh" 2>/dev/null
+    cp -r "$REPO/fixtures/flask" "$work/flask"
+    KILN_ROOT=$work/root "$work/kiln" build -q -t python:3.11-slim "$FIXTURES_CACHE/python-3.11-slim" >/dev/null
+    KILN_ROOT=$work/root "$work/kiln" save -o "$work/python.tar" python:3.11-slim
+    chmod 644 "$work/python.tar"
+    chown -R "$USER_NAME:$USER_NAME" "$work/flask"
+    "${as_user[@]}" "$work/kiln" load -i "$work/python.tar" >/dev/null
+    "${as_user[@]}" "$work/kiln" build -q "$work/flask" >/dev/null
+    KILN_ROOT=$work/root "$work/kiln" build -q "$work/flask" >/dev/null
+    log "Flask example, --no-cache: rootless ($USER_NAME) vs root, ${ROOTLESS_FLASK_RUNS:-5} runs each"
+    farm-bench -n "${ROOTLESS_FLASK_RUNS:-5}" --timeout 900 \
+        --vs "env KILN_ROOT=$work/root $work/kiln build -q --no-cache $work/flask" \
+        -- "${as_user[@]}" "$work/kiln" build -q --no-cache "$work/flask"
+fi

@@ -465,6 +465,15 @@ fn the_flask_example_built_rootless_is_the_root_builds_image() {
     );
 }
 
+/// `kiln rm -f` of a container when the test ends, however it ends.
+struct RmOnDrop<'a>(&'a User, String);
+
+impl Drop for RmOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["rm", "-f", &self.1]);
+    }
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -510,6 +519,8 @@ fn a_user_runs_a_detached_container_with_a_published_port() {
         "/etc",
     ]));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // A failed assertion must not leave the container running.
+    let _cleanup = RmOnDrop(&u, id.clone());
     let mut body = None;
     for _ in 0..50 {
         body = http_get(port, "/passwd").filter(|b| b.contains("root:x:0:0"));

@@ -143,14 +143,38 @@ fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The maps for `uid`/`gid` and what stands in the way of a full one.
-fn plan(uid: u32, gid: u32) -> (Vec<IdRange>, Vec<IdRange>, Option<String>) {
-    let name = user_name(uid);
+/// What the machine says about the user, read once.
+struct Facts {
+    uid: u32,
+    gid: u32,
+    name: Option<String>,
+    subuid: String,
+    subgid: String,
+    tools: bool,
+}
+
+impl Facts {
+    fn of_machine(uid: u32, gid: u32) -> Facts {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        Facts {
+            uid,
+            gid,
+            name: user_name(uid),
+            subuid: read("/etc/subuid"),
+            subgid: read("/etc/subgid"),
+            tools: find_tool("newuidmap").is_some() && find_tool("newgidmap").is_some(),
+        }
+    }
+}
+
+/// The maps for the user and what stands in the way of a full one.
+fn plan(f: &Facts) -> (Vec<IdRange>, Vec<IdRange>, Option<String>) {
+    let (uid, gid) = (f.uid, f.gid);
+    let name = f.name.clone();
     let who = name.clone().unwrap_or_else(|| uid.to_string());
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let sub_u = subordinate_range(&read("/etc/subuid"), name.as_deref(), uid);
+    let sub_u = subordinate_range(&f.subuid, name.as_deref(), uid);
     // /etc/subgid is keyed by user name or uid too, not by gid.
-    let sub_g = subordinate_range(&read("/etc/subgid"), name.as_deref(), uid);
+    let sub_g = subordinate_range(&f.subgid, name.as_deref(), uid);
     let single = |id| {
         vec![IdRange {
             inside: 0,
@@ -161,7 +185,7 @@ fn plan(uid: u32, gid: u32) -> (Vec<IdRange>, Vec<IdRange>, Option<String>) {
     let why = match (sub_u, sub_g) {
         (None, _) => Some(format!("user {who} has no subordinate uids in /etc/subuid")),
         (_, None) => Some(format!("user {who} has no subordinate gids in /etc/subgid")),
-        _ if find_tool("newuidmap").is_none() || find_tool("newgidmap").is_none() => Some(
+        _ if !f.tools => Some(
             "newuidmap/newgidmap are not installed (Debian: apt-get install uidmap)".to_string(),
         ),
         _ => None,
@@ -197,7 +221,7 @@ pub fn enter_rootless() -> Result<Option<Entered>, String> {
     if uid == 0 {
         return Ok(None);
     }
-    let (uid_map, gid_map, why) = plan(uid, gid);
+    let (uid_map, gid_map, why) = plan(&Facts::of_machine(uid, gid));
     let mut warnings = Vec::new();
     match &why {
         None => map_with_tools(&uid_map, &gid_map)?,
@@ -401,6 +425,60 @@ mod tests {
             UserNs::Nested { mapped: 65537 }
         );
         assert_eq!(UserNs::from_map("0 1001 1\n"), UserNs::Nested { mapped: 1 });
+    }
+
+    fn facts(subuid: &str, subgid: &str, tools: bool) -> Facts {
+        Facts {
+            uid: 1001,
+            gid: 1002,
+            name: Some("alice".into()),
+            subuid: subuid.into(),
+            subgid: subgid.into(),
+            tools,
+        }
+    }
+
+    #[test]
+    fn a_range_and_the_tools_give_the_full_map() {
+        let (u, g, why) = plan(&facts("alice:100000:65536\n", "alice:300000:65536\n", true));
+        assert_eq!(why, None);
+        assert_eq!(
+            map_args(1, &u),
+            ["1", "0", "1001", "1", "1", "100000", "65536"]
+        );
+        assert_eq!(
+            map_args(1, &g),
+            ["1", "0", "1002", "1", "1", "300000", "65536"]
+        );
+    }
+
+    #[test]
+    fn without_a_range_or_the_tools_only_the_users_own_id_is_mapped() {
+        let single = |id| {
+            vec![IdRange {
+                inside: 0,
+                outside: id,
+                count: 1,
+            }]
+        };
+        let (u, g, why) = plan(&facts("bob:100000:65536\n", "alice:1:2\n", true));
+        assert_eq!((u, g), (single(1001), single(1002)));
+        assert_eq!(
+            why.unwrap(),
+            "user alice has no subordinate uids in /etc/subuid"
+        );
+        let (_, _, why) = plan(&facts("alice:100000:65536\n", "", true));
+        assert_eq!(
+            why.unwrap(),
+            "user alice has no subordinate gids in /etc/subgid"
+        );
+        let (u, _, why) = plan(&facts(
+            "alice:100000:65536\n",
+            "alice:100000:65536\n",
+            false,
+        ));
+        assert_eq!(u, single(1001));
+        assert!(why.unwrap().contains("apt-get install uidmap"));
     }
 
     #[test]
