@@ -99,6 +99,9 @@ fn set_env(env: &mut Vec<String>, entry: String) {
 }
 
 pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -> Result<ExitCode> {
+    // Flag errors first, as docker's CLI has them before it looks for the image.
+    crate::run_health::restart_policy(&args)?;
+    crate::run_health::healthcheck(&args, None, None)?;
     // --platform (multi-platform builds): the index's image for it.
     let platform = args
         .platform
