@@ -1,5 +1,6 @@
-//! Named containers with state on disk: detached (`run -d`) and foreground
-//! runs, `ps`, `stop`, `rm`, `logs`.
+//! Named containers with state on disk: detached (`run -d`, run by the
+//! monitor in [`crate::monitor`]) and foreground runs, `ps`, `stop`, `rm`,
+//! `logs`.
 //!
 //! ```text
 //! <state_dir>/.lock                flock: name reservation
@@ -7,6 +8,8 @@
 //! <state_dir>/<id>/state.json      status, pids + start times, exit code (temp + rename)
 //! <state_dir>/<id>/container.log   json-lines {"log","stream","time"} like Docker's json-file
 //! <state_dir>/<id>/monitor.log     the monitor's own diagnostics
+//! <state_dir>/<id>/health.json     the HEALTHCHECK's state (docker's State.Health)
+//! <state_dir>/<id>/stopped         `kiln stop`/`rm -f` came: no restart by the policy
 //! <state_dir>/<id>/scratch/        stubs, generated /etc files, scratch upper
 //! ```
 //! Liveness is "the supervising process (monitor, or the helper of a
