@@ -66,7 +66,8 @@ fn on_failure_3_restarts_exactly_three_times() {
         "busybox",
         "sh",
         "-c",
-        "echo attempt; exit 3",
+        // The container's files stay across restarts, as in docker.
+        "echo x >> /runs; echo attempt $(wc -l < /runs); exit 3",
     ];
     k.run(&args).ok();
     // Backoff 100 + 200 + 400 ms: done well within 10 s.
@@ -81,6 +82,10 @@ fn on_failure_3_restarts_exactly_three_times() {
         logs.matches("attempt").count(),
         4,
         "one run + 3 restarts: {logs}"
+    );
+    assert!(
+        logs.contains("attempt 4\n"),
+        "same filesystem each run: {logs}"
     );
     assert!(ps_status(&k, "flaky").contains("Exited (3)"));
     // Staying exited: nothing restarts it later.
@@ -311,4 +316,44 @@ fn bad_flags_get_dockers_errors() {
         assert_eq!(r.code(), 125, "{flags:?}: {}", r.stderr());
         assert!(r.stderr().contains(err), "{flags:?}: {}", r.stderr());
     }
+}
+
+#[test]
+fn oom_killed_is_the_last_runs() {
+    let Some(k) = setup() else { return };
+    let host = kiln_runner::cgroups::detect(&kiln_runner::cgroups::HostFs).expect("mountinfo");
+    let mem = kiln_runner::cgroups::Controller::Memory;
+    let here = matches!(
+        host.location(mem),
+        kiln_runner::cgroups::Location::At { .. }
+    );
+    if !common::require(here, &format!("no cgroup memory controller here ({host})")) {
+        return;
+    }
+    // First run: OOM-killed (137); the restart exits 5 without allocating.
+    k.run(&[
+        "run",
+        "-d",
+        "--name",
+        "hog",
+        "--network",
+        "none",
+        "--memory",
+        "32m",
+        "--restart",
+        "on-failure:1",
+        "busybox",
+        "sh",
+        "-c",
+        "test -e /ran && exit 5; touch /ran; dd if=/dev/zero of=/dev/null bs=96M count=1",
+    ])
+    .ok();
+    let c = wait_for(&k, "hog", 10, |c| status(c) == "exited");
+    assert_eq!(c["RestartCount"], 1, "{c:#}");
+    assert_eq!(c["State"]["ExitCode"], 5);
+    assert_eq!(
+        c["State"]["OOMKilled"], false,
+        "the last run was not: {c:#}"
+    );
+    k.run(&["rm", "hog"]).ok();
 }

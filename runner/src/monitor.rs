@@ -65,7 +65,12 @@ fn caller() -> BorrowedFd<'static> {
 /// How one start of the container ended.
 enum Run {
     /// It ran (or, after the first start, failed to start) and exited.
-    Exited { code: i32, ran: Duration },
+    /// `oom_kills`: the memory cgroup's count before this start.
+    Exited {
+        code: i32,
+        ran: Duration,
+        oom_kills: u64,
+    },
     /// The first start failed: the caller is told once all is cleaned up.
     Failed { message: String, code: Option<i32> },
 }
@@ -129,23 +134,28 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
         caller_open: true,
     };
     let result = loop {
-        let (code, ran) = match m.run_once(restarts.count) {
+        let (code, ran, before) = match m.run_once(restarts.count) {
             Err(e) => break Err(e),
             Ok(Run::Failed { message, code }) => break Ok(Some((message, code))),
-            Ok(Run::Exited { code, ran }) => (code, ran),
+            Ok(Run::Exited {
+                code,
+                ran,
+                oom_kills,
+            }) => (code, ran, oom_kills),
         };
+        let oom = oom_kills(&m.cfg) > before;
         let Some(delay) = restarts.should_restart(code, stop_requested(dir), ran) else {
-            break record_exit(dir, &m.cfg, code).map(|()| None);
+            break record_exit(dir, &m.cfg, code, oom).map(|()| None);
         };
-        if let Err(e) = record_restarting(dir, code, restarts.count) {
+        if let Err(e) = record_restarting(dir, code, restarts.count, oom) {
             break Err(e);
         }
         if !m.backoff(delay) {
-            break record_exit(dir, &m.cfg, code).map(|()| None);
+            break record_exit(dir, &m.cfg, code, oom).map(|()| None);
         }
         if let Err(e) = m.rebind() {
             eprintln!("kiln-runner monitor: not restarting: {e}");
-            break record_exit(dir, &m.cfg, code).map(|()| None);
+            break record_exit(dir, &m.cfg, code, oom).map(|()| None);
         }
     };
     let cfg = m.cfg.clone();
@@ -174,6 +184,7 @@ impl Monitor<'_> {
     /// this thread, which lives as long as the monitor.
     fn run_once(&mut self, restart_count: u32) -> Result<Run, RunError> {
         let cfg = &self.cfg;
+        let oom_before = oom_kills(cfg);
         let me = std::process::id() as i32;
         let job = Job {
             spec: cfg.spec.clone(),
@@ -279,6 +290,7 @@ impl Monitor<'_> {
         Ok(Run::Exited {
             code,
             ran: started.elapsed(),
+            oom_kills: oom_before,
         })
     }
 
@@ -332,22 +344,26 @@ impl Monitor<'_> {
 }
 
 /// Between an exit and the restart: docker's `Restarting (CODE)`.
-fn record_restarting(dir: &Path, code: i32, restart_count: u32) -> Result<(), RunError> {
+fn oom_kills(cfg: &Config) -> u64 {
+    crate::cgroups::oom_kills(&crate::cgroups::HostFs, &cfg.cgroups)
+}
+
+fn record_restarting(dir: &Path, code: i32, count: u32, oom: bool) -> Result<(), RunError> {
     let mut st: State = read_json(&dir.join("state.json")).unwrap_or_else(|_| State::created());
     st.phase = Phase::Restarting;
     st.pid = 0;
     st.pid_start = 0;
     st.exit_code = Some(code);
     st.finished = now();
-    st.restart_count = restart_count;
+    st.restart_count = count;
+    st.oom_killed = oom;
     save_state(dir, &st)
 }
 
-/// After the container is gone for good: whether it was OOM-killed (read
-/// before its cgroups go), then the exit in state.json, or nothing with
-/// `--rm`.
-fn record_exit(dir: &Path, cfg: &Config, code: i32) -> Result<(), RunError> {
-    let oom_killed = crate::cgroups::oom_killed(&crate::cgroups::HostFs, &cfg.cgroups);
+/// After the container is gone for good: the exit in state.json (with
+/// whether the last run was OOM-killed), or nothing with `--rm`; its
+/// cgroups go.
+fn record_exit(dir: &Path, cfg: &Config, code: i32, oom_killed: bool) -> Result<(), RunError> {
     drop_cgroups(&cfg.cgroups);
     if cfg.opts.auto_remove {
         let _ = fs::remove_dir_all(dir);
