@@ -120,6 +120,17 @@ fn always_restarts_until_stop_and_then_stays_stopped() {
         ps_status(&k, "again").contains("Restarting (0) ")
     });
     assert!(seen_restarting, "never saw Restarting (0) in ps");
+    // rm without -f refuses it, running or restarting (docker's words).
+    let refused_restarting = (0..200).any(|_| {
+        let r = k.run(&["rm", "again"]);
+        assert_ne!(r.code(), 0, "rm without -f removed a live container");
+        std::thread::sleep(Duration::from_millis(10));
+        r.stderr().contains(
+            "You cannot remove a restarting container again. Stop the container before \
+             attempting removal or force remove",
+        )
+    });
+    assert!(refused_restarting);
     k.run(&["stop", "again"]).ok();
     let c = inspect(&k, "again");
     assert_eq!(status(&c), "exited", "{c:#}");
@@ -356,4 +367,42 @@ fn oom_killed_is_the_last_runs() {
         "the last run was not: {c:#}"
     );
     k.run(&["rm", "hog"]).ok();
+}
+
+#[test]
+fn a_foreground_run_is_probed_too() {
+    let Some(k) = setup() else { return };
+    let mut child = k
+        .cmd()
+        .args([
+            "run",
+            "--name",
+            "fg",
+            "--network",
+            "none",
+            "--health-cmd",
+            "true",
+            "--health-interval",
+            "200ms",
+            "busybox",
+            "sleep",
+            "4",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let healthy = loop {
+        let out = k.run(&["ps"]).stdout();
+        if out.contains("(healthy)") {
+            break true;
+        }
+        if Instant::now() > end {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(child.wait().unwrap().success());
+    assert!(healthy, "ps never said (healthy)");
+    k.run(&["rm", "fg"]).ok();
 }
