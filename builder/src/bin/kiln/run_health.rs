@@ -128,3 +128,73 @@ pub(crate) fn config_json(h: &HealthConfig) -> serde_json::Value {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let mut argv = vec!["kiln", "run"];
+        argv.extend_from_slice(flags);
+        argv.push("busybox");
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Run(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn flags_override_the_images_check_field_by_field() {
+        let image = kiln_store::HealthConfig {
+            test: vec!["CMD".into(), "curl".into(), "-f".into(), "localhost".into()],
+            interval: Some(5_000_000_000),
+            retries: Some(7),
+            ..Default::default()
+        };
+        let shell = vec!["/bin/bash".to_string(), "-c".to_string()];
+        let h = healthcheck(&run_args(&["--health-retries", "2"]), Some(&image), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.test, image.test, "the image's command");
+        assert_eq!((h.interval, h.retries), (5_000_000_000, 2));
+        let h = healthcheck(
+            &run_args(&["--health-cmd", "true", "--health-interval", "1s"]),
+            Some(&image),
+            Some(&shell),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.test, ["CMD-SHELL", "true"]);
+        assert_eq!((h.interval, h.retries), (1_000_000_000, 7));
+        assert_eq!(
+            h.argv().unwrap(),
+            ["/bin/bash", "-c", "true"],
+            "image SHELL"
+        );
+        assert_eq!(
+            healthcheck(&run_args(&["--no-healthcheck"]), Some(&image), None).unwrap(),
+            None
+        );
+        let none = kiln_store::HealthConfig {
+            test: vec!["NONE".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            healthcheck(&run_args(&[]), Some(&none), None).unwrap(),
+            None
+        );
+        assert_eq!(healthcheck(&run_args(&[]), None, None).unwrap(), None);
+    }
+
+    #[test]
+    fn restart_needs_detach_and_no_rm() {
+        assert_eq!(
+            restart_policy(&run_args(&["-d", "--restart", "on-failure:2"])).unwrap(),
+            RestartPolicy::OnFailure { max: 2 }
+        );
+        assert!(restart_policy(&run_args(&["--restart", "always"])).is_err());
+        assert!(restart_policy(&run_args(&["-d", "--rm", "--restart", "always"])).is_err());
+        assert!(restart_policy(&run_args(&["--rm"])).unwrap().is_none());
+    }
+}
