@@ -44,6 +44,13 @@ pub enum RunError {
         "cannot remove container {0}: container is running: stop the container before removing or force remove"
     )]
     ContainerRunning(String),
+    #[error(
+        "You cannot remove a restarting container {0}. Stop the container before attempting removal or force remove"
+    )]
+    ContainerRestarting(String),
+    /// `exec` into a container between an exit and its restart.
+    #[error("Container {0} is restarting, wait until the container is running")]
+    Restarting(String),
     /// `exec` into a container that is not running (docker's words).
     #[error("Container {0} is not running")]
     NotRunning(String),

@@ -197,6 +197,98 @@ pub(crate) fn start(cfg: &RunnerConfig, job: &ExecJob, interactive: bool) -> Res
     })
 }
 
+/// A health probe (the monitor's): run `job` with its stdout and stderr
+/// captured (the first 4 KiB, docker's limit), at most `timeout`. The
+/// exit code, or -1 with docker's message when it ran too long (the
+/// process then gets SIGTERM, and E SIGKILL a second later) or could not
+/// start.
+pub(crate) fn probe(
+    cfg: &RunnerConfig,
+    job: &ExecJob,
+    timeout: std::time::Duration,
+) -> Result<(i32, String), String> {
+    use std::sync::{mpsc, Arc, Mutex};
+    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("pipe: {e}"))?;
+    let out_w2 = out_w.try_clone().map_err(|e| format!("dup: {e}"))?;
+    let stdio = Stdio {
+        stdin: None,
+        stdout: Some(out_w),
+        stderr: Some(out_w2),
+    };
+    let (mut child, mut sock) =
+        helper::spawn_helper(cfg, "exec", &[], stdio, None).map_err(|e| e.to_string())?;
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let out = output.clone();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(out_r);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut o) = out.lock() {
+                let room = crate::health::MAX_OUTPUT.saturating_sub(o.len());
+                o.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    let payload = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+    sock.write_all(&payload)
+        .and_then(|()| sock.shutdown(std::net::Shutdown::Write))
+        .map_err(|e| format!("sending the probe: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    let reader = sock.try_clone().map_err(|e| format!("dup: {e}"))?;
+    std::thread::spawn(move || {
+        let mut reader = MsgReader::new(reader);
+        let mut r = Err("the exec helper exited without a status".to_string());
+        loop {
+            match reader.next() {
+                Ok(Some(Msg::Exited(c))) => r = Ok(c),
+                Ok(Some(Msg::Error { message, .. })) => r = Err(message),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = tx.send(r);
+    });
+    let result = match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => {
+            let pid = child.id() as i32;
+            // E forwards SIGTERM to the probe; E itself goes a second later.
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).expect("a child's pid"),
+                rustix::process::Signal::TERM,
+            );
+            if rx.recv_timeout(std::time::Duration::from_secs(1)).is_err() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+            return Ok((
+                -1,
+                format!(
+                    "Health check exceeded timeout ({})",
+                    crate::health::format_go_duration(timeout.as_nanos() as i64)
+                ),
+            ));
+        }
+    };
+    let _ = child.wait();
+    // A process the probe left behind may hold the pipe: wait a little.
+    let _ = done_rx.recv_timeout(std::time::Duration::from_millis(200));
+    let text = output
+        .lock()
+        .map(|o| String::from_utf8_lossy(&o).into_owned())
+        .unwrap_or_default();
+    match result {
+        Ok(code) => Ok((code, text)),
+        Err(message) => Ok((-1, message)),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // E, single-threaded.
 

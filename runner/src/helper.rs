@@ -52,7 +52,7 @@ pub(crate) fn init_hook() {
     let code = match role.as_deref().and_then(|r| r.to_str()) {
         Some("container") => container_main(),
         Some("init") => init_main(&rest),
-        Some("monitor") => crate::state::monitor_main(&rest),
+        Some("monitor") => crate::monitor::monitor_main(&rest),
         Some("netns") => crate::net::netns_main(&rest),
         Some("exec") => crate::exec::exec_main(),
         _ => {

@@ -30,7 +30,9 @@
 pub mod cgroups;
 mod error;
 mod exec;
+pub mod health;
 mod helper;
+mod monitor;
 mod mounts;
 mod names;
 pub mod net;
@@ -38,6 +40,7 @@ pub mod platform;
 pub mod ports;
 mod proto;
 mod ps;
+pub mod restart;
 mod rootless_fs;
 mod seccomp;
 mod state;
@@ -52,9 +55,11 @@ use serde::{Deserialize, Serialize};
 
 pub use error::RunError;
 pub use exec::ExecOptions;
+pub use health::{HealthConfig, HealthResult, HealthState};
 pub use net::{find_stack, SharedNet, Stack, StackKind};
 pub use ports::{parse_port_spec, PortMapping, Protocol};
 pub use ps::{format_ps_table, human_duration};
+pub use restart::RestartPolicy;
 pub use state::{parse_signal, ContainerInfo, ContainerStatus, Containers, RunOptions};
 
 /// Call this first thing in `main()`. It returns immediately unless this

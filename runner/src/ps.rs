@@ -42,7 +42,9 @@ pub(crate) fn now() -> i64 {
 }
 
 impl ContainerInfo {
-    /// "Up 3 seconds", "Exited (0) 2 minutes ago", "Created".
+    /// "Up 3 seconds", "Up 5 seconds (healthy)", "Restarting (1) 2
+    /// seconds ago", "Exited (0) 2 minutes ago", "Created" (docker's
+    /// `State.String()`).
     pub fn status_text(&self) -> String {
         self.status_text_at(now())
     }
@@ -51,7 +53,15 @@ impl ContainerInfo {
         match self.status {
             ContainerStatus::Created => "Created".into(),
             ContainerStatus::Running { .. } => {
-                format!("Up {}", human_duration(now - self.started))
+                let up = human_duration(now - self.started);
+                match self.health.as_ref().map(|h| h.status.as_str()) {
+                    Some("starting") => format!("Up {up} (health: starting)"),
+                    Some(s) if !s.is_empty() => format!("Up {up} ({s})"),
+                    _ => format!("Up {up}"),
+                }
+            }
+            ContainerStatus::Restarting { code, finished } => {
+                format!("Restarting ({code}) {} ago", human_duration(now - finished))
             }
             ContainerStatus::Exited { code, finished } => {
                 format!("Exited ({code}) {} ago", human_duration(now - finished))
@@ -176,6 +186,10 @@ mod tests {
             cgroups: vec![],
             spec: Default::default(),
             auto_remove: false,
+            restart_policy: Default::default(),
+            restart_count: 0,
+            healthcheck: None,
+            health: None,
         }
     }
 
@@ -198,5 +212,22 @@ mod tests {
         assert!(lines[2].contains("Exited (137) About a minute ago"));
         assert_eq!(format_at(&list, true, 0), "0123456789ab\n0123456789ab\n");
         assert_eq!(info(ContainerStatus::Created).status_text(), "Created");
+        let r = info(ContainerStatus::Restarting {
+            code: 1,
+            finished: 1178,
+        });
+        assert_eq!(r.status_text_at(1180), "Restarting (1) 2 seconds ago");
+        let mut h = info(ContainerStatus::Running { pid: 7 });
+        for (status, text) in [
+            ("starting", "Up 5 seconds (health: starting)"),
+            ("healthy", "Up 5 seconds (healthy)"),
+            ("unhealthy", "Up 5 seconds (unhealthy)"),
+        ] {
+            h.health = Some(crate::HealthState {
+                status: status.into(),
+                ..Default::default()
+            });
+            assert_eq!(h.status_text_at(1005), text);
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Named containers with state on disk: detached (`run -d`) and foreground
-//! runs, `ps`, `stop`, `rm`, `logs`.
+//! Named containers with state on disk: detached (`run -d`, run by the
+//! monitor in [`crate::monitor`]) and foreground runs, `ps`, `stop`, `rm`,
+//! `logs`.
 //!
 //! ```text
 //! <state_dir>/.lock                flock: name reservation
@@ -7,6 +8,8 @@
 //! <state_dir>/<id>/state.json      status, pids + start times, exit code (temp + rename)
 //! <state_dir>/<id>/container.log   json-lines {"log","stream","time"} like Docker's json-file
 //! <state_dir>/<id>/monitor.log     the monitor's own diagnostics
+//! <state_dir>/<id>/health.json     the HEALTHCHECK's state (docker's State.Health)
+//! <state_dir>/<id>/stopped         `kiln stop`/`rm -f` came: no restart by the policy
 //! <state_dir>/<id>/scratch/        stubs, generated /etc files, scratch upper
 //! ```
 //! Liveness is "the supervising process (monitor, or the helper of a
@@ -14,22 +17,23 @@
 //! reused PID is never mistaken for the container.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::{self, Placed, Placement, Resources};
 use crate::error::RunError;
-use crate::helper::{self, random_hex, Event, REPORT_FD};
+use crate::health::{HealthConfig, HealthState};
+use crate::helper::{self, random_hex, Event};
 use crate::names;
 use crate::ports::{self, PortMapping};
-use crate::proto::{send, Job, Msg, MsgReader};
+use crate::proto::{Msg, MsgReader};
 use crate::ps::now;
+use crate::restart::RestartPolicy;
 use crate::{ContainerSpec, RunnerConfig, Stdio};
 
 /// How `run` presents the container (ps columns, stop signal, ...).
@@ -55,6 +59,12 @@ pub struct RunOptions {
     /// into the container's cgroups when it is created.
     #[serde(default)]
     pub resources: Resources,
+    /// `--restart`: carried out by the monitor (detached containers).
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// The HEALTHCHECK to run (image's under `--health-*`); None: none.
+    #[serde(default)]
+    pub healthcheck: Option<HealthConfig>,
 }
 
 /// What `ps` knows about a container.
@@ -66,6 +76,12 @@ pub enum ContainerStatus {
         pid: i32,
     },
     Exited {
+        code: i32,
+        finished: i64,
+    },
+    /// Exited with `code` at `finished`; the monitor starts it again after
+    /// its backoff (docker's `Restarting (1) 2 seconds ago`).
+    Restarting {
         code: i32,
         finished: i64,
     },
@@ -94,50 +110,62 @@ pub struct ContainerInfo {
     pub spec: ContainerSpec,
     /// `--rm`.
     pub auto_remove: bool,
+    /// `--restart`.
+    pub restart_policy: RestartPolicy,
+    /// Restarts by the policy so far (docker's `RestartCount`).
+    pub restart_count: u32,
+    /// The health check the container runs, and its state (docker's
+    /// `State.Health`) once it has one.
+    pub healthcheck: Option<HealthConfig>,
+    pub health: Option<HealthState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Config {
-    id: String,
-    name: String,
-    created: i64,
-    opts: RunOptions,
-    spec: ContainerSpec,
-    detached: bool,
+pub(crate) struct Config {
+    pub id: String,
+    pub name: String,
+    pub created: i64,
+    pub opts: RunOptions,
+    pub spec: ContainerSpec,
+    pub detached: bool,
     /// The user-mode stack of a private network, found by the caller (the
     /// monitor has no PATH).
     #[serde(default)]
-    stack: Option<crate::net::Stack>,
+    pub stack: Option<crate::net::Stack>,
     /// The cgroups made for `opts.resources` (removed with the container).
     #[serde(default)]
-    cgroups: Placement,
+    pub cgroups: Placement,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum Phase {
+pub(crate) enum Phase {
     Created,
     Running,
+    /// Between an exit and the restart the policy asked for.
+    Restarting,
     Exited,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct State {
-    phase: Phase,
+pub(crate) struct State {
+    pub phase: Phase,
     /// The process whose life is the container's (monitor or helper).
-    supervisor_pid: i32,
-    supervisor_start: u64,
+    pub supervisor_pid: i32,
+    pub supervisor_start: u64,
     /// The container's PID 1.
-    pid: i32,
-    pid_start: u64,
-    started: i64,
-    exit_code: Option<i32>,
-    finished: i64,
+    pub pid: i32,
+    pub pid_start: u64,
+    pub started: i64,
+    pub exit_code: Option<i32>,
+    pub finished: i64,
     #[serde(default)]
-    oom_killed: bool,
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub restart_count: u32,
 }
 
 impl State {
-    fn created() -> State {
+    pub(crate) fn created() -> State {
         State {
             phase: Phase::Created,
             supervisor_pid: 0,
@@ -148,6 +176,7 @@ impl State {
             exit_code: None,
             finished: 0,
             oom_killed: false,
+            restart_count: 0,
         }
     }
 }
@@ -172,7 +201,7 @@ fn alive(pid: i32, start: u64) -> bool {
 /// one. Not fsync'd: this is runtime state, re-derived from the liveness
 /// check after a crash, and an fsync per state change would dominate the
 /// cost of a short `run` on a busy disk.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RunError> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RunError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let r = (|| {
         let mut f = File::create(&tmp)?;
@@ -185,7 +214,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RunError> {
     })
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
     let data =
         fs::read(path).map_err(|e| RunError::io(format!("reading {}", path.display()), e))?;
     serde_json::from_slice(&data).map_err(|e| RunError::State {
@@ -248,6 +277,26 @@ const SIGNALS: [(&str, i32); 31] = [
     ("PWR", libc::SIGPWR),
     ("SYS", libc::SIGSYS),
 ];
+
+impl ContainerStatus {
+    /// Running, or between an exit and its restart (what `ps` lists).
+    pub fn is_up(&self) -> bool {
+        matches!(
+            self,
+            ContainerStatus::Running { .. } | ContainerStatus::Restarting { .. }
+        )
+    }
+}
+
+/// `kiln stop` (or `rm -f`) asked the container to end: no restart.
+pub(crate) fn stop_requested(dir: &Path) -> bool {
+    dir.join("stopped").exists()
+}
+
+fn request_stop(dir: &Path) -> Result<(), RunError> {
+    fs::write(dir.join("stopped"), b"")
+        .map_err(|e| RunError::io(format!("marking {} stopped", dir.display()), e))
+}
 
 /// The containers under one state dir.
 #[derive(Debug)]
@@ -348,6 +397,13 @@ impl Containers {
         }
         if let Some(sig) = &opts.stop_signal {
             parse_signal(sig)?;
+        }
+        if !opts.restart.is_none() && (opts.auto_remove || !detached) {
+            return Err(RunError::InvalidSpec(
+                "a restart policy needs a detached container without auto-remove \
+                 (its monitor restarts it)"
+                    .into(),
+            ));
         }
         let stack = match spec.network {
             crate::NetworkMode::Private => Some(crate::net::find_stack()?),
@@ -529,6 +585,7 @@ impl Containers {
             stderr: Some(dup(rustix::stdio::stderr())?),
         };
         let mut proxy: Option<ports::ProxyHandle> = None;
+        let mut prober: Option<crate::health::Prober> = None;
         let mut bound = Some(bound);
         let mut state_err = None;
         let result = helper::run_foreground(
@@ -554,10 +611,12 @@ impl Containers {
                         exit_code: None,
                         finished: 0,
                         oom_killed: false,
+                        restart_count: 0,
                     };
                     if let Err(e) = save_state(&dir, &st) {
                         state_err = Some(e);
                     }
+                    prober = start_prober(&dir, &cfg, (pid, st.pid_start));
                     if let Some(b) = bound.take() {
                         if !b.is_empty() {
                             match File::open(format!("/proc/{pid}/ns/net")) {
@@ -569,6 +628,9 @@ impl Containers {
                 }
             },
         );
+        if let Some(p) = prober {
+            p.stop();
+        }
         if let Some(p) = proxy {
             p.shutdown();
         }
@@ -625,10 +687,21 @@ impl Containers {
                     finished,
                 }
             }
-            Phase::Exited => ContainerStatus::Exited {
+            Phase::Restarting if alive(st.supervisor_pid, st.supervisor_start) => {
+                ContainerStatus::Restarting {
+                    code: st.exit_code.unwrap_or(255),
+                    finished: st.finished,
+                }
+            }
+            // A monitor killed during the backoff: exited, for good.
+            Phase::Restarting | Phase::Exited => ContainerStatus::Exited {
                 code: st.exit_code.unwrap_or(255),
                 finished: st.finished,
             },
+        };
+        let health = match (&c.opts.healthcheck, &status) {
+            (Some(_), ContainerStatus::Created) | (None, _) => None,
+            (Some(_), _) => crate::health::load(&self.dir.join(id)),
         };
         Ok(ContainerInfo {
             id: c.id,
@@ -648,6 +721,10 @@ impl Containers {
             cgroups: c.cgroups.cgroups,
             spec: c.spec,
             auto_remove: c.opts.auto_remove,
+            restart_policy: c.opts.restart,
+            restart_count: st.restart_count,
+            healthcheck: c.opts.healthcheck,
+            health,
         })
     }
 
@@ -657,7 +734,7 @@ impl Containers {
         for id in self.ids()? {
             match self.info(&id) {
                 Ok(i) => {
-                    if all || matches!(i.status, ContainerStatus::Running { .. }) {
+                    if all || i.status.is_up() {
                         out.push(i)
                     }
                 }
@@ -710,26 +787,45 @@ impl Containers {
     pub fn stop(&self, id: &str, timeout: Duration) -> Result<(), RunError> {
         let id = self.resolve(id)?;
         let c = self.config(&id)?;
-        let st = self.state(&id)?;
-        if st.phase != Phase::Running
-            || !(alive(st.supervisor_pid, st.supervisor_start) || alive(st.pid, st.pid_start))
-        {
+        let sig = parse_signal(c.opts.stop_signal.as_deref().unwrap_or("SIGTERM"))?;
+        self.end(&id, sig, timeout)
+    }
+
+    /// Stop for good: mark the container stopped (its monitor restarts
+    /// it no more, whatever the policy), then signal its process, SIGKILL
+    /// after `timeout`, and wait for the supervisor to record the exit.
+    fn end(&self, id: &str, sig: i32, timeout: Duration) -> Result<(), RunError> {
+        let st = self.state(id)?;
+        let up = matches!(st.phase, Phase::Running | Phase::Restarting);
+        if !up || !(alive(st.supervisor_pid, st.supervisor_start) || alive(st.pid, st.pid_start)) {
             return Ok(());
         }
-        let sig = parse_signal(c.opts.stop_signal.as_deref().unwrap_or("SIGTERM"))?;
+        request_stop(&self.dir.join(id))?;
         let supervisor = pidfd(st.supervisor_pid, st.supervisor_start);
-        if let Some(pfd) = pidfd(st.pid, st.pid_start) {
-            let _ = send_signal(&pfd, sig);
-            if !wait_pidfd(&pfd, timeout) {
-                let _ = send_signal(&pfd, libc::SIGKILL);
-                wait_pidfd(&pfd, Duration::from_secs(10));
+        let deadline = Instant::now() + timeout + Duration::from_secs(20);
+        loop {
+            // Read again each time: the monitor may have just restarted it
+            // (and then sees the mark and kills the new process itself).
+            let st = self.state(id)?;
+            if st.phase == Phase::Running {
+                if let Some(pfd) = pidfd(st.pid, st.pid_start) {
+                    let _ = send_signal(&pfd, sig);
+                    if !wait_pidfd(&pfd, timeout) {
+                        let _ = send_signal(&pfd, libc::SIGKILL);
+                        wait_pidfd(&pfd, Duration::from_secs(10));
+                    }
+                }
+            }
+            // The supervisor records the exit and then exits.
+            match &supervisor {
+                Some(s) if Instant::now() < deadline => {
+                    if wait_pidfd(s, Duration::from_millis(100)) {
+                        return Ok(());
+                    }
+                }
+                _ => return Ok(()),
             }
         }
-        // The supervisor records the exit and then exits.
-        if let Some(s) = supervisor {
-            wait_pidfd(&s, Duration::from_secs(10));
-        }
-        Ok(())
     }
 
     /// Remove a container. A running one is refused unless `force`, which
@@ -737,19 +833,17 @@ impl Containers {
     pub fn remove(&self, id: &str, force: bool) -> Result<(), RunError> {
         let id = self.resolve(id)?;
         let info = self.info(&id)?;
-        if let ContainerStatus::Running { .. } = info.status {
-            if !force {
-                return Err(RunError::ContainerRunning(info.name));
+        match info.status {
+            ContainerStatus::Running { .. } if !force => {
+                return Err(RunError::ContainerRunning(info.name))
             }
-            let st = self.state(&id)?;
-            let supervisor = pidfd(st.supervisor_pid, st.supervisor_start);
-            if let Some(p) = pidfd(st.pid, st.pid_start) {
-                let _ = send_signal(&p, libc::SIGKILL);
-                wait_pidfd(&p, Duration::from_secs(10));
+            ContainerStatus::Restarting { .. } if !force => {
+                return Err(RunError::ContainerRestarting(info.name))
             }
-            if let Some(s) = supervisor {
-                wait_pidfd(&s, Duration::from_secs(10));
+            ContainerStatus::Running { .. } | ContainerStatus::Restarting { .. } => {
+                self.end(&id, libc::SIGKILL, Duration::from_secs(10))?
             }
+            _ => {}
         }
         if let Ok(c) = self.config(&id) {
             cgroups::remove(&cgroups::HostFs, &c.cgroups).map_err(RunError::Limits)?;
@@ -768,6 +862,9 @@ impl Containers {
         let id = self.resolve(name)?;
         let c = self.config(&id)?;
         let st = self.state(&id)?;
+        if st.phase == Phase::Restarting && alive(st.supervisor_pid, st.supervisor_start) {
+            return Err(RunError::Restarting(name.to_string()));
+        }
         if st.phase != Phase::Running || !alive(st.pid, st.pid_start) {
             return Err(RunError::NotRunning(name.to_string()));
         }
@@ -798,10 +895,7 @@ impl Containers {
         let mut pos = 0u64;
         let mut partial = String::new();
         loop {
-            let running = matches!(
-                self.info(&id).map(|i| i.status),
-                Ok(ContainerStatus::Running { .. })
-            );
+            let running = self.info(&id).is_ok_and(|i| i.status.is_up());
             match File::open(&path) {
                 Ok(mut f) => {
                     f.seek(SeekFrom::Start(pos))
@@ -839,6 +933,31 @@ impl Containers {
     }
 }
 
+/// The HEALTHCHECK's probe loop for a container that has one (its
+/// monitor's, or the caller's of a foreground run).
+pub(crate) fn start_prober(
+    dir: &Path,
+    cfg: &Config,
+    pid: (i32, u64),
+) -> Option<crate::health::Prober> {
+    let hc = cfg.opts.healthcheck.clone()?;
+    let job = hc.argv().and_then(|args| {
+        let opts = crate::ExecOptions {
+            args,
+            ..Default::default()
+        };
+        crate::exec::ExecJob::new(&cfg.spec, pid, cfg.cgroups.dirs(), &opts)
+            .map_err(|e| e.to_string())
+    });
+    match job {
+        Ok(job) => Some(crate::health::Prober::start(dir.to_path_buf(), hc, job)),
+        Err(e) => {
+            eprintln!("kiln: no health check: {e}");
+            None
+        }
+    }
+}
+
 /// The container's cgroups for its (checked) limits; none without limits.
 fn make_cgroups(id: &str, res: &Resources) -> Result<Placement, RunError> {
     if res.is_empty() {
@@ -855,7 +974,7 @@ fn make_cgroups(id: &str, res: &Resources) -> Result<Placement, RunError> {
 
 /// Best effort: a cgroup that is still busy is retried by the next
 /// `ps`/`rm` (for a container whose supervisor died) or stays for `rm`.
-fn drop_cgroups(p: &Placement) {
+pub(crate) fn drop_cgroups(p: &Placement) {
     let _ = cgroups::remove(&cgroups::HostFs, p);
 }
 
@@ -870,7 +989,7 @@ fn host_cpus() -> usize {
         .unwrap_or(1)
 }
 
-fn save_state(dir: &Path, st: &State) -> Result<(), RunError> {
+pub(crate) fn save_state(dir: &Path, st: &State) -> Result<(), RunError> {
     let bytes = serde_json::to_vec(st).map_err(|e| RunError::Helper(e.to_string()))?;
     write_atomic(&dir.join("state.json"), &bytes)
 }
@@ -928,247 +1047,10 @@ fn wait_pidfd(pfd: &OwnedFd, timeout: Duration) -> bool {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct LogEntry {
-    log: String,
-    stream: String,
-    time: String,
-}
-
-// ---------------------------------------------------------------------------
-// The monitor process.
-
-/// Entry of the monitor helper: argv = [container dir]; fd 3 = the caller.
-pub(crate) fn monitor_main(args: &[std::ffi::OsString]) -> i32 {
-    let dir = match args.first() {
-        Some(d) => PathBuf::from(d),
-        None => {
-            eprintln!("kiln-runner monitor: no container dir");
-            return 125;
-        }
-    };
-    // Detach: own session, and a grandchild so the caller can reap us now.
-    let _ = rustix::process::setsid();
-    // SAFETY: single-threaded (fresh exec), so the child may run Rust code.
-    match unsafe { libc::fork() } {
-        0 => {}
-        -1 => {
-            let e = std::io::Error::last_os_error();
-            eprintln!("kiln-runner monitor: fork: {e}");
-            return 125;
-        }
-        _ => return 0,
-    }
-    match monitor(&dir) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("kiln-runner monitor: {e}");
-            1
-        }
-    }
-}
-
-fn caller() -> BorrowedFd<'static> {
-    // SAFETY: fd 3 is the socket to the caller, open until we close it.
-    unsafe { BorrowedFd::borrow_raw(REPORT_FD) }
-}
-
-fn monitor(dir: &Path) -> Result<(), RunError> {
-    let _ = rustix::io::fcntl_setfd(caller(), rustix::io::FdFlags::CLOEXEC);
-    // Do not pin the caller's working directory for the container's life.
-    let _ = std::env::set_current_dir("/");
-    let cfg: Config = read_json(&dir.join("config.json"))?;
-    let bound = match ports::bind_all(&cfg.opts.ports) {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = fs::remove_dir_all(dir);
-            match e {
-                RunError::PortInUse { ip, port } => send(caller(), &Msg::PortInUse { ip, port }),
-                other => send(
-                    caller(),
-                    &Msg::Error {
-                        message: other.to_string(),
-                        code: None,
-                    },
-                ),
-            }
-            return Ok(());
-        }
-    };
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("container.log"))
-        .map_err(|e| RunError::io("creating container.log", e))?;
-    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| RunError::io("pipe", e.into()))?;
-    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| RunError::io("pipe", e.into()))?;
-    let (rep_r, rep_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| RunError::io("pipe", e.into()))?;
-    let job = Job {
-        spec: cfg.spec.clone(),
-        scratch: dir.join("scratch"),
-        hostname: helper::default_hostname(&cfg.spec, cfg.id[..12].to_string()),
-        tty: false,
-        supervisor: std::process::id() as i32,
-        legacy_overlay: helper::legacy_overlay_requested(),
-        net: crate::net::NetPlan {
-            stack: cfg.stack.clone(),
-            join: None,
-        },
-        cgroups: cfg.cgroups.dirs(),
-    };
-    // SAFETY: still single-threaded: no thread is started before this fork.
-    let h = match unsafe { libc::fork() } {
-        0 => {
-            let devnull = File::open("/dev/null");
-            // SAFETY: plain dup2 onto the standard fds and the report fd.
-            unsafe {
-                if let Ok(n) = &devnull {
-                    libc::dup2(n.as_raw_fd(), 0);
-                }
-                libc::dup2(out_w.as_raw_fd(), 1);
-                libc::dup2(err_w.as_raw_fd(), 2);
-                libc::dup2(rep_w.as_raw_fd(), REPORT_FD);
-                libc::syscall(libc::SYS_close_range, REPORT_FD as u32 + 1, u32::MAX, 0);
-            }
-            std::process::exit(helper::container_parent(&job));
-        }
-        -1 => {
-            let e = std::io::Error::last_os_error();
-            return Err(RunError::Helper(format!("fork: {e}")));
-        }
-        child => rustix::process::Pid::from_raw(child),
-    };
-    drop(out_w);
-    drop(err_w);
-    drop(rep_w);
-    let log = Arc::new(Mutex::new(log));
-    let writers = [(out_r, "stdout"), (err_r, "stderr")].map(|(fd, stream)| {
-        let log = log.clone();
-        std::thread::spawn(move || log_stream(fd, stream, &log))
-    });
-
-    let mut reader = MsgReader::new(File::from(rep_r));
-    let mut code = None;
-    let mut pid = 0;
-    let mut caller_open = true;
-    let mut failed = false;
-    let mut bound = Some(bound);
-    let mut _proxy = None;
-    loop {
-        match reader.next() {
-            Ok(Some(Msg::Pid(p))) => pid = p,
-            Ok(Some(Msg::Running)) => {
-                let me = std::process::id() as i32;
-                let st = State {
-                    phase: Phase::Running,
-                    supervisor_pid: me,
-                    supervisor_start: proc_start_time(me).unwrap_or(0),
-                    pid,
-                    pid_start: proc_start_time(pid).unwrap_or(0),
-                    started: now(),
-                    exit_code: None,
-                    finished: 0,
-                    oom_killed: false,
-                };
-                save_state(dir, &st)?;
-                if let Some(b) = bound.take() {
-                    if !b.is_empty() {
-                        let ns = File::open(format!("/proc/{pid}/ns/net"))
-                            .map_err(|e| RunError::io("opening the container's netns", e))?;
-                        _proxy = Some(ports::serve(b, ns.into()));
-                    }
-                }
-                send(caller(), &Msg::Ready);
-                // SAFETY: closing our end of the caller's socket; nothing
-                // else uses fd 3 in this process.
-                unsafe { libc::close(REPORT_FD) };
-                caller_open = false;
-            }
-            Ok(Some(Msg::Error { message, code: c })) => {
-                failed = true;
-                if caller_open {
-                    // Relayed after cleanup (below), so a retry with the
-                    // same name works as soon as run_detached returns.
-                    code = code.or(c);
-                    let _ = fs::write(dir.join("error"), &message);
-                }
-            }
-            Ok(Some(Msg::Exited(c))) => {
-                code = if failed { code.or(Some(c)) } else { Some(c) };
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let status = rustix::process::waitpid(h, rustix::process::WaitOptions::empty());
-    for w in writers {
-        let _ = w.join();
-    }
-    if failed && caller_open {
-        drop_cgroups(&cfg.cgroups);
-        let message = fs::read_to_string(dir.join("error")).unwrap_or_default();
-        let _ = fs::remove_dir_all(dir);
-        let exec_code = code.filter(|c| *c == 126 || *c == 127);
-        send(
-            caller(),
-            &Msg::Error {
-                message,
-                code: exec_code,
-            },
-        );
-        return Ok(());
-    }
-    let code = code.unwrap_or(match status {
-        Ok(Some((_, st))) => st.exit_status().unwrap_or(255),
-        _ => 255,
-    });
-    record_exit(dir, &cfg, code)
-}
-
-/// After the container is gone: whether it was OOM-killed (read before
-/// its cgroups go), then the exit in state.json, or nothing with `--rm`.
-fn record_exit(dir: &Path, cfg: &Config, code: i32) -> Result<(), RunError> {
-    let oom_killed = cgroups::oom_killed(&cgroups::HostFs, &cfg.cgroups);
-    drop_cgroups(&cfg.cgroups);
-    if cfg.opts.auto_remove {
-        let _ = fs::remove_dir_all(dir);
-        return Ok(());
-    }
-    let mut st: State = read_json(&dir.join("state.json")).unwrap_or_else(|_| State::created());
-    st.phase = Phase::Exited;
-    st.exit_code = Some(code);
-    st.finished = now();
-    st.oom_killed = oom_killed;
-    save_state(dir, &st)
-}
-
-/// Copy one stream into the json-lines log, a record per line (a trailing
-/// partial line is written at EOF, long lines are split at 16 KiB).
-fn log_stream(fd: OwnedFd, stream: &str, log: &Mutex<File>) {
-    let mut r = BufReader::new(File::from(fd));
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = match r.by_ref().take(16 * 1024).read_until(b'\n', &mut line) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => 0,
-        };
-        if n == 0 {
-            return;
-        }
-        let entry = LogEntry {
-            log: String::from_utf8_lossy(&line).into_owned(),
-            stream: stream.to_string(),
-            time: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
-        };
-        if let (Ok(mut j), Ok(mut f)) = (serde_json::to_vec(&entry), log.lock()) {
-            j.push(b'\n');
-            let _ = f.write_all(&j);
-        }
-    }
+pub(crate) struct LogEntry {
+    pub log: String,
+    pub stream: String,
+    pub time: String,
 }
 
 #[allow(dead_code)]

@@ -216,11 +216,17 @@ pub fn parse_oom_kill(text: &str) -> Option<u64> {
 /// Whether the kernel's OOM killer killed a process of the container's
 /// memory cgroup (what docker reports as `OOMKilled`).
 pub fn oom_killed(fs: &dyn CgroupFs, placement: &Placement) -> bool {
+    oom_kills(fs, placement) > 0
+}
+
+/// How many OOM kills the container's memory cgroup has counted (its
+/// monitor compares them across restarts: `OOMKilled` is the last run's).
+pub fn oom_kills(fs: &dyn CgroupFs, placement: &Placement) -> u64 {
     placement
         .cgroups
         .iter()
         .filter(|p| p.controllers.contains(&Controller::Memory))
-        .any(|p| {
+        .map(|p| {
             let file = match p.version {
                 Version::V1 => "memory.oom_control",
                 Version::V2 => "memory.events",
@@ -228,8 +234,9 @@ pub fn oom_killed(fs: &dyn CgroupFs, placement: &Placement) -> bool {
             fs.read(&p.dir.join(file))
                 .ok()
                 .and_then(|t| parse_oom_kill(&t))
-                .is_some_and(|n| n > 0)
+                .unwrap_or(0)
         })
+        .sum()
 }
 
 /// Remove the container's cgroups. Processes that are exiting still hold

@@ -450,6 +450,49 @@ pub struct RunArgs {
     /// Maximum number of processes (-1: unlimited).
     #[arg(long = "pids-limit", value_name = "INT", allow_hyphen_values = true)]
     pub pids_limit: Option<String>,
+    // --- restart and health (carried out by the container's monitor) ---
+    /// Restart policy: no, on-failure[:max-retries], always, unless-stopped
+    /// (docker's backoff: 100 ms doubling, reset after 10 s up). Needs -d.
+    /// kiln has no daemon: nothing restarts containers after a host reboot,
+    /// and a container whose monitor is killed ends with it, not restarted.
+    /// `kiln stop` stops it for good.
+    #[arg(long, value_name = "POLICY", default_value = "no")]
+    pub restart: String,
+    /// Command to run to check health (through /bin/sh -c, in the container).
+    #[arg(long = "health-cmd", value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h) (default 30s).
+    #[arg(
+        long = "health-interval",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h) (default 30s).
+    #[arg(
+        long = "health-timeout",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy (default 3).
+    #[arg(
+        long = "health-retries",
+        value_name = "INT",
+        allow_hyphen_values = true
+    )]
+    pub health_retries: Option<String>,
+    /// Start period for the container to initialize before failed checks count (ms|s|m|h).
+    #[arg(
+        long = "health-start-period",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub health_start_period: Option<String>,
+    /// Disable any container-specified HEALTHCHECK.
+    #[arg(long = "no-healthcheck")]
+    pub no_healthcheck: bool,
+    // --- end of restart and health ---
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,

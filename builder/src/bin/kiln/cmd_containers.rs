@@ -99,6 +99,9 @@ fn set_env(env: &mut Vec<String>, entry: String) {
 }
 
 pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -> Result<ExitCode> {
+    // Flag errors first, as docker's CLI has them before it looks for the image.
+    crate::run_health::restart_policy(&args)?;
+    crate::run_health::healthcheck(&args, None, None)?;
     // --platform (multi-platform builds): the index's image for it.
     let platform = args
         .platform
@@ -225,6 +228,9 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         seccomp_unconfined,
     };
     let resources = resources(&args)?;
+    let restart = crate::run_health::restart_policy(&args)?;
+    let healthcheck =
+        crate::run_health::healthcheck(&args, cfg.healthcheck.as_ref(), cfg.shell.as_ref())?;
     let opts = RunOptions {
         name: args.name.clone(),
         image: args.image.clone(),
@@ -245,6 +251,8 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         tty: args.tty,
         interactive: args.interactive,
         resources,
+        restart,
+        healthcheck,
     };
     let c = containers(store)?;
     if args.detach {
@@ -344,6 +352,8 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
         ContainerStatus::Created => ("created", false, 0, 0, 0),
         ContainerStatus::Running { pid } => ("running", true, pid, 0, 0),
         ContainerStatus::Exited { code, finished } => ("exited", false, 0, code, finished),
+        // docker: Running and Restarting are both true between restarts.
+        ContainerStatus::Restarting { code, finished } => ("restarting", true, 0, code, finished),
     };
     let r = &i.resources;
     let cgroups: Vec<serde_json::Value> = i
@@ -360,7 +370,7 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "Id": i.id,
         "Created": rfc3339(i.created),
         "Path": i.spec.args.first(),
@@ -369,14 +379,16 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
             "Status": status,
             "Running": running,
             "Paused": false,
-            "Restarting": false,
+            "Restarting": matches!(i.status, ContainerStatus::Restarting { .. }),
             "OOMKilled": i.oom_killed,
             "Dead": false,
             "Pid": pid,
             "ExitCode": code,
             "StartedAt": rfc3339(i.started),
             "FinishedAt": if finished > 0 { rfc3339(finished) } else { "0001-01-01T00:00:00Z".into() },
+            "Health": i.health,
         },
+        "RestartCount": i.restart_count,
         "Image": i.image,
         "Name": format!("/{}", i.name),
         "HostConfig": {
@@ -388,6 +400,10 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
             "CpuPeriod": if r.nano_cpus.is_some() { kiln_runner::cgroups::limits::CPU_PERIOD_US } else { 0 },
             "CpuShares": r.cpu_shares.unwrap_or(0),
             "PidsLimit": r.pids_limit,
+            "RestartPolicy": {
+                "Name": i.restart_policy.name(),
+                "MaximumRetryCount": i.restart_policy.max_retries(),
+            },
         },
         "Config": {
             "Hostname": i.spec.hostname.clone().unwrap_or_else(|| i.id[..12.min(i.id.len())].to_string()),
@@ -396,10 +412,19 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
             "Cmd": i.spec.args,
             "Image": i.image,
             "WorkingDir": i.spec.cwd,
+            "Healthcheck": i.healthcheck.as_ref().map(crate::run_health::config_json),
         },
         "Ports": i.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "Cgroups": cgroups,
-    })
+    });
+    // docker leaves both out (omitempty) when there is no health check.
+    if i.health.is_none() {
+        v["State"].as_object_mut().map(|s| s.remove("Health"));
+    }
+    if i.healthcheck.is_none() {
+        v["Config"].as_object_mut().map(|c| c.remove("Healthcheck"));
+    }
+    v
 }
 
 /// `kiln exec`: docker's exit codes (the command's own; 126 when it

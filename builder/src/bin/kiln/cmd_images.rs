@@ -166,7 +166,7 @@ fn containers_using(store: &Store, image: &kiln_store::ImageRecord) -> Result<Ve
             None => false,
         };
         if same {
-            let running = matches!(c.status, kiln_runner::ContainerStatus::Running { .. });
+            let running = c.status.is_up();
             out.push((c.id[..12.min(c.id.len())].to_string(), running));
         }
     }
