@@ -560,6 +560,24 @@ fn a_user_runs_a_detached_container_with_a_published_port() {
             && log.contains("net.ipv4.ip_unprivileged_port_start"),
         "{log}"
     );
+
+    // Limits need a delegated cgroup: said, not a bare EACCES.
+    let limited = fails(u.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--memory",
+        "32m",
+        "busybox:latest",
+        "true",
+    ]));
+    let log = text(&limited);
+    assert!(
+        log.contains("rootless kiln cannot set resource limits (memory controller)")
+            && log.contains("not built yet"),
+        "{log}"
+    );
 }
 
 /// Where user namespaces are refused (here: a namespace whose

@@ -119,6 +119,27 @@ pub fn create(
     }
 }
 
+/// Why a cgroup could not be made. Rootless kiln (in a user namespace of
+/// its own) meets the host's hierarchy as root's: limits need a cgroup
+/// delegated to the user (systemd's `Delegate=yes`), which kiln does not
+/// use yet, and the message says so instead of a bare EACCES.
+fn mkdir_error(d: &Path, e: &std::io::Error, rootless: bool, controllers: &[Controller]) -> String {
+    let denied =
+        matches!(e.kind(), std::io::ErrorKind::PermissionDenied) || e.raw_os_error() == Some(1);
+    if rootless && denied {
+        let names: Vec<String> = controllers.iter().map(|c| c.to_string()).collect();
+        format!(
+            "rootless kiln cannot set resource limits ({} controller): {} is root's, and \
+             limits through a cgroup delegated to your user are not built yet; run without \
+             the limit flags, or as root",
+            names.join(", "),
+            d.parent().unwrap_or(d).display()
+        )
+    } else {
+        format!("creating cgroup {}: {e}", d.display())
+    }
+}
+
 /// `mount/kiln/<id>`; on v2 the controllers are first enabled for the
 /// children of the root and of `kiln/` (`cgroup.subtree_control`).
 fn make_dir(fs: &dyn CgroupFs, p: &Placed) -> Result<(), String> {
@@ -126,7 +147,7 @@ fn make_dir(fs: &dyn CgroupFs, p: &Placed) -> Result<(), String> {
     let mount = parent.parent().unwrap_or(Path::new("/"));
     let mkdir = |d: &Path| {
         fs.mkdir(d)
-            .map_err(|e| format!("creating cgroup {}: {e}", d.display()))
+            .map_err(|e| mkdir_error(d, &e, crate::userns::current().is_nested(), &p.controllers))
     };
     if p.version == Version::V2 {
         enable(fs, mount, &p.controllers)?;

@@ -332,3 +332,17 @@ fn oom_kill_counter_parses() {
     );
     assert_eq!(parse_oom_kill("oom_kill_disable 1\n"), None);
 }
+
+#[test]
+fn a_rootless_permission_error_says_limits_need_delegation() {
+    let e = std::io::Error::from_raw_os_error(13);
+    let d = std::path::Path::new("/sys/fs/cgroup/memory/kiln/abc");
+    let m = super::mkdir_error(d, &e, true, &[Controller::Memory]);
+    assert!(m.starts_with("rootless kiln cannot set resource limits (memory controller): /sys/fs/cgroup/memory/kiln is root's"), "{m}");
+    assert!(m.contains("not built yet"), "{m}");
+    let m = super::mkdir_error(d, &e, false, &[Controller::Memory]);
+    assert_eq!(
+        m,
+        "creating cgroup /sys/fs/cgroup/memory/kiln/abc: Permission denied (os error 13)"
+    );
+}
