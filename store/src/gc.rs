@@ -110,6 +110,10 @@ pub struct DiskUsage {
     pub containers_size: u64,
     /// Bytes of blobs reachable from nothing (what prune frees).
     pub reclaimable: u64,
+    /// Blobs known remotely, not local (a lazily imported cache, a base
+    /// resolved without its layers): fetched when something reads them.
+    pub remote_blobs: u64,
+    pub remote_size: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -206,6 +210,14 @@ impl std::fmt::Display for DiskUsage {
         writeln!(f, "TYPE          TOTAL   SIZE      RECLAIMABLE")?;
         for (kind, total, size, reclaimable) in rows {
             writeln!(f, "{kind:<14}{total:<8}{size:<10}{reclaimable}")?;
+        }
+        if self.remote_blobs > 0 {
+            let (n, size) = (self.remote_blobs.to_string(), human(self.remote_size));
+            writeln!(
+                f,
+                "{:<14}{n:<8}{size:<10}- (in a registry, not stored here: fetched when needed)",
+                "Remote layers"
+            )?;
         }
         Ok(())
     }
@@ -598,10 +610,21 @@ impl Store {
                     doomed_blobs.push(digest);
                 }
             }
-            // Where registries hold a blob is a hint for pushes (mounts);
-            // it goes with the blob.
+            // Blobs known remotely that nothing names any more.
+            let remote: Vec<(String, i64)> = tx
+                .prepare_cached("SELECT digest, created_ms FROM remote_blobs")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (digest, created) in remote {
+                if !reach.blobs.contains(&digest) && created < protect {
+                    tx.prepare_cached("DELETE FROM remote_blobs WHERE digest = ?1")?
+                        .execute([&digest])?;
+                }
+            }
+            // Where registries hold a blob is a hint for pushes (mounts)
+            // and where a remote blob is fetched from: it goes with the blob.
             tx.execute(
-                "DELETE FROM registry_blobs WHERE digest NOT IN (SELECT digest FROM blobs)",
+                "DELETE FROM registry_blobs WHERE digest NOT IN (SELECT digest FROM blobs) AND digest NOT IN (SELECT digest FROM remote_blobs)",
                 [],
             )?;
             tx.commit()?;
@@ -710,6 +733,7 @@ impl Store {
             du.snapshots_size += dir_size(&self.snapshot_dir(id));
         }
         du.containers_size = dir_size(&root.join("containers"));
+        (du.remote_blobs, du.remote_size) = self.remote_usage()?;
         Ok(du)
     }
 
@@ -803,14 +827,16 @@ impl Store {
                 }
             }
         }
+        let remote = self.fsck_remote(&on_disk, repair, &mut rep)?;
         let conn = self.conn();
-        let missing = |d: &str| !on_disk.contains(d);
+        // Not here and not known remotely with a registry to fetch from.
+        let missing = |d: &str| !on_disk.contains(d) && !remote.contains(d);
         // Blob rows without files.
         let rows: Vec<String> = conn
             .prepare("SELECT digest FROM blobs")?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        for d in rows.iter().filter(|d| missing(d)) {
+        for d in rows.iter().filter(|d| !on_disk.contains(*d)) {
             rep.problems
                 .push(format!("blob {d} is recorded but missing"));
             if repair {
@@ -943,6 +969,43 @@ impl Store {
         }
         // Anything else in ingest/ or tmp/ belongs to a live process.
         Ok(rep)
+    }
+
+    /// Blobs known remotely, not local: those with a registry to fetch
+    /// them from (returned: references to them are not missing), and
+    /// those without one, which are problems (with `repair`, forgotten:
+    /// what names them is then missing, and repaired as such).
+    fn fsck_remote(
+        &self,
+        on_disk: &HashSet<String>,
+        repair: bool,
+        rep: &mut FsckReport,
+    ) -> Result<HashSet<String>> {
+        let rows: Vec<(String, i64)> = self
+            .conn()
+            .prepare("SELECT r.digest, (SELECT count(*) FROM registry_blobs b WHERE b.digest = r.digest) FROM remote_blobs r")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut remote = HashSet::new();
+        for (d, sources) in rows {
+            if on_disk.contains(&d) {
+                continue;
+            }
+            if sources > 0 {
+                remote.insert(d);
+                continue;
+            }
+            rep.problems.push(format!(
+                "blob {d} is known only remotely, but no registry is recorded for it"
+            ));
+            if repair {
+                self.conn()
+                    .execute("DELETE FROM remote_blobs WHERE digest = ?1", [&d])?;
+                rep.repaired
+                    .push(format!("forgot remote blob {d} (no registry has it)"));
+            }
+        }
+        Ok(remote)
     }
 
     /// Replaces a corrupt database under a live store: closes it, moves it
