@@ -564,7 +564,7 @@ pub fn plan_copy(
     source: Source,
     source_id: Value,
     req: &CopyRequest,
-    dest_view: &RootView,
+    dest_view: &super::lazy_view::LazyView,
 ) -> Result<(Value, CopyPlan)> {
     let exclude = if req.exclude.is_empty() {
         None
@@ -600,12 +600,16 @@ pub fn plan_copy(
         Source::View(v) => select_in_view(v, &file_sources)?,
     };
     let count = selected.len() + req.heredoc_bodies.len() + urls.len() + gits.len();
-    let dest_exists_dir = dest_view
-        .stat(&req.dest)
-        .ok()
-        .flatten()
-        .map(|f| f.meta.is_dir())
-        .unwrap_or(false);
+    // A destination ending in `/` is a directory whatever the root holds:
+    // the root is not looked into (nor, when remote, fetched) for the key.
+    let dest_exists_dir = !req.dest_is_dir_hint
+        && dest_view
+            .get()?
+            .stat(&req.dest)
+            .ok()
+            .flatten()
+            .map(|f| f.meta.is_dir())
+            .unwrap_or(false);
     let multi = count > 1;
     if multi && !req.dest_is_dir_hint && !dest_exists_dir {
         bail!(
