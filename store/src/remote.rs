@@ -246,6 +246,46 @@ mod tests {
     }
 
     #[test]
+    fn fsck_and_prune_know_remote_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let l = LayerInfo {
+            digest: crate::sha256_digest(b"remote layer"),
+            diff_id: crate::sha256_digest(b"its tar"),
+            size: 12,
+            media_type: crate::layer::MEDIA_TYPE_TAR_ZSTD.into(),
+        };
+        store
+            .record_remote_layer(&l, "reg.example:5000", "app/cache")
+            .unwrap();
+        let img = store
+            .write_image(&crate::ImageConfig::default(), std::slice::from_ref(&l))
+            .unwrap();
+        store.tag("app:1", &img.manifest_digest).unwrap();
+        let rep = store.fsck(false).unwrap();
+        assert!(rep.is_clean(), "{rep}");
+        // Kept while an image names it.
+        store.prune(&crate::PruneOptions::default()).unwrap();
+        assert!(store.remote_blob(&l.digest).unwrap().is_some());
+        assert_eq!(store.df().unwrap().remote_blobs, 1);
+        // No registry known for it: a problem.
+        store
+            .conn()
+            .execute("DELETE FROM registry_blobs", [])
+            .unwrap();
+        let rep = store.fsck(false).unwrap();
+        assert!(
+            rep.problems
+                .iter()
+                .any(|p| p.contains("no registry is recorded")),
+            "{rep}"
+        );
+        let rep = store.fsck(true).unwrap();
+        assert!(!rep.repaired.is_empty(), "{rep}");
+        assert!(store.fsck(false).unwrap().is_clean());
+    }
+
+    #[test]
     fn a_failing_fetch_names_registry_and_digest_and_stores_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -2,9 +2,11 @@
 //! the cache records of a build and every layer they name as an OCI image
 //! layout (an artifact whose config is the records); `--cache-to
 //! type=registry,ref=REG/REPO:TAG` pushes the same artifact to a registry.
-//! `--cache-from` imports either on another machine. Everything is
-//! verified by digest on import: a tampered or truncated cache gives a
+//! `--cache-from` imports either on another machine. A local cache is
+//! verified by digest on import: a tampered or truncated one gives a
 //! warning and a rebuild of what it cannot vouch for, never a wrong image.
+//! A registry cache is imported lazily: its records, and its layers as
+//! known remotely, fetched (and verified) only when something reads them.
 //! Exporting the same state twice writes the same bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
