@@ -17,9 +17,10 @@ use crate::error::Failure;
 /// The registry client of one kiln invocation, made on first use only: a
 /// build that never leaves the local store does not pay for loading the
 /// system's CA roots.
+#[derive(Clone)]
 pub struct Access {
     config: RegistryConfig,
-    client: OnceLock<std::result::Result<Arc<Client>, String>>,
+    client: Arc<OnceLock<std::result::Result<Arc<Client>, String>>>,
 }
 
 impl Access {
@@ -34,8 +35,37 @@ impl Access {
         };
         Access {
             config,
-            client: OnceLock::new(),
+            client: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// What fetches a blob the store knows remotely, not local, when
+    /// something reads it (a step that runs on it, an exporter, a
+    /// container): this access's client, set up on first use. Says on
+    /// stderr what it fetches, and from where.
+    pub fn remote_fetcher(&self) -> kiln_store::RemoteFetcher {
+        let access = self.clone();
+        Arc::new(move |store: &Store, blob: &kiln_store::RemoteBlob| {
+            let client = access
+                .client()
+                .map_err(|e| kiln_store::StoreError::RemoteFetch {
+                    digest: blob.digest.clone(),
+                    registry: blob
+                        .sources
+                        .first()
+                        .map(|(r, p)| format!("{r}/{p}"))
+                        .unwrap_or_default(),
+                    message: format!("{e:#}"),
+                })?;
+            if let Some((r, p)) = blob.sources.first() {
+                eprintln!(
+                    "kiln: fetching {} ({}) from {r}/{p}",
+                    blob.digest.short(),
+                    human(blob.size)
+                );
+            }
+            client.fetch_remote(store, blob)
+        })
     }
 
     pub fn client(&self) -> Result<Arc<Client>> {
@@ -99,11 +129,39 @@ pub fn pull_into(
     platform: &Platform,
     events: &(dyn Fn(Event) + Sync),
 ) -> Result<ImageRecord> {
+    pull_image(store, access, name, platform, events, false)
+}
+
+/// [`pull_into`] for a build's FROM: the manifest and config only; the
+/// layers are known remotely and fetched when a step runs on them, an
+/// exporter reads them, or a push to another registry needs them.
+pub fn pull_lazy_into(
+    store: &Store,
+    access: &Access,
+    name: &str,
+    platform: &Platform,
+    events: &(dyn Fn(Event) + Sync),
+) -> Result<ImageRecord> {
+    pull_image(store, access, name, platform, events, true)
+}
+
+fn pull_image(
+    store: &Store,
+    access: &Access,
+    name: &str,
+    platform: &Platform,
+    events: &(dyn Fn(Event) + Sync),
+    lazy: bool,
+) -> Result<ImageRecord> {
     // Plain (no "kiln:"): `run` and FROM put this in messages of their own.
     let r = reference::parse(name)
         .map_err(|e| anyhow!("{name:?} is not a valid repository/tag: {e}"))?;
     let client = access.client()?;
-    let img = client.pull(store, &r, platform, events)?;
+    let img = if lazy {
+        client.pull_lazy(store, &r, platform, events)?
+    } else {
+        client.pull(store, &r, platform, events)?
+    };
     // Attestations about the image (SBOM, provenance) come with it: the tag
     // then names a local index of the image and them.
     let index = client.pull_attestations(store, &r, &img)?;

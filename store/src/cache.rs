@@ -228,9 +228,10 @@ impl Store {
         let Some((rec, _)) = rec.transpose()? else {
             return Ok(None);
         };
-        // A record whose layer blob is gone cannot be reused.
+        // A record whose layer blob is gone (neither here nor known
+        // remotely) cannot be reused.
         if let Some(l) = &rec.layer {
-            if !self.has_blob(&l.digest) {
+            if !self.blob_available(&l.digest) {
                 return Ok(None);
             }
         }

@@ -68,7 +68,7 @@ impl Content<'_> {
     pub fn export_to(&self, d: &Digest, dest: &Path) -> Result<()> {
         let src = self.store.blob_path(d);
         if !src.is_file() {
-            return Err(StoreError::BlobNotFound(d.clone()));
+            self.store.ensure_blob(d)?;
         }
         if fs::hard_link(&src, dest).is_ok() {
             return Ok(());
@@ -174,10 +174,17 @@ impl Store {
         self.write_small_blob(bytes, Some(media_type))
     }
 
-    /// Reads a small blob (config, manifest) and verifies its digest.
+    /// Reads a small blob (config, manifest) and verifies its digest. A
+    /// blob known remotely, not local, is fetched first.
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
         let p = self.blob_path(d);
-        let bytes = match fs::read(&p) {
+        let mut read = fs::read(&p);
+        if matches!(&read, Err(e) if e.kind() == io::ErrorKind::NotFound)
+            && self.fetch_if_remote(d)?
+        {
+            read = fs::read(&p);
+        }
+        let bytes = match read {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::BlobNotFound(d.clone()))
@@ -195,10 +202,17 @@ impl Store {
     }
 
     /// Opens a blob for streaming (not verified; hash while reading, or use
-    /// [`Store::fsck`]).
+    /// [`Store::fsck`]). A blob known remotely, not local, is fetched
+    /// (and verified) first.
     pub fn open_blob(&self, d: &Digest) -> Result<File> {
         let p = self.blob_path(d);
-        File::open(&p).map_err(|e| {
+        let mut opened = File::open(&p);
+        if matches!(&opened, Err(e) if e.kind() == io::ErrorKind::NotFound)
+            && self.fetch_if_remote(d)?
+        {
+            opened = File::open(&p);
+        }
+        opened.map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 StoreError::BlobNotFound(d.clone())
             } else {
@@ -276,6 +290,9 @@ impl Ingest {
              ON CONFLICT(digest) DO UPDATE SET used_ms = excluded.used_ms, media_type = coalesce(excluded.media_type, blobs.media_type)",
         )?
         .execute(params![digest.as_str(), size as i64, media_type, now])?;
+        // Stored now: no longer known remotely only.
+        tx.prepare_cached("DELETE FROM remote_blobs WHERE digest = ?1")?
+            .execute([digest.as_str()])?;
         tx.commit()?;
         Ok(())
     }

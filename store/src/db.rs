@@ -132,6 +132,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (digest, selector)
     ) WITHOUT ROWID;
     "#,
+    // 6: blobs known remotely, not local: a lazily imported registry cache
+    // or a base image resolved without its layers names blobs whose bytes
+    // stay in a registry (which ones: `registry_blobs`) until a step, an
+    // exporter or a container needs them. The row goes when the blob is
+    // stored.
+    r#"
+    CREATE TABLE remote_blobs (
+        digest TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        media_type TEXT,
+        created_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build of kiln writes.

@@ -45,6 +45,16 @@ pub enum StoreError {
     },
     #[error("blob {0} not found")]
     BlobNotFound(Digest),
+    /// A blob known remotely, not local, that this command cannot fetch.
+    #[error("blob {digest} is not in this store; {where_}")]
+    RemoteOnly { digest: Digest, where_: String },
+    /// Fetching a blob known remotely failed (the registry went away, ...).
+    #[error("cannot fetch blob {digest} from {registry}: {message}")]
+    RemoteFetch {
+        digest: Digest,
+        registry: String,
+        message: String,
+    },
     #[error("No such image: {0}")]
     ImageNotFound(String),
     #[error("{0}")]

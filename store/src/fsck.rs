@@ -88,9 +88,11 @@ impl Store {
         }
         rep.swept.extend(self.sweep()?.swept);
         let on_disk = self.check_blob_files(repair, &mut rep)?;
+        let remote = self.fsck_remote(&on_disk, repair, &mut rep)?;
         let mut fsck = Check {
             conn: &self.conn(),
             on_disk: &on_disk,
+            remote: &remote,
             repair,
             rep: &mut rep,
         };
@@ -203,19 +205,59 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Blobs known remotely, not local: those with a registry to fetch
+    /// them from (returned: references to them are not missing), and
+    /// those without one, which are problems (with `repair`, forgotten:
+    /// what names them is then missing, and repaired as such).
+    fn fsck_remote(
+        &self,
+        on_disk: &HashSet<String>,
+        repair: bool,
+        rep: &mut FsckReport,
+    ) -> Result<HashSet<String>> {
+        let rows: Vec<(String, i64)> = self
+            .conn()
+            .prepare("SELECT r.digest, (SELECT count(*) FROM registry_blobs b WHERE b.digest = r.digest) FROM remote_blobs r")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut remote = HashSet::new();
+        for (d, sources) in rows {
+            if on_disk.contains(&d) {
+                continue;
+            }
+            if sources > 0 {
+                remote.insert(d);
+                continue;
+            }
+            rep.problems.push(format!(
+                "blob {d} is known only remotely, but no registry is recorded for it"
+            ));
+            if repair {
+                self.conn()
+                    .execute("DELETE FROM remote_blobs WHERE digest = ?1", [&d])?;
+                rep.repaired
+                    .push(format!("forgot remote blob {d} (no registry has it)"));
+            }
+        }
+        Ok(remote)
+    }
 }
 
 /// The checks of the tables against the blobs found on disk.
 struct Check<'a> {
     conn: &'a Connection,
     on_disk: &'a HashSet<String>,
+    /// Blobs known remotely with a registry to fetch them from.
+    remote: &'a HashSet<String>,
     repair: bool,
     rep: &'a mut FsckReport,
 }
 
 impl Check<'_> {
+    /// Not here and not known remotely with a registry to fetch from.
     fn missing(&self, d: &str) -> bool {
-        !self.on_disk.contains(d)
+        !self.on_disk.contains(d) && !self.remote.contains(d)
     }
 
     /// One problem, and with --repair the statement that fixes it.
@@ -256,7 +298,7 @@ impl Check<'_> {
     /// Blob rows without files.
     fn blob_rows(&mut self) -> Result<()> {
         for d in self.strings("SELECT digest FROM blobs")? {
-            if self.missing(&d) {
+            if !self.on_disk.contains(&d) {
                 self.problem(
                     format!("blob {d} is recorded but missing"),
                     "DELETE FROM blobs WHERE digest = ?1",

@@ -110,6 +110,10 @@ pub struct DiskUsage {
     pub containers_size: u64,
     /// Bytes of blobs reachable from nothing (what prune frees).
     pub reclaimable: u64,
+    /// Blobs known remotely, not local (a lazily imported cache, a base
+    /// resolved without its layers): fetched when something reads them.
+    pub remote_blobs: u64,
+    pub remote_size: u64,
 }
 
 fn human(n: u64) -> String {
@@ -186,6 +190,14 @@ impl std::fmt::Display for DiskUsage {
         writeln!(f, "TYPE          TOTAL   SIZE      RECLAIMABLE")?;
         for (kind, total, size, reclaimable) in rows {
             writeln!(f, "{kind:<14}{total:<8}{size:<10}{reclaimable}")?;
+        }
+        if self.remote_blobs > 0 {
+            let (n, size) = (self.remote_blobs.to_string(), human(self.remote_size));
+            writeln!(
+                f,
+                "{:<14}{n:<8}{size:<10}- (in a registry, not stored here: fetched when needed)",
+                "Remote layers"
+            )?;
         }
         Ok(())
     }
@@ -450,10 +462,10 @@ impl Store {
             }
             let (doomed_blobs, doomed_snap_ids) =
                 prune_unreachable_rows(&tx, self, protect, &mut report)?;
-            // Where registries hold a blob is a hint for pushes (mounts);
-            // it goes with the blob.
+            // Where registries hold a blob is a hint for pushes (mounts)
+            // and where a remote blob is fetched from: it goes with the blob.
             tx.execute(
-                "DELETE FROM registry_blobs WHERE digest NOT IN (SELECT digest FROM blobs)",
+                "DELETE FROM registry_blobs WHERE digest NOT IN (SELECT digest FROM blobs) AND digest NOT IN (SELECT digest FROM remote_blobs)",
                 [],
             )?;
             tx.commit()?;
@@ -573,6 +585,7 @@ impl Store {
             du.snapshots_size += dir_size(&self.snapshot_dir(id));
         }
         du.containers_size = dir_size(&root.join("containers"));
+        (du.remote_blobs, du.remote_size) = self.remote_usage()?;
         Ok(du)
     }
 
@@ -778,6 +791,17 @@ fn prune_unreachable_rows(
             tx.prepare_cached("DELETE FROM blobs WHERE digest = ?1")?
                 .execute([&digest])?;
             doomed_blobs.push(digest);
+        }
+    }
+    // Blobs known remotely that nothing names any more.
+    let remote: Vec<(String, i64)> = tx
+        .prepare_cached("SELECT digest, created_ms FROM remote_blobs")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (digest, created) in remote {
+        if !reach.blobs.contains(&digest) && created < protect {
+            tx.prepare_cached("DELETE FROM remote_blobs WHERE digest = ?1")?
+                .execute([&digest])?;
         }
     }
     Ok((doomed_blobs, doomed_snap_ids))

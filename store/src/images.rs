@@ -79,7 +79,7 @@ impl Store {
         layers: &[LayerInfo],
     ) -> Result<ImageRecord> {
         for l in layers {
-            if !self.has_blob(&l.digest) {
+            if !self.blob_available(&l.digest) {
                 return Err(StoreError::BlobNotFound(l.digest.clone()));
             }
         }

@@ -43,6 +43,7 @@ mod owner;
 mod records;
 pub mod reference;
 pub mod registry;
+mod remote;
 mod scans;
 mod snapshots;
 mod statcache;
@@ -66,6 +67,7 @@ pub use layer::{Compression, LayerDigests, LayerError, LayerOptions, Limits, Whi
 pub use records::BuildRecords;
 pub use reference::{Reference, ReferenceError};
 pub use registry::{Client as RegistryClient, Platform, RegistryConfig, RegistryError};
+pub use remote::{RemoteBlob, RemoteFetcher};
 pub use snapshots::{PendingSnapshot, Snapshots};
 pub use statcache::{StatEntry, StatRow};
 pub use store::{ArchiveFormat, ImageRecord, ImageSummary, LayerInfo, Store};

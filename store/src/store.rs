@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     /// Bounds on what unpacking one layer may do (decompression bombs).
     pub(crate) limits: std::sync::RwLock<Limits>,
     pub(crate) stats: Arc<crate::cache::Counters>,
+    /// Fetches a blob known remotely, not local (see `remote.rs`).
+    pub(crate) fetcher: std::sync::RwLock<Option<crate::remote::RemoteFetcher>>,
 }
 
 /// The store. `Send + Sync`; share it through an `Arc`.
@@ -178,6 +180,7 @@ impl Store {
             owner,
             limits: std::sync::RwLock::new(Limits::for_free_space(free_bytes(root))),
             stats: Default::default(),
+            fetcher: Default::default(),
         });
         let mut store = Store {
             shared,

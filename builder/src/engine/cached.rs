@@ -115,12 +115,14 @@ impl Builder {
         Ok(())
     }
 
-    /// A cache record's result, if every layer it names is still stored.
+    /// A cache record's result, if every layer it names is still stored
+    /// or known remotely (fetched only if a later step runs on it or an
+    /// exporter reads it).
     fn restore(&self, rec: &CacheRecord) -> Option<(ImageConfig, Vec<LayerInfo>)> {
         let config: ImageConfig = serde_json::from_value(rec.result.get("config")?.clone()).ok()?;
         let layers: Vec<LayerInfo> =
             serde_json::from_value(rec.result.get("layers")?.clone()).ok()?;
-        if layers.iter().all(|l| self.store.has_blob(&l.digest)) {
+        if layers.iter().all(|l| self.store.blob_available(&l.digest)) {
             Some((config, layers))
         } else {
             None

@@ -564,7 +564,7 @@ pub fn plan_copy(
     source: Source,
     source_id: Value,
     req: &CopyRequest,
-    dest_view: &RootView,
+    dest_view: &super::lazy_view::LazyView,
 ) -> Result<(Value, CopyPlan)> {
     let exclude = if req.exclude.is_empty() {
         None
@@ -650,14 +650,22 @@ fn split_sources(
 
 /// Whether the destination is a directory: it says so (`/` at the end),
 /// it is one, or there are several sources (which needs one of the first
-/// two, as in BuildKit).
-fn dest_is_dir(req: &CopyRequest, dest_view: &RootView, count: usize) -> Result<bool> {
-    let dest_exists_dir = dest_view
-        .stat(&req.dest)
-        .ok()
-        .flatten()
-        .map(|f| f.meta.is_dir())
-        .unwrap_or(false);
+/// two, as in BuildKit). A destination ending in `/` is a directory
+/// whatever the root holds: the root is not looked into (nor, when
+/// remote, fetched) for the key.
+fn dest_is_dir(
+    req: &CopyRequest,
+    dest_view: &super::lazy_view::LazyView,
+    count: usize,
+) -> Result<bool> {
+    let dest_exists_dir = !req.dest_is_dir_hint
+        && dest_view
+            .get()?
+            .stat(&req.dest)
+            .ok()
+            .flatten()
+            .map(|f| f.meta.is_dir())
+            .unwrap_or(false);
     let multi = count > 1;
     if multi && !req.dest_is_dir_hint && !dest_exists_dir {
         bail!(

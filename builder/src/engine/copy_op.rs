@@ -82,12 +82,12 @@ impl Builder {
         } else {
             format!("{}/{}", st.workdir(), dest_raw)
         };
-        let view = self.view(&st.layers)?;
+        let view = self.lazy_view(&st.layers);
         let chown = match c.chown {
             Some(spec) => {
                 let spec = self.expand(st, spec, line)?;
                 Some(
-                    fsutil::resolve_user(&view, &spec)
+                    fsutil::resolve_user(view.get()?, &spec)
                         .map_err(|e| self.located(line, &format!("{e:#}")))?,
                 )
             }

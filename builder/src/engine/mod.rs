@@ -10,6 +10,7 @@ pub mod explain;
 mod git;
 pub mod inputs;
 pub mod key;
+mod lazy_view;
 mod meta;
 mod op;
 pub mod options;
@@ -307,7 +308,7 @@ impl Builder {
                         .log(id, &format!("{}: {outcome}", digest.short()));
                 }
             };
-            let r = crate::registry::pull_into(
+            let r = crate::registry::pull_lazy_into(
                 &self.store,
                 &self.access,
                 name,

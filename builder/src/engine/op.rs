@@ -10,9 +10,10 @@ use kiln_store::LayerInfo;
 
 use super::copy::{self, CopyPlan};
 use super::inputs::{ExecInputs, FileInputs, MkdirInputs, StepInputs};
+use super::lazy_view::LazyView;
 use super::run_op::RunStep;
 use super::Builder;
-use crate::fsutil::{self, RootView};
+use crate::fsutil;
 use crate::progress::StepId;
 
 pub(super) trait Op {
@@ -45,7 +46,7 @@ pub(super) struct FileOp {
     pub inputs: FileInputs,
     pub plan: CopyPlan,
     /// The stage's root, for destinations that exist already.
-    pub view: RootView,
+    pub view: LazyView,
 }
 
 impl Op for FileOp {
@@ -58,7 +59,7 @@ impl Op for FileOp {
         copy::execute(
             &self.plan,
             pending.upper(),
-            &self.view,
+            self.view.get()?,
             &b.store.layer_limits(),
         )?;
         // A COPY that changes nothing still makes its (empty) layer, as
@@ -72,9 +73,10 @@ impl Op for FileOp {
 /// as BuildKit 0.13 makes.
 pub(super) struct MkdirOp {
     pub inputs: MkdirInputs,
-    pub view: RootView,
+    pub view: LazyView,
     pub owner: Option<(u32, u32)>,
-    pub exists: bool,
+    /// Known already when the key needed it (a USER to own it).
+    pub exists: Option<bool>,
 }
 
 impl Op for MkdirOp {
@@ -84,9 +86,16 @@ impl Op for MkdirOp {
 
     fn exec(self, b: &Builder, _id: StepId) -> Result<Option<LayerInfo>> {
         let pending = b.store.new_snapshot()?;
-        if !self.exists {
-            let (comps, _) = self.view.resolve(&self.inputs.mkdir, true)?;
-            fsutil::ensure_dirs(pending.upper(), &self.view, &comps, self.owner)?;
+        let view = self.view.get()?;
+        let exists = match self.exists {
+            Some(e) => e,
+            None => view
+                .stat(&self.inputs.mkdir)?
+                .is_some_and(|f| f.meta.is_dir()),
+        };
+        if !exists {
+            let (comps, _) = view.resolve(&self.inputs.mkdir, true)?;
+            fsutil::ensure_dirs(pending.upper(), view, &comps, self.owner)?;
         }
         Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
     }

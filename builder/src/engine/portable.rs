@@ -2,9 +2,11 @@
 //! the cache records of a build and every layer they name as an OCI image
 //! layout (an artifact whose config is the records); `--cache-to
 //! type=registry,ref=REG/REPO:TAG` pushes the same artifact to a registry.
-//! `--cache-from` imports either on another machine. Everything is
-//! verified by digest on import: a tampered or truncated cache gives a
+//! `--cache-from` imports either on another machine. A local cache is
+//! verified by digest on import: a tampered or truncated one gives a
 //! warning and a rebuild of what it cannot vouch for, never a wrong image.
+//! A registry cache is imported lazily: its records, and its layers as
+//! known remotely, fetched (and verified) only when something reads them.
 //! Exporting the same state twice writes the same bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -164,7 +166,11 @@ struct Artifact {
     layers: Vec<LayerInfo>,
 }
 
-fn artifact(store: &Store, keys: &[String]) -> Result<Artifact> {
+/// `encodings`: also every other encoding of the records' layers that the
+/// store has or knows remotely (the gzip blobs a push made): put in the
+/// artifact, they let a runner that imports it push the image without
+/// fetching or recompressing a layer.
+fn artifact(store: &Store, keys: &[String], encodings: bool) -> Result<Artifact> {
     let mut records = Vec::new();
     let mut seen = BTreeSet::new();
     for k in keys {
@@ -182,13 +188,26 @@ fn artifact(store: &Store, keys: &[String]) -> Result<Artifact> {
             layers.insert(l.digest.to_string(), l);
         }
     }
-    let layers: Vec<LayerInfo> = layers.into_values().collect();
-    let config = json!({
+    let mut others: BTreeMap<String, LayerInfo> = BTreeMap::new();
+    if encodings {
+        for l in layers.values() {
+            for e in store.layer_encodings(&l.diff_id)? {
+                if !layers.contains_key(e.digest.as_str()) {
+                    others.insert(e.digest.to_string(), e);
+                }
+            }
+        }
+    }
+    let mut doc = json!({
         "kiln": "cache-v1",
         "records": records.iter().map(record_json).collect::<Vec<_>>(),
-    })
-    .to_string()
-    .into_bytes();
+    });
+    if !others.is_empty() {
+        doc["encodings"] = serde_json::to_value(others.values().collect::<Vec<_>>())?;
+    }
+    layers.append(&mut others);
+    let layers: Vec<LayerInfo> = layers.into_values().collect();
+    let config = doc.to_string().into_bytes();
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST_TYPE,
@@ -224,7 +243,7 @@ pub fn export(
     to: &CacheTo,
     access: &crate::registry::Access,
 ) -> Result<usize> {
-    let a = artifact(store, keys)?;
+    let a = artifact(store, keys, matches!(to.dest, Location::Registry(_)))?;
     match &to.dest {
         Location::Local(dir) => write_layout(store, &a, dir)?,
         Location::Registry(r) => push_artifact(store, &a, r, access)?,
@@ -392,25 +411,54 @@ impl Source<'_> {
         }
     }
 
-    /// A layer into the store, verified before it is committed there.
-    fn layer(&self, store: &Store, d: &Digest, size: u64) -> Result<()> {
+    /// A layer of the cache: from a directory, into the store, verified
+    /// before it is committed there; from a registry, recorded as known
+    /// remotely, in the cache's repository (lazy: fetched, and verified,
+    /// only when a step runs on it, an exporter reads it or a push to
+    /// another registry needs it).
+    fn layer(&self, store: &Store, d: &Digest, size: u64, media_type: Option<&str>) -> Result<()> {
         match self {
             Source::Dir(src) => {
                 let p = kiln_store::oci_layout_blob(src, d);
                 let mut f = fs::File::open(&p).with_context(|| format!("{d} is missing"))?;
                 store.write_blob(&mut f, Some(d), Some(size))?;
             }
-            Source::Registry { reference, client } => {
-                client.fetch_blob(store, reference, d, size, size)?;
+            Source::Registry { reference, .. } => {
+                store.record_remote_blob(
+                    d,
+                    size,
+                    media_type,
+                    reference.domain(),
+                    reference.path(),
+                )?;
             }
+        }
+        Ok(())
+    }
+
+    /// Other encodings of the records' layers (see [`artifact`]): known
+    /// with their diffIDs, so a push finds them. Only those the manifest
+    /// lists (`good`: the cache's repository holds them).
+    fn encodings(&self, store: &Store, config: &Value, good: &BTreeSet<String>) -> Result<()> {
+        let Source::Registry { reference, .. } = self else {
+            return Ok(());
+        };
+        let list: Vec<LayerInfo> = config
+            .get("encodings")
+            .and_then(|e| serde_json::from_value(e.clone()).ok())
+            .unwrap_or_default();
+        for l in list.iter().filter(|l| good.contains(l.digest.as_str())) {
+            store.record_remote_layer(l, reference.domain(), reference.path())?;
         }
         Ok(())
     }
 }
 
-/// Imports the records of a cache written by `export`. Layers are stored
-/// only after their digest checked out; a record is imported only if every
-/// layer it names is stored. What cannot be trusted is reported and left
+/// Imports the records of a cache written by `export`. Layers of a local
+/// cache are stored only after their digest checked out; those of a
+/// registry cache are recorded as known remotely and fetched (verified)
+/// when needed. A record is imported only if every layer it names is
+/// stored or known remotely. What cannot be trusted is reported and left
 /// out: the build then runs those steps.
 pub fn import(store: &Store, src: &Location, access: &crate::registry::Access) -> Result<Imported> {
     let source = match src {
@@ -444,7 +492,8 @@ pub fn import(store: &Store, src: &Location, access: &crate::registry::Access) -
             good.insert(d.to_string());
             continue;
         }
-        match source.layer(store, &d, size) {
+        let media_type = l.get("mediaType").and_then(Value::as_str);
+        match source.layer(store, &d, size, media_type) {
             Ok(_) => {
                 good.insert(d.to_string());
             }
@@ -453,6 +502,7 @@ pub fn import(store: &Store, src: &Location, access: &crate::registry::Access) -
             )),
         }
     }
+    source.encodings(store, &config, &good)?;
     let mut imported = 0;
     let records = config
         .get("records")

@@ -53,6 +53,14 @@ impl NodeError {
     /// one line (`{:#}`), as the build always printed it.
     pub fn message(&self) -> String {
         match self.root() {
+            // A located failure's message holds its causes already (its
+            // `cause` is kept for callers that look into it, not to be
+            // printed a second time).
+            NodeError::Failed(e)
+                if (&**e as &(dyn std::error::Error + 'static)).is::<crate::error::Failure>() =>
+            {
+                e.to_string()
+            }
             NodeError::Failed(e) => format!("{e:#}"),
             other => other.to_string(),
         }

@@ -84,6 +84,11 @@ impl Builder {
         Ok(RootView::new(self.snapshots(layers)?))
     }
 
+    /// `layers` as a root unpacked only when looked into.
+    pub(super) fn lazy_view(&self, layers: &[LayerInfo]) -> super::lazy_view::LazyView {
+        super::lazy_view::LazyView::new(self.store.clone(), layers)
+    }
+
     pub fn run_stage(&self, i: usize) -> Result<StageResult> {
         let ps = &self.plan.stages[i];
         let label = ps.label();
@@ -227,7 +232,7 @@ impl Builder {
         // BuildKit makes the directory (owned by the USER) in a layer of
         // its own, an empty one when it exists; only `/` gets no mkdir and
         // so no layer.
-        let view = self.view(&st.layers)?;
+        let view = self.lazy_view(&st.layers);
         if abs == "/" {
             // No layer, but a step of its own in BuildKit's progress.
             let id = self.progress.start(&format!("{pos} {}", ins.original));
@@ -245,11 +250,17 @@ impl Builder {
             }
             Ok(())
         } else {
-            let exists = view.stat(&abs)?.is_some_and(|f| f.meta.is_dir());
+            // Whether it exists matters for the key only with a USER (its
+            // owner); without one the root is looked into only on a miss.
+            let user = st.config.config.user.clone().filter(|u| !u.is_empty());
+            let exists = match &user {
+                Some(_) => Some(view.get()?.stat(&abs)?.is_some_and(|f| f.meta.is_dir())),
+                None => None,
+            };
             // An existing directory is left as it is: no owner to find.
-            let owner = match &st.config.config.user {
-                Some(u) if !u.is_empty() && !exists => Some(
-                    fsutil::resolve_user(&view, u)
+            let owner = match &user {
+                Some(u) if exists == Some(false) => Some(
+                    fsutil::resolve_user(view.get()?, u)
                         .map_err(|e| self.located(line, &format!("{e:#}")))?,
                 ),
                 _ => None,

@@ -743,6 +743,32 @@ impl Client {
         platform: &Platform,
         events: &(dyn Fn(Event) + Sync),
     ) -> Result<ImageRecord, RegistryError> {
+        self.pull_with(store, r, platform, events, false)
+    }
+
+    /// [`Client::pull`] without the layers' bytes: the manifest and config
+    /// are stored, the layers are recorded as known remotely (in `r`'s
+    /// repository) and fetched when something reads them. What a build's
+    /// FROM needs: a step that runs on the base fetches it, a fully cached
+    /// build pushed to the same registry never does.
+    pub fn pull_lazy(
+        &self,
+        store: &Store,
+        r: &Reference,
+        platform: &Platform,
+        events: &(dyn Fn(Event) + Sync),
+    ) -> Result<ImageRecord, RegistryError> {
+        self.pull_with(store, r, platform, events, true)
+    }
+
+    fn pull_with(
+        &self,
+        store: &Store,
+        r: &Reference,
+        platform: &Platform,
+        events: &(dyn Fn(Event) + Sync),
+        lazy: bool,
+    ) -> Result<ImageRecord, RegistryError> {
         let _lease = store.lease()?;
         let scope = Scope::pull(r.domain(), repo_of(r));
         let what = display_ref(r);
@@ -867,27 +893,7 @@ impl Client {
                 });
             }
         }
-        // The layers, three at a time; those already in the store are
-        // not fetched again.
-        let mut wanted: Vec<&image::Descriptor> = Vec::new();
-        for l in &manifest.layers {
-            if store.has_blob(&l.digest) {
-                events(Event::BlobDone {
-                    digest: &l.digest,
-                    outcome: "exists",
-                });
-            } else if !wanted.iter().any(|w| w.digest == l.digest) {
-                wanted.push(l);
-            }
-        }
-        parallel(&wanted, &|l: &&image::Descriptor| {
-            self.download(store, &scope, r, &l.digest, l.size, u64::MAX, events)?;
-            events(Event::BlobDone {
-                digest: &l.digest,
-                outcome: "downloaded",
-            });
-            Ok(())
-        })?;
+        self.pull_layers(store, &scope, r, &manifest.layers, events, lazy)?;
         let stored = store.write_blob_bytes_typed(&bytes, &media_type)?;
         debug_assert_eq!(stored, digest);
         // Everything the manifest names is in that repository now, also
@@ -898,6 +904,94 @@ impl Client {
             store.registry_blob_known(d, r.domain(), repo_of(r))?;
         }
         Ok(store.record_image(&digest, &manifest.config.digest, config, &layers)?)
+    }
+
+    /// The layers of a pull, three at a time; those already in the store
+    /// are not fetched again. `lazy`: recorded as known remotely instead.
+    fn pull_layers(
+        &self,
+        store: &Store,
+        scope: &Scope,
+        r: &Reference,
+        layers: &[image::Descriptor],
+        events: &(dyn Fn(Event) + Sync),
+        lazy: bool,
+    ) -> Result<(), RegistryError> {
+        let mut wanted: Vec<&image::Descriptor> = Vec::new();
+        for l in layers {
+            if store.has_blob(&l.digest) {
+                events(Event::BlobDone {
+                    digest: &l.digest,
+                    outcome: "exists",
+                });
+            } else if lazy {
+                store.record_remote_blob(
+                    &l.digest,
+                    l.size,
+                    Some(&l.media_type),
+                    r.domain(),
+                    repo_of(r),
+                )?;
+                events(Event::BlobDone {
+                    digest: &l.digest,
+                    outcome: "known remotely (fetched when needed)",
+                });
+            } else if !wanted.iter().any(|w| w.digest == l.digest) {
+                wanted.push(l);
+            }
+        }
+        parallel(&wanted, &|l: &&image::Descriptor| {
+            self.download(store, scope, r, &l.digest, l.size, u64::MAX, events)?;
+            events(Event::BlobDone {
+                digest: &l.digest,
+                outcome: "downloaded",
+            });
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Fetches a blob known remotely, not local, from the first of its
+    /// sources that serves it (digest and size verified). The error names
+    /// the registry repositories tried and the digest.
+    pub fn fetch_remote(&self, store: &Store, blob: &crate::RemoteBlob) -> Result<(), StoreError> {
+        let mut failures = Vec::new();
+        for (registry, repo) in &blob.sources {
+            let name = format!("{registry}/{repo}");
+            let result = crate::reference::parse(&name)
+                .map_err(RegistryError::from)
+                .and_then(|r| {
+                    let scope = Scope::pull(r.domain(), repo_of(&r));
+                    self.download(
+                        store,
+                        &scope,
+                        &r,
+                        &blob.digest,
+                        blob.size,
+                        blob.size,
+                        &|_| {},
+                    )
+                });
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) => failures.push((name, e.to_string())),
+            }
+        }
+        let registry = failures
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = failures
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(StoreError::RemoteFetch {
+            digest: blob.digest.clone(),
+            registry,
+            message,
+        })
     }
 
     /// Pushes a store image to `target` (see [`push`]).
@@ -1027,18 +1121,8 @@ impl Client {
         repo: &Reference,
         digest: &Digest,
     ) -> Result<BlobOutcome, RegistryError> {
-        let size = std::fs::metadata(store.blob_path(digest))
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    RegistryError::Store(StoreError::BlobNotFound(digest.clone()))
-                } else {
-                    RegistryError::io(store.blob_path(digest).display(), e)
-                }
-            })?
-            .len();
-        let open = || -> io::Result<Box<dyn Read + Send>> {
-            Ok(Box::new(std::fs::File::open(store.blob_path(digest))?))
-        };
+        let size = store.stored_or_remote_size(digest)?;
+        let open = || push::store_blob_reader(store, digest);
         push::put_blob(
             self,
             Some(store),

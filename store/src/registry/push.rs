@@ -98,7 +98,9 @@ impl Store {
                 continue;
             }
             let digest: Digest = d.parse()?;
-            if self.has_blob(&digest) {
+            // Known remotely is enough: a push to where it is skips it,
+            // and the bytes are fetched only for an upload.
+            if self.blob_available(&digest) {
                 return Ok(Some(LayerInfo {
                     digest,
                     diff_id: diff_id.clone(),
@@ -272,6 +274,11 @@ pub(super) fn put_blob(
             _ => continue,
         }
     }
+    // The registry lacks it and no mount gave it: a blob known remotely,
+    // not local, is fetched now (its own error names where from).
+    if let Some(s) = store {
+        s.ensure_blob(digest)?;
+    }
     let progress_open = |skip: u64| {
         move || -> io::Result<Box<dyn Read + Send + '_>> {
             let mut r = open()?;
@@ -373,6 +380,17 @@ pub(super) fn put_blob(
     done(BlobOutcome::Uploaded)
 }
 
+/// The bytes of a store blob for an upload; a blob known remotely, not
+/// local, is fetched first (only now: when the registry lacks it and no
+/// mount could give it).
+pub(super) fn store_blob_reader(
+    store: &Store,
+    digest: &Digest,
+) -> io::Result<Box<dyn Read + Send>> {
+    store.ensure_blob(digest).map_err(io::Error::other)?;
+    Ok(Box::new(std::fs::File::open(store.blob_path(digest))?))
+}
+
 /// Uploads a manifest to `target`'s tag (else digest); returns its digest.
 pub(super) fn put_manifest(
     client: &Client,
@@ -471,12 +489,8 @@ pub(super) fn push(
                     (Some(l), d)
                 }
             };
-            let size = std::fs::metadata(store.blob_path(&digest))
-                .map_err(|e| RegistryError::io(store.blob_path(&digest).display(), e))?
-                .len();
-            let open = || -> io::Result<Box<dyn Read + Send>> {
-                Ok(Box::new(std::fs::File::open(store.blob_path(&digest))?))
-            };
+            let size = store.stored_or_remote_size(&digest)?;
+            let open = || store_blob_reader(store, &digest);
             let outcome = put_blob(
                 client,
                 Some(store),

@@ -479,6 +479,17 @@ pub fn cache_ls(store: &Store, format: ListFormat, filters: &[String]) -> Result
         }
     }
     recs.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.key.cmp(&b.key)));
+    // Where a record's layer is when it is known remotely, not stored here
+    // (a lazily imported registry cache): fetched when a step needs it.
+    let remote = |r: &kiln_store::CacheRecord| -> Option<String> {
+        let l = r.layer.as_ref()?;
+        let rb = store.remote_blob(&l.digest).ok()??;
+        Some(
+            rb.sources
+                .first()
+                .map_or_else(|| "unknown".to_string(), |(r, p)| format!("{r}/{p}")),
+        )
+    };
     if format == ListFormat::Json {
         let v: Vec<_> = recs
             .iter()
@@ -495,6 +506,7 @@ pub fn cache_ls(store: &Store, format: ListFormat, filters: &[String]) -> Result
                     "last_used": r.last_used,
                     "hits": r.hits,
                     "images": used_by(r),
+                    "remote": remote(r),
                 })
             })
             .collect();
@@ -518,7 +530,13 @@ pub fn cache_ls(store: &Store, format: ListFormat, filters: &[String]) -> Result
         }
         rows.push(vec![
             r.key.chars().take(12).collect(),
-            human_size(r.layer.as_ref().map(|l| l.size).unwrap_or(0)),
+            match remote(r) {
+                Some(_) => format!(
+                    "{} (remote)",
+                    human_size(r.layer.as_ref().map_or(0, |l| l.size))
+                ),
+                None => human_size(r.layer.as_ref().map(|l| l.size).unwrap_or(0)),
+            },
             human_ago(now - r.created),
             human_ago(now - r.last_used),
             r.hits.to_string(),

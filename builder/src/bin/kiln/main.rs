@@ -108,9 +108,13 @@ fn foreign_owner_hint(root: &std::path::Path) -> String {
     }
 }
 
+/// Opens the store; blobs it knows remotely, not local (a lazily imported
+/// registry cache, a base a build resolved without its layers) are fetched
+/// through `access` when a command reads them.
 fn open_store(
     cli_root: &Option<std::path::PathBuf>,
     limits: &cli::LayerLimitFlags,
+    access: &cmd_registry::Access,
 ) -> anyhow::Result<kiln_store::Store> {
     let root = cli_root
         .clone()
@@ -139,6 +143,7 @@ fn open_store(
         l.max_entries = n;
     }
     store.set_layer_limits(l);
+    store.set_remote_fetcher(access.remote_fetcher());
     Ok(store)
 }
 
@@ -147,7 +152,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Parse(args) => cmd_parse(args),
         Command::Build(args) => {
-            let store = open_store(&cli.root, &cli.limits)?;
+            let store = open_store(&cli.root, &cli.limits, &access)?;
             let counter = store.cache_counter();
             let r = cmd_build::cmd_build(store, args, access);
             // What the build read of the cache, for tests and benchmarks
@@ -161,65 +166,101 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             r
         }
-        Command::Images(args) => cmd_images::images(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Rmi(args) => cmd_images::rmi(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Tag { source, target } => {
-            cmd_images::tag(&open_store(&cli.root, &cli.limits)?, &source, &target)
+        Command::Images(args) => {
+            cmd_images::images(&open_store(&cli.root, &cli.limits, &access)?, &args)
         }
+        Command::Rmi(args) => cmd_images::rmi(&open_store(&cli.root, &cli.limits, &access)?, &args),
+        Command::Tag { source, target } => cmd_images::tag(
+            &open_store(&cli.root, &cli.limits, &access)?,
+            &source,
+            &target,
+        ),
         Command::Inspect {
             attestations: true,
             images,
             ..
-        } => cmd_attest::inspect_attestations(&open_store(&cli.root, &cli.limits)?, &images),
+        } => {
+            cmd_attest::inspect_attestations(&open_store(&cli.root, &cli.limits, &access)?, &images)
+        }
         Command::Inspect {
             images, platform, ..
-        } => cmd_containers::inspect(&open_store(&cli.root, &cli.limits)?, &images, platform),
-        Command::History(args) => cmd_images::history(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Sbom(args) => cmd_attest::sbom(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Save(args) => cmd_images::save(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Load(args) => cmd_images::load(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Import(args) => cmd_images::import(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Run(args) => {
-            cmd_containers::run(&open_store(&cli.root, &cli.limits)?, &access, args)
+        } => cmd_containers::inspect(
+            &open_store(&cli.root, &cli.limits, &access)?,
+            &images,
+            platform,
+        ),
+        Command::History(args) => {
+            cmd_images::history(&open_store(&cli.root, &cli.limits, &access)?, &args)
         }
-        Command::Exec(args) => cmd_containers::exec(&open_store(&cli.root, &cli.limits)?, args),
-        Command::Ps(args) => cmd_containers::ps(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Stop(args) => cmd_containers::stop(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Rm(args) => cmd_containers::rm(&open_store(&cli.root, &cli.limits)?, &args),
-        Command::Logs(args) => cmd_containers::logs(&open_store(&cli.root, &cli.limits)?, &args),
+        Command::Sbom(args) => {
+            cmd_attest::sbom(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Save(args) => {
+            cmd_images::save(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Load(args) => {
+            cmd_images::load(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Import(args) => {
+            cmd_images::import(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Run(args) => {
+            cmd_containers::run(&open_store(&cli.root, &cli.limits, &access)?, &access, args)
+        }
+        Command::Ps(args) => {
+            cmd_containers::ps(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Stop(args) => {
+            cmd_containers::stop(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Rm(args) => {
+            cmd_containers::rm(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Logs(args) => {
+            cmd_containers::logs(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Exec(args) => {
+            cmd_containers::exec(&open_store(&cli.root, &cli.limits, &access)?, args)
+        }
         Command::Cache { command } => match command {
-            CacheCommand::Ls { format, filters } => {
-                cmd_images::cache_ls(&open_store(&cli.root, &cli.limits)?, format, &filters)
-            }
-            CacheCommand::Du => cmd_images::cache_du(&open_store(&cli.root, &cli.limits)?),
+            CacheCommand::Ls { format, filters } => cmd_images::cache_ls(
+                &open_store(&cli.root, &cli.limits, &access)?,
+                format,
+                &filters,
+            ),
+            CacheCommand::Du => cmd_images::cache_du(&open_store(&cli.root, &cli.limits, &access)?),
             CacheCommand::Why { target } => {
-                cmd_build::cache_why(&open_store(&cli.root, &cli.limits)?, &target)
+                cmd_build::cache_why(&open_store(&cli.root, &cli.limits, &access)?, &target)
             }
             CacheCommand::Prune {
                 all,
                 keep_storage,
                 filters,
             } => cmd_images::cache_prune(
-                &open_store(&cli.root, &cli.limits)?,
+                &open_store(&cli.root, &cli.limits, &access)?,
                 all,
                 keep_storage.as_deref(),
                 &filters,
             ),
         },
         Command::System { command } => {
-            let store = open_store(&cli.root, &cli.limits)?;
+            let store = open_store(&cli.root, &cli.limits, &access)?;
             match command {
                 SystemCommand::Df => cmd_images::system_df(&store),
                 SystemCommand::Fsck { repair } => cmd_images::system_fsck(&store, repair),
                 SystemCommand::Prune { all } => cmd_images::system_prune(&store, all),
             }
         }
-        Command::Pull(args) => {
-            cmd_registry::cmd_pull(&open_store(&cli.root, &cli.limits)?, &access, &args)
-        }
-        Command::Push(args) => {
-            cmd_registry::cmd_push(&open_store(&cli.root, &cli.limits)?, &access, &args)
-        }
+        Command::Pull(args) => cmd_registry::cmd_pull(
+            &open_store(&cli.root, &cli.limits, &access)?,
+            &access,
+            &args,
+        ),
+        Command::Push(args) => cmd_registry::cmd_push(
+            &open_store(&cli.root, &cli.limits, &access)?,
+            &access,
+            &args,
+        ),
         Command::Login(args) => cmd_registry::cmd_login(&access, &args),
         Command::Logout(args) => cmd_registry::cmd_logout(&args),
     }
