@@ -199,6 +199,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         .rev()
         .map(|l| store.ensure_snapshot(l))
         .collect::<std::result::Result<Vec<_>, _>>()?;
+    let (mounts, anonymous) = run_mounts(store, &args, &img.config.config)?;
     let spec = ContainerSpec {
         rootfs: RootFs {
             lowers,
@@ -220,7 +221,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
             RunNetwork::None => NetworkMode::None,
             RunNetwork::Private => NetworkMode::Private,
         },
-        mounts: vec![],
+        mounts,
         readonly_rootfs: false,
         seccomp_unconfined,
     };
@@ -252,9 +253,41 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         println!("{id}");
         Ok(ExitCode::SUCCESS)
     } else {
-        let code = c.run_foreground(spec, opts).map_err(runner_failure)?;
+        let auto_remove = opts.auto_remove;
+        let mounts = spec.mounts.clone();
+        let result = c.run_foreground(spec, opts);
+        // docker run --rm also removes the container's anonymous volumes.
+        if auto_remove || result.is_err() && !anonymous.is_empty() {
+            crate::cmd_volumes::remove_anonymous(store, &mounts)?;
+        }
+        let code = result.map_err(runner_failure)?;
         Ok(ExitCode::from(code.clamp(0, 255) as u8))
     }
+}
+
+/// `-v`, `--mount` and the image's `VOLUME`s as the runner's mounts, plus
+/// the anonymous volumes made for them.
+fn run_mounts(
+    store: &Store,
+    args: &RunArgs,
+    cfg: &kiln_store::ContainerConfig,
+) -> Result<(Vec<kiln_runner::MountSpec>, Vec<String>)> {
+    let mut reqs = Vec::new();
+    for v in &args.volume {
+        reqs.push(
+            crate::run_mounts::parse_volume_flag(v)
+                .map_err(|e| run_failure(format!("kiln: {e}")))?,
+        );
+    }
+    for m in &args.mount {
+        reqs.push(
+            crate::run_mounts::parse_mount_flag(m)
+                .map_err(|e| run_failure(format!("kiln: {e}")))?,
+        );
+    }
+    let image_volumes: Vec<String> = cfg.volumes.keys().cloned().collect();
+    crate::cmd_volumes::resolve_mounts(store, &reqs, &image_volumes)
+        .map_err(|e| run_failure(format!("kiln: {e}")))
 }
 
 /// The limit flags in docker's syntax; a bad value is docker's
@@ -397,8 +430,32 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
             "Image": i.image,
             "WorkingDir": i.spec.cwd,
         },
+        "Mounts": i.spec.mounts.iter().map(mount_json).collect::<Vec<_>>(),
         "Ports": i.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "Cgroups": cgroups,
+    })
+}
+
+/// docker's `MountPoint`: a volume shows its name, a bind its host path.
+fn mount_json(m: &kiln_runner::MountSpec) -> serde_json::Value {
+    use kiln_runner::MountKind;
+    let (kind, source, rw) = match &m.kind {
+        MountKind::Bind { source, readonly } => ("bind", source.display().to_string(), !readonly),
+        MountKind::Volume {
+            source, readonly, ..
+        } => ("volume", source.display().to_string(), !readonly),
+        MountKind::Tmpfs { .. } => ("tmpfs", String::new(), true),
+    };
+    let name = source
+        .strip_suffix("/_data")
+        .and_then(|p| p.rsplit('/').next())
+        .filter(|_| kind == "volume");
+    serde_json::json!({
+        "Type": kind,
+        "Name": name,
+        "Source": source,
+        "Destination": m.target,
+        "RW": rw,
     })
 }
 
@@ -474,9 +531,19 @@ pub fn stop(store: &Store, args: &StopArgs) -> Result<ExitCode> {
 
 pub fn rm(store: &Store, args: &RmArgs) -> Result<ExitCode> {
     let c = containers(store)?;
-    Ok(each_container(&args.containers, |name| {
-        c.resolve(name).and_then(|id| c.remove(&id, args.force))
-    }))
+    let mut gone = Vec::new();
+    let code = each_container(&args.containers, |name| {
+        let id = c.resolve(name)?;
+        let mounts = c.inspect(&id).map(|i| i.spec.mounts).unwrap_or_default();
+        c.remove(&id, args.force)?;
+        gone.extend(mounts);
+        Ok(())
+    });
+    // `rm -v`: the anonymous volumes go too; named ones stay, as with docker.
+    if args.volumes {
+        crate::cmd_volumes::remove_anonymous(store, &gone)?;
+    }
+    Ok(code)
 }
 
 pub fn logs(store: &Store, args: &LogsArgs) -> Result<ExitCode> {

@@ -9,7 +9,9 @@ mod cmd_build;
 mod cmd_containers;
 mod cmd_images;
 mod cmd_registry;
+mod cmd_volumes;
 mod reproduce;
+mod run_mounts;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -186,6 +188,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => cmd_containers::stop(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Rm(args) => cmd_containers::rm(&open_store(&cli.root, &cli.limits)?, &args),
         Command::Logs(args) => cmd_containers::logs(&open_store(&cli.root, &cli.limits)?, &args),
+        Command::Volume { command } => {
+            cmd_volumes::volume(&open_store(&cli.root, &cli.limits)?, command)
+        }
         Command::Cache { command } => match command {
             CacheCommand::Ls { format, filters } => {
                 cmd_images::cache_ls(&open_store(&cli.root, &cli.limits)?, format, &filters)
