@@ -1,0 +1,366 @@
+//! `kiln run -v/--mount` and `kiln volume` through the binary on the
+//! offline busybox image: binds see the host's edits, named volumes keep
+//! data across containers and are seeded from the image, a used volume is
+//! never removed, anonymous `VOLUME`s go with `rm -v` only, a symlink in
+//! the image at the target never moves the mount onto the host, and a
+//! read-only bind stays read-only.
+
+mod common;
+
+use std::path::Path;
+
+use common::Kiln;
+
+fn setup() -> Option<Kiln> {
+    common::root_with_busybox("containers need root")
+}
+
+/// An image FROM busybox with `body` after the FROM line.
+fn image(k: &Kiln, tag: &str, body: &str) {
+    let ctx = tempfile::tempdir().unwrap();
+    common::write_tree(
+        ctx.path(),
+        &[("Dockerfile", format!("FROM busybox\n{body}"))],
+    );
+    k.build_dir(ctx.path(), &["-t", tag]).ok();
+}
+
+fn volume_names(k: &Kiln) -> Vec<String> {
+    k.run(&["volume", "ls", "-q"])
+        .ok()
+        .stdout()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_running(k: &Kiln, name: &str) {
+    for _ in 0..100 {
+        if k.run(&["exec", name, "true"]).code() == 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    panic!("{name} never ran");
+}
+
+/// The Flask tutorial's `-v $PWD:/app`: an edit on the host shows in the
+/// running container at once, and in the next container.
+#[test]
+fn a_bind_mount_serves_the_hosts_edited_file() {
+    let Some(k) = setup() else { return };
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("app.py"), "print('v1')\n").unwrap();
+    let bind = format!("{}:/app", src.path().display());
+    k.run(&[
+        "run", "-d", "--name", "dev", "-v", &bind, "busybox", "sleep", "60",
+    ])
+    .ok();
+    wait_running(&k, "dev");
+    let cat = |k: &Kiln| k.run(&["exec", "dev", "cat", "/app/app.py"]).ok().stdout();
+    assert_eq!(cat(&k), "print('v1')\n");
+    std::fs::write(src.path().join("app.py"), "print('v2')\n").unwrap();
+    assert_eq!(cat(&k), "print('v2')\n");
+    k.run(&["rm", "-f", "dev"]).ok();
+    let r = k
+        .run(&["run", "--rm", "-v", &bind, "busybox", "cat", "/app/app.py"])
+        .ok();
+    assert_eq!(r.stdout(), "print('v2')\n");
+    // What the container writes is the host's file.
+    k.run(&[
+        "run",
+        "--rm",
+        "-v",
+        &bind,
+        "busybox",
+        "sh",
+        "-c",
+        "echo w > /app/out",
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(src.path().join("out")).unwrap(),
+        "w\n"
+    );
+    // inspect names the mount as docker does.
+    let r = k
+        .run(&["run", "--name", "i", "-v", &bind, "busybox", "true"])
+        .ok();
+    drop(r);
+    let v: serde_json::Value =
+        serde_json::from_str(&k.run(&["inspect", "i"]).ok().stdout()).unwrap();
+    assert_eq!(v[0]["Mounts"][0]["Type"], "bind");
+    assert_eq!(v[0]["Mounts"][0]["Destination"], "/app");
+}
+
+#[test]
+fn a_named_volume_keeps_a_file_across_rm_and_a_new_container() {
+    let Some(k) = setup() else { return };
+    k.run(&[
+        "run",
+        "--name",
+        "w",
+        "-v",
+        "keep:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ])
+    .ok();
+    k.run(&["rm", "w"]).ok();
+    assert_eq!(volume_names(&k), vec!["keep"]);
+    let r = k
+        .run(&[
+            "run",
+            "--rm",
+            "--mount",
+            "type=volume,src=keep,dst=/d",
+            "busybox",
+            "cat",
+            "/d/f",
+        ])
+        .ok();
+    assert_eq!(r.stdout(), "kept\n");
+    let v: serde_json::Value =
+        serde_json::from_str(&k.run(&["volume", "inspect", "keep"]).ok().stdout()).unwrap();
+    assert_eq!(v[0]["Name"], "keep");
+    assert_eq!(v[0]["Driver"], "local");
+    assert!(Path::new(v[0]["Mountpoint"].as_str().unwrap())
+        .join("f")
+        .is_file());
+    let df = k.run(&["system", "df"]).ok().stdout();
+    assert!(
+        df.lines()
+            .any(|l| l.starts_with("Local Volumes") && l.split_whitespace().nth(2) == Some("1")),
+        "{df}"
+    );
+    let r = k.run(&["volume", "inspect", "nosuch"]).fails();
+    assert!(
+        r.stderr().contains("get nosuch: no such volume"),
+        "{}",
+        r.stderr()
+    );
+}
+
+/// Docker's copy-up: a fresh volume starts as the image's directory,
+/// owners and modes kept; a volume that holds data is not seeded again.
+#[test]
+fn a_fresh_volume_is_seeded_from_the_image() {
+    let Some(k) = setup() else { return };
+    image(
+        &k,
+        "seeded",
+        "RUN mkdir -p /srv/data/sub && echo from-image > /srv/data/sub/f && \
+         chown -R 1000:1000 /srv/data && chmod 0750 /srv/data && chmod 0640 /srv/data/sub/f\n",
+    );
+    let r = k
+        .run(&[
+            "run",
+            "--rm",
+            "-v",
+            "seed:/srv/data",
+            "seeded",
+            "sh",
+            "-c",
+            "cat /srv/data/sub/f; stat -c '%u:%g %a' /srv/data /srv/data/sub/f; rm /srv/data/sub/f",
+        ])
+        .ok();
+    assert_eq!(r.stdout(), "from-image\n1000:1000 750\n1000:1000 640\n");
+    // Not empty (sub/ is left): not seeded again, the removal stays.
+    let r = k
+        .run(&[
+            "run",
+            "--rm",
+            "-v",
+            "seed:/srv/data",
+            "seeded",
+            "ls",
+            "/srv/data/sub",
+        ])
+        .ok();
+    assert_eq!(r.stdout(), "");
+    // nocopy: an empty volume stays empty.
+    let r = k
+        .run(&[
+            "run",
+            "--rm",
+            "-v",
+            "bare:/srv/data:nocopy",
+            "seeded",
+            "ls",
+            "-A",
+            "/srv/data",
+        ])
+        .ok();
+    assert_eq!(r.stdout(), "");
+}
+
+#[test]
+fn a_used_volume_is_not_removed_with_dockers_error() {
+    let Some(k) = setup() else { return };
+    k.run(&["volume", "create", "busy"]).ok();
+    let id = k
+        .run(&[
+            "run", "-d", "--name", "u", "-v", "busy:/d", "busybox", "sleep", "60",
+        ])
+        .ok()
+        .stdout()
+        .trim()
+        .to_string();
+    let r = k.run(&["volume", "rm", "busy"]).fails();
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr()
+            .contains(&format!("remove busy: volume is in use - [{id}]")),
+        "{}",
+        r.stderr()
+    );
+    // Stopped still counts (docker's rule), and prune keeps it too.
+    k.run(&["stop", "-t", "0", "u"]).ok();
+    k.run(&["volume", "rm", "busy"]).fails();
+    k.run(&["volume", "prune", "-f"]).ok();
+    assert_eq!(volume_names(&k), vec!["busy"]);
+    k.run(&["rm", "u"]).ok();
+    assert_eq!(k.run(&["volume", "rm", "busy"]).ok().stdout(), "busy\n");
+    assert!(volume_names(&k).is_empty());
+}
+
+/// `VOLUME` makes an anonymous volume per container; `rm -v` removes it,
+/// plain `rm` leaves it dangling (docker's behaviour), `run --rm` removes it.
+#[test]
+fn anonymous_volumes_go_with_rm_v_only() {
+    let Some(k) = setup() else { return };
+    image(
+        &k,
+        "withvol",
+        "RUN mkdir /cache && echo s > /cache/s\nVOLUME /cache\n",
+    );
+    k.run(&["run", "--name", "a", "withvol", "cat", "/cache/s"])
+        .ok();
+    let first = volume_names(&k);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].len(), 64, "{first:?}");
+    k.run(&["rm", "a"]).ok();
+    assert_eq!(volume_names(&k), first, "kept, dangling, without -v");
+    k.run(&["run", "--name", "b", "withvol", "true"]).ok();
+    assert_eq!(volume_names(&k).len(), 2);
+    k.run(&["rm", "-v", "b"]).ok();
+    assert_eq!(volume_names(&k), first);
+    k.run(&["run", "--rm", "withvol", "true"]).ok();
+    assert_eq!(volume_names(&k), first);
+    // -v at the same target replaces the anonymous volume.
+    k.run(&[
+        "run",
+        "--rm",
+        "-v",
+        "mine:/cache",
+        "withvol",
+        "cat",
+        "/cache/s",
+    ])
+    .ok();
+    let mut want = first.clone();
+    want.push("mine".into());
+    want.sort();
+    assert_eq!(volume_names(&k), want);
+}
+
+/// The image has `/app` as a symlink to a host directory's path: the bind
+/// lands at that path inside the container's root, and the host directory
+/// is neither covered nor written.
+#[test]
+fn a_symlink_at_the_target_never_moves_the_mount_onto_the_host() {
+    let Some(k) = setup() else { return };
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("host-only"), "secret").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("mine"), "m").unwrap();
+    image(
+        &k,
+        "linky",
+        &format!("RUN ln -s {} /app\n", host.path().display()),
+    );
+    let bind = format!("{}:/app", src.path().display());
+    let r = k
+        .run(&[
+            "run",
+            "--rm",
+            "-v",
+            &bind,
+            "linky",
+            "sh",
+            "-c",
+            "ls -A /app; echo x > /app/written",
+        ])
+        .ok();
+    assert_eq!(r.stdout(), "mine\n");
+    let mut left: Vec<_> = std::fs::read_dir(host.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["host-only"]);
+    assert!(src.path().join("written").is_file());
+    // A volume there is seeded from inside the root too, never from the host.
+    let r = k
+        .run(&["run", "--rm", "-v", "lv:/app", "linky", "ls", "-A", "/app"])
+        .ok();
+    assert_eq!(r.stdout(), "");
+}
+
+#[test]
+fn a_read_only_bind_of_the_hosts_root_stays_read_only() {
+    let Some(k) = setup() else { return };
+    let probe = tempfile::tempdir().unwrap();
+    let inside = format!("/host{}/x", probe.path().display());
+    for flag in [
+        ["-v", "/:/host:ro"],
+        ["--mount", "type=bind,src=/,dst=/host,readonly"],
+    ] {
+        // The host's submounts (/dev/shm, /proc, the temp dir) are read-only too.
+        let script = format!(
+            "for p in {inside} /host/dev/shm/kiln-ro /host/root/kiln-ro; do \
+             if touch $p 2>/dev/null; then echo wrote $p; fi; done; cat /host/etc/hostname >/dev/null && echo read"
+        );
+        let r = k
+            .run(&[
+                "run", "--rm", flag[0], flag[1], "busybox", "sh", "-c", &script,
+            ])
+            .ok();
+        assert_eq!(r.stdout(), "read\n", "{flag:?}");
+        assert!(!probe.path().join("x").exists());
+    }
+}
+
+#[test]
+fn bad_mount_flags_give_dockers_errors() {
+    let Some(k) = setup() else { return };
+    let cases = [
+        (vec!["-v", "/tmp:/x:xyz"], "invalid mode: xyz"),
+        (
+            vec!["-v", "a/b:/x"],
+            "\"a/b\" includes invalid characters for a local volume name",
+        ),
+        (
+            vec!["--mount", "type=bind,source=/nonexistent-kiln,target=/x"],
+            "bind source path does not exist: /nonexistent-kiln",
+        ),
+        (
+            vec!["-v", "v1:/x", "-v", "v2:/x"],
+            "Duplicate mount point: /x",
+        ),
+    ];
+    for (flags, want) in cases {
+        let mut args = vec!["run", "--rm"];
+        args.extend(flags.iter().copied());
+        args.extend(["busybox", "true"]);
+        let r = k.run(&args).fails();
+        assert_eq!(r.code(), 125, "{flags:?}");
+        assert!(r.stderr().contains(want), "{flags:?}: {}", r.stderr());
+    }
+    assert!(
+        volume_names(&k).is_empty(),
+        "no volume made by a refused run"
+    );
+}
