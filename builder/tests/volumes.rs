@@ -364,3 +364,115 @@ fn bad_mount_flags_give_dockers_errors() {
         "no volume made by a refused run"
     );
 }
+
+/// Rootless (the fixture user of fixtures/rootless/make-users.sh): a named
+/// volume lives in the user's store, is seeded with the container's owners
+/// (uid 1000 in the container is the user's subordinate 1000-1 + start),
+/// keeps data across containers and is removed by its owner.
+#[test]
+fn a_named_volume_works_in_a_rootless_store() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::process::Command;
+    let Some(root) = setup() else { return };
+    let user = "kiln-rl";
+    if !common::require(
+        Command::new("id")
+            .arg(user)
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        &format!("user {user} missing: run fixtures/rootless/make-users.sh (scripts/test.sh does)"),
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kiln = dir.path().join("kiln");
+    std::fs::copy(common::kiln_bin(), &kiln).unwrap();
+    let tar = dir.path().join("bb.tar");
+    root.run(&["save", "-o", tar.to_str().unwrap(), "busybox:latest"])
+        .ok();
+    std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ctx = dir.path().join("ctx");
+    common::write_tree(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN mkdir /data && echo s > /data/s && chown 1000:1000 /data/s\n",
+        )],
+    );
+    for d in ["home", "data", "ctx"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        let st = Command::new("chown")
+            .args(["-R", &format!("{user}:{user}")])
+            .arg(dir.path().join(d))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid",
+                user,
+                "--regid",
+                user,
+                "--init-groups",
+                "env",
+                "-i",
+            ])
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .arg(format!("HOME={}", dir.path().join("home").display()))
+            .arg(format!(
+                "XDG_DATA_HOME={}",
+                dir.path().join("data").display()
+            ))
+            .arg(&kiln)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kiln {args:?} as {user}: {text}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["load", "-i", tar.to_str().unwrap()]);
+    run(&[
+        "build",
+        "--progress=plain",
+        "-t",
+        "seeded",
+        ctx.to_str().unwrap(),
+    ]);
+    let out = run(&[
+        "run",
+        "--rm",
+        "-v",
+        "rv:/data",
+        "seeded",
+        "sh",
+        "-c",
+        "stat -c %u /data/s; echo w > /data/w",
+    ]);
+    assert_eq!(out, "1000\n");
+    let out = run(&["run", "--rm", "-v", "rv:/data", "seeded", "cat", "/data/w"]);
+    assert_eq!(out, "w\n");
+    let start: u32 = std::fs::read_to_string("/etc/subuid")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{user}:"))?
+                .split(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("a subordinate range");
+    let v: serde_json::Value = serde_json::from_str(&run(&["volume", "inspect", "rv"])).unwrap();
+    let on_host = Path::new(v[0]["Mountpoint"].as_str().unwrap()).join("s");
+    assert_eq!(std::fs::metadata(&on_host).unwrap().uid(), start + 999);
+    assert_eq!(run(&["volume", "rm", "rv"]), "rv\n");
+}
