@@ -135,6 +135,12 @@ fn a_named_volume_keeps_a_file_across_rm_and_a_new_container() {
             .any(|l| l.starts_with("Local Volumes") && l.split_whitespace().nth(2) == Some("1")),
         "{df}"
     );
+    k.run(&["run", "--name", "n2", "-v", "keep:/data", "busybox", "true"])
+        .ok();
+    let c: serde_json::Value =
+        serde_json::from_str(&k.run(&["inspect", "n2"]).ok().stdout()).unwrap();
+    assert_eq!(c[0]["Mounts"][0]["Type"], "volume");
+    assert_eq!(c[0]["Mounts"][0]["Name"], "keep");
     let r = k.run(&["volume", "inspect", "nosuch"]).fails();
     assert!(
         r.stderr().contains("get nosuch: no such volume"),

@@ -152,6 +152,11 @@ impl Volumes<'_> {
         let mut out = Vec::new();
         for e in entries {
             let e = e.map_err(|e| StoreError::io(&base, e))?;
+            // A removal that died half-way: finish it.
+            if e.file_name().to_string_lossy().starts_with(".removing-") {
+                let _ = remove_tree(&e.path());
+                continue;
+            }
             if let Some(v) = self.get(&e.file_name().to_string_lossy())? {
                 out.push(v);
             }

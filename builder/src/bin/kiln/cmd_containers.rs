@@ -344,7 +344,7 @@ pub fn inspect(store: &Store, names: &[String], platform: Option<String>) -> Res
     let mut missing = Vec::new();
     for n in names {
         if let Some(info) = c.as_ref().and_then(|c| c.inspect(n).ok()) {
-            out.push(container_json(&info));
+            out.push(container_json(&info, store));
         } else if let Some(v) = crate::cmd_images::inspect_image(store, n, platform.as_ref())? {
             out.push(v);
         } else {
@@ -371,7 +371,7 @@ fn rfc3339(secs: i64) -> String {
 
 /// docker's `ContainerJSON`, the fields kiln has, plus `Cgroups`: where
 /// the limits were put (one cgroup per hierarchy, v1 or v2).
-fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
+fn container_json(i: &kiln_runner::ContainerInfo, store: &Store) -> serde_json::Value {
     use kiln_runner::ContainerStatus;
     let (status, running, pid, code, finished) = match i.status {
         ContainerStatus::Created => ("created", false, 0, 0, 0),
@@ -430,26 +430,29 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
             "Image": i.image,
             "WorkingDir": i.spec.cwd,
         },
-        "Mounts": i.spec.mounts.iter().map(mount_json).collect::<Vec<_>>(),
+        "Mounts": i.spec.mounts.iter().map(|m| mount_json(m, store)).collect::<Vec<_>>(),
         "Ports": i.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "Cgroups": cgroups,
     })
 }
 
 /// docker's `MountPoint`: a volume shows its name, a bind its host path.
-fn mount_json(m: &kiln_runner::MountSpec) -> serde_json::Value {
+fn mount_json(m: &kiln_runner::MountSpec, store: &Store) -> serde_json::Value {
     use kiln_runner::MountKind;
-    let (kind, source, rw) = match &m.kind {
-        MountKind::Bind { source, readonly } => ("bind", source.display().to_string(), !readonly),
+    let (kind, source, rw, name) = match &m.kind {
+        MountKind::Bind { source, readonly } => {
+            ("bind", source.display().to_string(), !readonly, None)
+        }
         MountKind::Volume {
             source, readonly, ..
-        } => ("volume", source.display().to_string(), !readonly),
-        MountKind::Tmpfs { .. } => ("tmpfs", String::new(), true),
+        } => (
+            "volume",
+            source.display().to_string(),
+            !readonly,
+            store.volumes().by_mountpoint(source),
+        ),
+        MountKind::Tmpfs { .. } => ("tmpfs", String::new(), true, None),
     };
-    let name = source
-        .strip_suffix("/_data")
-        .and_then(|p| p.rsplit('/').next())
-        .filter(|_| kind == "volume");
     serde_json::json!({
         "Type": kind,
         "Name": name,
