@@ -482,3 +482,82 @@ fn a_named_volume_works_in_a_rootless_store() {
     assert_eq!(std::fs::metadata(&on_host).unwrap().uid(), start + 999);
     assert_eq!(run(&["volume", "rm", "rv"]), "rv\n");
 }
+
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The page a published port serves, waiting for the server to start.
+fn page(k: &Kiln, id: &str, port: u16) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some(p) = http_get(port).filter(|p| p.contains(" 200 ")) {
+            return p;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("no answer on {port}: {}", k.run(&["logs", id]).stderr());
+}
+
+/// The tutorial's development loop on the python base: `python3 app.py`
+/// from `-v $PWD:/app`, edited on the host, serves the new code after the
+/// container is replaced.
+#[test]
+fn an_app_run_from_a_bind_mount_serves_the_edited_code_in_a_new_container() {
+    let Some(k) = setup() else { return };
+    if !k.with_python() {
+        return;
+    }
+    let app = |msg: &str| {
+        format!(
+            "import http.server\n\
+             class H(http.server.BaseHTTPRequestHandler):\n    \
+             def do_GET(self):\n        \
+             self.send_response(200); self.end_headers(); self.wfile.write(b'{msg}')\n\
+             http.server.HTTPServer(('0.0.0.0', 5000), H).serve_forever()\n"
+        )
+    };
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("app.py"), app("Hello v1")).unwrap();
+    let bind = format!("{}:/app", src.path().display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = format!("{port}:5000");
+    let start = |k: &Kiln| {
+        k.run(&[
+            "run",
+            "-d",
+            "-p",
+            &publish,
+            "-v",
+            &bind,
+            "-w",
+            "/app",
+            "python:3.11-slim",
+            "python3",
+            "app.py",
+        ])
+        .ok()
+        .stdout()
+        .trim()
+        .to_string()
+    };
+    let id = start(&k);
+    assert!(page(&k, &id, port).ends_with("Hello v1"));
+    std::fs::write(src.path().join("app.py"), app("Hello v2")).unwrap();
+    k.run(&["rm", "-f", &id]).ok();
+    let id = start(&k);
+    assert!(page(&k, &id, port).ends_with("Hello v2"));
+    k.run(&["rm", "-f", &id]).ok();
+}
