@@ -9,17 +9,25 @@
 //! is read with `lstat`, files are opened `O_NOFOLLOW`, symlinks are copied
 //! as symlinks, and the volume side is created `O_EXCL`.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps, CWD};
+use rustix::process::{Gid, Uid};
 
 /// Copies the contents of `from` (a directory in the rootfs) into the
 /// empty directory `to`, and gives `to` the owner and mode of `from`.
 /// Does nothing when `to` already holds anything or `from` is not a
 /// directory.
+///
+/// The volume side is written only through directory descriptors opened
+/// `O_NOFOLLOW` (`mkdirat`, `openat`, `symlinkat`): another container
+/// already using the volume cannot swap a directory being filled for a
+/// symlink and have the copy land on the host.
 pub(crate) fn seed(from: &Path, to: &Path) -> io::Result<()> {
     let Ok(meta) = fs::symlink_metadata(from) else {
         return Ok(());
@@ -27,70 +35,82 @@ pub(crate) fn seed(from: &Path, to: &Path) -> io::Result<()> {
     if !meta.is_dir() || fs::read_dir(to)?.next().is_some() {
         return Ok(());
     }
-    copy_dir_contents(from, to)?;
-    set_attrs(to, &meta)
+    let dst = open_dir(CWD, to.as_os_str())?;
+    copy_dir_contents(from, &dst)?;
+    set_attrs(&dst, &meta)
 }
 
-fn copy_dir_contents(from: &Path, to: &Path) -> io::Result<()> {
+fn open_dir(at: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn owner(m: &fs::Metadata) -> (Option<Uid>, Option<Gid>) {
+    (Some(Uid::from_raw(m.uid())), Some(Gid::from_raw(m.gid())))
+}
+
+fn copy_dir_contents(from: &Path, dst: &OwnedFd) -> io::Result<()> {
     for e in fs::read_dir(from)? {
         let e = e?;
-        let src = from.join(e.file_name());
-        let dst = to.join(e.file_name());
+        let name = e.file_name();
+        let src = from.join(&name);
         let m = fs::symlink_metadata(&src)?;
         let ft = m.file_type();
         if ft.is_dir() {
-            fs::create_dir(&dst)?;
-            copy_dir_contents(&src, &dst)?;
-            set_attrs(&dst, &m)?;
+            rustix::fs::mkdirat(dst, &name, Mode::from_raw_mode(0o700))?;
+            let sub = open_dir(dst, &name)?;
+            copy_dir_contents(&src, &sub)?;
+            set_attrs(&sub, &m)?;
         } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
-            std::os::unix::fs::lchown(&dst, Some(m.uid()), Some(m.gid()))?;
-            set_times(&dst, &m)?;
+            rustix::fs::symlinkat(fs::read_link(&src)?.as_os_str(), dst, &name)?;
+            let (u, g) = owner(&m);
+            rustix::fs::chownat(dst, &name, u, g, AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::utimensat(dst, &name, &times(&m), AtFlags::SYMLINK_NOFOLLOW)?;
         } else if ft.is_file() {
-            copy_file(&src, &dst, &m)?;
+            copy_file(&src, dst, &name, &m)?;
         } else {
             // FIFOs, sockets and device nodes: Docker copies them too, with
-            // mknod; kiln's volumes do not make device nodes (a volume is
-            // mounted nodev anyway), so they are left out.
+            // mknod; kiln's copy-up leaves them out.
             continue;
         }
     }
     Ok(())
 }
 
-fn copy_file(src: &Path, dst: &Path, m: &fs::Metadata) -> io::Result<()> {
+fn copy_file(src: &Path, dst: &OwnedFd, name: &OsStr, m: &fs::Metadata) -> io::Result<()> {
     let inf = rustix::fs::open(
         src,
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let outf = rustix::fs::open(
+    let outf = rustix::fs::openat(
         dst,
+        name,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )?;
     let mut r = fs::File::from(inf);
     let mut w = fs::File::from(outf);
     io::copy(&mut r, &mut w)?;
-    rustix::fs::fchown(
-        &w,
-        Some(rustix::process::Uid::from_raw(m.uid())),
-        Some(rustix::process::Gid::from_raw(m.gid())),
-    )?;
-    // After chown, which clears set-id bits.
-    w.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777))?;
-    drop(w);
-    set_times(dst, m)
+    set_attrs(&w, m)
 }
 
-fn set_attrs(p: &Path, m: &fs::Metadata) -> io::Result<()> {
-    std::os::unix::fs::lchown(p, Some(m.uid()), Some(m.gid()))?;
-    fs::set_permissions(p, fs::Permissions::from_mode(m.mode() & 0o7777))?;
-    set_times(p, m)
+/// Owner, then mode (chown clears set-id bits), then times, on an open fd.
+fn set_attrs(fd: impl AsFd, m: &fs::Metadata) -> io::Result<()> {
+    let fd: BorrowedFd<'_> = fd.as_fd();
+    let (u, g) = owner(m);
+    rustix::fs::fchown(fd, u, g)?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(m.mode() & 0o7777))?;
+    rustix::fs::futimens(fd, &times(m))?;
+    Ok(())
 }
 
-fn set_times(p: &Path, m: &fs::Metadata) -> io::Result<()> {
-    let ts = Timestamps {
+fn times(m: &fs::Metadata) -> Timestamps {
+    Timestamps {
         last_access: Timespec {
             tv_sec: m.atime(),
             tv_nsec: m.atime_nsec() as _,
@@ -99,14 +119,13 @@ fn set_times(p: &Path, m: &fs::Metadata) -> io::Result<()> {
             tv_sec: m.mtime(),
             tv_nsec: m.mtime_nsec() as _,
         },
-    };
-    rustix::fs::utimensat(CWD, p, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn copies_tree_and_symlinks_without_following() {
