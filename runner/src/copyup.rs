@@ -9,12 +9,14 @@
 //! is read with `lstat`, files are opened `O_NOFOLLOW`, symlinks are copied
 //! as symlinks, and the volume side is created `O_EXCL`.
 
-use std::ffi::OsStr;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::rc::Rc;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps, CWD};
 use rustix::process::{Gid, Uid};
@@ -35,8 +37,8 @@ pub(crate) fn seed(from: &Path, to: &Path) -> io::Result<()> {
     if !meta.is_dir() || fs::read_dir(to)?.next().is_some() {
         return Ok(());
     }
-    let dst = open_dir(CWD, to.as_os_str())?;
-    copy_dir_contents(from, &dst)?;
+    let dst = Rc::new(open_dir(CWD, to.as_os_str())?);
+    copy_dir_contents(from, &dst, &mut Links::new())?;
     set_attrs(&dst, &meta)
 }
 
@@ -53,7 +55,12 @@ fn owner(m: &fs::Metadata) -> (Option<Uid>, Option<Gid>) {
     (Some(Uid::from_raw(m.uid())), Some(Gid::from_raw(m.gid())))
 }
 
-fn copy_dir_contents(from: &Path, dst: &OwnedFd) -> io::Result<()> {
+/// Files with several links already copied, by (dev, inode): the
+/// directory and name of the copy, so the next link is a link again (a
+/// busybox image's hundreds of applets stay one file).
+type Links = HashMap<(u64, u64), (Rc<OwnedFd>, OsString)>;
+
+fn copy_dir_contents(from: &Path, dst: &Rc<OwnedFd>, links: &mut Links) -> io::Result<()> {
     for e in fs::read_dir(from)? {
         let e = e?;
         let name = e.file_name();
@@ -61,16 +68,23 @@ fn copy_dir_contents(from: &Path, dst: &OwnedFd) -> io::Result<()> {
         let m = fs::symlink_metadata(&src)?;
         let ft = m.file_type();
         if ft.is_dir() {
-            rustix::fs::mkdirat(dst, &name, Mode::from_raw_mode(0o700))?;
-            let sub = open_dir(dst, &name)?;
-            copy_dir_contents(&src, &sub)?;
-            set_attrs(&sub, &m)?;
+            rustix::fs::mkdirat(&**dst, &name, Mode::from_raw_mode(0o700))?;
+            let sub = Rc::new(open_dir(&**dst, &name)?);
+            copy_dir_contents(&src, &sub, links)?;
+            set_attrs(&*sub, &m)?;
         } else if ft.is_symlink() {
-            rustix::fs::symlinkat(fs::read_link(&src)?.as_os_str(), dst, &name)?;
+            rustix::fs::symlinkat(fs::read_link(&src)?.as_os_str(), &**dst, &name)?;
             let (u, g) = owner(&m);
-            rustix::fs::chownat(dst, &name, u, g, AtFlags::SYMLINK_NOFOLLOW)?;
-            rustix::fs::utimensat(dst, &name, &times(&m), AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::chownat(&**dst, &name, u, g, AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::utimensat(&**dst, &name, &times(&m), AtFlags::SYMLINK_NOFOLLOW)?;
         } else if ft.is_file() {
+            if m.nlink() > 1 {
+                if let Some((dir, first)) = links.get(&(m.dev(), m.ino())) {
+                    rustix::fs::linkat(&**dir, first, &**dst, &name, AtFlags::empty())?;
+                    continue;
+                }
+                links.insert((m.dev(), m.ino()), (dst.clone(), name.clone()));
+            }
             copy_file(&src, dst, &name, &m)?;
         } else {
             // FIFOs, sockets and device nodes: Docker copies them too, with
@@ -137,6 +151,7 @@ mod tests {
         fs::write(from.join("sub/f"), b"hello").unwrap();
         fs::set_permissions(from.join("sub/f"), fs::Permissions::from_mode(0o640)).unwrap();
         std::os::unix::fs::symlink("/etc/shadow", from.join("link")).unwrap();
+        fs::hard_link(from.join("sub/f"), from.join("hard")).unwrap();
         fs::set_permissions(&from, fs::Permissions::from_mode(0o750)).unwrap();
         seed(&from, &to).unwrap();
         assert_eq!(fs::read(to.join("sub/f")).unwrap(), b"hello");
@@ -147,6 +162,11 @@ mod tests {
             Path::new("/etc/shadow")
         );
         assert_eq!(fs::metadata(&to).unwrap().mode() & 0o777, 0o750);
+        assert_eq!(
+            fs::metadata(to.join("hard")).unwrap().ino(),
+            fs::metadata(to.join("sub/f")).unwrap().ino(),
+            "hard links stay links"
+        );
         // A volume that holds something is never seeded again.
         fs::write(from.join("new"), b"x").unwrap();
         seed(&from, &to).unwrap();
