@@ -106,6 +106,8 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         .map(kiln_builder::engine::platform::Platform::parse)
         .transpose()
         .map_err(|e| run_failure(format!("kiln: --platform: {e:#}")))?;
+    // Like docker's client: bad mount flags fail before any pull.
+    let mount_reqs = parse_mounts(&args)?;
     let found = crate::cmd_images::resolve_for_platform(store, &args.image, platform.as_ref())
         .map_err(|e| run_failure(format!("kiln: {e:#}")))?;
     let img = match found {
@@ -199,7 +201,10 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         .rev()
         .map(|l| store.ensure_snapshot(l))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let (mounts, anonymous) = run_mounts(store, &args, &img.config.config)?;
+    let image_volumes: Vec<String> = img.config.config.volumes.keys().cloned().collect();
+    let (mounts, anonymous) =
+        crate::cmd_volumes::resolve_mounts(store, &mount_reqs, &image_volumes)
+            .map_err(|e| run_failure(format!("kiln: {e}")))?;
     let spec = ContainerSpec {
         rootfs: RootFs {
             lowers,
@@ -265,28 +270,19 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
     }
 }
 
-/// `-v`, `--mount` and the image's `VOLUME`s as the runner's mounts, plus
-/// the anonymous volumes made for them.
-fn run_mounts(
-    store: &Store,
-    args: &RunArgs,
-    cfg: &kiln_store::ContainerConfig,
-) -> Result<(Vec<kiln_runner::MountSpec>, Vec<String>)> {
-    let mut reqs = Vec::new();
-    for v in &args.volume {
-        reqs.push(
-            crate::run_mounts::parse_volume_flag(v)
-                .map_err(|e| run_failure(format!("kiln: {e}")))?,
-        );
-    }
-    for m in &args.mount {
-        reqs.push(
-            crate::run_mounts::parse_mount_flag(m)
-                .map_err(|e| run_failure(format!("kiln: {e}")))?,
-        );
-    }
-    let image_volumes: Vec<String> = cfg.volumes.keys().cloned().collect();
-    crate::cmd_volumes::resolve_mounts(store, &reqs, &image_volumes)
+/// `-v` and `--mount`, parsed (docker's errors, exit 125).
+fn parse_mounts(args: &RunArgs) -> Result<Vec<crate::run_mounts::MountReq>> {
+    let volumes = args
+        .volume
+        .iter()
+        .map(|v| crate::run_mounts::parse_volume_flag(v));
+    let mounts = args
+        .mount
+        .iter()
+        .map(|m| crate::run_mounts::parse_mount_flag(m));
+    volumes
+        .chain(mounts)
+        .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| run_failure(format!("kiln: {e}")))
 }
 
