@@ -131,25 +131,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
     };
     check_platform(&img.config)?;
     let cfg = &img.config.config;
-    // ENTRYPOINT/CMD, docker's rules: --entrypoint resets the image's CMD;
-    // arguments after the image replace CMD.
-    let mut argv: Vec<String> = Vec::new();
-    match &args.entrypoint {
-        Some(e) if !e.is_empty() => argv.push(e.clone()),
-        Some(_) => {}
-        None => argv.extend(cfg.entrypoint.clone().unwrap_or_default()),
-    }
-    if !args.command.is_empty() {
-        argv.extend(args.command.iter().cloned());
-    } else if args.entrypoint.is_none() {
-        argv.extend(cfg.cmd.clone().unwrap_or_default());
-    }
-    if argv.is_empty() {
-        return Err(run_failure(format!(
-            "kiln: no command specified: the image {} has neither ENTRYPOINT nor CMD",
-            args.image
-        )));
-    }
+    let argv = argv_of(&args, cfg)?;
     let mut seccomp_unconfined = false;
     for o in &args.security_opt {
         match o.as_str() {
@@ -252,8 +234,20 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         interactive: args.interactive,
         resources,
     };
+    start(store, spec, opts, args.detach, &anonymous)
+}
+
+/// Starts the container, detached (prints its id) or in the foreground
+/// (its exit code); `--rm` in the foreground takes its anonymous volumes.
+fn start(
+    store: &Store,
+    spec: ContainerSpec,
+    opts: RunOptions,
+    detach: bool,
+    anonymous: &[String],
+) -> Result<ExitCode> {
     let c = containers(store)?;
-    if args.detach {
+    if detach {
         let id = c.run_detached(spec, opts).map_err(runner_failure)?;
         println!("{id}");
         Ok(ExitCode::SUCCESS)
@@ -268,6 +262,29 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         let code = result.map_err(runner_failure)?;
         Ok(ExitCode::from(code.clamp(0, 255) as u8))
     }
+}
+
+/// ENTRYPOINT/CMD, docker's rules: --entrypoint resets the image's CMD;
+/// arguments after the image replace CMD.
+fn argv_of(args: &RunArgs, cfg: &kiln_store::ContainerConfig) -> Result<Vec<String>> {
+    let mut argv: Vec<String> = Vec::new();
+    match &args.entrypoint {
+        Some(e) if !e.is_empty() => argv.push(e.clone()),
+        Some(_) => {}
+        None => argv.extend(cfg.entrypoint.clone().unwrap_or_default()),
+    }
+    if !args.command.is_empty() {
+        argv.extend(args.command.iter().cloned());
+    } else if args.entrypoint.is_none() {
+        argv.extend(cfg.cmd.clone().unwrap_or_default());
+    }
+    if argv.is_empty() {
+        return Err(run_failure(format!(
+            "kiln: no command specified: the image {} has neither ENTRYPOINT nor CMD",
+            args.image
+        )));
+    }
+    Ok(argv)
 }
 
 /// `-v` and `--mount`, parsed (docker's errors, exit 125).
