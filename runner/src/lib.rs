@@ -28,6 +28,7 @@
 //! the run; the bottom lower avoids that cleanup and its races.)
 
 pub mod cgroups;
+mod copyup;
 mod error;
 mod exec;
 pub mod health;
@@ -120,6 +121,15 @@ pub enum MountKind {
     Bind { source: PathBuf, readonly: bool },
     /// A fresh tmpfs, `size` in bytes (None: the kernel default).
     Tmpfs { size: Option<u64> },
+    /// A volume's data directory (bound like [`MountKind::Bind`]). With
+    /// `copy_up`, an empty `source` is first filled from what the image
+    /// has at the target, keeping owners, modes and times (Docker's
+    /// copy-up of a fresh volume); a non-empty one is left alone.
+    Volume {
+        source: PathBuf,
+        readonly: bool,
+        copy_up: bool,
+    },
 }
 
 /// An extra mount inside the container.

@@ -91,7 +91,7 @@ fn wanted_targets(job: &Job) -> Result<Vec<(PathBuf, bool)>, String> {
             MountKind::Bind { source, .. } => !fs::symlink_metadata(source)
                 .map_err(|e| err(format!("bind source {}", source.display()), e))?
                 .is_dir(),
-            MountKind::Tmpfs { .. } => false,
+            MountKind::Tmpfs { .. } | MountKind::Volume { .. } => false,
         };
         t.push((clean_target(&m.target)?, is_file));
     }
@@ -795,18 +795,16 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
         let rel = clean_target(&m.target)?;
         let rel_s = rel.to_string_lossy();
         let mnt = match &m.kind {
-            MountKind::Bind { source, readonly } => {
-                let t = clone_bind_source(source)?;
-                if *readonly {
-                    mount_setattr(
-                        t.as_fd(),
-                        "",
-                        libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE,
-                        MountAttrFlags::MOUNT_ATTR_RDONLY.bits() as u64,
-                    )
-                    .map_err(|e| err(format!("making {} read-only", m.target), e))?;
+            MountKind::Bind { source, readonly } => bind_tree(source, *readonly, &m.target)?,
+            MountKind::Volume {
+                source,
+                readonly,
+                copy_up,
+            } => {
+                if *copy_up {
+                    seed_volume(layout, &rel, source)?;
                 }
-                t
+                bind_tree(source, *readonly, &m.target)?
             }
             MountKind::Tmpfs { size } => {
                 let size = size.map(|s| s.to_string());
@@ -831,7 +829,7 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
                     MountKind::Bind { source, .. } => fs::symlink_metadata(source)
                         .map(|m| m.is_file())
                         .unwrap_or(false),
-                    MountKind::Tmpfs { .. } => false,
+                    MountKind::Tmpfs { .. } | MountKind::Volume { .. } => false,
                 };
                 make_target_in(&dev, under, is_file)?;
             }
@@ -849,6 +847,41 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
         .map_err(|e| err("detaching the old root", e))?;
     rustix::process::chdir("/").map_err(|e| err("chdir /", e))?;
     Ok(())
+}
+
+/// A detached copy of a bind source, read-only (recursively) if asked.
+fn bind_tree(source: &Path, readonly: bool, target: &str) -> Result<OwnedFd, String> {
+    let t = clone_bind_source(source)?;
+    if readonly {
+        mount_setattr(
+            t.as_fd(),
+            "",
+            libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE,
+            MountAttrFlags::MOUNT_ATTR_RDONLY.bits() as u64,
+        )
+        .map_err(|e| err(format!("making {target} read-only"), e))?;
+    }
+    Ok(t)
+}
+
+/// Docker's copy-up into a fresh volume from the image's directory at the
+/// target, resolved inside the rootfs (a symlink there stays in the root).
+fn seed_volume(layout: &Layout, rel: &Path, source: &Path) -> Result<(), String> {
+    let (resolved, exists) = secure_join(&layout.rootfs, rel)
+        .map_err(|e| err(format!("resolving /{} in the image", rel.display()), e))?;
+    if !exists {
+        return Ok(());
+    }
+    crate::copyup::seed(&layout.rootfs.join(&resolved), source).map_err(|e| {
+        err(
+            format!(
+                "copying the image's /{} into the volume {}",
+                rel.display(),
+                source.display()
+            ),
+            e,
+        )
+    })
 }
 
 /// sysfs, read-only; rootless with the host's network, the host's /sys.

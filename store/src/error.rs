@@ -29,6 +29,9 @@ pub enum StoreError {
     },
     #[error("invalid JSON: {0}")]
     Json(serde_json::Error),
+    /// A volume name Docker would refuse, with Docker's text.
+    #[error("{0}")]
+    VolumeName(String),
     #[error("digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]

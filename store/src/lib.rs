@@ -15,6 +15,7 @@
 //! | [`Store::snapshots`] | `snapshots` | layers and their unpacked snapshots |
 //! | [`Store::images`] | `images` | image records and tags |
 //! | [`Store::cache`] | `cache`, `cachemount`, `records` | cache records, `RUN --mount=type=cache` dirs, build records |
+//! | [`Store::volumes`] | `volumes` | named and anonymous volumes of containers |
 //!
 //! plus [`Store::tempdir`] and [`Store::scratch_dir`] for scratch space on
 //! the store's filesystem, and `gc` (leases, prune, df, fsck) over all of
@@ -49,6 +50,7 @@ mod snapshots;
 mod statcache;
 mod store;
 pub mod userns;
+mod volumes;
 
 pub use cache::{BuildCache, CacheCounter, CacheNear, CacheRecord, CacheStats, NearestQuery};
 pub use cachemount::{
@@ -72,3 +74,4 @@ pub use snapshots::{PendingSnapshot, Snapshots};
 pub use statcache::{StatEntry, StatRow};
 pub use store::{ArchiveFormat, ImageRecord, ImageSummary, LayerInfo, Store};
 pub use userns::UserNs;
+pub use volumes::{check_volume_name, VolumeInfo, Volumes};

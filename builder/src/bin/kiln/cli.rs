@@ -85,6 +85,11 @@ pub enum Command {
     Rm(RmArgs),
     /// Fetch the logs of a container.
     Logs(LogsArgs),
+    /// Manage volumes (kept in the store).
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
     /// Inspect and manage the build cache.
     Cache {
         #[command(subcommand)]
@@ -493,6 +498,12 @@ pub struct RunArgs {
     #[arg(long = "no-healthcheck")]
     pub no_healthcheck: bool,
     // --- end of restart and health ---
+    /// Bind mount a host path or mount a named volume: [HOST-PATH|NAME:]CONTAINER-PATH[:ro].
+    #[arg(short = 'v', long = "volume", value_name = "SPEC")]
+    pub volume: Vec<String>,
+    /// Attach a filesystem mount: type=bind|volume|tmpfs,source=...,target=...[,readonly].
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mount: Vec<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -547,6 +558,9 @@ pub struct RmArgs {
     /// Force the removal of a running container (uses SIGKILL).
     #[arg(short, long)]
     pub force: bool,
+    /// Remove the anonymous volumes of the container (named volumes are kept).
+    #[arg(short = 'v', long = "volumes")]
+    pub volumes: bool,
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
@@ -587,6 +601,44 @@ pub enum CacheCommand {
         /// until=DURATION: only records not used for that long (e.g. 24h).
         #[arg(long = "filter", value_name = "until=DURATION")]
         filters: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume (a random name when none is given).
+    Create {
+        name: Option<String>,
+        /// Set metadata for a volume (KEY=VALUE).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls {
+        /// Only display volume names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Display detailed information on one or more volumes.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove one or more volumes (never one a container uses).
+    #[command(alias = "remove")]
+    Rm {
+        /// Do not report volumes that do not exist.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove all volumes not used by at least one container.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
     },
 }
 

@@ -109,6 +109,8 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         .map(kiln_builder::engine::platform::Platform::parse)
         .transpose()
         .map_err(|e| run_failure(format!("kiln: --platform: {e:#}")))?;
+    // Like docker's client: bad mount flags fail before any pull.
+    let mount_reqs = parse_mounts(&args)?;
     let found = crate::cmd_images::resolve_for_platform(store, &args.image, platform.as_ref())
         .map_err(|e| run_failure(format!("kiln: {e:#}")))?;
     let img = match found {
@@ -132,25 +134,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
     };
     check_platform(&img.config)?;
     let cfg = &img.config.config;
-    // ENTRYPOINT/CMD, docker's rules: --entrypoint resets the image's CMD;
-    // arguments after the image replace CMD.
-    let mut argv: Vec<String> = Vec::new();
-    match &args.entrypoint {
-        Some(e) if !e.is_empty() => argv.push(e.clone()),
-        Some(_) => {}
-        None => argv.extend(cfg.entrypoint.clone().unwrap_or_default()),
-    }
-    if !args.command.is_empty() {
-        argv.extend(args.command.iter().cloned());
-    } else if args.entrypoint.is_none() {
-        argv.extend(cfg.cmd.clone().unwrap_or_default());
-    }
-    if argv.is_empty() {
-        return Err(run_failure(format!(
-            "kiln: no command specified: the image {} has neither ENTRYPOINT nor CMD",
-            args.image
-        )));
-    }
+    let argv = argv_of(&args, cfg)?;
     let mut seccomp_unconfined = false;
     for o in &args.security_opt {
         match o.as_str() {
@@ -202,6 +186,10 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         .rev()
         .map(|l| store.ensure_snapshot(l))
         .collect::<std::result::Result<Vec<_>, _>>()?;
+    let image_volumes: Vec<String> = img.config.config.volumes.keys().cloned().collect();
+    let (mounts, anonymous) =
+        crate::cmd_volumes::resolve_mounts(store, &mount_reqs, &image_volumes)
+            .map_err(|e| run_failure(format!("kiln: {e}")))?;
     let spec = ContainerSpec {
         rootfs: RootFs {
             lowers,
@@ -223,7 +211,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
             RunNetwork::None => NetworkMode::None,
             RunNetwork::Private => NetworkMode::Private,
         },
-        mounts: vec![],
+        mounts,
         readonly_rootfs: false,
         seccomp_unconfined,
     };
@@ -254,15 +242,73 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         restart,
         healthcheck,
     };
+    start(store, spec, opts, args.detach, &anonymous)
+}
+
+/// Starts the container, detached (prints its id) or in the foreground
+/// (its exit code); `--rm` in the foreground takes its anonymous volumes.
+fn start(
+    store: &Store,
+    spec: ContainerSpec,
+    opts: RunOptions,
+    detach: bool,
+    anonymous: &[String],
+) -> Result<ExitCode> {
     let c = containers(store)?;
-    if args.detach {
+    if detach {
         let id = c.run_detached(spec, opts).map_err(runner_failure)?;
         println!("{id}");
         Ok(ExitCode::SUCCESS)
     } else {
-        let code = c.run_foreground(spec, opts).map_err(runner_failure)?;
+        let auto_remove = opts.auto_remove;
+        let mounts = spec.mounts.clone();
+        let result = c.run_foreground(spec, opts);
+        // docker run --rm also removes the container's anonymous volumes.
+        if auto_remove || result.is_err() && !anonymous.is_empty() {
+            crate::cmd_volumes::remove_anonymous(store, &mounts)?;
+        }
+        let code = result.map_err(runner_failure)?;
         Ok(ExitCode::from(code.clamp(0, 255) as u8))
     }
+}
+
+/// ENTRYPOINT/CMD, docker's rules: --entrypoint resets the image's CMD;
+/// arguments after the image replace CMD.
+fn argv_of(args: &RunArgs, cfg: &kiln_store::ContainerConfig) -> Result<Vec<String>> {
+    let mut argv: Vec<String> = Vec::new();
+    match &args.entrypoint {
+        Some(e) if !e.is_empty() => argv.push(e.clone()),
+        Some(_) => {}
+        None => argv.extend(cfg.entrypoint.clone().unwrap_or_default()),
+    }
+    if !args.command.is_empty() {
+        argv.extend(args.command.iter().cloned());
+    } else if args.entrypoint.is_none() {
+        argv.extend(cfg.cmd.clone().unwrap_or_default());
+    }
+    if argv.is_empty() {
+        return Err(run_failure(format!(
+            "kiln: no command specified: the image {} has neither ENTRYPOINT nor CMD",
+            args.image
+        )));
+    }
+    Ok(argv)
+}
+
+/// `-v` and `--mount`, parsed (docker's errors, exit 125).
+fn parse_mounts(args: &RunArgs) -> Result<Vec<crate::run_mounts::MountReq>> {
+    let volumes = args
+        .volume
+        .iter()
+        .map(|v| crate::run_mounts::parse_volume_flag(v));
+    let mounts = args
+        .mount
+        .iter()
+        .map(|m| crate::run_mounts::parse_mount_flag(m));
+    volumes
+        .chain(mounts)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| run_failure(format!("kiln: {e}")))
 }
 
 /// The limit flags in docker's syntax; a bad value is docker's
@@ -319,7 +365,7 @@ pub fn inspect(store: &Store, names: &[String], platform: Option<String>) -> Res
     let mut missing = Vec::new();
     for n in names {
         if let Some(info) = c.as_ref().and_then(|c| c.inspect(n).ok()) {
-            out.push(container_json(&info));
+            out.push(container_json(&info, store));
         } else if let Some(v) = crate::cmd_images::inspect_image(store, n, platform.as_ref())? {
             out.push(v);
         } else {
@@ -346,7 +392,7 @@ fn rfc3339(secs: i64) -> String {
 
 /// docker's `ContainerJSON`, the fields kiln has, plus `Cgroups`: where
 /// the limits were put (one cgroup per hierarchy, v1 or v2).
-fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
+fn container_json(i: &kiln_runner::ContainerInfo, store: &Store) -> serde_json::Value {
     use kiln_runner::ContainerStatus;
     let (status, running, pid, code, finished) = match i.status {
         ContainerStatus::Created => ("created", false, 0, 0, 0),
@@ -414,6 +460,7 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
             "WorkingDir": i.spec.cwd,
             "Healthcheck": i.healthcheck.as_ref().map(crate::run_health::config_json),
         },
+        "Mounts": i.spec.mounts.iter().map(|m| mount_json(m, store)).collect::<Vec<_>>(),
         "Ports": i.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "Cgroups": cgroups,
     });
@@ -425,6 +472,32 @@ fn container_json(i: &kiln_runner::ContainerInfo) -> serde_json::Value {
         v["Config"].as_object_mut().map(|c| c.remove("Healthcheck"));
     }
     v
+}
+
+/// docker's `MountPoint`: a volume shows its name, a bind its host path.
+fn mount_json(m: &kiln_runner::MountSpec, store: &Store) -> serde_json::Value {
+    use kiln_runner::MountKind;
+    let (kind, source, rw, name) = match &m.kind {
+        MountKind::Bind { source, readonly } => {
+            ("bind", source.display().to_string(), !readonly, None)
+        }
+        MountKind::Volume {
+            source, readonly, ..
+        } => (
+            "volume",
+            source.display().to_string(),
+            !readonly,
+            store.volumes().by_mountpoint(source),
+        ),
+        MountKind::Tmpfs { .. } => ("tmpfs", String::new(), true, None),
+    };
+    serde_json::json!({
+        "Type": kind,
+        "Name": name,
+        "Source": source,
+        "Destination": m.target,
+        "RW": rw,
+    })
 }
 
 /// `kiln exec`: docker's exit codes (the command's own; 126 when it
@@ -499,9 +572,19 @@ pub fn stop(store: &Store, args: &StopArgs) -> Result<ExitCode> {
 
 pub fn rm(store: &Store, args: &RmArgs) -> Result<ExitCode> {
     let c = containers(store)?;
-    Ok(each_container(&args.containers, |name| {
-        c.resolve(name).and_then(|id| c.remove(&id, args.force))
-    }))
+    let mut gone = Vec::new();
+    let code = each_container(&args.containers, |name| {
+        let id = c.resolve(name)?;
+        let mounts = c.inspect(&id).map(|i| i.spec.mounts).unwrap_or_default();
+        c.remove(&id, args.force)?;
+        gone.extend(mounts);
+        Ok(())
+    });
+    // `rm -v`: the anonymous volumes go too; named ones stay, as with docker.
+    if args.volumes {
+        crate::cmd_volumes::remove_anonymous(store, &gone)?;
+    }
+    Ok(code)
 }
 
 pub fn logs(store: &Store, args: &LogsArgs) -> Result<ExitCode> {

@@ -693,6 +693,16 @@ pub fn cache_prune(
 pub fn system_df(store: &Store) -> Result<ExitCode> {
     let df = store.df()?;
     print!("{df}");
+    // Same columns as the store's rows; the store keeps the volumes, the
+    // containers say which are in use.
+    let (n, _active, size, reclaimable) = crate::cmd_volumes::volumes_usage(store)?;
+    println!(
+        "{:<14}{:<8}{:<10}{}",
+        "Local Volumes",
+        n,
+        human_size(size),
+        human_size(reclaimable)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,8 +9,10 @@ mod cmd_build;
 mod cmd_containers;
 mod cmd_images;
 mod cmd_registry;
+mod cmd_volumes;
 mod reproduce;
 mod run_health;
+mod run_mounts;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -221,6 +223,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Exec(args) => {
             cmd_containers::exec(&open_store(&cli.root, &cli.limits, &access)?, args)
+        }
+        Command::Volume { command } => {
+            cmd_volumes::volume(&open_store(&cli.root, &cli.limits, &access)?, command)
         }
         Command::Cache { command } => match command {
             CacheCommand::Ls { format, filters } => cmd_images::cache_ls(
