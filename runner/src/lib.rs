@@ -41,6 +41,7 @@ mod ps;
 mod rootless_fs;
 mod seccomp;
 mod state;
+mod syscall_table;
 mod tty;
 pub mod user;
 pub mod userns;

@@ -10,6 +10,7 @@ mod cmd_containers;
 mod cmd_images;
 mod cmd_registry;
 mod reproduce;
+mod security_opt;
 
 use std::io::Read;
 use std::process::ExitCode;
