@@ -28,6 +28,8 @@ export KILN_DOCKER=1
 modern="$(fixtures/docker/start-dockerd-modern.sh)"
 export KILN_DOCKER_MODERN=${modern#DOCKER_HOST=}
 fixtures/docker/load-bases.sh --modern busybox >/dev/null
+# arm64 busybox for the kiln-vs-BuildKit arm64 comparison (multiplatform.rs).
+fixtures/docker/load-bases.sh --modern busybox-arm64 >/dev/null
 
 echo "== fixture tools (python unittest)" >&2
 python3 -m unittest discover -s fixtures/tools
