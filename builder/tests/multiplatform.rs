@@ -615,3 +615,52 @@ fn similar_lines(kiln: &str, buildkit: &str) -> Vec<String> {
     out.sort_by(|x, y| x[15..].cmp(&y[15..]));
     out
 }
+
+/// The arm64 Debian base (fixtures/bases/make-debian-arm64.sh) builds
+/// into kiln for linux/arm64, and its dpkg and apt run under emulation.
+#[test]
+fn an_arm64_debian_base_runs_its_own_dpkg() {
+    if !require(is_root(), "containers need root") {
+        return;
+    }
+    let base = fixtures_cache().join("debian-bookworm-arm64");
+    if !require(
+        base.join("rootfs.tar").is_file(),
+        "debian-bookworm-arm64 base missing: run fixtures/bases/make-debian-arm64.sh (scripts/test.sh does)",
+    ) || !require(
+        arm64_handler_registered(),
+        "no qemu-aarch64 binfmt_misc handler with the F flag: run fixtures/binfmt/register.sh",
+    ) {
+        return;
+    }
+    let k = Kiln::new();
+    k.build_dir(
+        &base,
+        &["--platform", "linux/arm64", "-t", "debian:bookworm-arm64"],
+    )
+    .ok();
+    let app = tempfile::tempdir().unwrap();
+    write_tree(
+        app.path(),
+        &[(
+            "Dockerfile",
+            "FROM debian:bookworm-arm64\n\
+             RUN dpkg --print-architecture > /dpkg-arch && uname -m > /machine \
+             && apt-config dump | grep -c . > /apt-config-lines\n",
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    k.export_dir(
+        app.path(),
+        out.path(),
+        &["--platform", "linux/arm64", "--network", "none"],
+    )
+    .ok();
+    assert_eq!(read(&out.path().join("dpkg-arch")), "arm64");
+    assert_eq!(read(&out.path().join("machine")), "aarch64");
+    let lines: u32 = read(&out.path().join("apt-config-lines")).parse().unwrap();
+    assert!(lines > 10, "apt-config printed {lines} lines");
+    let v: Value =
+        serde_json::from_str(&k.run(&["inspect", "debian:bookworm-arm64"]).ok().stdout()).unwrap();
+    assert_eq!(v[0]["Architecture"], "arm64");
+}
