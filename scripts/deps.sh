@@ -4,7 +4,7 @@
 # lists are refreshed only when something must be installed.
 set -euo pipefail
 
-packages=(debootstrap busybox-static zstd skopeo curl python3 python3-pip ca-certificates iproute2 util-linux docker-registry apache2-utils openssl openssh-client git passt slirp4netns uidmap)
+packages=(debootstrap linux-libc-dev busybox-static zstd skopeo curl python3 python3-pip ca-certificates iproute2 util-linux docker-registry apache2-utils openssl openssh-client git passt slirp4netns uidmap)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

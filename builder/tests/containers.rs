@@ -152,3 +152,49 @@ fn the_syscall_filter_denies_what_dockers_denies() {
         bad.stderr()
     );
 }
+
+#[test]
+fn build_steps_are_filtered_unless_the_build_says_unconfined() {
+    if !require(common::is_root(), "building needs root") {
+        return;
+    }
+    let k = Kiln::new();
+    if !k.with_python() {
+        return;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    common::write_tree(
+        ctx.path(),
+        &[
+            ("probe.py", PROBE),
+            (
+                "Dockerfile",
+                "FROM python:3.11-slim\nCOPY probe.py /\nRUN python3 /probe.py > /errnos\n",
+            ),
+        ],
+    );
+    let errnos = |flags: &[&str]| {
+        let out = tempfile::tempdir().unwrap();
+        let mut extra = vec!["--no-cache"];
+        extra.extend_from_slice(flags);
+        k.export_dir(ctx.path(), out.path(), &extra).ok();
+        std::fs::read_to_string(out.path().join("errnos"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    // The RUN step gets Docker's filter, as under BuildKit.
+    assert_eq!(errnos(&[]), "1 1 1 38 0");
+    let out = errnos(&["--security-opt", "seccomp=unconfined"]);
+    let codes: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(codes[0], "0", "{out}");
+    assert_ne!(codes[3], "38", "{out}");
+    let bad = k
+        .build_dir(ctx.path(), &["--security-opt", "label=disable"])
+        .fails();
+    assert!(
+        bad.stderr().contains("--security-opt label=disable"),
+        "{}",
+        bad.stderr()
+    );
+}

@@ -438,3 +438,229 @@ fn the_index_is_pushed_and_each_platform_pulls_back() {
         assert_eq!(r.stdout().trim(), arch, "{p}: {}", r.stderr());
     }
 }
+
+/// `image_tree.py ARCHIVE --tree - `: the flattened tree (path, type,
+/// mode, owner, size, sha256), or `--config -`: the normalised config.
+fn image_tree(archive: &Path, what: &str) -> String {
+    let tool = common::repo_root().join("fixtures/tools/image_tree.py");
+    let out = std::process::Command::new("python3")
+        .arg(tool)
+        .arg(archive)
+        .args([what, "-"])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "image_tree.py {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The same arm64 image built by kiln and by BuildKit 0.13
+/// (`docker buildx build --platform linux/arm64` on Docker 26.1, which
+/// runs the RUN steps under the same binfmt_misc QEMU): the same files,
+/// modes and owners, and the same architecture, os and variant.
+#[test]
+fn an_arm64_image_is_what_buildkit_builds() {
+    let Some((k, _dir)) = setup() else { return };
+    let Some(modern) = std::env::var_os("KILN_DOCKER_MODERN") else {
+        require(
+            false,
+            "KILN_DOCKER_MODERN is not set (scripts/test.sh starts Docker 26.1 with buildx 0.13)",
+        );
+        return;
+    };
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new(common::repo_root().join("fixtures/docker/docker26"))
+            .env("KILN_DOCKER_MODERN", &modern)
+            .env("KILN_FIXTURES_CACHE", fixtures_cache())
+            .args(args)
+            .output()
+            .expect("run docker26");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (loaded, _, _) = docker(&["image", "inspect", "busybox-arm64:latest"]);
+    if !require(
+        loaded,
+        "busybox-arm64:latest is not in the modern engine: run fixtures/docker/load-bases.sh --modern busybox-arm64 (scripts/test.sh does)",
+    ) {
+        return;
+    }
+    // kiln's base under the same name, from the same fixture context.
+    let base = fixtures_cache().join("busybox-arm64");
+    k.build_dir(
+        &base,
+        &["--platform", "linux/arm64", "-t", "busybox-arm64:latest"],
+    )
+    .ok();
+
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox-arm64:latest\nARG TARGETARCH\n\
+                 RUN uname -m > /machine && echo \"$TARGETARCH\" > /targetarch\n\
+                 COPY hello.sh /usr/local/bin/hello\n\
+                 RUN chmod 0750 /usr/local/bin/hello && mkdir -m 0700 /private \
+                 && chown 1000:1000 /private\n",
+            ),
+            ("hello.sh", "#!/bin/sh\necho hello\n"),
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let script = ctx.path().join("hello.sh");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let kiln_tar = out.path().join("kiln.tar");
+    let spec = format!("type=docker,dest={}", kiln_tar.display());
+    k.build_dir(
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/arm64",
+            "-t",
+            "cmp:kiln",
+            "--output",
+            &spec,
+        ],
+    )
+    .ok();
+    let c = ctx.path().to_str().unwrap();
+    let (built, _, err) = docker(&[
+        "buildx",
+        "build",
+        "--platform",
+        "linux/arm64",
+        "--progress=plain",
+        "--network=host",
+        "--load",
+        "-t",
+        "cmp:buildkit",
+        c,
+    ]);
+    assert!(built, "docker buildx build: {err}");
+    let bk_tar = out.path().join("buildkit.tar");
+    let (saved, _, err) = docker(&["save", "-o", bk_tar.to_str().unwrap(), "cmp:buildkit"]);
+    assert!(saved, "docker save: {err}");
+
+    let kiln_tree = image_tree(&kiln_tar, "--tree");
+    let bk_tree = image_tree(&bk_tar, "--tree");
+    // Both ran under QEMU as arm64, and saw the same TARGETARCH.
+    for line in [
+        "/machine f 0644 0 0 8 ",
+        "/targetarch f 0644 0 0 6 ",
+        "/usr/local/bin/hello f 0750 0 0 ",
+        "/private d 0700 1000 1000 0 -",
+    ] {
+        assert!(
+            kiln_tree.contains(line),
+            "kiln has no {line:?}:\n{kiln_tree}"
+        );
+    }
+    let diff: Vec<String> = similar_lines(&kiln_tree, &bk_tree);
+    assert!(
+        diff.is_empty(),
+        "kiln vs BuildKit trees:\n{}",
+        diff.join("\n")
+    );
+
+    let cfg = |t: &str| -> Value { serde_json::from_str(t).unwrap() };
+    let (kc, bc) = (
+        cfg(&image_tree(&kiln_tar, "--config")),
+        cfg(&image_tree(&bk_tar, "--config")),
+    );
+    assert_eq!(kc["architecture"], "arm64", "{kc}");
+    for key in ["architecture", "os"] {
+        assert_eq!(kc[key], bc[key], "{key}: kiln {kc} BuildKit {bc}");
+    }
+    // The variant, as each engine reports it.
+    let (_, variant, _) = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Variant}}",
+        "cmp:buildkit",
+    ]);
+    let v: Value = serde_json::from_str(
+        &k.run(&["inspect", "--platform", "linux/arm64", "cmp:kiln"])
+            .ok()
+            .stdout(),
+    )
+    .unwrap();
+    let kiln_variant = v[0]["Variant"].as_str().unwrap_or("");
+    assert_eq!(
+        kiln_variant,
+        variant.trim(),
+        "variant: kiln {kiln_variant:?}"
+    );
+}
+
+/// Lines only in one tree, marked `kiln` or `buildkit`.
+fn similar_lines(kiln: &str, buildkit: &str) -> Vec<String> {
+    let a: std::collections::BTreeSet<&str> = kiln.lines().collect();
+    let b: std::collections::BTreeSet<&str> = buildkit.lines().collect();
+    let mut out: Vec<String> = a
+        .difference(&b)
+        .map(|l| format!("only kiln:     {l}"))
+        .collect();
+    out.extend(b.difference(&a).map(|l| format!("only BuildKit: {l}")));
+    out.sort_by(|x, y| x[15..].cmp(&y[15..]));
+    out
+}
+
+/// The arm64 Debian base (fixtures/bases/make-debian-arm64.sh) builds
+/// into kiln for linux/arm64, and its dpkg and apt run under emulation.
+#[test]
+fn an_arm64_debian_base_runs_its_own_dpkg() {
+    if !require(is_root(), "containers need root") {
+        return;
+    }
+    let base = fixtures_cache().join("debian-bookworm-arm64");
+    if !require(
+        base.join("rootfs.tar").is_file(),
+        "debian-bookworm-arm64 base missing: run fixtures/bases/make-debian-arm64.sh (scripts/test.sh does)",
+    ) || !require(
+        arm64_handler_registered(),
+        "no qemu-aarch64 binfmt_misc handler with the F flag: run fixtures/binfmt/register.sh",
+    ) {
+        return;
+    }
+    let k = Kiln::new();
+    k.build_dir(
+        &base,
+        &["--platform", "linux/arm64", "-t", "debian:bookworm-arm64"],
+    )
+    .ok();
+    let app = tempfile::tempdir().unwrap();
+    write_tree(
+        app.path(),
+        &[(
+            "Dockerfile",
+            "FROM debian:bookworm-arm64\n\
+             RUN dpkg --print-architecture > /dpkg-arch && uname -m > /machine \
+             && apt-config dump | grep -c . > /apt-config-lines\n",
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    k.export_dir(
+        app.path(),
+        out.path(),
+        &["--platform", "linux/arm64", "--network", "none"],
+    )
+    .ok();
+    assert_eq!(read(&out.path().join("dpkg-arch")), "arm64");
+    assert_eq!(read(&out.path().join("machine")), "aarch64");
+    let lines: u32 = read(&out.path().join("apt-config-lines")).parse().unwrap();
+    assert!(lines > 10, "apt-config printed {lines} lines");
+    let v: Value =
+        serde_json::from_str(&k.run(&["inspect", "debian:bookworm-arm64"]).ok().stdout()).unwrap();
+    assert_eq!(v[0]["Architecture"], "arm64");
+}

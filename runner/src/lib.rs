@@ -45,6 +45,7 @@ pub mod restart;
 mod rootless_fs;
 mod seccomp;
 mod state;
+mod syscall_table;
 mod tty;
 pub mod user;
 pub mod userns;

@@ -95,6 +95,7 @@ impl Builder {
     ) -> Builder {
         let executor = Arc::new(executor::namespaces::NamespaceExecutor::new(
             store.scratch_dir(),
+            opts.seccomp_unconfined,
         ));
         Builder {
             outcomes: scheduler::Outcomes::new(plan.stages.len()),

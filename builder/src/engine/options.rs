@@ -44,6 +44,10 @@ pub struct Options {
     pub ssh: HashMap<String, PathBuf>,
     pub labels: BTreeMap<String, String>,
     pub source_date_epoch: Option<i64>,
+    /// `--security-opt seccomp=unconfined`: RUN steps without the syscall
+    /// filter. Not part of the cache key (as under `docker build`): what a
+    /// step writes does not depend on it.
+    pub seccomp_unconfined: bool,
     /// `--reproducible`: RUN steps also see SOURCE_DATE_EPOCH (unless the
     /// stage sets it), so that tools that honour it (Python's py_compile,
     /// pip, dpkg, gzip -n ...) write the same bytes every time. BuildKit

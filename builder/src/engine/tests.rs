@@ -138,6 +138,7 @@ impl Kit {
             ssh: Default::default(),
             labels: Default::default(),
             source_date_epoch: None,
+            seccomp_unconfined: false,
             epoch_in_run: false,
             max_parallelism: r.workers,
         };

@@ -220,6 +220,9 @@ pub struct BuildArgs {
     /// outbound access, the host's loopback unreachable).
     #[arg(long, value_enum, default_value = "default")]
     pub network: NetworkArg,
+    /// `seccomp=unconfined`: RUN steps without the default syscall filter (for the rare step that needs a call it denies).
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
     /// Type of progress output.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: Progress,

@@ -96,6 +96,7 @@ pub fn cmd_build(
             ssh: flags.ssh,
             labels: flags.labels,
             source_date_epoch: flags.source_date_epoch,
+            seccomp_unconfined: flags.seccomp_unconfined,
             epoch_in_run: args.reproducible || args.check_reproducible,
             max_parallelism: args
                 .max_parallelism
@@ -212,6 +213,8 @@ struct Flags {
     /// `--platform`: none for the host's, implicitly.
     platforms: Vec<Platform>,
     source_date_epoch: Option<i64>,
+    /// `--security-opt seccomp=unconfined`.
+    seccomp_unconfined: bool,
     /// Where `--reproducible` took the epoch from, when it chose one.
     epoch_note: Option<String>,
 }
@@ -263,6 +266,8 @@ impl Flags {
             .map(|o| parse_output(o))
             .collect::<Result<Vec<_>>>()?;
         let platforms = Platform::parse_list(&args.platforms)?;
+        let seccomp_unconfined = crate::security_opt::seccomp_unconfined(&args.security_opt)
+            .map_err(|e| Failure::new(1, e))?;
         let mut source_date_epoch = source_date_epoch(&mut build_args)?;
         let mut epoch_note = None;
         if (args.reproducible || args.check_reproducible) && source_date_epoch.is_none() {
@@ -283,6 +288,7 @@ impl Flags {
             outputs,
             platforms,
             source_date_epoch,
+            seccomp_unconfined,
             epoch_note,
         })
     }

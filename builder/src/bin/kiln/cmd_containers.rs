@@ -135,17 +135,8 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
     check_platform(&img.config)?;
     let cfg = &img.config.config;
     let argv = argv_of(&args, cfg)?;
-    let mut seccomp_unconfined = false;
-    for o in &args.security_opt {
-        match o.as_str() {
-            "seccomp=unconfined" | "seccomp:unconfined" => seccomp_unconfined = true,
-            other => {
-                return Err(run_failure(format!(
-                    "kiln: --security-opt {other}: not supported (kiln knows seccomp=unconfined)"
-                )))
-            }
-        }
-    }
+    let seccomp_unconfined =
+        crate::security_opt::seccomp_unconfined(&args.security_opt).map_err(run_failure)?;
     let mut ports = Vec::new();
     for p in &args.publish {
         ports.push(kiln_runner::parse_port_spec(p).map_err(|e| run_failure(format!("kiln: {e}")))?);

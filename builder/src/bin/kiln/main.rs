@@ -13,6 +13,7 @@ mod cmd_volumes;
 mod reproduce;
 mod run_health;
 mod run_mounts;
+mod security_opt;
 
 use std::io::Read;
 use std::process::ExitCode;

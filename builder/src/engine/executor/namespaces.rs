@@ -12,24 +12,28 @@ use super::{ExecSpec, ExecStatus, Executor, MountKind, Network};
 
 pub struct NamespaceExecutor {
     config: RunnerConfig,
+    /// `--security-opt seccomp=unconfined`.
+    seccomp_unconfined: bool,
 }
 
 impl NamespaceExecutor {
     /// Containers get their scratch dirs under `scratch_root`; every
     /// private-network process of this executor shares one network
     /// namespace and stack, started on first use and stopped with it.
-    pub fn new(scratch_root: PathBuf) -> NamespaceExecutor {
+    /// `seccomp_unconfined` drops the syscall filter for every RUN step.
+    pub fn new(scratch_root: PathBuf, seccomp_unconfined: bool) -> NamespaceExecutor {
         NamespaceExecutor {
             config: RunnerConfig {
                 scratch_root,
                 shared_net: Some(kiln_runner::SharedNet::new()),
                 ..Default::default()
             },
+            seccomp_unconfined,
         }
     }
 }
 
-fn container_spec(spec: &ExecSpec) -> ContainerSpec {
+fn container_spec(spec: &ExecSpec, seccomp_unconfined: bool) -> ContainerSpec {
     ContainerSpec {
         rootfs: RootFs {
             lowers: spec.lowers.clone(),
@@ -60,14 +64,16 @@ fn container_spec(spec: &ExecSpec) -> ContainerSpec {
             })
             .collect(),
         readonly_rootfs: false,
-        // RUN gets the default filter, as under BuildKit.
-        seccomp_unconfined: false,
+        // RUN gets the default filter, as under BuildKit, unless the build
+        // said --security-opt seccomp=unconfined. An emulated (QEMU) step
+        // is filtered with the host's ABIs: the emulator makes the calls.
+        seccomp_unconfined,
     }
 }
 
 impl Executor for NamespaceExecutor {
     fn run(&self, spec: &ExecSpec, output: &(dyn Fn(&str) + Sync)) -> Result<ExecStatus> {
-        let spec = container_spec(spec);
+        let spec = container_spec(spec, self.seccomp_unconfined);
         let (r, w): (OwnedFd, OwnedFd) = rustix::pipe::pipe().map_err(|e| anyhow!("pipe: {e}"))?;
         let w2 = w.try_clone()?;
         std::thread::scope(|s| {
