@@ -189,157 +189,13 @@ impl Applier {
         let pfd = self.parent(&parent, true, &h.path)?;
         let cbase = cstring(&base, &h.path)?;
         let full = comps.join(&b'/');
+        let dir = pfd.as_fd();
         match h.kind {
-            b'0' | 0 | b'7' => {
-                self.remove_existing(pfd.as_fd(), &cbase)?;
-                let fd = rustix::fs::openat(
-                    pfd.as_fd(),
-                    cbase.as_c_str(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|e| LayerError::io(shown(), e))?;
-                let mut f = File::from(fd);
-                let n = io::copy(data, &mut f).map_err(map_stream)?;
-                if n != h.size {
-                    return Err(LayerError::Malformed(format!(
-                        "truncated data for {:?}",
-                        shown()
-                    )));
-                }
-                self.set_owner(f.as_fd(), &h.path, h.uid, h.gid)?;
-                rustix::fs::fchmod(f.as_fd(), Mode::from_raw_mode(h.mode))
-                    .map_err(|e| LayerError::io(shown(), e))?;
-                self.set_xattrs(f.as_fd(), &h.path, &h.xattrs)?;
-                rustix::fs::futimens(f.as_fd(), &times(h.mtime))
-                    .map_err(|e| LayerError::io(shown(), e))?;
-            }
-            b'5' => {
-                let existing = stat_nofollow(pfd.as_fd(), &cbase)?;
-                if existing != Some(FileType::Directory) {
-                    if existing.is_some() {
-                        self.remove_existing(pfd.as_fd(), &cbase)?;
-                    }
-                    rustix::fs::mkdirat(pfd.as_fd(), cbase.as_c_str(), Mode::from_raw_mode(0o700))
-                        .map_err(|e| LayerError::io(shown(), e))?;
-                }
-                let dfd = rustix::fs::openat(
-                    pfd.as_fd(),
-                    cbase.as_c_str(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| LayerError::io(shown(), e))?;
-                self.set_owner(dfd.as_fd(), &h.path, h.uid, h.gid)?;
-                self.set_xattrs(dfd.as_fd(), &h.path, &h.xattrs)?;
-                self.dirs.push(DeferredDir {
-                    comps: comps.clone(),
-                    mode: h.mode,
-                    mtime: h.mtime,
-                });
-            }
-            b'2' => {
-                check_symlink(h)?;
-                self.remove_existing(pfd.as_fd(), &cbase)?;
-                rustix::fs::symlinkat(h.link.as_slice(), pfd.as_fd(), cbase.as_c_str())
-                    .map_err(|e| LayerError::io(shown(), e))?;
-                self.chown_at(pfd.as_fd(), &cbase, &h.path, h.uid, h.gid)?;
-                rustix::fs::utimensat(
-                    pfd.as_fd(),
-                    cbase.as_c_str(),
-                    &times(h.mtime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| LayerError::io(shown(), e))?;
-            }
-            b'1' => {
-                let target = String::from_utf8_lossy(&h.link).into_owned();
-                let bad = |reason: &str| LayerError::InvalidLink {
-                    path: shown(),
-                    target: target.clone(),
-                    reason: reason.to_string(),
-                };
-                let tcomps = clean_path(&h.link).map_err(|_| bad("target outside the root"))?;
-                let Some((tbase, tparent)) = tcomps.split_last() else {
-                    return Err(bad("target is the root"));
-                };
-                if tcomps == comps {
-                    return Err(bad("links to itself"));
-                }
-                let tpfd = self
-                    .parent(tparent, false, &h.link)
-                    .map_err(|_| bad("target not found"))?;
-                let ctbase = cstring(tbase, &h.link)?;
-                match stat_nofollow(tpfd.as_fd(), &ctbase)? {
-                    None => return Err(bad("target not found")),
-                    Some(FileType::Directory) => return Err(bad("target is a directory")),
-                    Some(_) => {}
-                }
-                self.remove_existing(pfd.as_fd(), &cbase)?;
-                // No AT_SYMLINK_FOLLOW: a symlink target is linked as the
-                // symlink itself, never what it points to.
-                rustix::fs::linkat(
-                    tpfd.as_fd(),
-                    ctbase.as_c_str(),
-                    pfd.as_fd(),
-                    cbase.as_c_str(),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| LayerError::io(shown(), e))?;
-            }
-            b'3' | b'4' | b'6' => {
-                let (major, minor) = check_device(h)?;
-                let ft = match h.kind {
-                    b'3' => FileType::CharacterDevice,
-                    b'4' => FileType::BlockDevice,
-                    _ => FileType::Fifo,
-                };
-                self.remove_existing(pfd.as_fd(), &cbase)?;
-                let dev = if h.kind == b'6' {
-                    0
-                } else {
-                    rustix::fs::makedev(major as u32, minor as u32)
-                };
-                rustix::fs::mknodat(
-                    pfd.as_fd(),
-                    cbase.as_c_str(),
-                    ft,
-                    Mode::from_raw_mode(0o600),
-                    dev,
-                )
-                .map_err(|e| {
-                    if e == Errno::PERM {
-                        LayerError::NotPermitted {
-                            op: "mknod",
-                            path: shown(),
-                            cause: e.into(),
-                        }
-                    } else {
-                        LayerError::io(shown(), e)
-                    }
-                })?;
-                self.chown_at(pfd.as_fd(), &cbase, &h.path, h.uid, h.gid)?;
-                // The entry was just created by us as a node, not a symlink,
-                // so following is not a concern here.
-                rustix::fs::chmodat(
-                    pfd.as_fd(),
-                    cbase.as_c_str(),
-                    Mode::from_raw_mode(h.mode),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| LayerError::io(shown(), e))?;
-                rustix::fs::utimensat(
-                    pfd.as_fd(),
-                    cbase.as_c_str(),
-                    &times(h.mtime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| LayerError::io(shown(), e))?;
-            }
+            b'0' | 0 | b'7' => self.write_file(dir, &cbase, h, data)?,
+            b'5' => self.write_dir(dir, &cbase, h, &comps)?,
+            b'2' => self.write_symlink(dir, &cbase, h)?,
+            b'1' => self.write_hardlink(dir, &cbase, h, &comps)?,
+            b'3' | b'4' | b'6' => self.write_node(dir, &cbase, h)?,
             other => {
                 return Err(LayerError::Unsupported {
                     path: shown(),
@@ -360,6 +216,166 @@ impl Applier {
         {
             self.cache = Some((parent.join(&b'/'), pfd));
         }
+        Ok(())
+    }
+
+    /// A regular file, created afresh (never through what was there).
+    fn write_file(
+        &mut self,
+        pfd: BorrowedFd<'_>,
+        cbase: &CStr,
+        h: &Hdr,
+        data: &mut dyn Read,
+    ) -> Result<(), LayerError> {
+        let shown = || String::from_utf8_lossy(&h.path).into_owned();
+        self.remove_existing(pfd, cbase)?;
+        let fd = rustix::fs::openat(
+            pfd,
+            cbase,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| LayerError::io(shown(), e))?;
+        let mut f = File::from(fd);
+        let n = io::copy(data, &mut f).map_err(map_stream)?;
+        if n != h.size {
+            return Err(LayerError::Malformed(format!(
+                "truncated data for {:?}",
+                shown()
+            )));
+        }
+        self.set_owner(f.as_fd(), &h.path, h.uid, h.gid)?;
+        rustix::fs::fchmod(f.as_fd(), Mode::from_raw_mode(h.mode))
+            .map_err(|e| LayerError::io(shown(), e))?;
+        self.set_xattrs(f.as_fd(), &h.path, &h.xattrs)?;
+        rustix::fs::futimens(f.as_fd(), &times(h.mtime)).map_err(|e| LayerError::io(shown(), e))?;
+        Ok(())
+    }
+
+    /// A directory: kept if there, its mode and mtime set at the end.
+    fn write_dir(
+        &mut self,
+        pfd: BorrowedFd<'_>,
+        cbase: &CStr,
+        h: &Hdr,
+        comps: &[Vec<u8>],
+    ) -> Result<(), LayerError> {
+        let shown = || String::from_utf8_lossy(&h.path).into_owned();
+        let existing = stat_nofollow(pfd, cbase)?;
+        if existing != Some(FileType::Directory) {
+            if existing.is_some() {
+                self.remove_existing(pfd, cbase)?;
+            }
+            rustix::fs::mkdirat(pfd, cbase, Mode::from_raw_mode(0o700))
+                .map_err(|e| LayerError::io(shown(), e))?;
+        }
+        let dfd = rustix::fs::openat(
+            pfd,
+            cbase,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| LayerError::io(shown(), e))?;
+        self.set_owner(dfd.as_fd(), &h.path, h.uid, h.gid)?;
+        self.set_xattrs(dfd.as_fd(), &h.path, &h.xattrs)?;
+        self.dirs.push(DeferredDir {
+            comps: comps.to_vec(),
+            mode: h.mode,
+            mtime: h.mtime,
+        });
+        Ok(())
+    }
+
+    /// A symlink, stored as it is (never followed).
+    fn write_symlink(
+        &mut self,
+        pfd: BorrowedFd<'_>,
+        cbase: &CStr,
+        h: &Hdr,
+    ) -> Result<(), LayerError> {
+        let shown = || String::from_utf8_lossy(&h.path).into_owned();
+        check_symlink(h)?;
+        self.remove_existing(pfd, cbase)?;
+        rustix::fs::symlinkat(h.link.as_slice(), pfd, cbase)
+            .map_err(|e| LayerError::io(shown(), e))?;
+        self.chown_at(pfd, cbase, &h.path, h.uid, h.gid)?;
+        rustix::fs::utimensat(pfd, cbase, &times(h.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| LayerError::io(shown(), e))?;
+        Ok(())
+    }
+
+    /// A hard link to an entry already in the layer or below it.
+    fn write_hardlink(
+        &mut self,
+        pfd: BorrowedFd<'_>,
+        cbase: &CStr,
+        h: &Hdr,
+        comps: &[Vec<u8>],
+    ) -> Result<(), LayerError> {
+        let shown = || String::from_utf8_lossy(&h.path).into_owned();
+        let target = String::from_utf8_lossy(&h.link).into_owned();
+        let bad = |reason: &str| LayerError::InvalidLink {
+            path: shown(),
+            target: target.clone(),
+            reason: reason.to_string(),
+        };
+        let tcomps = clean_path(&h.link).map_err(|_| bad("target outside the root"))?;
+        let Some((tbase, tparent)) = tcomps.split_last() else {
+            return Err(bad("target is the root"));
+        };
+        if tcomps.as_slice() == comps {
+            return Err(bad("links to itself"));
+        }
+        let tpfd = self
+            .parent(tparent, false, &h.link)
+            .map_err(|_| bad("target not found"))?;
+        let ctbase = cstring(tbase, &h.link)?;
+        match stat_nofollow(tpfd.as_fd(), &ctbase)? {
+            None => return Err(bad("target not found")),
+            Some(FileType::Directory) => return Err(bad("target is a directory")),
+            Some(_) => {}
+        }
+        self.remove_existing(pfd, cbase)?;
+        // No AT_SYMLINK_FOLLOW: a symlink target is linked as the
+        // symlink itself, never what it points to.
+        rustix::fs::linkat(tpfd, ctbase.as_c_str(), pfd, cbase, AtFlags::empty())
+            .map_err(|e| LayerError::io(shown(), e))?;
+        Ok(())
+    }
+
+    /// A device node or a fifo.
+    fn write_node(&mut self, pfd: BorrowedFd<'_>, cbase: &CStr, h: &Hdr) -> Result<(), LayerError> {
+        let shown = || String::from_utf8_lossy(&h.path).into_owned();
+        let (major, minor) = check_device(h)?;
+        let ft = match h.kind {
+            b'3' => FileType::CharacterDevice,
+            b'4' => FileType::BlockDevice,
+            _ => FileType::Fifo,
+        };
+        self.remove_existing(pfd, cbase)?;
+        let dev = if h.kind == b'6' {
+            0
+        } else {
+            rustix::fs::makedev(major as u32, minor as u32)
+        };
+        rustix::fs::mknodat(pfd, cbase, ft, Mode::from_raw_mode(0o600), dev).map_err(|e| {
+            if e == Errno::PERM {
+                LayerError::NotPermitted {
+                    op: "mknod",
+                    path: shown(),
+                    cause: e.into(),
+                }
+            } else {
+                LayerError::io(shown(), e)
+            }
+        })?;
+        self.chown_at(pfd, cbase, &h.path, h.uid, h.gid)?;
+        // The entry was just created by us as a node, not a symlink,
+        // so following is not a concern here.
+        rustix::fs::chmodat(pfd, cbase, Mode::from_raw_mode(h.mode), AtFlags::empty())
+            .map_err(|e| LayerError::io(shown(), e))?;
+        rustix::fs::utimensat(pfd, cbase, &times(h.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| LayerError::io(shown(), e))?;
         Ok(())
     }
 
