@@ -27,7 +27,7 @@ use crate::error::RunError;
 use crate::helper::{self, report, Process, CONSOLE_FD};
 use crate::proto::{send, Msg, MsgReader};
 use crate::user::resolve_user;
-use crate::{ContainerSpec, RunnerConfig, Stdio, DEFAULT_PATH};
+use crate::{ContainerSpec, RunnerConfig, Stdio};
 
 /// What `docker exec` takes.
 #[derive(Debug, Clone, Default)]
@@ -383,19 +383,7 @@ fn exec_in(job: &ExecJob) -> Result<i32, (String, Option<i32>)> {
     let group = std::fs::read_to_string("/etc/group").ok();
     let user = resolve_user(job.user.as_deref(), passwd.as_deref(), group.as_deref())
         .map_err(|e| (e.to_string(), Some(126)))?;
-    let mut env = helper::dedup_env(&job.env);
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push(format!("PATH={DEFAULT_PATH}"));
-    }
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", user.home));
-    }
-    let path = env
-        .iter()
-        .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH)
-        .to_string();
+    let (env, path) = helper::process_env(&job.env, &user.home);
     let console = if job.tty {
         // SAFETY: fd 4 is the console socket (kept open by exec_main).
         let sock = unsafe { BorrowedFd::borrow_raw(CONSOLE_FD) };

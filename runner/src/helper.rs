@@ -779,19 +779,7 @@ fn setup_and_exec(job: &Job, layout: &Layout) -> Result<Pid, (String, Option<i32
     )
     .map_err(|e| setup(e.to_string()))?;
 
-    let mut env = dedup_env(&job.spec.env);
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push(format!("PATH={DEFAULT_PATH}"));
-    }
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", user.home));
-    }
-    let path = env
-        .iter()
-        .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH)
-        .to_string();
+    let (env, path) = process_env(&job.spec.env, &user.home);
 
     // From here on files are created with Docker's umask.
     rustix::process::umask(Mode::from_raw_mode(0o022));
@@ -1016,6 +1004,26 @@ fn exec_error(name: &str, e: std::io::Error) -> (String, i32) {
         }
         _ => (format!("exec: \"{name}\": {e}"), 126),
     }
+}
+
+/// The environment a container process starts with, as Docker gives it:
+/// the spec's variables (the last of each name), `PATH` and `HOME` when
+/// unset; and the `PATH` that finds the command.
+pub(crate) fn process_env(spec_env: &[String], home: &str) -> (Vec<String>, String) {
+    let mut env = dedup_env(spec_env);
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_string();
+    (env, path)
 }
 
 /// Later values of a variable replace earlier ones in place (Docker's
