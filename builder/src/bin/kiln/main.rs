@@ -8,6 +8,7 @@ mod cmd_attest;
 mod cmd_build;
 mod cmd_containers;
 mod cmd_images;
+mod cmd_inspect_ctr;
 mod cmd_registry;
 mod cmd_volumes;
 mod reproduce;
@@ -82,6 +83,8 @@ fn user_namespace_need(c: &Command) -> Need {
         | Command::Save(_)
         | Command::Ps(_)
         | Command::Logs(_)
+        | Command::Top(_)
+        | Command::Port(_)
         | Command::Push(_)
         | Command::Cache {
             command: CacheCommand::Ls { .. } | CacheCommand::Du | CacheCommand::Why { .. },
@@ -220,7 +223,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd_containers::rm(&open_store(&cli.root, &cli.limits, &access)?, &args)
         }
         Command::Logs(args) => {
-            cmd_containers::logs(&open_store(&cli.root, &cli.limits, &access)?, &args)
+            cmd_inspect_ctr::logs(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Top(args) => {
+            cmd_inspect_ctr::top(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Port(args) => {
+            cmd_inspect_ctr::port(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Cp(args) => {
+            cmd_inspect_ctr::cp(&open_store(&cli.root, &cli.limits, &access)?, &args)
         }
         Command::Exec(args) => {
             cmd_containers::exec(&open_store(&cli.root, &cli.limits, &access)?, args)
