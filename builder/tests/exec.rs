@@ -116,6 +116,27 @@ fn exec_joins_the_running_container() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(later, "later\n");
+    // -d -t: the process has a terminal of the container's devpts that
+    // nobody reads; its output (more than a pty buffer) does not block it.
+    k.run(&[
+        "exec",
+        "-d",
+        "-t",
+        "web",
+        "sh",
+        "-c",
+        "seq 1 20000; [ -t 0 ] && tty > /tmp/t.tmp && mv /tmp/t.tmp /tmp/t",
+    ])
+    .ok();
+    let mut tty = String::new();
+    for _ in 0..100 {
+        tty = k.run(&["exec", "web", "cat", "/tmp/t"]).stdout();
+        if !tty.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(tty.starts_with("/dev/pts/"), "{tty:?}");
     k.run(&["rm", "-f", "web"]).ok();
 }
 

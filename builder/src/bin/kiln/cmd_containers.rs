@@ -519,11 +519,6 @@ pub fn exec(store: &Store, args: ExecArgs) -> Result<ExitCode> {
     if let Some(u) = &args.user {
         kiln_runner::user::check_spec(u).map_err(|e| Failure::new(126, format!("kiln: {e}")))?;
     }
-    if args.detach && args.tty {
-        return Err(run_failure(
-            "kiln: exec -d with -t is not built yet (a detached exec has no terminal to attach)",
-        ));
-    }
     let opts = kiln_runner::ExecOptions {
         args: args.command.clone(),
         env: args.env.iter().map(|e| expand_env_arg(e)).collect(),
