@@ -264,7 +264,13 @@ impl Root {
             Mode::empty(),
         )
         .map_err(|e| RunError::io("opening the container's root", e.into()))?;
+        // In the container's own user namespace (rootless kiln joins it),
+        // its IDs are ours: /proc/PID/uid_map would show the parent's.
+        let ours = crate::userns::in_user_namespace_of(pid);
         let map = |f: &str| {
+            if ours {
+                return Ok(IdMap::parse("0 0 4294967295"));
+            }
             std::fs::read_to_string(format!("/proc/{pid}/{f}"))
                 .map(|s| IdMap::parse(&s))
                 .map_err(|e| RunError::io(format!("reading the container's {f}"), e))

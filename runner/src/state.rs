@@ -871,6 +871,11 @@ impl Containers {
         crate::exec::start(&self.cfg, &job, opts.interactive)
     }
 
+    /// The host PID of a running container's PID 1.
+    pub fn main_pid(&self, name: &str) -> Result<i32, RunError> {
+        Ok(self.running(name)?.1.pid)
+    }
+
     /// The host PIDs of a running container's processes (`kiln top`).
     pub fn pids(&self, name: &str) -> Result<std::collections::BTreeSet<i32>, RunError> {
         let (_, st) = self.running(name)?;

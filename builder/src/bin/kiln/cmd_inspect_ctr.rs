@@ -162,6 +162,34 @@ fn human_size(n: u64) -> String {
     format!("{s}{}", units[i])
 }
 
+/// The one container a `kiln cp` names (None: none, or two).
+pub fn cp_container(args: &CpArgs) -> Option<&str> {
+    match (split_cp_arg(&args.src).0, split_cp_arg(&args.dest).0) {
+        (Some(c), None) | (None, Some(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// Rootless `exec`, `cp`, `top`: join the user namespace of the running
+/// container `name` (made by the `kiln run` that started it), where this
+/// user is root. A container that is missing or not running is left to
+/// the command itself, which says so in docker's words.
+pub fn join_rootless(root: &Option<std::path::PathBuf>, name: &str) -> Result<(), String> {
+    if rustix::process::getuid().is_root() {
+        return Ok(());
+    }
+    let root = root.clone().unwrap_or_else(Store::default_root);
+    let Ok(store) = Store::open(&root) else {
+        return Ok(());
+    };
+    let pid = match containers(&store).map(|c| c.main_pid(name)) {
+        Ok(Ok(pid)) => pid,
+        _ => return Ok(()),
+    };
+    drop(store);
+    kiln_runner::userns::join_user_namespace_of(pid).map(|_| ())
+}
+
 pub fn cp(store: &Store, args: &CpArgs) -> Result<ExitCode> {
     let usage = |m: &str| -> anyhow::Error { Failure::new(1, format!("kiln: {m}")).into() };
     if args.src.is_empty() || args.dest.is_empty() {
