@@ -198,3 +198,58 @@ fn build_steps_are_filtered_unless_the_build_says_unconfined() {
         bad.stderr()
     );
 }
+
+/// The host path of the helper that supervises a running container's
+/// PID 1 (its parent).
+fn helper_exe_of(k: &Kiln, name: &str) -> std::path::PathBuf {
+    let v: serde_json::Value =
+        serde_json::from_str(&k.run(&["inspect", name]).ok().stdout()).unwrap();
+    let pid = v[0]["State"]["Pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ppid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    std::fs::read_link(format!("/proc/{ppid}/exe")).unwrap()
+}
+
+/// kiln starts containers through `kiln-helper` when it sits beside it,
+/// was built with it and is as trusted as kiln; otherwise through itself.
+#[test]
+fn the_small_helper_beside_kiln_is_used_only_when_it_is_kilns_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(k) = setup() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let kiln = dir.path().join("kiln");
+    std::fs::copy(common::kiln_bin(), &kiln).unwrap();
+    let helper = dir.path().join("kiln-helper");
+    let built = std::path::PathBuf::from(env!("CARGO_BIN_EXE_kiln-helper"));
+    let run = |name: &str| {
+        let out = std::process::Command::new(&kiln)
+            .env("KILN_ROOT", k.root.path())
+            .args(["run", "-d", "--name", name, "busybox", "sleep", "30"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let exe = helper_exe_of(&k, name);
+        k.run(&["rm", "-f", name]).ok();
+        exe
+    };
+    // No helper: kiln itself.
+    assert_eq!(run("none"), kiln);
+    std::fs::copy(&built, &helper).unwrap();
+    assert_eq!(run("own"), helper);
+    // Writable by its group: not trusted.
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o775)).unwrap();
+    assert_eq!(run("loose"), kiln);
+    // Another build's helper (its build ID differs): not used.
+    std::fs::write(&helper, "#!/bin/sh\necho 0000000000000000\n").unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(run("stale"), kiln);
+}

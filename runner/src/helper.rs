@@ -41,7 +41,12 @@ pub(crate) const CONSOLE_FD: RawFd = 4;
 pub(crate) fn init_hook() {
     let mut args = std::env::args_os();
     let _ = args.next();
-    if args.next().as_deref() != Some(std::ffi::OsStr::new(MARKER)) {
+    let first = args.next();
+    if first.as_deref() == Some(std::ffi::OsStr::new(BUILD_ID_FLAG)) {
+        println!("{}", crate::BUILD_ID);
+        std::process::exit(0);
+    }
+    if first.as_deref() != Some(std::ffi::OsStr::new(MARKER)) {
         return;
     }
     let role = args.next();
@@ -62,6 +67,9 @@ pub(crate) fn init_hook() {
     };
     std::process::exit(code);
 }
+
+/// `HELPER --kiln-helper-build-id` prints the helper's [`crate::BUILD_ID`].
+pub(crate) const BUILD_ID_FLAG: &str = "--kiln-helper-build-id";
 
 /// Start the helper binary with `role`, the given
 /// stdio, and one end of a socketpair as fd 3. The caller's fds are not
@@ -84,7 +92,12 @@ pub(crate) fn spawn_helper(
         None => None,
     };
     let console_raw = console.as_ref().map(|c| c.as_raw_fd());
-    let mut cmd = Command::new(&cfg.helper_exe);
+    // The default, ourselves, gives way to a small helper built with us.
+    let exe = match cfg.helper_exe.as_os_str() == "/proc/self/exe" {
+        true => crate::helper_beside_current_exe().unwrap_or_else(|| cfg.helper_exe.clone()),
+        false => cfg.helper_exe.clone(),
+    };
+    let mut cmd = Command::new(&exe);
     cmd.arg0("kiln-runner").arg(MARKER).arg(role).args(args);
     cmd.env_clear();
     cmd.stdin(match stdio.stdin {
@@ -114,7 +127,7 @@ pub(crate) fn spawn_helper(
     }
     let child = cmd
         .spawn()
-        .map_err(|e| RunError::io(format!("starting helper {}", cfg.helper_exe.display()), e))?;
+        .map_err(|e| RunError::io(format!("starting helper {}", exe.display()), e))?;
     drop(theirs);
     drop(console);
     Ok((child, ours))

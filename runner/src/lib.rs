@@ -78,11 +78,55 @@ pub fn init_hook() {
     helper::init_hook()
 }
 
+/// The runner's helper protocol as built: a hash of this crate's sources.
+pub const BUILD_ID: &str = env!("KILN_RUNNER_BUILD_ID");
+
+/// `kiln-helper` beside the running binary, when it is a helper built from
+/// the same runner sources ([`BUILD_ID`]) and as trusted as the binary
+/// itself (owned by root or by us, writable by nobody else). Executing a
+/// small helper instead of a large caller twice per container is most of
+/// a container's start-up (bench/README.md, profile 7). Looked up once
+/// per process.
+pub fn helper_beside_current_exe() -> Option<PathBuf> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let exe = std::env::current_exe().ok()?;
+            // The helper itself (a monitor) re-executes itself.
+            if exe.file_name()? == "kiln-helper" {
+                return None;
+            }
+            let helper = exe.parent()?.join("kiln-helper");
+            trusted_helper(&helper).then_some(helper)
+        })
+        .clone()
+}
+
+fn trusted_helper(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(p) else {
+        return false;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    let owner_ok = m.uid() == 0 || m.uid() == me;
+    if !m.is_file() || !owner_ok || m.mode() & 0o022 != 0 || m.mode() & 0o111 == 0 {
+        return false;
+    }
+    std::process::Command::new(p)
+        .arg(helper::BUILD_ID_FLAG)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == BUILD_ID.as_bytes())
+}
+
 /// How to start helpers.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     /// The binary to re-execute as the helper; its `main` must call
-    /// [`init_hook`] first. Default: `/proc/self/exe`, the running binary.
+    /// [`init_hook`] first. Default: `/proc/self/exe`, the running binary,
+    /// or [`helper_beside_current_exe`] when there is one.
     pub helper_exe: PathBuf,
     /// Where foreground containers get their scratch dir (generated /etc
     /// files, mount stubs, the upper dir when none is given). Default: the
