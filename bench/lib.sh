@@ -204,6 +204,78 @@ build_buildah_img() { # TAG CONTEXT
     "${BUILDAH[@]}" bud --layers --network=host -q -t "$1" "$2"
 }
 
+# ------------------------------------------- docker26 (BuildKit 0.13) ----
+# Docker 26.1 from the Debian 13 root (fixtures/docker/start-dockerd-modern.sh,
+# the engine the tests use), driven by its own CLI (fixtures/docker/docker26).
+
+DOCKER26=$REPO/fixtures/docker/docker26
+
+setup_docker26() {
+    local modern
+    modern="$("$REPO/fixtures/docker/start-dockerd-modern.sh")" || die "the Docker 26.1 engine did not start"
+    export KILN_DOCKER_MODERN=${modern#DOCKER_HOST=}
+    "$REPO/fixtures/docker/load-bases.sh" --modern busybox python \
+        >"$BENCH_STATE/docker26-load.log" 2>&1 || {
+        tail -n 20 "$BENCH_STATE/docker26-load.log" >&2
+        die "Docker 26.1 could not load the bases"
+    }
+}
+
+reset_docker26() {
+    DOCKER=$DOCKER26 reset_docker
+}
+
+build_docker26_img() { # TAG CONTEXT
+    DOCKER=$DOCKER26 build_docker_img "$@"
+}
+
+# ----------------------------------------------------------- buildah139 ----
+# Debian 13's buildah 1.39 in the same root (fixtures/docker/buildah26), its
+# storage apart from the tests' (KILN_BUILDAH_DATA).
+
+BUILDAH139=("$REPO/fixtures/docker/buildah26")
+export KILN_BUILDAH_DATA=${KILN_BUILDAH_DATA:-$BENCH_STATE/buildah139}
+
+buildah139() { # [--bind DIR]... ARGS: the wrapper, with the bench's dirs bound
+    "${BUILDAH139[@]}" --bind "$FIXTURES_CACHE" --bind "$BENCH_CACHE" "$@"
+}
+
+setup_buildah139() {
+    mkdir -p "$KILN_BUILDAH_DATA"
+    local tag ctx
+    for tag in busybox:latest python:3.11-slim; do
+        case $tag in
+            busybox:*) ctx=$FIXTURES_CACHE/busybox ;;
+            *) ctx=$FIXTURES_CACHE/python-3.11-slim ;;
+        esac
+        if buildah139 inspect --type image "$tag" >/dev/null 2>&1; then
+            continue
+        fi
+        log "buildah 1.39: importing $tag from $ctx"
+        buildah139 bud --layers --network=host -q -t "$tag" "$ctx" \
+            >>"$BENCH_STATE/buildah139-load.log" 2>&1 || {
+            tail -n 20 "$BENCH_STATE/buildah139-load.log" >&2
+            die "buildah 1.39 could not import $tag"
+        }
+    done
+    buildah139 rmi --prune >/dev/null 2>&1 || true
+}
+
+reset_buildah139() {
+    buildah139 rm --all >/dev/null 2>&1 || true
+    local imgs
+    imgs="$(buildah139 images --format '{{.Name}}:{{.Tag}}' | grep '/bench-' || true)"
+    if [ -n "$imgs" ]; then
+        # shellcheck disable=SC2086
+        buildah139 rmi -f $imgs >/dev/null
+    fi
+    buildah139 rmi --prune >/dev/null 2>&1 || true
+}
+
+build_buildah139_img() { # TAG CONTEXT
+    buildah139 bud --layers --network=host -q -t "$1" "$2"
+}
+
 # ----------------------------------------------------------------- timing ----
 
 # timed TOOL TAG CONTEXT: builds, prints the wall time in seconds on stdout;

@@ -18,7 +18,10 @@
 #
 # Environment:
 #   BENCH_RUNS     runs per case and tool (default 5)
-#   BENCH_TOOLS    subset of "kiln docker buildah" (default all three)
+#   BENCH_TOOLS    subset of "kiln docker docker26 buildah buildah139"
+#                  (default "kiln docker buildah"): docker = Docker 20.10's
+#                  BuildKit 0.8, docker26 = Docker 26.1's BuildKit 0.13,
+#                  buildah = Debian 12's 1.28, buildah139 = Debian 13's 1.39
 #   BENCH_CASES    subset of "flask run20 stages copy200" (default all)
 #   KILN           kiln binary (default: cargo build --release into
 #                  $CARGO_TARGET_DIR or ./target); KILN_PREBUILT=1 skips the build
@@ -52,7 +55,9 @@ for tool in "${TOOLS[@]}"; do
         kiln) setup_kiln ;;
         docker) setup_docker ;;
         buildah) setup_buildah ;;
-        *) die "unknown tool '$tool' (known: kiln docker buildah)" ;;
+        docker26) setup_docker26 ;;
+        buildah139) setup_buildah139 ;;
+        *) die "unknown tool '$tool' (known: kiln docker docker26 buildah buildah139)" ;;
     esac
 done
 

@@ -15,7 +15,15 @@ import statistics
 import sys
 from collections import defaultdict
 
-TOOLS = [("kiln", "kiln"), ("docker", "BuildKit"), ("buildah", "buildah")]
+TOOLS = [
+    ("kiln", "kiln"),
+    ("docker", "BuildKit"),
+    ("docker26", "BuildKit 0.13"),
+    ("buildah", "buildah"),
+    ("buildah139", "buildah 1.39"),
+]
+# Ratio columns after issue 7's target (kiln/BuildKit 0.8): the newer peers.
+EXTRA_RATIOS = [("docker26", "kiln/BuildKit 0.13"), ("buildah139", "kiln/buildah 1.39")]
 
 # case id -> (description, target for kiln/BuildKit from issue 7)
 CASES = [
@@ -66,6 +74,7 @@ def build_rows(ok, failed):
     cases += [(c, c, None) for c in extra]
     header = ["case"] + [f"{name} s, median (min-max)" for t, name in TOOLS if t in present_tools]
     header += ["kiln/BuildKit", "target", "met", "kiln/buildah"]
+    header += [name for t, name in EXTRA_RATIOS if t in present_tools]
     rows = []
     for case, desc, target in cases:
         row = [desc]
@@ -89,6 +98,10 @@ def build_rows(ok, failed):
         else:
             row.append("yes" if r_bk <= target else "NO")
         row.append(f"{r_ba:.2f}" if r_ba is not None else "-")
+        for t, _ in EXTRA_RATIOS:
+            if t in present_tools:
+                r = med["kiln"] / med[t] if kiln and t in med else None
+                row.append(f"{r:.2f}" if r is not None else "-")
         rows.append(row)
     return header, rows
 
