@@ -18,12 +18,7 @@ fn setup() -> Option<Kiln> {
 
 /// An image FROM busybox with `body` after the FROM line.
 fn image(k: &Kiln, tag: &str, body: &str) {
-    let ctx = tempfile::tempdir().unwrap();
-    common::write_tree(
-        ctx.path(),
-        &[("Dockerfile", format!("FROM busybox\n{body}"))],
-    );
-    k.build_dir(ctx.path(), &["-t", tag]).ok();
+    common::image_from_busybox(k, tag, body)
 }
 
 fn detached(k: &Kiln, args: &[&str]) {

@@ -246,19 +246,7 @@ impl Copier {
         let target = rustix::fs::readlinkat(src, "", Vec::new()).map_err(|e| err(name, e))?;
         clear(dst, name)?;
         rustix::fs::symlinkat(target.as_c_str(), dst, name).map_err(|e| err(name, e))?;
-        if let Some((u, g)) = self.owner.ids(st) {
-            rustix::fs::chownat(
-                dst,
-                name,
-                Some(rustix::fs::Uid::from_raw(u)),
-                Some(rustix::fs::Gid::from_raw(g)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| err(name, e))?;
-        }
-        let times = times_of(st);
-        rustix::fs::utimensat(dst, name, &times, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| err(name, e))
+        self.set_meta_at(dst, name, st)
     }
 
     fn node(
@@ -277,13 +265,13 @@ impl Copier {
             )),
             e => err(name, e),
         })?;
-        let out = rustix::fs::openat(
-            dst,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| err(name, e))?;
+        // mknodat gave it its mode; owner and times by name.
+        self.set_meta_at(dst, name, st)
+    }
+
+    /// Owner and times of the link or node `name` in `dst`, by name
+    /// (never followed).
+    fn set_meta_at(&self, dst: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<(), RunError> {
         if let Some((u, g)) = self.owner.ids(st) {
             rustix::fs::chownat(
                 dst,
@@ -294,7 +282,6 @@ impl Copier {
             )
             .map_err(|e| err(name, e))?;
         }
-        drop(out);
         rustix::fs::utimensat(dst, name, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| err(name, e))
     }

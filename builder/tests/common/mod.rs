@@ -169,6 +169,17 @@ pub fn root_with_busybox(why: &str) -> Option<Kiln> {
     Some(k)
 }
 
+/// Builds `tag` FROM busybox with `body` after the FROM line.
+#[allow(dead_code)]
+pub fn image_from_busybox(k: &Kiln, tag: &str, body: &str) {
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[("Dockerfile", format!("FROM busybox\n{body}"))],
+    );
+    k.build_dir(ctx.path(), &["-t", tag]).ok();
+}
+
 /// Writes files (path, content) under `dir`.
 pub fn write_tree<S: AsRef<str>>(dir: &Path, files: &[(&str, S)]) {
     for (p, c) in files {
