@@ -239,15 +239,42 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 cmd_build::cache_why(&open_store(&cli.root, &cli.limits, &access)?, &target)
             }
             CacheCommand::Prune {
+                registry: Some(repo),
                 all,
                 keep_storage,
                 filters,
-            } => cmd_images::cache_prune(
-                &open_store(&cli.root, &cli.limits, &access)?,
+                keep,
+                dry_run,
+            } => {
+                if all || keep_storage.is_some() || !filters.is_empty() {
+                    return Err(Failure::new(1, "kiln: cache prune --registry prunes a registry repository: --all, --keep-storage and --filter are for the local cache").into());
+                }
+                cmd_registry::cache_prune_registry(
+                    &open_store(&cli.root, &cli.limits, &access)?,
+                    &access,
+                    &repo,
+                    keep,
+                    dry_run,
+                )
+            }
+            CacheCommand::Prune {
                 all,
-                keep_storage.as_deref(),
-                &filters,
-            ),
+                keep_storage,
+                filters,
+                keep,
+                dry_run,
+                ..
+            } => {
+                if keep.is_some() || dry_run {
+                    return Err(Failure::new(1, "kiln: cache prune: --keep and --dry-run go with --registry REGISTRY/REPO").into());
+                }
+                cmd_images::cache_prune(
+                    &open_store(&cli.root, &cli.limits, &access)?,
+                    all,
+                    keep_storage.as_deref(),
+                    &filters,
+                )
+            }
         },
         Command::System { command } => {
             let store = open_store(&cli.root, &cli.limits, &access)?;
