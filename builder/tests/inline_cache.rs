@@ -17,8 +17,12 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// `curl` against the registry: (HTTP status, body).
 fn curl(method: &str, url: &str) -> (u16, String) {
+    // HEAD with -I: with -X HEAD curl waits for the body the headers announce.
+    let how: &[&str] = if method == "HEAD" { &["-I"] } else { &["-X", method] };
     let out = Command::new("curl")
-        .args(["--noproxy", "*", "-s", "-X", method, "-H"])
+        .args(["--noproxy", "*", "-s", "--max-time", "20"])
+        .args(how)
+        .arg("-H")
         .arg(format!("Accept: {OCI_MANIFEST}"))
         .args(["-w", "\n%{http_code}", url])
         .output()
@@ -179,7 +183,7 @@ fn hit_source(stderr: &str, step: &str) -> String {
             label = Some(n.to_string());
         } else if label.as_deref() == Some(n) {
             if let Some(o) = text.strip_prefix("CACHED (from ") {
-                return o.trim_end_matches(')').to_string();
+                return o.strip_suffix(')').unwrap_or(o).to_string();
             }
         }
     }
