@@ -18,7 +18,11 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// `curl` against the registry: (HTTP status, body).
 fn curl(method: &str, url: &str) -> (u16, String) {
     // HEAD with -I: with -X HEAD curl waits for the body the headers announce.
-    let how: &[&str] = if method == "HEAD" { &["-I"] } else { &["-X", method] };
+    let how: &[&str] = if method == "HEAD" {
+        &["-I"]
+    } else {
+        &["-X", method]
+    };
     let out = Command::new("curl")
         .args(["--noproxy", "*", "-s", "--max-time", "20"])
         .args(how)
@@ -198,14 +202,20 @@ fn an_inline_cache_round_trips_across_two_empty_roots() {
     let image = s.name("app/img:main");
     // Runner 1: the image carries its cache in its config.
     let a = Kiln::new();
-    build(&a, &s, &["--cache-to", "type=inline", "--push", "-t", &image]);
+    build(
+        &a,
+        &s,
+        &["--cache-to", "type=inline", "--push", "-t", &image],
+    );
     let m = s.manifest("app/img", "main");
     let config = s.blob_json("app/img", m["config"]["digest"].as_str().unwrap());
     let records = config["kiln.cache.v1"]["records"].as_array().unwrap();
     // FROM, RUN, COPY, CMD: the image's own chain.
     assert_eq!(records.len(), 4, "{config}");
     assert!(
-        records.iter().all(|r| r["layer"].is_null() || r["layer"].is_string()),
+        records
+            .iter()
+            .all(|r| r["layer"].is_null() || r["layer"].is_string()),
         "layers travel by diffID: {config}"
     );
 
@@ -278,7 +288,10 @@ fn two_cache_sources_the_first_hit_wins_and_explain_names_each() {
     build(
         &Kiln::new(),
         &s,
-        &["--cache-to", &format!("type=registry,ref={main_cache},mode=max")],
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={main_cache},mode=max"),
+        ],
     );
     // The branch: app v2, its image pushed with an inline cache.
     s.edit("app.txt", "app v2\n");
@@ -296,7 +309,13 @@ fn two_cache_sources_the_first_hit_wins_and_explain_names_each() {
     let run = build(
         &c,
         &s,
-        &["--explain", "--cache-from", &from_main, "--cache-from", &pr_image],
+        &[
+            "--explain",
+            "--cache-from",
+            &from_main,
+            "--cache-from",
+            &pr_image,
+        ],
     );
     let err = run.stderr();
     assert!(ran(&err).is_empty(), "{err}");
@@ -317,14 +336,23 @@ fn two_cache_sources_the_first_hit_wins_and_explain_names_each() {
     let run = build(
         &d,
         &s,
-        &["--explain", "--cache-from", &pr_image, "--cache-from", &from_main],
+        &[
+            "--explain",
+            "--cache-from",
+            &pr_image,
+            "--cache-from",
+            &from_main,
+        ],
     );
     let err = run.stderr();
     assert!(ran(&err).is_empty(), "{err}");
     assert_eq!(hit_source(&err, "RUN echo built"), from_pr);
     assert_eq!(hit_source(&err, "COPY app.txt"), from_pr);
     let ls = d.run(&["cache", "ls"]).ok().stdout();
-    assert!(ls.contains("IMPORTED FROM") && ls.contains(&from_pr), "{ls}");
+    assert!(
+        ls.contains("IMPORTED FROM") && ls.contains(&from_pr),
+        "{ls}"
+    );
 }
 
 /// The records of the cache `repo:tag` names.
@@ -348,7 +376,16 @@ fn a_re_export_replaces_its_ref() {
     let first = s.digest("app/cache", "main");
     let n = records(&s, "app/cache", "main").len();
     s.edit("app.txt", "app v2\n");
-    let run = build(&a, &s, &["--cache-from", &format!("type=registry,ref={cache}"), "--cache-to", &to]);
+    let run = build(
+        &a,
+        &s,
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+            "--cache-to",
+            &to,
+        ],
+    );
     // The tag moved; the cache it names is this build's, no bigger.
     let second = s.digest("app/cache", "main");
     assert_ne!(first, second);
@@ -389,7 +426,10 @@ fn prune_keeps_the_newest_caches_and_deletes_what_only_the_others_name() {
     // their newest record, in seconds), each with a COPY layer of its own.
     for (i, b) in ["b1", "b2", "b3"].iter().enumerate() {
         s.edit("app.txt", &format!("app of {b}\n"));
-        let to = format!("type=registry,ref={},mode=max", s.name(&format!("app/cache:{b}")));
+        let to = format!(
+            "type=registry,ref={},mode=max",
+            s.name(&format!("app/cache:{b}"))
+        );
         build(&k, &s, &["--cache-to", &to]);
         if i < 2 {
             std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -410,7 +450,15 @@ fn prune_keeps_the_newest_caches_and_deletes_what_only_the_others_name() {
 
     // A dry run deletes nothing.
     let dry = k
-        .run(&["cache", "prune", "--registry", &repo, "--keep", "2", "--dry-run"])
+        .run(&[
+            "cache",
+            "prune",
+            "--registry",
+            &repo,
+            "--keep",
+            "2",
+            "--dry-run",
+        ])
         .ok()
         .stdout();
     assert!(dry.contains("would delete 1 cache tags: b1"), "{dry}");
@@ -436,7 +484,12 @@ fn prune_keeps_the_newest_caches_and_deletes_what_only_the_others_name() {
     let run = build(
         &r,
         &s,
-        &["--cache-from", &format!("type=registry,ref={}", s.name("app/cache:b3")), "-t", "app:b3"],
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={}", s.name("app/cache:b3")),
+            "-t",
+            "app:b3",
+        ],
     );
     assert!(ran(&run.stderr()).is_empty(), "{}", run.stderr());
     let out = r.run(&["run", "--rm", "app:b3"]).ok().stdout();
@@ -444,11 +497,21 @@ fn prune_keeps_the_newest_caches_and_deletes_what_only_the_others_name() {
 
     // Bad input is said plainly.
     let err = k
-        .run(&["cache", "prune", "--registry", &s.name("app/cache:b3"), "--keep", "1"])
+        .run(&[
+            "cache",
+            "prune",
+            "--registry",
+            &s.name("app/cache:b3"),
+            "--keep",
+            "1",
+        ])
         .fails()
         .stderr();
     assert!(err.contains("not a tag"), "{err}");
-    let err = k.run(&["cache", "prune", "--registry", &repo]).fails().stderr();
+    let err = k
+        .run(&["cache", "prune", "--registry", &repo])
+        .fails()
+        .stderr();
     assert!(err.contains("needs --keep N"), "{err}");
 }
 
@@ -479,7 +542,9 @@ fn a_registry_without_deletes_is_said_plainly_and_keeps_everything() {
         .fails()
         .stderr();
     assert!(
-        err.contains("does not allow deletes") && err.contains("storage") && err.contains("enabled"),
+        err.contains("does not allow deletes")
+            && err.contains("storage")
+            && err.contains("enabled"),
         "{err}"
     );
     assert_eq!(s.tags("app/cache"), vec!["main"]);

@@ -254,10 +254,7 @@ mod tests {
             Location::Image("h:5000/app:main".into()).origin(),
             "type=registry,ref=h:5000/app:main"
         );
-        assert_eq!(
-            Location::Local("/c".into()).origin(),
-            "type=local,src=/c"
-        );
+        assert_eq!(Location::Local("/c".into()).origin(), "type=local,src=/c");
     }
 
     #[test]

@@ -49,7 +49,11 @@ fn to_inline(r: &CacheRecord) -> Value {
 
 /// A record of the inline document back, its layers the image's (`by_diff`);
 /// `None` when it names a layer the image does not have.
-fn from_inline(v: &Value, by_diff: &HashMap<&str, &LayerInfo>, origin: &str) -> Option<CacheRecord> {
+fn from_inline(
+    v: &Value,
+    by_diff: &HashMap<&str, &LayerInfo>,
+    origin: &str,
+) -> Option<CacheRecord> {
     let resolve = |d: &Value| -> Option<Value> {
         let l = by_diff.get(d.as_str()?)?;
         serde_json::to_value(l).ok()
@@ -128,7 +132,11 @@ pub fn import_config(
     let mut foreign = 0;
     for r in list {
         match from_inline(r, &by_diff, origin) {
-            Some(rec) if layers_of(&rec).iter().all(|l| store.blob_available(&l.digest)) => {
+            Some(rec)
+                if layers_of(&rec)
+                    .iter()
+                    .all(|l| store.blob_available(&l.digest)) =>
+            {
                 recs.push(rec)
             }
             _ => foreign += 1,

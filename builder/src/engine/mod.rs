@@ -1,6 +1,7 @@
 //! `kiln build`: Dockerfile -> plan -> stages run concurrently over the
 //! content-addressed cache -> an image in the store, tagged.
 
+pub mod cache_spec;
 mod cached;
 mod config_rules;
 mod copy;
@@ -8,6 +9,7 @@ mod copy_op;
 pub mod executor;
 pub mod explain;
 mod git;
+pub mod inline;
 pub mod inputs;
 pub mod key;
 mod lazy_view;
@@ -18,10 +20,8 @@ pub mod output;
 pub mod plan;
 pub mod platform;
 pub mod portable;
-pub mod cache_spec;
-pub mod inline;
-pub mod registry_gc;
 mod preflight;
+pub mod registry_gc;
 pub mod report;
 mod run_op;
 pub mod scheduler;
@@ -145,7 +145,12 @@ impl Builder {
         let hits: Vec<(String, Option<String>)> = trace
             .iter()
             .filter(|t| t.hit && !t.meta)
-            .map(|t| (format!("{} ({})", t.description, t.source), t.origin.clone()))
+            .map(|t| {
+                (
+                    format!("{} ({})", t.description, t.source),
+                    t.origin.clone(),
+                )
+            })
             .collect();
         let imported = hits.iter().any(|(_, o)| o.is_some());
         Ok(Report {

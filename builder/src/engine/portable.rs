@@ -191,8 +191,12 @@ fn push_artifact(
         return Ok(None);
     };
     let tag = r.tag().unwrap_or("latest");
-    let note = super::registry_gc::drop_replaced(&client, &r, tag, &old)
-        .unwrap_or_else(|e| format!("the cache manifest {tag} named before ({}) was left: {e:#}", old.short()));
+    let note = super::registry_gc::drop_replaced(&client, &r, tag, &old).unwrap_or_else(|e| {
+        format!(
+            "the cache manifest {tag} named before ({}) was left: {e:#}",
+            old.short()
+        )
+    });
     Ok((!note.is_empty()).then_some(note))
 }
 
@@ -412,8 +416,7 @@ pub(super) fn record_from_json(r: &Value, origin: &str) -> Option<CacheRecord> {
 pub(super) fn put_new(store: &Store, recs: Vec<CacheRecord>) -> Result<usize> {
     let mut new = Vec::new();
     for r in recs {
-        if store.cache_get(&r.key)?.is_none() && !new.iter().any(|n: &CacheRecord| n.key == r.key)
-        {
+        if store.cache_get(&r.key)?.is_none() && !new.iter().any(|n: &CacheRecord| n.key == r.key) {
             new.push(r);
         }
     }

@@ -61,10 +61,12 @@ fn parse_doc(bytes: &[u8], what: &str) -> Result<Value> {
 }
 
 fn manifest_blobs(m: &Value, blobs: &mut BTreeSet<Digest>, sizes: &mut BTreeMap<Digest, u64>) {
-    let descs = m
-        .get("config")
-        .into_iter()
-        .chain(m.get("layers").and_then(Value::as_array).into_iter().flatten());
+    let descs = m.get("config").into_iter().chain(
+        m.get("layers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten(),
+    );
     for d in descs {
         if let Some(digest) = d
             .get("digest")
@@ -213,7 +215,13 @@ fn delete_blobs(
             doomed.insert(b, t.sizes.get(b).copied().unwrap_or(0));
         }
     }
-    if images && gone.iter().any(|t| t.blobs.iter().any(|b| !named.contains(b) && !is_config(t, b))) {
+    if images
+        && gone.iter().any(|t| {
+            t.blobs
+                .iter()
+                .any(|b| !named.contains(b) && !is_config(t, b))
+        })
+    {
         out.layers_left = Some(format!(
             "{} also holds images, which may share layers with what no tag names any more: the removed caches' layers were left to the registry's garbage collector (keep caches in a repository of their own for kiln to delete them)",
             repo.path()
@@ -253,8 +261,9 @@ pub fn prune(
     // A tag is deleted with its manifest: one that a kept tag (cache or
     // image) also names cannot go without it.
     let stays = |t: &Tagged| {
-        tags.iter()
-            .any(|o| o.digest == t.digest && (kept.iter().any(|k| k.tag == o.tag) || o.cache_built.is_none()))
+        tags.iter().any(|o| {
+            o.digest == t.digest && (kept.iter().any(|k| k.tag == o.tag) || o.cache_built.is_none())
+        })
     };
     let mut gone: Vec<&Tagged> = Vec::new();
     for t in old {
@@ -285,12 +294,7 @@ pub fn prune(
 /// Its blobs stay linked: a build on another runner may have imported the
 /// old cache a moment ago and still fetch a layer of it lazily. Says what it
 /// did.
-pub fn drop_replaced(
-    client: &Client,
-    repo: &Reference,
-    tag: &str,
-    old: &Digest,
-) -> Result<String> {
+pub fn drop_replaced(client: &Client, repo: &Reference, tag: &str, old: &Digest) -> Result<String> {
     for t in client.list_tags(repo)? {
         if client.manifest_digest(&tag_ref(repo, &t)?)?.as_ref() == Some(old) {
             return Ok(format!(

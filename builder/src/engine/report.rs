@@ -73,7 +73,10 @@ mod tests {
         };
         assert_eq!(render_report(&r), "explain: all 2 steps were cache hits\n");
         r.hits = vec![
-            ("RUN a (Dockerfile:2)".into(), Some("type=registry,ref=h/a:c".into())),
+            (
+                "RUN a (Dockerfile:2)".into(),
+                Some("type=registry,ref=h/a:c".into()),
+            ),
             ("COPY b /b (Dockerfile:3)".into(), None),
         ];
         assert_eq!(

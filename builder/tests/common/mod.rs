@@ -201,11 +201,17 @@ pub fn step_outcomes(stderr: &str) -> Vec<(String, String)> {
         };
         if text.starts_with('[') {
             labels.insert(n.to_string(), text.to_string());
-        } else if text == "CACHED" || text.starts_with("CACHED (from ") || text.starts_with("DONE") {
+        } else if text == "CACHED" || text.starts_with("CACHED (from ") || text.starts_with("DONE")
+        {
             if let Some(l) = labels.get(n) {
                 out.push((
                     l.clone(),
-                    if text.starts_with("CACHED") { "CACHED" } else { "RAN" }.to_string(),
+                    if text.starts_with("CACHED") {
+                        "CACHED"
+                    } else {
+                        "RAN"
+                    }
+                    .to_string(),
                 ));
             }
         }

@@ -95,7 +95,11 @@ impl Client {
         match resp.status().as_u16() {
             200 => {}
             404 => return Ok(None),
-            _ => return Err(self.http.status_error(&scope, "HEAD", &display_ref(r), resp)),
+            _ => {
+                return Err(self
+                    .http
+                    .status_error(&scope, "HEAD", &display_ref(r), resp))
+            }
         }
         match http::header_string(&resp, "docker-content-digest") {
             Some(h) => h.trim().parse().map(Some).map_err(|_| {

@@ -774,8 +774,7 @@ impl Client {
         let scope = Scope::pull(r.domain(), repo_of(r));
         let (bytes, media_type, digest, manifest) =
             self.platform_manifest(&scope, r, platform, events)?;
-        let (config, layers) =
-            self.config_and_layers(store, &scope, r, &manifest, events, lazy)?;
+        let (config, layers) = self.config_and_layers(store, &scope, r, &manifest, events, lazy)?;
         let stored = store.write_blob_bytes_typed(&bytes, &media_type)?;
         debug_assert_eq!(stored, digest);
         Ok(store.record_image(&digest, &manifest.config.digest, config, &layers)?)

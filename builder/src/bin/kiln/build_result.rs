@@ -77,9 +77,9 @@ pub fn write_images(
             let doc = inline::document(&builder.store, &builder.chain_keys(result))?;
             let n = doc["records"].as_array().map_or(0, Vec::len);
             inline::attach(&mut config, doc);
-            builder
-                .progress
-                .info(&format!("exporting {n} cache records inline, in the image config"));
+            builder.progress.info(&format!(
+                "exporting {n} cache records inline, in the image config"
+            ));
         }
         let image = builder.store.write_image(&config, &result.layers)?;
         if results.len() > 1 {

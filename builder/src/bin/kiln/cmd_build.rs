@@ -579,7 +579,9 @@ fn export_cache(
         .progress
         .info(&format!("exported {n} cache records to {}", to.dest));
     for note in notes {
-        builder.progress.info(&format!("--cache-to {}: {note}", to.dest));
+        builder
+            .progress
+            .info(&format!("--cache-to {}: {note}", to.dest));
     }
     Ok(())
 }

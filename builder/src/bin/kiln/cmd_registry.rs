@@ -177,19 +177,6 @@ pub fn cmd_logout(args: &LogoutArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn login_servers_are_keyed_like_docker() {
-        assert_eq!(server_of(None), "docker.io");
-        assert_eq!(server_of(Some("https://index.docker.io/v1/")), "docker.io");
-        assert_eq!(server_of(Some("localhost:5000")), "localhost:5000");
-        assert_eq!(server_of(Some("https://ghcr.io")), "ghcr.io");
-    }
-}
-
 /// `kiln cache prune --registry REGISTRY/REPO --keep N [--dry-run]`.
 pub fn cache_prune_registry(
     store: &Store,
@@ -255,4 +242,17 @@ pub fn cache_prune_registry(
         println!("note: the registry frees the bytes when its garbage collector runs (`registry garbage-collect` for the CNCF distribution registry)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_servers_are_keyed_like_docker() {
+        assert_eq!(server_of(None), "docker.io");
+        assert_eq!(server_of(Some("https://index.docker.io/v1/")), "docker.io");
+        assert_eq!(server_of(Some("localhost:5000")), "localhost:5000");
+        assert_eq!(server_of(Some("https://ghcr.io")), "ghcr.io");
+    }
 }
