@@ -549,3 +549,39 @@ fn a_registry_without_deletes_is_said_plainly_and_keeps_everything() {
     );
     assert_eq!(s.tags("app/cache"), vec!["main"]);
 }
+
+#[test]
+fn an_inline_cache_keeps_a_build_reproducible() {
+    let Some(k) = common::root_with_busybox("the build runs a container: run as root") else {
+        return;
+    };
+    let ctx = tempfile::tempdir().unwrap();
+    write_tree(
+        ctx.path(),
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox:latest\nRUN echo hi > /hi\nCOPY a /a\n",
+            ),
+            ("a", "a\n"),
+        ],
+    );
+    // The records in the config are dated by SOURCE_DATE_EPOCH, as the
+    // image is: a second build from scratch gives the same config.
+    let run = k
+        .run(&[
+            "build",
+            "--progress=plain",
+            "--check-reproducible",
+            "--cache-to",
+            "type=inline",
+            ctx.path().to_str().unwrap(),
+        ])
+        .ok();
+    assert!(
+        run.stderr()
+            .contains("reproducible: the second build gave the same image"),
+        "{}",
+        run.stderr()
+    );
+}

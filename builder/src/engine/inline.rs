@@ -76,7 +76,9 @@ fn from_inline(
 
 /// The inline cache document of the records `keys` names (the image's
 /// chain of steps), sorted by key so the same records give the same bytes.
-pub fn document(store: &Store, keys: &[String]) -> Result<Value> {
+/// `epoch` (SOURCE_DATE_EPOCH): the records are dated by it, as the image
+/// is, so that a build again from scratch gives the same config.
+pub fn document(store: &Store, keys: &[String], epoch: Option<i64>) -> Result<Value> {
     let mut records = Vec::new();
     for k in keys {
         if let Some(r) = store.cache_get(k)? {
@@ -85,6 +87,11 @@ pub fn document(store: &Store, keys: &[String]) -> Result<Value> {
     }
     records.sort_by(|a, b| a.key.cmp(&b.key));
     records.dedup_by(|a, b| a.key == b.key);
+    if let Some(t) = epoch {
+        for r in &mut records {
+            r.created = t;
+        }
+    }
     Ok(json!({
         "records": records.iter().map(to_inline).collect::<Vec<_>>(),
     }))

@@ -74,7 +74,11 @@ pub fn write_images(
         if inline {
             // `--cache-to type=inline`: the records of the image's own
             // chain ride in its config.
-            let doc = inline::document(&builder.store, &builder.chain_keys(result))?;
+            let doc = inline::document(
+                &builder.store,
+                &builder.chain_keys(result),
+                builder.opts.source_date_epoch,
+            )?;
             let n = doc["records"].as_array().map_or(0, Vec::len);
             inline::attach(&mut config, doc);
             builder.progress.info(&format!(
