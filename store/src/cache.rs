@@ -399,6 +399,21 @@ mod tests {
     }
 
     #[test]
+    fn an_imported_record_keeps_its_origin_until_a_step_writes_it_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = rec(1, "p", "RUN a", "s");
+        r.origin = Some("type=registry,ref=h/a:cache".into());
+        store.cache_put(&r).unwrap();
+        let got = store.cache_get(&r.key).unwrap().unwrap();
+        assert_eq!(got.origin.as_deref(), Some("type=registry,ref=h/a:cache"));
+        assert_eq!(store.cache_list().unwrap()[0].origin, got.origin);
+        r.origin = None;
+        store.cache_put(&r).unwrap();
+        assert_eq!(store.cache_get(&r.key).unwrap().unwrap().origin, None);
+    }
+
+    #[test]
     fn nearest_and_prefix_are_index_lookups_among_many_records() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -331,3 +331,36 @@ pub fn drop_replaced(client: &Client, repo: &Reference, tag: &str, old: &Digest)
 fn is(e: &anyhow::Error, f: impl Fn(&RegistryError) -> bool) -> bool {
     e.downcast_ref::<RegistryError>().is_some_and(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repository_is_asked_for_not_a_tag() {
+        let r = repository("localhost:5000/app/cache").unwrap();
+        assert_eq!(r.path(), "app/cache");
+        let e = format!(
+            "{:#}",
+            repository("localhost:5000/app/cache:main").unwrap_err()
+        );
+        assert!(e.contains("not a tag"), "{e}");
+        assert!(repository("localhost:5000/app@sha256:0000").is_err());
+        let e = format!("{:#}", repository("app").unwrap_err());
+        assert!(e.contains("REGISTRY/REPO"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_names_its_config_and_layers() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let m = serde_json::json!({
+            "config": {"digest": d('a'), "size": 3},
+            "layers": [{"digest": d('b'), "size": 5}, {"digest": d('c')}],
+        });
+        let (mut blobs, mut sizes) = (BTreeSet::new(), BTreeMap::new());
+        manifest_blobs(&m, &mut blobs, &mut sizes);
+        assert_eq!(blobs.len(), 3);
+        assert_eq!(sizes.len(), 2, "a size only where the manifest says");
+        assert_eq!(sizes[&d('b').parse::<Digest>().unwrap()], 5);
+    }
+}
