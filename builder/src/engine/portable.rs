@@ -436,20 +436,23 @@ pub fn import(store: &Store, src: &Location, access: &crate::registry::Access) -
     let origin = src.origin();
     match src {
         Location::Local(dir) => import_artifact(store, Source::Dir(dir), &origin),
-        Location::Image(name) => match store.resolve_image(name)? {
-            Some(img) => {
-                let config = store.read_blob(&img.config_digest)?;
-                let origin = format!("{name} (local image)");
-                let (records, warnings) =
-                    super::inline::import_config(store, &config, &img.layers, &origin)?;
-                Ok(Imported {
+        Location::Image(name) => {
+            let Some(img) = store.resolve_image(name)? else {
+                return import_registry(store, name, access, origin);
+            };
+            let config = store.read_blob(&img.config_digest)?;
+            let local = format!("{name} (local image)");
+            match super::inline::import_config(store, &config, &img.layers, &local) {
+                Ok((records, warnings)) => Ok(Imported {
                     records,
                     warnings,
-                    origin,
-                })
+                    origin: local,
+                }),
+                // The local image has no inline cache: the registry's may.
+                Err(e) => import_registry(store, name, access, origin)
+                    .map_err(|r| anyhow!("the local image: {e:#}; in the registry: {r:#}")),
             }
-            None => import_registry(store, name, access, origin),
-        },
+        }
         Location::Registry(r) => import_registry(store, r, access, origin),
         Location::Inline => bail!("type=inline is a --cache-to destination"),
     }
