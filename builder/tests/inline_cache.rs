@@ -275,6 +275,18 @@ fn an_inline_cache_round_trips_across_two_empty_roots() {
         hit_source(&run.stderr(), "COPY app.txt"),
         format!("{image} (local image)")
     );
+
+    // A local image of that name without an inline cache: the registry's
+    // is read instead.
+    let e = Kiln::new();
+    assert!(e.with_busybox());
+    e.run(&["tag", "busybox:latest", &image]).ok();
+    let run = build(&e, &s, &["--explain", "--cache-from", &image]);
+    assert!(ran(&run.stderr()).is_empty(), "{}", run.stderr());
+    assert_eq!(
+        hit_source(&run.stderr(), "COPY app.txt"),
+        format!("type=registry,ref={image}")
+    );
 }
 
 #[test]
