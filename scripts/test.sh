@@ -16,6 +16,9 @@ fixtures/bases/make-bases.sh busybox-arm64 >/dev/null
 # An arm64 Debian bookworm minbase (debootstrap, second stage under QEMU):
 # cold ~5 min on 2 loaded cores, cached 0.04 s.
 fixtures/bases/make-debian-arm64.sh >/dev/null
+# An amd64 Debian bookworm with gcc and the arm64 cross gcc, for the
+# cross-compilation test (debootstrap --include; the .debs cached).
+fixtures/bases/make-debian-cross.sh >/dev/null
 fixtures/flask/fetch-wheels.sh >/dev/null
 # Ordinary users with (and one without) subordinate ID ranges, for the
 # rootless tests (builder/tests/rootless.rs).

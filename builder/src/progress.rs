@@ -159,7 +159,8 @@ impl Progress {
     /// Warnings are shown whatever the mode, on stderr.
     pub fn warn(&self, text: &str) {
         if self.mode == Mode::Quiet {
-            eprintln!("WARNING: {text}");
+            // A closed stderr (`2>&1 | head`) must not fail the build.
+            let _ = writeln!(std::io::stderr().lock(), "WARNING: {text}");
         } else {
             self.line(&format!("WARNING: {text}"));
         }

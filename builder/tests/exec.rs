@@ -116,6 +116,27 @@ fn exec_joins_the_running_container() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(later, "later\n");
+    // -d -t: the process has a terminal of the container's devpts that
+    // nobody reads; its output (more than a pty buffer) does not block it.
+    k.run(&[
+        "exec",
+        "-d",
+        "-t",
+        "web",
+        "sh",
+        "-c",
+        "seq 1 20000; [ -t 0 ] && tty > /tmp/t.tmp && mv /tmp/t.tmp /tmp/t",
+    ])
+    .ok();
+    let mut tty = String::new();
+    for _ in 0..100 {
+        tty = k.run(&["exec", "web", "cat", "/tmp/t"]).stdout();
+        if !tty.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(tty.starts_with("/dev/pts/"), "{tty:?}");
     k.run(&["rm", "-f", "web"]).ok();
 }
 
@@ -206,4 +227,65 @@ fn exec_into_a_stopped_or_missing_container_is_dockers_error() {
         r.stderr()
     );
     k.run(&["rm", "-f", "up"]).ok();
+}
+
+/// `exec -it` takes the caller's window size, and a resize while it runs
+/// reaches the process (the caller's terminal here is a pty the test made).
+#[test]
+fn exec_it_follows_the_callers_window_size() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let Some(k) = setup() else { return };
+    start(&k, "win", &[]);
+    let mut ws = libc::winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let (mut m, mut s) = (-1, -1);
+    // SAFETY: openpty writes two fds into m and s; no name buffer, no termios.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: the two fds are fresh and ours alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    let mut child = k
+        .cmd()
+        .args([
+            "exec",
+            "-it",
+            "win",
+            "sh",
+            "-c",
+            "stty size; sleep 2; stty size",
+        ])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    ws.ws_row = 40;
+    ws.ws_col = 120;
+    // SAFETY: TIOCSWINSZ with a valid winsize on our pty master.
+    assert_eq!(unsafe { libc::ioctl(m, libc::TIOCSWINSZ, &ws) }, 0);
+    let status = child.wait().unwrap();
+    let mut out = Vec::new();
+    let mut f = std::fs::File::from(master);
+    let mut buf = [0u8; 4096];
+    // The slave is closed with the child: read what is left, then EIO.
+    while let Ok(n) = f.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(status.success(), "{text}");
+    assert!(text.contains("30 100"), "the size at start: {text:?}");
+    assert!(
+        text.contains("40 120"),
+        "the size after the resize: {text:?}"
+    );
+    k.run(&["rm", "-f", "win"]).ok();
 }

@@ -664,3 +664,110 @@ fn an_arm64_debian_base_runs_its_own_dpkg() {
         serde_json::from_str(&k.run(&["inspect", "debian:bookworm-arm64"]).ok().stdout()).unwrap();
     assert_eq!(v[0]["Architecture"], "arm64");
 }
+
+/// ELF's e_machine of the file at `p`: 62 x86-64, 183 aarch64.
+fn elf_machine(p: &Path) -> u16 {
+    let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert_eq!(&b[..4], b"\x7fELF", "{} is not an ELF file", p.display());
+    u16::from_le_bytes([b[18], b[19]])
+}
+
+/// The cross-compilation pattern: a C program compiled in a
+/// `FROM --platform=$BUILDPLATFORM` stage (natively, on amd64) by the
+/// compiler for `$TARGETARCH`, copied into each platform's image; a
+/// stage that does not read the target platform runs once for both.
+#[test]
+fn a_c_program_cross_compiled_on_the_build_platform_lands_in_each_image() {
+    let Some((k, dir)) = setup() else { return };
+    let base = fixtures_cache().join("debian-bookworm-cross");
+    if !require(
+        base.join("rootfs.tar").is_file(),
+        "debian-bookworm-cross base missing: run fixtures/bases/make-debian-cross.sh (scripts/test.sh does)",
+    ) {
+        return;
+    }
+    k.build_dir(&base, &["-t", "cross:bookworm"]).ok();
+    let app = dir.path().join("cross-app");
+    write_tree(
+        &app,
+        &[
+            (
+                "hello.c",
+                "#include <stdio.h>\n\
+                 int main(void) {\n\
+                 #if defined(__aarch64__)\n  puts(\"hello from aarch64\");\n\
+                 #elif defined(__x86_64__)\n  puts(\"hello from x86_64\");\n\
+                 #else\n  puts(\"hello from elsewhere\");\n#endif\n  return 0;\n}\n",
+            ),
+            (
+                "Dockerfile",
+                "FROM --platform=$BUILDPLATFORM cross:bookworm AS src\n\
+                 COPY hello.c /src/\n\
+                 RUN gcc --version | head -n 1 > /src/built-with\n\
+                 FROM --platform=$BUILDPLATFORM cross:bookworm AS build\n\
+                 ARG TARGETARCH\n\
+                 COPY --from=src /src /src\n\
+                 RUN case \"$TARGETARCH\" in \
+                 amd64) cc=gcc ;; arm64) cc=aarch64-linux-gnu-gcc ;; \
+                 *) echo \"no compiler for $TARGETARCH\" >&2; exit 1 ;; esac; \
+                 mkdir -p /out && $cc -static -O2 -o /out/hello /src/hello.c && uname -m > /out/compiled-on\n\
+                 FROM scratch\n\
+                 COPY --from=build /out/ /\n\
+                 COPY --from=src /src/built-with /\n\
+                 CMD [\"/hello\"]\n",
+            ),
+        ],
+    );
+    let out = dir.path().join("cross-out");
+    let spec = format!("type=local,dest={}", out.display());
+    let r = k
+        .build_dir(
+            &app,
+            &[
+                "--platform",
+                BOTH,
+                "--network",
+                "none",
+                "-t",
+                "hello:cross",
+                "--output",
+                &spec,
+            ],
+        )
+        .ok();
+    let err = r.stderr();
+    // Both compiled natively on the build platform, each for its target.
+    assert_eq!(read(&out.join("linux_amd64/compiled-on")), "x86_64");
+    assert_eq!(read(&out.join("linux_arm64/compiled-on")), "x86_64");
+    assert_eq!(elf_machine(&out.join("linux_amd64/hello")), 62);
+    assert_eq!(elf_machine(&out.join("linux_arm64/hello")), 183);
+    assert!(read(&out.join("linux_arm64/built-with")).starts_with("gcc"));
+    // The source stage ran once; the compiling stage once per target.
+    let runs = |needle: &str| {
+        step_outcomes(&err)
+            .into_iter()
+            .filter(|(l, o)| l.contains(needle) && o == "RAN")
+            .count()
+    };
+    assert_eq!(runs("RUN gcc --version"), 1, "{err}");
+    assert_eq!(runs("RUN case"), 2, "{err}");
+    assert!(
+        !err.contains("under emulation"),
+        "nothing ran emulated: {err}"
+    );
+    // Each image runs its own program (arm64's under QEMU).
+    for (p, want) in [("linux/amd64", "x86_64"), ("linux/arm64", "aarch64")] {
+        let r = k
+            .run(&[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--platform",
+                p,
+                "hello:cross",
+            ])
+            .ok();
+        assert_eq!(r.stdout(), format!("hello from {want}\n"), "{p}");
+    }
+}

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -541,6 +541,46 @@ fn a_user_runs_a_detached_container_with_a_published_port() {
     );
     let logs = text(&ok(u.run(&["logs", &id])));
     assert!(logs.contains("response:200"), "{logs}");
+    // exec, top and cp join the container's user namespace, where the
+    // user is root.
+    let who = text(&ok(u.run(&["exec", &id, "id", "-u"])));
+    assert_eq!(who, "0\n");
+    let top = text(&ok(u.run(&["top", &id])));
+    assert!(top.contains("httpd -f -v -p 5000"), "{top}");
+    let dir = tempfile::tempdir().unwrap();
+    u.chown(dir.path());
+    let got = dir.path().join("passwd");
+    ok(u.run(&[
+        "cp",
+        &format!("{id}:/etc/passwd"),
+        &got.display().to_string(),
+    ]));
+    assert!(std::fs::read_to_string(&got)
+        .unwrap()
+        .contains("root:x:0:0"));
+    let uid = id_of(u.name, "-u").unwrap();
+    assert_eq!(
+        std::fs::metadata(&got).unwrap().uid(),
+        uid,
+        "the user's file"
+    );
+    let note = dir.path().join("note");
+    std::fs::write(&note, "from the host").unwrap();
+    u.chown(&note);
+    ok(u.run(&[
+        "cp",
+        &note.display().to_string(),
+        &format!("{id}:/tmp/note"),
+    ]));
+    let seen = text(&ok(u.run(&[
+        "exec",
+        &id,
+        "stat",
+        "-c",
+        "%u %n",
+        "/tmp/note",
+    ])));
+    assert_eq!(seen, "0 /tmp/note\n", "the container's root owns it");
     ok(u.run(&["stop", &id]));
     ok(u.run(&["rm", &id]));
     assert!(!text(&ok(u.run(&["ps", "-a"]))).contains(&id[..12]));

@@ -233,7 +233,8 @@ fn a_used_volume_is_not_removed_with_dockers_error() {
 }
 
 /// `VOLUME` makes an anonymous volume per container; `rm -v` removes it,
-/// plain `rm` leaves it dangling (docker's behaviour), `run --rm` removes it.
+/// plain `rm` leaves it dangling (docker's behaviour), `run --rm` removes it
+/// (detached too, once the container has exited).
 #[test]
 fn anonymous_volumes_go_with_rm_v_only() {
     let Some(k) = setup() else { return };
@@ -255,6 +256,18 @@ fn anonymous_volumes_go_with_rm_v_only() {
     assert_eq!(volume_names(&k), first);
     k.run(&["run", "--rm", "withvol", "true"]).ok();
     assert_eq!(volume_names(&k), first);
+    // Detached: the monitor removes the container, then its volume.
+    k.run(&["run", "-d", "--rm", "withvol", "sleep", "1"]).ok();
+    assert_eq!(volume_names(&k).len(), 2, "made while it runs");
+    let mut left = volume_names(&k);
+    for _ in 0..100 {
+        left = volume_names(&k);
+        if left == first {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(left, first, "run -d --rm takes its anonymous volume");
     // -v at the same target replaces the anonymous volume.
     k.run(&[
         "run",

@@ -72,6 +72,12 @@ pub enum RunError {
     /// A resource limit that is invalid or that this host cannot enforce.
     #[error("{0}")]
     Limits(String),
+    /// `kiln top`: ps failed, or its output has no PID column.
+    #[error("{0}")]
+    Top(String),
+    /// `kiln cp`: what could not be copied, and why.
+    #[error("{0}")]
+    Copy(String),
     #[error("corrupt container state in {path}: {reason}")]
     State { path: PathBuf, reason: String },
 }

@@ -40,7 +40,8 @@ pub struct ExecOptions {
     pub user: Option<String>,
     /// Absolute; default: the container's working directory.
     pub workdir: Option<String>,
-    /// A pty (when the caller's stdin or stdout is a terminal).
+    /// A pty (when the caller's stdin or stdout is a terminal, or with
+    /// `detach`: then nobody reads it).
     pub tty: bool,
     /// Relay stdin.
     pub interactive: bool,
@@ -85,9 +86,11 @@ impl ExecJob {
         if o.args.iter().any(nul) || env.iter().any(nul) || cwd.contains('\0') {
             return Err(RunError::InvalidSpec("NUL byte in argv, env or cwd".into()));
         }
+        // Detached, the pty is E's to hold; attached, only when the caller
+        // has a terminal to relay.
         let tty = o.tty
-            && !o.detach
-            && (rustix::termios::isatty(rustix::stdio::stdin())
+            && (o.detach
+                || rustix::termios::isatty(rustix::stdio::stdin())
                 || rustix::termios::isatty(rustix::stdio::stdout()));
         Ok(ExecJob {
             pid,
@@ -135,7 +138,7 @@ pub(crate) fn start(cfg: &RunnerConfig, job: &ExecJob, interactive: bool) -> Res
             stderr: Some(dup(rustix::stdio::stderr())?),
         }
     };
-    let (console, relay) = if job.tty {
+    let (console, relay) = if job.tty && !job.detach {
         let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
         (
             Some(OwnedFd::from(theirs)),
@@ -316,7 +319,7 @@ pub(crate) fn exec_main() -> i32 {
             return 125;
         }
     };
-    if job.tty {
+    if job.tty && !job.detach {
         // SAFETY: fd 4 is the console socket set up by spawn_helper.
         let c = unsafe { BorrowedFd::borrow_raw(CONSOLE_FD) };
         let _ = rustix::io::fcntl_setfd(c, rustix::io::FdFlags::CLOEXEC);
@@ -384,7 +387,13 @@ fn exec_in(job: &ExecJob) -> Result<i32, (String, Option<i32>)> {
     let user = resolve_user(job.user.as_deref(), passwd.as_deref(), group.as_deref())
         .map_err(|e| (e.to_string(), Some(126)))?;
     let (env, path) = helper::process_env(&job.env, &user.home);
-    let console = if job.tty {
+    // Detached with a tty, E keeps the master (and drains it) itself.
+    let mut held_master = None;
+    let console = if job.tty && job.detach {
+        let (master, slave) = crate::tty::open_pty(user.uid).map_err(setup)?;
+        held_master = Some(master);
+        Some(slave)
+    } else if job.tty {
         // SAFETY: fd 4 is the console socket (kept open by exec_main).
         let sock = unsafe { BorrowedFd::borrow_raw(CONSOLE_FD) };
         let slave = crate::tty::make_console(sock, user.uid).map_err(setup)?;
@@ -442,7 +451,10 @@ fn exec_in(job: &ExecJob) -> Result<i32, (String, Option<i32>)> {
             match reader.next() {
                 Ok(None) => {
                     send(report(), &Msg::Running);
-                    Ok(helper::supervise(child, false))
+                    Ok(match held_master {
+                        Some(m) => crate::tty::supervise_draining(child, m),
+                        None => helper::supervise(child, false),
+                    })
                 }
                 Ok(Some(Msg::Error { message, code })) => {
                     let _ = nix::sys::wait::waitpid(child, None);

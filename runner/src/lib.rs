@@ -29,10 +29,13 @@
 
 pub mod cgroups;
 mod copyup;
+mod cp;
+mod cp_tree;
 mod error;
 mod exec;
 pub mod health;
 mod helper;
+mod logs;
 mod monitor;
 mod mounts;
 mod names;
@@ -46,6 +49,7 @@ mod rootless_fs;
 mod seccomp;
 mod state;
 mod syscall_table;
+mod top;
 mod tty;
 pub mod user;
 pub mod userns;
@@ -55,14 +59,17 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use cp::CpOptions;
 pub use error::RunError;
 pub use exec::ExecOptions;
 pub use health::{HealthConfig, HealthResult, HealthState};
+pub use logs::{parse_log_time, parse_tail, LogOptions};
 pub use net::{find_stack, SharedNet, Stack, StackKind};
 pub use ports::{parse_port_spec, PortMapping, Protocol};
 pub use ps::{format_ps_table, human_duration};
 pub use restart::RestartPolicy;
 pub use state::{parse_signal, ContainerInfo, ContainerStatus, Containers, RunOptions};
+pub use top::ps_lines;
 
 /// Call this first thing in `main()`. It returns immediately unless this
 /// process was started by the runner as one of its helpers, in which case

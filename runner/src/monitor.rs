@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use crate::error::RunError;
 use crate::health::Prober;
 use crate::helper::{self, REPORT_FD};
+use crate::logs::LogEntry;
 use crate::ports::{self, Bound, ProxyHandle};
 use crate::proto::{send, Job, Msg, MsgReader};
 use crate::ps::now;
 use crate::restart::RestartManager;
 use crate::state::{
     drop_cgroups, proc_start_time, read_json, save_state, start_prober, stop_requested, Config,
-    LogEntry, Phase, State,
+    Phase, State,
 };
 use crate::{RunnerConfig, Stdio};
 
@@ -367,6 +368,7 @@ fn record_exit(dir: &Path, cfg: &Config, code: i32, oom_killed: bool) -> Result<
     drop_cgroups(&cfg.cgroups);
     if cfg.opts.auto_remove {
         let _ = fs::remove_dir_all(dir);
+        run_on_removed(&cfg.opts.on_removed);
         return Ok(());
     }
     let mut st: State = read_json(&dir.join("state.json")).unwrap_or_else(|_| State::created());
@@ -375,6 +377,21 @@ fn record_exit(dir: &Path, cfg: &Config, code: i32, oom_killed: bool) -> Result<
     st.finished = now();
     st.oom_killed = oom_killed;
     save_state(dir, &st)
+}
+
+/// The caller's clean-up for an auto-removed container; its failure is
+/// the caller's to report (its output goes to the monitor's log).
+fn run_on_removed(argv: &[String]) {
+    let Some((prog, args)) = argv.split_first() else {
+        return;
+    };
+    let r = std::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .status();
+    if let Err(e) = r {
+        eprintln!("kiln monitor: running {prog} after removal: {e}");
+    }
 }
 
 /// Copy one stream into the json-lines log, a record per line (a trailing

@@ -17,7 +17,7 @@
 //! reused PID is never mistaken for the container.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,7 @@ use crate::cgroups::{self, Placed, Placement, Resources};
 use crate::error::RunError;
 use crate::health::{HealthConfig, HealthState};
 use crate::helper::{self, random_hex, Event};
+use crate::logs::LogOptions;
 use crate::names;
 use crate::ports::{self, PortMapping};
 use crate::proto::{Msg, MsgReader};
@@ -65,6 +66,11 @@ pub struct RunOptions {
     /// The HEALTHCHECK to run (image's under `--health-*`); None: none.
     #[serde(default)]
     pub healthcheck: Option<HealthConfig>,
+    /// With `auto_remove`, a command (absolute program, then arguments)
+    /// the monitor runs once a detached container is gone: how the caller
+    /// removes what it made for it (`run -d --rm`'s anonymous volumes).
+    #[serde(default)]
+    pub on_removed: Vec<String>,
 }
 
 /// What `ps` knows about a container.
@@ -859,6 +865,65 @@ impl Containers {
     /// Run another process in a running container (`docker exec`): its
     /// exit code, or 0 once started with `detach`.
     pub fn exec(&self, name: &str, opts: crate::ExecOptions) -> Result<i32, RunError> {
+        let (c, st) = self.running(name)?;
+        let job =
+            crate::exec::ExecJob::new(&c.spec, (st.pid, st.pid_start), c.cgroups.dirs(), &opts)?;
+        crate::exec::start(&self.cfg, &job, opts.interactive)
+    }
+
+    /// The host PID of a running container's PID 1.
+    pub fn main_pid(&self, name: &str) -> Result<i32, RunError> {
+        Ok(self.running(name)?.1.pid)
+    }
+
+    /// The host PIDs of a running container's processes (`kiln top`).
+    pub fn pids(&self, name: &str) -> Result<std::collections::BTreeSet<i32>, RunError> {
+        let (_, st) = self.running(name)?;
+        crate::top::pids_in_namespace_of(st.pid)
+    }
+
+    /// `kiln cp CONTAINER:SRC DEST`: the bytes of file content copied.
+    pub fn copy_from(
+        &self,
+        name: &str,
+        src: &str,
+        dest: &str,
+        opts: crate::CpOptions,
+    ) -> Result<u64, RunError> {
+        self.running_root(name)?.copy_out(src, dest, opts)
+    }
+
+    /// `kiln cp SRC CONTAINER:DEST`.
+    pub fn copy_to(
+        &self,
+        name: &str,
+        src: &str,
+        dest: &str,
+        opts: crate::CpOptions,
+    ) -> Result<u64, RunError> {
+        self.running_root(name)?.copy_in(src, dest, opts)
+    }
+
+    /// The root of a running container, checked to be its PID 1's still.
+    fn running_root(&self, name: &str) -> Result<crate::cp::Root, RunError> {
+        let (_, st) = self.running(name).map_err(|e| match e {
+            RunError::NotRunning(n) => RunError::Copy(format!(
+                "container {n} is not running: kiln cp reaches the files of a running \
+                 container only (start it again, or get an image's files with \
+                 `kiln build --output` or `kiln save`)"
+            )),
+            e => e,
+        })?;
+        let root = crate::cp::Root::of(st.pid)?;
+        // Opened after the check: make sure the PID was not reused.
+        if !alive(st.pid, st.pid_start) {
+            return Err(RunError::NotRunning(name.to_string()));
+        }
+        Ok(root)
+    }
+
+    /// A running container's config and state; docker's errors otherwise.
+    fn running(&self, name: &str) -> Result<(Config, State), RunError> {
         let id = self.resolve(name)?;
         let c = self.config(&id)?;
         let st = self.state(&id)?;
@@ -868,9 +933,7 @@ impl Containers {
         if st.phase != Phase::Running || !alive(st.pid, st.pid_start) {
             return Err(RunError::NotRunning(name.to_string()));
         }
-        let job =
-            crate::exec::ExecJob::new(&c.spec, (st.pid, st.pid_start), c.cgroups.dirs(), &opts)?;
-        crate::exec::start(&self.cfg, &job, opts.interactive)
+        Ok((c, st))
     }
 
     /// Write the container's output (stdout and stderr, in order) to `out`.
@@ -878,58 +941,28 @@ impl Containers {
     /// detached containers have logs (a foreground run's output went to
     /// its caller).
     pub fn logs(&self, id: &str, follow: bool, out: &mut dyn Write) -> Result<(), RunError> {
-        self.logs_split(id, follow, out, None)
+        let opts = LogOptions {
+            follow,
+            ..Default::default()
+        };
+        self.logs_with(id, &opts, out, None)
     }
 
-    /// Like [`Containers::logs`], with the container's stderr going to
-    /// `err` when given (what `docker logs` does with its own stderr).
-    pub fn logs_split(
+    /// `kiln logs` with its filters; the container's stderr goes to `err`
+    /// when given (what `docker logs` does with its own stderr).
+    pub fn logs_with<'a>(
         &self,
         id: &str,
-        follow: bool,
-        out: &mut dyn Write,
-        mut err: Option<&mut dyn Write>,
+        opts: &LogOptions,
+        out: &'a mut dyn Write,
+        err: Option<&'a mut dyn Write>,
     ) -> Result<(), RunError> {
         let id = self.resolve(id)?;
         let path = self.dir.join(&id).join("container.log");
-        let mut pos = 0u64;
-        let mut partial = String::new();
-        loop {
-            let running = self.info(&id).is_ok_and(|i| i.status.is_up());
-            match File::open(&path) {
-                Ok(mut f) => {
-                    f.seek(SeekFrom::Start(pos))
-                        .map_err(|e| RunError::io("reading the log", e))?;
-                    let mut buf = String::new();
-                    let n = f
-                        .read_to_string(&mut buf)
-                        .map_err(|e| RunError::io("reading the log", e))?;
-                    pos += n as u64;
-                    partial.push_str(&buf);
-                    while let Some(nl) = partial.find('\n') {
-                        let line: String = partial.drain(..=nl).collect();
-                        if let Ok(entry) = serde_json::from_str::<LogEntry>(line.trim_end()) {
-                            let w: &mut dyn Write = match err.as_deref_mut() {
-                                Some(e) if entry.stream == "stderr" => e,
-                                _ => &mut *out,
-                            };
-                            w.write_all(entry.log.as_bytes())
-                                .map_err(|e| RunError::io("writing logs", e))?;
-                        }
-                    }
-                    out.flush().map_err(|e| RunError::io("writing logs", e))?;
-                    if let Some(e) = err.as_deref_mut() {
-                        e.flush().map_err(|e| RunError::io("writing logs", e))?;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(RunError::io(format!("opening {}", path.display()), e)),
-            }
-            if !follow || !running {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut sink = crate::logs::Sink { out, err };
+        crate::logs::show(&path, opts, &mut sink, &mut || {
+            self.info(&id).is_ok_and(|i| i.status.is_up())
+        })
     }
 }
 
@@ -1044,13 +1077,6 @@ fn wait_pidfd(pfd: &OwnedFd, timeout: Duration) -> bool {
             Err(_) => return false,
         }
     }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct LogEntry {
-    pub log: String,
-    pub stream: String,
-    pub time: String,
 }
 
 #[allow(dead_code)]

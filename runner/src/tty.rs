@@ -18,14 +18,7 @@ use rustix::net::{
 /// In the container (after pivot_root): a new pty; returns the slave for the
 /// process and sends the master over `console`.
 pub(crate) fn make_console(console: BorrowedFd<'_>, uid: u32) -> Result<OwnedFd, String> {
-    use rustix::pty::{ioctl_tiocgptpeer, openpt, unlockpt, OpenptFlags};
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
-        .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
-    unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
-    let slave = ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY)
-        .map_err(|e| format!("opening the pty peer: {e}"))?;
-    rustix::fs::fchown(&slave, Some(rustix::fs::Uid::from_raw(uid)), None)
-        .map_err(|e| format!("chown of the pty: {e}"))?;
+    let (master, slave) = open_pty(uid)?;
     let fds = [master.as_fd()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -38,6 +31,83 @@ pub(crate) fn make_console(console: BorrowedFd<'_>, uid: u32) -> Result<OwnedFd,
     )
     .map_err(|e| format!("sending the pty master: {e}"))?;
     Ok(slave)
+}
+
+/// In the container: a new pty from its devpts, the slave owned by `uid`;
+/// (master, slave).
+pub(crate) fn open_pty(uid: u32) -> Result<(OwnedFd, OwnedFd), String> {
+    use rustix::pty::{ioctl_tiocgptpeer, openpt, unlockpt, OpenptFlags};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+        .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
+    unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    let slave = ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY)
+        .map_err(|e| format!("opening the pty peer: {e}"))?;
+    rustix::fs::fchown(&slave, Some(rustix::fs::Uid::from_raw(uid)), None)
+        .map_err(|e| format!("chown of the pty: {e}"))?;
+    Ok((master, slave))
+}
+
+/// `exec -d -t`'s E: nobody is attached, so E holds the master and reads
+/// and drops what the process writes (docker discards it too) while it
+/// supervises the child as [`crate::helper::supervise`] does. One thread
+/// with a signalfd: a process that joined a PID namespace cannot start
+/// threads (clone with CLONE_THREAD is EINVAL there).
+pub(crate) fn supervise_draining(child: nix::unistd::Pid, master: OwnedFd) -> i32 {
+    use nix::sys::signal::{kill, SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use rustix::event::{poll, PollFd, PollFlags};
+    let Ok(sfd) = SignalFd::with_flags(&SigSet::all(), SfdFlags::SFD_CLOEXEC) else {
+        return crate::helper::supervise(child, false);
+    };
+    let mut master = Some(std::fs::File::from(master));
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut fds = vec![PollFd::new(&sfd, PollFlags::IN)];
+        if let Some(m) = &master {
+            fds.push(PollFd::new(m, PollFlags::IN));
+        }
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return crate::helper::supervise(child, false),
+        }
+        let (sig_ready, pty_ready) = (
+            !fds[0].revents().is_empty(),
+            fds.get(1).is_some_and(|f| !f.revents().is_empty()),
+        );
+        drop(fds);
+        if pty_ready {
+            // EIO (or 0) once every slave fd is closed: stop reading.
+            if let Some(m) = master.as_mut() {
+                if !matches!(m.read(&mut buf), Ok(n) if n > 0) {
+                    master = None;
+                }
+            }
+        }
+        if !sig_ready {
+            continue;
+        }
+        let Ok(Some(info)) = sfd.read_signal() else {
+            continue;
+        };
+        match Signal::try_from(info.ssi_signo as i32) {
+            Ok(Signal::SIGCHLD) => {}
+            Ok(sig) => {
+                let _ = kill(child, sig);
+                continue;
+            }
+            Err(_) => continue,
+        }
+        loop {
+            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return code,
+                Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
 }
 
 fn recv_master(sock: &UnixStream) -> Option<OwnedFd> {

@@ -250,6 +250,42 @@ pub fn enter_rootless() -> Result<Option<Entered>, String> {
     }))
 }
 
+/// This process is in the user namespace of `pid`.
+pub(crate) fn in_user_namespace_of(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(format!("/proc/{pid}/ns/user")),
+        std::fs::metadata("/proc/self/ns/user"),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Rootless `exec`, `cp` and `top`: join the user namespace of the running
+/// process `pid` (a container's PID 1, in the namespace the `kiln run`
+/// that started it made), where this user is root, instead of making a
+/// new one that would have no power over the container. False when this
+/// process is in that namespace already. Must be called while the process
+/// is single-threaded.
+pub fn join_user_namespace_of(pid: i32) -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    if in_user_namespace_of(pid) {
+        return Ok(false);
+    }
+    let theirs = format!("/proc/{pid}/ns/user");
+    let ns = std::fs::File::open(&theirs)
+        .map_err(|e| format!("opening the container's user namespace ({theirs}): {e}"))?;
+    // SAFETY: setns on an fd we own; the caller guarantees one thread.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUSER) } != 0 {
+        return Err(format!(
+            "joining the container's user namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(true)
+}
+
 fn unshare_user() -> Result<(), String> {
     // SAFETY: the caller guarantees a single-threaded process.
     match unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWUSER) } {

@@ -106,7 +106,8 @@ fn detached_lifecycle() {
     });
     assert_eq!(out.lines().count(), 2, "{out}");
     let (mut o, mut e) = (Vec::new(), Vec::new());
-    c.logs_split(&id, false, &mut o, Some(&mut e)).unwrap();
+    let opts = kiln_runner::LogOptions::default();
+    c.logs_with(&id, &opts, &mut o, Some(&mut e)).unwrap();
     assert_eq!((&o[..], &e[..]), (&b"to-stdout\n"[..], &b"to-stderr\n"[..]));
     // json-lines like Docker's json-file driver
     let raw = std::fs::read_to_string(_t.path().join("containers").join(&id).join("container.log"))

@@ -15,13 +15,6 @@ use super::Builder;
 use crate::error::Failure;
 
 impl Builder {
-    pub fn layer_options(&self) -> kiln_store::LayerOptions {
-        kiln_store::LayerOptions {
-            source_date_epoch: self.opts.source_date_epoch,
-            ..Default::default()
-        }
-    }
-
     /// The cached-step protocol: key from parent + step + the op's inputs;
     /// on a hit take the recorded result; on a miss run the op, add the
     /// layer and history entry, and record the result with its inputs.
@@ -33,7 +26,7 @@ impl Builder {
         op: impl Op,
     ) -> Result<()> {
         let inputs = op.cache_map().to_value();
-        self.flush_records(st)?;
+        super::meta::flush_records(&self.store, st)?;
         let step = ins.original.clone();
         let k = key::step_key(&st.key, &step, &inputs);
         let mut trace = super::explain::StepTrace {
@@ -41,7 +34,7 @@ impl Builder {
             key: k.clone(),
             parent: st.key.clone(),
             description: ins.original.clone(),
-            source: format!("{}:{}", self.opts.dockerfile_name, ins.span.line),
+            source: self.src.at(ins.span.line),
             inputs: inputs.clone(),
             hit: true,
             args: st.args.keys().cloned().collect(),
@@ -51,7 +44,7 @@ impl Builder {
         let id = self.progress.start(&format!("{pos} {}", ins.original));
         if !self.opts.no_cache {
             if let Some(rec) = self.store.cache_get(&k)? {
-                if let Some((config, layers)) = self.restore(&rec) {
+                if let Some((config, layers)) = restore(&self.store, &rec) {
                     st.replace_config(config);
                     st.layers = layers;
                     st.key = k.clone();
@@ -81,7 +74,7 @@ impl Builder {
                 if e.downcast_ref::<Failure>().is_some() {
                     return Err(e);
                 }
-                return Err(self.located_cause(ins.span.line, e));
+                return Err(self.src.located_cause(ins.span.line, e));
             }
         };
         let created = self
@@ -105,7 +98,7 @@ impl Builder {
             key: k,
             parent: Some(parent),
             description: ins.original.clone(),
-            source: format!("{}:{}", self.opts.dockerfile_name, ins.span.line),
+            source: self.src.at(ins.span.line),
             stage: st.place.clone(),
             inputs,
             result: json!({ "config": st.config, "layers": st.layers }),
@@ -118,20 +111,6 @@ impl Builder {
         self.progress.done(id, t0.elapsed());
         Ok(())
     }
-
-    /// A cache record's result, if every layer it names is still stored
-    /// or known remotely (fetched only if a later step runs on it or an
-    /// exporter reads it).
-    fn restore(&self, rec: &CacheRecord) -> Option<(ImageConfig, Vec<LayerInfo>)> {
-        let config: ImageConfig = serde_json::from_value(rec.result.get("config")?.clone()).ok()?;
-        let layers: Vec<LayerInfo> =
-            serde_json::from_value(rec.result.get("layers")?.clone()).ok()?;
-        if layers.iter().all(|l| self.store.blob_available(&l.digest)) {
-            Some((config, layers))
-        } else {
-            None
-        }
-    }
 }
 
 /// What a failed step's progress line says: the message itself, not the
@@ -139,4 +118,17 @@ impl Builder {
 fn step_error_line(msg: &str) -> &str {
     let msg = msg.rsplit_once("\nERROR: ").map_or(msg, |(_, m)| m);
     msg.lines().next().unwrap_or("")
+}
+
+/// A cache record's result, if every layer it names is still stored
+/// or known remotely (fetched only if a later step runs on it or an
+/// exporter reads it).
+fn restore(store: &kiln_store::Store, rec: &CacheRecord) -> Option<(ImageConfig, Vec<LayerInfo>)> {
+    let config: ImageConfig = serde_json::from_value(rec.result.get("config")?.clone()).ok()?;
+    let layers: Vec<LayerInfo> = serde_json::from_value(rec.result.get("layers")?.clone()).ok()?;
+    if layers.iter().all(|l| store.blob_available(&l.digest)) {
+        Some((config, layers))
+    } else {
+        None
+    }
 }

@@ -20,11 +20,11 @@ impl Builder {
         from: &str,
         line: usize,
     ) -> Result<(RootView, FromRef)> {
-        let from = self.expand(st, from, line)?;
+        let from = self.src.expand(st, from, line)?;
         let base = self
             .plan
             .resolve_in(st.node, &from)
-            .map_err(|e| self.located(line, &format!("{e:#}")))?;
+            .map_err(|e| self.src.located(line, &format!("{e:#}")))?;
         let layers = match base {
             Base::Stage(i) => self.stage_result(i)?.layers.clone(),
             Base::Scratch => vec![],
@@ -32,12 +32,15 @@ impl Builder {
             // step's own error handling: located here, as FROM's base is.
             Base::Image(name) => {
                 self.resolve_image(&name, st.node)
-                    .map_err(|e| self.located(line, &format!("{e:#}")))?
+                    .map_err(|e| self.src.located(line, &format!("{e:#}")))?
                     .layers
             }
         };
         let ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
-        Ok((self.view(&layers)?, FromRef { from, layers: ids }))
+        Ok((
+            super::lazy_view::view(&self.store, &layers)?,
+            FromRef { from, layers: ids },
+        ))
     }
 
     pub(super) fn exec_copy(
@@ -49,7 +52,7 @@ impl Builder {
     ) -> Result<()> {
         let line = ins.span.line;
         let env = st.expand_env();
-        let lx = self.lexer();
+        let lx = self.src.lexer();
         let mut sources = Vec::new();
         let mut heredoc_bodies = Vec::new();
         for h in c.heredocs {
@@ -57,10 +60,11 @@ impl Builder {
             let body = if h.expand {
                 // BuildKit expands a heredoc's variables and escapes but
                 // keeps its quotes as written.
-                self.lexer()
+                self.src
+                    .lexer()
                     .skip_process_quotes(true)
                     .process_word(&content, &env)
-                    .map_err(|e| self.located(line, &e.to_string()))?
+                    .map_err(|e| self.src.located(line, &e.to_string()))?
             } else {
                 content
             };
@@ -69,12 +73,12 @@ impl Builder {
         for s in c.sources {
             sources.push(
                 lx.process_word(s, &env)
-                    .map_err(|e| self.located(line, &e.to_string()))?,
+                    .map_err(|e| self.src.located(line, &e.to_string()))?,
             );
         }
         let dest_raw = lx
             .process_word(c.dest, &env)
-            .map_err(|e| self.located(line, &e.to_string()))?;
+            .map_err(|e| self.src.located(line, &e.to_string()))?;
         let dest_is_dir_hint =
             dest_raw.ends_with('/') || dest_raw == "." || dest_raw.ends_with("/.");
         let dest = if dest_raw.starts_with('/') {
@@ -82,27 +86,27 @@ impl Builder {
         } else {
             format!("{}/{}", st.workdir(), dest_raw)
         };
-        let view = self.lazy_view(&st.layers);
+        let view = super::lazy_view::LazyView::new(self.store.clone(), &st.layers);
         let chown = match c.chown {
             Some(spec) => {
-                let spec = self.expand(st, spec, line)?;
+                let spec = self.src.expand(st, spec, line)?;
                 Some(
                     fsutil::resolve_user(view.get()?, &spec)
-                        .map_err(|e| self.located(line, &format!("{e:#}")))?,
+                        .map_err(|e| self.src.located(line, &format!("{e:#}")))?,
                 )
             }
             None => None,
         };
         let chmod = match c.chmod {
             Some(m) => {
-                Some(copy::parse_chmod(m).map_err(|e| self.located(line, &format!("{e:#}")))?)
+                Some(copy::parse_chmod(m).map_err(|e| self.src.located(line, &format!("{e:#}")))?)
             }
             None => None,
         };
         let exclude = c
             .exclude
             .iter()
-            .map(|e| self.expand(st, e, line))
+            .map(|e| self.src.expand(st, e, line))
             .collect::<Result<Vec<_>>>()?;
         let downloads = if c.add
             && sources.iter().any(|s| {
@@ -115,7 +119,7 @@ impl Builder {
             None
         };
         let checksum = match c.checksum {
-            Some(cs) => Some(self.expand(st, cs, line)?),
+            Some(cs) => Some(self.src.expand(st, cs, line)?),
             None => None,
         };
         let req = CopyRequest {
@@ -138,11 +142,11 @@ impl Builder {
                 let (src_view, id) = self.resolve_source(st, from, line)?;
                 let id = serde_json::to_value(&id)?;
                 let (inputs, plan) = copy::plan_copy(Source::View(&src_view), id, &req, &view)
-                    .map_err(|e| self.located(line, &format!("{e:#}")))?;
+                    .map_err(|e| self.src.located(line, &format!("{e:#}")))?;
                 (inputs, plan)
             }
             None => copy::plan_copy(Source::Context(&self.ctx), json!("context"), &req, &view)
-                .map_err(|e| self.located(line, &format!("{e:#}")))?,
+                .map_err(|e| self.src.located(line, &format!("{e:#}")))?,
         };
         let Value::Object(plan_inputs) = inputs else {
             unreachable!("copy::plan_copy describes a step as a JSON object")

@@ -4,6 +4,7 @@
 //! without touching the layers below, so a fully cached build from a
 //! registry cache downloads no layer.
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, Context as _, Result};
@@ -46,4 +47,23 @@ impl LazyView {
             .as_ref()
             .map_err(|e| anyhow!("{e}"))
     }
+}
+
+/// The snapshot dirs of `layers`, unpacked now, top-most first (overlay
+/// lower order).
+pub(super) fn snapshots(store: &Store, layers: &[LayerInfo]) -> Result<Vec<PathBuf>> {
+    layers
+        .iter()
+        .rev()
+        .map(|l| {
+            store
+                .ensure_snapshot(l)
+                .with_context(|| format!("unpacking layer {}", l.digest))
+        })
+        .collect()
+}
+
+/// `layers` as a root, unpacked now.
+pub(super) fn view(store: &Store, layers: &[LayerInfo]) -> Result<RootView> {
+    Ok(RootView::new(snapshots(store, layers)?))
 }

@@ -1,6 +1,7 @@
 //! `kiln build`: Dockerfile -> plan -> stages run concurrently over the
 //! content-addressed cache -> an image in the store, tagged.
 
+mod bind_prep;
 pub mod cache_spec;
 mod cached;
 mod config_rules;
@@ -14,6 +15,7 @@ pub mod inputs;
 pub mod key;
 mod lazy_view;
 mod meta;
+mod meta_apply;
 mod op;
 pub mod options;
 pub mod output;
@@ -23,8 +25,10 @@ pub mod portable;
 mod preflight;
 pub mod registry_gc;
 pub mod report;
+mod run_mounts;
 mod run_op;
 pub mod scheduler;
+mod source;
 pub mod ssh;
 mod stage;
 mod state;
@@ -59,7 +63,8 @@ pub struct Builder {
     pub ctx: BuildContext,
     pub progress: Progress,
     pub plan: Plan,
-    pub escape: char,
+    /// The Dockerfile's name, text and escape character.
+    pub src: source::Source,
     /// Runs the processes of RUN steps.
     pub executor: Arc<dyn executor::Executor>,
     /// Absolute path of the Dockerfile ("-" for stdin), for cache records.
@@ -102,12 +107,12 @@ impl Builder {
         ));
         Builder {
             outcomes: scheduler::Outcomes::new(plan.stages.len()),
+            src: source::Source::new(&opts.dockerfile_name, &opts.dockerfile_src, escape),
             store,
             opts,
             ctx,
             progress,
             plan,
-            escape,
             executor,
             dockerfile_path,
             used_args: Mutex::new(Default::default()),
@@ -261,20 +266,12 @@ impl Builder {
         }
     }
 
-    /// The platform node `node` needs its images for: None when nothing
-    /// asked for one (the host's, or whatever the image is, as BuildKit's
-    /// implicit target takes it).
-    pub fn wanted_platform(&self, node: usize) -> Option<&platform::Platform> {
-        let ps = &self.plan.stages[node];
-        ps.pinned.then_some(&ps.platform)
-    }
-
     /// Resolves an image node `node` reads: the local store first (unless
     /// `--pull=always`), then its registry (unless `--pull=never`), for the
     /// node's platform. Each name is pulled at most once per platform and
     /// build.
     pub fn resolve_image(&self, name: &str, node: usize) -> Result<kiln_store::ImageRecord> {
-        let want = self.wanted_platform(node).cloned();
+        let want = self.plan.wanted_platform(node).cloned();
         let img = self.resolve_image_uncounted(name, want.as_ref())?;
         // Every image the build read (FROM, COPY --from, RUN --mount
         // from=): provenance lists them, a reproducibility check needs them.

@@ -64,7 +64,9 @@ impl Op for FileOp {
         )?;
         // A COPY that changes nothing still makes its (empty) layer, as
         // in BuildKit 0.13.
-        Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
+        Ok(Some(
+            b.store.commit_snapshot(pending, &b.opts.layer_options())?,
+        ))
     }
 }
 
@@ -97,6 +99,8 @@ impl Op for MkdirOp {
             let (comps, _) = view.resolve(&self.inputs.mkdir, true)?;
             fsutil::ensure_dirs(pending.upper(), view, &comps, self.owner)?;
         }
-        Ok(Some(b.store.commit_snapshot(pending, &b.layer_options())?))
+        Ok(Some(
+            b.store.commit_snapshot(pending, &b.opts.layer_options())?,
+        ))
     }
 }

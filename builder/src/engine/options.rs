@@ -59,6 +59,17 @@ pub struct Options {
     pub explain: bool,
 }
 
+impl Options {
+    /// How the build's layers are written (times clamped to
+    /// SOURCE_DATE_EPOCH when it is set).
+    pub fn layer_options(&self) -> kiln_store::LayerOptions {
+        kiln_store::LayerOptions {
+            source_date_epoch: self.source_date_epoch,
+            ..Default::default()
+        }
+    }
+}
+
 pub fn parse_kv(s: &str, what: &str) -> Result<(String, String)> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),

@@ -101,6 +101,23 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The platform a stage's images are resolved for when its FROM pins
+    /// one (`FROM --platform=...`); None: the build's own.
+    pub fn wanted_platform(&self, node: usize) -> Option<&super::platform::Platform> {
+        let ps = &self.stages[node];
+        ps.pinned.then_some(&ps.platform)
+    }
+
+    /// In a multi-platform build, the `[linux/arm64 ...]` prefix of a
+    /// stage's progress lines.
+    pub fn platform_prefix(&self, i: usize) -> Option<String> {
+        let ps = &self.stages[i];
+        self.multi_platform.then(|| {
+            let t = &self.targets[ps.target].platform;
+            super::platform::progress_prefix(&ps.platform, ps.reads_target.then_some(t))
+        })
+    }
+
     /// The node a name read while building (`COPY --from=$X`) stands for,
     /// in the target of node `node`.
     pub fn resolve_in(&self, node: usize, name: &str) -> Result<Base> {

@@ -25,7 +25,7 @@ impl Builder {
                 Base::Image(name) => {
                     let img = self
                         .resolve_image(name, n)
-                        .map_err(|e| self.located(ps.stage.span.line, &format!("{e:#}")))?;
+                        .map_err(|e| self.src.located(ps.stage.span.line, &format!("{e:#}")))?;
                     Platform::of_config(&img.config)
                 }
             };

@@ -200,6 +200,28 @@ where
     }
 }
 
+/// `job(n)`, with a panic turned into the node's error: a worker that
+/// unwound would leave the others waiting on it forever (the build would
+/// hang instead of failing).
+fn run_job<T, F>(job: &F, n: usize, name: &str) -> anyhow::Result<T>
+where
+    F: Fn(usize) -> anyhow::Result<T> + Sync,
+{
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(n))) {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string());
+            Err(anyhow::anyhow!(
+                "internal error: stage {name} panicked ({what}); this is a bug in kiln, please report it"
+            ))
+        }
+    }
+}
+
 fn unreachable(graph: &Graph, n: usize, dep: usize) -> NodeError {
     NodeError::Unreachable {
         name: graph.names[n].clone(),
@@ -241,7 +263,7 @@ fn worker<T, F>(
                 name: graph.names[n].clone(),
                 source,
             })),
-            None => job(n)
+            None => run_job(job, n, &graph.names[n])
                 .map(Arc::new)
                 .map_err(|e| Arc::new(NodeError::Failed(e))),
         };
@@ -264,6 +286,32 @@ fn worker<T, F>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_job_fails_its_node_and_its_dependents_without_a_hang() {
+        let deps = deps(&[&[], &[0], &[]]);
+        let names = names(3);
+        let graph = Graph {
+            nodes: &[0, 1, 2],
+            deps: &deps,
+            names: &names,
+        };
+        let outcomes = Outcomes::new(3);
+        run(&graph, 2, &outcomes, |n| {
+            if n == 0 {
+                panic!("boom in {n}");
+            }
+            Ok(n)
+        });
+        let e = outcomes.get(0).unwrap().unwrap_err();
+        assert!(
+            e.message().contains("stage-0 panicked (boom in 0)"),
+            "{}",
+            e.message()
+        );
+        assert!(outcomes.get(1).unwrap().is_err(), "its dependent fails too");
+        assert_eq!(*outcomes.get(2).unwrap().unwrap(), 2, "the others run");
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 

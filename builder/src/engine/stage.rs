@@ -4,12 +4,9 @@
 //! steps (cached.rs) that may add a layer.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
-use kiln_parser::shell::Lexer;
+use anyhow::Result;
 use kiln_parser::{Instruction, InstructionKind};
-use kiln_store::LayerInfo;
 use serde_json::json;
 
 use super::copy_op::CopyArgs;
@@ -18,81 +15,17 @@ use super::op::MkdirOp;
 use super::plan::Base;
 use super::state::{index_env, StageState};
 use super::{Builder, StageResult};
-use crate::error::Failure;
-use crate::fsutil::{self, RootView};
+use crate::fsutil;
 
 impl Builder {
-    pub(super) fn lexer(&self) -> Lexer {
-        Lexer::new(self.escape)
-    }
-
-    pub(super) fn expand(&self, st: &StageState, word: &str, line: usize) -> Result<String> {
-        self.lexer()
-            .process_word(word, &st.scope_env())
-            .map_err(|e| self.located(line, &e.to_string()))
-    }
-
-    /// An error that shows where in the Dockerfile it happened, BuildKit's way.
-    pub fn located(&self, line: usize, msg: &str) -> anyhow::Error {
-        anyhow::Error::new(Failure::new(1, self.located_text(line, msg)))
-    }
-
-    /// [`Builder::located`] for an error whose cause chain is kept (the
-    /// message shows it on one line; the chain stays inspectable).
-    pub fn located_cause(&self, line: usize, err: anyhow::Error) -> anyhow::Error {
-        let text = self.located_text(line, &format!("{err:#}"));
-        let cause: Box<dyn std::error::Error + Send + Sync> = err.into();
-        anyhow::Error::new(Failure {
-            cause: Some(cause),
-            ..Failure::new(1, text)
-        })
-    }
-
-    fn located_text(&self, line: usize, msg: &str) -> String {
-        let src = &self.opts.dockerfile_src;
-        let lines: Vec<&str> = src.lines().collect();
-        let mut out = String::new();
-        out.push_str(&format!("{}:{}\n", self.opts.dockerfile_name, line));
-        out.push_str("--------------------\n");
-        let lo = line.saturating_sub(2).max(1);
-        let hi = (line + 2).min(lines.len());
-        for n in lo..=hi {
-            let marker = if n == line { ">>>" } else { "   " };
-            out.push_str(&format!(
-                "{marker} {n:>3} | {}\n",
-                lines.get(n - 1).copied().unwrap_or("")
-            ));
-        }
-        out.push_str("--------------------\n");
-        out.push_str(&format!("ERROR: {msg}"));
-        out
-    }
-
-    pub(super) fn snapshots(&self, layers: &[LayerInfo]) -> Result<Vec<PathBuf>> {
-        layers
-            .iter()
-            .rev()
-            .map(|l| {
-                self.store
-                    .ensure_snapshot(l)
-                    .with_context(|| format!("unpacking layer {}", l.digest))
-            })
-            .collect()
-    }
-
-    pub(super) fn view(&self, layers: &[LayerInfo]) -> Result<RootView> {
-        Ok(RootView::new(self.snapshots(layers)?))
-    }
-
-    /// `layers` as a root unpacked only when looked into.
-    pub(super) fn lazy_view(&self, layers: &[LayerInfo]) -> super::lazy_view::LazyView {
-        super::lazy_view::LazyView::new(self.store.clone(), layers)
-    }
-
     pub fn run_stage(&self, i: usize) -> Result<StageResult> {
         let ps = &self.plan.stages[i];
         let label = ps.label();
-        let steps = StepNumbers::new(ps, self.plan.dockerfile_stages, self.platform_prefix(i));
+        let steps = StepNumbers::new(
+            ps,
+            self.plan.dockerfile_stages,
+            self.plan.platform_prefix(i),
+        );
         // BuildKit shows FROM only for an image (a source of its own).
         let from = match &ps.base {
             Base::Image(n) => Some(self.progress.start(&format!(
@@ -104,7 +37,7 @@ impl Builder {
         };
         let (mut config, layers, base_key, base_manifest) = self
             .base_of(&ps.base, i)
-            .map_err(|e| self.located(ps.stage.span.line, &format!("{e:#}")))?;
+            .map_err(|e| self.src.located(ps.stage.span.line, &format!("{e:#}")))?;
         super::inline::strip(&mut config);
         if let Some(id) = from {
             self.progress.done(id, std::time::Duration::ZERO);
@@ -154,10 +87,14 @@ impl Builder {
         let triggers = std::mem::take(&mut st.config.config.on_build);
         for t in triggers {
             let text = format!("FROM scratch\n{t}\n");
-            let df = kiln_parser::parse(&text)
-                .map_err(|e| self.located(ps.stage.span.line, &format!("ONBUILD {t}: {e}")))?;
-            let stages = kiln_parser::parse_stages(&df)
-                .map_err(|e| self.located(ps.stage.span.line, &format!("ONBUILD {t}: {e}")))?;
+            let df = kiln_parser::parse(&text).map_err(|e| {
+                self.src
+                    .located(ps.stage.span.line, &format!("ONBUILD {t}: {e}"))
+            })?;
+            let stages = kiln_parser::parse_stages(&df).map_err(|e| {
+                self.src
+                    .located(ps.stage.span.line, &format!("ONBUILD {t}: {e}"))
+            })?;
             for mut ins in stages.stages.into_iter().flat_map(|s| s.instructions) {
                 ins.span = ps.stage.span;
                 self.exec(&mut st, &ins, &format!("[{label} ONBUILD]"))?;
@@ -171,7 +108,7 @@ impl Builder {
             self.exec(&mut st, ins, &steps.label(n))
         });
         // The steps that ran before a failure keep their records.
-        self.flush_records(&mut st)?;
+        super::meta::flush_records(&self.store, &mut st)?;
         ran?;
         if !st.hits.is_empty() {
             self.store.cache_touch(&st.hits)?;
@@ -185,14 +122,6 @@ impl Builder {
 
     /// How progress lines of a multi-platform build name node `i`'s
     /// platform (`linux/arm64`, `linux/amd64->arm64`); none otherwise.
-    fn platform_prefix(&self, i: usize) -> Option<String> {
-        let ps = &self.plan.stages[i];
-        self.plan.multi_platform.then(|| {
-            let t = &self.plan.targets[ps.target].platform;
-            super::platform::progress_prefix(&ps.platform, ps.reads_target.then_some(t))
-        })
-    }
-
     pub(super) fn exec(&self, st: &mut StageState, ins: &Instruction, pos: &str) -> Result<()> {
         match &ins.kind {
             InstructionKind::Run(r) => self.exec_run(st, ins, r, pos),
@@ -206,7 +135,7 @@ impl Builder {
                 self.meta_key(st, ins, MetaChange::Onbuild(t.clone()))
             }
             _ => {
-                let change = self.apply_meta(st, ins)?;
+                let change = super::meta_apply::MetaApply::of(self).apply(st, ins)?;
                 self.meta(st, ins, change)
             }
         }
@@ -223,7 +152,7 @@ impl Builder {
         pos: &str,
     ) -> Result<()> {
         let line = ins.span.line;
-        let w = self.expand(st, w, line)?;
+        let w = self.src.expand(st, w, line)?;
         let abs = if w.starts_with('/') {
             fsutil::clean_abs(&w)
         } else {
@@ -233,7 +162,7 @@ impl Builder {
         // BuildKit makes the directory (owned by the USER) in a layer of
         // its own, an empty one when it exists; only `/` gets no mkdir and
         // so no layer.
-        let view = self.lazy_view(&st.layers);
+        let view = super::lazy_view::LazyView::new(self.store.clone(), &st.layers);
         if abs == "/" {
             // No layer, but a step of its own in BuildKit's progress.
             let id = self.progress.start(&format!("{pos} {}", ins.original));
@@ -262,7 +191,7 @@ impl Builder {
             let owner = match &user {
                 Some(u) if exists == Some(false) => Some(
                     fsutil::resolve_user(view.get()?, u)
-                        .map_err(|e| self.located(line, &format!("{e:#}")))?,
+                        .map_err(|e| self.src.located(line, &format!("{e:#}")))?,
                 ),
                 _ => None,
             };

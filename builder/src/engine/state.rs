@@ -30,7 +30,7 @@ pub struct StageState {
     /// not with another project's step at the same line.
     pub place: String,
     /// Records of metadata steps not yet written: a run of them is written
-    /// in one transaction (see [`Builder::flush_records`]).
+    /// in one transaction (see [`super::meta::flush_records`]).
     pub pending: Vec<CacheRecord>,
     /// Bytes of metadata the stage's steps have set so far (see
     /// [`METADATA_MAX`]).

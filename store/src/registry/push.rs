@@ -224,160 +224,230 @@ pub(super) fn put_blob(
     opts: &PushOptions,
     events: &(dyn Fn(Event) + Sync),
 ) -> Result<BlobOutcome, RegistryError> {
-    let http = client.http();
-    let domain = repo.domain();
     let path = repo_of(repo);
-    let scope = Scope::push(domain, path);
-    let what = format!("blob {digest} to {}", name_of(repo));
+    let up = BlobUpload {
+        http: client.http(),
+        scope: Scope::push(repo.domain(), path),
+        path,
+        what: format!("blob {digest} to {}", name_of(repo)),
+        digest,
+        size,
+        open,
+        chunk_size: opts.chunk_size.filter(|c| *c > 0 && *c < size),
+        events,
+    };
     events(Event::BlobStart { digest, size });
-    let done = |o: BlobOutcome| -> Result<BlobOutcome, RegistryError> {
-        if let Some(s) = store {
-            s.registry_blob_known(digest, domain, path)?;
-        }
-        events(Event::BlobDone {
-            digest,
-            outcome: o.as_str(),
-        });
-        Ok(o)
-    };
-    // Already there?
-    let blob_path = format!("/v2/{path}/blobs/{digest}");
-    let resp = http.send(&scope, &Req::new("HEAD", blob_path.as_str()).follow())?;
-    match resp.status().as_u16() {
-        200 => return done(BlobOutcome::Existing),
-        404 => {}
-        _ => return Err(http.status_error(&scope, "HEAD", &what, resp)),
-    }
-    drop(resp);
-    let uploads = format!("/v2/{path}/blobs/uploads/");
-    let mut session: Option<String> = None;
-    // Mount from another repository of this registry where it is known.
-    let others = match store {
-        Some(s) => s.registry_blob_repos(digest, domain, path)?,
-        None => Vec::new(),
-    };
-    for other in others {
-        let mut mscope = scope.clone();
-        mscope.scopes.push(format!("repository:{other}:pull"));
-        let target = format!("{uploads}?mount={digest}&from={other}");
-        let (resp, at) = match http.send_at(&mscope, &Req::new("POST", target.as_str())) {
-            Ok(r) => r,
-            Err(_) => continue,
-        };
-        match resp.status().as_u16() {
-            201 => return done(BlobOutcome::Mounted),
-            // Not mountable: the registry opened an upload session instead.
-            202 => {
-                session = Some(location(&scope, &resp, &at)?);
-                break;
-            }
-            _ => continue,
-        }
-    }
-    // The registry lacks it and no mount gave it: a blob known remotely,
-    // not local, is fetched now (its own error names where from).
+    let outcome = up.push(store)?;
     if let Some(s) = store {
-        s.ensure_blob(digest)?;
+        s.registry_blob_known(digest, repo.domain(), path)?;
     }
-    let progress_open = |skip: u64| {
-        move || -> io::Result<Box<dyn Read + Send + '_>> {
-            let mut r = open()?;
+    events(Event::BlobDone {
+        digest,
+        outcome: outcome.as_str(),
+    });
+    Ok(outcome)
+}
+
+/// One blob on its way to one repository: HEAD, then a cross-repository
+/// mount where the store knows another repository of this registry has
+/// it, else an upload session (one `PUT`, or `PATCH` chunks then `PUT`).
+struct BlobUpload<'a> {
+    http: &'a super::http::Http,
+    scope: Scope,
+    /// The repository's path on its registry.
+    path: &'a str,
+    /// For errors: `blob sha256:.. to host/repo`.
+    what: String,
+    digest: &'a Digest,
+    size: u64,
+    open: &'a (dyn Fn() -> io::Result<Box<dyn Read + Send>> + Sync),
+    /// Chunked upload: only when smaller than the blob.
+    chunk_size: Option<u64>,
+    events: &'a (dyn Fn(Event) + Sync),
+}
+
+/// What a mount attempt left: the blob mounted, or an upload session the
+/// registry opened instead (or none).
+enum Mount {
+    Done,
+    Session(Option<String>),
+}
+
+impl BlobUpload<'_> {
+    fn push(&self, store: Option<&Store>) -> Result<BlobOutcome, RegistryError> {
+        if self.exists()? {
+            return Ok(BlobOutcome::Existing);
+        }
+        let others = match store {
+            Some(s) => s.registry_blob_repos(self.digest, &self.scope.domain, self.path)?,
+            None => Vec::new(),
+        };
+        let session = match self.mount_from(&others)? {
+            Mount::Done => return Ok(BlobOutcome::Mounted),
+            Mount::Session(s) => s,
+        };
+        // The registry lacks it and no mount gave it: a blob known
+        // remotely, not local, is fetched now (its own error names where
+        // from).
+        if let Some(s) = store {
+            s.ensure_blob(self.digest)?;
+        }
+        self.upload_retrying(session)?;
+        Ok(BlobOutcome::Uploaded)
+    }
+
+    fn exists(&self) -> Result<bool, RegistryError> {
+        let blob_path = format!("/v2/{}/blobs/{}", self.path, self.digest);
+        let resp = self
+            .http
+            .send(&self.scope, &Req::new("HEAD", blob_path.as_str()).follow())?;
+        match resp.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(self
+                .http
+                .status_error(&self.scope, "HEAD", &self.what, resp)),
+        }
+    }
+
+    fn uploads(&self) -> String {
+        format!("/v2/{}/blobs/uploads/", self.path)
+    }
+
+    /// Try each repository of this registry known to have the blob.
+    fn mount_from(&self, others: &[String]) -> Result<Mount, RegistryError> {
+        for other in others {
+            let mut mscope = self.scope.clone();
+            mscope.scopes.push(format!("repository:{other}:pull"));
+            let target = format!("{}?mount={}&from={other}", self.uploads(), self.digest);
+            let Ok((resp, at)) = self
+                .http
+                .send_at(&mscope, &Req::new("POST", target.as_str()))
+            else {
+                continue;
+            };
+            match resp.status().as_u16() {
+                201 => return Ok(Mount::Done),
+                // Not mountable: the registry opened an upload session instead.
+                202 => return Ok(Mount::Session(Some(location(&self.scope, &resp, &at)?))),
+                _ => continue,
+            }
+        }
+        Ok(Mount::Session(None))
+    }
+
+    /// Upload sessions until one succeeds: a broken connection or a
+    /// 429/5xx starts a fresh session from the first byte (a half-sent
+    /// body may have been kept by the registry, so nothing is retried in
+    /// place).
+    fn upload_retrying(&self, mut session: Option<String>) -> Result<(), RegistryError> {
+        let mut attempt = 0;
+        loop {
+            let loc = match session.take() {
+                Some(l) => l,
+                None => self.open_session()?,
+            };
+            match self.upload(loc) {
+                Ok(()) => return Ok(()),
+                Err(
+                    RegistryError::Transport { .. }
+                    | RegistryError::Status {
+                        status: 429 | 500 | 502 | 503 | 504,
+                        ..
+                    },
+                ) if attempt < self.http.config().retries => {
+                    std::thread::sleep(super::http::backoff(attempt, None));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn open_session(&self) -> Result<String, RegistryError> {
+        let uploads = self.uploads();
+        let (resp, at) = self
+            .http
+            .send_at(&self.scope, &Req::new("POST", uploads.as_str()))?;
+        if resp.status().as_u16() != 202 {
+            return Err(self
+                .http
+                .status_error(&self.scope, "POST", &self.what, resp));
+        }
+        location(&self.scope, &resp, &at)
+    }
+
+    /// The blob's bytes from `skip` on, counted into progress events.
+    fn body(&self, skip: u64, len: u64) -> Body<'_> {
+        let open = move || -> io::Result<Box<dyn Read + Send + '_>> {
+            let mut r = (self.open)()?;
             if skip > 0 {
                 io::copy(&mut (&mut r).take(skip), &mut io::sink())?;
             }
             Ok(Box::new(Progress {
                 inner: r,
                 done: skip,
-                size,
-                digest,
-                events,
+                size: self.size,
+                digest: self.digest,
+                events: self.events,
                 last: skip,
                 failed: None,
             }))
-        }
-    };
-    let digest_q = format!("digest={digest}");
-    // One upload session; its requests are not retried in place (a
-    // half-sent body may have been kept by the registry).
-    let upload = |mut loc: String| -> Result<(), RegistryError> {
-        match opts.chunk_size.filter(|c| *c > 0 && *c < size) {
-            None => {
-                let resp = http.send(
-                    &scope,
-                    &Req::new("PUT", with_query(&loc, &digest_q))
-                        .header("Content-Type", "application/octet-stream")
-                        .body(Body::Stream {
-                            len: size,
-                            open: Box::new(progress_open(0)),
-                        })
-                        .no_retry(),
-                )?;
-                if resp.status().as_u16() != 201 {
-                    return Err(http.status_error(&scope, "PUT", &what, resp));
-                }
-            }
-            Some(chunk) => {
-                let mut offset = 0u64;
-                while offset < size {
-                    let n = chunk.min(size - offset);
-                    let (resp, at) = http.send_at(
-                        &scope,
-                        &Req::new("PATCH", loc.as_str())
-                            .header("Content-Type", "application/octet-stream")
-                            .header("Content-Range", format!("{}-{}", offset, offset + n - 1))
-                            .body(Body::Stream {
-                                len: n,
-                                open: Box::new(progress_open(offset)),
-                            })
-                            .no_retry(),
-                    )?;
-                    if resp.status().as_u16() != 202 {
-                        return Err(http.status_error(&scope, "PATCH", &what, resp));
-                    }
-                    loc = location(&scope, &resp, &at)?;
-                    offset += n;
-                }
-                let resp = http.send(
-                    &scope,
-                    &Req::new("PUT", with_query(&loc, &digest_q)).no_retry(),
-                )?;
-                if resp.status().as_u16() != 201 {
-                    return Err(http.status_error(&scope, "PUT", &what, resp));
-                }
-            }
-        }
-        Ok(())
-    };
-    let mut attempt = 0;
-    loop {
-        let loc = match session.take() {
-            Some(l) => l,
-            None => {
-                let (resp, at) = http.send_at(&scope, &Req::new("POST", uploads.as_str()))?;
-                if resp.status().as_u16() != 202 {
-                    return Err(http.status_error(&scope, "POST", &what, resp));
-                }
-                location(&scope, &resp, &at)?
-            }
         };
-        match upload(loc) {
-            Ok(()) => break,
-            // A broken connection or a 429/5xx: a fresh session, from the
-            // first byte.
-            Err(
-                RegistryError::Transport { .. }
-                | RegistryError::Status {
-                    status: 429 | 500 | 502 | 503 | 504,
-                    ..
-                },
-            ) if attempt < http.config().retries => {
-                std::thread::sleep(super::http::backoff(attempt, None));
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
+        Body::Stream {
+            len,
+            open: Box::new(open),
         }
     }
-    done(BlobOutcome::Uploaded)
+
+    /// One upload session: the whole blob in one `PUT`, or in chunks.
+    fn upload(&self, loc: String) -> Result<(), RegistryError> {
+        let digest_q = format!("digest={}", self.digest);
+        let loc = match self.chunk_size {
+            None => {
+                let req = Req::new("PUT", with_query(&loc, &digest_q))
+                    .header("Content-Type", "application/octet-stream")
+                    .body(self.body(0, self.size))
+                    .no_retry();
+                return self.expect(req, 201, "PUT");
+            }
+            Some(chunk) => self.patch_chunks(loc, chunk)?,
+        };
+        let req = Req::new("PUT", with_query(&loc, &digest_q)).no_retry();
+        self.expect(req, 201, "PUT")
+    }
+
+    /// `PATCH` each chunk; the session URL the last answer points to.
+    fn patch_chunks(&self, mut loc: String, chunk: u64) -> Result<String, RegistryError> {
+        let mut offset = 0u64;
+        while offset < self.size {
+            let n = chunk.min(self.size - offset);
+            let req = Req::new("PATCH", loc.as_str())
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Range", format!("{}-{}", offset, offset + n - 1))
+                .body(self.body(offset, n))
+                .no_retry();
+            let (resp, at) = self.http.send_at(&self.scope, &req)?;
+            if resp.status().as_u16() != 202 {
+                return Err(self
+                    .http
+                    .status_error(&self.scope, "PATCH", &self.what, resp));
+            }
+            loc = location(&self.scope, &resp, &at)?;
+            offset += n;
+        }
+        Ok(loc)
+    }
+
+    fn expect(&self, req: Req<'_>, status: u16, method: &str) -> Result<(), RegistryError> {
+        let resp = self.http.send(&self.scope, &req)?;
+        if resp.status().as_u16() != status {
+            return Err(self
+                .http
+                .status_error(&self.scope, method, &self.what, resp));
+        }
+        Ok(())
+    }
 }
 
 /// The bytes of a store blob for an upload; a blob known remotely, not

@@ -85,6 +85,12 @@ pub enum Command {
     Rm(RmArgs),
     /// Fetch the logs of a container.
     Logs(LogsArgs),
+    /// Show the running processes of a container.
+    Top(TopArgs),
+    /// List a container's published ports, or the host address of one.
+    Port(PortArgs),
+    /// Copy files between a running container and the host.
+    Cp(CpArgs),
     /// Manage volumes (kept in the store).
     Volume {
         #[command(subcommand)]
@@ -573,7 +579,58 @@ pub struct LogsArgs {
     /// Follow log output.
     #[arg(short, long)]
     pub follow: bool,
+    /// Show timestamps.
+    #[arg(short, long)]
+    pub timestamps: bool,
+    /// Show logs since a time (2026-12-07T10:00:00Z, a Unix time) or for a duration before now (42m).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Show logs before a time (2026-12-07T10:00:00Z, a Unix time) or a duration before now (42m).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Number of lines to show from the end of the logs ("all" for every line).
+    #[arg(short = 'n', long, value_name = "N", default_value = "all")]
+    pub tail: String,
     pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    pub container: String,
+    /// Options for the host's ps (default: -ef).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PS OPTIONS"
+    )]
+    pub ps_options: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    pub container: String,
+    /// A container port, PORT or PORT/PROTO (default: every published one).
+    #[arg(value_name = "PRIVATE_PORT[/PROTO]")]
+    pub port: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Archive mode: keep the files' owners (uid/gid).
+    #[arg(short, long)]
+    pub archive: bool,
+    /// Always follow a symbolic link given as SRC_PATH.
+    #[arg(short = 'L', long = "follow-link")]
+    pub follow_link: bool,
+    /// Print nothing on success.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// CONTAINER:SRC_PATH or a host path.
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// A host path or CONTAINER:DEST_PATH.
+    #[arg(value_name = "DEST")]
+    pub dest: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,7 @@ use anyhow::Result;
 use kiln_runner::{ContainerSpec, Containers, NetworkMode, RootFs, RunOptions, RunnerConfig};
 use kiln_store::Store;
 
-use crate::cli::{ExecArgs, LogsArgs, PsArgs, RmArgs, RunArgs, RunNetwork, StopArgs};
+use crate::cli::{ExecArgs, PsArgs, RmArgs, RunArgs, RunNetwork, StopArgs};
 use crate::error::Failure;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -232,6 +232,7 @@ pub fn run(store: &Store, access: &crate::cmd_registry::Access, args: RunArgs) -
         resources,
         restart,
         healthcheck,
+        on_removed: Vec::new(),
     };
     start(store, spec, opts, args.detach, &anonymous)
 }
@@ -247,6 +248,10 @@ fn start(
 ) -> Result<ExitCode> {
     let c = containers(store)?;
     if detach {
+        let mut opts = opts;
+        if opts.auto_remove && !anonymous.is_empty() {
+            opts.on_removed = volume_rm_argv(store, anonymous)?;
+        }
         let id = c.run_detached(spec, opts).map_err(runner_failure)?;
         println!("{id}");
         Ok(ExitCode::SUCCESS)
@@ -261,6 +266,23 @@ fn start(
         let code = result.map_err(runner_failure)?;
         Ok(ExitCode::from(code.clamp(0, 255) as u8))
     }
+}
+
+/// `kiln --root ROOT volume rm NAMES...`: what the monitor of a detached
+/// `--rm` container runs once the container is gone (kiln has no daemon
+/// to do it), so its anonymous volumes go with it as with docker.
+fn volume_rm_argv(store: &Store, names: &[String]) -> Result<Vec<String>> {
+    let exe = std::env::current_exe()?;
+    let mut argv = vec![
+        exe.to_string_lossy().into_owned(),
+        "--root".to_string(),
+        store.root().to_string_lossy().into_owned(),
+        "volume".to_string(),
+        "rm".to_string(),
+        "--force".to_string(),
+    ];
+    argv.extend(names.iter().cloned());
+    Ok(argv)
 }
 
 /// ENTRYPOINT/CMD, docker's rules: --entrypoint resets the image's CMD;
@@ -497,11 +519,6 @@ pub fn exec(store: &Store, args: ExecArgs) -> Result<ExitCode> {
     if let Some(u) = &args.user {
         kiln_runner::user::check_spec(u).map_err(|e| Failure::new(126, format!("kiln: {e}")))?;
     }
-    if args.detach && args.tty {
-        return Err(run_failure(
-            "kiln: exec -d with -t is not built yet (a detached exec has no terminal to attach)",
-        ));
-    }
     let opts = kiln_runner::ExecOptions {
         args: args.command.clone(),
         env: args.env.iter().map(|e| expand_env_arg(e)).collect(),
@@ -576,17 +593,6 @@ pub fn rm(store: &Store, args: &RmArgs) -> Result<ExitCode> {
         crate::cmd_volumes::remove_anonymous(store, &gone)?;
     }
     Ok(code)
-}
-
-pub fn logs(store: &Store, args: &LogsArgs) -> Result<ExitCode> {
-    let c = containers(store)?;
-    let id = c
-        .resolve(&args.container)
-        .map_err(|e| Failure::new(1, format!("Error response from kiln: {e}")))?;
-    let stdout = std::io::stdout();
-    let mut lock = stdout.lock();
-    c.logs(&id, args.follow, &mut lock)?;
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod cmd_attest;
 mod cmd_build;
 mod cmd_containers;
 mod cmd_images;
+mod cmd_inspect_ctr;
 mod cmd_registry;
 mod cmd_volumes;
 mod reproduce;
@@ -31,7 +32,13 @@ fn main() -> ExitCode {
     // namespace of our own (container root = the user, 1..N = its
     // subordinate range) before anything touches the store or a container.
     let need = user_namespace_need(&cli.command);
-    if need != Need::No {
+    if let Need::Container(name) = &need {
+        // Rootless: the container's own namespace, where we are root.
+        if let Err(e) = cmd_inspect_ctr::join_rootless(&cli.root, name) {
+            eprintln!("kiln: {e}");
+            return ExitCode::from(125);
+        }
+    } else if need != Need::No {
         match kiln_runner::userns::enter_rootless() {
             Ok(Some(entered)) => {
                 for w in entered.warnings {
@@ -60,8 +67,11 @@ fn main() -> ExitCode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Need {
+    /// It goes into a running container (exec, cp, top): rootless, it
+    /// joins the user namespace that container runs in.
+    Container(String),
     /// It unpacks layers, runs or removes containers or deletes snapshots,
     /// whose files belong to container IDs: no namespace, no command.
     Required,
@@ -74,6 +84,13 @@ enum Need {
 fn user_namespace_need(c: &Command) -> Need {
     match c {
         Command::Parse(_) | Command::Login(_) | Command::Logout(_) => Need::No,
+        Command::Exec(a) => Need::Container(a.container.clone()),
+        Command::Top(a) => Need::Container(a.container.clone()),
+        Command::Cp(a) => match cmd_inspect_ctr::cp_container(a) {
+            Some(name) => Need::Container(name.to_string()),
+            // Not one container: cp's own error says so.
+            None => Need::No,
+        },
         Command::Images(_)
         | Command::Tag { .. }
         | Command::Inspect { .. }
@@ -82,6 +99,7 @@ fn user_namespace_need(c: &Command) -> Need {
         | Command::Save(_)
         | Command::Ps(_)
         | Command::Logs(_)
+        | Command::Port(_)
         | Command::Push(_)
         | Command::Cache {
             command: CacheCommand::Ls { .. } | CacheCommand::Du | CacheCommand::Why { .. },
@@ -220,7 +238,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd_containers::rm(&open_store(&cli.root, &cli.limits, &access)?, &args)
         }
         Command::Logs(args) => {
-            cmd_containers::logs(&open_store(&cli.root, &cli.limits, &access)?, &args)
+            cmd_inspect_ctr::logs(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Top(args) => {
+            cmd_inspect_ctr::top(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Port(args) => {
+            cmd_inspect_ctr::port(&open_store(&cli.root, &cli.limits, &access)?, &args)
+        }
+        Command::Cp(args) => {
+            cmd_inspect_ctr::cp(&open_store(&cli.root, &cli.limits, &access)?, &args)
         }
         Command::Exec(args) => {
             cmd_containers::exec(&open_store(&cli.root, &cli.limits, &access)?, args)
