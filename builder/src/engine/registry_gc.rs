@@ -11,6 +11,11 @@
 //! cache manifests and their records documents are deleted and the layers
 //! left to the registry's garbage collector.
 //!
+//! A build that imported a removed cache lazily a moment before may then
+//! miss one of its layers (it fails naming the registry and the blob, and
+//! the next build imports what is there): pruning is an explicit command,
+//! unlike the replacement of an exported ref, which leaves blobs linked.
+//!
 //! Deleting needs a registry that allows it; the CNCF distribution registry
 //! answers 405 unless `storage.delete.enabled` is true, and frees the bytes
 //! of unlinked blobs only when its garbage collector runs.
