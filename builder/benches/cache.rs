@@ -46,6 +46,7 @@ fn record(i: usize) -> CacheRecord {
         created: 1_700_000_000 + i as i64,
         last_used: 1_700_000_000 + i as i64,
         hits: 0,
+        origin: None,
     }
 }
 

@@ -132,6 +132,7 @@ fn unrelated(n: usize) -> Vec<CacheRecord> {
             created: 1_700_000_000 + i as i64,
             last_used: 1_700_000_000 + i as i64,
             hits: 0,
+            origin: None,
         })
         .collect()
 }

@@ -135,6 +135,15 @@ impl Progress {
         self.finish(id, "CACHED".into());
     }
 
+    /// A hit, and with `--explain` the imported cache it came from
+    /// (`CACHED (from type=registry,ref=...)`).
+    pub fn cached_from(&self, id: StepId, origin: Option<&str>) {
+        match origin {
+            Some(o) => self.finish(id, format!("CACHED (from {o})")),
+            None => self.cached(id),
+        }
+    }
+
     pub fn done(&self, id: StepId, took: Duration) {
         self.finish(id, format!("DONE {:.2}s", took.as_secs_f64()));
     }

@@ -34,6 +34,10 @@ pub struct CacheRecord {
     /// Unix seconds.
     pub last_used: i64,
     pub hits: u64,
+    /// Where an imported record came from (the `--cache-from` source),
+    /// `None` for a record made on this root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// Where to look for the nearest earlier record of a step.
@@ -97,11 +101,11 @@ impl CacheCounter {
 }
 
 const COLUMNS: &str =
-    "key, parent, description, source, stage, inputs, result, layer, created, last_used, hits";
+    "key, parent, description, source, stage, inputs, result, layer, created, last_used, hits, origin";
 /// The same, with `result` (a step's whole config) left unread: what
 /// explaining a step needs.
 const COLUMNS_NO_RESULT: &str =
-    "key, parent, description, source, stage, inputs, 'null', layer, created, last_used, hits";
+    "key, parent, description, source, stage, inputs, 'null', layer, created, last_used, hits, origin";
 
 /// The build cache view (`store.cache()`): cache records (the key of a
 /// step to its result), cache mounts and build records.
@@ -291,8 +295,8 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO cache (key, parent, description, source, stage, inputs, result, layer, layer_digest, created, last_used, hits, used_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                "INSERT OR REPLACE INTO cache (key, parent, description, source, stage, inputs, result, layer, layer_digest, created, last_used, hits, used_ms, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             let ms = now_ms();
             for rec in recs {
@@ -309,7 +313,8 @@ impl Store {
                     rec.created,
                     rec.last_used,
                     rec.hits as i64,
-                    ms
+                    ms,
+                    rec.origin
                 ])?;
             }
         }
@@ -365,6 +370,7 @@ fn row_to_cache(r: &rusqlite::Row<'_>) -> rusqlite::Result<CacheRow> {
             created: r.get(8)?,
             last_used: r.get(9)?,
             hits: r.get::<_, i64>(10)? as u64,
+            origin: r.get(11)?,
         };
         Ok((rec, bytes))
     };
@@ -388,7 +394,23 @@ mod tests {
             created: i as i64,
             last_used: i as i64,
             hits: 0,
+            origin: None,
         }
+    }
+
+    #[test]
+    fn an_imported_record_keeps_its_origin_until_a_step_writes_it_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = rec(1, "p", "RUN a", "s");
+        r.origin = Some("type=registry,ref=h/a:cache".into());
+        store.cache_put(&r).unwrap();
+        let got = store.cache_get(&r.key).unwrap().unwrap();
+        assert_eq!(got.origin.as_deref(), Some("type=registry,ref=h/a:cache"));
+        assert_eq!(store.cache_list().unwrap()[0].origin, got.origin);
+        r.origin = None;
+        store.cache_put(&r).unwrap();
+        assert_eq!(store.cache_get(&r.key).unwrap().unwrap().origin, None);
     }
 
     #[test]

@@ -145,6 +145,13 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 7: where an imported cache record came from (`--cache-from`: the
+    // source as the user named it), NULL for a record this root made: what
+    // `kiln build --explain` and `kiln cache ls` say about a hit. A record
+    // written again by a step that ran here is this root's own again.
+    r#"
+    ALTER TABLE cache ADD COLUMN origin TEXT;
+    "#,
 ];
 
 /// The schema version this build of kiln writes.

@@ -86,6 +86,7 @@ fn work_once(s: &Store, rng: &mut Rng, me: &str, i: u64) {
         created: 0,
         last_used: 0,
         hits: 0,
+        origin: None,
     })
     .unwrap();
     s.ensure_snapshot(&layer).unwrap();

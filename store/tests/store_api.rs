@@ -284,6 +284,7 @@ fn cache_and_stat_cache() {
         created: 100,
         last_used: 100,
         hits: 0,
+        origin: None,
     };
     s.cache_put(&rec).unwrap();
     assert_eq!(s.cache_get("k1").unwrap().unwrap(), rec);
@@ -480,6 +481,7 @@ fn cache_keep_storage_is_lru() {
             created: i as i64,
             last_used: 10 + i as i64,
             hits: 0,
+            origin: None,
         })
         .unwrap();
     }
@@ -661,6 +663,7 @@ fn df_accounts_images_cache_and_garbage() {
         created: 0,
         last_used: 0,
         hits: 0,
+        origin: None,
     })
     .unwrap();
     s.remove_image(cached.config_digest.as_str(), false)

@@ -39,6 +39,7 @@ impl Builder {
             hit: true,
             args: st.args.keys().cloned().collect(),
             meta: false,
+            origin: None,
         };
         let id = self.progress.start(&format!("{pos} {}", ins.original));
         if !self.opts.no_cache {
@@ -54,8 +55,10 @@ impl Builder {
                         .and_then(|h| h.created.clone())
                         .or(st.last_created.take());
                     st.hits.push(k);
+                    let from = self.opts.explain.then_some(rec.origin.as_deref()).flatten();
+                    self.progress.cached_from(id, from);
+                    trace.origin = rec.origin;
                     self.trace.lock().expect("trace").push(trace);
-                    self.progress.cached(id);
                     return Ok(());
                 }
             }
@@ -103,6 +106,7 @@ impl Builder {
             created: now,
             last_used: now,
             hits: 0,
+            origin: None,
         })?;
         self.progress.done(id, t0.elapsed());
         Ok(())

@@ -24,6 +24,9 @@ pub struct StepTrace {
     pub args: Vec<String>,
     /// A step that makes no layer (metadata, ARG, FROM).
     pub meta: bool,
+    /// A hit on an imported record: the `--cache-from` source it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// Finds the newest earlier record near a step (an indexed lookup in the
@@ -421,6 +424,7 @@ mod tests {
             hit,
             args: vec![],
             meta: true,
+            origin: None,
         }
     }
 

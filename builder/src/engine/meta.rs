@@ -86,6 +86,7 @@ impl Builder {
                 created: now,
                 last_used: now,
                 hits: 0,
+                origin: None,
             });
         } else {
             st.hits.push(k.clone());
@@ -103,6 +104,7 @@ impl Builder {
                 hit,
                 args: st.args.keys().cloned().collect(),
                 meta: true,
+                origin: None,
             });
         st.key = k;
         Ok(())

@@ -2,6 +2,7 @@
 //! content-addressed cache -> an image in the store, tagged.
 
 mod bind_prep;
+pub mod cache_spec;
 mod cached;
 mod config_rules;
 mod copy;
@@ -9,6 +10,7 @@ mod copy_op;
 pub mod executor;
 pub mod explain;
 mod git;
+pub mod inline;
 pub mod inputs;
 pub mod key;
 mod lazy_view;
@@ -21,6 +23,7 @@ pub mod plan;
 pub mod platform;
 pub mod portable;
 mod preflight;
+pub mod registry_gc;
 pub mod report;
 mod run_mounts;
 mod run_op;
@@ -144,11 +147,36 @@ impl Builder {
                 Ok((format!("{} ({})", t.description, t.source), why))
             })
             .collect::<Result<_>>()?;
+        let hits: Vec<(String, Option<String>)> = trace
+            .iter()
+            .filter(|t| t.hit && !t.meta)
+            .map(|t| {
+                (
+                    format!("{} ({})", t.description, t.source),
+                    t.origin.clone(),
+                )
+            })
+            .collect();
+        let imported = hits.iter().any(|(_, o)| o.is_some());
         Ok(Report {
             image: String::new(),
             steps: trace.iter().filter(|t| !t.meta).count(),
             missed,
+            hits: if imported { hits } else { Vec::new() },
         })
+    }
+
+    /// The cache keys of `result`'s own chain, from its last step back to
+    /// its base (what `mode=min` and the inline cache export).
+    pub fn chain_keys(&self, result: &StageResult) -> Vec<String> {
+        let trace = self.trace.lock().expect("trace");
+        let mut keys: Vec<String> = Vec::new();
+        let mut cur = Some(result.key.clone());
+        while let Some(k) = cur.filter(|k| !k.is_empty() && !keys.contains(k)) {
+            cur = trace.iter().find(|t| t.key == k).map(|t| t.parent.clone());
+            keys.push(k);
+        }
+        keys
     }
 
     /// A COPY source too large to keep its listing in the key says only

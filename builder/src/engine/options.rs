@@ -55,6 +55,8 @@ pub struct Options {
     pub epoch_in_run: bool,
     /// How many stages may run at once (at least 1).
     pub max_parallelism: usize,
+    /// `--explain`: a hit on an imported record says where it came from.
+    pub explain: bool,
 }
 
 impl Options {

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use kiln_store::{CacheRecord, Digest, LayerInfo, Store};
@@ -20,109 +20,14 @@ use serde_json::{json, Value};
 
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-const ARTIFACT_TYPE: &str = "application/vnd.kiln.cache.v1+json";
+pub(super) const ARTIFACT_TYPE: &str = "application/vnd.kiln.cache.v1+json";
 const CONFIG_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
 /// Largest index, manifest or records document accepted on import.
 const MAX_DOC: u64 = 256 << 20;
 
-/// Where a portable cache lives.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Location {
-    /// An OCI image layout directory.
-    Local(PathBuf),
-    /// A reference in a registry (`localhost:5000/app:buildcache`).
-    Registry(String),
-}
+pub use super::cache_spec::{parse_cache_from, parse_cache_to, CacheTo, Location};
 
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Local(p) => write!(f, "{}", p.display()),
-            Location::Registry(r) => f.write_str(r),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheTo {
-    pub dest: Location,
-    /// `mode=max`: every step of the build; `min`: the target's chain.
-    pub max: bool,
-}
-
-fn fields(spec: &str, flag: &str) -> Result<BTreeMap<String, String>> {
-    let mut m = BTreeMap::new();
-    for part in spec.split(',') {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| anyhow!("{flag} {spec:?}: expected key=value fields"))?;
-        m.insert(k.to_string(), v.to_string());
-    }
-    match m.get("type").map(String::as_str) {
-        Some("local") | Some("registry") => Ok(m),
-        Some(other) => bail!("{flag}: unsupported type {other:?} (kiln knows local and registry)"),
-        None => bail!("{flag} {spec:?}: type= is required (type=local or type=registry)"),
-    }
-}
-
-/// `dest=`/`src=` for type=local, `ref=` for type=registry.
-fn location(
-    m: &BTreeMap<String, String>,
-    spec: &str,
-    flag: &str,
-    dir_key: &str,
-) -> Result<Location> {
-    if m.get("type").map(String::as_str) == Some("registry") {
-        let r = m
-            .get("ref")
-            .ok_or_else(|| anyhow!("{flag} {spec:?}: ref=REGISTRY/REPO:TAG is required"))?;
-        kiln_store::reference::parse(r).map_err(|e| anyhow!("{flag} ref={r}: {e}"))?;
-        Ok(Location::Registry(r.clone()))
-    } else {
-        m.get(dir_key)
-            .map(|d| Location::Local(PathBuf::from(d)))
-            .ok_or_else(|| anyhow!("{flag} {spec:?}: {dir_key}=DIR is required"))
-    }
-}
-
-pub fn parse_cache_to(spec: &str) -> Result<CacheTo> {
-    let m = fields(spec, "--cache-to")?;
-    let dest = location(&m, spec, "--cache-to", "dest")?;
-    let max = match m.get("mode").map(String::as_str) {
-        None | Some("min") => false,
-        Some("max") => true,
-        Some(other) => bail!("--cache-to mode={other}: expected min or max"),
-    };
-    let place = if matches!(dest, Location::Local(_)) {
-        "dest"
-    } else {
-        "ref"
-    };
-    for k in m.keys() {
-        if !matches!(k.as_str(), "type" | "mode") && k != place {
-            bail!("--cache-to: unknown field {k:?} (type, {place}, mode)");
-        }
-    }
-    Ok(CacheTo { dest, max })
-}
-
-pub fn parse_cache_from(spec: &str) -> Result<Location> {
-    let m = fields(spec, "--cache-from")?;
-    let src = location(&m, spec, "--cache-from", "src")?;
-    let place = if matches!(src, Location::Local(_)) {
-        "src"
-    } else {
-        "ref"
-    };
-    for k in m.keys() {
-        if k != "type" && k != place {
-            bail!("--cache-from: unknown field {k:?} (type, {place})");
-        }
-    }
-    Ok(src)
-}
-
-fn record_json(r: &CacheRecord) -> Value {
+pub(super) fn record_json(r: &CacheRecord) -> Value {
     // last_used and hits are local history, not cache content: left out so
     // that exporting the same records twice gives the same bytes.
     json!({
@@ -138,7 +43,7 @@ fn record_json(r: &CacheRecord) -> Value {
     })
 }
 
-fn layers_of(r: &CacheRecord) -> Vec<LayerInfo> {
+pub(super) fn layers_of(r: &CacheRecord) -> Vec<LayerInfo> {
     let mut v: Vec<LayerInfo> = r
         .result
         .get("layers")
@@ -236,29 +141,41 @@ fn artifact(store: &Store, keys: &[String], encodings: bool) -> Result<Artifact>
 /// Writes `keys`' records and their layers to `to.dest`, replacing what
 /// was there (a local layout is built beside it and renamed, so a failed
 /// export leaves the old cache whole; in a registry the manifest is put
-/// last, after every blob it names).
+/// last, after every blob it names, and the tag moves to it: nothing is
+/// appended to what the tag named before). Returns the records written
+/// and notes on what became of the replaced cache.
 pub fn export(
     store: &Store,
     keys: &[String],
     to: &CacheTo,
     access: &crate::registry::Access,
-) -> Result<usize> {
+) -> Result<(usize, Vec<String>)> {
     let a = artifact(store, keys, matches!(to.dest, Location::Registry(_)))?;
+    let mut notes = Vec::new();
     match &to.dest {
         Location::Local(dir) => write_layout(store, &a, dir)?,
-        Location::Registry(r) => push_artifact(store, &a, r, access)?,
+        Location::Registry(r) => {
+            if let Some(n) = push_artifact(store, &a, r, access)? {
+                notes.push(n);
+            }
+        }
+        other => bail!("{other} is not a cache artifact destination"),
     }
-    Ok(a.records)
+    Ok((a.records, notes))
 }
 
+/// Pushes the artifact to `target`; when that moved the tag from an older
+/// cache manifest, deletes it (see [`super::registry_gc::drop_replaced`]):
+/// best effort, said in the note, never failing the export.
 fn push_artifact(
     store: &Store,
     a: &Artifact,
     target: &str,
     access: &crate::registry::Access,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let r = kiln_store::reference::parse(target)?;
     let client = access.client()?;
+    let before = client.manifest_digest(&r).ok().flatten();
     for l in &a.layers {
         client.put_store_blob(store, &r, &l.digest)?;
     }
@@ -269,8 +186,18 @@ fn push_artifact(
         a.config.len() as u64,
         &move || Ok(Box::new(std::io::Cursor::new(config.clone())) as Box<dyn Read + Send>),
     )?;
-    client.put_manifest(&r, MANIFEST_TYPE, &a.manifest)?;
-    Ok(())
+    let now = client.put_manifest(&r, MANIFEST_TYPE, &a.manifest)?;
+    let Some(old) = before.filter(|b| *b != now) else {
+        return Ok(None);
+    };
+    let tag = r.tag().unwrap_or("latest");
+    let note = super::registry_gc::drop_replaced(&client, &r, tag, &old).unwrap_or_else(|e| {
+        format!(
+            "the cache manifest {tag} named before ({}) was left: {e:#}",
+            old.short()
+        )
+    });
+    Ok((!note.is_empty()).then_some(note))
 }
 
 fn write_layout(store: &Store, a: &Artifact, dest: &Path) -> Result<()> {
@@ -350,14 +277,19 @@ fn descriptor(v: &Value) -> Result<(Digest, u64)> {
 pub struct Imported {
     pub records: usize,
     pub warnings: Vec<String>,
+    /// What the imported records are attributed to (see
+    /// [`Location::origin`]).
+    pub origin: String,
 }
 
-/// Where an import reads from.
+/// Where an import reads a cache artifact from.
 enum Source<'a> {
     Dir(&'a Path),
     Registry {
         reference: kiln_store::Reference,
         client: std::sync::Arc<kiln_store::registry::Client>,
+        /// The cache manifest, read when the reference was resolved.
+        manifest: Vec<u8>,
     },
 }
 
@@ -387,13 +319,7 @@ impl Source<'_> {
                 let (md, ms) = descriptor(m)?;
                 read_verified(src, &md, ms)
             }
-            Source::Registry { reference, client } => {
-                let (bytes, media_type, _) = client.get_manifest(reference, &[MANIFEST_TYPE])?;
-                if media_type != MANIFEST_TYPE {
-                    bail!("{reference} is a {media_type}, not a kiln cache manifest");
-                }
-                Ok(bytes)
-            }
+            Source::Registry { manifest, .. } => Ok(manifest.clone()),
         }
     }
 
@@ -401,7 +327,9 @@ impl Source<'_> {
     fn doc(&self, store: &Store, d: &Digest, size: u64) -> Result<Vec<u8>> {
         match self {
             Source::Dir(src) => read_verified(src, d, size),
-            Source::Registry { reference, client } => {
+            Source::Registry {
+                reference, client, ..
+            } => {
                 if size > MAX_DOC {
                     bail!("{d} is {size} bytes, over the {MAX_DOC}-byte limit");
                 }
@@ -454,20 +382,121 @@ impl Source<'_> {
     }
 }
 
-/// Imports the records of a cache written by `export`. Layers of a local
-/// cache are stored only after their digest checked out; those of a
-/// registry cache are recorded as known remotely and fetched (verified)
-/// when needed. A record is imported only if every layer it names is
-/// stored or known remotely. What cannot be trusted is reported and left
-/// out: the build then runs those steps.
-pub fn import(store: &Store, src: &Location, access: &crate::registry::Access) -> Result<Imported> {
-    let source = match src {
-        Location::Local(dir) => Source::Dir(dir),
-        Location::Registry(r) => Source::Registry {
-            reference: kiln_store::reference::parse(r)?,
-            client: access.client()?,
-        },
+/// A record of an exported cache document (see [`record_json`]), `None`
+/// when it has no valid key. Used now, never hit yet, from `origin`.
+pub(super) fn record_from_json(r: &Value, origin: &str) -> Option<CacheRecord> {
+    let text = |k: &str| {
+        r.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
     };
+    let rec = CacheRecord {
+        key: text("key"),
+        parent: r.get("parent").and_then(Value::as_str).map(String::from),
+        description: text("description"),
+        source: text("source"),
+        stage: text("stage"),
+        inputs: r.get("inputs").cloned().unwrap_or(Value::Null),
+        result: r.get("result").cloned().unwrap_or(Value::Null),
+        layer: r
+            .get("layer")
+            .and_then(|l| serde_json::from_value(l.clone()).ok()),
+        created: r.get("created").and_then(Value::as_i64).unwrap_or(0),
+        last_used: chrono::Utc::now().timestamp(),
+        hits: 0,
+        origin: Some(origin.to_string()),
+    };
+    (rec.key.len() == 64 && rec.key.chars().all(|c| c.is_ascii_hexdigit())).then_some(rec)
+}
+
+/// Stores the records the store does not have yet (a record it has, made
+/// here or imported from an earlier source, wins: first hit wins), in one
+/// transaction. Returns how many were new.
+pub(super) fn put_new(store: &Store, recs: Vec<CacheRecord>) -> Result<usize> {
+    let mut new = Vec::new();
+    for r in recs {
+        if store.cache_get(&r.key)?.is_none() && !new.iter().any(|n: &CacheRecord| n.key == r.key) {
+            new.push(r);
+        }
+    }
+    store.cache_put_many(&new)?;
+    Ok(new.len())
+}
+
+/// Imports the records of `src`: a cache written by `export` (local or in
+/// a registry), or the inline cache of an image (in a registry, or the
+/// local store's image of that name for a bare `--cache-from IMAGE`).
+/// Layers of a local cache are stored only after their digest checked out;
+/// those in a registry are recorded as known remotely and fetched
+/// (verified) when needed. A record is imported only if every layer it
+/// names is stored or known remotely. What cannot be trusted is reported
+/// and left out: the build then runs those steps.
+pub fn import(store: &Store, src: &Location, access: &crate::registry::Access) -> Result<Imported> {
+    let origin = src.origin();
+    match src {
+        Location::Local(dir) => import_artifact(store, Source::Dir(dir), &origin),
+        Location::Image(name) => {
+            let Some(img) = store.resolve_image(name)? else {
+                return import_registry(store, name, access, origin);
+            };
+            let config = store.read_blob(&img.config_digest)?;
+            let local = format!("{name} (local image)");
+            match super::inline::import_config(store, &config, &img.layers, &local) {
+                Ok((records, warnings)) => Ok(Imported {
+                    records,
+                    warnings,
+                    origin: local,
+                }),
+                // The local image has no inline cache: the registry's may.
+                Err(e) => import_registry(store, name, access, origin)
+                    .map_err(|r| anyhow!("the local image: {e:#}; in the registry: {r:#}")),
+            }
+        }
+        Location::Registry(r) => import_registry(store, r, access, origin),
+        Location::Inline => bail!("type=inline is a --cache-to destination"),
+    }
+}
+
+/// A reference in a registry: a kiln cache artifact, else an image whose
+/// config may carry an inline cache.
+fn import_registry(
+    store: &Store,
+    name: &str,
+    access: &crate::registry::Access,
+    origin: String,
+) -> Result<Imported> {
+    let reference = kiln_store::reference::parse(name)?;
+    let client = access.client()?;
+    let (manifest, _, _) = client.get_manifest(&reference, &[])?;
+    let is_cache = serde_json::from_slice::<Value>(&manifest)
+        .ok()
+        .and_then(|m| {
+            m.get("artifactType")
+                .and_then(Value::as_str)
+                .map(|t| t == ARTIFACT_TYPE)
+        })
+        .unwrap_or(false);
+    if is_cache {
+        let source = Source::Registry {
+            reference,
+            client,
+            manifest,
+        };
+        return import_artifact(store, source, &origin);
+    }
+    let platform = kiln_store::registry::Platform::host();
+    let (config, layers) = client.image_config_lazy(store, &reference, &platform)?;
+    let (records, warnings) = super::inline::import_config(store, &config, &layers, &origin)
+        .with_context(|| format!("{name} is an image"))?;
+    Ok(Imported {
+        records,
+        warnings,
+        origin,
+    })
+}
+
+fn import_artifact(store: &Store, source: Source, origin: &str) -> Result<Imported> {
     let mut warnings = Vec::new();
     let manifest: Value =
         serde_json::from_slice(&source.manifest()?).context("the cache manifest is not JSON")?;
@@ -503,99 +532,27 @@ pub fn import(store: &Store, src: &Location, access: &crate::registry::Access) -
         }
     }
     source.encodings(store, &config, &good)?;
-    let mut imported = 0;
-    let records = config
+    let mut recs = Vec::new();
+    for r in config
         .get("records")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for r in records {
-        let rec = CacheRecord {
-            key: r
-                .get("key")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            parent: r.get("parent").and_then(Value::as_str).map(String::from),
-            description: r
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            source: r
-                .get("source")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            stage: r
-                .get("stage")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            inputs: r.get("inputs").cloned().unwrap_or(Value::Null),
-            result: r.get("result").cloned().unwrap_or(Value::Null),
-            layer: r
-                .get("layer")
-                .and_then(|l| serde_json::from_value(l.clone()).ok()),
-            created: r.get("created").and_then(Value::as_i64).unwrap_or(0),
-            last_used: chrono::Utc::now().timestamp(),
-            hits: 0,
-        };
-        if rec.key.len() != 64 || !rec.key.chars().all(|c| c.is_ascii_hexdigit()) {
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let Some(rec) = record_from_json(r, origin) else {
             warnings.push("a record without a valid key was ignored".into());
             continue;
-        }
-        if !layers_of(&rec)
+        };
+        if layers_of(&rec)
             .iter()
             .all(|l| good.contains(&l.digest.to_string()))
         {
-            continue;
-        }
-        if store.cache_get(&rec.key)?.is_none() {
-            store.cache_put(&rec)?;
-            imported += 1;
+            recs.push(rec);
         }
     }
     Ok(Imported {
-        records: imported,
+        records: put_new(store, recs)?,
         warnings,
+        origin: origin.to_string(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn specs_parse_like_buildkits() {
-        assert_eq!(
-            parse_cache_to("type=local,dest=/c,mode=max").unwrap(),
-            CacheTo {
-                dest: Location::Local("/c".into()),
-                max: true
-            }
-        );
-        assert!(!parse_cache_to("type=local,dest=/c").unwrap().max);
-        assert!(parse_cache_to("type=local").is_err());
-        assert_eq!(
-            parse_cache_to("type=registry,ref=localhost:5000/app:cache,mode=max").unwrap(),
-            CacheTo {
-                dest: Location::Registry("localhost:5000/app:cache".into()),
-                max: true
-            }
-        );
-        assert!(parse_cache_to("type=registry,dest=/c").is_err());
-        assert!(parse_cache_to("type=registry,ref=Bad/Name").is_err());
-        assert!(parse_cache_to("type=s3,ref=x").is_err());
-        assert_eq!(
-            parse_cache_from("type=local,src=/c").unwrap(),
-            Location::Local("/c".into())
-        );
-        assert_eq!(
-            parse_cache_from("type=registry,ref=localhost:5000/app:cache").unwrap(),
-            Location::Registry("localhost:5000/app:cache".into())
-        );
-        assert!(parse_cache_from("type=local,dest=/c").is_err());
-        assert!(parse_cache_from("type=registry,src=/c").is_err());
-    }
 }

@@ -35,9 +35,10 @@ impl Builder {
             ))),
             _ => None,
         };
-        let (config, layers, base_key, base_manifest) = self
+        let (mut config, layers, base_key, base_manifest) = self
             .base_of(&ps.base, i)
             .map_err(|e| self.src.located(ps.stage.span.line, &format!("{e:#}")))?;
+        super::inline::strip(&mut config);
         if let Some(id) = from {
             self.progress.done(id, std::time::Duration::ZERO);
         }

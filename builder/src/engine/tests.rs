@@ -141,6 +141,7 @@ impl Kit {
             seccomp_unconfined: false,
             epoch_in_run: false,
             max_parallelism: r.workers,
+            explain: false,
         };
         let mut b = Builder::new(
             self.store.clone(),

@@ -212,11 +212,17 @@ pub fn step_outcomes(stderr: &str) -> Vec<(String, String)> {
         };
         if text.starts_with('[') {
             labels.insert(n.to_string(), text.to_string());
-        } else if text == "CACHED" || text.starts_with("DONE") {
+        } else if text == "CACHED" || text.starts_with("CACHED (from ") || text.starts_with("DONE")
+        {
             if let Some(l) = labels.get(n) {
                 out.push((
                     l.clone(),
-                    if text == "CACHED" { "CACHED" } else { "RAN" }.to_string(),
+                    if text.starts_with("CACHED") {
+                        "CACHED"
+                    } else {
+                        "RAN"
+                    }
+                    .to_string(),
                 ));
             }
         }
@@ -238,6 +244,16 @@ impl Registry {
     /// `None` (after saying why, or failing in CI) when the registry
     /// cannot run here.
     pub fn start(tls_auth: bool) -> Option<Registry> {
+        Registry::start_with(if tls_auth { Some("--tls-auth") } else { None })
+    }
+
+    /// A plain-http registry that refuses deletes (405), as a CNCF
+    /// distribution registry does unless `storage.delete.enabled`.
+    pub fn start_without_deletes() -> Option<Registry> {
+        Registry::start_with(Some("--no-delete"))
+    }
+
+    fn start_with(option: Option<&str>) -> Option<Registry> {
         if !require(
             Path::new("/usr/bin/docker-registry").exists(),
             "Debian's docker-registry is not installed (scripts/deps.sh installs it)",
@@ -250,8 +266,8 @@ impl Registry {
             .expect("temp dir");
         let mut c = Command::new(repo_root().join("fixtures/registry/start-registry.sh"));
         c.arg(dir.path());
-        if tls_auth {
-            c.arg("--tls-auth");
+        if let Some(o) = option {
+            c.arg(o);
         }
         let out = c.output().expect("run start-registry.sh");
         assert!(

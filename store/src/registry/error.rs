@@ -50,6 +50,9 @@ pub enum RegistryError {
         status: u16,
         message: String,
     },
+    /// 405 to a DELETE: the registry does not allow deletes.
+    #[error("the registry {registry} does not allow deletes ({message}): a CNCF distribution registry allows them with `storage: delete: enabled: true` in its config.yml; otherwise its own garbage collector is what frees space")]
+    DeleteDisabled { registry: String, message: String },
     /// Could not talk to the registry at all (after retries).
     #[error("cannot reach the registry {registry}: {message}")]
     Transport { registry: String, message: String },

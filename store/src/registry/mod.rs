@@ -18,6 +18,7 @@
 
 mod error;
 mod http;
+mod manage;
 mod push;
 mod push_index;
 
@@ -771,6 +772,41 @@ impl Client {
     ) -> Result<ImageRecord, RegistryError> {
         let _lease = store.lease()?;
         let scope = Scope::pull(r.domain(), repo_of(r));
+        let (bytes, media_type, digest, manifest) =
+            self.platform_manifest(&scope, r, platform, events)?;
+        let (config, layers) = self.config_and_layers(store, &scope, r, &manifest, events, lazy)?;
+        let stored = store.write_blob_bytes_typed(&bytes, &media_type)?;
+        debug_assert_eq!(stored, digest);
+        Ok(store.record_image(&digest, &manifest.config.digest, config, &layers)?)
+    }
+
+    /// The config of the image `r` names for `platform` (its bytes,
+    /// verified) and its layers, recorded as known remotely in `r`'s
+    /// repository, not fetched; no image is recorded. What reading an
+    /// image's inline build cache needs.
+    pub fn image_config_lazy(
+        &self,
+        store: &Store,
+        r: &Reference,
+        platform: &Platform,
+    ) -> Result<(Vec<u8>, Vec<crate::LayerInfo>), RegistryError> {
+        let _lease = store.lease()?;
+        let scope = Scope::pull(r.domain(), repo_of(r));
+        let (_, _, _, manifest) = self.platform_manifest(&scope, r, platform, &|_| {})?;
+        let (_, layers) = self.config_and_layers(store, &scope, r, &manifest, &|_| {}, true)?;
+        Ok((store.read_blob(&manifest.config.digest)?, layers))
+    }
+
+    /// The image manifest `r` names for `platform` (through its index, if
+    /// it names one): bytes, media type, digest and the manifest.
+    fn platform_manifest(
+        &self,
+        scope: &Scope,
+        r: &Reference,
+        platform: &Platform,
+        events: &(dyn Fn(Event) + Sync),
+    ) -> Result<(Vec<u8>, String, Digest, Manifest), RegistryError> {
+        let scope = scope.clone();
         let what = display_ref(r);
         let (mut bytes, mut media_type, mut digest) =
             self.get_manifest_scoped(&scope, r, ACCEPT_ALL)?;
@@ -858,6 +894,23 @@ impl Client {
                 }
             }
         };
+        Ok((bytes, media_type, digest, manifest))
+    }
+
+    /// The config of `manifest` (fetched, verified) and its layers:
+    /// fetched, or (`lazy`) recorded as known remotely. Everything the
+    /// manifest names is then known to be in `r`'s repository.
+    fn config_and_layers(
+        &self,
+        store: &Store,
+        scope: &Scope,
+        r: &Reference,
+        manifest: &Manifest,
+        events: &(dyn Fn(Event) + Sync),
+        lazy: bool,
+    ) -> Result<(ImageConfig, Vec<crate::LayerInfo>), RegistryError> {
+        let scope = scope.clone();
+        let what = display_ref(r);
         // The config.
         if manifest.config.size > CONFIG_MAX {
             return Err(RegistryError::TooLarge {
@@ -894,8 +947,6 @@ impl Client {
             }
         }
         self.pull_layers(store, &scope, r, &manifest.layers, events, lazy)?;
-        let stored = store.write_blob_bytes_typed(&bytes, &media_type)?;
-        debug_assert_eq!(stored, digest);
         // Everything the manifest names is in that repository now, also
         // the blobs this store already had: later pushes can mount them.
         for d in std::iter::once(&manifest.config.digest)
@@ -903,7 +954,7 @@ impl Client {
         {
             store.registry_blob_known(d, r.domain(), repo_of(r))?;
         }
-        Ok(store.record_image(&digest, &manifest.config.digest, config, &layers)?)
+        Ok((config, layers))
     }
 
     /// The layers of a pull, three at a time; those already in the store

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
+use kiln_builder::engine::inline;
 use kiln_builder::engine::output::{export_output, export_platforms, Output};
 use kiln_builder::engine::{Builder, StageResult};
 use kiln_store::{Digest, ImageConfig, ImageRecord, IndexRecord};
@@ -64,11 +65,26 @@ pub fn write_images(
     outputs: &[Output],
     attest: &crate::attach::AttestRequest,
     started_on: String,
+    inline: bool,
 ) -> Result<Built> {
     let id = builder.progress.start("exporting to image");
     let mut images = Vec::new();
     for (t, result) in results.iter().enumerate() {
-        let config = final_config(builder, result, t);
+        let mut config = final_config(builder, result, t);
+        if inline {
+            // `--cache-to type=inline`: the records of the image's own
+            // chain ride in its config.
+            let doc = inline::document(
+                &builder.store,
+                &builder.chain_keys(result),
+                builder.opts.source_date_epoch,
+            )?;
+            let n = doc["records"].as_array().map_or(0, Vec::len);
+            inline::attach(&mut config, doc);
+            builder.progress.info(&format!(
+                "exporting {n} cache records inline, in the image config"
+            ));
+        }
         let image = builder.store.write_image(&config, &result.layers)?;
         if results.len() > 1 {
             builder.progress.info(&format!(

@@ -247,10 +247,10 @@ pub struct BuildArgs {
     /// Output destination: type=local,dest=DIR | type=tar,dest=F | type=oci,dest=F | type=docker,dest=F.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
-    /// Export the build cache: type=local,dest=DIR[,mode=min|max] | type=registry,ref=REG/REPO:TAG[,mode=min|max].
+    /// Export the build cache: type=local,dest=DIR[,mode=min|max] | type=registry,ref=REG/REPO:TAG[,mode=min|max] | type=inline (in the image config).
     #[arg(long = "cache-to", value_name = "SPEC")]
     pub cache_to: Option<String>,
-    /// Import a build cache first: type=local,src=DIR | type=registry,ref=REG/REPO:TAG (repeatable).
+    /// Import a build cache first (repeatable; the first source with a step's record wins): IMAGE (its inline cache) | type=local,src=DIR | type=registry,ref=REG/REPO:TAG (a kiln cache, or an image with an inline cache).
     #[arg(long = "cache-from", value_name = "SPEC")]
     pub cache_from: Vec<String>,
     /// Push the image to its registry under every -t tag after the build.
@@ -661,6 +661,15 @@ pub enum CacheCommand {
         /// until=DURATION: only records not used for that long (e.g. 24h).
         #[arg(long = "filter", value_name = "until=DURATION")]
         filters: Vec<String>,
+        /// Prune the kiln caches of a registry repository instead (REGISTRY/REPO): keep the --keep N built most recently, delete the other cache tags and what only they name.
+        #[arg(long, value_name = "REGISTRY/REPO")]
+        registry: Option<String>,
+        /// With --registry: how many cache tags to keep (the newest by their newest record).
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// With --registry: say what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

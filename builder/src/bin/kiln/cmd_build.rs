@@ -101,6 +101,7 @@ pub fn cmd_build(
             max_parallelism: args
                 .max_parallelism
                 .map_or_else(default_parallelism, |n| n as usize),
+            explain: args.explain,
         },
         ctx,
         progress,
@@ -113,6 +114,13 @@ pub fn cmd_build(
     builder.ctx.save_stat_cache(&builder.store)?;
     let results = results?;
     warn_unused_args(&builder);
+    let inline = matches!(
+        flags.cache_to,
+        Some(portable::CacheTo {
+            dest: portable::Location::Inline,
+            ..
+        })
+    );
     let built = crate::build_result::write_images(
         &builder,
         &results,
@@ -120,6 +128,7 @@ pub fn cmd_build(
         &flags.outputs,
         &attest,
         started_on,
+        inline,
     )?;
     if args.check_reproducible {
         check_reproducible(
@@ -155,7 +164,7 @@ pub fn cmd_build(
             }
         ));
     }
-    if let Some(to) = &flags.cache_to {
+    if let Some(to) = flags.cache_to.as_ref().filter(|_| !inline) {
         export_cache(&builder, &results, to)?;
     }
     finish_report(&builder, &built.images, args.explain)?;
@@ -255,11 +264,10 @@ impl Flags {
             .as_deref()
             .map(portable::parse_cache_to)
             .transpose()?;
-        let cache_from = args
-            .cache_from
-            .iter()
-            .map(|s| portable::parse_cache_from(s))
-            .collect::<Result<Vec<_>>>()?;
+        let mut cache_from = Vec::new();
+        for s in &args.cache_from {
+            cache_from.extend(portable::parse_cache_from(s)?);
+        }
         let outputs = args
             .outputs
             .iter()
@@ -444,8 +452,8 @@ fn import_caches(
                     progress.warn(&format!("--cache-from {src}: {w}"));
                 }
                 progress.info(&format!(
-                    "imported {} cache records from {src}",
-                    imp.records
+                    "imported {} cache records from {}",
+                    imp.records, imp.origin
                 ));
                 progress.done(id, started.elapsed());
             }
@@ -551,26 +559,30 @@ fn export_cache(
     results: &[Arc<StageResult>],
     to: &portable::CacheTo,
 ) -> Result<()> {
-    let trace = builder.trace.lock().expect("trace").clone();
     let keys: Vec<String> = if to.max {
+        let trace = builder.trace.lock().expect("trace");
         trace.iter().map(|t| t.key.clone()).collect()
     } else {
-        // Each target's own chain, from its last step back to its base.
         let mut keys = Vec::new();
         for result in results {
-            let mut cur = Some(result.key.clone());
-            while let Some(k) = cur.filter(|k| !k.is_empty() && !keys.contains(k)) {
-                cur = trace.iter().find(|t| t.key == k).map(|t| t.parent.clone());
-                keys.push(k);
+            for k in builder.chain_keys(result) {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
             }
         }
         keys
     };
-    let n = portable::export(&builder.store, &keys, to, &builder.access)
+    let (n, notes) = portable::export(&builder.store, &keys, to, &builder.access)
         .with_context(|| format!("--cache-to {}", to.dest))?;
     builder
         .progress
         .info(&format!("exported {n} cache records to {}", to.dest));
+    for note in notes {
+        builder
+            .progress
+            .info(&format!("--cache-to {}: {note}", to.dest));
+    }
     Ok(())
 }
 
@@ -670,6 +682,7 @@ pub fn cache_why(store: &Store, target: &str) -> Result<ExitCode> {
         hit: false,
         args: vec![],
         meta: rec.layer.is_none(),
+        origin: rec.origin.clone(),
     };
     let mut nearest = |q: kiln_store::NearestQuery| Ok(store.cache_nearest(&q)?);
     let why = explain::explain_step(&trace, None, &mut nearest, Some(rec.created), false)?;
@@ -680,5 +693,8 @@ pub fn cache_why(store: &Store, target: &str) -> Result<ExitCode> {
         &rec.key[..12],
         why
     );
+    if let Some(o) = &rec.origin {
+        println!("  imported from {o}");
+    }
     Ok(ExitCode::SUCCESS)
 }

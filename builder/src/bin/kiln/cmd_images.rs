@@ -507,6 +507,7 @@ pub fn cache_ls(store: &Store, format: ListFormat, filters: &[String]) -> Result
                     "hits": r.hits,
                     "images": used_by(r),
                     "remote": remote(r),
+                    "imported_from": r.origin,
                 })
             })
             .collect();
@@ -522,6 +523,7 @@ pub fn cache_ls(store: &Store, format: ListFormat, filters: &[String]) -> Result
         "SOURCE".into(),
         "INSTRUCTION".into(),
         "IMAGES".into(),
+        "IMPORTED FROM".into(),
     ]];
     for r in &recs {
         let mut ins = r.description.clone();
@@ -543,6 +545,7 @@ pub fn cache_ls(store: &Store, format: ListFormat, filters: &[String]) -> Result
             r.source.clone(),
             ins,
             used_by(r).join(","),
+            r.origin.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     print!("{}", table(&rows));

@@ -177,6 +177,73 @@ pub fn cmd_logout(args: &LogoutArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kiln cache prune --registry REGISTRY/REPO --keep N [--dry-run]`.
+pub fn cache_prune_registry(
+    store: &Store,
+    access: &Access,
+    repo: &str,
+    keep: Option<usize>,
+    dry_run: bool,
+) -> Result<ExitCode> {
+    use kiln_builder::engine::registry_gc;
+    let keep = keep.ok_or_else(|| {
+        Failure::new(
+            1,
+            "kiln: cache prune --registry needs --keep N: how many of the repository's cache tags to keep (the newest; 0 deletes them all)",
+        )
+    })?;
+    let r = registry_gc::repository(repo).map_err(|e| Failure::new(1, format!("kiln: {e:#}")))?;
+    let client = access.client()?;
+    let _lease = store.lease()?;
+    let out = registry_gc::prune(store, &client, &r, keep, dry_run).map_err(|e| {
+        let disabled = e
+            .downcast_ref::<kiln_store::RegistryError>()
+            .is_some_and(|e| matches!(e, kiln_store::RegistryError::DeleteDisabled { .. }));
+        if disabled {
+            Failure::new(
+                1,
+                format!("kiln: cache prune --registry {repo}: {e:#}; nothing more was deleted (see --dry-run for what would go)"),
+            )
+            .into()
+        } else {
+            e.context(format!("cache prune --registry {repo}"))
+        }
+    })?;
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    println!("kept {} cache tags: {}", out.kept.len(), list(&out.kept));
+    println!(
+        "{verb} {} cache tags: {}",
+        out.removed.len(),
+        list(&out.removed)
+    );
+    if !out.shared.is_empty() {
+        println!(
+            "left {} cache tags naming the same manifest as a kept tag: {}",
+            out.shared.len(),
+            list(&out.shared)
+        );
+    }
+    println!(
+        "{verb} {} blobs ({}) that no remaining tag names",
+        out.blobs,
+        kiln_builder::registry::human(out.bytes)
+    );
+    if let Some(why) = &out.layers_left {
+        println!("note: {why}");
+    }
+    if !dry_run && (out.blobs > 0 || !out.removed.is_empty()) {
+        println!("note: the registry frees the bytes when its garbage collector runs (`registry garbage-collect` for the CNCF distribution registry)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

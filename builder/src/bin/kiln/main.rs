@@ -255,27 +255,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Volume { command } => {
             cmd_volumes::volume(&open_store(&cli.root, &cli.limits, &access)?, command)
         }
-        Command::Cache { command } => match command {
-            CacheCommand::Ls { format, filters } => cmd_images::cache_ls(
-                &open_store(&cli.root, &cli.limits, &access)?,
-                format,
-                &filters,
-            ),
-            CacheCommand::Du => cmd_images::cache_du(&open_store(&cli.root, &cli.limits, &access)?),
-            CacheCommand::Why { target } => {
-                cmd_build::cache_why(&open_store(&cli.root, &cli.limits, &access)?, &target)
-            }
-            CacheCommand::Prune {
-                all,
-                keep_storage,
-                filters,
-            } => cmd_images::cache_prune(
-                &open_store(&cli.root, &cli.limits, &access)?,
-                all,
-                keep_storage.as_deref(),
-                &filters,
-            ),
-        },
+        Command::Cache { command } => cache_command(
+            command,
+            &|| open_store(&cli.root, &cli.limits, &access),
+            &access,
+        ),
         Command::System { command } => {
             let store = open_store(&cli.root, &cli.limits, &access)?;
             match command {
@@ -296,6 +280,50 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         ),
         Command::Login(args) => cmd_registry::cmd_login(&access, &args),
         Command::Logout(args) => cmd_registry::cmd_logout(&args),
+    }
+}
+
+/// `kiln cache ...`: the local build cache, or with `prune --registry` a
+/// registry repository's kiln caches.
+fn cache_command(
+    command: CacheCommand,
+    open: &dyn Fn() -> anyhow::Result<kiln_store::Store>,
+    access: &cmd_registry::Access,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        CacheCommand::Ls { format, filters } => cmd_images::cache_ls(&open()?, format, &filters),
+        CacheCommand::Du => cmd_images::cache_du(&open()?),
+        CacheCommand::Why { target } => cmd_build::cache_why(&open()?, &target),
+        CacheCommand::Prune {
+            registry: Some(repo),
+            all,
+            keep_storage,
+            filters,
+            keep,
+            dry_run,
+        } => {
+            if all || keep_storage.is_some() || !filters.is_empty() {
+                return Err(Failure::new(1, "kiln: cache prune --registry prunes a registry repository: --all, --keep-storage and --filter are for the local cache").into());
+            }
+            cmd_registry::cache_prune_registry(&open()?, access, &repo, keep, dry_run)
+        }
+        CacheCommand::Prune {
+            all,
+            keep_storage,
+            filters,
+            keep,
+            dry_run,
+            ..
+        } => {
+            if keep.is_some() || dry_run {
+                return Err(Failure::new(
+                    1,
+                    "kiln: cache prune: --keep and --dry-run go with --registry REGISTRY/REPO",
+                )
+                .into());
+            }
+            cmd_images::cache_prune(&open()?, all, keep_storage.as_deref(), &filters)
+        }
     }
 }
 

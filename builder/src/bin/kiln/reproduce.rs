@@ -13,6 +13,7 @@ use kiln_store::layer::{summarize_layer, EntrySummary};
 use kiln_store::{ArchiveFormat, ImageRecord, Store};
 
 use crate::cli;
+use kiln_builder::engine::portable;
 
 /// The epoch `--reproducible` uses when none is given: the commit time of
 /// the context when it is a git work tree, else 0 (1970-01-01), and where
@@ -112,6 +113,15 @@ fn second_build_args(a: &cli::BuildArgs, epoch: i64) -> Vec<String> {
         "--reproducible".into(),
     ];
     v.extend(["--pull".into(), "never".into()]);
+    // The inline cache is part of the image config: the second build
+    // carries it too (it writes nowhere else).
+    let inline = a
+        .cache_to
+        .as_deref()
+        .and_then(|c| portable::parse_cache_to(c).ok());
+    if inline.is_some_and(|c| c.dest == portable::Location::Inline) {
+        v.extend(["--cache-to".into(), "type=inline".into()]);
+    }
     if let Some(f) = &a.file {
         v.extend(["-f".into(), f.clone()]);
     }
