@@ -315,11 +315,23 @@ pub fn unshare_error(e: rustix::io::Errno) -> String {
             if read_sysctl("user/max_user_namespaces").as_deref() == Some("0") {
                 why.push("sysctl user.max_user_namespaces=0 forbids it");
             }
-            if why.is_empty() {
+            if why.is_empty() && seccomp_filtered() != Some(false) {
                 why.push(
                     "in a container, the default seccomp and AppArmor profiles refuse it: run \
                      the container with --security-opt seccomp=unconfined --security-opt \
                      apparmor=unconfined",
+                );
+            }
+            if why.is_empty() {
+                // No filter is active, and no sysctl forbids it: what is
+                // left is the kernel's own rule for chrooted processes, or
+                // an LSM.
+                why.push(
+                    "no seccomp filter is active and no sysctl forbids it, so the kernel refused \
+                     it for this process: a process chrooted below its mount namespace's root \
+                     may not create one (a container of an engine that itself runs under \
+                     chroot is), nor one an AppArmor or SELinux policy confines \
+                     (--security-opt apparmor=unconfined)",
                 );
             }
             why.join("; ")
@@ -329,6 +341,14 @@ pub fn unshare_error(e: rustix::io::Errno) -> String {
         "rootless kiln needs a user namespace, and creating one failed ({e}): {hint}; or run \
          kiln as root"
     )
+}
+
+/// Whether a seccomp filter applies to this process (`Seccomp:` of
+/// /proc/self/status: 0 none, 1 strict, 2 filter); None if unknown.
+fn seccomp_filtered() -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:"))?;
+    Some(mode.trim() != "0")
 }
 
 fn read_sysctl(name: &str) -> Option<String> {
