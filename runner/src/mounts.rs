@@ -349,6 +349,36 @@ pub(crate) fn set_readonly(mnt: BorrowedFd<'_>) -> io::Result<()> {
     )
 }
 
+/// A new /proc refused: in a container whose /proc has masked paths (the
+/// default of Docker and Kubernetes), the kernel refuses a fresh procfs to
+/// anything but the real root; say which option lifts the masks.
+fn proc_refused(e: String) -> String {
+    if !e.contains("Operation not permitted") {
+        return e;
+    }
+    format!(
+        "{e}: the kernel refuses a new /proc where the one above has masked paths, as \
+         in a container by default: run that container with --security-opt \
+         systempaths=unconfined (Kubernetes: securityContext.procMount: Unmasked)"
+    )
+}
+
+/// An upper dir on overlayfs (kiln's store inside a container's own root)
+/// is refused by the kernel: say where the store must be.
+fn upper_refused(e: String, upper: &Path) -> String {
+    const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+    let on_overlay =
+        rustix::fs::statfs(upper).is_ok_and(|s| i64::from(s.f_type) == OVERLAYFS_MAGIC);
+    if !on_overlay {
+        return e;
+    }
+    format!(
+        "{e}: kiln's store is on an overlay filesystem (a container's own root), which \
+         cannot hold an overlay's upper dir: put the store on a volume or tmpfs \
+         (docker run -v kiln-data:$HOME/.local/share/kiln, or --root DIR on one)"
+    )
+}
+
 fn new_fs(fstype: &str, opts: &[(&str, &str)], attrs: MountAttrFlags) -> Result<OwnedFd, String> {
     let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)
         .map_err(|e| err(format!("fsopen {fstype}"), e))?;
@@ -460,7 +490,7 @@ fn mount_overlay(job: &Job, layout: &Layout, over: bool) -> Result<OwnedFd, Stri
         }
         set_dir("lowerdir+", l)?;
     }
-    set_dir("upperdir", &layout.upper)?;
+    set_dir("upperdir", &layout.upper).map_err(|e| upper_refused(e, &layout.upper))?;
     set_dir("workdir", &layout.work)?;
     // The upper dir must stay a plain diff (and, rootless, `userxattr`).
     for (k, v) in crate::rootless_fs::overlay_options() {
@@ -734,7 +764,7 @@ pub(crate) fn setup_rootfs(job: &Job, layout: &Layout) -> Result<(), String> {
     let nosuid_nodev_noexec = MountAttrFlags::MOUNT_ATTR_NOSUID
         | MountAttrFlags::MOUNT_ATTR_NODEV
         | MountAttrFlags::MOUNT_ATTR_NOEXEC;
-    let proc_ = new_fs("proc", &[], nosuid_nodev_noexec)?;
+    let proc_ = new_fs("proc", &[], nosuid_nodev_noexec).map_err(proc_refused)?;
     mount_at(r, "proc", false, &proc_)?;
 
     let dev = new_fs(
