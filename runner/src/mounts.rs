@@ -367,8 +367,7 @@ fn proc_refused(e: String) -> String {
 /// is refused by the kernel: say where the store must be.
 fn upper_refused(e: String, upper: &Path) -> String {
     const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
-    let on_overlay =
-        rustix::fs::statfs(upper).is_ok_and(|s| i64::from(s.f_type) == OVERLAYFS_MAGIC);
+    let on_overlay = rustix::fs::statfs(upper).is_ok_and(|s| s.f_type == OVERLAYFS_MAGIC);
     if !on_overlay {
         return e;
     }
