@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::{require, step_outcomes, Kiln};
@@ -17,16 +16,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn http_get(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
 }
 
 /// The normalised config (fixtures/tools/image_tree.py) of a kiln image,
@@ -171,7 +160,7 @@ fn flask_example_end_to_end() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut page = None;
     while Instant::now() < deadline {
-        if let Some(p) = http_get(port).filter(|p| p.contains("200")) {
+        if let Some(p) = common::http_get(port).filter(|p| p.contains("200")) {
             page = Some(p);
             break;
         }

@@ -11,8 +11,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -104,16 +103,6 @@ fn flask_context(reg: &str) -> tempfile::TempDir {
     ctx
 }
 
-fn http_get(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
-
 #[test]
 fn kiln_in_an_unprivileged_container_builds_and_pushes_the_flask_example() {
     let wheels = common::repo_root().join("fixtures/flask/wheels");
@@ -198,7 +187,7 @@ fn kiln_in_an_unprivileged_container_builds_and_pushes_the_flask_example() {
         .to_string();
     let mut page = None;
     for _ in 0..150 {
-        page = http_get(port).filter(|p| p.contains("200"));
+        page = common::http_get(port).filter(|p| p.contains("200"));
         if page.is_some() {
             break;
         }

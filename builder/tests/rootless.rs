@@ -479,17 +479,6 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
-
 /// `kiln run -d -p` as the user: the container's network namespace belongs
 /// to the user namespace, the host side of the proxy listens as the user;
 /// ps, logs, stop and rm see it; a port below 1024 is a clear error.
@@ -523,7 +512,7 @@ fn a_user_runs_a_detached_container_with_a_published_port() {
     let _cleanup = RmOnDrop(&u, id.clone());
     let mut body = None;
     for _ in 0..50 {
-        body = http_get(port, "/passwd").filter(|b| b.contains("root:x:0:0"));
+        body = common::http_get_path(port, "/passwd").filter(|b| b.contains("root:x:0:0"));
         if body.is_some() {
             break;
         }

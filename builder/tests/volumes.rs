@@ -491,23 +491,11 @@ fn a_named_volume_works_in_a_rootless_store() {
     assert_eq!(run(&["volume", "rm", "rv"]), "rv\n");
 }
 
-fn http_get(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
-
 /// The page a published port serves, waiting for the server to start.
 fn page(k: &Kiln, id: &str, port: u16) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
-        if let Some(p) = http_get(port).filter(|p| p.contains(" 200 ")) {
+        if let Some(p) = common::http_get(port).filter(|p| p.contains(" 200 ")) {
             return p;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

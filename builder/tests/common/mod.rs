@@ -169,6 +169,26 @@ pub fn root_with_busybox(why: &str) -> Option<Kiln> {
     Some(k)
 }
 
+/// `GET path` over HTTP/1.0 from 127.0.0.1:`port`: the whole answer,
+/// headers included, or None when nothing answers.
+#[allow(dead_code)]
+pub fn http_get_path(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// `GET /` (see [`http_get_path`]).
+#[allow(dead_code)]
+pub fn http_get(port: u16) -> Option<String> {
+    http_get_path(port, "/")
+}
+
 /// Builds `tag` FROM busybox with `body` after the FROM line.
 #[allow(dead_code)]
 pub fn image_from_busybox(k: &Kiln, tag: &str, body: &str) {
