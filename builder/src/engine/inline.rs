@@ -29,22 +29,27 @@ fn diff_id_of(v: &Value) -> Value {
     v.get("diff_id").cloned().unwrap_or(Value::Null)
 }
 
-/// A record as the inline document keeps it: its layers by diffID.
-fn to_inline(r: &CacheRecord) -> Value {
-    let mut v = record_json(r);
+/// Every layer a record names (its result's layers, its own layer)
+/// replaced by `f`; None when `f` is.
+fn map_layers(mut v: Value, f: impl Fn(&Value) -> Option<Value>) -> Option<Value> {
     if let Some(layers) = v
         .get_mut("result")
         .and_then(|r| r.get_mut("layers"))
         .and_then(Value::as_array_mut)
     {
         for l in layers.iter_mut() {
-            *l = diff_id_of(l);
+            *l = f(l)?;
         }
     }
     if let Some(l) = v.get_mut("layer").filter(|l| !l.is_null()) {
-        *l = diff_id_of(l);
+        *l = f(l)?;
     }
-    v
+    Some(v)
+}
+
+/// A record as the inline document keeps it: its layers by diffID.
+fn to_inline(r: &CacheRecord) -> Value {
+    map_layers(record_json(r), |l| Some(diff_id_of(l))).expect("diff_id_of always gives a value")
 }
 
 /// A record of the inline document back, its layers the image's (`by_diff`);
@@ -58,20 +63,7 @@ fn from_inline(
         let l = by_diff.get(d.as_str()?)?;
         serde_json::to_value(l).ok()
     };
-    let mut v = v.clone();
-    if let Some(layers) = v
-        .get_mut("result")
-        .and_then(|r| r.get_mut("layers"))
-        .and_then(Value::as_array_mut)
-    {
-        for l in layers.iter_mut() {
-            *l = resolve(l)?;
-        }
-    }
-    if let Some(l) = v.get_mut("layer").filter(|l| !l.is_null()) {
-        *l = resolve(l)?;
-    }
-    record_from_json(&v, origin)
+    record_from_json(&map_layers(v.clone(), resolve)?, origin)
 }
 
 /// The inline cache document of the records `keys` names (the image's

@@ -170,10 +170,12 @@ fn open_store(
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let access = cmd_registry::access(&cli.registry);
+    // Each command opens the store when (and only if) it needs it.
+    let store = || open_store(&cli.root, &cli.limits, &access);
     match cli.command {
         Command::Parse(args) => cmd_parse(args),
         Command::Build(args) => {
-            let store = open_store(&cli.root, &cli.limits, &access)?;
+            let store = store()?;
             let counter = store.cache_counter();
             let r = cmd_build::cmd_build(store, args, access);
             // What the build read of the cache, for tests and benchmarks
@@ -187,97 +189,43 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             r
         }
-        Command::Images(args) => {
-            cmd_images::images(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Rmi(args) => cmd_images::rmi(&open_store(&cli.root, &cli.limits, &access)?, &args),
-        Command::Tag { source, target } => cmd_images::tag(
-            &open_store(&cli.root, &cli.limits, &access)?,
-            &source,
-            &target,
-        ),
+        Command::Images(args) => cmd_images::images(&store()?, &args),
+        Command::Rmi(args) => cmd_images::rmi(&store()?, &args),
+        Command::Tag { source, target } => cmd_images::tag(&store()?, &source, &target),
         Command::Inspect {
             attestations: true,
             images,
             ..
-        } => {
-            cmd_attest::inspect_attestations(&open_store(&cli.root, &cli.limits, &access)?, &images)
-        }
+        } => cmd_attest::inspect_attestations(&store()?, &images),
         Command::Inspect {
             images, platform, ..
-        } => cmd_containers::inspect(
-            &open_store(&cli.root, &cli.limits, &access)?,
-            &images,
-            platform,
-        ),
-        Command::History(args) => {
-            cmd_images::history(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Sbom(args) => {
-            cmd_attest::sbom(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Save(args) => {
-            cmd_images::save(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Load(args) => {
-            cmd_images::load(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Import(args) => {
-            cmd_images::import(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Run(args) => {
-            cmd_containers::run(&open_store(&cli.root, &cli.limits, &access)?, &access, args)
-        }
-        Command::Ps(args) => {
-            cmd_containers::ps(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Stop(args) => {
-            cmd_containers::stop(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Rm(args) => {
-            cmd_containers::rm(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Logs(args) => {
-            cmd_inspect_ctr::logs(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Top(args) => {
-            cmd_inspect_ctr::top(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Port(args) => {
-            cmd_inspect_ctr::port(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Cp(args) => {
-            cmd_inspect_ctr::cp(&open_store(&cli.root, &cli.limits, &access)?, &args)
-        }
-        Command::Exec(args) => {
-            cmd_containers::exec(&open_store(&cli.root, &cli.limits, &access)?, args)
-        }
-        Command::Volume { command } => {
-            cmd_volumes::volume(&open_store(&cli.root, &cli.limits, &access)?, command)
-        }
-        Command::Cache { command } => cache_command(
-            command,
-            &|| open_store(&cli.root, &cli.limits, &access),
-            &access,
-        ),
+        } => cmd_containers::inspect(&store()?, &images, platform),
+        Command::History(args) => cmd_images::history(&store()?, &args),
+        Command::Sbom(args) => cmd_attest::sbom(&store()?, &args),
+        Command::Save(args) => cmd_images::save(&store()?, &args),
+        Command::Load(args) => cmd_images::load(&store()?, &args),
+        Command::Import(args) => cmd_images::import(&store()?, &args),
+        Command::Run(args) => cmd_containers::run(&store()?, &access, args),
+        Command::Ps(args) => cmd_containers::ps(&store()?, &args),
+        Command::Stop(args) => cmd_containers::stop(&store()?, &args),
+        Command::Rm(args) => cmd_containers::rm(&store()?, &args),
+        Command::Logs(args) => cmd_inspect_ctr::logs(&store()?, &args),
+        Command::Top(args) => cmd_inspect_ctr::top(&store()?, &args),
+        Command::Port(args) => cmd_inspect_ctr::port(&store()?, &args),
+        Command::Cp(args) => cmd_inspect_ctr::cp(&store()?, &args),
+        Command::Exec(args) => cmd_containers::exec(&store()?, args),
+        Command::Volume { command } => cmd_volumes::volume(&store()?, command),
+        Command::Cache { command } => cache_command(command, &store, &access),
         Command::System { command } => {
-            let store = open_store(&cli.root, &cli.limits, &access)?;
+            let store = store()?;
             match command {
                 SystemCommand::Df => cmd_images::system_df(&store),
                 SystemCommand::Fsck { repair } => cmd_images::system_fsck(&store, repair),
                 SystemCommand::Prune { all } => cmd_images::system_prune(&store, all),
             }
         }
-        Command::Pull(args) => cmd_registry::cmd_pull(
-            &open_store(&cli.root, &cli.limits, &access)?,
-            &access,
-            &args,
-        ),
-        Command::Push(args) => cmd_registry::cmd_push(
-            &open_store(&cli.root, &cli.limits, &access)?,
-            &access,
-            &args,
-        ),
+        Command::Pull(args) => cmd_registry::cmd_pull(&store()?, &access, &args),
+        Command::Push(args) => cmd_registry::cmd_push(&store()?, &access, &args),
         Command::Login(args) => cmd_registry::cmd_login(&access, &args),
         Command::Logout(args) => cmd_registry::cmd_logout(&args),
     }
