@@ -18,6 +18,9 @@ pub enum RunError {
     /// Container setup failed inside the helper (mounts, namespaces, user, ...).
     #[error("container setup failed: {0}")]
     Setup(String),
+    /// The kernel refused the overlay mount of the container's root.
+    #[error("container setup failed: {0}")]
+    OverlayRefused(String),
     /// The container's process could not be executed. `code` is what Docker
     /// reports as the exit status in that case: 127 not found, 126 not executable.
     #[error("{message}")]

@@ -29,7 +29,7 @@ use crate::mounts::{self, Layout};
 use crate::net::NetPlan;
 use crate::proto::{send, Job, Msg, MsgReader};
 use crate::user::resolve_user;
-use crate::{ContainerSpec, NetworkMode, RunnerConfig, Stdio, DEFAULT_PATH};
+use crate::{ContainerSpec, NetworkMode, RunnerConfig, Snapshotter, Stdio, DEFAULT_PATH};
 
 /// Hidden argv[1] that turns a process started by the runner into a helper.
 pub(crate) const MARKER: &str = "__kiln-runner-helper__";
@@ -295,7 +295,7 @@ pub(crate) fn run_foreground(
             (dir, "kiln".to_string(), false, false, Vec::new())
         }
     };
-    let job = Job {
+    let mut job = Job {
         spec: spec.clone(),
         scratch,
         hostname: default_hostname(spec, hostname),
@@ -304,8 +304,67 @@ pub(crate) fn run_foreground(
         legacy_overlay: legacy_overlay_requested(),
         net: net_plan(cfg, spec)?,
         cgroups,
+        copied_root: None,
     };
-    let (console, relay) = if tty {
+    let copy = cfg.snapshotter.copies();
+    // Overlay first, copies if the kernel refuses it: the streams are
+    // kept for the second try (nothing ran in the first).
+    let spare = match cfg.snapshotter == Snapshotter::Auto && !copy {
+        true => Some(clone_stdio(&stdio)?),
+        false => None,
+    };
+    let first = attempt(cfg, &mut job, stdio, interactive, copy, on_event);
+    match (first, spare) {
+        (Err(RunError::OverlayRefused(reason)), Some(stdio)) => {
+            crate::snapshot::record_fallback(&reason);
+            attempt(cfg, &mut job, stdio, interactive, true, on_event)
+        }
+        (Err(RunError::OverlayRefused(reason)), None) => Err(RunError::Setup(format!(
+            "{reason} (KILN_SNAPSHOTTER=overlayfs: unset it, or set it to native, to run \
+             with copied snapshots)"
+        ))),
+        (r, _) => r,
+    }
+}
+
+fn clone_stdio(s: &Stdio) -> Result<Stdio, RunError> {
+    let dup = |fd: &Option<OwnedFd>| -> Result<Option<OwnedFd>, RunError> {
+        fd.as_ref()
+            .map(|f| f.try_clone())
+            .transpose()
+            .map_err(|e| RunError::io("dup", e))
+    };
+    Ok(Stdio {
+        stdin: dup(&s.stdin)?,
+        stdout: dup(&s.stdout)?,
+        stderr: dup(&s.stderr)?,
+    })
+}
+
+/// One start of `job`; with `copy`, on a copied root made first, whose
+/// changes go to the upper dir once the container exited.
+fn attempt(
+    cfg: &RunnerConfig,
+    job: &mut Job,
+    stdio: Stdio,
+    interactive: bool,
+    copy: bool,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<i32, RunError> {
+    let layout = mounts::layout_of(job);
+    let copied = match copy {
+        true => {
+            let targets = mounts::wanted_targets(job).map_err(RunError::Setup)?;
+            let lowers = &job.spec.rootfs.lowers;
+            Some(
+                crate::snapshot::prepare(lowers, &layout.work, &targets)
+                    .map_err(RunError::Setup)?,
+            )
+        }
+        false => None,
+    };
+    job.copied_root = copied.as_ref().map(|c| c.root.clone());
+    let (console, relay) = if job.tty {
         let (ours, theirs) = UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
         (
             Some(OwnedFd::from(theirs)),
@@ -317,7 +376,7 @@ pub(crate) fn run_foreground(
     // On error the console socket is dropped and the relay thread ends.
     let (mut child, mut sock) = spawn_helper(cfg, "container", &[], stdio, console)?;
     let helper = child.id() as i32;
-    let result = talk(&mut sock, &job, &mut |pid| {
+    let result = talk(&mut sock, job, &mut |pid| {
         on_event(Event::Started { helper, pid })
     });
     let status = child
@@ -326,16 +385,22 @@ pub(crate) fn run_foreground(
     if let Some(r) = relay {
         let _ = r.join();
     }
-    let (code, error) = result;
-    if let Some(e) = error {
-        return Err(e);
-    }
-    match code {
-        Some(c) => Ok(c),
-        None => Err(RunError::Helper(format!(
+    let r = match result {
+        (_, Some(e)) => Err(e),
+        (Some(c), None) => Ok(c),
+        (None, None) => Err(RunError::Helper(format!(
             "helper exited without reporting the container's status ({status})"
         ))),
+    };
+    match copied {
+        // A scratch upper is thrown away with the scratch dir: no diff.
+        Some(c) if r.is_ok() && job.spec.rootfs.upper.is_some() => {
+            c.diff_into(&layout.upper).map_err(RunError::Setup)?
+        }
+        Some(c) => c.remove(),
+        None => {}
     }
+    r
 }
 
 /// How a foreground container gets its private network: the config's
@@ -389,6 +454,9 @@ fn talk(
                     Some(code) => RunError::Exec { message, code },
                     None => RunError::Setup(message),
                 });
+            }
+            Ok(Some(Msg::OverlayRefused { message })) => {
+                error.get_or_insert(RunError::OverlayRefused(message));
             }
             Ok(Some(Msg::Exited(c))) => code = Some(c),
             Ok(Some(_)) => {}
@@ -754,6 +822,10 @@ fn init_main(args: &[OsString]) -> i32 {
             // the reader sees EOF once H exits.
             close_fds_from(REPORT_FD as u32);
             supervise(child, true)
+        }
+        Err((message, _)) if mounts::overlay_was_refused() => {
+            send(report(), &Msg::OverlayRefused { message });
+            125
         }
         Err((message, code)) => {
             send(report(), &Msg::Error { message, code });

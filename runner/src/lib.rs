@@ -47,6 +47,7 @@ mod ps;
 pub mod restart;
 mod rootless_fs;
 mod seccomp;
+mod snapshot;
 mod state;
 mod syscall_table;
 mod top;
@@ -68,6 +69,7 @@ pub use net::{find_stack, SharedNet, Stack, StackKind};
 pub use ports::{parse_port_spec, PortMapping, Protocol};
 pub use ps::{format_ps_table, human_duration};
 pub use restart::RestartPolicy;
+pub use snapshot::{take_fallback_warning, Snapshotter};
 pub use state::{parse_signal, ContainerInfo, ContainerStatus, Containers, RunOptions};
 pub use top::ps_lines;
 
@@ -136,6 +138,9 @@ pub struct RunnerConfig {
     /// this one network (started on first use, stopped when the last clone
     /// is dropped) instead of getting a stack each: a build's RUN steps.
     pub shared_net: Option<SharedNet>,
+    /// How containers get their root: overlayfs, or copies where the
+    /// kernel refuses it. Default: `KILN_SNAPSHOTTER`, else auto.
+    pub snapshotter: Snapshotter,
 }
 
 impl Default for RunnerConfig {
@@ -146,6 +151,7 @@ impl Default for RunnerConfig {
             helper_exe: PathBuf::from("/proc/self/exe"),
             scratch_root: std::env::temp_dir(),
             shared_net: None,
+            snapshotter: Snapshotter::from_env().unwrap_or_default(),
         }
     }
 }

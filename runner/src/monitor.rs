@@ -199,6 +199,7 @@ impl Monitor<'_> {
                 join: None,
             },
             cgroups: cfg.cgroups.dirs(),
+            copied_root: None,
         };
         let dup = |fd: &OwnedFd| {
             rustix::io::fcntl_dupfd_cloexec(fd.as_fd(), 3)

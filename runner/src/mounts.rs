@@ -75,7 +75,7 @@ pub(crate) fn clean_target(target: &str) -> Result<PathBuf, String> {
 }
 
 /// Mount targets we may need stubs for: (relative path, is a file).
-fn wanted_targets(job: &Job) -> Result<Vec<(PathBuf, bool)>, String> {
+pub(crate) fn wanted_targets(job: &Job) -> Result<Vec<(PathBuf, bool)>, String> {
     let mut t = vec![
         (PathBuf::from("proc"), false),
         (PathBuf::from("sys"), false),
@@ -363,9 +363,24 @@ fn proc_refused(e: String) -> String {
     )
 }
 
+/// Set (in PID 1, single-threaded) when the kernel refused the overlay
+/// mount itself, rather than something around it: the caller may retry
+/// with a copied root.
+static OVERLAY_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn overlay_was_refused() -> bool {
+    OVERLAY_REFUSED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn refused(e: String) -> String {
+    OVERLAY_REFUSED.store(true, std::sync::atomic::Ordering::SeqCst);
+    crate::rootless_fs::overlay_refused(e)
+}
+
 /// An upper dir on overlayfs (kiln's store inside a container's own root)
 /// is refused by the kernel: say where the store must be.
 fn upper_refused(e: String, upper: &Path) -> String {
+    OVERLAY_REFUSED.store(true, std::sync::atomic::Ordering::SeqCst);
     const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
     let on_overlay = rustix::fs::statfs(upper).is_ok_and(|s| s.f_type == OVERLAYFS_MAGIC);
     if !on_overlay {
@@ -449,7 +464,7 @@ fn mount_overlay(job: &Job, layout: &Layout, over: bool) -> Result<OwnedFd, Stri
         Ok(fs) => fs,
         // Before Linux 5.2.
         Err(rustix::io::Errno::NOSYS) => return mount_overlay_legacy(job, layout, &lowers),
-        Err(e) => return Err(err("fsopen overlay", e)),
+        Err(e) => return Err(refused(err("fsopen overlay", e))),
     };
     // `lowerdir+` arrived in Linux 6.8; older kernels reject the key.
     if let Some(first) = lowers.first() {
@@ -500,8 +515,7 @@ fn mount_overlay(job: &Job, layout: &Layout, over: bool) -> Result<OwnedFd, Stri
             set(k, v)?;
         }
     }
-    fsconfig_create(&fs)
-        .map_err(|e| crate::rootless_fs::overlay_refused(err("creating the overlay", e)))?;
+    fsconfig_create(&fs).map_err(|e| refused(err("creating the overlay", e)))?;
     drop(held);
     let attrs = if job.spec.readonly_rootfs {
         MountAttrFlags::MOUNT_ATTR_RDONLY
@@ -582,7 +596,7 @@ fn mount_overlay_legacy(job: &Job, layout: &Layout, lowers: &[&Path]) -> Result<
                 e,
             )
         })
-        .map_err(crate::rootless_fs::overlay_refused)?;
+        .map_err(refused)?;
     drop(held);
     rustix::fs::open(
         &layout.rootfs,
@@ -633,6 +647,9 @@ fn clone_tree(fd: &OwnedFd) -> rustix::io::Result<OwnedFd> {
 /// image, as Docker's init layer does. Each round mounts the overlay again;
 /// the upper dir is never written.
 fn mount_rootfs_with_targets(job: &Job, layout: &Layout) -> Result<OwnedFd, String> {
+    if let Some(copy) = &job.copied_root {
+        return mount_copied_root(job, layout, copy);
+    }
     let targets = wanted_targets(job)?;
     let mut root = mount_overlay(job, layout, false)?;
     let mut missing = Vec::new();
@@ -687,6 +704,55 @@ fn mount_rootfs_with_targets(job: &Job, layout: &Layout) -> Result<OwnedFd, Stri
         ));
     }
     Ok(root)
+}
+
+/// A copied root (the native snapshotter), bound at `layout.rootfs`. The
+/// caller made every mount point in it; they are checked, not made.
+fn mount_copied_root(job: &Job, layout: &Layout, copy: &Path) -> Result<OwnedFd, String> {
+    let tree = open_tree(
+        CWD,
+        copy,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| err(format!("binding the copied root {}", copy.display()), e))?;
+    if job.spec.readonly_rootfs {
+        set_readonly(tree.as_fd()).map_err(|e| err("making the copied root read-only", e))?;
+    }
+    move_mount(
+        &tree,
+        "",
+        CWD,
+        &layout.rootfs,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| {
+        err(
+            format!("mounting the rootfs at {}", layout.rootfs.display()),
+            e,
+        )
+    })?;
+    for (i, (rel, _)) in wanted_targets(job)?.iter().enumerate() {
+        let (resolved, exists) = secure_join(&layout.rootfs, rel)
+            .map_err(|e| err(format!("resolving /{} in the image", rel.display()), e))?;
+        if i < 3 && resolved != *rel {
+            return Err(format!(
+                "/{} is a symlink in the image; refusing to mount over it",
+                rel.display()
+            ));
+        }
+        if !exists {
+            return Err(format!(
+                "mount point /{} is missing from the copied root",
+                rel.display()
+            ));
+        }
+    }
+    rustix::fs::open(
+        &layout.rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(layout.rootfs.display(), e))
 }
 
 /// Mode, owner and times of a directory as the container sees it (None:
@@ -1246,6 +1312,7 @@ mod tests {
             tty: false,
             supervisor: 1,
             legacy_overlay: false,
+            copied_root: None,
             net: Default::default(),
             cgroups: vec![],
         };

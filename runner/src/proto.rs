@@ -33,6 +33,10 @@ pub(crate) struct Job {
     /// cgroup dirs (one per hierarchy) the container's PID 1 joins.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// A copied root (the native snapshotter) to bind-mount instead of
+    /// mounting an overlay of the spec's lowers.
+    #[serde(default)]
+    pub copied_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +47,9 @@ pub(crate) enum Msg {
     Running,
     /// Setup or exec failed; `code` is set for exec failures (126/127).
     Error { message: String, code: Option<i32> },
+    /// Setup failed because the kernel refused the overlay mount (the
+    /// caller may retry with a copied root).
+    OverlayRefused { message: String },
     /// The container is gone; its exit code.
     Exited(i32),
     /// (monitor) The container is running and its ports are served.

@@ -62,8 +62,8 @@ pub(crate) fn overlay_options_legacy() -> String {
 /// An overlay mount the kernel refused, said plainly when rootless: overlay
 /// in a user namespace needs Linux 5.11 (Debian 12 has 6.1), and on some
 /// filesystems (an upper dir on NFS, or on overlay itself) it is refused
-/// anyway. No fallback snapshot method (fuse-overlayfs, copies) is built
-/// yet, so this is an error, not a warning.
+/// anyway. The caller then falls back to copied snapshots
+/// ([`crate::snapshot`]) unless told to use overlayfs only.
 pub(crate) fn overlay_refused(message: String) -> String {
     if !nested() {
         return message;
@@ -71,8 +71,7 @@ pub(crate) fn overlay_refused(message: String) -> String {
     format!(
         "{message}: the kernel refused overlayfs in rootless kiln's user namespace (it needs \
          Linux 5.11 or later and a store on a local filesystem such as ext4, xfs or btrfs; \
-         this kernel is {}); a fallback (fuse-overlayfs or copied snapshots) is not built yet: \
-         run kiln as root, or put the store (--root, KILN_ROOT) on a local filesystem",
+         this kernel is {})",
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into())

@@ -88,6 +88,7 @@ pub fn cfg() -> RunnerConfig {
         helper_exe: PathBuf::from(env!("CARGO_BIN_EXE_kiln-runner-testbin")),
         scratch_root: std::env::temp_dir(),
         shared_net: None,
+        snapshotter: kiln_runner::Snapshotter::default(),
     }
 }
 
@@ -120,6 +121,11 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 
 /// Run in the foreground, capturing stdout and stderr.
 pub fn run(spec: &ContainerSpec) -> Result<Output, RunError> {
+    run_with(&cfg(), spec)
+}
+
+/// [`run`] with a config of the caller's.
+pub fn run_with(cfg: &RunnerConfig, spec: &ContainerSpec) -> Result<Output, RunError> {
     let (out_r, out_w) = pipe();
     let (err_r, err_w) = pipe();
     let rd = |fd: OwnedFd| {
@@ -131,7 +137,7 @@ pub fn run(spec: &ContainerSpec) -> Result<Output, RunError> {
     };
     let (o, e) = (rd(out_r), rd(err_r));
     let r = kiln_runner::run(
-        &cfg(),
+        cfg,
         spec,
         Stdio {
             stdin: None,

@@ -1,0 +1,212 @@
+//! How a container's root is made from its lower dirs: an overlay mount
+//! (the default and the fast way), or, where the kernel refuses overlayfs
+//! (a store on overlayfs itself, as in a container's own root; some
+//! filesystems and kernels in a user namespace), a copy. BuildKit calls
+//! these the `overlayfs` and `native` snapshotters; buildah/podman's
+//! `vfs` driver is the copy too.
+//!
+//! A copied root is made by the caller before the helper starts: the
+//! merged view of the lowers is copied into `work/root` ([`merge`]), the
+//! mount points the image lacks are made in it and remembered, and the
+//! tree is indexed ([`index`]). The container gets it bind-mounted as its
+//! root. After the container exits, the changes are written into the upper
+//! dir in overlay's format ([`diff`]) and the copy is removed: for the
+//! layer writer the upper dir is the same as an overlay's.
+
+mod diff;
+mod fsops;
+mod index;
+mod merge;
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+/// Which way containers get their root (`KILN_SNAPSHOTTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Snapshotter {
+    /// overlayfs; copies once the kernel refused it (said once, with why).
+    #[default]
+    Auto,
+    /// overlayfs only: a refusal is an error.
+    Overlayfs,
+    /// Copies only (slower: every container copies its image).
+    Native,
+}
+
+impl Snapshotter {
+    /// From `KILN_SNAPSHOTTER` (unset or empty: [`Snapshotter::Auto`]).
+    pub fn from_env() -> Result<Snapshotter, String> {
+        match std::env::var("KILN_SNAPSHOTTER")
+            .unwrap_or_default()
+            .as_str()
+        {
+            "" | "auto" => Ok(Snapshotter::Auto),
+            "overlayfs" | "overlay" => Ok(Snapshotter::Overlayfs),
+            "native" | "copy" => Ok(Snapshotter::Native),
+            other => Err(format!(
+                "KILN_SNAPSHOTTER={other:?}: expected auto, overlayfs or native"
+            )),
+        }
+    }
+
+    /// Whether the next container gets a copied root.
+    pub(crate) fn copies(self) -> bool {
+        match self {
+            Snapshotter::Auto => FALLBACK.get().is_some(),
+            Snapshotter::Overlayfs => false,
+            Snapshotter::Native => true,
+        }
+    }
+}
+
+/// Why this process stopped mounting overlays, once it did.
+static FALLBACK: OnceLock<String> = OnceLock::new();
+static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn record_fallback(reason: &str) {
+    let _ = FALLBACK.set(reason.to_string());
+}
+
+/// The first time it is asked after overlayfs was refused: the warning to
+/// show (what was refused, and that copies are used from now on).
+pub fn take_fallback_warning() -> Option<String> {
+    let reason = FALLBACK.get()?;
+    if WARNED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
+    Some(format!(
+        "overlayfs was refused ({reason}); containers get copied snapshots instead \
+         (KILN_SNAPSHOTTER=native, slower: each RUN step copies its image); \
+         put the store on a filesystem that can hold an overlay upper dir (a volume, \
+         ext4, xfs) to get overlayfs back"
+    ))
+}
+
+/// A container's copied root, ready to be bind-mounted.
+pub(crate) struct Copied {
+    pub root: PathBuf,
+    index: index::Index,
+    origins: merge::Origins,
+}
+
+/// The copy lives beside the upper dir, in the work dir overlay would
+/// have used (same filesystem: the diff moves files, it does not copy).
+pub(crate) fn copied_root(work: &Path) -> PathBuf {
+    work.join("root")
+}
+
+/// Copies `lowers` into a fresh [`copied_root`] of `work` and makes the
+/// mount `targets` (relative, with whether each is a file) it lacks.
+pub(crate) fn prepare(
+    lowers: &[PathBuf],
+    work: &Path,
+    targets: &[(PathBuf, bool)],
+) -> Result<Copied, String> {
+    let root = copied_root(work);
+    let ctx =
+        |what: &str, e: std::io::Error| format!("copied snapshot {}: {what}: {e}", root.display());
+    if root.exists() {
+        fs::remove_dir_all(&root).map_err(|e| ctx("removing a stale copy", e))?;
+    }
+    fs::create_dir_all(&root).map_err(|e| ctx("creating", e))?;
+    let origins = merge::merge_into(lowers, &root).map_err(|e| ctx("copying the image", e))?;
+    let stubs = make_stubs(&root, targets)?;
+    let index = index::Index::walk(&root, &stubs).map_err(|e| ctx("indexing", e))?;
+    Ok(Copied {
+        root,
+        index,
+        origins,
+    })
+}
+
+impl Copied {
+    /// Writes what the container changed into `upper` (empty) and removes
+    /// the copy.
+    pub fn diff_into(self, upper: &Path) -> Result<(), String> {
+        let r = diff::diff_into(&self.root, &self.index, &self.origins, upper).map_err(|e| {
+            format!(
+                "diffing the copied snapshot {} into {}: {e}",
+                self.root.display(),
+                upper.display()
+            )
+        });
+        self.remove();
+        r
+    }
+
+    pub fn remove(self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The mount points the image lacks, made in the copy (empty files and
+/// directories, root's, 0644/0755), with the times of the directories they
+/// were made in put back. Returns every path made.
+fn make_stubs(root: &Path, targets: &[(PathBuf, bool)]) -> Result<HashSet<PathBuf>, String> {
+    let mut made = HashSet::new();
+    for (i, (rel, is_file)) in targets.iter().enumerate() {
+        let (resolved, exists) = crate::mounts::secure_join(root, rel)
+            .map_err(|e| format!("resolving /{} in the image: {e}", rel.display()))?;
+        if i < 3 && resolved != *rel {
+            return Err(format!(
+                "/{} is a symlink in the image; refusing to mount over it",
+                rel.display()
+            ));
+        }
+        if exists {
+            continue;
+        }
+        let comps: Vec<_> = resolved.components().collect();
+        let mut cur = PathBuf::new();
+        for (k, c) in comps.iter().enumerate() {
+            let parent = root.join(&cur);
+            cur.push(c);
+            let p = root.join(&cur);
+            let last = k + 1 == comps.len();
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() || last => continue,
+                Ok(_) => {
+                    return Err(format!(
+                        "cannot create mount point /{}: a file in the image is in its way",
+                        rel.display()
+                    ))
+                }
+                Err(_) => {}
+            }
+            let times = fs::symlink_metadata(&parent).ok();
+            let r = if last && *is_file {
+                fs::File::create_new(&p).map(drop)
+            } else {
+                fs::create_dir(&p)
+            };
+            r.map_err(|e| format!("mount point {}: {e}", p.display()))?;
+            if let Some(m) = times {
+                let _ = restore_times(&parent, &m);
+            }
+            made.insert(cur.clone());
+        }
+    }
+    Ok(made)
+}
+
+fn restore_times(dir: &Path, m: &fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ts = |s: i64, ns: i64| rustix::fs::Timespec {
+        tv_sec: s as _,
+        tv_nsec: ns as _,
+    };
+    let t = rustix::fs::Timestamps {
+        last_access: ts(m.atime(), m.atime_nsec()),
+        last_modification: ts(m.mtime(), m.mtime_nsec()),
+    };
+    Ok(rustix::fs::utimensat(
+        rustix::fs::CWD,
+        dir,
+        &t,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?)
+}
