@@ -211,7 +211,9 @@ pub struct RootFs {
     /// container.
     ///
     /// After the run the upper dir is the diff: overlay whiteouts (0/0
-    /// character devices), `trusted.overlay.opaque=y` directories, and
+    /// character devices; with a copied root on a filesystem that refuses
+    /// them, overlayfs itself, OCI's empty `.wh.NAME` files, root's, 0644),
+    /// `trusted.overlay.opaque=y` directories, and
     /// overlay's bookkeeping xattrs (`trusted.overlay.origin`, `.impure`,
     /// `.uuid`) that a layer writer must drop. No mount point, stub or
     /// generated /etc file is ever in it. The work dir keeps an empty

@@ -194,6 +194,44 @@ fn entries_are_sorted_and_carry_no_host_names() {
     );
 }
 
+/// An upper dir that holds OCI's whiteout file (a copied root's diff on a
+/// filesystem that refuses overlay's 0/0 device, overlayfs itself) encodes
+/// to the very bytes of one holding overlay's whiteout.
+#[test]
+fn an_oci_whiteout_file_in_an_upper_dir_encodes_as_an_overlay_whiteout() {
+    require_root!();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for u in [a.path(), b.path()] {
+        fs::create_dir(u.join("etc")).unwrap();
+        fs::write(u.join("etc/kept"), b"k").unwrap();
+    }
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        a.path().join("etc/removed").as_path(),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
+    fs::write(b.path().join("etc/.wh.removed"), b"").unwrap();
+    fs::set_permissions(
+        b.path().join("etc/.wh.removed"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    for u in [a.path(), b.path()] {
+        for p in ["etc/removed", "etc/.wh.removed", "etc/kept", "etc"] {
+            if fs::symlink_metadata(u.join(p)).is_ok() {
+                set_mtime(&u.join(p), 1_600_000_000);
+            }
+        }
+    }
+    let (da, ba) = encode(a.path(), &opts(Compression::None, 1));
+    let (db, bb) = encode(b.path(), &opts(Compression::None, 1));
+    assert_eq!(da.diff_id, db.diff_id);
+    assert_eq!(ba, bb);
+}
+
 #[test]
 fn overlay_whiteouts_become_oci_whiteouts_and_back() {
     require_root!();

@@ -117,15 +117,33 @@ fn diff_dir(stack: &mut Vec<Frame>, fresh: bool, cx: &mut Cx<'_>) -> io::Result<
             continue;
         }
         let up = ensure_upper(stack)?;
-        rustix::fs::mknodat(
-            up.as_ref(),
-            gone,
-            FileType::CharacterDevice,
-            Mode::empty(),
-            0,
-        )?;
+        whiteout(up.as_fd(), gone)?;
     }
     Ok(())
+}
+
+/// overlayfs's whiteout (a 0/0 character device), or where the upper dir's
+/// filesystem refuses to make one (overlayfs itself: a store in a
+/// container's own root), OCI's: an empty `.wh.NAME`, root's, 0644, which
+/// the layer writer emits as the same tar entry.
+fn whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0) {
+        Err(rustix::io::Errno::PERM) => {}
+        r => return Ok(r?),
+    }
+    let mut marker = OsString::from(".wh.");
+    marker.push(name);
+    let fd = rustix::fs::openat(
+        dir,
+        &marker,
+        rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::EXCL
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?;
+    Ok(rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))?)
 }
 
 /// A non-directory the image had: untouched, or touched without a change a
