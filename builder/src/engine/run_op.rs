@@ -203,6 +203,9 @@ impl Builder {
             }
             t.push_back(line.to_string());
         })?;
+        for w in &status.warnings {
+            self.progress.warn(w);
+        }
         let tail = tail.into_inner().expect("output tail");
         Ok((status.code, tail.into_iter().collect()))
     }

@@ -62,7 +62,10 @@ impl Executor for FakeExecutor {
         let code = line
             .split_once("exit ")
             .map_or(0, |(_, n)| n.trim().parse().unwrap_or(1));
-        Ok(ExecStatus { code })
+        Ok(ExecStatus {
+            code,
+            warnings: Vec::new(),
+        })
     }
 }
 

@@ -28,6 +28,10 @@ fn main() -> ExitCode {
     // Must come first: a re-executed runner helper never returns from here.
     kiln_runner::init_hook();
     let cli = Cli::parse();
+    if let Err(e) = kiln_runner::Snapshotter::from_env() {
+        eprintln!("kiln: {e}");
+        return ExitCode::from(125);
+    }
     // Still single-threaded: as an ordinary user, become root of a user
     // namespace of our own (container root = the user, 1..N = its
     // subordinate range) before anything touches the store or a container.

@@ -74,9 +74,12 @@ pub struct ExecSpec {
 }
 
 /// How a process ended. Its changes are in the spec's `upper`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecStatus {
     pub code: i32,
+    /// What the build should warn about once (e.g. the executor fell back
+    /// to a slower way of making roots).
+    pub warnings: Vec<String>,
 }
 
 /// Runs processes for RUN steps.

@@ -95,7 +95,10 @@ impl Executor for NamespaceExecutor {
             );
             let _ = reader.join();
             let code = code.map_err(|e| anyhow!("{e}"))?;
-            Ok(ExecStatus { code })
+            Ok(ExecStatus {
+                code,
+                warnings: kiln_runner::take_fallback_warning().into_iter().collect(),
+            })
         })
     }
 }
