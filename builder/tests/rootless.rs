@@ -280,6 +280,29 @@ fn a_rootless_build_gives_the_image_a_root_build_gives() {
         ],
     ));
     let rootless_id = std::fs::read_to_string(&iid).unwrap();
+    // Copied roots instead of overlayfs (where the kernel refuses it in a
+    // user namespace): still the same image.
+    let native = [
+        ("SOURCE_DATE_EPOCH", "1700000000"),
+        ("KILN_SNAPSHOTTER", "native"),
+    ];
+    let r = u.run_env(
+        &native,
+        &[
+            "build",
+            "-q",
+            "--no-cache",
+            "--iidfile",
+            iid.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    ok(r);
+    assert_eq!(
+        std::fs::read_to_string(&iid).unwrap(),
+        rootless_id,
+        "rootless native and overlayfs builds differ"
+    );
 
     let root_ctx = tempfile::tempdir().unwrap();
     for (f, t) in files {
