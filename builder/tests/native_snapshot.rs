@@ -139,6 +139,36 @@ fn a_store_on_overlayfs_builds_with_copies_and_says_so_once() {
     assert!(err.contains("KILN_SNAPSHOTTER=native"), "{err}");
     assert_eq!(std::fs::read_to_string(&iid).unwrap().trim(), want);
 
+    // A detached container there: copied root, kept across a restart.
+    let script = "if [ -f /marker ]; then sleep 60; else echo first > /marker; exit 1; fi";
+    let r = on_ovl(
+        &[
+            "run",
+            "-d",
+            "--restart",
+            "on-failure:1",
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ],
+        &[],
+    );
+    assert!(r.status.success(), "{r:?}");
+    let id = String::from_utf8_lossy(&r.stdout).trim().to_string();
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let e = on_ovl(&["exec", &id, "cat", "/marker"], &[]);
+        seen = String::from_utf8_lossy(&e.stdout).into_owned();
+        if e.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(seen, "first\n", "the restarted container kept its files");
+    let rm = on_ovl(&["rm", "-f", &id], &[]);
+    assert!(rm.status.success(), "{rm:?}");
+
     // overlayfs only: the refusal is the error, with the way out.
     let b = on_ovl(
         &["build", "--no-cache", "-q", ctx.path().to_str().unwrap()],

@@ -319,10 +319,9 @@ pub(crate) fn run_foreground(
             crate::snapshot::record_fallback(&reason);
             attempt(cfg, &mut job, stdio, interactive, true, on_event)
         }
-        (Err(RunError::OverlayRefused(reason)), None) => Err(RunError::Setup(format!(
-            "{reason} (KILN_SNAPSHOTTER=overlayfs: unset it, or set it to native, to run \
-             with copied snapshots)"
-        ))),
+        (Err(RunError::OverlayRefused(reason)), None) => Err(RunError::Setup(
+            crate::snapshot::overlay_only_error(&reason),
+        )),
         (r, _) => r,
     }
 }

@@ -84,6 +84,9 @@ struct Monitor<'a> {
     /// The published ports, bound, for the next start.
     ports: Option<Vec<Bound>>,
     caller_open: bool,
+    /// The container's root is a copy (the native snapshotter, or overlayfs
+    /// was refused at the first start).
+    copy: bool,
 }
 
 fn monitor(dir: &Path) -> Result<(), RunError> {
@@ -133,7 +136,9 @@ fn monitor(dir: &Path) -> Result<(), RunError> {
         err_w,
         ports: Some(bound),
         caller_open: true,
+        copy: false,
     };
+    m.copy = m.cfg.snapshotter.copies();
     let result = loop {
         let (code, ran, before) = match m.run_once(restarts.count) {
             Err(e) => break Err(e),
@@ -187,7 +192,7 @@ impl Monitor<'_> {
         let cfg = &self.cfg;
         let oom_before = oom_kills(cfg);
         let me = std::process::id() as i32;
-        let job = Job {
+        let mut job = Job {
             spec: cfg.spec.clone(),
             scratch: self.dir.join("scratch"),
             hostname: helper::default_hostname(&cfg.spec, cfg.id[..12].to_string()),
@@ -201,6 +206,13 @@ impl Monitor<'_> {
             cgroups: cfg.cgroups.dirs(),
             copied_root: None,
         };
+        if self.copy {
+            let work = crate::mounts::layout_of(&job).work;
+            let targets = crate::mounts::wanted_targets(&job).map_err(RunError::Setup)?;
+            let root = crate::snapshot::prepare_kept(&cfg.spec.rootfs.lowers, &work, &targets)
+                .map_err(RunError::Setup)?;
+            job.copied_root = Some(root);
+        }
         let dup = |fd: &OwnedFd| {
             rustix::io::fcntl_dupfd_cloexec(fd.as_fd(), 3)
                 .map_err(|e| RunError::io("dup", e.into()))
@@ -218,6 +230,7 @@ impl Monitor<'_> {
             .map_err(|e| RunError::io("sending the job", e))?;
         let mut reader = MsgReader::new(&sock);
         let (mut code, mut pid, mut failed, mut message) = (None, 0, false, String::new());
+        let mut refused = None;
         let mut started = Instant::now();
         let mut proxy: Option<ProxyHandle> = None;
         let mut prober: Option<Prober> = None;
@@ -268,6 +281,10 @@ impl Monitor<'_> {
                         eprintln!("kiln-runner monitor: restart failed: {m}");
                     }
                 }
+                Ok(Some(Msg::OverlayRefused { message: m })) => {
+                    failed = true;
+                    refused = Some(m);
+                }
                 Ok(Some(Msg::Exited(c))) => {
                     code = if failed { code.or(Some(c)) } else { Some(c) };
                 }
@@ -281,6 +298,17 @@ impl Monitor<'_> {
         }
         if let Some(p) = proxy {
             p.shutdown();
+        }
+        if let Some(reason) = refused {
+            if self.cfg.snapshotter == crate::Snapshotter::Auto && !self.copy {
+                eprintln!(
+                    "kiln-runner monitor: overlayfs was refused ({reason}); the container runs \
+                     on a copied root"
+                );
+                self.copy = true;
+                return self.run_once(restart_count);
+            }
+            message = crate::snapshot::overlay_only_error(&reason);
         }
         if failed && self.caller_open {
             return Ok(Run::Failed { message, code });

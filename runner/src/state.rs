@@ -141,6 +141,10 @@ pub(crate) struct Config {
     /// The cgroups made for `opts.resources` (removed with the container).
     #[serde(default)]
     pub cgroups: Placement,
+    /// How the monitor makes the container's root (the caller's setting:
+    /// the monitor runs with a cleared environment).
+    #[serde(default)]
+    pub snapshotter: crate::Snapshotter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -480,6 +484,7 @@ impl Containers {
             detached,
             stack,
             cgroups: placement,
+            snapshotter: self.cfg.snapshotter,
         };
         let saved = serde_json::to_vec_pretty(&cfg)
             .map_err(|e| RunError::Helper(e.to_string()))
@@ -1153,6 +1158,7 @@ mod tests {
                 detached: true,
                 stack: None,
                 cgroups: Placement::default(),
+                snapshotter: Default::default(),
             };
             fs::write(d.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
         }

@@ -86,9 +86,12 @@ fn diff_dir(stack: &mut Vec<Frame>, fresh: bool, cx: &mut Cx<'_>) -> io::Result<
             cx.index.seen.get(&child)
         };
         if file_type(&st) == FileType::Directory {
-            let same_inode = old.is_some_and(|o| o.is_dir && o.ino == st.st_ino);
-            let untouched = same_inode && old.is_some_and(|o| o.untouched(&st));
             let new = fsops::open_dir(top.new.as_fd(), name)?;
+            // The same directory: not one made again on a reused inode.
+            let same_inode = old.is_some_and(|o| {
+                o.is_dir && o.ino == st.st_ino && o.generation == fsops::generation(new.as_fd())
+            });
+            let untouched = same_inode && old.is_some_and(|o| o.untouched(&st));
             stack.push(Frame {
                 rel: child,
                 name: name.clone(),

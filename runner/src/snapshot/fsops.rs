@@ -29,6 +29,23 @@ pub(crate) fn file_type(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
 }
 
+/// The inode's generation (ext4, xfs, btrfs, tmpfs give each new inode
+/// one): a directory removed and made again can get the same inode number
+/// but not the same generation. None where the filesystem has none.
+pub(crate) fn generation(fd: BorrowedFd<'_>) -> Option<u32> {
+    let mut v: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETVERSION writes at most a long (the kernel an int)
+    // into `v`; the fd is open for the call's duration.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::FS_IOC_GETVERSION,
+            &mut v,
+        )
+    };
+    (r == 0).then_some(v as u32)
+}
+
 /// overlayfs's deletion marker: a character device 0/0.
 pub(crate) fn is_whiteout(st: &Stat) -> bool {
     file_type(st) == FileType::CharacterDevice && st.st_rdev == 0

@@ -24,6 +24,8 @@ pub(crate) struct Seen {
     pub rdev: u64,
     pub nlink: u64,
     pub is_dir: bool,
+    /// A directory's inode generation, where the filesystem has one.
+    pub generation: Option<u32>,
     /// A mount point the runner made (not in the image): never diffed as
     /// added, never whited out.
     pub stub: bool,
@@ -45,6 +47,7 @@ impl Seen {
             rdev: st.st_rdev,
             nlink: st.st_nlink as u64,
             is_dir: file_type(st) == FileType::Directory,
+            generation: None,
             stub,
         }
     }
@@ -91,12 +94,14 @@ impl Index {
         for name in &names {
             let child = rel.join(name);
             let st = fsops::stat_at(dir.as_fd(), name)?;
-            let seen = Seen::of(&st, stubs.contains(&child));
-            let is_dir = seen.is_dir;
-            self.seen.insert(child.clone(), seen);
-            if is_dir {
+            let mut seen = Seen::of(&st, stubs.contains(&child));
+            if seen.is_dir {
                 let sub = fsops::open_dir(dir.as_fd(), name)?;
+                seen.generation = fsops::generation(sub.as_fd());
+                self.seen.insert(child.clone(), seen);
                 self.walk_dir(sub, child, stubs)?;
+            } else {
+                self.seen.insert(child, seen);
             }
         }
         self.children.insert(rel, names);

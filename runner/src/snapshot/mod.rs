@@ -86,6 +86,14 @@ pub fn take_fallback_warning() -> Option<String> {
     ))
 }
 
+/// The error for a refused overlay when only overlayfs may be used.
+pub(crate) fn overlay_only_error(reason: &str) -> String {
+    format!(
+        "{reason} (KILN_SNAPSHOTTER=overlayfs: unset it, or set it to native, to run with \
+         copied snapshots)"
+    )
+}
+
 /// A container's copied root, ready to be bind-mounted.
 pub(crate) struct Copied {
     pub root: PathBuf,
@@ -106,7 +114,33 @@ pub(crate) fn prepare(
     work: &Path,
     targets: &[(PathBuf, bool)],
 ) -> Result<Copied, String> {
+    prepare_at(lowers, copied_root(work), targets)
+}
+
+/// A detached container's copied root: made once, then kept across its
+/// restarts (as an overlay upper dir is) until the container is removed.
+/// Made under another name and renamed, so a copy cut short is never used.
+pub(crate) fn prepare_kept(
+    lowers: &[PathBuf],
+    work: &Path,
+    targets: &[(PathBuf, bool)],
+) -> Result<PathBuf, String> {
     let root = copied_root(work);
+    if root.is_dir() {
+        return Ok(root);
+    }
+    let partial = work.join("root.partial");
+    let made = prepare_at(lowers, partial.clone(), targets)?;
+    fs::rename(&made.root, &root)
+        .map_err(|e| format!("copied snapshot {}: {e}", root.display()))?;
+    Ok(root)
+}
+
+fn prepare_at(
+    lowers: &[PathBuf],
+    root: PathBuf,
+    targets: &[(PathBuf, bool)],
+) -> Result<Copied, String> {
     let ctx =
         |what: &str, e: std::io::Error| format!("copied snapshot {}: {what}: {e}", root.display());
     if root.exists() {
