@@ -36,7 +36,7 @@ fn an_upper_dir_on_overlayfs_falls_back_to_a_copied_root() {
     );
     rustix::mount::mount(
         "overlay",
-        &p("ovl"),
+        p("ovl"),
         "overlay",
         rustix::mount::MountFlags::empty(),
         std::ffi::CString::new(opts).unwrap().as_c_str(),
