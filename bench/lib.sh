@@ -101,6 +101,72 @@ build_kiln_img() { # TAG CONTEXT
     fi
 }
 
+# ----------------------------------------------- kiln-native, kiln-rootless ----
+
+# kiln with copied snapshots instead of overlayfs (KILN_SNAPSHOTTER=native),
+# as root, in a root of its own made from the same template.
+KILN_NATIVE_ROOT=$BENCH_STATE/kiln-native-root
+setup_kiln_native() { setup_kiln; }
+reset_kiln-native() {
+    rm -rf "$KILN_NATIVE_ROOT"
+    cp -a "$KILN_TEMPLATE" "$KILN_NATIVE_ROOT"
+}
+build_kiln-native_img() { # TAG CONTEXT
+    KILN_ROOT=$KILN_NATIVE_ROOT KILN_SNAPSHOTTER=native "$KILN" build -q --network host -t "$1" "$2"
+}
+
+# kiln as an ordinary user (fixtures/rootless/make-users.sh: kiln-rl, with
+# a subordinate range): the store in its XDG_DATA_HOME, a copy of a
+# template the user imported the bases into (through kiln save / load of
+# the root template, so both hold the same base images). The binaries are
+# copied where the user can run them, kiln-helper beside kiln as installed.
+ROOTLESS_USER=kiln-rl
+RL_DIR=$BENCH_STATE/rootless
+RL_AS=(setpriv --reuid "$ROOTLESS_USER" --regid "$ROOTLESS_USER" --init-groups
+    env -i PATH=/usr/bin:/bin HOME="$RL_DIR/home" XDG_DATA_HOME="$RL_DIR/home")
+setup_kiln_rootless() {
+    setup_kiln
+    "$REPO/fixtures/rootless/make-users.sh" >/dev/null
+    mkdir -p "$RL_DIR/bin"
+    chmod 755 "$BENCH_STATE" "$RL_DIR" "$RL_DIR/bin"
+    install -m 755 "$KILN" "$RL_DIR/bin/kiln"
+    [ -x "$(dirname "$KILN")/kiln-helper" ] &&
+        install -m 755 "$(dirname "$KILN")/kiln-helper" "$RL_DIR/bin/kiln-helper"
+    local stamp want
+    want="$(cat "$KILN_TEMPLATE.stamp")"
+    stamp=$RL_DIR/template.stamp
+    if [ -d "$RL_DIR/template" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        log "kiln-rootless: template store up to date"
+        return
+    fi
+    log "kiln-rootless: loading the bases into $ROOTLESS_USER's template store"
+    rm -rf "$RL_DIR/template" "$RL_DIR/home"
+    mkdir -p "$RL_DIR/home"
+    chown "$ROOTLESS_USER:$ROOTLESS_USER" "$RL_DIR/home"
+    local img tar=$RL_DIR/bases.tar
+    for img in busybox:latest python:3.11-slim; do
+        KILN_ROOT=$KILN_TEMPLATE "$KILN" save -o "$tar" "$img"
+        chmod 644 "$tar"
+        "${RL_AS[@]}" "$RL_DIR/bin/kiln" load -i "$tar" >/dev/null
+        # Unpacked, as the root template's bases are (import-into-kiln.sh
+        # builds them): a cold run must not pay for the base's snapshot.
+        mkdir -p "$RL_DIR/warm"
+        printf 'FROM %s\nRUN echo kiln-bench-warm-up\n' "$img" >"$RL_DIR/warm/Dockerfile"
+        chmod -R a+rX "$RL_DIR/warm"
+        "${RL_AS[@]}" "$RL_DIR/bin/kiln" build -q "$RL_DIR/warm" >/dev/null
+    done
+    rm -rf "$tar" "$RL_DIR/warm"
+    mv "$RL_DIR/home/kiln" "$RL_DIR/template"
+    echo "$want" >"$stamp"
+}
+reset_kiln-rootless() {
+    rm -rf "$RL_DIR/home/kiln"
+    cp -a "$RL_DIR/template" "$RL_DIR/home/kiln"
+}
+build_kiln-rootless_img() { # TAG CONTEXT
+    "${RL_AS[@]}" "$RL_DIR/bin/kiln" build -q --network host -t "$1" "$2"
+}
+
 # ---------------------------------------------------------------- docker ----
 
 start_docker() {

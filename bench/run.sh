@@ -18,8 +18,10 @@
 #
 # Environment:
 #   BENCH_RUNS     runs per case and tool (default 5)
-#   BENCH_TOOLS    subset of "kiln docker docker26 buildah buildah139"
-#                  (default "kiln docker buildah"): docker = Docker 20.10's
+#   BENCH_TOOLS    subset of "kiln kiln-native kiln-rootless docker docker26
+#                  buildah buildah139" (default "kiln docker buildah"):
+#                  kiln-native = KILN_SNAPSHOTTER=native (copied roots),
+#                  kiln-rootless = kiln as the user kiln-rl; docker = Docker 20.10's
 #                  BuildKit 0.8, docker26 = Docker 26.1's BuildKit 0.13,
 #                  buildah = Debian 12's 1.28, buildah139 = Debian 13's 1.39
 #   BENCH_CASES    subset of "flask run20 stages copy200" (default all)
@@ -53,6 +55,8 @@ python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
 for tool in "${TOOLS[@]}"; do
     case $tool in
         kiln) setup_kiln ;;
+        kiln-native) setup_kiln_native ;;
+        kiln-rootless) setup_kiln_rootless ;;
         docker) setup_docker ;;
         buildah) setup_buildah ;;
         docker26) setup_docker26 ;;
@@ -75,6 +79,8 @@ rm -rf "$CTX/run20" "$CTX/stages"
 cp -a "$BENCH_DIR/cases/run20" "$BENCH_DIR/cases/stages" "$CTX/"
 log "generating the 200 MB / 2,000-file context (cached)"
 gen_context "$BENCH_CACHE/copy200" 2000 200M
+# kiln-rootless reads the contexts as an ordinary user.
+chmod -R a+rX "$CTX" "$BENCH_CACHE/copy200"
 
 CSV=$RESULTS/latest.csv
 echo "case,tool,run,seconds,ok" >"$CSV"

@@ -17,6 +17,8 @@ from collections import defaultdict
 
 TOOLS = [
     ("kiln", "kiln"),
+    ("kiln-rootless", "kiln rootless"),
+    ("kiln-native", "kiln native"),
     ("docker", "BuildKit"),
     ("docker26", "BuildKit 0.13"),
     ("buildah", "buildah"),
@@ -24,6 +26,8 @@ TOOLS = [
 ]
 # Ratio columns after issue 7's target (kiln/BuildKit 0.8): the newer peers.
 EXTRA_RATIOS = [("docker26", "kiln/BuildKit 0.13"), ("buildah139", "kiln/buildah 1.39")]
+# kiln against itself: (tool, column), the tool's median over kiln's.
+SELF_RATIOS = [("kiln-rootless", "rootless/root"), ("kiln-native", "native/overlayfs")]
 
 # case id -> (description, target for kiln/BuildKit from issue 7)
 CASES = [
@@ -75,6 +79,7 @@ def build_rows(ok, failed):
     header = ["case"] + [f"{name} s, median (min-max)" for t, name in TOOLS if t in present_tools]
     header += ["kiln/BuildKit", "target", "met", "kiln/buildah"]
     header += [name for t, name in EXTRA_RATIOS if t in present_tools]
+    header += [name for t, name in SELF_RATIOS if t in present_tools]
     rows = []
     for case, desc, target in cases:
         row = [desc]
@@ -101,6 +106,10 @@ def build_rows(ok, failed):
         for t, _ in EXTRA_RATIOS:
             if t in present_tools:
                 r = med["kiln"] / med[t] if kiln and t in med else None
+                row.append(f"{r:.2f}" if r is not None else "-")
+        for t, _ in SELF_RATIOS:
+            if t in present_tools:
+                r = med[t] / med["kiln"] if kiln and t in med else None
                 row.append(f"{r:.2f}" if r is not None else "-")
         rows.append(row)
     return header, rows

@@ -47,6 +47,10 @@ impl User {
         let kiln = dir.path().join("kiln");
         std::fs::copy(kiln_bin(), &kiln).expect("copy kiln");
         std::fs::set_permissions(&kiln, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Installed as root installs them: kiln-helper beside kiln, root's.
+        let helper = dir.path().join("kiln-helper");
+        std::fs::copy(env!("CARGO_BIN_EXE_kiln-helper"), &helper).expect("copy kiln-helper");
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
         for d in ["home", "data"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
@@ -550,6 +554,25 @@ fn a_user_runs_a_detached_container_with_a_published_port() {
     assert!(
         ps.contains(&id[..12]) && ps.contains(&format!("{port}->5000/tcp")),
         "{ps}"
+    );
+    // The container runs through the root-owned kiln-helper beside kiln
+    // (which the user namespace shows as owned by nobody): the small
+    // binary, not kiln re-executed.
+    let v: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(
+        &ok(u.run(&["inspect", &id])).stdout,
+    ))
+    .unwrap();
+    let pid = v[0]["State"]["Pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ppid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{ppid}/exe")).unwrap(),
+        u.dir.path().join("kiln-helper")
     );
     let logs = text(&ok(u.run(&["logs", &id])));
     assert!(logs.contains("response:200"), "{logs}");

@@ -104,13 +104,33 @@ pub fn helper_beside_current_exe() -> Option<PathBuf> {
         .clone()
 }
 
+/// (device, inode, trusted owner) of `kiln-helper` as the machine saw it
+/// before this process entered a user namespace: inside one, root's files
+/// show as the overflow uid, which says nothing about who may write them.
+static HELPER_OWNER: std::sync::OnceLock<Option<(u64, u64, bool)>> = std::sync::OnceLock::new();
+
+/// Call before entering a user namespace (rootless kiln does it first
+/// thing): notes who owns the `kiln-helper` beside the running binary, so
+/// that one installed by root (the usual case) is still used inside.
+pub fn note_helper_owner() {
+    use std::os::unix::fs::MetadataExt;
+    HELPER_OWNER.get_or_init(|| {
+        let exe = std::env::current_exe().ok()?;
+        let m = std::fs::metadata(exe.parent()?.join("kiln-helper")).ok()?;
+        let me = rustix::process::geteuid().as_raw();
+        Some((m.dev(), m.ino(), m.uid() == 0 || m.uid() == me))
+    });
+}
+
 fn trusted_helper(p: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::metadata(p) else {
         return false;
     };
     let me = rustix::process::geteuid().as_raw();
-    let owner_ok = m.uid() == 0 || m.uid() == me;
+    let noted = matches!(HELPER_OWNER.get(), Some(Some((dev, ino, true)))
+        if (*dev, *ino) == (m.dev(), m.ino()));
+    let owner_ok = m.uid() == 0 || m.uid() == me || noted;
     if !m.is_file() || !owner_ok || m.mode() & 0o022 != 0 || m.mode() & 0o111 == 0 {
         return false;
     }

@@ -36,6 +36,9 @@ fn main() -> ExitCode {
     // namespace of our own (container root = the user, 1..N = its
     // subordinate range) before anything touches the store or a container.
     let need = user_namespace_need(&cli.command);
+    if need != Need::No && !rustix::process::geteuid().is_root() {
+        kiln_runner::note_helper_owner();
+    }
     if let Need::Container(name) = &need {
         // Rootless: the container's own namespace, where we are root.
         if let Err(e) = cmd_inspect_ctr::join_rootless(&cli.root, name) {
