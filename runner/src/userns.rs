@@ -427,14 +427,28 @@ fn map_with_tools(uid_map: &[IdRange], gid_map: &[IdRange]) -> Result<(), String
     }
 }
 
+/// Both map helpers at once (each is a set-uid or file-capability program
+/// whose start is most of entering the namespace), then their verdicts.
 fn run_tools(tools: &[(Option<PathBuf>, Vec<String>)], err: &impl AsFd) -> i32 {
+    let mut started = Vec::new();
     for (tool, args) in tools {
         let Some(tool) = tool else { return 1 };
-        let out = std::process::Command::new(tool)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output();
-        let msg = match out {
+        started.push((tool, args));
+    }
+    let children: Vec<_> = started
+        .iter()
+        .map(|(tool, args)| {
+            std::process::Command::new(tool)
+                .args(args.iter())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect();
+    let mut failed = None;
+    for ((tool, args), child) in started.into_iter().zip(children) {
+        let msg = match child.and_then(|c| c.wait_with_output()) {
             Ok(o) if o.status.success() => continue,
             Ok(o) => format!(
                 "{} {} failed: {}",
@@ -444,10 +458,15 @@ fn run_tools(tools: &[(Option<PathBuf>, Vec<String>)], err: &impl AsFd) -> i32 {
             ),
             Err(e) => format!("running {}: {e}", tool.display()),
         };
-        let _ = rustix::io::write(err, msg.as_bytes());
-        return 1;
+        failed.get_or_insert(msg);
     }
-    0
+    match failed {
+        None => 0,
+        Some(msg) => {
+            let _ = rustix::io::write(err, msg.as_bytes());
+            1
+        }
+    }
 }
 
 #[cfg(test)]
