@@ -204,15 +204,7 @@ fn build_steps_are_filtered_unless_the_build_says_unconfined() {
 fn helper_exe_of(k: &Kiln, name: &str) -> std::path::PathBuf {
     let v: serde_json::Value =
         serde_json::from_str(&k.run(&["inspect", name]).ok().stdout()).unwrap();
-    let pid = v[0]["State"]["Pid"].as_i64().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let ppid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .unwrap()
-        .trim()
-        .to_string();
-    std::fs::read_link(format!("/proc/{ppid}/exe")).unwrap()
+    common::parent_exe(v[0]["State"]["Pid"].as_i64().unwrap())
 }
 
 /// kiln starts containers through `kiln-helper` when it sits beside it,

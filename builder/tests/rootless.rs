@@ -562,16 +562,8 @@ fn a_user_runs_a_detached_container_with_a_published_port() {
         &ok(u.run(&["inspect", &id])).stdout,
     ))
     .unwrap();
-    let pid = v[0]["State"]["Pid"].as_i64().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let ppid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .unwrap()
-        .trim()
-        .to_string();
     assert_eq!(
-        std::fs::read_link(format!("/proc/{ppid}/exe")).unwrap(),
+        common::parent_exe(v[0]["State"]["Pid"].as_i64().unwrap()),
         u.dir.path().join("kiln-helper")
     );
     let logs = text(&ok(u.run(&["logs", &id])));

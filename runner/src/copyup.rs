@@ -96,20 +96,7 @@ fn copy_dir_contents(from: &Path, dst: &Rc<OwnedFd>, links: &mut Links) -> io::R
 }
 
 fn copy_file(src: &Path, dst: &OwnedFd, name: &OsStr, m: &fs::Metadata) -> io::Result<()> {
-    let inf = rustix::fs::open(
-        src,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let outf = rustix::fs::openat(
-        dst,
-        name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?;
-    let mut r = fs::File::from(inf);
-    let mut w = fs::File::from(outf);
-    io::copy(&mut r, &mut w)?;
+    let w = crate::snapshot::copy_file(rustix::fs::CWD, src.as_os_str(), dst.as_fd(), name)?;
     set_attrs(&w, m)
 }
 

@@ -524,8 +524,14 @@ fn mount_overlay(job: &Job, layout: &Layout, over: bool) -> Result<OwnedFd, Stri
     };
     let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
         .map_err(|e| err("fsmount overlay", e))?;
+    attach_root(&mnt, layout)?;
+    Ok(mnt)
+}
+
+/// A detached mount, attached as the container's root.
+fn attach_root(mnt: &OwnedFd, layout: &Layout) -> Result<(), String> {
     move_mount(
-        &mnt,
+        mnt,
         "",
         CWD,
         &layout.rootfs,
@@ -536,8 +542,7 @@ fn mount_overlay(job: &Job, layout: &Layout, over: bool) -> Result<OwnedFd, Stri
             format!("mounting the rootfs at {}", layout.rootfs.display()),
             e,
         )
-    })?;
-    Ok(mnt)
+    })
 }
 
 /// overlayfs refuses a lower dir named twice ("overlapping layers",
@@ -652,20 +657,7 @@ fn mount_rootfs_with_targets(job: &Job, layout: &Layout) -> Result<OwnedFd, Stri
     }
     let targets = wanted_targets(job)?;
     let mut root = mount_overlay(job, layout, false)?;
-    let mut missing = Vec::new();
-    for (i, (rel, is_file)) in targets.iter().enumerate() {
-        let (resolved, exists) = secure_join(&layout.rootfs, rel)
-            .map_err(|e| err(format!("resolving /{} in the image", rel.display()), e))?;
-        if i < 3 && resolved != *rel {
-            return Err(format!(
-                "/{} is a symlink in the image; refusing to mount over it",
-                rel.display()
-            ));
-        }
-        if !exists {
-            missing.push((resolved, *is_file));
-        }
-    }
+    let mut missing = missing_targets(&layout.rootfs, &targets)?;
     for over in [false, true] {
         if missing.is_empty() {
             break;
@@ -706,6 +698,30 @@ fn mount_rootfs_with_targets(job: &Job, layout: &Layout) -> Result<OwnedFd, Stri
     Ok(root)
 }
 
+/// The `targets` (from [`wanted_targets`]) that `root` lacks, resolved
+/// inside it, with whether each is a file. `/proc`, `/sys` and `/dev`
+/// must not be symlinks in the image (runc's rule).
+pub(crate) fn missing_targets(
+    root: &Path,
+    targets: &[(PathBuf, bool)],
+) -> Result<Vec<(PathBuf, bool)>, String> {
+    let mut missing = Vec::new();
+    for (i, (rel, is_file)) in targets.iter().enumerate() {
+        let (resolved, exists) = secure_join(root, rel)
+            .map_err(|e| err(format!("resolving /{} in the image", rel.display()), e))?;
+        if i < 3 && resolved != *rel {
+            return Err(format!(
+                "/{} is a symlink in the image; refusing to mount over it",
+                rel.display()
+            ));
+        }
+        if !exists {
+            missing.push((resolved, *is_file));
+        }
+    }
+    Ok(missing)
+}
+
 /// A copied root (the native snapshotter), bound at `layout.rootfs`. The
 /// caller made every mount point in it; they are checked, not made.
 fn mount_copied_root(job: &Job, layout: &Layout, copy: &Path) -> Result<OwnedFd, String> {
@@ -718,34 +734,12 @@ fn mount_copied_root(job: &Job, layout: &Layout, copy: &Path) -> Result<OwnedFd,
     if job.spec.readonly_rootfs {
         set_readonly(tree.as_fd()).map_err(|e| err("making the copied root read-only", e))?;
     }
-    move_mount(
-        &tree,
-        "",
-        CWD,
-        &layout.rootfs,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(|e| {
-        err(
-            format!("mounting the rootfs at {}", layout.rootfs.display()),
-            e,
-        )
-    })?;
-    for (i, (rel, _)) in wanted_targets(job)?.iter().enumerate() {
-        let (resolved, exists) = secure_join(&layout.rootfs, rel)
-            .map_err(|e| err(format!("resolving /{} in the image", rel.display()), e))?;
-        if i < 3 && resolved != *rel {
-            return Err(format!(
-                "/{} is a symlink in the image; refusing to mount over it",
-                rel.display()
-            ));
-        }
-        if !exists {
-            return Err(format!(
-                "mount point /{} is missing from the copied root",
-                rel.display()
-            ));
-        }
+    attach_root(&tree, layout)?;
+    if let Some((rel, _)) = missing_targets(&layout.rootfs, &wanted_targets(job)?)?.first() {
+        return Err(format!(
+            "mount point /{} is missing from the copied root",
+            rel.display()
+        ));
     }
     rustix::fs::open(
         &layout.rootfs,

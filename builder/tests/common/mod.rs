@@ -183,6 +183,20 @@ pub fn http_get_path(port: u16, path: &str) -> Option<String> {
     Some(body)
 }
 
+/// The host path of the binary running as `pid`'s parent (for a
+/// container's PID 1: the runner helper that supervises it).
+#[allow(dead_code)]
+pub fn parent_exe(pid: i64) -> PathBuf {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ppid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    std::fs::read_link(format!("/proc/{ppid}/exe")).unwrap()
+}
+
 /// `GET /` (see [`http_get_path`]).
 #[allow(dead_code)]
 pub fn http_get(port: u16) -> Option<String> {

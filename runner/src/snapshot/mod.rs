@@ -15,6 +15,8 @@
 
 mod diff;
 mod fsops;
+
+pub(crate) use fsops::copy_file;
 mod index;
 mod merge;
 
@@ -182,18 +184,7 @@ impl Copied {
 /// were made in put back. Returns every path made.
 fn make_stubs(root: &Path, targets: &[(PathBuf, bool)]) -> Result<HashSet<PathBuf>, String> {
     let mut made = HashSet::new();
-    for (i, (rel, is_file)) in targets.iter().enumerate() {
-        let (resolved, exists) = crate::mounts::secure_join(root, rel)
-            .map_err(|e| format!("resolving /{} in the image: {e}", rel.display()))?;
-        if i < 3 && resolved != *rel {
-            return Err(format!(
-                "/{} is a symlink in the image; refusing to mount over it",
-                rel.display()
-            ));
-        }
-        if exists {
-            continue;
-        }
+    for (resolved, is_file) in crate::mounts::missing_targets(root, targets)? {
         let comps: Vec<_> = resolved.components().collect();
         let mut cur = PathBuf::new();
         for (k, c) in comps.iter().enumerate() {
@@ -206,13 +197,13 @@ fn make_stubs(root: &Path, targets: &[(PathBuf, bool)]) -> Result<HashSet<PathBu
                 Ok(_) => {
                     return Err(format!(
                         "cannot create mount point /{}: a file in the image is in its way",
-                        rel.display()
+                        resolved.display()
                     ))
                 }
                 Err(_) => {}
             }
             let times = fs::symlink_metadata(&parent).ok();
-            let r = if last && *is_file {
+            let r = if last && is_file {
                 fs::File::create_new(&p).map(drop)
             } else {
                 fs::create_dir(&p)
