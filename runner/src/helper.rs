@@ -393,10 +393,10 @@ fn attempt(
     };
     match copied {
         // A scratch upper is thrown away with the scratch dir: no diff.
-        Some(c) if r.is_ok() && job.spec.rootfs.upper.is_some() => {
-            c.diff_into(&layout.upper).map_err(RunError::Setup)?
-        }
-        Some(c) => c.remove(),
+        Some(c) if r.is_ok() && job.spec.rootfs.upper.is_some() => c
+            .diff_into(&layout.upper, &cfg.scratch_root)
+            .map_err(RunError::Setup)?,
+        Some(c) => c.remove(&cfg.scratch_root),
         None => {}
     }
     r

@@ -69,7 +69,7 @@ pub use net::{find_stack, SharedNet, Stack, StackKind};
 pub use ports::{parse_port_spec, PortMapping, Protocol};
 pub use ps::{format_ps_table, human_duration};
 pub use restart::RestartPolicy;
-pub use snapshot::{take_fallback_warning, Snapshotter};
+pub use snapshot::{take_fallback_warning, wait_for_cleanup, Snapshotter};
 pub use state::{parse_signal, ContainerInfo, ContainerStatus, Containers, RunOptions};
 pub use top::ps_lines;
 

@@ -188,6 +188,16 @@ pub(crate) fn copy_file(
     to: BorrowedFd<'_>,
     to_name: &OsStr,
 ) -> io::Result<OwnedFd> {
+    copy_file_keep_source(from, name, to, to_name).map(|(_, dst)| dst)
+}
+
+/// [`copy_file`], also returning the source, open (for its xattrs).
+fn copy_file_keep_source(
+    from: BorrowedFd<'_>,
+    name: &OsStr,
+    to: BorrowedFd<'_>,
+    to_name: &OsStr,
+) -> io::Result<(std::fs::File, OwnedFd)> {
     let src = rustix::fs::openat(
         from,
         name,
@@ -200,12 +210,12 @@ pub(crate) fn copy_file(
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )?;
-    if rustix::fs::ioctl_ficlone(&dst, &src).is_err() {
-        let mut r = std::fs::File::from(src);
+    let mut r = std::fs::File::from(src);
+    if rustix::fs::ioctl_ficlone(&dst, &r).is_err() {
         let mut w = std::fs::File::from(dst.try_clone()?);
         io::copy(&mut r, &mut w)?;
     }
-    Ok(dst)
+    Ok((r, dst))
 }
 
 /// Makes `to_name` in `to` a copy of the non-directory `name` of `from`
@@ -221,13 +231,7 @@ pub(crate) fn copy_node(
 ) -> io::Result<bool> {
     match file_type(st) {
         FileType::RegularFile => {
-            let dst = copy_file(from, name, to, to_name)?;
-            let src = rustix::fs::openat(
-                from,
-                name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
+            let (src, dst) = copy_file_keep_source(from, name, to, to_name)?;
             set_meta(dst.as_fd(), st, &xattrs(src.as_fd())?)?;
         }
         FileType::Symlink => {

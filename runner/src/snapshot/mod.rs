@@ -161,8 +161,8 @@ fn prepare_at(
 
 impl Copied {
     /// Writes what the container changed into `upper` (empty) and removes
-    /// the copy.
-    pub fn diff_into(self, upper: &Path) -> Result<(), String> {
+    /// the copy (in the background: see [`discard`]).
+    pub fn diff_into(self, upper: &Path, trash: &Path) -> Result<(), String> {
         let r = diff::diff_into(&self.root, &self.index, &self.origins, upper).map_err(|e| {
             format!(
                 "diffing the copied snapshot {} into {}: {e}",
@@ -170,12 +170,53 @@ impl Copied {
                 upper.display()
             )
         });
-        self.remove();
+        self.remove(trash);
         r
     }
 
-    pub fn remove(self) {
-        let _ = fs::remove_dir_all(&self.root);
+    pub fn remove(self, trash: &Path) {
+        discard(&self.root, trash);
+    }
+}
+
+/// Removals of copies still under way, joined by [`wait_for_cleanup`].
+static CLEANUP: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Moves a spent copy into `trash` (the runner's scratch root, under a
+/// name the scratch sweeper removes once this process is gone) and deletes
+/// it on a thread of its own: removing an image's worth of files takes as
+/// long as copying it, and nothing waits for it but the end of the process.
+fn discard(root: &Path, trash: &Path) {
+    let name = format!(
+        "kiln-run-{}-trash-{}",
+        std::process::id(),
+        crate::helper::random_hex(8).unwrap_or_default()
+    );
+    let dest = trash.join(name);
+    if fs::rename(root, &dest).is_err() {
+        let _ = fs::remove_dir_all(root);
+        return;
+    }
+    let job = dest.clone();
+    match std::thread::Builder::new()
+        .name("kiln-trash".into())
+        .spawn(move || {
+            let _ = fs::remove_dir_all(&job);
+        }) {
+        Ok(h) => CLEANUP.lock().unwrap_or_else(|e| e.into_inner()).push(h),
+        Err(_) => {
+            let _ = fs::remove_dir_all(&dest);
+        }
+    }
+}
+
+/// Waits until every spent copy is removed (call before the process
+/// exits, or leftovers wait for the next run's sweep).
+pub fn wait_for_cleanup() {
+    let handles = std::mem::take(&mut *CLEANUP.lock().unwrap_or_else(|e| e.into_inner()));
+    for h in handles {
+        let _ = h.join();
     }
 }
 

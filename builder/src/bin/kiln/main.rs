@@ -61,7 +61,10 @@ fn main() -> ExitCode {
             }
         }
     }
-    match dispatch(cli) {
+    let result = dispatch(cli);
+    // Copied roots still being removed in the background.
+    kiln_runner::wait_for_cleanup();
+    match result {
         Ok(code) => code,
         Err(err) => {
             let failure = Failure::from(err);

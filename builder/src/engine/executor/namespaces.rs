@@ -71,6 +71,14 @@ fn container_spec(spec: &ExecSpec, seccomp_unconfined: bool) -> ContainerSpec {
     }
 }
 
+impl Drop for NamespaceExecutor {
+    /// Copied roots (the native snapshotter) are removed in the
+    /// background; the build is not over until they are gone.
+    fn drop(&mut self) {
+        kiln_runner::wait_for_cleanup();
+    }
+}
+
 impl Executor for NamespaceExecutor {
     fn run(&self, spec: &ExecSpec, output: &(dyn Fn(&str) + Sync)) -> Result<ExecStatus> {
         let spec = container_spec(spec, self.seccomp_unconfined);
