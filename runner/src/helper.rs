@@ -92,6 +92,11 @@ pub(crate) fn spawn_helper(
         None => None,
     };
     let console_raw = console.as_ref().map(|c| c.as_raw_fd());
+    // Read before the fork: the child may only make async-signal-safe calls.
+    let nofile = crate::snapshot::original_file_limit().map(|r| libc::rlimit {
+        rlim_cur: r.current.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: r.maximum.unwrap_or(libc::RLIM_INFINITY),
+    });
     // The default, ourselves, gives way to a small helper built with us.
     let exe = match cfg.helper_exe.as_os_str() == "/proc/self/exe" {
         true => crate::helper_beside_current_exe().unwrap_or_else(|| cfg.helper_exe.clone()),
@@ -110,7 +115,7 @@ pub(crate) fn spawn_helper(
     if let Some(fd) = stdio.stderr {
         cmd.stderr(fd);
     }
-    // SAFETY: dup2 is async-signal-safe; `raw` is open in the parent (and so
+    // SAFETY: dup2 and setrlimit are async-signal-safe; `raw` is open in the parent (and so
     // in the child) until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
@@ -121,6 +126,10 @@ pub(crate) fn spawn_helper(
                 if libc::dup2(c, CONSOLE_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // The caller's raised open-file limit is not the container's.
+            if let Some(r) = &nofile {
+                libc::setrlimit(libc::RLIMIT_NOFILE, r);
             }
             Ok(())
         });

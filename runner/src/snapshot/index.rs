@@ -78,12 +78,23 @@ pub(crate) struct Index {
     pub seen: HashMap<PathBuf, Seen>,
     /// Each directory's entries, by the directory's path ("" the root).
     pub children: HashMap<PathBuf, Vec<OsString>>,
+    /// Every directory of the tree, held open while the container runs: a
+    /// directory it removes cannot be freed, so the inode number of one it
+    /// makes again is never the old one's (ext4 and overlayfs hand freed
+    /// numbers out again at once). Where the file limit does not allow
+    /// that many, the inode generation tells them apart where the
+    /// filesystem has one.
+    pins: Vec<OwnedFd>,
+    pin_limit: usize,
 }
 
 impl Index {
     /// Walks the tree at `root`; `stubs` are the paths the runner made.
     pub fn walk(root: &Path, stubs: &HashSet<PathBuf>) -> io::Result<Index> {
-        let mut index = Index::default();
+        let mut index = Index {
+            pin_limit: raise_file_limit().saturating_sub(256),
+            ..Index::default()
+        };
         let fd = fsops::open_dir(rustix::fs::CWD, root.as_os_str())?;
         index.walk_dir(fd, PathBuf::new(), stubs)?;
         Ok(index)
@@ -99,6 +110,9 @@ impl Index {
                 let sub = fsops::open_dir(dir.as_fd(), name)?;
                 seen.generation = fsops::generation(sub.as_fd());
                 self.seen.insert(child.clone(), seen);
+                if self.pins.len() < self.pin_limit {
+                    self.pins.push(sub.try_clone()?);
+                }
                 self.walk_dir(sub, child, stubs)?;
             } else {
                 self.seen.insert(child, seen);
@@ -107,4 +121,31 @@ impl Index {
         self.children.insert(rel, names);
         Ok(())
     }
+}
+
+/// The soft limit on open files, raised to the hard one (once per
+/// process; the pins of a large image's directories need thousands). The
+/// helpers the runner starts get the old soft limit back
+/// ([`original_file_limit`]): containers see the limits they would have.
+fn raise_file_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let r = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        let _ = ORIGINAL.set(r.clone());
+        let mut want = r.clone();
+        want.current = r.maximum;
+        let cur = match rustix::process::setrlimit(rustix::process::Resource::Nofile, want) {
+            Ok(()) => r.maximum,
+            Err(_) => r.current,
+        };
+        cur.map_or(usize::MAX, |c| c as usize)
+    })
+}
+
+static ORIGINAL: std::sync::OnceLock<rustix::process::Rlimit> = std::sync::OnceLock::new();
+
+/// The open-file limit as it was before [`raise_file_limit`], if it was
+/// raised.
+pub(crate) fn original_file_limit() -> Option<&'static rustix::process::Rlimit> {
+    ORIGINAL.get()
 }

@@ -17,6 +17,7 @@ mod diff;
 mod fsops;
 
 pub(crate) use fsops::copy_file;
+pub(crate) use index::original_file_limit;
 mod index;
 mod merge;
 
