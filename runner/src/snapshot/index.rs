@@ -131,8 +131,8 @@ fn raise_file_limit() -> usize {
     static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *LIMIT.get_or_init(|| {
         let r = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-        let _ = ORIGINAL.set(r.clone());
-        let mut want = r.clone();
+        let _ = ORIGINAL.set(r);
+        let mut want = r;
         want.current = r.maximum;
         let cur = match rustix::process::setrlimit(rustix::process::Resource::Nofile, want) {
             Ok(()) => r.maximum,
