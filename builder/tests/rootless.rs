@@ -506,6 +506,67 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// The user namespace outlives a command in `kiln-pause`, and later
+/// commands join it (one setns instead of a fork and two set-uid helpers):
+/// two containers started by two commands share one namespace, the pause
+/// process's. Without it (killed), the next command makes one again.
+#[test]
+fn commands_join_the_namespace_the_pause_process_holds() {
+    let Some(u) = User::new("kiln-rl") else {
+        return;
+    };
+    let Some(root) = root_with_busybox() else {
+        return;
+    };
+    u.load_busybox(&root);
+    let ns_of = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    let pause = || {
+        let out = Command::new("pgrep")
+            // Sleeping ones: a killed one may stay a zombie for a while.
+            .args(["-u", u.name, "-x", "kiln-pause", "-r", "S"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    ok(u.run(&["images"]));
+    let p = pause();
+    assert!(
+        !p.is_empty() && !p.contains('\n'),
+        "one pause process: {p:?}"
+    );
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let out = ok(u.run(&["run", "-d", "busybox:latest", "sleep", "60"]));
+        ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    let _c: Vec<_> = ids.iter().map(|id| RmOnDrop(&u, id.clone())).collect();
+    for id in &ids {
+        let v: serde_json::Value =
+            serde_json::from_slice(&ok(u.run(&["inspect", id])).stdout).unwrap();
+        let pid = v[0]["State"]["Pid"].as_i64().unwrap().to_string();
+        assert_eq!(
+            ns_of(&pid),
+            ns_of(&p),
+            "container {id} is in the pause's namespace"
+        );
+    }
+    // Gone: the next command makes a namespace and a pause process again.
+    let _ = Command::new("kill").arg(&p).status();
+    for _ in 0..50 {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ok(u.run(&["images"]));
+    let again = pause();
+    assert!(
+        !again.is_empty() && again != p,
+        "a new pause process: {again:?}"
+    );
+}
+
 /// `kiln run -d -p` as the user: the container's network namespace belongs
 /// to the user namespace, the host side of the proxy listens as the user;
 /// ps, logs, stop and rm see it; a port below 1024 is a clear error.

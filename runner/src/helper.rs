@@ -58,6 +58,7 @@ pub(crate) fn init_hook() {
         Some("container") => container_main(),
         Some("init") => init_main(&rest),
         Some("monitor") => crate::monitor::monitor_main(&rest),
+        Some("pause") => crate::pause::pause_main(),
         Some("netns") => crate::net::netns_main(&rest),
         Some("exec") => crate::exec::exec_main(),
         _ => {

@@ -40,6 +40,7 @@ mod monitor;
 mod mounts;
 mod names;
 pub mod net;
+mod pause;
 pub mod platform;
 pub mod ports;
 mod proto;

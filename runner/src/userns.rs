@@ -223,10 +223,23 @@ pub fn enter_rootless() -> Result<Option<Entered>, String> {
     }
     let (uid_map, gid_map, why) = plan(&Facts::of_machine(uid, gid));
     let mut warnings = Vec::new();
+    let pause_dir = crate::pause::dir(uid);
+    let joined = pause_dir
+        .as_deref()
+        .is_some_and(|d| crate::pause::join(d, uid, &uid_map, &gid_map));
     match &why {
+        _ if joined => {}
         None => map_with_tools(&uid_map, &gid_map)?,
+        Some(_) => map_self(uid, gid)?,
+    }
+    if !joined {
+        if let Some(d) = &pause_dir {
+            crate::pause::start(d);
+        }
+    }
+    match &why {
+        None => {}
         Some(why) => {
-            map_self(uid, gid)?;
             warnings.push(format!(
                 "{why}: only your own IDs are mapped (container root is you), so chown to \
                  another user in a RUN step fails and files that base images give to other \
