@@ -810,6 +810,12 @@ pub fn execute(
 ) -> Result<()> {
     let mut dir_fixups: Vec<(PathBuf, i64)> = Vec::new();
     let mut links = HardLinks::default();
+    // The upper directory of the previous item's parent. Items come sorted,
+    // so a directory's files follow each other: its resolution (a statx in
+    // every layer and in the upper per component) is done once for them
+    // all. An item changes nothing but its own path and what is below it,
+    // so its parent is still the same directory for the next item.
+    let mut last_parent: Option<(&str, PathBuf)> = None;
     for (dest, item) in &plan.items {
         if item.rel.is_empty() {
             // Each source is its own copy: links between two sources are not kept.
@@ -832,15 +838,24 @@ pub fn execute(
             execute(&tree, upper, view, limits)?;
             continue;
         }
-        let (mut comps, _) = view.resolve(parent, true)?;
         let owner = plan.chown;
         if let ItemSource::Archive(path) = &item.src {
+            last_parent = None;
+            let (mut comps, _) = view.resolve(parent, true)?;
             comps.extend(fsutil::clean_components(name));
             let dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
             extract_keeping_dest(path, &dir, limits)?;
             continue;
         }
-        let parent_dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
+        let parent_dir = match &last_parent {
+            Some((p, dir)) if *p == parent => dir.clone(),
+            _ => {
+                let (comps, _) = view.resolve(parent, true)?;
+                let dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
+                last_parent = Some((parent, dir.clone()));
+                dir
+            }
+        };
         if name.is_empty() {
             // dest is "/": the root directory itself.
             continue;
@@ -893,21 +908,7 @@ pub fn execute(
                 dir_fixups.push((path, item.mtime_ns));
             }
             ItemSource::File(src) => {
-                remove_any(&path)?;
-                if let Some(first) = links.earlier_copy(src, &path)? {
-                    fs::hard_link(&first, &path).with_context(|| {
-                        format!("linking {} to {}", path.display(), first.display())
-                    })?;
-                    continue;
-                }
-                let mut from = open_source(src)?;
-                let mut to = fs::File::create(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                std::io::copy(&mut from, &mut to)
-                    .with_context(|| format!("copying {} to {}", src.display(), path.display()))?;
-                fsutil::lchown(&path, uid, gid)?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-                fsutil::set_mtime(&path, item.mtime_ns)?;
+                copy_file(src, &path, &mut links, (uid, gid), mode, item.mtime_ns)?;
             }
             ItemSource::Bytes(b) => {
                 remove_any(&path)?;
@@ -954,19 +955,108 @@ struct HardLinks {
 }
 
 impl HardLinks {
-    fn earlier_copy(&mut self, src: &Path, dest: &Path) -> Result<Option<PathBuf>> {
-        let m = fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
+    /// The earlier copy of the source whose metadata is `m`, if any; else
+    /// `dest` is remembered as its copy.
+    fn earlier_copy(&mut self, m: &fs::Metadata, dest: &Path) -> Option<PathBuf> {
         if m.nlink() < 2 {
-            return Ok(None);
+            return None;
         }
         match self.seen.entry((m.dev(), m.ino())) {
-            std::collections::hash_map::Entry::Occupied(e) => Ok(Some(e.get().clone())),
+            std::collections::hash_map::Entry::Occupied(e) => Some(e.get().clone()),
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(dest.to_path_buf());
-                Ok(None)
+                None
             }
         }
     }
+}
+
+/// Copies one regular file to `path` through open descriptors: the source
+/// opened once (never through a symlink) and its size and link count read
+/// from that descriptor; the destination created exclusively (what an
+/// earlier source left at that name is removed only when there is
+/// something), filled up to the size, then given owner, mode and mtime on
+/// its descriptor. Ten system calls where paths took sixteen.
+fn copy_file(
+    src: &Path,
+    path: &Path,
+    links: &mut HardLinks,
+    (uid, gid): (u32, u32),
+    mode: u32,
+    mtime_ns: i64,
+) -> Result<()> {
+    let from = open_source(src)?;
+    let meta = from
+        .metadata()
+        .with_context(|| format!("reading {}", src.display()))?;
+    if let Some(first) = links.earlier_copy(&meta, path) {
+        return replacing(path, |p| fs::hard_link(&first, p))
+            .with_context(|| format!("linking {} to {}", path.display(), first.display()));
+    }
+    let to = replacing(path, |p| {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+    })
+    .with_context(|| format!("creating {}", path.display()))?;
+    copy_contents(&from, &to, meta.len())
+        .with_context(|| format!("copying {} to {}", src.display(), path.display()))?;
+    std::os::unix::fs::fchown(&to, Some(uid), Some(gid))?;
+    to.set_permissions(fs::Permissions::from_mode(mode))?;
+    let ts = rustix::fs::Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    rustix::fs::futimens(
+        &to,
+        &rustix::fs::Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        },
+    )?;
+    Ok(())
+}
+
+/// Runs `make` on `path`; if something is in the way, removes it and runs
+/// `make` once more.
+fn replacing<T>(path: &Path, make: impl Fn(&Path) -> std::io::Result<T>) -> Result<T> {
+    match make(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove_any(path)?;
+            Ok(make(path)?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Copies `size` bytes (or up to the end, if the file shrank) from the
+/// start of `from` to `to`: `copy_file_range` in the kernel, one call for
+/// most files; a plain read/write copy where the filesystems cannot.
+fn copy_contents(from: &fs::File, to: &fs::File, size: u64) -> std::io::Result<()> {
+    let mut left = size;
+    while left > 0 {
+        let want = left.min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(from, None, to, None, want) {
+            Ok(0) => return Ok(()),
+            Ok(n) => left -= n as u64,
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP,
+            ) => {
+                // The offsets moved with what was copied: go on from there.
+                std::io::copy(&mut (&*from).take(left), &mut &*to)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn remove_any(path: &Path) -> Result<()> {
