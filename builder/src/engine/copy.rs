@@ -1100,7 +1100,7 @@ fn replacing<T>(path: &Path, make: impl Fn(&Path) -> std::io::Result<T>) -> Resu
 /// Copies `size` bytes (or up to the end, if the file shrank) from the
 /// start of `from` to `to`: `copy_file_range` in the kernel, one call for
 /// most files; a plain read/write copy where the filesystems cannot.
-fn copy_contents(from: &fs::File, to: &fs::File, size: u64) -> std::io::Result<()> {
+fn copy_contents(from: &fs::File, mut to: &fs::File, size: u64) -> std::io::Result<()> {
     let mut left = size;
     while left > 0 {
         let want = left.min(1 << 30) as usize;
@@ -1114,7 +1114,7 @@ fn copy_contents(from: &fs::File, to: &fs::File, size: u64) -> std::io::Result<(
                 | rustix::io::Errno::OPNOTSUPP,
             ) => {
                 // The offsets moved with what was copied: go on from there.
-                std::io::copy(&mut (&*from).take(left), &mut &*to)?;
+                std::io::copy(&mut from.take(left), &mut to)?;
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -1371,6 +1371,22 @@ mod tests {
         assert_eq!(a.ino(), b.ino(), "a hard link stays one");
         let dir = fs::metadata(upper.join("data")).unwrap();
         assert_eq!(dir.mtime(), 7, "the directory keeps its source's mtime");
+    }
+
+    #[test]
+    fn a_file_copies_from_another_filesystem() {
+        use std::io::{Seek, Write};
+        // A memfd lives on tmpfs: copy_file_range to ext4 or any other
+        // filesystem refuses (EXDEV) and the plain copy takes over.
+        let fd = rustix::fs::memfd_create("kiln-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut from = fs::File::from(fd);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        from.write_all(&data).unwrap();
+        from.rewind().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let to = fs::File::create(d.path().join("copy")).unwrap();
+        copy_contents(&from, &to, data.len() as u64).unwrap();
+        assert_eq!(fs::read(d.path().join("copy")).unwrap(), data);
     }
 
     #[test]
