@@ -625,6 +625,12 @@ fn walk_dir(
         walk_dir(root, &subdirs[next], ignore, seen, out)?;
         next += 1;
     }
+    if next == subdirs.len() {
+        // Even an empty parallel iterator starts rayon's global pool: two
+        // threads that spin (sched_yield) and are torn down at exit, for
+        // nothing, in every build of a small context.
+        return Ok(());
+    }
     let below = subdirs[next..]
         .par_iter()
         .map(|d| {

@@ -122,6 +122,32 @@ pub(crate) fn remove_tree(p: &Path) -> io::Result<()> {
     }
 }
 
+/// Marks `dir` as the top of separate directory trees for ext2/3/4's
+/// Orlov allocator (`chattr +T`, `FS_TOPDIR_FL`): each snapshot or
+/// container tree made in it then starts in a block group of its own
+/// instead of the group of the store's root. That matters on ext4 without
+/// a journal, where a new inode skips, one by one, every inode of its group
+/// freed in the last 30 seconds (the kernel's `recently_deleted`): after a
+/// prune or a deleted root freed thousands of inodes there, each file of
+/// the next snapshot paid for all of them (half of a cold 2,000-file COPY,
+/// bench/README.md profile 8). Best effort: other filesystems refuse or
+/// ignore the flag, and nothing depends on it.
+fn spread_subtrees(dir: &Path) {
+    use rustix::fs::{IFlags, Mode, OFlags};
+    let Ok(fd) = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    if let Ok(flags) = rustix::fs::ioctl_getflags(&fd) {
+        if !flags.contains(IFlags::TOPDIR) {
+            let _ = rustix::fs::ioctl_setflags(&fd, flags | IFlags::TOPDIR);
+        }
+    }
+}
+
 pub(crate) fn fsync_dir(p: &Path) -> Result<()> {
     File::open(p)
         .and_then(|f| f.sync_all())
@@ -151,6 +177,7 @@ impl Store {
                 .map_err(|e| StoreError::io(&p, e))?;
         }
         let tmp = root.join("tmp");
+        spread_subtrees(&tmp);
         let owner = Owner::acquire(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
         let db_path = root.join("kiln.db");
         // An empty or truncated file opens as an empty or smaller database:
@@ -313,4 +340,29 @@ impl Drop for TreeGuard {
 
 pub(crate) fn owner_of(name: &str) -> Option<&str> {
     owner::owner_of(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scratch_dir_spreads_its_trees_where_the_filesystem_can() {
+        let dir = tempfile::tempdir().unwrap();
+        // Whether this filesystem takes the flag at all (ext2/3/4 do).
+        let probe = dir.path().join("probe");
+        fs::create_dir(&probe).unwrap();
+        spread_subtrees(&probe);
+        let flags = |p: &Path| {
+            let f = File::open(p).unwrap();
+            rustix::fs::ioctl_getflags(&f).map(|fl| fl.contains(rustix::fs::IFlags::TOPDIR))
+        };
+        let supported = flags(&probe).unwrap_or(false);
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        assert_eq!(flags(&store.scratch_dir()).unwrap_or(false), supported);
+        // Opening again keeps it (and does not fail on a marked dir).
+        drop(store);
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        assert_eq!(flags(&store.scratch_dir()).unwrap_or(false), supported);
+    }
 }

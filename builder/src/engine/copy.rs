@@ -810,7 +810,20 @@ pub fn execute(
 ) -> Result<()> {
     let mut dir_fixups: Vec<(PathBuf, i64)> = Vec::new();
     let mut links = HardLinks::default();
+    // The upper directory of the previous item's parent. Items come sorted,
+    // so a directory's files follow each other: its resolution (a statx in
+    // every layer and in the upper per component) is done once for them
+    // all. An item changes nothing but its own path and what is below it,
+    // so its parent is still the same directory for the next item.
+    let mut last_parent: Option<(&str, PathBuf)> = None;
+    // Regular files are copied in batches (in parallel), each made of
+    // consecutive files of one source: anything else comes after the files
+    // before it, as it did when each was copied in turn.
+    let mut files: Vec<FileJob<'_>> = Vec::new();
     for (dest, item) in &plan.items {
+        if item.rel.is_empty() || !matches!(item.src, ItemSource::File(_)) {
+            copy_batch(&mut files, &mut links)?;
+        }
         if item.rel.is_empty() {
             // Each source is its own copy: links between two sources are not kept.
             links = HardLinks::default();
@@ -822,25 +835,27 @@ pub fn execute(
             None => ("/", dest.as_str()),
         };
         if let ItemSource::Git(g) = &item.src {
-            let root = g.source.checkout(&g.commit, &g.scratch)?;
-            let mtime = super::git::GitSource::commit_time_ns(&g.scratch, &g.commit)?;
-            let tree = CopyPlan {
-                items: super::git::tree_items(&root, dest, g.keep_git_dir, mtime)?,
-                chown: plan.chown,
-                chmod: plan.chmod,
-            };
-            execute(&tree, upper, view, limits)?;
+            execute_git(g, dest, plan, upper, view, limits)?;
             continue;
         }
-        let (mut comps, _) = view.resolve(parent, true)?;
         let owner = plan.chown;
         if let ItemSource::Archive(path) = &item.src {
+            last_parent = None;
+            let (mut comps, _) = view.resolve(parent, true)?;
             comps.extend(fsutil::clean_components(name));
             let dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
             extract_keeping_dest(path, &dir, limits)?;
             continue;
         }
-        let parent_dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
+        let parent_dir = match &last_parent {
+            Some((p, dir)) if *p == parent => dir.clone(),
+            _ => {
+                let (comps, _) = view.resolve(parent, true)?;
+                let dir = fsutil::ensure_dirs(upper, view, &comps, owner)?;
+                last_parent = Some((parent, dir.clone()));
+                dir
+            }
+        };
         if name.is_empty() {
             // dest is "/": the root directory itself.
             continue;
@@ -892,23 +907,13 @@ pub fn execute(
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
                 dir_fixups.push((path, item.mtime_ns));
             }
-            ItemSource::File(src) => {
-                remove_any(&path)?;
-                if let Some(first) = links.earlier_copy(src, &path)? {
-                    fs::hard_link(&first, &path).with_context(|| {
-                        format!("linking {} to {}", path.display(), first.display())
-                    })?;
-                    continue;
-                }
-                let mut from = open_source(src)?;
-                let mut to = fs::File::create(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                std::io::copy(&mut from, &mut to)
-                    .with_context(|| format!("copying {} to {}", src.display(), path.display()))?;
-                fsutil::lchown(&path, uid, gid)?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-                fsutil::set_mtime(&path, item.mtime_ns)?;
-            }
+            ItemSource::File(src) => files.push(FileJob {
+                src,
+                path,
+                owner: (uid, gid),
+                mode,
+                mtime_ns: item.mtime_ns,
+            }),
             ItemSource::Bytes(b) => {
                 remove_any(&path)?;
                 fs::write(&path, b)?;
@@ -942,8 +947,28 @@ pub fn execute(
             ItemSource::Archive(_) | ItemSource::Git(_) => unreachable!("handled above"),
         }
     }
+    copy_batch(&mut files, &mut links)?;
     fsutil::restore_dir_mtimes(&dir_fixups)?;
     Ok(())
+}
+
+/// ADD of a git repository: fetched now, its tree copied to `dest`.
+fn execute_git(
+    g: &GitItem,
+    dest: &str,
+    plan: &CopyPlan,
+    upper: &Path,
+    view: &RootView,
+    limits: &kiln_store::layer::Limits,
+) -> Result<()> {
+    let root = g.source.checkout(&g.commit, &g.scratch)?;
+    let mtime = super::git::GitSource::commit_time_ns(&g.scratch, &g.commit)?;
+    let tree = CopyPlan {
+        items: super::git::tree_items(&root, dest, g.keep_git_dir, mtime)?,
+        chown: plan.chown,
+        chmod: plan.chmod,
+    };
+    execute(&tree, upper, view, limits)
 }
 
 /// Hard links inside one copied source stay hard links, as BuildKit keeps
@@ -954,19 +979,148 @@ struct HardLinks {
 }
 
 impl HardLinks {
-    fn earlier_copy(&mut self, src: &Path, dest: &Path) -> Result<Option<PathBuf>> {
-        let m = fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
+    /// The earlier copy of the source whose metadata is `m`, if any; else
+    /// `dest` is remembered as its copy.
+    fn earlier_copy(&mut self, m: &fs::Metadata, dest: &Path) -> Option<PathBuf> {
         if m.nlink() < 2 {
-            return Ok(None);
+            return None;
         }
         match self.seen.entry((m.dev(), m.ino())) {
-            std::collections::hash_map::Entry::Occupied(e) => Ok(Some(e.get().clone())),
+            std::collections::hash_map::Entry::Occupied(e) => Some(e.get().clone()),
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(dest.to_path_buf());
-                Ok(None)
+                None
             }
         }
     }
+}
+
+/// A regular file to copy, its owner, mode and mtime decided.
+struct FileJob<'a> {
+    src: &'a Path,
+    path: PathBuf,
+    owner: (u32, u32),
+    mode: u32,
+    mtime_ns: i64,
+}
+
+/// Batches of at least this many files are copied in parallel.
+const PARALLEL_FILES: usize = 16;
+
+/// Copies the files of `batch` (all of one source, at distinct paths): in
+/// parallel when there are enough of them. The copy is the kernel's
+/// (copy_file_range into new page-cache pages) and a core copies ~1 GB/s,
+/// so on 2 cores this halves the copy of a 200 MB context. Files with more
+/// than one link are copied afterwards, in order, so that a hard link
+/// always finds the copy it links to.
+fn copy_batch(batch: &mut Vec<FileJob<'_>>, links: &mut HardLinks) -> Result<()> {
+    use rayon::prelude::*;
+    let jobs = std::mem::take(batch);
+    if jobs.len() < PARALLEL_FILES {
+        return jobs
+            .iter()
+            .try_for_each(|j| copy_file(j, Some(links)).map(drop));
+    }
+    let linked: Vec<Option<usize>> = jobs
+        .par_iter()
+        .enumerate()
+        .map(|(i, j)| Ok((!copy_file(j, None)?).then_some(i)))
+        .collect::<Result<_>>()?;
+    for i in linked.into_iter().flatten() {
+        copy_file(&jobs[i], Some(links))?;
+    }
+    Ok(())
+}
+
+/// Copies one regular file to `path` through open descriptors: the source
+/// opened once (never through a symlink) and its size and link count read
+/// from that descriptor; the destination created exclusively (what an
+/// earlier source left at that name is removed only when there is
+/// something), filled up to the size, then given owner, mode and mtime on
+/// its descriptor. Ten system calls where paths took sixteen. Without
+/// `links`, a file with more than one link is left alone: false.
+fn copy_file(j: &FileJob<'_>, links: Option<&mut HardLinks>) -> Result<bool> {
+    let (src, path) = (j.src, j.path.as_path());
+    let from = open_source(src)?;
+    let meta = from
+        .metadata()
+        .with_context(|| format!("reading {}", src.display()))?;
+    match links {
+        None if meta.nlink() > 1 => return Ok(false),
+        None => {}
+        Some(links) => {
+            if let Some(first) = links.earlier_copy(&meta, path) {
+                replacing(path, |p| fs::hard_link(&first, p)).with_context(|| {
+                    format!("linking {} to {}", path.display(), first.display())
+                })?;
+                return Ok(true);
+            }
+        }
+    }
+    let to = replacing(path, |p| {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+    })
+    .with_context(|| format!("creating {}", path.display()))?;
+    copy_contents(&from, &to, meta.len())
+        .with_context(|| format!("copying {} to {}", src.display(), path.display()))?;
+    std::os::unix::fs::fchown(&to, Some(j.owner.0), Some(j.owner.1))?;
+    to.set_permissions(fs::Permissions::from_mode(j.mode))?;
+    let ts = rustix::fs::Timespec {
+        tv_sec: j.mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: j.mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    rustix::fs::futimens(
+        &to,
+        &rustix::fs::Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        },
+    )?;
+    Ok(true)
+}
+
+/// Runs `make` on `path`; if something is in the way, removes it and runs
+/// `make` once more.
+fn replacing<T>(path: &Path, make: impl Fn(&Path) -> std::io::Result<T>) -> Result<T> {
+    match make(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove_any(path)?;
+            Ok(make(path)?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Copies `size` bytes (or up to the end, if the file shrank) from the
+/// start of `from` to `to`: `copy_file_range` in the kernel, one call for
+/// most files; a plain read/write copy where the filesystems cannot.
+fn copy_contents(from: &fs::File, mut to: &fs::File, size: u64) -> std::io::Result<()> {
+    let mut left = size;
+    while left > 0 {
+        let want = left.min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(from, None, to, None, want) {
+            Ok(0) => return Ok(()),
+            Ok(n) => left -= n as u64,
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP,
+            ) => {
+                // The offsets moved with what was copied: go on from there.
+                std::io::copy(&mut from.take(left), &mut to)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn remove_any(path: &Path) -> Result<()> {
@@ -1140,6 +1294,99 @@ mod tests {
         assert!(glob_match("*.py", "app.py"));
         assert!(!glob_match("*.py", "sub/app.py"));
         assert!(glob_match("sub/*.py", "sub/app.py"));
+    }
+
+    fn file_item(rel: &str, src: &Path, mode: u32, mtime_ns: i64) -> Item {
+        Item {
+            rel: rel.into(),
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime_ns,
+            src: ItemSource::File(src.to_path_buf()),
+        }
+    }
+
+    #[test]
+    fn a_large_copy_is_the_same_as_one_file_at_a_time() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let ctx = d.path().join("ctx");
+        fs::create_dir(&ctx).unwrap();
+        let mut items = vec![(
+            "/data".to_string(),
+            Item {
+                rel: String::new(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 7_000_000_000,
+                src: ItemSource::Dir,
+            },
+        )];
+        // Enough files for the parallel batch, two of them one inode.
+        for i in 0..40 {
+            let src = ctx.join(format!("f{i:02}"));
+            if i == 21 {
+                fs::hard_link(ctx.join("f20"), &src).unwrap();
+            } else {
+                fs::write(&src, format!("file {i}").repeat(i + 1)).unwrap();
+            }
+            let rel = format!("f{i:02}");
+            let mode = if i % 2 == 0 { 0o640 } else { 0o4755 };
+            let mtime = 1_000_000_000 * (i as i64 + 1) + 5;
+            items.push((format!("/data/{rel}"), file_item(&rel, &src, mode, mtime)));
+        }
+        // A second source whose file takes the place of the first's.
+        items.push((
+            "/data/f03".to_string(),
+            file_item("", &ctx.join("f39"), 0o600, 42),
+        ));
+        let plan = CopyPlan {
+            items,
+            chown: None,
+            chmod: None,
+        };
+        let upper = d.path().join("upper");
+        fs::create_dir(&upper).unwrap();
+        let view = RootView::new(vec![]);
+        execute(&plan, &upper, &view, &kiln_store::layer::Limits::default()).unwrap();
+        for i in 0..40 {
+            let got = upper.join(format!("data/f{i:02}"));
+            let m = fs::symlink_metadata(&got).unwrap();
+            let (want_src, mode, mtime) = match i {
+                3 => (39, 0o600, 42),
+                // A link to f20's copy: one inode, f20's metadata.
+                21 => (20, 0o640, 21_000_000_005),
+                _ if i % 2 == 0 => (i, 0o640, 1_000_000_000 * (i as i64 + 1) + 5),
+                _ => (i, 0o4755, 1_000_000_000 * (i as i64 + 1) + 5),
+            };
+            let want = fs::read(ctx.join(format!("f{want_src:02}"))).unwrap();
+            assert_eq!(fs::read(&got).unwrap(), want, "f{i:02}");
+            assert_eq!(m.mode() & 0o7777, mode, "f{i:02}");
+            assert_eq!(m.mtime() * 1_000_000_000 + m.mtime_nsec(), mtime, "f{i:02}");
+        }
+        let a = fs::metadata(upper.join("data/f20")).unwrap();
+        let b = fs::metadata(upper.join("data/f21")).unwrap();
+        assert_eq!(a.ino(), b.ino(), "a hard link stays one");
+        let dir = fs::metadata(upper.join("data")).unwrap();
+        assert_eq!(dir.mtime(), 7, "the directory keeps its source's mtime");
+    }
+
+    #[test]
+    fn a_file_copies_from_another_filesystem() {
+        use std::io::{Seek, Write};
+        // A memfd lives on tmpfs: copy_file_range to ext4 or any other
+        // filesystem refuses (EXDEV) and the plain copy takes over.
+        let fd = rustix::fs::memfd_create("kiln-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut from = fs::File::from(fd);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        from.write_all(&data).unwrap();
+        from.rewind().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let to = fs::File::create(d.path().join("copy")).unwrap();
+        copy_contents(&from, &to, data.len() as u64).unwrap();
+        assert_eq!(fs::read(d.path().join("copy")).unwrap(), data);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod apply;
 mod entries;
+mod offload;
 mod scan;
 mod summary;
 mod tarfmt;

@@ -9,9 +9,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::offload::OffloadHashingWriter;
 use super::tarfmt::{padding, pax_record, BLOCK};
 use super::{Compression, LayerDigests, LayerError, LayerOptions};
-use crate::digest::HashingWriter;
 
 const USTAR_NAME_MAX: usize = 100;
 /// zstd multithreaded job size (see `write_layer`).
@@ -45,7 +45,7 @@ pub fn write_layer(
     opts: &LayerOptions,
     out: &mut dyn Write,
 ) -> Result<LayerDigests, LayerError> {
-    let compressed = HashingWriter::new(out);
+    let compressed = OffloadHashingWriter::new(out);
     let (diff_id, uncompressed_size, compressed) = match opts.compression {
         Compression::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(compressed, opts.zstd_level)?;
@@ -57,9 +57,9 @@ pub fn write_layer(
             // and output buffers (the default, 4x the window, costs ~17 MiB
             // per job).
             enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
-            let mut tarw = HashingWriter::new(enc);
+            let mut tarw = OffloadHashingWriter::new(enc);
             write_tar(dir, opts, &mut tarw)?;
-            let HashingWriter { inner, hasher } = tarw;
+            let (inner, hasher) = tarw.finish()?;
             let n = hasher.len();
             (hasher.finish(), n, inner.finish()?)
         }
@@ -67,21 +67,21 @@ pub fn write_layer(
             let enc = flate2::GzBuilder::new()
                 .mtime(0)
                 .write(compressed, flate2::Compression::default());
-            let mut tarw = HashingWriter::new(enc);
+            let mut tarw = OffloadHashingWriter::new(enc);
             write_tar(dir, opts, &mut tarw)?;
-            let HashingWriter { inner, hasher } = tarw;
+            let (inner, hasher) = tarw.finish()?;
             let n = hasher.len();
             (hasher.finish(), n, inner.finish()?)
         }
         Compression::None => {
-            let mut tarw = HashingWriter::new(compressed);
+            let mut tarw = OffloadHashingWriter::new(compressed);
             write_tar(dir, opts, &mut tarw)?;
-            let HashingWriter { inner, hasher } = tarw;
+            let (inner, hasher) = tarw.finish()?;
             let n = hasher.len();
             (hasher.finish(), n, inner)
         }
     };
-    let HashingWriter { inner, hasher } = compressed;
+    let (inner, hasher) = compressed.finish()?;
     inner.flush()?;
     let size = hasher.len();
     Ok(LayerDigests {
