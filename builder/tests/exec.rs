@@ -264,22 +264,34 @@ fn exec_it_follows_the_callers_window_size() {
         .stderr(Stdio::from(slave))
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(900));
+    // Resize once the first size is out (a fixed delay raced with a slow
+    // start on a loaded machine). The slave is closed with the child: the
+    // reader sees what is left, then EIO.
+    let mut f = std::fs::File::from(master);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !String::from_utf8_lossy(&out).contains("30 100") && std::time::Instant::now() < deadline
+    {
+        if let Ok(b) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            out.extend_from_slice(&b);
+        }
+    }
     ws.ws_row = 40;
     ws.ws_col = 120;
     // SAFETY: TIOCSWINSZ with a valid winsize on our pty master.
     assert_eq!(unsafe { libc::ioctl(m, libc::TIOCSWINSZ, &ws) }, 0);
     let status = child.wait().unwrap();
-    let mut out = Vec::new();
-    let mut f = std::fs::File::from(master);
-    let mut buf = [0u8; 4096];
-    // The slave is closed with the child: read what is left, then EIO.
-    while let Ok(n) = f.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
+    reader.join().unwrap();
+    out.extend(rx.try_iter().flatten());
     let text = String::from_utf8_lossy(&out);
     assert!(status.success(), "{text}");
     assert!(text.contains("30 100"), "the size at start: {text:?}");
