@@ -316,22 +316,28 @@ impl Ingest {
         size: u64,
         media_type: Option<&str>,
     ) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|e| StoreError::io(&self.path, e))?;
-        self.file
-            .set_permissions(fs::Permissions::from_mode(0o444))
-            .map_err(|e| StoreError::io(&self.path, e))?;
         let dest = store.blob_path(digest);
+        let present = || {
+            fs::symlink_metadata(&dest)
+                .map(|m| m.is_file() && m.len() == size)
+                .unwrap_or(false)
+        };
+        // A blob that is there already (an empty RUN step's layer, a
+        // rebuild without cache) is durable: ours is not flushed for nothing.
+        let synced = !present();
+        if synced {
+            self.sync()?;
+        }
         let mut conn = store.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let present = fs::symlink_metadata(&dest)
-            .map(|m| m.is_file() && m.len() == size)
-            .unwrap_or(false);
-        if present {
+        if present() {
             // Identical content (same digest) is already there.
             let _ = fs::remove_file(&self.path);
         } else {
+            // Gone since the look above (pruned): ours goes in, flushed.
+            if !synced {
+                self.sync()?;
+            }
             fs::rename(&self.path, &dest).map_err(|e| StoreError::io(&dest, e))?;
             fsync_dir(&store.shared.root.join("blobs/sha256"))?;
         }
@@ -347,6 +353,17 @@ impl Ingest {
             .execute([digest.as_str()])?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+impl Ingest {
+    fn sync(&self) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| StoreError::io(&self.path, e))?;
+        self.file
+            .set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(|e| StoreError::io(&self.path, e))
     }
 }
 

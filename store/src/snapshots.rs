@@ -71,9 +71,17 @@ impl Snapshots<'_> {
 /// call for a whole tree, where an fsync per file would commit the
 /// journal once per file); whether it could.
 fn sync_tree(dir: &Path) -> bool {
-    File::open(dir)
-        .map(|f| rustix::fs::syncfs(&f).is_ok())
-        .unwrap_or(false)
+    let Ok(f) = File::open(dir) else {
+        return false;
+    };
+    // An empty tree (a RUN step that changed nothing) is one directory:
+    // its own fsync, not a flush of the whole filesystem (everybody's
+    // dirty data included).
+    let empty = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+    if empty {
+        return f.sync_all().is_ok();
+    }
+    rustix::fs::syncfs(&f).is_ok()
 }
 
 impl Store {
