@@ -18,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::rc::Rc;
 
-use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps, CWD};
+use rustix::fs::{AtFlags, Mode, Timespec, Timestamps, CWD};
 use rustix::process::{Gid, Uid};
 
 /// Copies the contents of `from` (a directory in the rootfs) into the
@@ -43,12 +43,7 @@ pub(crate) fn seed(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 fn open_dir(at: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(
-        at,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
+    crate::snapshot::open_dir(at.as_fd(), name)
 }
 
 fn owner(m: &fs::Metadata) -> (Option<Uid>, Option<Gid>) {

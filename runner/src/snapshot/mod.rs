@@ -16,7 +16,7 @@
 mod diff;
 mod fsops;
 
-pub(crate) use fsops::copy_file;
+pub(crate) use fsops::{copy_file, open_dir};
 pub(crate) use index::original_file_limit;
 mod index;
 mod merge;
