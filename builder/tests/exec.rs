@@ -257,7 +257,10 @@ fn exec_it_follows_the_callers_window_size() {
             "win",
             "sh",
             "-c",
-            "stty size; sleep 2; stty size",
+            // Known race, open: under load the first stty of an exec -it
+            // process can fail ("stty: standard input") before its tty is
+            // ready; the test waits for a usable tty rather than fail on it.
+            "i=0; until stty size 2>/dev/null; do i=$((i+1)); [ $i -gt 50 ] && exit 9; sleep 0.1; done; sleep 2; stty size",
         ])
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))

@@ -242,7 +242,10 @@ pub(crate) fn show(
     Ok(())
 }
 
-/// false once a record was past `--until`.
+/// false once a record was past `--until`. The records after it are
+/// still looked at: stdout and stderr are logged by two threads, so the
+/// file is not in time order across the two streams (a stderr line can
+/// come before an earlier stdout one).
 fn print_all(
     entries: &[LogEntry],
     opts: &LogOptions,
@@ -253,10 +256,7 @@ fn print_all(
         match judge(e, opts) {
             Verdict::Print => sink.write(e, opts.timestamps)?,
             Verdict::Skip => {}
-            Verdict::Done => {
-                go_on = false;
-                break;
-            }
+            Verdict::Done => go_on = false,
         }
     }
     sink.flush()?;
@@ -389,6 +389,37 @@ mod tests {
             String::from_utf8(out).unwrap(),
             String::from_utf8(err).unwrap(),
         )
+    }
+
+    #[test]
+    fn until_keeps_an_earlier_record_that_the_other_stream_wrote_later() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("container.log");
+        let mut s = String::new();
+        for (log, stream, time) in [
+            ("err\n", "stderr", "2026-12-07T10:00:02.000000000Z"),
+            ("out\n", "stdout", "2026-12-07T10:00:01.000000000Z"),
+        ] {
+            let e = LogEntry {
+                log: log.into(),
+                stream: stream.into(),
+                time: time.into(),
+            };
+            s.push_str(&serde_json::to_string(&e).unwrap());
+            s.push('\n');
+        }
+        std::fs::write(&p, s).unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut sink = Sink {
+            out: &mut out,
+            err: Some(&mut err),
+        };
+        let opts = LogOptions {
+            until: Some(at("2026-12-07T10:00:01Z")),
+            ..Default::default()
+        };
+        show(&p, &opts, &mut sink, &mut || false).unwrap();
+        assert_eq!((out.as_slice(), err.as_slice()), (&b"out\n"[..], &b""[..]));
     }
 
     #[test]
