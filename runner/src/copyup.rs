@@ -105,7 +105,7 @@ fn set_attrs(fd: impl AsFd, m: &fs::Metadata) -> io::Result<()> {
     Ok(())
 }
 
-fn times(m: &fs::Metadata) -> Timestamps {
+pub(crate) fn times(m: &fs::Metadata) -> Timestamps {
     Timestamps {
         last_access: Timespec {
             tv_sec: m.atime(),

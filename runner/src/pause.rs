@@ -53,7 +53,7 @@ pub(crate) fn join(d: &Path, uid: u32, uid_map: &[IdRange], gid_map: &[IdRange])
     let maps = |f: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/{f}"))
             .ok()
-            .map(|t| parse_map(&t))
+            .map(|t| crate::userns::parse_map(&t))
     };
     if maps("uid_map").as_deref() != Some(uid_map) || maps("gid_map").as_deref() != Some(gid_map) {
         // Made for other ranges: it goes, and a new one is made.
@@ -100,23 +100,6 @@ fn live_pause(d: &Path, uid: u32) -> Option<i32> {
         .find_map(|l| l.strip_prefix("State:"))
         .is_some_and(|v| !v.trim_start().starts_with(['Z', 'X']));
     (comm.trim() == NAME && owner == Some(uid) && alive).then_some(pid)
-}
-
-/// `/proc/PID/uid_map` as ranges.
-pub(crate) fn parse_map(text: &str) -> Vec<IdRange> {
-    text.lines()
-        .filter_map(|l| {
-            let n: Vec<u32> = l
-                .split_whitespace()
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            (n.len() == 3).then(|| IdRange {
-                inside: n[0],
-                outside: n[1],
-                count: n[2],
-            })
-        })
-        .collect()
 }
 
 /// Leaves a pause process in the namespace this process just made. Best
@@ -225,27 +208,6 @@ pub(crate) fn pause_main() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_maps_are_read_as_ranges() {
-        let t = "         0       1000          1\n         1     100000      65536\n";
-        assert_eq!(
-            parse_map(t),
-            vec![
-                IdRange {
-                    inside: 0,
-                    outside: 1000,
-                    count: 1
-                },
-                IdRange {
-                    inside: 1,
-                    outside: 100000,
-                    count: 65536
-                },
-            ]
-        );
-        assert_eq!(parse_map(""), vec![]);
-    }
 
     #[test]
     fn a_pause_dir_must_be_ours_and_closed() {

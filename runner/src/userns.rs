@@ -97,7 +97,7 @@ pub fn setgroups_denied() -> bool {
     std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
 }
 
-fn parse_map(text: &str) -> Vec<IdRange> {
+pub(crate) fn parse_map(text: &str) -> Vec<IdRange> {
     text.lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace().map(|n| n.parse::<u32>().ok());

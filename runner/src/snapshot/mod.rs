@@ -261,19 +261,10 @@ fn make_stubs(root: &Path, targets: &[(PathBuf, bool)]) -> Result<HashSet<PathBu
 }
 
 fn restore_times(dir: &Path, m: &fs::Metadata) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let ts = |s: i64, ns: i64| rustix::fs::Timespec {
-        tv_sec: s as _,
-        tv_nsec: ns as _,
-    };
-    let t = rustix::fs::Timestamps {
-        last_access: ts(m.atime(), m.atime_nsec()),
-        last_modification: ts(m.mtime(), m.mtime_nsec()),
-    };
     Ok(rustix::fs::utimensat(
         rustix::fs::CWD,
         dir,
-        &t,
+        &crate::copyup::times(m),
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )?)
 }
